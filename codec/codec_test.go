@@ -1,0 +1,95 @@
+package codec_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/heraldbus/herald/codec"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+type order struct {
+	ID     string `json:"id"`
+	Amount int    `json:"amount"`
+}
+
+func TestJSONRoundTrip(t *testing.T) {
+	c, err := codec.NewRegistry().Lookup("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ContentType() != codec.JSONContentType {
+		t.Fatalf("empty content type resolved to %q, want JSON", c.ContentType())
+	}
+	data, err := c.Marshal(order{ID: "o-1", Amount: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got order
+	if err := c.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got != (order{ID: "o-1", Amount: 42}) {
+		t.Fatalf("got %+v", got)
+	}
+	if err := c.Unmarshal([]byte("{not json"), &got); err == nil {
+		t.Fatal("want an error for malformed JSON")
+	}
+}
+
+func TestProtobufRoundTripIntoNilPointer(t *testing.T) {
+	c, err := codec.NewRegistry().Lookup(codec.ProtobufContentType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := c.Marshal(wrapperspb.String("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A generic subscriber for *wrapperspb.StringValue decodes into a
+	// pointer to a nil pointer.
+	var got *wrapperspb.StringValue
+	if err := c.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.GetValue() != "hello" {
+		t.Fatalf("got %q", got.GetValue())
+	}
+	into := &wrapperspb.StringValue{}
+	if err := c.Unmarshal(data, into); err != nil || into.GetValue() != "hello" {
+		t.Fatalf("direct decode: %v %q", err, into.GetValue())
+	}
+}
+
+func TestProtobufRejectsNonProto(t *testing.T) {
+	var c codec.Protobuf
+	if _, err := c.Marshal(order{}); err == nil {
+		t.Fatal("want an error encoding a non-proto value")
+	}
+	var o order
+	if err := c.Unmarshal(nil, &o); err == nil {
+		t.Fatal("want an error decoding into a non-proto value")
+	}
+	if err := c.Unmarshal([]byte{0xff, 0xff}, &wrapperspb.StringValue{}); err == nil {
+		t.Fatal("want an error for a malformed protobuf payload")
+	}
+}
+
+type upper struct{ codec.JSON }
+
+func (upper) ContentType() string { return "application/x-upper" }
+
+func TestRegistryLookupAndOverride(t *testing.T) {
+	r := codec.NewRegistry(upper{})
+	if _, err := r.Lookup("application/x-upper"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Lookup("text/nope")
+	if !errors.Is(err, codec.ErrUnknownContentType) {
+		t.Fatalf("got %v, want ErrUnknownContentType", err)
+	}
+	// Registries do not share state.
+	if _, err := codec.NewRegistry().Lookup("application/x-upper"); err == nil {
+		t.Fatal("a fresh registry must not see another registry's codec")
+	}
+}

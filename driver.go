@@ -1,0 +1,120 @@
+package herald
+
+import (
+	"context"
+	"unicode/utf8"
+)
+
+// This file is the whole contract between herald and a driver. A driver
+// implements Writer (the publishing side) and Reader (the consuming side);
+// the Bus, the Publisher and the SubscriberScheduler do everything else:
+// encoding, IDs, keyed concurrency, retries, deduplication and dead-letters.
+// drivertest.Run checks an implementation against this contract.
+
+// Writer writes messages to a broker.
+//
+// Write stores msgs durably (as the driver defines durable) and returns nil,
+// or returns an error and the caller must assume none of them were written
+// (a driver that can write part of a batch says so in its docs; callers then
+// retry the whole batch and rely on deduplication by Message.ID). Messages
+// with one Key are written in slice order. Write takes ownership of msgs and
+// of the messages: the caller must not change them after the call. A nil or
+// empty slice is a no-op. Write blocks while the broker pushes back and
+// returns ctx.Err() when ctx is done first. Implementations are safe for
+// concurrent use.
+type Writer interface {
+	Write(ctx context.Context, msgs []*Message) error
+}
+
+// Reader opens consumer-group subscriptions.
+//
+// Every group receives every message published to the topic after the group
+// was first created (and, where the driver retains history, what was
+// published before, as its start-position option says). Subscriptions of one
+// group compete: each message is delivered to one of them at a time.
+// Implementations are safe for concurrent use.
+type Reader interface {
+	Subscribe(ctx context.Context, topic, group string) (Subscription, error)
+}
+
+// Driver is a Writer and a Reader, which is what NewBus takes.
+type Driver interface {
+	Writer
+	Reader
+}
+
+// Subscription is one member of a consumer group.
+//
+// The scheduler calls Fetch from one goroutine, and Ack from many
+// goroutines at once; Close is called once, after the last Ack.
+type Subscription interface {
+	// Fetch blocks until at least one delivery is available or ctx is done,
+	// fills dst[:n] and returns n. It returns ctx.Err() when ctx ends first.
+	// Other errors are reported and Fetch is called again after a backoff,
+	// so a driver reconnects inside Fetch rather than failing for good.
+	// Messages with one key are returned in publish order. Drivers with
+	// partitions give each partition to one member at a time, so the order
+	// holds across the members of a group too; what a driver promises after
+	// a member leaves with unacknowledged messages is in its docs.
+	Fetch(ctx context.Context, dst []Delivery) (n int, err error)
+
+	// Ack settles a delivery: the handler chain finished with it and the
+	// driver must not deliver it to this group again. Drivers may batch
+	// acknowledgments, but a batch must be flushed by Close. Ack of a
+	// delivery whose ownership was lost (a rebalance, an expired claim) may
+	// return an error; the scheduler reports it and moves on.
+	Ack(ctx context.Context, d Delivery) error
+
+	// Close leaves the group. Deliveries not acknowledged by then are
+	// delivered again, to this group's next member (at-least-once); pending
+	// acknowledgments are flushed first, bounded by ctx.
+	Close(ctx context.Context) error
+}
+
+// Delivery is one message handed to the scheduler by a Subscription.
+type Delivery struct {
+	// Message is the delivered message; read-only to everyone after Fetch.
+	Message *Message
+	// Count is how many times the driver has delivered this message to
+	// the group, this time included, when the driver knows (Redis pending
+	// entries, redeliveries after a member left); 0 means unknown (treat as 1).
+	Count int
+	// Ref and Seq are the driver's own bookkeeping (a partition, an offset,
+	// a stream entry); nothing else reads them.
+	Ref any
+	Seq uint64
+}
+
+// MaxNameLength bounds topic and group names; it fits Kafka (249), Redis
+// keys and SQL identifiers after a prefix.
+const MaxNameLength = 200
+
+// ValidateName checks a topic or group name: 1 to MaxNameLength bytes of
+// letters, digits and ".-_:/". These names become Kafka topics, Redis keys
+// and values in SQL rows, so anything else is refused before it reaches a
+// broker. kind names the thing in the error ("topic", "group").
+func ValidateName(kind, name string) error {
+	switch {
+	case name == "":
+		return &NameError{Kind: kind, Name: name, Reason: "empty"}
+	case len(name) > MaxNameLength:
+		return &NameError{Kind: kind, Name: name, Reason: "longer than 200 bytes"}
+	case !utf8.ValidString(name):
+		return &NameError{Kind: kind, Name: name, Reason: "not valid UTF-8"}
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		switch c {
+		case '.', '-', '_', ':', '/':
+			continue
+		}
+		return &NameError{Kind: kind, Name: name, Reason: "only letters, digits and . - _ : / are allowed"}
+	}
+	if name == "." || name == ".." {
+		return &NameError{Kind: kind, Name: name, Reason: "reserved"}
+	}
+	return nil
+}

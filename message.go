@@ -1,0 +1,94 @@
+package herald
+
+import (
+	"maps"
+	"time"
+)
+
+// Reserved header names. Every header herald itself sets starts with
+// HeaderPrefix; user headers must not use that prefix. W3C trace context
+// travels in the standard "traceparent" and "tracestate" headers.
+const (
+	// HeaderPrefix starts every header that herald reserves for itself.
+	HeaderPrefix = "herald-"
+
+	// HeaderEvent carries the registered event name of the payload, so that
+	// several event types can share one topic and a subscriber for type E
+	// receives only E values.
+	HeaderEvent = "herald-event"
+
+	// HeaderID carries Message.ID in drivers whose wire format has no
+	// native message-id field (Kafka, Redis Streams, the outbox table).
+	HeaderID = "herald-id"
+
+	// HeaderContentType carries Message.ContentType in drivers whose wire
+	// format has no native content-type field.
+	HeaderContentType = "herald-content-type"
+
+	// HeaderCorrelationID carries the correlation id taken from the
+	// publishing context (see WithCorrelationID).
+	HeaderCorrelationID = "herald-correlation-id"
+
+	// HeaderDeadLetterReason is the error text that sent a message to the
+	// dead-letter topic.
+	HeaderDeadLetterReason = "herald-dlq-reason"
+
+	// HeaderDeadLetterAttempts is how many times the handler ran before the
+	// message was dead-lettered (decimal).
+	HeaderDeadLetterAttempts = "herald-dlq-attempts"
+
+	// HeaderDeadLetterTopic is the topic the message was read from.
+	HeaderDeadLetterTopic = "herald-dlq-topic"
+
+	// HeaderDeadLetterGroup is the subscriber group that gave up on it.
+	HeaderDeadLetterGroup = "herald-dlq-group"
+
+	// HeaderDeadLetterTime is when it was dead-lettered (RFC 3339, UTC).
+	HeaderDeadLetterTime = "herald-dlq-time"
+)
+
+// Headers are a message's string key/value metadata.
+type Headers map[string]string
+
+// Get returns the value for key, or "" when it is absent (also on a nil map).
+func (h Headers) Get(key string) string { return h[key] }
+
+// Message is the unit every driver moves. A Publisher fills every field;
+// drivers carry all of them across the wire unchanged.
+//
+// A Message handed to a handler is shared with the driver and, in the
+// memory driver, with other subscriber groups: treat it as read-only and use
+// Clone before changing it.
+type Message struct {
+	// ID identifies the message across redeliveries and is the key of
+	// deduplication. KSUID by default.
+	ID string
+	// Topic is where the message is published.
+	Topic string
+	// Key orders messages: messages with one key reach a subscriber in
+	// publish order and are never handled concurrently. Empty means no
+	// ordering constraint.
+	Key string
+	// Headers are metadata; names starting with HeaderPrefix are reserved.
+	Headers Headers
+	// ContentType names the codec that encoded Data (for example
+	// "application/json").
+	ContentType string
+	// Data is the encoded payload.
+	Data []byte
+	// Time is when the message was published (UTC).
+	Time time.Time
+}
+
+// Clone returns a deep copy of m that shares nothing with it.
+func (m *Message) Clone() *Message {
+	c := *m
+	c.Headers = maps.Clone(m.Headers)
+	if m.Data != nil {
+		c.Data = append([]byte(nil), m.Data...)
+	}
+	return &c
+}
+
+// Event returns the registered event name carried in HeaderEvent.
+func (m *Message) Event() string { return m.Headers.Get(HeaderEvent) }
