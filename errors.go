@@ -131,4 +131,6 @@ type PanicError struct {
 	Stack []byte
 }
 
-func (e *PanicError) Error() string { return fmt.Sprintf("herald: handler panic: %v\n%s", e.Value, e.Stack) }
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("herald: handler panic: %v\n%s", e.Value, e.Stack)
+}

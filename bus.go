@@ -1,0 +1,366 @@
+package herald
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+
+	"github.com/heraldbus/herald/codec"
+	"github.com/heraldbus/herald/dedup"
+)
+
+// ErrDuplicateHandler is returned when a group subscribes twice to one
+// event type (or twice to one topic's raw messages).
+var ErrDuplicateHandler = errors.New("herald: handler already subscribed")
+
+// Bus is the user side of herald: an event registry, a Publisher and one
+// SubscriberScheduler per (topic, group) behind a small API. It is safe for
+// concurrent use. The Bus does not close the driver it was given.
+type Bus struct {
+	driver Driver
+	opts   options
+	reg    *EventRegistry
+	pub    *Publisher
+
+	mu      sync.Mutex
+	routes  map[routeKey]*route
+	order   []*route
+	started bool
+	closed  bool
+	runCtx  context.Context
+}
+
+type routeKey struct{ topic, group string }
+
+// route is one consumer-group subscription to one topic, shared by every
+// handler that group has for the event types on that topic.
+type route struct {
+	topic, group string
+	handlers     map[string]HandlerFunc // by event name; read-only once running
+	raw          HandlerFunc            // all messages of the topic, if set
+	cfg          SchedulerConfig
+	sched        *SubscriberScheduler
+}
+
+// NewBus returns a Bus that publishes to and subscribes through d.
+func NewBus(d Driver, opts ...Option) *Bus {
+	o := newOptions(opts)
+	reg := NewEventRegistry(o.naming)
+	w := Writer(d)
+	if o.publishWriter != nil {
+		w = o.publishWriter
+	}
+	return &Bus{
+		driver: d,
+		opts:   o,
+		reg:    reg,
+		pub:    newPublisher(w, reg, o),
+		routes: make(map[routeKey]*route),
+	}
+}
+
+// Registry returns the bus's event registry.
+func (b *Bus) Registry() *EventRegistry { return b.reg }
+
+// Publisher returns the bus's publisher (for NewAsyncPublisher, Encode).
+func (b *Bus) Publisher() *Publisher { return b.pub }
+
+// Publish encodes events and writes them in one driver Write (see
+// Publisher.Publish).
+func (b *Bus) Publish(ctx context.Context, events ...any) error {
+	return b.pub.Publish(ctx, events...)
+}
+
+// PublishMessages writes ready-made messages (see Publisher.PublishMessages).
+func (b *Bus) PublishMessages(ctx context.Context, msgs ...*Message) error {
+	return b.pub.PublishMessages(ctx, msgs...)
+}
+
+// SubscribeOption configures one subscription.
+type SubscribeOption func(*subscribeOptions)
+
+type subscribeOptions struct {
+	retry       *RetryConfig
+	dedup       *DedupConfig
+	deadLetter  *DeadLetterConfig
+	middleware  []Middleware
+	concurrency int
+	sched       SchedulerConfig
+	schedSet    bool
+}
+
+// WithRetry retries a failing handler within one delivery (see Retry).
+func WithRetry(cfg RetryConfig) SubscribeOption {
+	return func(o *subscribeOptions) { o.retry = &cfg }
+}
+
+// WithDedup skips messages this group has already processed, keeping the
+// processed set in s (see Deduplicate; default lease and window).
+func WithDedup(s dedup.Storage) SubscribeOption {
+	return WithDedupConfig(DedupConfig{Storage: s})
+}
+
+// WithDedupConfig is WithDedup with settings; the Bus fills Group.
+func WithDedupConfig(cfg DedupConfig) SubscribeOption {
+	return func(o *subscribeOptions) { o.dedup = &cfg }
+}
+
+// WithDeadLetter sends messages the handler gave up on to topic + ".dlq"
+// through the bus's driver (see DeadLetter).
+func WithDeadLetter() SubscribeOption { return WithDeadLetterConfig(DeadLetterConfig{}) }
+
+// WithDeadLetterConfig is WithDeadLetter with settings; the Bus fills
+// Group, and Writer when it is nil.
+func WithDeadLetterConfig(cfg DeadLetterConfig) SubscribeOption {
+	return func(o *subscribeOptions) { o.deadLetter = &cfg }
+}
+
+// WithMiddleware adds user middleware inside the built-in ones: it runs
+// once per attempt, under Recover (see the order in middleware.go).
+func WithMiddleware(mws ...Middleware) SubscribeOption {
+	return func(o *subscribeOptions) { o.middleware = append(o.middleware, mws...) }
+}
+
+// WithConcurrency runs up to n handlers of the subscription at once, with
+// per-key order kept (default 1). Handlers of several event types on one
+// topic and group share one pool; the largest n given wins.
+func WithConcurrency(n int) SubscribeOption {
+	return func(o *subscribeOptions) { o.concurrency = n }
+}
+
+// WithScheduler sets every scheduler setting of the subscription's (topic,
+// group) pool at once (see SchedulerConfig); OnError defaults to the bus's
+// error handler.
+func WithScheduler(cfg SchedulerConfig) SubscribeOption {
+	return func(o *subscribeOptions) { o.sched, o.schedSet = cfg, true }
+}
+
+// Subscribe runs h for every event of type E published to E's topic, as a
+// member of group. Messages of other event types on a shared topic are
+// acknowledged for this group without running h. The handler receives the
+// decoded value; a payload that cannot be decoded goes to the dead-letter
+// topic with the reason (even without WithDeadLetter). Subscribing after
+// Start starts the subscription at once, unless its (topic, group) is
+// already consuming (ErrSubscriptionRunning).
+func Subscribe[E any](b *Bus, group string, h func(ctx context.Context, e E, m *Message) error, opts ...SubscribeOption) error {
+	et, err := b.reg.Lookup(reflect.TypeFor[E]())
+	if err != nil {
+		return err
+	}
+	return b.add(et.Topic, group, et.Name, decodeHandler(b.pub.codecs, b.opts.codec, et, h), opts)
+}
+
+// Handle runs h for every message published to topic, as a member of
+// group, whatever its event type: for raw messages and foreign producers.
+// A topic and group with a raw handler take no typed handler.
+func (b *Bus) Handle(topic, group string, h HandlerFunc, opts ...SubscribeOption) error {
+	return b.add(topic, group, "", h, opts)
+}
+
+func decodeHandler[E any](codecs *codec.Registry, def codec.Codec, et *EventType, h func(context.Context, E, *Message) error) HandlerFunc {
+	preferred := et.Codec
+	if preferred == nil {
+		preferred = def
+	}
+	return func(ctx context.Context, m *Message) error {
+		c := preferred
+		if m.ContentType != c.ContentType() {
+			var err error
+			if c, err = codecs.Lookup(m.ContentType); err != nil {
+				return &DecodeError{Topic: m.Topic, MessageID: m.ID, Event: m.Event(), ContentType: m.ContentType, Err: err}
+			}
+		}
+		var e E
+		if err := c.Unmarshal(m.Data, &e); err != nil {
+			return &DecodeError{Topic: m.Topic, MessageID: m.ID, Event: m.Event(), ContentType: m.ContentType, Err: err}
+		}
+		return h(ctx, e, m)
+	}
+}
+
+func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOption) error {
+	if h == nil {
+		return errors.New("herald: nil handler")
+	}
+	if err := errors.Join(ValidateName("topic", topic), ValidateName("group", group)); err != nil {
+		return err
+	}
+	var o subscribeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	chain, err := b.chain(topic, group, h, &o)
+	if err != nil {
+		return err
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	key := routeKey{topic, group}
+	r := b.routes[key]
+	if r == nil {
+		r = &route{topic: topic, group: group, handlers: make(map[string]HandlerFunc)}
+	} else if r.sched != nil {
+		return fmt.Errorf("%w: topic %q group %q", ErrSubscriptionRunning, topic, group)
+	}
+	switch {
+	case event == "" && (r.raw != nil || len(r.handlers) > 0),
+		event != "" && r.raw != nil:
+		return fmt.Errorf("%w: topic %q group %q mixes raw and typed handlers or has two raw ones", ErrDuplicateHandler, topic, group)
+	case event != "" && r.handlers[event] != nil:
+		return fmt.Errorf("%w: event %q group %q", ErrDuplicateHandler, event, group)
+	}
+	if event == "" {
+		r.raw = chain
+	} else {
+		r.handlers[event] = chain
+	}
+	if o.schedSet {
+		r.cfg = o.sched
+	}
+	r.cfg.Concurrency = max(r.cfg.Concurrency, o.concurrency)
+	if b.routes[key] == nil {
+		b.routes[key] = r
+		b.order = append(b.order, r)
+	}
+	if b.started {
+		return b.startRoute(r)
+	}
+	return nil
+}
+
+// chain assembles the middleware in the canonical order (middleware.go).
+func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (HandlerFunc, error) {
+	var mws []Middleware
+	logger := b.opts.logger
+	if b.opts.onHandled != nil || logger.Enabled(context.Background(), slog.LevelDebug) {
+		mws = append(mws, Observe(topic, group, logger, b.opts.onHandled))
+	}
+	if o.dedup != nil {
+		cfg := *o.dedup
+		if cfg.Storage == nil {
+			return nil, errors.New("herald: WithDedup needs a storage")
+		}
+		cfg.Group = group
+		if cfg.OnError == nil {
+			cfg.OnError = b.opts.onError
+		}
+		if cfg.OnDuplicate == nil {
+			cfg.OnDuplicate = func(m *Message) {
+				logger.LogAttrs(context.Background(), slog.LevelDebug, "herald: duplicate skipped",
+					slog.String("topic", topic), slog.String("group", group), slog.String("message_id", m.ID))
+			}
+		}
+		mws = append(mws, Deduplicate(cfg))
+	}
+	dl := DeadLetterConfig{OnlyUndecodable: true}
+	if o.deadLetter != nil {
+		dl = *o.deadLetter
+	}
+	if dl.Writer == nil {
+		dl.Writer = b.driver
+	}
+	dl.Group = group
+	dlTopic := DeadLetterTopic(topic)
+	if dl.Topic != nil {
+		dlTopic = dl.Topic(topic)
+	}
+	if err := ValidateName("dead-letter topic", dlTopic); err != nil {
+		return nil, err
+	}
+	if dl.OnDeadLetter == nil {
+		dl.OnDeadLetter = func(m *Message, reason error) {
+			logger.LogAttrs(context.Background(), slog.LevelWarn, "herald: dead-lettered",
+				slog.String("topic", topic), slog.String("group", group), slog.String("message_id", m.ID),
+				slog.String("dead_letter_topic", dlTopic), slog.Any("reason", reason))
+		}
+	}
+	mws = append(mws, DeadLetter(dl))
+	if o.retry != nil {
+		mws = append(mws, Retry(*o.retry))
+	}
+	mws = append(mws, Recover())
+	mws = append(mws, o.middleware...)
+	return Chain(h, mws...), nil
+}
+
+// Start starts every subscription in the background and returns. Later
+// Subscribe calls start their subscription at once. Cancelling ctx stops
+// the subscribers abruptly (handler contexts are cancelled); Shutdown is
+// the graceful way.
+func (b *Bus) Start(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return ErrClosed
+	case b.started:
+		return errors.New("herald: bus already started")
+	}
+	b.started, b.runCtx = true, ctx
+	for _, r := range b.order {
+		if err := b.startRoute(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startRoute runs r's scheduler; b.mu held.
+func (b *Bus) startRoute(r *route) error {
+	cfg := r.cfg
+	if cfg.OnError == nil {
+		cfg.OnError = b.opts.onError
+	}
+	s, err := NewSubscriberScheduler(b.driver, r.topic, r.group, r.handle, cfg)
+	if err != nil {
+		return err
+	}
+	r.sched = s
+	return s.Start(b.runCtx)
+}
+
+func (r *route) handle(ctx context.Context, m *Message) error {
+	if r.raw != nil {
+		return r.raw(ctx, m)
+	}
+	if h := r.handlers[m.Event()]; h != nil {
+		return h(ctx, m)
+	}
+	if len(r.handlers) == 1 && m.Event() == "" {
+		// A foreign producer that sets no event name: a group with one
+		// event type on the topic takes it as that type.
+		for _, h := range r.handlers {
+			return h(ctx, m)
+		}
+	}
+	return nil // another event type on a shared topic: not this handler's
+}
+
+// Shutdown stops every subscription gracefully (see
+// SubscriberScheduler.Shutdown), all at once, bounded by ctx. Publishing
+// still works afterwards; subscribing does not.
+func (b *Bus) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	b.closed = true
+	var scheds []*SubscriberScheduler
+	for _, r := range b.order {
+		if r.sched != nil {
+			scheds = append(scheds, r.sched)
+		}
+	}
+	b.mu.Unlock()
+	errs := make([]error, len(scheds))
+	var wg sync.WaitGroup
+	for i, s := range scheds {
+		wg.Go(func() { errs[i] = s.Shutdown(ctx) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,327 @@
+package drivertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heraldbus/herald"
+)
+
+// Event is the event type the Bus checks publish.
+type Event struct {
+	Key string `json:"key"`
+	Seq int    `json:"seq"`
+}
+
+// RunBus runs the checks that go through a herald.Bus on the driver.
+func RunBus(t *testing.T, cfg Config) {
+	cfg = cfg.withDefaults()
+	tests := []struct {
+		name string
+		fn   func(*testing.T, Config)
+	}{
+		{"TypedRoundTrip", testBusRoundTrip},
+		{"HandlerErrorIsRedelivered", testBusRedelivery},
+		{"PerKeyOrderWithConcurrency", testBusPerKeyOrder},
+		{"ShutdownWithInFlightLosesNothing", testBusShutdownInFlight},
+		{"UndecodableGoesToDeadLetter", testBusPoison},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+	}
+}
+
+func newBus(t *testing.T, d herald.Driver, topic string) *herald.Bus {
+	t.Helper()
+	bus := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)))
+	if err := herald.Register[Event](bus, topic, herald.WithKey(func(e Event) string { return e.Key })); err != nil {
+		t.Fatal(err)
+	}
+	return bus
+}
+
+func shutdown(t *testing.T, bus *herald.Bus) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := bus.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, cfg Config, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(cfg.Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", cfg.Timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func testBusRoundTrip(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic := Name(t, "t")
+	bus := newBus(t, d, topic)
+	got := make(chan Event, 10)
+	var meta atomic.Pointer[herald.Message]
+	err := herald.Subscribe(bus, Name(t, "g"), func(ctx context.Context, e Event, m *herald.Message) error {
+		meta.Store(m)
+		got <- e
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, bus)
+	if err := bus.Publish(herald.WithCorrelationID(ctx, "corr-1"), Event{Key: "k", Seq: 7}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-got:
+		if e != (Event{Key: "k", Seq: 7}) {
+			t.Fatalf("got %+v", e)
+		}
+	case <-time.After(cfg.Timeout):
+		t.Fatal("event not delivered")
+	}
+	m := meta.Load()
+	if m.Key != "k" || m.Topic != topic || m.ID == "" || m.Headers[herald.HeaderCorrelationID] != "corr-1" || m.Event() == "" {
+		t.Fatalf("message metadata lost: %+v", m)
+	}
+}
+
+func testBusRedelivery(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	bus := newBus(t, d, topic)
+	var calls, done atomic.Int32
+	err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		if calls.Add(1) == 1 {
+			return errors.New("first delivery fails")
+		}
+		if herald.DeliveryCount(ctx) < 2 {
+			t.Errorf("redelivery has DeliveryCount %d", herald.DeliveryCount(ctx))
+		}
+		done.Add(1)
+		return nil
+	}, herald.WithScheduler(herald.SchedulerConfig{RedeliveryBackoff: 10 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Publish(ctx, Event{Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, cfg, "the redelivery to succeed", func() bool { return done.Load() == 1 })
+	shutdown(t, bus)
+
+	// It was acknowledged: a new member of the group gets nothing more.
+	again := newBus(t, d, topic)
+	var extra atomic.Int32
+	_ = herald.Subscribe(again, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		extra.Add(1)
+		return nil
+	})
+	_ = again.Start(ctx)
+	if err := again.Publish(ctx, Event{Key: "marker", Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, cfg, "the marker", func() bool { return extra.Load() >= 1 })
+	shutdown(t, again)
+	if n := extra.Load(); n != 1 {
+		t.Fatalf("the acknowledged message came back: %d deliveries after restart, want only the marker", n)
+	}
+}
+
+func testBusPerKeyOrder(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic := Name(t, "t")
+	bus := newBus(t, d, topic)
+	const keys, perKey = 20, 40
+	var mu sync.Mutex
+	last := map[string]int{}
+	running := map[string]bool{}
+	var handled, overlap atomic.Int32
+	var maxParallel, parallel atomic.Int32
+	err := herald.Subscribe(bus, Name(t, "g"), func(ctx context.Context, e Event, m *herald.Message) error {
+		mu.Lock()
+		if running[e.Key] {
+			overlap.Add(1)
+		}
+		running[e.Key] = true
+		if prev, ok := last[e.Key]; (ok && e.Seq != prev+1) || (!ok && e.Seq != 0) {
+			t.Errorf("key %s: %d after %d", e.Key, e.Seq, prev)
+		}
+		last[e.Key] = e.Seq
+		mu.Unlock()
+		p := parallel.Add(1)
+		for {
+			old := maxParallel.Load()
+			if p <= old || maxParallel.CompareAndSwap(old, p) {
+				break
+			}
+		}
+		time.Sleep(200 * time.Microsecond)
+		parallel.Add(-1)
+		mu.Lock()
+		running[e.Key] = false
+		mu.Unlock()
+		handled.Add(1)
+		return nil
+	}, herald.WithConcurrency(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, bus)
+	var wg sync.WaitGroup
+	for k := range keys {
+		wg.Go(func() {
+			for i := range perKey {
+				if err := bus.Publish(ctx, Event{Key: fmt.Sprintf("k%d", k), Seq: i}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, cfg, "every event", func() bool { return handled.Load() == keys*perKey })
+	if overlap.Load() != 0 {
+		t.Fatalf("%d times a key ran concurrently with itself", overlap.Load())
+	}
+	if maxParallel.Load() < 2 {
+		t.Errorf("handlers never ran in parallel (max %d) with concurrency 8", maxParallel.Load())
+	}
+}
+
+func testBusShutdownInFlight(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	const n = 200
+	var mu sync.Mutex
+	handled := map[int]bool{}
+	release := make(chan struct{})
+	var started atomic.Int32
+
+	first := newBus(t, d, topic)
+	_ = herald.Subscribe(first, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		if started.Add(1) > 20 {
+			<-release // hold some handlers in flight across the shutdown
+		}
+		mu.Lock()
+		handled[e.Seq] = true
+		mu.Unlock()
+		return nil
+	}, herald.WithConcurrency(4))
+	if err := first.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := first.Publish(ctx, Event{Key: fmt.Sprintf("k%d", i%16), Seq: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, cfg, "handlers in flight", func() bool { return started.Load() > 20 })
+	stopped := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+		defer cancel()
+		stopped <- first.Shutdown(sctx)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	close(release) // in-flight handlers finish during the shutdown
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+
+	second := newBus(t, d, topic)
+	_ = herald.Subscribe(second, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		mu.Lock()
+		handled[e.Seq] = true
+		mu.Unlock()
+		return nil
+	}, herald.WithConcurrency(4))
+	if err := second.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, second)
+	waitFor(t, cfg, "every event after the restart", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(handled) == n
+	})
+}
+
+func testBusPoison(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	bus := newBus(t, d, topic)
+	var good atomic.Int32
+	_ = herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		good.Add(1)
+		return nil
+	})
+	dlq := make(chan *herald.Message, 1)
+	if err := bus.Handle(herald.DeadLetterTopic(topic), Name(t, "dlq"), func(ctx context.Context, m *herald.Message) error {
+		dlq <- m
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, bus)
+	et, _ := bus.Registry().ByName(eventName(t, bus))
+	poison := &herald.Message{
+		Topic: topic, Key: "k", ContentType: "application/json", Data: []byte("{not json"),
+		Headers: herald.Headers{herald.HeaderEvent: et.Name},
+	}
+	if err := bus.PublishMessages(ctx, poison); err != nil {
+		t.Fatal(err)
+	}
+	// The key is not blocked: the next event of the same key is handled.
+	if err := bus.Publish(ctx, Event{Key: "k", Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-dlq:
+		if m.ID != poison.ID || m.Headers[herald.HeaderDeadLetterReason] == "" ||
+			m.Headers[herald.HeaderDeadLetterTopic] != topic || m.Headers[herald.HeaderDeadLetterGroup] != group {
+			t.Fatalf("dead letter lacks its headers: %+v", m.Headers)
+		}
+	case <-time.After(cfg.Timeout):
+		t.Fatal("poison message never reached the dead-letter topic")
+	}
+	waitFor(t, cfg, "the good event after the poison one", func() bool { return good.Load() == 1 })
+}
+
+func eventName(t *testing.T, bus *herald.Bus) string {
+	t.Helper()
+	msgs, err := bus.Publisher().Encode(context.Background(), Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msgs[0].Event()
+}

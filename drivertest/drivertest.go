@@ -1,0 +1,184 @@
+// Package drivertest is the conformance suite every herald driver runs: the
+// one place that defines what a driver must do. A driver's test calls
+//
+//	drivertest.Run(t, drivertest.Config{NewDriver: func(t *testing.T) herald.Driver { ... }})
+//
+// The suite checks the driver contract directly (Write, Subscribe, Fetch,
+// Ack, Close) and then through a herald.Bus (typed round trip, redelivery
+// after a handler error, per-key order under concurrency, shutdown with
+// handlers in flight, dead-lettering of undecodable payloads). Every test
+// uses topics and groups of its own, so a driver backed by a shared server
+// can run the suite against it.
+package drivertest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldbus/herald"
+)
+
+// Config describes the driver under test.
+type Config struct {
+	// NewDriver returns a driver for one test; clean it up with t.Cleanup.
+	NewDriver func(t *testing.T) herald.Driver
+	// MaxMessageBytes is the driver's payload limit, if it has one: the
+	// suite checks that a larger message fails with ErrMessageTooLarge.
+	MaxMessageBytes int
+	// LargeMessageBytes is the size of the large-message round trip
+	// (default 256 KiB; it must not exceed MaxMessageBytes).
+	LargeMessageBytes int
+	// Timeout bounds each wait for messages (default 30 s). It is a
+	// liveness bound, not a performance target.
+	Timeout time.Duration
+	// TimePrecision is how precisely the driver keeps Message.Time
+	// (default 1 ms, what Kafka keeps).
+	TimePrecision time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.LargeMessageBytes <= 0 {
+		c.LargeMessageBytes = 256 << 10
+		if c.MaxMessageBytes > 0 {
+			c.LargeMessageBytes = min(c.LargeMessageBytes, c.MaxMessageBytes)
+		}
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.TimePrecision <= 0 {
+		c.TimePrecision = time.Millisecond
+	}
+	return c
+}
+
+// Run runs the whole suite.
+func Run(t *testing.T, cfg Config) {
+	cfg = cfg.withDefaults()
+	t.Run("Driver", func(t *testing.T) { RunDriver(t, cfg) })
+	t.Run("Bus", func(t *testing.T) { RunBus(t, cfg) })
+}
+
+// RunDriver runs the checks of the driver contract itself.
+func RunDriver(t *testing.T, cfg Config) {
+	cfg = cfg.withDefaults()
+	tests := []struct {
+		name string
+		fn   func(*testing.T, Config)
+	}{
+		{"RoundTripKeepsEveryField", testRoundTrip},
+		{"EmptyWriteIsNoop", testEmptyWrite},
+		{"LargeBatch", testLargeBatch},
+		{"LargeMessage", testLargeMessage},
+		{"OversizedMessage", testOversized},
+		{"InvalidNames", testInvalidNames},
+		{"CancelledContexts", testCancelledContexts},
+		{"FetchWaitsForPublish", testFetchWaits},
+		{"UnackedRedeliveredAfterClose", testRedeliveryAfterClose},
+		{"TwoGroupsEachGetAll", testTwoGroups},
+		{"CompetingConsumersShareWithoutLoss", testCompetingConsumers},
+		{"PerKeyOrder", testPerKeyOrder},
+		{"ConcurrentPublishers", testConcurrentPublishers},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+	}
+}
+
+// Name returns a topic or group name unique to this test and run.
+func Name(t testing.TB, suffix string) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	base := t.Name()
+	if i := strings.LastIndexByte(base, '/'); i >= 0 {
+		base = base[i+1:]
+	}
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	return "dt." + base + "." + suffix + "." + hex.EncodeToString(b[:])
+}
+
+func context4(t *testing.T, cfg Config) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.Timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func subscribe(t *testing.T, ctx context.Context, d herald.Driver, topic, group string) herald.Subscription {
+	t.Helper()
+	sub, err := d.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatalf("Subscribe(%q, %q): %v", topic, group, err)
+	}
+	return sub
+}
+
+func closeSub(t *testing.T, sub herald.Subscription) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := sub.Close(ctx); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+// fetchN fetches until n deliveries arrived (more may come: it returns
+// what one extra Fetch round brought too, so callers can see duplicates
+// only when they ask). It fails the test after cfg.Timeout.
+func fetchN(t *testing.T, cfg Config, sub herald.Subscription, n int) []herald.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	defer cancel()
+	var out []herald.Delivery
+	buf := make([]herald.Delivery, 256)
+	for len(out) < n {
+		k, err := sub.Fetch(ctx, buf)
+		out = append(out, buf[:k]...)
+		if err != nil {
+			t.Fatalf("Fetch after %d of %d deliveries: %v", len(out), n, err)
+		}
+	}
+	return out
+}
+
+func ack(t *testing.T, sub herald.Subscription, ds ...herald.Delivery) {
+	t.Helper()
+	for _, d := range ds {
+		if err := sub.Ack(context.Background(), d); err != nil {
+			t.Fatalf("Ack %s: %v", d.Message.ID, err)
+		}
+	}
+}
+
+func write(t *testing.T, ctx context.Context, w herald.Writer, msgs ...*herald.Message) {
+	t.Helper()
+	if err := w.Write(ctx, msgs); err != nil {
+		t.Fatalf("Write %d messages: %v", len(msgs), err)
+	}
+}
+
+// newMessages makes n messages on topic; key(i) names each one's key.
+func newMessages(topic string, n int, key func(i int) string) []*herald.Message {
+	now := time.Now().UTC()
+	msgs := make([]*herald.Message, n)
+	for i := range msgs {
+		msgs[i] = &herald.Message{
+			ID:          fmt.Sprintf("%s-%06d", topic, i),
+			Topic:       topic,
+			Key:         key(i),
+			Headers:     herald.Headers{"seq": fmt.Sprint(i)},
+			ContentType: "application/octet-stream",
+			Data:        []byte(fmt.Sprintf("payload %d", i)),
+			Time:        now,
+		}
+	}
+	return msgs
+}
+
+func noKey(int) string { return "" }

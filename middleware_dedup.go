@@ -1,0 +1,83 @@
+package herald
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/heraldbus/herald/dedup"
+)
+
+// DedupConfig configures Deduplicate.
+type DedupConfig struct {
+	// Storage keeps the processed set (required): dedup/memory for one
+	// process, dedup/redis for every instance of a service.
+	Storage dedup.Storage
+	// Group scopes the processed set: each group handles a message once.
+	// The Bus sets it.
+	Group string
+	// Lease is how long a claim protects a delivery in progress (default
+	// 5 min). It must exceed the longest time the chain inside can take,
+	// retries included: a claim that expires mid-handling lets a concurrent
+	// duplicate run.
+	Lease time.Duration
+	// Window is how long a processed message is remembered (default 24 h).
+	Window time.Duration
+	// OnDuplicate, if set, is called for each skipped duplicate.
+	OnDuplicate func(m *Message)
+	// OnError receives commit and release failures, which do not fail the
+	// message (the claim then expires with its lease).
+	OnError func(error)
+}
+
+// Deduplicate runs the handler at most once per (group, message ID) within
+// the window, even for concurrent deliveries of one message: it claims the
+// ID with a lease before running, commits on success and releases on
+// failure so a redelivery can run. A delivery that finds the ID claimed by
+// another returns ErrInProgress and is redelivered later; one that finds it
+// done is acknowledged without running. A storage error fails the delivery
+// (it is redelivered), so an unreachable store never causes a double run.
+// Messages without an ID are passed through.
+func Deduplicate(cfg DedupConfig) Middleware {
+	if cfg.Lease <= 0 {
+		cfg.Lease = 5 * time.Minute
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = 24 * time.Hour
+	}
+	if cfg.OnError == nil {
+		cfg.OnError = func(error) {}
+	}
+	prefix := cfg.Group + ":"
+	return func(next HandlerFunc) HandlerFunc {
+		return func(ctx context.Context, m *Message) error {
+			if m.ID == "" {
+				return next(ctx, m)
+			}
+			key := prefix + m.ID
+			claim, err := cfg.Storage.Claim(ctx, key, cfg.Lease)
+			if err != nil {
+				return fmt.Errorf("herald: dedup claim %q: %w", key, err)
+			}
+			switch claim.State {
+			case dedup.Done:
+				if cfg.OnDuplicate != nil {
+					cfg.OnDuplicate(m)
+				}
+				return nil
+			case dedup.Busy:
+				return ErrInProgress
+			}
+			if err := next(ctx, m); err != nil {
+				if rerr := cfg.Storage.Release(context.WithoutCancel(ctx), key, claim.Token); rerr != nil {
+					cfg.OnError(fmt.Errorf("herald: dedup release %q: %w", key, rerr))
+				}
+				return err
+			}
+			if cerr := cfg.Storage.Commit(context.WithoutCancel(ctx), key, claim.Token, cfg.Window); cerr != nil {
+				cfg.OnError(fmt.Errorf("herald: dedup commit %q: %w", key, cerr))
+			}
+			return nil
+		}
+	}
+}

@@ -1,0 +1,51 @@
+package herald
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// HandleResult describes one run of a subscription's chain for a message.
+type HandleResult struct {
+	Topic    string
+	Group    string
+	Message  *Message
+	Duration time.Duration
+	// Err is what the chain returned: nil for handled, skipped duplicates
+	// and dead-lettered messages alike (use the dedup and dead-letter
+	// callbacks to tell those apart).
+	Err error
+}
+
+// Observe logs each handled message at debug level and each failure at
+// warn level on logger (nil: no logging), and calls hook (nil: none) with
+// every result: the place for metrics.
+func Observe(topic, group string, logger *slog.Logger, hook func(HandleResult)) Middleware {
+	return func(next HandlerFunc) HandlerFunc {
+		return func(ctx context.Context, m *Message) error {
+			start := time.Now()
+			err := next(ctx, m)
+			took := time.Since(start)
+			if logger != nil {
+				switch {
+				case err != nil:
+					logger.LogAttrs(ctx, slog.LevelWarn, "herald: handler failed",
+						slog.String("topic", topic), slog.String("group", group),
+						slog.String("message_id", m.ID), slog.String("event", m.Event()),
+						slog.Int("delivery", DeliveryCount(ctx)), slog.Duration("took", took),
+						slog.Any("error", err))
+				case logger.Enabled(ctx, slog.LevelDebug):
+					logger.LogAttrs(ctx, slog.LevelDebug, "herald: handled",
+						slog.String("topic", topic), slog.String("group", group),
+						slog.String("message_id", m.ID), slog.String("event", m.Event()),
+						slog.Duration("took", took))
+				}
+			}
+			if hook != nil {
+				hook(HandleResult{Topic: topic, Group: group, Message: m, Duration: took, Err: err})
+			}
+			return err
+		}
+	}
+}

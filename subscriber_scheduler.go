@@ -1,0 +1,450 @@
+package herald
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// SchedulerConfig configures a SubscriberScheduler. The zero value of every
+// field means its default.
+type SchedulerConfig struct {
+	// Concurrency is how many handlers run at once (default 1). Messages
+	// with one key never run concurrently and run in the order the driver
+	// delivered them; messages without a key run on any worker.
+	Concurrency int
+	// MaxInFlight bounds the deliveries fetched and not yet settled
+	// (default 4 x Concurrency, at least 64). It is what lets the scheduler
+	// find work for idle workers while some keys are busy.
+	MaxInFlight int
+	// FetchBatch bounds one Fetch call (default min(MaxInFlight, 256)).
+	FetchBatch int
+	// RedeliveryBackoff and MaxRedeliveryBackoff pace the redelivery of a
+	// message whose handler chain returned an error (defaults 100 ms and
+	// 10 s, doubling, with jitter). See SubscriberScheduler.
+	RedeliveryBackoff    time.Duration
+	MaxRedeliveryBackoff time.Duration
+	// OnError receives driver errors and handler errors (as
+	// *SubscriptionError). It must not block. Default: drop.
+	OnError func(error)
+}
+
+func (c SchedulerConfig) withDefaults() SchedulerConfig {
+	c.Concurrency = max(c.Concurrency, 1)
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = max(4*c.Concurrency, 64)
+	}
+	c.MaxInFlight = max(c.MaxInFlight, c.Concurrency)
+	if c.FetchBatch <= 0 {
+		c.FetchBatch = min(c.MaxInFlight, 256)
+	}
+	c.FetchBatch = min(c.FetchBatch, c.MaxInFlight)
+	if c.RedeliveryBackoff <= 0 {
+		c.RedeliveryBackoff = 100 * time.Millisecond
+	}
+	if c.MaxRedeliveryBackoff <= 0 {
+		c.MaxRedeliveryBackoff = 10 * time.Second
+	}
+	c.MaxRedeliveryBackoff = max(c.MaxRedeliveryBackoff, c.RedeliveryBackoff)
+	if c.OnError == nil {
+		c.OnError = func(error) {}
+	}
+	return c
+}
+
+// SubscriberScheduler runs one handler over one consumer-group
+// subscription: it fetches deliveries from a Reader, runs them on a pool of
+// workers with per-key order, and acknowledges each one after its handler
+// returned nil.
+//
+// Keyed concurrency. A delivery whose key already has a delivery running
+// waits behind it; a worker that finishes a message takes the next waiting
+// one of the same key. So one slow or failing key holds up only itself.
+//
+// Redelivery in place. When the handler returns an error the message is
+// not acknowledged: the scheduler runs it again after a backoff (doubling
+// up to MaxRedeliveryBackoff, with jitter), keeping its key blocked so later
+// messages of the key do not overtake it, until it succeeds or the scheduler
+// shuts down (then the driver redelivers it to the group). The retry and
+// dead-letter middleware decide when to stop trying; without them a message
+// that always fails blocks its key, and only its key, and is reported to
+// OnError on every failure.
+//
+// Shutdown stops fetching, lets running handlers finish, abandons fetched
+// messages that have not started (the driver redelivers them), and closes
+// the subscription.
+type SubscriberScheduler struct {
+	reader  Reader
+	topic   string
+	group   string
+	handler HandlerFunc
+	cfg     SchedulerConfig
+
+	slots chan struct{} // one token per delivery that may be in flight
+	ready chan Delivery // deliveries whose key is free; cap = MaxInFlight
+
+	mu     sync.Mutex
+	active map[string]*keyQueue // keys with a delivery running; nil value = nothing waiting
+	spare  []*keyQueue
+
+	started        atomic.Bool
+	stopping       atomic.Bool
+	stop           chan struct{} // closed when Shutdown starts
+	cancelIntake   context.CancelFunc
+	handlerCtx     context.Context
+	cancelHandlers context.CancelFunc
+	ackCtx         context.Context
+	sub            Subscription // set by intake before the first delivery
+	subMu          sync.Mutex
+	workers        sync.WaitGroup
+	intakeDone     chan struct{}
+	done           chan struct{}
+	shutdownOnce   sync.Once
+	shutdownErr    error
+}
+
+// keyQueue holds the deliveries of one key that wait for the running one.
+type keyQueue struct {
+	items []Delivery
+	head  int
+}
+
+// NewSubscriberScheduler returns a scheduler for topic and group; Start
+// runs it. handler is usually a middleware chain (see Chain).
+func NewSubscriberScheduler(r Reader, topic, group string, handler HandlerFunc, cfg SchedulerConfig) (*SubscriberScheduler, error) {
+	if err := errors.Join(ValidateName("topic", topic), ValidateName("group", group)); err != nil {
+		return nil, err
+	}
+	if r == nil || handler == nil {
+		return nil, errors.New("herald: scheduler needs a reader and a handler")
+	}
+	cfg = cfg.withDefaults()
+	return &SubscriberScheduler{
+		reader:     r,
+		topic:      topic,
+		group:      group,
+		handler:    handler,
+		cfg:        cfg,
+		slots:      make(chan struct{}, cfg.MaxInFlight),
+		ready:      make(chan Delivery, cfg.MaxInFlight),
+		active:     make(map[string]*keyQueue),
+		stop:       make(chan struct{}),
+		intakeDone: make(chan struct{}),
+		done:       make(chan struct{}),
+	}, nil
+}
+
+// Topic returns the topic the scheduler consumes.
+func (s *SubscriberScheduler) Topic() string { return s.topic }
+
+// Group returns the consumer group the scheduler belongs to.
+func (s *SubscriberScheduler) Group() string { return s.group }
+
+// Start subscribes in the background and starts the workers; it returns at
+// once. A failing Subscribe or Fetch is reported to OnError and retried with
+// backoff. Cancelling ctx stops the scheduler as a Shutdown whose deadline
+// has passed would: handler contexts are cancelled at once. Start may be
+// called once.
+func (s *SubscriberScheduler) Start(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("herald: scheduler already started")
+	}
+	base := context.WithoutCancel(ctx)
+	intakeCtx, cancelIntake := context.WithCancel(base)
+	s.cancelIntake = cancelIntake
+	s.handlerCtx, s.cancelHandlers = context.WithCancel(base)
+	s.ackCtx = base
+	for range s.cfg.MaxInFlight {
+		s.slots <- struct{}{}
+	}
+	go s.intake(intakeCtx)
+	s.workers.Add(s.cfg.Concurrency)
+	for range s.cfg.Concurrency {
+		go s.work()
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+			expired, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = s.Shutdown(expired)
+		case <-s.stop:
+		}
+	}()
+	return nil
+}
+
+// Done is closed when the scheduler has fully stopped.
+func (s *SubscriberScheduler) Done() <-chan struct{} { return s.done }
+
+// Shutdown stops fetching, waits for running handlers to return, and
+// closes the subscription, which flushes acknowledgments and hands
+// unacknowledged messages back to the group. When ctx ends first, handler
+// contexts are cancelled and Shutdown waits for the handlers to return
+// (a handler that ignores its context delays it), then returns ctx.Err().
+// No goroutine of the scheduler outlives Shutdown. It is safe to call more
+// than once; later calls wait for the first and return its result.
+func (s *SubscriberScheduler) Shutdown(ctx context.Context) error {
+	if !s.started.Load() {
+		return nil
+	}
+	s.shutdownOnce.Do(func() {
+		s.stopping.Store(true)
+		close(s.stop)
+		s.cancelIntake()
+		finished := make(chan struct{})
+		go func() {
+			s.workers.Wait()
+			<-s.intakeDone
+			close(finished)
+		}()
+		select {
+		case <-finished:
+		case <-ctx.Done():
+			s.cancelHandlers()
+			<-finished
+			s.shutdownErr = ctx.Err()
+		}
+		s.cancelHandlers()
+		s.subMu.Lock()
+		sub := s.sub
+		s.subMu.Unlock()
+		if sub != nil {
+			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			if err := sub.Close(closeCtx); err != nil {
+				s.report("close", "", err)
+				s.shutdownErr = errors.Join(s.shutdownErr, err)
+			}
+			cancel()
+		}
+		close(s.done)
+	})
+	<-s.done
+	return s.shutdownErr
+}
+
+func (s *SubscriberScheduler) report(op, msgID string, err error) {
+	s.cfg.OnError(&SubscriptionError{Topic: s.topic, Group: s.group, Op: op, MsgID: msgID, Err: err})
+}
+
+// intake subscribes, then fetches as long as there are free slots.
+func (s *SubscriberScheduler) intake(ctx context.Context) {
+	defer close(s.intakeDone)
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	var sub Subscription
+	for sub == nil {
+		var err error
+		if sub, err = s.reader.Subscribe(ctx, s.topic, s.group); err != nil {
+			sub = nil
+			if ctx.Err() != nil {
+				return
+			}
+			s.report("subscribe", "", err)
+			if !sleepCtx(ctx, backoff.next()) {
+				return
+			}
+		}
+	}
+	s.subMu.Lock()
+	s.sub = sub
+	s.subMu.Unlock()
+	backoff.reset()
+
+	buf := make([]Delivery, s.cfg.FetchBatch)
+	for {
+		// Take one slot (waiting if need be), then as many more as are free.
+		select {
+		case <-s.slots:
+		case <-ctx.Done():
+			return
+		}
+		n := 1
+	more:
+		for n < len(buf) {
+			select {
+			case <-s.slots:
+				n++
+			default:
+				break more
+			}
+		}
+		got, err := sub.Fetch(ctx, buf[:n])
+		for range n - got {
+			s.slots <- struct{}{}
+		}
+		if got > 0 {
+			s.dispatch(buf[:got])
+			clear(buf[:got])
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.report("fetch", "", err)
+			if !sleepCtx(ctx, backoff.next()) {
+				return
+			}
+			continue
+		}
+		backoff.reset()
+	}
+}
+
+// dispatch queues each delivery behind its key, or makes it ready.
+func (s *SubscriberScheduler) dispatch(ds []Delivery) {
+	s.mu.Lock()
+	for _, d := range ds {
+		key := d.Message.Key
+		if key == "" {
+			s.ready <- d // never blocks: at most MaxInFlight deliveries exist
+			continue
+		}
+		q, busy := s.active[key]
+		if !busy {
+			s.active[key] = nil
+			s.ready <- d
+			continue
+		}
+		if q == nil {
+			q = s.newQueue()
+			s.active[key] = q
+		}
+		q.items = append(q.items, d)
+	}
+	s.mu.Unlock()
+}
+
+func (s *SubscriberScheduler) newQueue() *keyQueue {
+	if n := len(s.spare); n > 0 {
+		q := s.spare[n-1]
+		s.spare = s.spare[:n-1]
+		return q
+	}
+	return &keyQueue{}
+}
+
+// following returns the next waiting delivery of key, or frees the key.
+func (s *SubscriberScheduler) following(key string) (Delivery, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.active[key]
+	if q == nil || q.head == len(q.items) || s.stopping.Load() {
+		delete(s.active, key)
+		if q != nil {
+			clear(q.items)
+			q.items, q.head = q.items[:0], 0
+			s.spare = append(s.spare, q)
+		}
+		return Delivery{}, false
+	}
+	d := q.items[q.head]
+	q.items[q.head] = Delivery{}
+	q.head++
+	return d, true
+}
+
+func (s *SubscriberScheduler) work() {
+	defer s.workers.Done()
+	for {
+		var d Delivery
+		select {
+		case d = <-s.ready:
+		case <-s.stop:
+			return
+		}
+		if s.stopping.Load() {
+			s.slots <- struct{}{} // not started: abandoned to the driver
+			return
+		}
+		for {
+			s.run(d)
+			s.slots <- struct{}{}
+			if d.Message.Key == "" {
+				break
+			}
+			next, ok := s.following(d.Message.Key)
+			if !ok {
+				break
+			}
+			d = next
+		}
+		if s.stopping.Load() {
+			return
+		}
+	}
+}
+
+// run handles d until it succeeds (then acknowledges it) or the scheduler
+// stops (then abandons it to the driver).
+func (s *SubscriberScheduler) run(d Delivery) {
+	count := max(d.Count, 1)
+	backoff := newBackoff(s.cfg.RedeliveryBackoff, s.cfg.MaxRedeliveryBackoff)
+	for {
+		ctx := s.handlerCtx
+		if count > 1 {
+			ctx = context.WithValue(ctx, deliveryCountKey{}, count)
+		}
+		err := s.handler(ctx, d.Message)
+		if err == nil {
+			if err := s.sub.Ack(s.ackCtx, d); err != nil {
+				s.report("ack", d.Message.ID, err)
+			}
+			return
+		}
+		if s.stopping.Load() {
+			return
+		}
+		if !errors.Is(err, ErrInProgress) {
+			s.report("handle", d.Message.ID, err)
+		}
+		select {
+		case <-time.After(backoff.next()):
+		case <-s.stop:
+			return
+		}
+		count++
+	}
+}
+
+type deliveryCountKey struct{}
+
+// DeliveryCount returns how many times the message being handled has been
+// delivered to this group, this delivery included (at least 1). It counts
+// the driver's redeliveries and the scheduler's redeliveries in place; the
+// retry middleware's attempts within one delivery are counted by Attempt.
+func DeliveryCount(ctx context.Context) int {
+	if n, ok := ctx.Value(deliveryCountKey{}).(int); ok {
+		return n
+	}
+	return 1
+}
+
+// backoff doubles from min to max with ±20% jitter.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(lo, hi time.Duration) backoff { return backoff{min: lo, max: hi, cur: lo} }
+
+func (b *backoff) reset() { b.cur = b.min }
+
+func (b *backoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(2*b.cur, b.max)
+	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether it waited in full.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
