@@ -22,6 +22,8 @@ type DedupConfig struct {
 	// duplicate run.
 	Lease time.Duration
 	// Window is how long a processed message is remembered (default 24 h).
+	// A storage may cap it: dedup/memory remembers at most its own window
+	// (memory.WithWindow, 1 h by default), to bound its memory.
 	Window time.Duration
 	// OnDuplicate, if set, is called for each skipped duplicate.
 	OnDuplicate func(m *Message)

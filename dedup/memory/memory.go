@@ -98,8 +98,9 @@ type config struct {
 
 // WithWindow sets the longest time a done mark lasts (default DefaultWindow).
 // A Commit with a shorter window is honoured exactly; a longer one is cut to
-// d. The memory of a done mark is given back a second or two after d.
-// d must be positive.
+// d. The memory of a done mark is given back a few seconds after d has
+// passed since its Commit, whatever window the Commit asked for. d must be
+// positive.
 func WithWindow(d time.Duration) Option {
 	return func(c *config) { c.window = d }
 }

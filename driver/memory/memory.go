@@ -21,12 +21,13 @@
 // offset order, skipping those that were acknowledged. Delivery.Count tells
 // how many times the group received a message.
 //
-// Backpressure. A partition holds at most WithCapacity messages that some
-// group has not acknowledged yet. When it is full, Write blocks until the
-// slowest group catches up, the context ends or the Broker closes; memory
-// stays bounded and no goroutine is started per message. A topic no group
-// has joined yet keeps its newest WithCapacity messages per partition and
-// drops older ones, as a retention limit would.
+// Retention and backpressure. Each partition keeps its newest WithCapacity
+// messages, acknowledged or not, like a size-bounded Kafka log; a group
+// that joins later starts at the oldest one kept. A message is overwritten
+// only once every group has acknowledged it: when the oldest message is
+// still unacknowledged by some group, Write blocks until that group catches
+// up, the context ends or the Broker closes. Memory stays bounded and no
+// goroutine is started per message.
 package memory
 
 import (
@@ -270,21 +271,20 @@ func (p *partition) addCursor(capacity int, latest bool) *cursor {
 	return c
 }
 
-// floor is the lowest offset some group still needs; p.mu held.
-func (p *partition) floor() uint64 {
-	if len(p.cursors) == 0 {
-		return p.end + 1 - min(p.end+1, uint64(len(p.log)))
-	}
-	f := p.end
+// full reports whether appending would overwrite a message some group has
+// not acknowledged; p.mu held.
+func (p *partition) full() bool {
 	for _, c := range p.cursors {
-		f = min(f, c.low)
+		if p.end-c.low >= uint64(len(p.log)) {
+			return true
+		}
 	}
-	return f
+	return false
 }
 
 func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *herald.Message) error {
 	p.mu.Lock()
-	for p.end-p.floor() >= uint64(len(p.log)) {
+	for p.full() {
 		if p.space == nil {
 			p.space = make(chan struct{})
 		}
@@ -299,7 +299,9 @@ func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *heral
 		}
 		p.mu.Lock()
 	}
-	p.trim()
+	if p.end-p.start == uint64(len(p.log)) {
+		p.start++ // the ring is full of acknowledged messages: drop the oldest
+	}
 	p.log[p.end%uint64(len(p.log))] = m
 	p.end++
 	for _, c := range p.cursors {
@@ -309,14 +311,6 @@ func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *heral
 	}
 	p.mu.Unlock()
 	return nil
-}
-
-// trim drops messages no group needs any more, so they can be collected;
-// p.mu held.
-func (p *partition) trim() {
-	for f := p.floor(); p.start < f; p.start++ {
-		p.log[p.start%uint64(len(p.log))] = nil
-	}
 }
 
 // freed wakes writers blocked on a full partition; p.mu held.
@@ -474,7 +468,6 @@ func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 			c.counts[c.low%capacity] = 0
 			c.low++
 		}
-		p.trim()
 		p.freed()
 	}
 	if c.inflight == 0 && c.pending != nil {

@@ -1,0 +1,223 @@
+package herald_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/codec"
+	"github.com/heraldbus/herald/driver/memory"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func newTestBus(t *testing.T, opts ...herald.Option) (*herald.Bus, *memory.Broker) {
+	t.Helper()
+	b := newBroker(t)
+	opts = append([]herald.Option{herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {})}, opts...)
+	bus := herald.NewBus(b, opts...)
+	t.Cleanup(func() { _ = bus.Shutdown(context.Background()) })
+	return bus, b
+}
+
+func TestBusSharedTopicDeliversEachTypeToItsHandler(t *testing.T) {
+	bus, _ := newTestBus(t)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	herald.MustRegister[OrderShipped](bus, "orders")
+	var placed, shipped atomic.Int32
+	var onlyShipped atomic.Int32
+	must(t, herald.Subscribe(bus, "billing", func(_ context.Context, e OrderPlaced, _ *herald.Message) error {
+		placed.Add(1)
+		return nil
+	}))
+	must(t, herald.Subscribe(bus, "billing", func(_ context.Context, e OrderShipped, _ *herald.Message) error {
+		shipped.Add(1)
+		return nil
+	}))
+	// Another group with only one of the types acknowledges the others.
+	must(t, herald.Subscribe(bus, "tracking", func(_ context.Context, e OrderShipped, _ *herald.Message) error {
+		onlyShipped.Add(1)
+		return nil
+	}))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, OrderPlaced{ID: "1"}, OrderShipped{ID: "1"}, OrderPlaced{ID: "2"}))
+	eventually(t, "all handlers", func() bool {
+		return placed.Load() == 2 && shipped.Load() == 1 && onlyShipped.Load() == 1
+	})
+}
+
+func TestBusSubscribeErrors(t *testing.T) {
+	bus, _ := newTestBus(t)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	h := func(context.Context, OrderPlaced, *herald.Message) error { return nil }
+	must(t, herald.Subscribe(bus, "g", h))
+	if err := herald.Subscribe(bus, "g", h); !errors.Is(err, herald.ErrDuplicateHandler) {
+		t.Fatalf("second handler for one type and group: %v", err)
+	}
+	if err := herald.Subscribe(bus, "bad group", h); !errors.Is(err, herald.ErrInvalidName) {
+		t.Fatalf("bad group: %v", err)
+	}
+	if err := herald.Subscribe(bus, "g", func(context.Context, OrderShipped, *herald.Message) error { return nil }); !errors.Is(err, herald.ErrUnregisteredEvent) {
+		t.Fatalf("unregistered type: %v", err)
+	}
+	if err := bus.Handle("orders", "g", func(context.Context, *herald.Message) error { return nil }); !errors.Is(err, herald.ErrDuplicateHandler) {
+		t.Fatalf("raw handler next to a typed one: %v", err)
+	}
+	must(t, bus.Start(testContext(t)))
+	if err := herald.Subscribe(bus, "g", func(context.Context, OrderShipped, *herald.Message) error { return nil }); err == nil {
+		t.Fatal("joined a running subscription")
+	}
+	// A new group after Start starts at once.
+	got := make(chan struct{}, 1)
+	must(t, herald.Subscribe(bus, "late", func(context.Context, OrderPlaced, *herald.Message) error {
+		got <- struct{}{}
+		return nil
+	}))
+	must(t, bus.Publish(testContext(t), OrderPlaced{ID: "1"}))
+	select {
+	case <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a subscription added after Start never ran")
+	}
+	must(t, bus.Shutdown(testContext(t)))
+	if err := herald.Subscribe(bus, "after", h); !errors.Is(err, herald.ErrClosed) {
+		t.Fatalf("subscribe after shutdown: %v", err)
+	}
+}
+
+func TestBusRetryThenDeadLetter(t *testing.T) {
+	bus, _ := newTestBus(t)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var attempts atomic.Int32
+	must(t, herald.Subscribe(bus, "billing", func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
+		attempts.Add(1)
+		if e.ID == "poison" {
+			return errors.New("card declined")
+		}
+		return nil
+	}, herald.WithRetry(fastRetry(3)), herald.WithDeadLetter()))
+	dead := make(chan *herald.Message, 1)
+	must(t, bus.Handle("orders.dlq", "ops", func(_ context.Context, m *herald.Message) error {
+		dead <- m
+		return nil
+	}))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, OrderPlaced{ID: "poison"}))
+	select {
+	case m := <-dead:
+		if m.Headers[herald.HeaderDeadLetterAttempts] != "3" || m.Headers[herald.HeaderDeadLetterGroup] != "billing" {
+			t.Fatalf("headers %v", m.Headers)
+		}
+		// The dead letter still decodes as the original event.
+		if m.Event() == "" || string(m.Data) != `{"id":"poison","amount":0}` {
+			t.Fatalf("payload changed: %s", m.Data)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no dead letter")
+	}
+	if attempts.Load() != 3 {
+		t.Fatalf("%d attempts, want 3", attempts.Load())
+	}
+}
+
+func TestBusDedupSkipsRepublishedMessage(t *testing.T) {
+	bus, b := newTestBus(t)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var calls atomic.Int32
+	must(t, herald.Subscribe(bus, "billing", func(context.Context, OrderPlaced, *herald.Message) error {
+		calls.Add(1)
+		return nil
+	}, herald.WithDedup(newDedupStore(t))))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	msgs, err := bus.Publisher().Encode(ctx, OrderPlaced{ID: "1"})
+	must(t, err)
+	// The same message (same ID) arrives three times, as after a relay crash.
+	for range 3 {
+		must(t, bus.PublishMessages(ctx, msgs[0].Clone()))
+	}
+	eventually(t, "all three acknowledged", func() bool { return b.Backlog("orders", "billing") == 0 && calls.Load() > 0 })
+	if calls.Load() != 1 {
+		t.Fatalf("handler ran %d times", calls.Load())
+	}
+}
+
+func TestBusProtobufAndForeignMessages(t *testing.T) {
+	bus, _ := newTestBus(t)
+	herald.MustRegister[*wrapperspb.StringValue](bus, "strings", herald.WithCodec(codec.Protobuf{}))
+	got := make(chan string, 2)
+	must(t, herald.Subscribe(bus, "g", func(_ context.Context, v *wrapperspb.StringValue, _ *herald.Message) error {
+		got <- v.GetValue()
+		return nil
+	}))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, wrapperspb.String("typed")))
+	// A producer that sets no event name and no content type: the only
+	// handler of the group takes it, decoded by content type... which here
+	// is protobuf bytes labelled with the protobuf content type.
+	data, _ := codec.Protobuf{}.Marshal(wrapperspb.String("foreign"))
+	must(t, bus.PublishMessages(ctx, &herald.Message{Topic: "strings", ContentType: codec.ProtobufContentType, Data: data}))
+	for _, want := range []string{"typed", "foreign"} {
+		select {
+		case v := <-got:
+			if v != want {
+				t.Fatalf("got %q, want %q", v, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s never arrived", want)
+		}
+	}
+}
+
+func TestBusPublishWriter(t *testing.T) {
+	w := &recordingWriter{}
+	bus, _ := newTestBus(t, herald.WithPublishWriter(w))
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	must(t, bus.Publish(testContext(t), OrderPlaced{ID: "1"}))
+	if len(w.all()) != 1 {
+		t.Fatal("publish did not go to the publish writer")
+	}
+}
+
+func TestBusHandleHookAndConcurrency(t *testing.T) {
+	var mu sync.Mutex
+	results := 0
+	bus, _ := newTestBus(t, herald.WithHandleHook(func(r herald.HandleResult) {
+		mu.Lock()
+		results++
+		mu.Unlock()
+	}))
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var active, peak atomic.Int32
+	must(t, herald.Subscribe(bus, "g", func(context.Context, OrderPlaced, *herald.Message) error {
+		n := active.Add(1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		time.Sleep(time.Millisecond)
+		active.Add(-1)
+		return nil
+	}, herald.WithConcurrency(4)))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	for i := range 40 {
+		must(t, bus.Publish(ctx, OrderPlaced{ID: strconv.Itoa(i)}))
+	}
+	eventually(t, "every result", func() bool { mu.Lock(); defer mu.Unlock(); return results == 40 })
+	if peak.Load() > 4 {
+		t.Fatalf("%d handlers ran at once with concurrency 4", peak.Load())
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
