@@ -206,7 +206,7 @@ func TestDeadLetter(t *testing.T) {
 	})
 }
 
-func newDedupStore(t *testing.T) dedup.Storage {
+func newDedupStore(t testing.TB) dedup.Storage {
 	t.Helper()
 	s, err := dedupmemory.New(context.Background())
 	if err != nil {

@@ -94,6 +94,7 @@ type config struct {
 	window      time.Duration
 	shards      int
 	maxMemoryMB int
+	expected    int
 }
 
 // WithWindow sets the longest time a done mark lasts (default DefaultWindow).
@@ -118,6 +119,15 @@ func WithShards(n int) Option {
 // memory beyond mb.
 func WithMaxMemory(mb int) Option {
 	return func(c *config) { c.maxMemoryMB = mb }
+}
+
+// WithExpectedEntries sizes the cache up front for n done marks (message
+// rate times window), so that it does not grow by copying while it fills:
+// bigcache doubles its buffers as entries arrive, which dominates the cost
+// of the first hour at a high rate. The default sizes for 64 entries per
+// shard. n must not be negative.
+func WithExpectedEntries(n int) Option {
+	return func(c *config) { c.expected = n }
 }
 
 // Storage is the in-memory dedup.Storage. It is safe for concurrent use, and
@@ -172,7 +182,7 @@ func New(ctx context.Context, opts ...Option) (*Storage, error) {
 		// window, rounded down, keep every done mark for its full window.
 		LifeWindow:         cfg.window.Truncate(time.Second) + 2*time.Second,
 		CleanWindow:        time.Second,
-		MaxEntriesInWindow: cfg.shards * 64,
+		MaxEntriesInWindow: max(cfg.shards*64, cfg.expected),
 		MaxEntrySize:       128,
 		HardMaxCacheSize:   cfg.maxMemoryMB,
 		Verbose:            false,
@@ -204,6 +214,9 @@ func (c config) validate() error {
 	}
 	if c.shards <= 0 || c.shards&(c.shards-1) != 0 {
 		errs = append(errs, fmt.Errorf("shards must be a positive power of two, got %d", c.shards))
+	}
+	if c.expected < 0 {
+		errs = append(errs, fmt.Errorf("expected entries must not be negative, got %d", c.expected))
 	}
 	if c.maxMemoryMB < 0 {
 		errs = append(errs, fmt.Errorf("max memory must not be negative, got %d MB", c.maxMemoryMB))
