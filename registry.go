@@ -139,7 +139,9 @@ func WithKey[E any](f func(E) string) RegisterOption {
 
 // Register maps event type E to topic in h's registry. Registering the same
 // type again with the same settings is a no-op; with other settings, or
-// with an event name another type holds, it fails with ErrDuplicateEvent.
+// with an event name another type holds, it fails with ErrDuplicateEvent
+// (a registration with WithKey cannot be repeated: functions do not
+// compare).
 // Several types may share a topic.
 func Register[E any](h RegistryHolder, topic string, opts ...RegisterOption) error {
 	_, err := h.Registry().register(reflect.TypeFor[E](), topic, opts...)
