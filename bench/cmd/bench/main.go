@@ -1,0 +1,263 @@
+// Command bench measures herald against Watermill end to end, side by side
+// in one process on one machine, and prints a Markdown table.
+//
+// Run it from the repository root:
+//
+//	cd bench && go run ./cmd/bench [flags]
+//
+// Every case publishes -n messages of -payload bytes from -publishers
+// goroutines to one subscriber and stops the clock when the handler has
+// seen all of them. Each case runs -runs times; the runs of all cases are
+// interleaved (every case once, then every case again) so that a burst of
+// load from elsewhere on the machine spreads over the cases instead of
+// landing on one. The table shows the median of each metric.
+//
+// Scenarios (-scenario) group the cases by broker; see scenarios() in
+// scenario.go. -list prints them with their case ids.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := config{shutdownTimeout: 30 * time.Second}
+	fs.IntVar(&cfg.messages, "n", 200_000, "messages per run")
+	fs.IntVar(&cfg.runs, "runs", 3, "runs per case; the table shows the median")
+	fs.IntVar(&cfg.publishers, "publishers", 16, "publishing goroutines")
+	fs.IntVar(&cfg.payloadBytes, "payload", 256, "payload bytes per message")
+	fs.IntVar(&cfg.batch, "batch", 100, "messages per publish call in the batched cases")
+	fs.IntVar(&cfg.keys, "keys", 1000, "distinct message keys in the keyed cases")
+	fs.IntVar(&cfg.concurrency, "concurrency", 4, "herald handler concurrency in the parallel cases")
+	fs.IntVar(&cfg.unboundedMax, "unbounded-max", 50_000,
+		"message cap of set-ups without backpressure (Watermill GoChannel default config starts a goroutine per message)")
+	fs.DurationVar(&cfg.sampleEvery, "sample", 5*time.Millisecond, "memory sampling period")
+	fs.DurationVar(&cfg.runTimeout, "timeout", 2*time.Minute, "liveness bound of one run")
+	scenarioFlag := fs.String("scenario", "memory", `scenarios to run, comma-separated, or "all"`)
+	caseFlag := fs.String("case", "", "case ids to run, comma-separated (default: every case of the scenarios)")
+	list := fs.Bool("list", false, "list scenarios and their case ids, and exit")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file (implies -isolate=false)")
+	memProfile := fs.String("memprofile", "", "write an allocation profile to this file at the end (implies -isolate=false)")
+	fs.BoolVar(&cfg.isolate, "isolate", true, "run every measured run in a fresh child process")
+	child := fs.String("child", "", "internal: perform one run, scenario:case:messages:topic, and print its result (what -isolate starts)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	if *child != "" {
+		spec, err := parseChildSpec(*child)
+		if err != nil {
+			return err
+		}
+		return runChild(ctx, cfg, spec, stdout)
+	}
+
+	chosen, err := selectScenarios(*scenarioFlag)
+	if err != nil {
+		return err
+	}
+	if *list {
+		for _, s := range scenarios() {
+			fmt.Fprintf(stdout, "%s: %s\n", s.name, s.about)
+			for _, c := range s.cases(cfg) {
+				fmt.Fprintf(stdout, "  %-22s %s, %s\n", c.id, c.system, c.label)
+			}
+		}
+		return nil
+	}
+	plan, err := planCases(chosen, cfg, *caseFlag)
+	if err != nil {
+		return err
+	}
+
+	if cfg.isolate && (*cpuProfile != "" || *memProfile != "") {
+		fmt.Fprintln(stderr, "bench: profiling this process, so every run happens in it (-isolate=false)")
+		cfg.isolate = false
+	}
+
+	env := readEnvironment()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	measureRun := func(ctx context.Context, s scenario, c benchCase, n int, topic string) (result, error) {
+		if cfg.isolate {
+			return measureInChild(ctx, args, childSpec{scenario: s.name, caseID: c.id, n: n, topic: topic})
+		}
+		return measure(ctx, cfg, c, n, topic)
+	}
+	results, err := runPlan(ctx, cfg, plan, measureRun, stderr)
+	if err != nil {
+		return err
+	}
+
+	if *memProfile != "" {
+		if err := writeAllocProfile(*memProfile); err != nil {
+			return err
+		}
+	}
+
+	writeHeader(stdout, env, cfg, args)
+	for i, p := range plan {
+		sums := make([]summary, len(p.cases))
+		for j, c := range p.cases {
+			sums[j] = summarize(c, results[i][j])
+		}
+		writeTable(stdout, p.scenario, sums)
+	}
+	return nil
+}
+
+// validate reports every bad setting at once.
+func (c config) validate() error {
+	var errs []error
+	positive := func(name string, v int) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("-%s must be positive, got %d", name, v))
+		}
+	}
+	positive("n", c.messages)
+	positive("runs", c.runs)
+	positive("publishers", c.publishers)
+	positive("payload", c.payloadBytes)
+	positive("batch", c.batch)
+	positive("keys", c.keys)
+	positive("concurrency", c.concurrency)
+	positive("unbounded-max", c.unboundedMax)
+	if c.sampleEvery <= 0 {
+		errs = append(errs, fmt.Errorf("-sample must be positive, got %s", c.sampleEvery))
+	}
+	if c.runTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("-timeout must be positive, got %s", c.runTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// scenarioPlan is the cases to run of one scenario.
+type scenarioPlan struct {
+	scenario scenario
+	cases    []benchCase
+}
+
+// planCases picks the cases of the chosen scenarios that -case names (all
+// of them when it is empty); a name that matches no case is an error.
+func planCases(chosen []scenario, cfg config, caseIDs string) ([]scenarioPlan, error) {
+	all := caseIDs == ""
+	want := make(map[string]bool)
+	if !all {
+		for id := range strings.SplitSeq(caseIDs, ",") {
+			want[strings.TrimSpace(id)] = false
+		}
+	}
+	var plan []scenarioPlan
+	for _, s := range chosen {
+		var cases []benchCase
+		for _, c := range s.cases(cfg) {
+			if _, ok := want[c.id]; ok || all {
+				want[c.id] = true
+				cases = append(cases, c)
+			}
+		}
+		if len(cases) > 0 {
+			plan = append(plan, scenarioPlan{scenario: s, cases: cases})
+		}
+	}
+	var unknown []string
+	for id, matched := range want {
+		if !matched {
+			unknown = append(unknown, id)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return nil, fmt.Errorf("no case %s in scenarios %s (see -list)",
+			strings.Join(unknown, ", "), strings.Join(scenarioNames(chosen), ", "))
+	}
+	if len(plan) == 0 {
+		return nil, errors.New("nothing to run")
+	}
+	return plan, nil
+}
+
+// measureFunc performs one measured run of case c of scenario s.
+type measureFunc func(ctx context.Context, s scenario, c benchCase, n int, topic string) (result, error)
+
+// runPlan runs every case cfg.runs times, round by round, and returns the
+// results by scenario and case. Progress goes to progress.
+func runPlan(ctx context.Context, cfg config, plan []scenarioPlan, measure measureFunc, progress io.Writer) ([][][]result, error) {
+	results := make([][][]result, len(plan))
+	for i, p := range plan {
+		results[i] = make([][]result, len(p.cases))
+	}
+	stamp := time.Now().Unix()
+	for round := range cfg.runs {
+		for i, p := range plan {
+			for j, c := range p.cases {
+				n := cfg.messages
+				if c.maxMessages > 0 {
+					n = min(n, c.maxMessages)
+				}
+				topic := fmt.Sprintf("bench.%s.%d.%d", c.id, stamp, round)
+				r, err := measure(ctx, p.scenario, c, n, topic)
+				if err != nil {
+					return nil, fmt.Errorf("scenario %s, run %d: %w", p.scenario.name, round+1, err)
+				}
+				results[i][j] = append(results[i][j], r)
+				fmt.Fprintf(progress, "run %d/%d %-9s %-20s %7s msgs/s %5.1f allocs/msg %6.1f MiB peak heap %6.1f MiB peak Sys %6d goroutines\n",
+					round+1, cfg.runs, p.scenario.name, c.id, rate(r.msgsPerSec()), r.allocsPerMsg(),
+					float64(r.peakHeap)/(1<<20), float64(r.peakSys)/(1<<20), r.peakGoroutines)
+			}
+		}
+	}
+	return results, nil
+}
+
+func writeAllocProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

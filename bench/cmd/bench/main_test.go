@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	// -isolate starts this executable again with -child: in a test that is
+	// the test binary, which then performs the run instead of the tests.
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-child=") {
+			if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+				os.Stderr.WriteString(err.Error() + "\n")
+				os.Exit(1)
+			}
+			os.Exit(0)
+		}
+	}
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("os/signal.signal_recv"))
+}
+
+// small keeps the tests quick: a few thousand messages, one run.
+var small = []string{"-n", "3000", "-runs", "1", "-publishers", "4", "-batch", "10", "-keys", "50", "-unbounded-max", "1000"}
+
+func TestMemoryScenarioInProcess(t *testing.T) {
+	var out, progress bytes.Buffer
+	args := slices.Concat([]string{"-isolate=false"}, small)
+	if err := run(args, &out, &progress); err != nil {
+		t.Fatalf("run: %v\nprogress:\n%s", err, progress.String())
+	}
+	cases := memoryCases(config{concurrency: 4, batch: 10, keys: 50, unboundedMax: 1000})
+	table := out.String()
+	rows := tableRows(table)
+	if len(rows) != len(cases) {
+		t.Fatalf("table has %d rows, want one per case (%d):\n%s", len(rows), len(cases), table)
+	}
+	for i, c := range cases {
+		if !strings.HasPrefix(rows[i], "| "+c.system+" | "+c.label) {
+			t.Errorf("row %d = %q, want case %s (%s)", i, rows[i], c.id, c.label)
+		}
+		if c.baseline && !strings.Contains(rows[i], "| 1.00x |") {
+			t.Errorf("baseline row %q does not show 1.00x", rows[i])
+		}
+		if c.maxMessages > 0 && !strings.Contains(rows[i], "capped at 1,000 messages") {
+			t.Errorf("capped row %q does not say how many messages it ran", rows[i])
+		}
+	}
+	for _, want := range []string{"GOMAXPROCS=", "CPU: ", "3,000 messages per run", "every run in this one process",
+		"Command: `cd bench && go run ./cmd/bench -isolate=false -n 3000"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("output lacks %q:\n%s", want, table)
+		}
+	}
+	if got := strings.Count(progress.String(), "msgs/s"); got != len(cases) {
+		t.Errorf("progress shows %d runs, want %d:\n%s", got, len(cases), progress.String())
+	}
+}
+
+func TestIsolatedRunsInChildProcesses(t *testing.T) {
+	var out, progress bytes.Buffer
+	args := slices.Concat(small, []string{"-case", "herald-raw,watermill", "-runs", "2"})
+	if err := run(args, &out, &progress); err != nil {
+		t.Fatalf("run: %v\nprogress:\n%s", err, progress.String())
+	}
+	rows := tableRows(out.String())
+	if len(rows) != 2 || !strings.HasPrefix(rows[0], "| herald | raw messages, 1 per call") || !strings.HasPrefix(rows[1], "| Watermill |") {
+		t.Fatalf("rows = %q, want herald-raw then watermill", rows)
+	}
+	if !strings.Contains(out.String(), "each run in a fresh process") {
+		t.Errorf("output does not say runs were isolated:\n%s", out.String())
+	}
+	if got := strings.Count(progress.String(), "msgs/s"); got != 2*2 {
+		t.Errorf("progress shows %d runs, want 4:\n%s", got, progress.String())
+	}
+}
+
+// tableRows returns the data rows of the Markdown tables in out.
+func tableRows(out string) []string {
+	var rows []string
+	for line := range strings.SplitSeq(out, "\n") {
+		if strings.HasPrefix(line, "| ") && !strings.HasPrefix(line, "| system ") {
+			rows = append(rows, line)
+		}
+	}
+	return rows
+}
+
+func TestFlagErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"every bad number at once", []string{"-n", "0", "-runs", "-1", "-publishers", "0"},
+			[]string{"-n must be positive", "-runs must be positive", "-publishers must be positive"}},
+		{"unknown scenario", []string{"-scenario", "nats"}, []string{`unknown scenario "nats"`, "memory"}},
+		{"unknown case", []string{"-case", "herald-raw,nope,zap"}, []string{"no case nope, zap in scenarios memory"}},
+		{"stray argument", []string{"extra"}, []string{"unexpected arguments"}},
+		{"bad child spec", []string{"-child", "memory:herald-raw:many:t"}, []string{"message count"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := run(tt.args, &out, &errOut)
+			if err == nil {
+				t.Fatalf("run(%q) = nil, want an error", tt.args)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestList(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"-list"}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range memoryCases(config{}) {
+		if !strings.Contains(out.String(), "  "+c.id+" ") {
+			t.Errorf("-list lacks case %s:\n%s", c.id, out.String())
+		}
+	}
+}
+
+func TestChildSpecRoundTrip(t *testing.T) {
+	in := childSpec{scenario: "memory", caseID: "herald-raw", n: 1234, topic: "bench.herald-raw.17.0"}
+	got, err := parseChildSpec(in.String())
+	if err != nil || got != in {
+		t.Fatalf("parseChildSpec(%q) = %+v, %v; want %+v", in.String(), got, err, in)
+	}
+	for _, bad := range []string{"", "memory:herald-raw:10", "memory:herald-raw:0:t", "memory:herald-raw:x:t"} {
+		if _, err := parseChildSpec(bad); err == nil {
+			t.Errorf("parseChildSpec(%q) = nil error", bad)
+		}
+	}
+}
+
+func TestFormatting(t *testing.T) {
+	for _, tt := range []struct {
+		v    float64
+		want string
+	}{{12_345_678, "12.3M"}, {1_234_567, "1.23M"}, {987_654, "988k"}, {45_678, "45.7k"}, {950, "950"}} {
+		if got := rate(tt.v); got != tt.want {
+			t.Errorf("rate(%v) = %q, want %q", tt.v, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		n    int
+		want string
+	}{{0, "0"}, {999, "999"}, {1000, "1,000"}, {200_000, "200,000"}, {-1234567, "-1,234,567"}} {
+		if got := thousands(tt.n); got != tt.want {
+			t.Errorf("thousands(%d) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+	if got := median([]float64{3, 1, 2}); got != 2 {
+		t.Errorf("median of 3,1,2 = %v", got)
+	}
+	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
+		t.Errorf("median of 4,1,3,2 = %v", got)
+	}
+	if got := commandLine([]string{"-case", "a,b", "-timeout", "1 m"}); got != `cd bench && go run ./cmd/bench -case a,b -timeout "1 m"` {
+		t.Errorf("commandLine = %q", got)
+	}
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/driver/memory"
+)
+
+// memoryScenario compares the in-process brokers: herald's memory driver
+// (default settings: 8 partitions, 4096 messages per partition before Write
+// blocks) and Watermill's GoChannel, each behind its library's subscriber
+// machinery (herald's Bus and scheduler, Watermill's Router).
+func memoryScenario() scenario {
+	return scenario{
+		name:  "memory",
+		about: "in-process brokers: herald driver/memory vs Watermill GoChannel, end to end",
+		cases: memoryCases,
+	}
+}
+
+func memoryCases(cfg config) []benchCase {
+	newBroker := func(context.Context) (herald.Driver, func() error, error) {
+		b := memory.New()
+		return b, b.Close, nil
+	}
+	blocking := goChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true})
+	c, b, k := cfg.concurrency, cfg.batch, cfg.keys
+
+	unbounded := watermillCase("watermill-default", "GoChannel default config (no backpressure), 1 msg per call",
+		goChannel(gochannel.Config{}), watermillVariant{}, false)
+	unbounded.maxMessages = cfg.unboundedMax
+
+	return []benchCase{
+		heraldCase("herald-raw", "raw messages, 1 per call, concurrency 1",
+			newBroker, heraldVariant{}),
+		heraldCase("herald-raw-keyed", fmt.Sprintf("raw messages, 1 per call, concurrency %d, %d keys", c, k),
+			newBroker, heraldVariant{parallel: true, keyed: true}),
+		heraldCase("herald-raw-unkeyed", fmt.Sprintf("raw messages, 1 per call, concurrency %d, no key", c),
+			newBroker, heraldVariant{parallel: true}),
+		heraldCase("herald-batch", fmt.Sprintf("raw messages, %d per call, concurrency 1", b),
+			newBroker, heraldVariant{batched: true}),
+		heraldCase("herald-batch-keyed", fmt.Sprintf("raw messages, %d per call, concurrency %d, %d keys", b, c, k),
+			newBroker, heraldVariant{batched: true, parallel: true, keyed: true}),
+		heraldCase("herald-typed", "typed event (JSON), 1 per call, concurrency 1",
+			newBroker, heraldVariant{typed: true}),
+		heraldCase("herald-typed-keyed", fmt.Sprintf("typed event (JSON), 1 per call, concurrency %d, %d keys", c, k),
+			newBroker, heraldVariant{typed: true, parallel: true, keyed: true}),
+		watermillCase("watermill", "GoChannel BlockPublishUntilSubscriberAck, 1 msg per call",
+			blocking, watermillVariant{}, true),
+		watermillCase("watermill-batch", fmt.Sprintf("GoChannel BlockPublishUntilSubscriberAck, %d msgs per call", b),
+			blocking, watermillVariant{batched: true}, false),
+		watermillCase("watermill-json", "GoChannel BlockPublishUntilSubscriberAck, JSON struct (encoding/json), 1 per call",
+			blocking, watermillVariant{json: true}, false),
+		unbounded,
+	}
+}
+
+// goChannel returns a fresh GoChannel per run; it is both the publisher and
+// the subscriber.
+func goChannel(cfg gochannel.Config) watermillPubSubFunc {
+	return func(context.Context) (message.Publisher, message.Subscriber, func() error, error) {
+		ps := gochannel.NewGoChannel(cfg, watermill.NopLogger{})
+		return ps, ps, ps.Close, nil
+	}
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// environment describes the machine and build a run happened on, so that a
+// pasted table carries what it takes to judge it.
+type environment struct {
+	date        time.Time
+	goVersion   string
+	platform    string
+	gomaxprocs  int
+	numCPU      int
+	cpuModel    string
+	loadAverage string
+	modules     []string // "path version" of the measured libraries
+}
+
+func readEnvironment() environment {
+	env := environment{
+		date:        time.Now().UTC(),
+		goVersion:   runtime.Version(),
+		platform:    runtime.GOOS + "/" + runtime.GOARCH,
+		gomaxprocs:  runtime.GOMAXPROCS(0),
+		numCPU:      runtime.NumCPU(),
+		cpuModel:    cpuModel(),
+		loadAverage: loadAverage(),
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range info.Deps {
+			switch m.Path {
+			case "github.com/heraldbus/herald":
+				v := m.Version
+				if m.Replace != nil {
+					v = "local checkout (replace " + m.Replace.Path + ")"
+				}
+				env.modules = append(env.modules, m.Path+" "+v)
+			case "github.com/ThreeDotsLabs/watermill":
+				env.modules = append(env.modules, m.Path+" "+m.Version)
+			}
+		}
+	}
+	return env
+}
+
+// cpuModel reads the first "model name" of /proc/cpuinfo ("unknown"
+// elsewhere).
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(name) == "model name" {
+			return strings.TrimSpace(value)
+		}
+	}
+	return "unknown"
+}
+
+// loadAverage reads the 1, 5 and 15 minute load averages, a hint of how
+// much else was running.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) < 3 {
+		return "unknown"
+	}
+	return strings.Join(fields[:3], " ")
+}
+
+// commandLine is the command that reproduces this run, from the repository
+// root.
+func commandLine(args []string) string {
+	var b strings.Builder
+	b.WriteString("cd bench && go run ./cmd/bench")
+	for _, a := range args {
+		b.WriteByte(' ')
+		if strings.ContainsAny(a, " \t\"'$\\*?;&|<>()") {
+			a = strconv.Quote(a)
+		}
+		b.WriteString(a)
+	}
+	return b.String()
+}
+
+func writeHeader(w io.Writer, env environment, cfg config, args []string) {
+	fmt.Fprintf(w, "Measured %s, %s %s, GOMAXPROCS=%d (NumCPU %d), CPU: %s, load average at start: %s.\n\n",
+		env.date.Format("2006-01-02 15:04 MST"), env.goVersion, env.platform, env.gomaxprocs, env.numCPU, env.cpuModel, env.loadAverage)
+	if len(env.modules) > 0 {
+		fmt.Fprintf(w, "Modules: %s.\n\n", strings.Join(env.modules, ", "))
+	}
+	fmt.Fprintf(w, "%d-byte payloads, %d publishing goroutines, one subscriber, end to end (publish until the handler has seen every message), "+
+		"%s messages per run, median of %d runs (cases interleaved round by round), %s.\n\n",
+		cfg.payloadBytes, cfg.publishers, thousands(cfg.messages), cfg.runs, isolation(cfg))
+	fmt.Fprintf(w, "Command: `%s`\n\n", commandLine(args))
+}
+
+func isolation(cfg config) string {
+	if cfg.isolate {
+		return "each run in a fresh process"
+	}
+	return "every run in this one process"
+}
+
+func writeTable(w io.Writer, s scenario, sums []summary) {
+	var base float64
+	for _, sm := range sums {
+		if sm.c.baseline {
+			base = sm.msgsPerSec
+		}
+	}
+	fmt.Fprintf(w, "### Scenario %s: %s\n\n", s.name, s.about)
+	fmt.Fprintln(w, "| system | configuration | msgs/s (median) | min - max | vs baseline | allocs/msg | B/msg | peak heap | peak Sys | peak goroutines |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	for _, sm := range sums {
+		label := sm.c.label
+		if sm.c.baseline {
+			label += " (baseline)"
+		}
+		if sm.c.maxMessages > 0 {
+			label += fmt.Sprintf(" (capped at %s messages)", thousands(sm.messages))
+		}
+		ratio := "-"
+		if base > 0 {
+			ratio = fmt.Sprintf("%.2fx", sm.msgsPerSec/base)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s - %s | %s | %.1f | %s | %.1f MiB | %.1f MiB | %s |\n",
+			sm.c.system, label, rate(sm.msgsPerSec), rate(sm.minRate), rate(sm.maxRate), ratio,
+			sm.allocsPerMsg, thousands(int(sm.bytesPerMsg+0.5)), sm.peakHeap/(1<<20), sm.peakSys/(1<<20),
+			thousands(int(sm.peakGoroutines)))
+	}
+	fmt.Fprintln(w)
+}
+
+// rate formats messages per second with three significant digits.
+func rate(v float64) string {
+	switch {
+	case v >= 10e6:
+		return fmt.Sprintf("%.1fM", v/1e6)
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 100e3:
+		return fmt.Sprintf("%.0fk", v/1e3)
+	case v >= 10e3:
+		return fmt.Sprintf("%.1fk", v/1e3)
+	default:
+		return fmt.Sprintf("%.0f", v)
+	}
+}
+
+// thousands formats n with comma separators.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	if n < 0 {
+		return "-" + thousands(-n)
+	}
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
