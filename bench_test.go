@@ -123,6 +123,7 @@ func benchEndToEnd(b *testing.B, concurrency int) {
 	}
 	defer bus.Shutdown(ctx)
 	var key atomic.Int64
+	var failed atomic.Bool
 	b.ReportAllocs()
 	b.SetParallelism(8) // with GOMAXPROCS 2: 16 publishing goroutines
 	b.ResetTimer()
@@ -131,11 +132,12 @@ func benchEndToEnd(b *testing.B, concurrency int) {
 			k := strconv.Itoa(int(key.Add(1) % 1000))
 			if err := bus.PublishMessages(ctx, &herald.Message{Topic: "bench", Key: k, Data: payload256}); err != nil {
 				b.Error(err)
+				failed.Store(true)
 				return
 			}
 		}
 	})
-	for seen.Load() < int64(b.N) {
+	for seen.Load() < int64(b.N) && !failed.Load() {
 		time.Sleep(50 * time.Microsecond)
 	}
 	b.StopTimer()

@@ -221,3 +221,24 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A publish right after Start reaches the subscription: Start has joined
+// the group before it returns, so the ring cannot drop the messages as it
+// drops messages of a topic no group has joined yet.
+func TestBusPublishRightAfterStartIsNotLost(t *testing.T) {
+	b := newBroker(t, memory.WithPartitions(1), memory.WithCapacity(4))
+	bus := herald.NewBus(b, herald.WithLogger(quiet))
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var got atomic.Int32
+	must(t, herald.Subscribe(bus, "g", func(context.Context, OrderPlaced, *herald.Message) error {
+		got.Add(1)
+		return nil
+	}))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	defer bus.Shutdown(ctx)
+	for i := range 100 {
+		must(t, bus.Publish(ctx, OrderPlaced{ID: strconv.Itoa(i)}))
+	}
+	eventually(t, "all 100", func() bool { return got.Load() == 100 })
+}

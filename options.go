@@ -25,7 +25,7 @@ const DefaultMaxMessageBytes = 1 << 20
 type options struct {
 	codec           codec.Codec
 	codecs          []codec.Codec
-	newID           func() string
+	newID           func() string // nil: the publisher's pooled KSUID source
 	naming          NamingStrategy
 	maxMessageBytes int
 	logger          *slog.Logger
@@ -37,7 +37,6 @@ type options struct {
 func newOptions(opts []Option) options {
 	o := options{
 		codec:           codec.JSON{},
-		newID:           NewKSUID,
 		maxMessageBytes: DefaultMaxMessageBytes,
 	}
 	for _, opt := range opts {
@@ -64,7 +63,8 @@ func WithCodecs(cs ...codec.Codec) Option {
 	return func(o *options) { o.codecs = append(o.codecs, cs...) }
 }
 
-// WithIDGenerator sets how message IDs are made (default NewKSUID).
+// WithIDGenerator sets how message IDs are made (default: KSUIDs, made
+// from a pooled ksuid.Sequence so that an ID costs no random read).
 func WithIDGenerator(newID func() string) Option {
 	return func(o *options) { o.newID = newID }
 }

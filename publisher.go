@@ -31,6 +31,7 @@ type Publisher struct {
 	reg    *EventRegistry
 	codecs *codec.Registry
 	opts   options
+	ids    ksuidSource
 }
 
 // NewPublisher returns a Publisher that writes to w with its own registry.
@@ -41,6 +42,13 @@ func NewPublisher(w Writer, opts ...Option) *Publisher {
 
 func newPublisher(w Writer, reg *EventRegistry, o options) *Publisher {
 	return &Publisher{w: w, reg: reg, codecs: codec.NewRegistry(o.codecs...), opts: o}
+}
+
+func (p *Publisher) newID(now time.Time) string {
+	if p.opts.newID != nil {
+		return p.opts.newID()
+	}
+	return p.ids.next(now)
 }
 
 // Registry returns the publisher's event registry.
@@ -104,7 +112,7 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, correlation string)
 		return fmt.Errorf("herald: %s for topic %q is %d bytes, limit %d: %w",
 			et.Name, et.Topic, len(data), p.opts.maxMessageBytes, ErrMessageTooLarge)
 	}
-	m.ID = p.opts.newID()
+	m.ID = p.newID(now)
 	m.Topic = et.Topic
 	m.Key = et.Key(e)
 	m.ContentType = c.ContentType()
@@ -126,19 +134,23 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 		return nil
 	}
 	now := time.Now().UTC()
+	valid := "" // the last topic checked: batches usually share one
 	for _, m := range msgs {
 		if m == nil {
 			return ErrNilEvent
 		}
-		if err := ValidateName("topic", m.Topic); err != nil {
-			return err
+		if m.Topic != valid || valid == "" {
+			if err := ValidateName("topic", m.Topic); err != nil {
+				return err
+			}
+			valid = m.Topic
 		}
 		if p.opts.maxMessageBytes > 0 && len(m.Data) > p.opts.maxMessageBytes {
 			return fmt.Errorf("herald: message for topic %q is %d bytes, limit %d: %w",
 				m.Topic, len(m.Data), p.opts.maxMessageBytes, ErrMessageTooLarge)
 		}
 		if m.ID == "" {
-			m.ID = p.opts.newID()
+			m.ID = p.newID(now)
 		}
 		if m.Time.IsZero() {
 			m.Time = now

@@ -143,9 +143,11 @@ func (s *SubscriberScheduler) Topic() string { return s.topic }
 // Group returns the consumer group the scheduler belongs to.
 func (s *SubscriberScheduler) Group() string { return s.group }
 
-// Start subscribes in the background and starts the workers; it returns at
-// once. A failing Subscribe or Fetch is reported to OnError and retried with
-// backoff. Cancelling ctx stops the scheduler as a Shutdown whose deadline
+// Start subscribes and starts the workers. It makes the first Subscribe
+// call itself, so that when it returns the group exists and a message
+// published afterwards reaches it; if that call fails, Start reports the
+// error to OnError and returns nil while the scheduler keeps retrying in
+// the background with backoff, as it does for failing Fetch calls. Cancelling ctx stops the scheduler as a Shutdown whose deadline
 // has passed would: handler contexts are cancelled at once. Start may be
 // called once.
 func (s *SubscriberScheduler) Start(ctx context.Context) error {
@@ -159,6 +161,11 @@ func (s *SubscriberScheduler) Start(ctx context.Context) error {
 	s.ackCtx = base
 	for range s.cfg.MaxInFlight {
 		s.slots <- struct{}{}
+	}
+	if sub, err := s.reader.Subscribe(ctx, s.topic, s.group); err != nil {
+		s.report("subscribe", "", err)
+	} else {
+		s.sub = sub
 	}
 	go s.intake(intakeCtx)
 	s.workers.Add(s.cfg.Concurrency)
@@ -234,7 +241,7 @@ func (s *SubscriberScheduler) report(op, msgID string, err error) {
 func (s *SubscriberScheduler) intake(ctx context.Context) {
 	defer close(s.intakeDone)
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
-	var sub Subscription
+	sub := s.sub // set by Start when its Subscribe succeeded
 	for sub == nil {
 		var err error
 		if sub, err = s.reader.Subscribe(ctx, s.topic, s.group); err != nil {
@@ -343,6 +350,15 @@ func (s *SubscriberScheduler) following(key string) (Delivery, bool) {
 	d := q.items[q.head]
 	q.items[q.head] = Delivery{}
 	q.head++
+	// A hot key's queue may never drain completely: reuse its front so the
+	// backing array stays bounded by MaxInFlight.
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	} else if q.head >= 64 && 2*q.head >= len(q.items) {
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
 	return d, true
 }
 
