@@ -87,14 +87,7 @@ func testLargeBatch(t *testing.T, cfg Config) {
 	defer closeSub(t, sub)
 	const n = 2000
 	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 37) })...)
-	seen := map[string]bool{}
-	for len(seen) < n {
-		ds := fetchN(t, cfg, sub, 1)
-		for _, dl := range ds {
-			seen[dl.Message.ID] = true
-		}
-		ack(t, sub, ds...)
-	}
+	drain(t, cfg, sub, n)
 }
 
 func testLargeMessage(t *testing.T, cfg Config) {
@@ -252,14 +245,20 @@ func testTwoGroups(t *testing.T, cfg Config) {
 	const n = 100
 	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 10) })...)
 	for _, sub := range []herald.Subscription{a, b} {
-		seen := map[string]bool{}
-		for len(seen) < n {
-			ds := fetchN(t, cfg, sub, 1)
-			for _, dl := range ds {
-				seen[dl.Message.ID] = true
-			}
-			ack(t, sub, ds...)
+		drain(t, cfg, sub, n)
+	}
+}
+
+// drain fetches and acknowledges until n distinct messages arrived.
+func drain(t *testing.T, cfg Config, sub herald.Subscription, n int) {
+	t.Helper()
+	seen := map[string]bool{}
+	for len(seen) < n {
+		ds := fetchN(t, cfg, sub, 1)
+		for _, dl := range ds {
+			seen[dl.Message.ID] = true
 		}
+		ack(t, sub, ds...)
 	}
 }
 

@@ -25,13 +25,7 @@ func TestMain(m *testing.M) {
 // newClient connects to the test Redis and closes the client when t ends.
 func newClient(t testing.TB) goredis.UniversalClient {
 	t.Helper()
-	addr := testenv.RedisAddr(t)
-	// A UniversalClient with one address is a plain *Client; going through
-	// NewUniversalClient checks that the storage asks for no more than the
-	// interface.
-	c := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: []string{addr}})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return testenv.RedisClient(t, testenv.RedisAddr(t))
 }
 
 // newPrefix returns a key prefix unique to this test and run, and deletes
@@ -39,28 +33,7 @@ func newClient(t testing.TB) goredis.UniversalClient {
 // each other's keys.
 func newPrefix(t testing.TB, c goredis.UniversalClient) string {
 	t.Helper()
-	prefix := "herald:test:dedup:" + rand.Text() + ":"
-	t.Cleanup(func() { deleteKeys(t, c, prefix) })
-	return prefix
-}
-
-func deleteKeys(t testing.TB, c goredis.UniversalClient, prefix string) {
-	t.Helper()
-	ctx := context.Background()
-	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		t.Errorf("scan %s*: %v", prefix, err)
-		return
-	}
-	if len(keys) > 0 {
-		if err := c.Del(ctx, keys...).Err(); err != nil {
-			t.Errorf("delete %d keys under %s: %v", len(keys), prefix, err)
-		}
-	}
+	return testenv.RedisPrefix(t, c, "herald:test:dedup:")
 }
 
 func newStorage(t testing.TB) (*redis.Storage, goredis.UniversalClient, string) {

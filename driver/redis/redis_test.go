@@ -2,7 +2,6 @@ package redis_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"os"
 	"strings"
@@ -28,11 +27,7 @@ func TestMain(m *testing.M) {
 
 func clientFor(t testing.TB, addr string) goredis.UniversalClient {
 	t.Helper()
-	// Through NewUniversalClient, so the driver is shown to need no more
-	// than the interface.
-	c := goredis.NewUniversalClient(&goredis.UniversalOptions{Addrs: []string{addr}})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return testenv.RedisClient(t, addr)
 }
 
 // newPrefix returns a key prefix unique to this test and run, and deletes
@@ -40,29 +35,7 @@ func clientFor(t testing.TB, addr string) goredis.UniversalClient {
 // each other's streams.
 func newPrefix(t testing.TB, c goredis.UniversalClient) string {
 	t.Helper()
-	prefix := "herald:test:stream:" + rand.Text()[:12] + ":"
-	t.Cleanup(func() { deleteKeys(t, c, prefix) })
-	return prefix
-}
-
-func deleteKeys(t testing.TB, c goredis.UniversalClient, prefix string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		t.Errorf("scan %s*: %v", prefix, err)
-		return
-	}
-	if len(keys) > 0 {
-		if err := c.Del(ctx, keys...).Err(); err != nil {
-			t.Errorf("delete %d keys under %s: %v", len(keys), prefix, err)
-		}
-	}
+	return testenv.RedisPrefix(t, c, "herald:test:stream:")
 }
 
 // testEnv is one test's view of the test Redis: a client and a key prefix
