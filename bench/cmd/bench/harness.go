@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,22 +27,34 @@ type config struct {
 	runTimeout      time.Duration // liveness bound of one run (-timeout)
 	shutdownTimeout time.Duration // bound of one teardown
 	isolate         bool          // every run in a fresh child process (-isolate)
+	redisAddr       string        // Redis of the redis scenario (HERALD_REDIS_ADDR)
+	redisPrefix     string        // key prefix of every stream the redis scenario creates (-redis-prefix)
 }
 
 // result is what one timed run measured.
 type result struct {
 	messages       int
 	elapsed        time.Duration
-	allocs         uint64 // heap objects allocated during the run (whole process)
-	allocBytes     uint64 // heap bytes allocated during the run (whole process)
-	peakHeap       uint64 // largest heap-objects size sampled, live and not yet swept
-	peakSys        uint64 // largest memory the Go runtime held from the OS (MemStats.Sys), sampled
-	peakGoroutines uint64 // most goroutines sampled
+	allocs         uint64        // heap objects allocated during the run (whole process)
+	allocBytes     uint64        // heap bytes allocated during the run (whole process)
+	peakHeap       uint64        // largest heap-objects size sampled, live and not yet swept
+	peakSys        uint64        // largest memory the Go runtime held from the OS (MemStats.Sys), sampled
+	peakGoroutines uint64        // most goroutines sampled
+	handlerTime    time.Duration // mean time the handler's work took (0 without work)
 }
 
 func (r result) msgsPerSec() float64   { return float64(r.messages) / r.elapsed.Seconds() }
 func (r result) allocsPerMsg() float64 { return float64(r.allocs) / float64(r.messages) }
 func (r result) bytesPerMsg() float64  { return float64(r.allocBytes) / float64(r.messages) }
+
+// ceilingShare is msgs/s as a share of concurrency handlers each taking
+// perMessage; 0 when perMessage is.
+func (r result) ceilingShare(concurrency int, perMessage time.Duration) float64 {
+	if perMessage <= 0 {
+		return 0
+	}
+	return r.msgsPerSec() * perMessage.Seconds() / float64(max(concurrency, 1))
+}
 
 // measure runs c once with n messages: set-up and warm-up untimed, then a
 // garbage collection, then the timed run with memory sampled every
@@ -58,13 +71,25 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 	s := startSampler(cfg.sampleEvery)
 	start := time.Now()
 
-	runCtx, cancel := context.WithTimeout(ctx, cfg.runTimeout)
-	runErr := p.run(runCtx)
-	cancel()
+	// The timed part carries the profiler labels phase=timed and case=id,
+	// and so do the goroutines it starts (publishers; the subscriber of a
+	// consume-only run): go tool pprof -tagfocus phase=timed leaves set-up
+	// and fill out of a -cpuprofile.
+	var runErr error
+	pprof.Do(ctx, pprof.Labels("phase", "timed", "case", c.id), func(ctx context.Context) {
+		runCtx, cancel := context.WithTimeout(ctx, cfg.runTimeout)
+		runErr = p.run(runCtx)
+		cancel()
+	})
 
 	elapsed := time.Since(start)
 	peak := s.stop()
 	runtime.ReadMemStats(&after)
+
+	var handlerTime time.Duration
+	if p.counter != nil {
+		handlerTime = p.counter.meanWork()
+	}
 
 	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 	closeErr := p.close(closeCtx)
@@ -73,6 +98,7 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 		return result{}, fmt.Errorf("%s: %w", c.id, err)
 	}
 	return result{
+		handlerTime:    handlerTime,
 		messages:       n,
 		elapsed:        elapsed,
 		allocs:         after.Mallocs - before.Mallocs,
@@ -131,20 +157,43 @@ func (s *sampler) stop() peaks {
 	return s.peak
 }
 
-// counter is the subscriber side's bookkeeping: it counts handled
-// messages, closes done when the target is reached, and keeps the first
-// problem a handler saw.
+// counter is the subscriber side's bookkeeping: it does the handler's
+// simulated work, counts handled messages, closes done when the target is
+// reached, and keeps the first problem a handler or a library reported.
 type counter struct {
 	target  int64
+	work    time.Duration
 	handled atomic.Int64
+	busy    atomic.Int64 // nanoseconds the work really took, summed
 	done    chan struct{}
 	errOnce sync.Once
 	err     error
 	failed  atomic.Bool
 }
 
-func newCounter(target int) *counter {
-	return &counter{target: int64(target), done: make(chan struct{})}
+func newCounter(target int, work time.Duration) *counter {
+	return &counter{target: int64(target), work: work, done: make(chan struct{})}
+}
+
+// handle is the handler's part for one message of the right size: the
+// work (a sleep, measured, because a sleep takes longer than asked for),
+// then the count.
+func (c *counter) handle() {
+	if c.work > 0 {
+		start := time.Now()
+		time.Sleep(c.work)
+		c.busy.Add(int64(time.Since(start)))
+	}
+	c.add()
+}
+
+// meanWork is the mean time the work of one message really took.
+func (c *counter) meanWork() time.Duration {
+	n := c.handled.Load()
+	if c.work <= 0 || n == 0 {
+		return 0
+	}
+	return time.Duration(c.busy.Load() / n)
 }
 
 func (c *counter) add() {
@@ -169,11 +218,19 @@ func (c *counter) wait(ctx context.Context) error {
 	}
 }
 
+// problem returns what fail recorded, if anything.
+func (c *counter) problem() error {
+	if c.failed.Load() {
+		return c.err
+	}
+	return nil
+}
+
 // check reports a handler-side problem or a count other than the target;
 // call it after the subscriber stopped.
 func (c *counter) check() error {
-	if c.failed.Load() {
-		return c.err
+	if err := c.problem(); err != nil {
+		return err
 	}
 	if got := c.handled.Load(); got != c.target {
 		return fmt.Errorf("handler saw %d messages, want exactly %d", got, c.target)
@@ -246,6 +303,9 @@ type summary struct {
 	peakHeap         float64
 	peakSys          float64
 	peakGoroutines   float64
+	handlerTime      float64 // nanoseconds
+	nominalShare     float64 // msgs/s over concurrency / work
+	measuredShare    float64 // msgs/s over concurrency / measured handler time
 }
 
 func summarize(c benchCase, rs []result) summary {
@@ -272,6 +332,9 @@ func summarize(c benchCase, rs []result) summary {
 		peakHeap:       metric(func(r result) float64 { return float64(r.peakHeap) }),
 		peakSys:        metric(func(r result) float64 { return float64(r.peakSys) }),
 		peakGoroutines: metric(func(r result) float64 { return float64(r.peakGoroutines) }),
+		handlerTime:    metric(func(r result) float64 { return float64(r.handlerTime) }),
+		nominalShare:   metric(func(r result) float64 { return r.ceilingShare(c.concurrency, c.work) }),
+		measuredShare:  metric(func(r result) float64 { return r.ceilingShare(c.concurrency, r.handlerTime) }),
 	}
 }
 
@@ -282,4 +345,141 @@ func median(vs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// fillBatch is the messages per publish call when a consume-only case
+// fills its topic before the clock starts.
+const fillBatch = 1000
+
+// stages are the system-specific parts of a run; assemble puts them
+// together the same way for every system, according to the mode.
+type stages struct {
+	mode mode
+	// batch is the messages per publish call in the timed part.
+	batch int
+	// publish publishes messages first..first+count-1 in one call.
+	publish func(ctx context.Context, first, count int) error
+	// warmUp publishes one warm-up message (empty payload), which the
+	// handler recognises and does not count.
+	warmUp func(ctx context.Context) error
+	// subscribe registers the handler, untimed; start starts consuming
+	// (timed in consumeOnly) and returns once the subscriber runs. Both are
+	// unused in publishOnly.
+	subscribe func() error
+	start     func(ctx context.Context) error
+	// counter is the handler's bookkeeping, warmed is closed when the
+	// handler saw a warm-up message.
+	counter *counter
+	warmed  <-chan struct{}
+	// stored counts the messages the topic holds, for the publish-only
+	// check; nil skips the check.
+	stored func(ctx context.Context) (int, error)
+	// teardown stops what was started and releases the run's resources
+	// (connections, the topic); it must work at any stage of the set-up.
+	teardown func(ctx context.Context) error
+}
+
+// assemble finishes the set-up of a run as its mode needs (warm-up, fill)
+// and returns the timed part and the checks. When the set-up fails it tears
+// down what was built.
+func assemble(ctx context.Context, p runParams, s stages) (*pipeline, error) {
+	cfg := p.cfg
+	abandon := func(err error) (*pipeline, error) {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+		defer cancel()
+		return nil, errors.Join(err, s.teardown(closeCtx))
+	}
+	publishN := func(ctx context.Context, batch int) error {
+		return publishBounded(ctx, p.n, cfg.publishers, batch, s.publish)
+	}
+	consumed := func(ctx context.Context) error {
+		return errors.Join(s.teardown(ctx), s.counter.check())
+	}
+
+	switch s.mode {
+	case publishOnly:
+		if err := s.warmUp(ctx); err != nil {
+			return abandon(fmt.Errorf("warm-up: %w", err))
+		}
+		return &pipeline{
+			run: func(ctx context.Context) error { return publishN(ctx, s.batch) },
+			close: func(ctx context.Context) error {
+				// Count before the teardown, which deletes the topic.
+				stored := checkStored(ctx, s.stored, p.n+1)
+				return errors.Join(stored, s.counter.problem(), s.teardown(ctx))
+			},
+		}, nil
+
+	case consumeOnly:
+		if err := s.subscribe(); err != nil {
+			return abandon(err)
+		}
+		if err := publishN(ctx, fillBatch); err != nil {
+			return abandon(fmt.Errorf("fill the topic: %w", err))
+		}
+		return &pipeline{
+			run: func(ctx context.Context) error {
+				if err := s.start(ctx); err != nil {
+					return err
+				}
+				return s.counter.wait(ctx)
+			},
+			close:   consumed,
+			counter: s.counter,
+		}, nil
+
+	case endToEnd:
+		err := s.subscribe()
+		if err == nil {
+			err = s.start(ctx)
+		}
+		if err == nil {
+			err = warmUp(ctx, s.warmUp, s.warmed)
+		}
+		if err != nil {
+			return abandon(err)
+		}
+		return &pipeline{
+			run: func(ctx context.Context) error {
+				if err := publishN(ctx, s.batch); err != nil {
+					return err
+				}
+				return s.counter.wait(ctx)
+			},
+			close:   consumed,
+			counter: s.counter,
+		}, nil
+
+	default:
+		return abandon(fmt.Errorf("unknown mode %d", s.mode))
+	}
+}
+
+// publishBounded is publishAll bounded by ctx even when a publish call does
+// not take a context (Watermill's Publish): it returns when ctx ends, and
+// the run's teardown unblocks the calls still running.
+func publishBounded(ctx context.Context, n, publishers, batch int, publish func(ctx context.Context, first, count int) error) error {
+	done := make(chan error, 1)
+	go func() { done <- publishAll(ctx, n, publishers, batch, publish) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("publishing did not finish: %w", ctx.Err())
+	}
+}
+
+// checkStored reports a topic that does not hold exactly want messages.
+func checkStored(ctx context.Context, stored func(ctx context.Context) (int, error), want int) error {
+	if stored == nil {
+		return nil
+	}
+	got, err := stored(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("count the stored messages: %w", err)
+	case got != want:
+		return fmt.Errorf("topic holds %d messages, want %d (the run's and one warm-up)", got, want)
+	}
+	return nil
 }

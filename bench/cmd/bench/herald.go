@@ -5,26 +5,44 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/heraldbus/herald"
 )
 
-// heraldDriverFunc returns a fresh driver for one run and the function that
-// releases it after the bus has shut down. Scenarios differ only in it.
-type heraldDriverFunc func(ctx context.Context) (d herald.Driver, release func() error, err error)
+// heraldBackend is a scenario's broker as herald sees it in one run.
+type heraldBackend struct {
+	driver herald.Driver
+	// stored counts the messages the run's topic holds (the publish-only
+	// check); nil skips the check.
+	stored func(ctx context.Context) (int, error)
+	// release frees what the run used once the bus has shut down: it
+	// deletes the run's topic where the broker outlives the run, and closes
+	// the driver's connections.
+	release func(ctx context.Context) error
+}
+
+// heraldDriverFunc returns a fresh backend for one run on topic. The driver
+// hands errors it meets in the background to report, which fails the run.
+// Scenarios differ only in it.
+type heraldDriverFunc func(ctx context.Context, topic string, report func(error)) (heraldBackend, error)
 
 // heraldVariant is how one herald row publishes and consumes.
 type heraldVariant struct {
+	// mode is what the clock measures (end to end by default).
+	mode mode
 	// typed publishes a registered struct through Bus.Publish (JSON codec)
 	// and subscribes with herald.Subscribe; otherwise raw messages go
 	// through Bus.PublishMessages and Bus.Handle.
 	typed bool
 	// batched puts cfg.batch messages in each publish call instead of one.
 	batched bool
-	// parallel runs cfg.concurrency handlers at once instead of one.
-	parallel bool
+	// concurrency is the handler concurrency (WithConcurrency; 0 means 1).
+	concurrency int
 	// keyed gives message i the key i mod cfg.keys instead of no key.
 	keyed bool
+	// work is how long the handler sleeps per message.
+	work time.Duration
 }
 
 // benchEvent is the typed event: a Body of cfg.payloadBytes characters, so
@@ -34,15 +52,18 @@ type benchEvent struct {
 	Body string `json:"body"`
 }
 
-// benchGroup is the consumer group of every herald subscriber.
+// benchGroup is the consumer group of every subscriber.
 const benchGroup = "bench"
 
 // heraldCase measures herald's Bus over the driver newDriver returns.
 func heraldCase(id, label string, newDriver heraldDriverFunc, v heraldVariant) benchCase {
 	return benchCase{
-		id:     id,
-		system: "herald",
-		label:  label,
+		id:          id,
+		system:      "herald",
+		label:       label,
+		mode:        v.mode,
+		concurrency: max(v.concurrency, 1),
+		work:        v.work,
 		setup: func(ctx context.Context, p runParams) (*pipeline, error) {
 			return setupHerald(ctx, p, newDriver, v)
 		},
@@ -51,50 +72,59 @@ func heraldCase(id, label string, newDriver heraldDriverFunc, v heraldVariant) b
 
 func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v heraldVariant) (*pipeline, error) {
 	cfg := p.cfg
-	d, release, err := newDriver(ctx)
+	cnt := newCounter(p.n, v.work)
+	be, err := newDriver(ctx, p.topic, func(err error) { cnt.fail(fmt.Errorf("driver reported: %w", err)) })
 	if err != nil {
 		return nil, err
 	}
-	cnt := newCounter(p.n)
 	warm := newSignalOnce()
-	bus := herald.NewBus(d,
+	bus := herald.NewBus(be.driver,
 		herald.WithLogger(slog.New(slog.DiscardHandler)),
 		herald.WithErrorHandler(func(err error) { cnt.fail(fmt.Errorf("bus reported: %w", err)) }),
 	)
-	teardown := func(ctx context.Context) error {
-		return errors.Join(bus.Shutdown(ctx), release())
+	s := stages{
+		mode:    v.mode,
+		batch:   1,
+		counter: cnt,
+		warmed:  warm.ch,
+		stored:  be.stored,
+		// The subscriber outlives the timed part's context (a consume-only
+		// run starts it there); the teardown stops it.
+		start: func(ctx context.Context) error { return bus.Start(context.WithoutCancel(ctx)) },
+		teardown: func(ctx context.Context) error {
+			return errors.Join(bus.Shutdown(ctx), be.release(ctx))
+		},
 	}
-
-	concurrency := 1
-	if v.parallel {
-		concurrency = cfg.concurrency
-	}
-	keys := benchKeys(cfg, v.keyed)
-	batch := 1
 	if v.batched {
-		batch = cfg.batch
+		s.batch = cfg.batch
+	}
+	opts := []herald.SubscribeOption{herald.WithConcurrency(max(v.concurrency, 1))}
+	keys := benchKeys(cfg, v.keyed)
+	// handle is the handler's part once the payload size is known.
+	handle := func(size int) {
+		switch size {
+		case 0:
+			warm.fire()
+		case cfg.payloadBytes:
+			cnt.handle()
+		default:
+			cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", size, cfg.payloadBytes))
+			cnt.add()
+		}
 	}
 
-	var publish func(ctx context.Context, first, count int) error
-	var sendWarmUp func(ctx context.Context) error
 	if v.typed {
 		body := string(payload(cfg.payloadBytes))
-		err = errors.Join(
-			herald.Register[benchEvent](bus, p.topic, herald.WithKey(func(e benchEvent) string { return e.Key })),
-			herald.Subscribe(bus, benchGroup, func(_ context.Context, e benchEvent, _ *herald.Message) error {
-				switch len(e.Body) {
-				case 0:
-					warm.fire()
-					return nil
-				case cfg.payloadBytes:
-				default:
-					cnt.fail(fmt.Errorf("handler got a %d-byte body, want %d", len(e.Body), cfg.payloadBytes))
-				}
-				cnt.add()
+		if err := herald.Register[benchEvent](bus, p.topic, herald.WithKey(func(e benchEvent) string { return e.Key })); err != nil {
+			return nil, errors.Join(err, be.release(ctx))
+		}
+		s.subscribe = func() error {
+			return herald.Subscribe(bus, benchGroup, func(_ context.Context, e benchEvent, _ *herald.Message) error {
+				handle(len(e.Body))
 				return nil
-			}, herald.WithConcurrency(concurrency)),
-		)
-		publish = func(ctx context.Context, first, count int) error {
+			}, opts...)
+		}
+		s.publish = func(ctx context.Context, first, count int) error {
 			if count == 1 {
 				return bus.Publish(ctx, benchEvent{Key: keys.of(first), Body: body})
 			}
@@ -104,59 +134,32 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 			}
 			return bus.Publish(ctx, events...)
 		}
-		sendWarmUp = func(ctx context.Context) error { return bus.Publish(ctx, benchEvent{}) }
-	} else {
-		data := payload(cfg.payloadBytes)
-		err = bus.Handle(p.topic, benchGroup, func(_ context.Context, m *herald.Message) error {
-			switch len(m.Data) {
-			case 0:
-				warm.fire()
-				return nil
-			case cfg.payloadBytes:
-			default:
-				cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", len(m.Data), cfg.payloadBytes))
-			}
-			cnt.add()
-			return nil
-		}, herald.WithConcurrency(concurrency))
-		topic := p.topic
-		publish = func(ctx context.Context, first, count int) error {
-			if count == 1 {
-				return bus.PublishMessages(ctx, &herald.Message{Topic: topic, Key: keys.of(first), Data: data})
-			}
-			msgs := make([]*herald.Message, count)
-			for i := range msgs {
-				msgs[i] = &herald.Message{Topic: topic, Key: keys.of(first + i), Data: data}
-			}
-			return bus.PublishMessages(ctx, msgs...)
-		}
-		sendWarmUp = func(ctx context.Context) error {
-			return bus.PublishMessages(ctx, &herald.Message{Topic: topic})
-		}
-	}
-	if err == nil {
-		err = bus.Start(ctx)
-	}
-	if err == nil {
-		err = warmUp(ctx, sendWarmUp, warm.ch)
-	}
-	if err != nil {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
-		defer cancel()
-		return nil, errors.Join(err, teardown(closeCtx))
+		s.warmUp = func(ctx context.Context) error { return bus.Publish(ctx, benchEvent{}) }
+		return assemble(ctx, p, s)
 	}
 
-	return &pipeline{
-		run: func(ctx context.Context) error {
-			if err := publishAll(ctx, p.n, cfg.publishers, batch, publish); err != nil {
-				return err
-			}
-			return cnt.wait(ctx)
-		},
-		close: func(ctx context.Context) error {
-			return errors.Join(teardown(ctx), cnt.check())
-		},
-	}, nil
+	data := payload(cfg.payloadBytes)
+	topic := p.topic
+	s.subscribe = func() error {
+		return bus.Handle(topic, benchGroup, func(_ context.Context, m *herald.Message) error {
+			handle(len(m.Data))
+			return nil
+		}, opts...)
+	}
+	s.publish = func(ctx context.Context, first, count int) error {
+		if count == 1 {
+			return bus.PublishMessages(ctx, &herald.Message{Topic: topic, Key: keys.of(first), Data: data})
+		}
+		msgs := make([]*herald.Message, count)
+		for i := range msgs {
+			msgs[i] = &herald.Message{Topic: topic, Key: keys.of(first + i), Data: data}
+		}
+		return bus.PublishMessages(ctx, msgs...)
+	}
+	s.warmUp = func(ctx context.Context) error {
+		return bus.PublishMessages(ctx, &herald.Message{Topic: topic})
+	}
+	return assemble(ctx, p, s)
 }
 
 // keySet hands out message keys: none, or cfg.keys distinct ones made

@@ -55,6 +55,7 @@ type wireResult struct {
 	PeakHeap       uint64 `json:"peak_heap"`
 	PeakSys        uint64 `json:"peak_sys"`
 	PeakGoroutines uint64 `json:"peak_goroutines"`
+	HandlerNS      int64  `json:"handler_ns,omitempty"`
 }
 
 // runChild performs the run spec names and prints its result as JSON.
@@ -80,6 +81,7 @@ func runChild(ctx context.Context, cfg config, spec childSpec, stdout io.Writer)
 		PeakHeap:       r.peakHeap,
 		PeakSys:        r.peakSys,
 		PeakGoroutines: r.peakGoroutines,
+		HandlerNS:      int64(r.handlerTime),
 	})
 }
 
@@ -109,5 +111,6 @@ func measureInChild(ctx context.Context, args []string, spec childSpec) (result,
 		peakHeap:       w.PeakHeap,
 		peakSys:        w.PeakSys,
 		peakGoroutines: w.PeakGoroutines,
+		handlerTime:    time.Duration(w.HandlerNS),
 	}, nil
 }

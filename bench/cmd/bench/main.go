@@ -13,11 +13,14 @@
 // landing on one. The table shows the median of each metric.
 //
 // Scenarios (-scenario) group the cases by broker; see scenarios() in
-// scenario.go. -list prints them with their case ids.
+// scenario.go. -list prints them with their case ids. The redis scenario
+// talks to the Redis at HERALD_REDIS_ADDR (default 127.0.0.1:6379), on
+// streams under -redis-prefix that each run deletes when it ends.
 package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,6 +33,10 @@ import (
 	"strings"
 	"time"
 )
+
+// defaultRedisAddr is the Redis of the redis scenario when
+// HERALD_REDIS_ADDR is unset.
+const defaultRedisAddr = "127.0.0.1:6379"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -53,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		"message cap of set-ups without backpressure (Watermill GoChannel default config starts a goroutine per message)")
 	fs.DurationVar(&cfg.sampleEvery, "sample", 5*time.Millisecond, "memory sampling period")
 	fs.DurationVar(&cfg.runTimeout, "timeout", 2*time.Minute, "liveness bound of one run")
+	fs.StringVar(&cfg.redisPrefix, "redis-prefix", "herald:bench:",
+		"key prefix of every stream the redis scenario creates (on the server at HERALD_REDIS_ADDR, default "+defaultRedisAddr+")")
 	scenarioFlag := fs.String("scenario", "memory", `scenarios to run, comma-separated, or "all"`)
 	caseFlag := fs.String("case", "", "case ids to run, comma-separated (default: every case of the scenarios)")
 	list := fs.Bool("list", false, "list scenarios and their case ids, and exit")
@@ -65,6 +74,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	cfg.redisAddr = os.Getenv("HERALD_REDIS_ADDR")
+	if cfg.redisAddr == "" {
+		cfg.redisAddr = defaultRedisAddr
 	}
 	if err := cfg.validate(); err != nil {
 		return err
@@ -89,7 +102,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		for _, s := range scenarios() {
 			fmt.Fprintf(stdout, "%s: %s\n", s.name, s.about)
 			for _, c := range s.cases(cfg) {
-				fmt.Fprintf(stdout, "  %-22s %s, %s\n", c.id, c.system, c.label)
+				table := ""
+				if c.table != "" {
+					table = c.table + ": "
+				}
+				fmt.Fprintf(stdout, "  %-24s %s%s, %s (%s messages)\n", c.id, table, c.system, c.label, thousands(c.messages(cfg)))
 			}
 		}
 		return nil
@@ -105,6 +122,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 
 	env := readEnvironment()
+	for _, p := range plan {
+		if p.scenario.server == nil {
+			continue
+		}
+		desc, err := p.scenario.server(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("scenario %s: %w", p.scenario.name, err)
+		}
+		env.servers = append(env.servers, desc)
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -140,7 +167,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		for j, c := range p.cases {
 			sums[j] = summarize(c, results[i][j])
 		}
-		writeTable(stdout, p.scenario, sums)
+		writeTables(stdout, cfg, p.scenario, sums)
 	}
 	return nil
 }
@@ -166,6 +193,9 @@ func (c config) validate() error {
 	}
 	if c.runTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-timeout must be positive, got %s", c.runTimeout))
+	}
+	if strings.TrimSpace(c.redisPrefix) == "" {
+		errs = append(errs, errors.New("-redis-prefix must not be empty: the benchmark's streams would mix with other keys"))
 	}
 	return errors.Join(errs...)
 }
@@ -226,27 +256,42 @@ func runPlan(ctx context.Context, cfg config, plan []scenarioPlan, measure measu
 	for i, p := range plan {
 		results[i] = make([][]result, len(p.cases))
 	}
-	stamp := time.Now().Unix()
+	// Topics must be unique across invocations too: a Redis or Kafka
+	// server is shared with whoever else runs this at the same time.
+	token, err := runToken()
+	if err != nil {
+		return nil, err
+	}
 	for round := range cfg.runs {
 		for i, p := range plan {
 			for j, c := range p.cases {
-				n := cfg.messages
-				if c.maxMessages > 0 {
-					n = min(n, c.maxMessages)
-				}
-				topic := fmt.Sprintf("bench.%s.%d.%d", c.id, stamp, round)
+				n := c.messages(cfg)
+				topic := fmt.Sprintf("bench.%s.%s.%d", c.id, token, round)
 				r, err := measure(ctx, p.scenario, c, n, topic)
 				if err != nil {
 					return nil, fmt.Errorf("scenario %s, run %d: %w", p.scenario.name, round+1, err)
 				}
 				results[i][j] = append(results[i][j], r)
-				fmt.Fprintf(progress, "run %d/%d %-9s %-20s %7s msgs/s %5.1f allocs/msg %6.1f MiB peak heap %6.1f MiB peak Sys %6d goroutines\n",
+				handler := ""
+				if r.handlerTime > 0 {
+					handler = fmt.Sprintf(" %.2f ms handler", float64(r.handlerTime)/1e6)
+				}
+				fmt.Fprintf(progress, "run %d/%d %-9s %-24s %7s msgs/s %5.1f allocs/msg %6.1f MiB peak heap %6.1f MiB peak Sys %6d goroutines%s\n",
 					round+1, cfg.runs, p.scenario.name, c.id, rate(r.msgsPerSec()), r.allocsPerMsg(),
-					float64(r.peakHeap)/(1<<20), float64(r.peakSys)/(1<<20), r.peakGoroutines)
+					float64(r.peakHeap)/(1<<20), float64(r.peakSys)/(1<<20), r.peakGoroutines, handler)
 			}
 		}
 	}
 	return results, nil
+}
+
+// runToken names one invocation: the time in seconds and 4 random bytes.
+func runToken() (string, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("random run token: %w", err)
+	}
+	return fmt.Sprintf("%d-%x", time.Now().Unix(), b), nil
 }
 
 func writeAllocProfile(path string) error {

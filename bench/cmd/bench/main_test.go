@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -170,5 +173,58 @@ func TestFormatting(t *testing.T) {
 	}
 	if got := commandLine([]string{"-case", "a,b", "-timeout", "1 m"}); got != `cd bench && go run ./cmd/bench -case a,b -timeout "1 m"` {
 		t.Errorf("commandLine = %q", got)
+	}
+}
+
+func TestCaseMessages(t *testing.T) {
+	cfg := config{messages: 200_000}
+	for _, tt := range []struct {
+		c    benchCase
+		want int
+	}{
+		{benchCase{}, 200_000},
+		{benchCase{scale: 0.01}, 2_000},
+		{benchCase{scale: 2}, 400_000},
+		{benchCase{scale: 1e-9}, 1},
+		{benchCase{maxMessages: 50_000}, 50_000},
+		{benchCase{scale: 0.1, maxMessages: 50_000}, 20_000},
+	} {
+		if got := tt.c.messages(cfg); got != tt.want {
+			t.Errorf("scale %v, cap %d: %d messages, want %d", tt.c.scale, tt.c.maxMessages, got, tt.want)
+		}
+	}
+}
+
+func TestCeilingShare(t *testing.T) {
+	// 32,000 msgs/s with 64 handlers: half of 64 / 1 ms, all of 64 / 2 ms.
+	r := result{messages: 64_000, elapsed: 2 * time.Second}
+	if got := r.ceilingShare(64, time.Millisecond); got != 0.5 {
+		t.Errorf("share of the 1 ms ceiling = %v, want 0.5", got)
+	}
+	if got := r.ceilingShare(64, 2*time.Millisecond); got != 1 {
+		t.Errorf("share of the 2 ms ceiling = %v, want 1", got)
+	}
+	if got := r.ceilingShare(64, 0); got != 0 {
+		t.Errorf("share without work = %v, want 0", got)
+	}
+}
+
+func TestCheckStored(t *testing.T) {
+	holds := func(n int, err error) func(context.Context) (int, error) {
+		return func(context.Context) (int, error) { return n, err }
+	}
+	ctx := context.Background()
+	if err := checkStored(ctx, holds(101, nil), 101); err != nil {
+		t.Errorf("exact count: %v", err)
+	}
+	if err := checkStored(ctx, nil, 101); err != nil {
+		t.Errorf("no count function: %v", err)
+	}
+	if err := checkStored(ctx, holds(100, nil), 101); err == nil || !strings.Contains(err.Error(), "holds 100 messages, want 101") {
+		t.Errorf("a missing message: %v", err)
+	}
+	boom := errors.New("boom")
+	if err := checkStored(ctx, holds(0, boom), 101); !errors.Is(err, boom) {
+		t.Errorf("a failed count: %v, want it wrapped", err)
 	}
 }

@@ -5,9 +5,7 @@ import (
 	"fmt"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
-	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/driver/memory"
 )
 
@@ -24,9 +22,9 @@ func memoryScenario() scenario {
 }
 
 func memoryCases(cfg config) []benchCase {
-	newBroker := func(context.Context) (herald.Driver, func() error, error) {
+	newBroker := func(context.Context, string, func(error)) (heraldBackend, error) {
 		b := memory.New()
-		return b, b.Close, nil
+		return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
 	}
 	blocking := goChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true})
 	c, b, k := cfg.concurrency, cfg.batch, cfg.keys
@@ -39,17 +37,17 @@ func memoryCases(cfg config) []benchCase {
 		heraldCase("herald-raw", "raw messages, 1 per call, concurrency 1",
 			newBroker, heraldVariant{}),
 		heraldCase("herald-raw-keyed", fmt.Sprintf("raw messages, 1 per call, concurrency %d, %d keys", c, k),
-			newBroker, heraldVariant{parallel: true, keyed: true}),
+			newBroker, heraldVariant{concurrency: c, keyed: true}),
 		heraldCase("herald-raw-unkeyed", fmt.Sprintf("raw messages, 1 per call, concurrency %d, no key", c),
-			newBroker, heraldVariant{parallel: true}),
+			newBroker, heraldVariant{concurrency: c}),
 		heraldCase("herald-batch", fmt.Sprintf("raw messages, %d per call, concurrency 1", b),
 			newBroker, heraldVariant{batched: true}),
 		heraldCase("herald-batch-keyed", fmt.Sprintf("raw messages, %d per call, concurrency %d, %d keys", b, c, k),
-			newBroker, heraldVariant{batched: true, parallel: true, keyed: true}),
+			newBroker, heraldVariant{batched: true, concurrency: c, keyed: true}),
 		heraldCase("herald-typed", "typed event (JSON), 1 per call, concurrency 1",
 			newBroker, heraldVariant{typed: true}),
 		heraldCase("herald-typed-keyed", fmt.Sprintf("typed event (JSON), 1 per call, concurrency %d, %d keys", c, k),
-			newBroker, heraldVariant{typed: true, parallel: true, keyed: true}),
+			newBroker, heraldVariant{typed: true, concurrency: c, keyed: true}),
 		watermillCase("watermill", "GoChannel BlockPublishUntilSubscriberAck, 1 msg per call",
 			blocking, watermillVariant{}, true),
 		watermillCase("watermill-batch", fmt.Sprintf("GoChannel BlockPublishUntilSubscriberAck, %d msgs per call", b),
@@ -63,8 +61,8 @@ func memoryCases(cfg config) []benchCase {
 // goChannel returns a fresh GoChannel per run; it is both the publisher and
 // the subscriber.
 func goChannel(cfg gochannel.Config) watermillPubSubFunc {
-	return func(context.Context) (message.Publisher, message.Subscriber, func() error, error) {
+	return func(context.Context, string) (watermillBackend, error) {
 		ps := gochannel.NewGoChannel(cfg, watermill.NopLogger{})
-		return ps, ps, ps.Close, nil
+		return watermillBackend{pub: ps, sub: ps, release: func(context.Context) error { return ps.Close() }}, nil
 	}
 }

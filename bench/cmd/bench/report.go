@@ -23,6 +23,7 @@ type environment struct {
 	cpuModel    string
 	loadAverage string
 	modules     []string // "path version" of the measured libraries
+	servers     []string // the servers the scenarios talk to, as they describe them
 }
 
 func readEnvironment() environment {
@@ -44,7 +45,9 @@ func readEnvironment() environment {
 					v = "local checkout (replace " + m.Replace.Path + ")"
 				}
 				env.modules = append(env.modules, m.Path+" "+v)
-			case "github.com/ThreeDotsLabs/watermill":
+			case "github.com/ThreeDotsLabs/watermill",
+				"github.com/ThreeDotsLabs/watermill-redisstream",
+				"github.com/redis/go-redis/v9":
 				env.modules = append(env.modules, m.Path+" "+m.Version)
 			}
 		}
@@ -105,8 +108,11 @@ func writeHeader(w io.Writer, env environment, cfg config, args []string) {
 	if len(env.modules) > 0 {
 		fmt.Fprintf(w, "Modules: %s.\n\n", strings.Join(env.modules, ", "))
 	}
-	fmt.Fprintf(w, "%d-byte payloads, %d publishing goroutines, one subscriber, end to end (publish until the handler has seen every message), "+
-		"%s messages per run, median of %d runs (cases interleaved round by round), %s.\n\n",
+	if len(env.servers) > 0 {
+		fmt.Fprintf(w, "Servers: %s.\n\n", strings.Join(env.servers, ", "))
+	}
+	fmt.Fprintf(w, "%d-byte payloads, %d publishing goroutines, one subscriber, "+
+		"%s messages per run unless a row says otherwise, median of %d runs (cases interleaved round by round), %s.\n\n",
 		cfg.payloadBytes, cfg.publishers, thousands(cfg.messages), cfg.runs, isolation(cfg))
 	fmt.Fprintf(w, "Command: `%s`\n\n", commandLine(args))
 }
@@ -118,34 +124,109 @@ func isolation(cfg config) string {
 	return "every run in this one process"
 }
 
-func writeTable(w io.Writer, s scenario, sums []summary) {
-	var base float64
+// writeTables writes a scenario's tables: one per run of rows that share
+// benchCase.table, in the order of sums.
+func writeTables(w io.Writer, cfg config, s scenario, sums []summary) {
+	fmt.Fprintf(w, "### Scenario %s: %s\n\n", s.name, s.about)
+	for start := 0; start < len(sums); {
+		end := start + 1
+		for end < len(sums) && sums[end].c.table == sums[start].c.table {
+			end++
+		}
+		writeTable(w, cfg, sums[start:end])
+		start = end
+	}
+}
+
+// writeTable writes the rows of one table. The ratio columns divide by the
+// table's baseline and reference rows; a table whose rows do work per
+// message adds the handler time and the share of the ceiling that
+// concurrency and handler time allow.
+func writeTable(w io.Writer, cfg config, sums []summary) {
+	var base, ref float64
+	hasRef, hasWork := false, false
 	for _, sm := range sums {
 		if sm.c.baseline {
 			base = sm.msgsPerSec
 		}
+		if sm.c.reference {
+			ref, hasRef = sm.msgsPerSec, true
+		}
+		hasWork = hasWork || sm.c.work > 0
 	}
-	fmt.Fprintf(w, "### Scenario %s: %s\n\n", s.name, s.about)
-	fmt.Fprintln(w, "| system | configuration | msgs/s (median) | min - max | vs baseline | allocs/msg | B/msg | peak heap | peak Sys | peak goroutines |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	first := sums[0].c
+	if first.table != "" {
+		fmt.Fprintf(w, "#### %s\n\n", first.table)
+	}
+	fmt.Fprintf(w, "%s\n\n", first.mode.timed())
+	if hasWork {
+		fmt.Fprintln(w, "Ceiling: concurrency / handler time, nominal (the sleep asked for) and measured (the mean time the handler's "+
+			"sleep really took; time.Sleep overshoots, by up to a millisecond when the Go runtime waits for timers in epoll_wait).")
+		fmt.Fprintln(w)
+	}
+
+	header := "| system | configuration | msgs/s (median) | min - max | vs baseline |"
+	align := "|---|---|--:|--:|--:|"
+	if hasRef {
+		header += " vs reference |"
+		align += "--:|"
+	}
+	if hasWork {
+		header += " handler time (mean) | of nominal ceiling | of measured ceiling |"
+		align += "--:|--:|--:|"
+	}
+	header += " allocs/msg | B/msg | peak heap | peak Sys | peak goroutines |"
+	align += "--:|--:|--:|--:|--:|"
+	fmt.Fprintln(w, header)
+	fmt.Fprintln(w, align)
+
+	ratio := func(v, of float64) string {
+		if of <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", v/of)
+	}
 	for _, sm := range sums {
-		label := sm.c.label
-		if sm.c.baseline {
+		c := sm.c
+		label := c.label
+		switch {
+		case c.baseline:
 			label += " (baseline)"
+		case c.reference:
+			label += " (reference)"
 		}
-		if sm.c.maxMessages > 0 {
+		switch {
+		case c.maxMessages > 0 && sm.messages == c.maxMessages:
 			label += fmt.Sprintf(" (capped at %s messages)", thousands(sm.messages))
+		case sm.messages != cfg.messages:
+			label += fmt.Sprintf(" (%s messages)", thousands(sm.messages))
 		}
-		ratio := "-"
-		if base > 0 {
-			ratio = fmt.Sprintf("%.2fx", sm.msgsPerSec/base)
+		row := fmt.Sprintf("| %s | %s | %s | %s - %s | %s |",
+			c.system, label, rate(sm.msgsPerSec), rate(sm.minRate), rate(sm.maxRate), ratio(sm.msgsPerSec, base))
+		if hasRef {
+			row += fmt.Sprintf(" %s |", percentOf(sm.msgsPerSec, ref))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s - %s | %s | %.1f | %s | %.1f MiB | %.1f MiB | %s |\n",
-			sm.c.system, label, rate(sm.msgsPerSec), rate(sm.minRate), rate(sm.maxRate), ratio,
+		if hasWork {
+			if c.work > 0 {
+				row += fmt.Sprintf(" %.2f ms | %.0f%% | %.0f%% |", sm.handlerTime/1e6, 100*sm.nominalShare, 100*sm.measuredShare)
+			} else {
+				row += " - | - | - |"
+			}
+		}
+		row += fmt.Sprintf(" %.1f | %s | %.1f MiB | %.1f MiB | %s |",
 			sm.allocsPerMsg, thousands(int(sm.bytesPerMsg+0.5)), sm.peakHeap/(1<<20), sm.peakSys/(1<<20),
 			thousands(int(sm.peakGoroutines)))
+		fmt.Fprintln(w, row)
 	}
 	fmt.Fprintln(w)
+}
+
+// percentOf formats v as a percentage of of ("-" without a reference).
+func percentOf(v, of float64) string {
+	if of <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*v/of)
 }
 
 // rate formats messages per second with three significant digits.

@@ -5,16 +5,21 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
-// A scenario is a family of benchmark cases that share a set-up: the
-// in-process brokers today, a Kafka or Redis server or a Postgres outbox
-// later. Each scenario lives in its own file and is listed in scenarios.
+// A scenario is a family of benchmark cases that share a broker: the
+// in-process brokers, a Redis server, later a Kafka cluster or a Postgres
+// outbox. Each scenario lives in its own file and is listed in scenarios.
 type scenario struct {
 	name  string
 	about string
-	// cases returns the scenario's rows, in the order the table shows them.
+	// cases returns the scenario's rows, in the order the tables show them.
 	cases func(cfg config) []benchCase
+	// server, when set, contacts the scenario's server once before any run
+	// and describes it for the header ("Redis 7.0.15 at 127.0.0.1:6379"),
+	// so that an unreachable server fails at once with a clear error.
+	server func(ctx context.Context, cfg config) (string, error)
 }
 
 // scenarios lists every scenario -scenario can choose, in the order "all"
@@ -23,45 +28,115 @@ type scenario struct {
 func scenarios() []scenario {
 	return []scenario{
 		memoryScenario(),
+		redisScenario(),
+	}
+}
+
+// mode is what the clock of a case measures.
+type mode int
+
+const (
+	// endToEnd times publishers and subscriber running at once; the clock
+	// stops when the handler has seen the last message.
+	endToEnd mode = iota
+	// publishOnly times the publishers alone (nothing consumes); the clock
+	// stops when the last publish call returned.
+	publishOnly
+	// consumeOnly fills the topic with the run's messages before the clock
+	// starts, then times the subscriber from its start until the handler
+	// has seen the last message.
+	consumeOnly
+)
+
+// timed says in a sentence what the clock of a mode measures.
+func (m mode) timed() string {
+	switch m {
+	case publishOnly:
+		return "Timed: publishing only, until the last publish call returned; nothing consumes. " +
+			"Each run then checks that the topic holds every message."
+	case consumeOnly:
+		return "Timed: the subscriber, from its start (group creation included) until the handler has seen every message " +
+			"of a topic filled before the clock started."
+	default:
+		return "Timed: end to end, publishers and subscriber at once, until the handler has seen every message."
 	}
 }
 
 // benchCase is one row of a scenario's table: one system in one
-// configuration, run end to end with the same message count every run.
+// configuration, run with the same message count every run.
 type benchCase struct {
 	// id names the case on the command line (-case) and in progress output.
 	id string
-	// system is the library measured ("herald", "Watermill").
+	// system is the library measured ("herald", "Watermill", "go-redis").
 	system string
 	// label describes the configuration in the table.
 	label string
-	// baseline marks the row the other rows' throughput is divided by.
+	// table names the scenario's table the row goes in (empty for a
+	// scenario with one table). Rows of one table share a mode, a baseline
+	// and a reference, and must be next to each other in cases.
+	table string
+	// mode is what the clock measures.
+	mode mode
+	// baseline marks the row of the table the other rows' throughput is
+	// divided by (the Watermill equivalent).
 	baseline bool
+	// reference marks the row of the "vs reference" column: the broker's
+	// client used by hand, what a library on it could reach at best.
+	reference bool
+	// scale sets the messages per run as a share of -n (0 means 1), so
+	// that slow configurations fit in the scenario's time; msgs/s is a
+	// rate, so rows with different counts still compare.
+	scale float64
 	// maxMessages, when above 0, caps the message count of this case (a
 	// configuration that cannot run the full count without exhausting
 	// memory); the table shows the count used.
 	maxMessages int
-	// setup builds a fresh pipeline for one run: it subscribes, waits until
-	// a warm-up message went through, and returns the timed part and the
-	// teardown. Nothing it does is measured.
+	// concurrency is how many handlers the row runs at once (0 means 1);
+	// with work it gives the ceiling columns.
+	concurrency int
+	// work is how long the handler sleeps per message (0: it only counts).
+	work time.Duration
+	// setup builds a fresh pipeline for one run: it connects, subscribes or
+	// fills the topic as the mode needs, and returns the timed part and
+	// the teardown. Nothing it does is measured.
 	setup func(ctx context.Context, p runParams) (*pipeline, error)
 }
+
+// messages is how many messages one run of c handles.
+func (c benchCase) messages(cfg config) int {
+	n := cfg.messages
+	if c.scale > 0 {
+		n = max(1, int(float64(n)*c.scale))
+	}
+	if c.maxMessages > 0 {
+		n = min(n, c.maxMessages)
+	}
+	return n
+}
+
+// in puts c in the scenario's table named table.
+func (c benchCase) in(table string) benchCase { c.table = table; return c }
+
+// scaled sets c's share of -n.
+func (c benchCase) scaled(share float64) benchCase { c.scale = share; return c }
 
 // runParams is what one run of a case needs to know.
 type runParams struct {
 	cfg   config
-	n     int    // messages to publish and handle in the timed part
+	n     int    // messages to publish or handle in the timed part
 	topic string // unique per run, so runs never see each other's messages
 }
 
-// pipeline is one set-up publisher-and-subscriber pair, ready to be timed.
+// pipeline is one set-up run, ready to be timed.
 type pipeline struct {
-	// run publishes n messages from cfg.publishers goroutines and returns
-	// once the subscriber's handler has seen all of them.
+	// run does the timed part (see mode).
 	run func(ctx context.Context) error
 	// close tears the pipeline down and reports what went wrong in it
-	// (handler errors, duplicates, a wrong count).
+	// (handler errors, duplicates, a wrong count, messages missing from
+	// the topic).
 	close func(ctx context.Context) error
+	// counter is the subscriber's bookkeeping; nil when nothing consumes.
+	counter *counter
 }
 
 // selectScenarios resolves the -scenario flag: a comma-separated list of

@@ -11,30 +11,54 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// watermillPubSubFunc returns a fresh Watermill publisher and subscriber
-// for one run, and the function that releases them after the router has
-// stopped. Scenarios differ only in it.
-type watermillPubSubFunc func(ctx context.Context) (pub message.Publisher, sub message.Subscriber, release func() error, err error)
+// watermillBackend is a scenario's broker as Watermill sees it in one run.
+type watermillBackend struct {
+	pub message.Publisher
+	sub message.Subscriber
+	// topic is the name to publish and subscribe under; empty means the
+	// run's topic. (Watermill's Redis Streams use it as the stream key, so
+	// a scenario may prefix it.)
+	topic string
+	// stored counts the messages the topic holds (the publish-only check);
+	// nil skips the check.
+	stored func(ctx context.Context) (int, error)
+	// release frees what the run used once the router has stopped: it
+	// closes the publisher and the subscriber and deletes the run's topic
+	// where the broker outlives the run.
+	release func(ctx context.Context) error
+}
+
+// watermillPubSubFunc returns a fresh backend for one run on topic.
+// Scenarios differ only in it.
+type watermillPubSubFunc func(ctx context.Context, topic string) (watermillBackend, error)
 
 // watermillVariant is how one Watermill row publishes and consumes.
 type watermillVariant struct {
+	// mode is what the clock measures (end to end by default).
+	mode mode
 	// batched puts cfg.batch messages in each Publish call instead of one.
 	batched bool
 	// json publishes benchEvent encoded with encoding/json and decodes it in
 	// the handler: what herald's typed row does for the user.
 	json bool
+	// work is how long the handler sleeps per message.
+	work time.Duration
 }
 
 // watermillCase measures a Watermill Router with one consumer handler over
 // the publisher and subscriber newPubSub returns. The Router runs one
 // handler per message it receives; with a subscriber that waits for the
-// ack before sending the next message, that is one message at a time.
+// ack before sending the next message (GoChannel with blocking publish,
+// Redis Streams), that is one message at a time.
 func watermillCase(id, label string, newPubSub watermillPubSubFunc, v watermillVariant, baseline bool) benchCase {
 	return benchCase{
-		id:       id,
-		system:   "Watermill",
-		label:    label,
-		baseline: baseline,
+		id:          id,
+		system:      "Watermill",
+		label:       label,
+		mode:        v.mode,
+		baseline:    baseline,
+		concurrency: 1,
+		work:        v.work,
 		setup: func(ctx context.Context, p runParams) (*pipeline, error) {
 			return setupWatermill(ctx, p, newPubSub, v)
 		},
@@ -43,63 +67,92 @@ func watermillCase(id, label string, newPubSub watermillPubSubFunc, v watermillV
 
 func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubFunc, v watermillVariant) (*pipeline, error) {
 	cfg := p.cfg
-	pub, sub, release, err := newPubSub(ctx)
+	be, err := newPubSub(ctx, p.topic)
 	if err != nil {
 		return nil, err
 	}
-	cnt := newCounter(p.n)
+	topic := be.topic
+	if topic == "" {
+		topic = p.topic
+	}
+	cnt := newCounter(p.n, v.work)
 	warm := newSignalOnce()
-
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.shutdownTimeout}, watermill.NopLogger{})
-	if err != nil {
-		return nil, errors.Join(err, release())
-	}
 	size := cfg.payloadBytes
-	router.AddConsumerHandler("bench", p.topic, sub, func(msg *message.Message) error {
-		got := len(msg.Payload)
-		if v.json {
-			var e benchEvent
-			if err := json.Unmarshal(msg.Payload, &e); err != nil {
-				cnt.fail(fmt.Errorf("decode message %s: %w", msg.UUID, err))
-				return nil
-			}
-			got = len(e.Body)
-		}
-		switch got {
-		case 0:
-			warm.fire()
-			return nil
-		case size:
-		default:
-			cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", got, size))
-		}
-		cnt.add()
-		return nil
-	})
 
-	runDone := make(chan error, 1)
-	go func() { runDone <- router.Run(context.WithoutCancel(ctx)) }()
-	teardown := func(ctx context.Context) error {
-		closeErr := router.Close()
-		var runErr error
-		select {
-		case runErr = <-runDone:
-		case <-ctx.Done():
-			runErr = fmt.Errorf("router did not stop: %w", ctx.Err())
+	// The router exists once subscribe ran (a publish-only run has none)
+	// and runs once start launched it. Set-up, run and teardown follow one
+	// another, so plain variables do.
+	var (
+		router   *message.Router
+		launched bool
+		runDone  = make(chan error, 1)
+	)
+	s := stages{
+		mode:    v.mode,
+		batch:   1,
+		counter: cnt,
+		warmed:  warm.ch,
+		stored:  be.stored,
+	}
+	if v.batched {
+		s.batch = cfg.batch
+	}
+	s.subscribe = func() error {
+		r, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.shutdownTimeout}, watermill.NopLogger{})
+		if err != nil {
+			return err
 		}
-		return errors.Join(closeErr, runErr, release())
+		router = r
+		router.AddConsumerHandler(benchGroup, topic, be.sub, func(msg *message.Message) error {
+			got := len(msg.Payload)
+			if v.json {
+				var e benchEvent
+				if err := json.Unmarshal(msg.Payload, &e); err != nil {
+					cnt.fail(fmt.Errorf("decode message %s: %w", msg.UUID, err))
+					return nil
+				}
+				got = len(e.Body)
+			}
+			switch got {
+			case 0:
+				warm.fire()
+			case size:
+				cnt.handle()
+			default:
+				cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", got, size))
+				cnt.add()
+			}
+			return nil
+		})
+		return nil
 	}
-	abandon := func(err error) (*pipeline, error) {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
-		defer cancel()
-		return nil, errors.Join(err, teardown(closeCtx))
+	s.start = func(ctx context.Context) error {
+		launched = true
+		go func() { runDone <- router.Run(context.WithoutCancel(ctx)) }()
+		select {
+		case <-router.Running():
+			return nil
+		case err := <-runDone:
+			runDone <- err // for the teardown
+			return fmt.Errorf("router stopped before running: %w", err)
+		case <-ctx.Done():
+			return fmt.Errorf("router did not start: %w", ctx.Err())
+		}
 	}
-	select {
-	case <-router.Running():
-	case err := <-runDone:
-		return nil, errors.Join(fmt.Errorf("router stopped before running: %w", err), release())
-	case <-time.After(30 * time.Second):
-		return abandon(errors.New("router did not start in 30 s"))
+	s.teardown = func(ctx context.Context) error {
+		var stopErr error
+		if router != nil {
+			stopErr = router.Close()
+		}
+		if launched {
+			select {
+			case err := <-runDone:
+				stopErr = errors.Join(stopErr, err)
+			case <-ctx.Done():
+				stopErr = errors.Join(stopErr, fmt.Errorf("router did not stop: %w", ctx.Err()))
+			}
+		}
+		return errors.Join(stopErr, be.release(ctx))
 	}
 
 	data := payload(size)
@@ -108,18 +161,13 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 		body := string(data)
 		encode = func() ([]byte, error) { return json.Marshal(benchEvent{Body: body}) }
 	}
-	batch := 1
-	if v.batched {
-		batch = cfg.batch
-	}
-	topic := p.topic
-	publish := func(_ context.Context, _, count int) error {
+	s.publish = func(_ context.Context, _, count int) error {
 		if count == 1 {
 			b, err := encode()
 			if err != nil {
 				return err
 			}
-			return pub.Publish(topic, message.NewMessage(watermill.NewUUID(), b))
+			return be.pub.Publish(topic, message.NewMessage(watermill.NewUUID(), b))
 		}
 		msgs := make([]*message.Message, count)
 		for i := range msgs {
@@ -129,10 +177,9 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 			}
 			msgs[i] = message.NewMessage(watermill.NewUUID(), b)
 		}
-		return pub.Publish(topic, msgs...)
+		return be.pub.Publish(topic, msgs...)
 	}
-
-	sendWarmUp := func(context.Context) error {
+	s.warmUp = func(context.Context) error {
 		var empty []byte
 		if v.json {
 			var err error
@@ -140,30 +187,7 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 				return err
 			}
 		}
-		return pub.Publish(topic, message.NewMessage(watermill.NewUUID(), empty))
+		return be.pub.Publish(topic, message.NewMessage(watermill.NewUUID(), empty))
 	}
-	if err := warmUp(ctx, sendWarmUp, warm.ch); err != nil {
-		return abandon(err)
-	}
-
-	return &pipeline{
-		run: func(ctx context.Context) error {
-			// Watermill's Publish takes no context, so a stuck publish is
-			// bounded here; the teardown (Close) unblocks it.
-			published := make(chan error, 1)
-			go func() { published <- publishAll(ctx, p.n, cfg.publishers, batch, publish) }()
-			select {
-			case err := <-published:
-				if err != nil {
-					return err
-				}
-			case <-ctx.Done():
-				return fmt.Errorf("publishing did not finish: %w", ctx.Err())
-			}
-			return cnt.wait(ctx)
-		},
-		close: func(ctx context.Context) error {
-			return errors.Join(teardown(ctx), cnt.check())
-		},
-	}, nil
+	return assemble(ctx, p, s)
 }

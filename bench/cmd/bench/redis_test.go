@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldbus/herald/internal/testenv"
+)
+
+// redisRun runs the redis scenario against the test Redis with small
+// counts, on a key prefix of its own, and checks that every run deleted
+// its streams.
+func redisRun(t *testing.T, extra ...string) (table, progress string) {
+	t.Helper()
+	addr := testenv.RedisAddr(t)
+	client := testenv.RedisClient(t, addr)
+	prefix := testenv.RedisPrefix(t, client, "herald:bench:test:")
+	t.Setenv("HERALD_REDIS_ADDR", addr)
+
+	var out, prog bytes.Buffer
+	args := slices.Concat([]string{"-scenario", "redis", "-redis-prefix", prefix}, small, extra)
+	if err := run(args, &out, &prog); err != nil {
+		t.Fatalf("run: %v\nprogress:\n%s", err, prog.String())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	left, err := client.Keys(ctx, prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("the runs left %d keys behind: %q", len(left), left)
+	}
+	return out.String(), prog.String()
+}
+
+func TestRedisScenarioInProcess(t *testing.T) {
+	out, progress := redisRun(t, "-isolate=false")
+	cases := redisCases(config{messages: 3000, batch: 10, keys: 50})
+	rows := tableRows(out)
+	if len(rows) != len(cases) {
+		t.Fatalf("tables have %d rows, want one per case (%d):\n%s", len(rows), len(cases), out)
+	}
+	for i, c := range cases {
+		if !strings.HasPrefix(rows[i], "| "+c.system+" | "+c.label) {
+			t.Errorf("row %d = %q, want case %s (%s)", i, rows[i], c.id, c.label)
+		}
+		if c.baseline && !strings.Contains(rows[i], "| 1.00x |") {
+			t.Errorf("baseline row %q does not show 1.00x", rows[i])
+		}
+		if c.reference && !strings.Contains(rows[i], "| 100% |") {
+			t.Errorf("reference row %q does not show 100%%", rows[i])
+		}
+		if c.work > 0 && !strings.Contains(rows[i], " ms | ") {
+			t.Errorf("row %q of a handler that works lacks the handler time", rows[i])
+		}
+	}
+	for _, want := range []string{
+		"#### " + redisTablePublish, "#### " + redisTableConsume, "#### " + redisTableSlow,
+		publishOnly.timed(), consumeOnly.timed(), "Servers: Redis ", "github.com/ThreeDotsLabs/watermill-redisstream v",
+		"| vs reference |", "| handler time (mean) | of nominal ceiling | of measured ceiling |",
+		"(1,500 messages)", // herald's single-message publish runs half of -n
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if got := strings.Count(progress, "msgs/s"); got != len(cases) {
+		t.Errorf("progress shows %d runs, want %d:\n%s", got, len(cases), progress)
+	}
+	if got := strings.Count(progress, "ms handler"); got != 2 {
+		t.Errorf("progress shows the handler time of %d runs, want 2 (the 1 ms handler rows):\n%s", got, progress)
+	}
+}
+
+// TestRedisScenarioIsolated runs one case of each mode in child processes,
+// which hand the handler time back to the parent.
+func TestRedisScenarioIsolated(t *testing.T) {
+	out, _ := redisRun(t, "-case", "herald-publish-batch,herald-slow-c64,watermill-slow")
+	rows := tableRows(out)
+	if len(rows) != 3 {
+		t.Fatalf("rows = %q, want 3", rows)
+	}
+	for _, r := range rows[1:] {
+		if strings.Contains(r, "| 0.00 ms |") || !strings.Contains(r, " ms | ") {
+			t.Errorf("row %q lacks a measured handler time", r)
+		}
+	}
+}
+
+func TestRedisUnreachable(t *testing.T) {
+	// Nothing listens on port 1: the scenario fails before any run, and says
+	// where it looked.
+	t.Setenv("HERALD_REDIS_ADDR", "127.0.0.1:1")
+	var out, progress bytes.Buffer
+	err := run(slices.Concat([]string{"-scenario", "redis"}, small), &out, &progress)
+	if err == nil || !strings.Contains(err.Error(), "redis at 127.0.0.1:1 (HERALD_REDIS_ADDR)") {
+		t.Fatalf("run = %v, want an error naming the address", err)
+	}
+	if progress.Len() > 0 {
+		t.Errorf("runs happened:\n%s", progress.String())
+	}
+}
