@@ -17,8 +17,10 @@ type SchedulerConfig struct {
 	// delivered them; messages without a key run on any worker.
 	Concurrency int
 	// MaxInFlight bounds the deliveries fetched and not yet settled
-	// (default 4 x Concurrency, at least 64). It is what lets the scheduler
-	// find work for idle workers while some keys are busy.
+	// (default 4 x Concurrency, at least 256). It is what lets the
+	// scheduler find work for idle workers while some keys are busy, and it
+	// bounds one Fetch: network drivers read more per round trip with a
+	// larger window.
 	MaxInFlight int
 	// FetchBatch bounds one Fetch call (default min(MaxInFlight, 256)).
 	FetchBatch int
@@ -35,7 +37,7 @@ type SchedulerConfig struct {
 func (c SchedulerConfig) withDefaults() SchedulerConfig {
 	c.Concurrency = max(c.Concurrency, 1)
 	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = max(4*c.Concurrency, 64)
+		c.MaxInFlight = max(4*c.Concurrency, 256)
 	}
 	c.MaxInFlight = max(c.MaxInFlight, c.Concurrency)
 	if c.FetchBatch <= 0 {
