@@ -1,0 +1,466 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/goleak"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/driver/kafka"
+	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/internal/testenv"
+	"github.com/heraldbus/herald/outbox"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const liveness = 60 * time.Second
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+func TestParseRelayFlags(t *testing.T) {
+	cfg, err := parseRelayFlags([]string{"-dsn", "postgres://u@h/db", "-batch-size", "50", "-listen=false", "-target", "memory"},
+		env(map[string]string{
+			"HERALD_OUTBOX_TABLE":              "orders_outbox",
+			"HERALD_RELAY_BATCH_SIZE":          "999", // the flag wins
+			"HERALD_RELAY_MAX_ATTEMPTS":        "3",
+			"HERALD_RELAY_RETENTION":           "1h",
+			"HERALD_KAFKA_BROKERS":             "k1:9092,k2:9092",
+			"HERALD_RELAY_LOCK_RETRY_INTERVAL": "250ms",
+		}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := relayConfig{
+		DSN: "postgres://u@h/db", Dialect: "postgres", Table: "orders_outbox", Target: "memory",
+		KafkaBrokers: "k1:9092,k2:9092", KafkaClientID: "herald-relay", RedisKeyPrefix: "herald:stream:",
+		BatchSize: 50, Lanes: 1, MaxAttempts: 3, MinPoll: outbox.DefaultMinPollInterval, MaxPoll: outbox.DefaultMaxPollInterval,
+		LockRetry: 250 * time.Millisecond, WriteTimeout: outbox.DefaultWriteTimeout, Retention: time.Hour, Listen: false,
+		StatsInterval: 30 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: "info",
+	}
+	if cfg != want {
+		t.Errorf("config\n got %+v\nwant %+v", cfg, want)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+}
+
+func TestParseRelayFlagsTargetDefaults(t *testing.T) {
+	for _, c := range []struct {
+		vars map[string]string
+		want string
+	}{
+		{map[string]string{"HERALD_KAFKA_BROKERS": "k:9092"}, targetKafka},
+		{map[string]string{"HERALD_REDIS_ADDR": "r:6379"}, targetRedis},
+		{map[string]string{"HERALD_KAFKA_BROKERS": "k:9092", "HERALD_RELAY_TARGET": "redis", "HERALD_REDIS_ADDR": "r:6379"}, targetRedis},
+	} {
+		cfg, err := parseRelayFlags([]string{"-dsn", "file:x.db"}, env(c.vars), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Target != c.want {
+			t.Errorf("%v: target %q, want %q", c.vars, cfg.Target, c.want)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%v: %v", c.vars, err)
+		}
+	}
+}
+
+func TestInferDialect(t *testing.T) {
+	for dsn, want := range map[string]string{
+		"postgres://u@h:5432/db":                "postgres",
+		"postgresql://h/db":                     "postgres",
+		"root@tcp(127.0.0.1:3306)/test":         "mysql",
+		"u:p@unix(/run/mysqld.sock)/db":         "mysql",
+		"file:/var/lib/app.db?_pragma=x":        "sqlite",
+		"/var/lib/app.sqlite":                   "sqlite",
+		"host=localhost user=postgres dbname=x": "",
+	} {
+		if got := inferDialect(dsn); got != want {
+			t.Errorf("inferDialect(%q) = %q, want %q", dsn, got, want)
+		}
+	}
+}
+
+// TestValidateReportsEverything checks that one run names every problem.
+func TestValidateReportsEverything(t *testing.T) {
+	cfg, err := parseRelayFlags([]string{"-table", "Bad-Name", "-batch-size", "0", "-target", "carrier-pigeon", "-log-level", "loud"},
+		env(map[string]string{"HERALD_RELAY_SHUTDOWN_TIMEOUT": "0s"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cfg.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted a bad configuration")
+	}
+	for _, want := range []string{"-dsn is required", "invalid table", "carrier-pigeon", "batch size", "-shutdown-timeout", "-log-level"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q missing from: %v", want, err)
+		}
+	}
+}
+
+func TestBadFlagsAndEnvironment(t *testing.T) {
+	var out bytes.Buffer
+	ctx := context.Background()
+	if code := run(ctx, []string{"relay", "-batch-size", "many"}, env(nil), &out, &out); code != 2 {
+		t.Errorf("bad flag: exit %d, want 2", code)
+	}
+	out.Reset()
+	if code := run(ctx, []string{"relay", "-dsn", "file:x.db", "-target", "memory"},
+		env(map[string]string{"HERALD_RELAY_LANES": "two", "HERALD_RELAY_RETENTION": "forever"}), &out, &out); code != 2 {
+		t.Errorf("bad environment: exit %d, want 2", code)
+	}
+	for _, want := range []string{"HERALD_RELAY_LANES", "HERALD_RELAY_RETENTION"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("%s not reported in %q", want, out.String())
+		}
+	}
+	out.Reset()
+	if code := run(ctx, []string{"relay", "-h"}, env(nil), &out, &out); code != 0 || !strings.Contains(out.String(), "HERALD_OUTBOX_DSN") {
+		t.Errorf("-h: exit %d, output %q", code, out.String())
+	}
+	if code := run(ctx, []string{"frobnicate"}, env(nil), &out, &out); code != 2 {
+		t.Errorf("unknown command: exit %d", code)
+	}
+	if code := run(ctx, nil, env(nil), &out, &out); code != 2 {
+		t.Errorf("no command: exit %d", code)
+	}
+}
+
+// syncBuffer collects the command's log lines while it runs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// logLines parses the JSON log lines; every line must be JSON.
+func logLines(t *testing.T, s string) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("log line is not JSON: %q", sc.Text())
+		}
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+func hasLog(lines []map[string]any, msg string) bool {
+	for _, l := range lines {
+		if l["msg"] == msg {
+			return true
+		}
+	}
+	return false
+}
+
+func newTableName() string { return "hc_" + strings.ToLower(rand.Text()[:12]) }
+
+func dropTables(t *testing.T, db *sql.DB, quote func(string) string, table string) {
+	t.Cleanup(func() {
+		for _, suffix := range []string{"", "_quarantine", "_sent"} {
+			if _, err := db.Exec("DROP TABLE IF EXISTS " + quote(table+suffix)); err != nil {
+				t.Errorf("drop %s%s: %v", table, suffix, err)
+			}
+		}
+	})
+}
+
+func countRows(t *testing.T, db *sql.DB, quoted string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow("SELECT COUNT(*) FROM " + quoted).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(liveness)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func writeRows(t *testing.T, db *sql.DB, d outbox.Dialect, table string, n int) {
+	t.Helper()
+	w, err := outbox.NewWriter(d, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]*herald.Message, n)
+	for i := range msgs {
+		msgs[i] = &herald.Message{ID: fmt.Sprintf("m%d", i), Topic: "cmd.test", Key: fmt.Sprintf("k%d", i%3), Data: []byte(fmt.Sprint(i))}
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteTx(context.Background(), tx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runCommand runs "herald relay args..." until stop is called, and returns
+// its exit status through the channel.
+func runCommand(args []string, vars map[string]string, stderr io.Writer) (stop func(), status <-chan int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan int, 1)
+	go func() { ch <- run(ctx, append([]string{"relay"}, args...), env(vars), io.Discard, stderr) }()
+	return cancel, ch
+}
+
+// TestRelayCommandSQLite runs the command on an SQLite file with -migrate
+// and the memory target, through environment variables, and stops it as a
+// signal would.
+func TestRelayCommandSQLite(t *testing.T) {
+	dsn := "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+	table := newTableName()
+	var logs syncBuffer
+	stop, status := runCommand(nil, map[string]string{
+		"HERALD_OUTBOX_DSN": dsn, "HERALD_OUTBOX_TABLE": table, "HERALD_OUTBOX_MIGRATE": "true",
+		"HERALD_RELAY_TARGET": "memory", "HERALD_RELAY_STATS_INTERVAL": "20ms",
+	}, &logs)
+	defer stop()
+
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	eventually(t, "the migration", func() bool { return hasLog(logLines(t, logs.String()), "herald relay: tables ready") })
+	writeRows(t, db, outbox.SQLite, table, 25)
+	eventually(t, "the outbox to drain", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
+	eventually(t, "a stats line", func() bool { return hasLog(logLines(t, logs.String()), "herald relay: stats") })
+	stop()
+	select {
+	case code := <-status:
+		if code != 0 {
+			t.Errorf("exit %d; logs:\n%s", code, logs.String())
+		}
+	case <-time.After(liveness):
+		t.Fatal("the command did not stop")
+	}
+	lines := logLines(t, logs.String())
+	for _, msg := range []string{"herald relay: starting", "outbox relay: active", "herald relay: stopped"} {
+		if !hasLog(lines, msg) {
+			t.Errorf("no %q in the logs:\n%s", msg, logs.String())
+		}
+	}
+}
+
+// TestRelayCommandPostgres runs the relay of the command (relayMain) on
+// PostgreSQL into a memory broker the test reads, and checks what arrives.
+func TestRelayCommandPostgres(t *testing.T) {
+	dsn := testenv.PostgresDSN(t)
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	table := newTableName()
+	dropTables(t, db, func(s string) string { return `"` + s + `"` }, table)
+	cfg, err := parseRelayFlags([]string{"-dsn", dsn, "-table", table, "-migrate", "-target", "memory", "-stats-interval", "0"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	broker := memory.New()
+	defer broker.Close()
+	ctx := context.Background()
+	sub, err := broker.Subscribe(ctx, "cmd.test", "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(ctx)
+
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relayMain(rctx, cfg, db, broker, slog.New(slog.NewJSONHandler(io.Discard, nil))) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	eventually(t, "the migration", func() bool {
+		var exists bool
+		return db.QueryRow("SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists) == nil && exists
+	})
+	writeRows(t, db, outbox.Postgres, table, 30)
+	fctx, cancel := context.WithTimeout(ctx, liveness)
+	defer cancel()
+	got := map[string]string{}
+	buf := make([]herald.Delivery, 64)
+	for len(got) < 30 {
+		n, err := sub.Fetch(fctx, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range buf[:n] {
+			got[d.Message.ID] = string(d.Message.Data)
+		}
+	}
+	for i := range 30 {
+		if got[fmt.Sprintf("m%d", i)] != fmt.Sprint(i) {
+			t.Errorf("message m%d: %q", i, got[fmt.Sprintf("m%d", i)])
+		}
+	}
+}
+
+// TestRelayCommandRedis runs the command against the test Redis and checks
+// the streams it filled.
+func TestRelayCommandRedis(t *testing.T) {
+	addr := testenv.RedisAddr(t)
+	dsn := "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	table := newTableName()
+	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
+		t.Fatal(err)
+	}
+	writeRows(t, db, outbox.SQLite, table, 12)
+
+	client := goredis.NewClient(&goredis.Options{Addr: addr})
+	defer client.Close()
+	prefix := "herald:test:cmd:" + rand.Text() + ":"
+	stream := prefix + "cmd.test"
+	t.Cleanup(func() { client.Del(context.Background(), stream) })
+
+	var logs syncBuffer
+	stop, status := runCommand([]string{"-dsn", dsn, "-table", table, "-redis-addr", addr, "-redis-key-prefix", prefix}, nil, &logs)
+	defer stop()
+	eventually(t, "the stream to fill", func() bool {
+		n, err := client.XLen(context.Background(), stream).Result()
+		return err == nil && n == 12
+	})
+	eventually(t, "the outbox to drain", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
+	stop()
+	if code := <-status; code != 0 {
+		t.Errorf("exit %d; logs:\n%s", code, logs.String())
+	}
+	entries, err := client.XRange(context.Background(), stream, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if entries[0].Values["id"] != "m0" || entries[0].Values["key"] != "k0" || entries[0].Values["data"] != "0" {
+		t.Errorf("first entry %v", entries[0].Values)
+	}
+}
+
+// TestRelayCommandKafka runs the command against an in-process Kafka
+// (kfake; HERALD_KAFKA_BROKERS for a real cluster) and reads the messages
+// back with the Kafka driver.
+func TestRelayCommandKafka(t *testing.T) {
+	brokers := testenv.KafkaBrokers()
+	if brokers == nil {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(2),
+			kfake.GroupMinSessionTimeout(100*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		brokers = c.ListenAddrs()
+	}
+	dsn := "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	table := newTableName()
+	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
+		t.Fatal(err)
+	}
+	writeRows(t, db, outbox.SQLite, table, 9)
+
+	var logs syncBuffer
+	stop, status := runCommand([]string{"-dsn", dsn, "-table", table, "-kafka-brokers", strings.Join(brokers, ","),
+		"-kafka-auto-create-topics", "-log-level", "debug"}, nil, &logs)
+	defer stop()
+	eventually(t, "the outbox to drain", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
+	stop()
+	if code := <-status; code != 0 {
+		t.Errorf("exit %d; logs:\n%s", code, logs.String())
+	}
+
+	d, err := kafka.New(brokers, kafka.WithStartOffset(kafka.StartEarliest), kafka.WithHeartbeatInterval(100*time.Millisecond),
+		kafka.WithSessionTimeout(time.Second), kafka.WithRevokeTimeout(500*time.Millisecond), kafka.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), liveness)
+	defer cancel()
+	sub, err := d.Subscribe(ctx, "cmd.test", "check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(context.Background())
+	got := map[string]string{}
+	buf := make([]herald.Delivery, 16)
+	for len(got) < 9 {
+		n, err := sub.Fetch(ctx, buf)
+		if err != nil {
+			t.Fatalf("fetch: %v (have %d)", err, len(got))
+		}
+		for _, dl := range buf[:n] {
+			got[dl.Message.ID] = string(dl.Message.Data)
+			if err := sub.Ack(ctx, dl); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := range 9 {
+		if got[fmt.Sprintf("m%d", i)] != fmt.Sprint(i) {
+			t.Errorf("message m%d: %q", i, got[fmt.Sprintf("m%d", i)])
+		}
+	}
+}
