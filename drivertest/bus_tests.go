@@ -37,7 +37,10 @@ func RunBus(t *testing.T, cfg Config) {
 	}
 }
 
-func newBus(t *testing.T, d herald.Driver, topic string) *herald.Bus {
+// NewBus returns a Bus on d that discards logs and errors, with Event
+// registered on topic and keyed by Event.Key: the set-up of the suite's Bus
+// checks, for drivers' own Bus tests.
+func NewBus(t testing.TB, d herald.Driver, topic string) *herald.Bus {
 	t.Helper()
 	bus := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)))
 	if err := herald.Register[Event](bus, topic, herald.WithKey(func(e Event) string { return e.Key })); err != nil {
@@ -46,7 +49,8 @@ func newBus(t *testing.T, d herald.Driver, topic string) *herald.Bus {
 	return bus
 }
 
-func shutdown(t *testing.T, bus *herald.Bus) {
+// Shutdown shuts bus down within 30 s and fails t if that fails.
+func Shutdown(t testing.TB, bus *herald.Bus) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -70,7 +74,7 @@ func testBusRoundTrip(t *testing.T, cfg Config) {
 	d := cfg.NewDriver(t)
 	ctx := context4(t, cfg)
 	topic := Name(t, "t")
-	bus := newBus(t, d, topic)
+	bus := NewBus(t, d, topic)
 	got := make(chan Event, 10)
 	var meta atomic.Pointer[herald.Message]
 	err := herald.Subscribe(bus, Name(t, "g"), func(ctx context.Context, e Event, m *herald.Message) error {
@@ -84,7 +88,7 @@ func testBusRoundTrip(t *testing.T, cfg Config) {
 	if err := bus.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, bus)
+	defer Shutdown(t, bus)
 	if err := bus.Publish(herald.WithCorrelationID(ctx, "corr-1"), Event{Key: "k", Seq: 7}); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +110,7 @@ func testBusRedelivery(t *testing.T, cfg Config) {
 	d := cfg.NewDriver(t)
 	ctx := context4(t, cfg)
 	topic, group := Name(t, "t"), Name(t, "g")
-	bus := newBus(t, d, topic)
+	bus := NewBus(t, d, topic)
 	var calls, done atomic.Int32
 	err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
 		if calls.Add(1) == 1 {
@@ -128,10 +132,10 @@ func testBusRedelivery(t *testing.T, cfg Config) {
 		t.Fatal(err)
 	}
 	waitFor(t, cfg, "the redelivery to succeed", func() bool { return done.Load() == 1 })
-	shutdown(t, bus)
+	Shutdown(t, bus)
 
 	// It was acknowledged: a new member of the group gets nothing more.
-	again := newBus(t, d, topic)
+	again := NewBus(t, d, topic)
 	var extra atomic.Int32
 	_ = herald.Subscribe(again, group, func(ctx context.Context, e Event, m *herald.Message) error {
 		extra.Add(1)
@@ -142,7 +146,7 @@ func testBusRedelivery(t *testing.T, cfg Config) {
 		t.Fatal(err)
 	}
 	waitFor(t, cfg, "the marker", func() bool { return extra.Load() >= 1 })
-	shutdown(t, again)
+	Shutdown(t, again)
 	if n := extra.Load(); n != 1 {
 		t.Fatalf("the acknowledged message came back: %d deliveries after restart, want only the marker", n)
 	}
@@ -152,7 +156,7 @@ func testBusPerKeyOrder(t *testing.T, cfg Config) {
 	d := cfg.NewDriver(t)
 	ctx := context4(t, cfg)
 	topic := Name(t, "t")
-	bus := newBus(t, d, topic)
+	bus := NewBus(t, d, topic)
 	const keys, perKey = 20, 40
 	var mu sync.Mutex
 	last := map[string]int{}
@@ -191,7 +195,7 @@ func testBusPerKeyOrder(t *testing.T, cfg Config) {
 	if err := bus.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, bus)
+	defer Shutdown(t, bus)
 	var wg sync.WaitGroup
 	for k := range keys {
 		wg.Go(func() {
@@ -223,7 +227,7 @@ func testBusShutdownInFlight(t *testing.T, cfg Config) {
 	release := make(chan struct{})
 	var started atomic.Int32
 
-	first := newBus(t, d, topic)
+	first := NewBus(t, d, topic)
 	_ = herald.Subscribe(first, group, func(ctx context.Context, e Event, m *herald.Message) error {
 		if started.Add(1) > 20 {
 			<-release // hold some handlers in flight across the shutdown
@@ -254,7 +258,7 @@ func testBusShutdownInFlight(t *testing.T, cfg Config) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 
-	second := newBus(t, d, topic)
+	second := NewBus(t, d, topic)
 	_ = herald.Subscribe(second, group, func(ctx context.Context, e Event, m *herald.Message) error {
 		mu.Lock()
 		handled[e.Seq] = true
@@ -264,7 +268,7 @@ func testBusShutdownInFlight(t *testing.T, cfg Config) {
 	if err := second.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, second)
+	defer Shutdown(t, second)
 	waitFor(t, cfg, "every event after the restart", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -276,7 +280,7 @@ func testBusPoison(t *testing.T, cfg Config) {
 	d := cfg.NewDriver(t)
 	ctx := context4(t, cfg)
 	topic, group := Name(t, "t"), Name(t, "g")
-	bus := newBus(t, d, topic)
+	bus := NewBus(t, d, topic)
 	var good atomic.Int32
 	_ = herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
 		good.Add(1)
@@ -292,7 +296,7 @@ func testBusPoison(t *testing.T, cfg Config) {
 	if err := bus.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, bus)
+	defer Shutdown(t, bus)
 	et, _ := bus.Registry().ByName(eventName(t, bus))
 	poison := &herald.Message{
 		Topic: topic, Key: "k", ContentType: "application/json", Data: []byte("{not json"),

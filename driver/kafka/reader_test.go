@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,16 +14,11 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/driver/kafka"
+	"github.com/heraldbus/herald/drivertest"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
-
-// Event is what the Bus tests publish.
-type Event struct {
-	Key string `json:"key"`
-	Seq int    `json:"seq"`
-}
 
 const partitions = 4
 
@@ -44,24 +37,6 @@ func newTopic(t *testing.T, d *kafka.Driver) string {
 		t.Fatal(err)
 	}
 	return topic
-}
-
-func newBus(t *testing.T, d herald.Driver, topic string) *herald.Bus {
-	t.Helper()
-	bus := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err := herald.Register[Event](bus, topic, herald.WithKey(func(e Event) string { return e.Key })); err != nil {
-		t.Fatal(err)
-	}
-	return bus
-}
-
-func shutdown(t *testing.T, bus *herald.Bus) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := bus.Shutdown(ctx); err != nil {
-		t.Errorf("Shutdown: %v", err)
-	}
 }
 
 // eventually fails the test when cond stays false for a minute: a liveness
@@ -106,7 +81,7 @@ func publishRange(t *testing.T, bus *herald.Bus, from, to int) {
 	for i := from; i < to; i += 50 {
 		events := make([]any, 0, 50)
 		for j := i; j < min(i+50, to); j++ {
-			events = append(events, Event{Key: "k" + strconv.Itoa(j%40), Seq: j})
+			events = append(events, drivertest.Event{Key: "k" + strconv.Itoa(j%40), Seq: j})
 		}
 		if err := bus.Publish(ctx, events...); err != nil {
 			t.Fatal(err)
@@ -124,8 +99,8 @@ func TestRebalanceLosesNothing(t *testing.T) {
 	topic, group := newTopic(t, da), name("g")
 	got := newSeen()
 	var byA, byB atomic.Int32
-	handler := func(member *atomic.Int32) func(context.Context, Event, *herald.Message) error {
-		return func(ctx context.Context, e Event, m *herald.Message) error {
+	handler := func(member *atomic.Int32) func(context.Context, drivertest.Event, *herald.Message) error {
+		return func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
 			member.Add(1)
 			got.add(e.Seq)
 			return nil
@@ -150,7 +125,7 @@ func TestRebalanceLosesNothing(t *testing.T) {
 		}
 	}
 
-	a := newBus(t, da, topic)
+	a := drivertest.NewBus(t, da, topic)
 	if err := herald.Subscribe(a, group, handler(&byA), herald.WithConcurrency(8)); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +135,7 @@ func TestRebalanceLosesNothing(t *testing.T) {
 	publish(a, 1000)
 	eventually(t, "the first member to consume", func() bool { return byA.Load() > 0 })
 
-	b := newBus(t, db, topic)
+	b := drivertest.NewBus(t, db, topic)
 	if err := herald.Subscribe(b, group, handler(&byB), herald.WithConcurrency(8)); err != nil {
 		t.Fatal(err)
 	}
@@ -171,17 +146,17 @@ func TestRebalanceLosesNothing(t *testing.T) {
 	publishUntil(a, "the second member to get partitions", func() bool { return byB.Load() > 0 })
 
 	var stopped sync.WaitGroup
-	stopped.Go(func() { shutdown(t, a) })
+	stopped.Go(func() { drivertest.Shutdown(t, a) })
 	publish(b, 1000)
 	stopped.Wait()
 	eventually(t, "every message", func() bool { return got.distinct() == published })
-	shutdown(t, b)
+	drivertest.Shutdown(t, b)
 	t.Logf("%d messages: first member %d, second %d, duplicates %d", published, byA.Load(), byB.Load(), got.dups)
 
-	c := newBus(t, db, topic)
+	c := drivertest.NewBus(t, db, topic)
 	var late atomic.Int32
 	var markers atomic.Int32
-	if err := herald.Subscribe(c, group, func(ctx context.Context, e Event, m *herald.Message) error {
+	if err := herald.Subscribe(c, group, func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
 		if e.Seq == -1 {
 			markers.Add(1)
 		} else {
@@ -194,10 +169,10 @@ func TestRebalanceLosesNothing(t *testing.T) {
 	if err := c.Start(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, c)
+	defer drivertest.Shutdown(t, c)
 	for p := range partitions {
 		// One marker per partition, so every partition's position is read.
-		if err := c.Publish(testContext(t), Event{Key: keyFor(p, "marker"), Seq: -1}); err != nil {
+		if err := c.Publish(testContext(t), drivertest.Event{Key: keyFor(p, "marker"), Seq: -1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -328,13 +303,13 @@ func TestPerKeyOrderWithConcurrency16(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
 	topic := newTopic(t, d)
-	bus := newBus(t, d, topic)
+	bus := drivertest.NewBus(t, d, topic)
 	const keys, perKey = 64, 40
 	var mu sync.Mutex
 	last := map[string]int{}
 	running := map[string]bool{}
 	var handled, parallel, maxParallel atomic.Int32
-	err := herald.Subscribe(bus, name("g"), func(ctx context.Context, e Event, m *herald.Message) error {
+	err := herald.Subscribe(bus, name("g"), func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
 		mu.Lock()
 		if running[e.Key] {
 			t.Errorf("key %s runs twice at once", e.Key)
@@ -362,12 +337,12 @@ func TestPerKeyOrderWithConcurrency16(t *testing.T) {
 	if err := bus.Start(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, bus)
+	defer drivertest.Shutdown(t, bus)
 	var wg sync.WaitGroup
 	for k := range keys {
 		wg.Go(func() {
 			for i := range perKey {
-				if err := bus.Publish(testContext(t), Event{Key: "key" + strconv.Itoa(k), Seq: i}); err != nil {
+				if err := bus.Publish(testContext(t), drivertest.Event{Key: "key" + strconv.Itoa(k), Seq: i}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -397,8 +372,8 @@ func TestFailingKeyBlocksOnlyItself(t *testing.T) {
 	release := make(chan struct{})
 	const goods = 100
 
-	bus := newBus(t, d, topic)
-	err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
+	bus := drivertest.NewBus(t, d, topic)
+	err := herald.Subscribe(bus, group, func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
 		if e.Key != bad {
 			good.Add(1)
 			return nil
@@ -424,15 +399,15 @@ func TestFailingKeyBlocksOnlyItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := testContext(t)
-	if err := bus.Publish(ctx, Event{Key: bad, Seq: 0}); err != nil {
+	if err := bus.Publish(ctx, drivertest.Event{Key: bad, Seq: 0}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range goods {
-		if err := bus.Publish(ctx, Event{Key: keyFor(1, "good"+strconv.Itoa(i%10)), Seq: i}); err != nil {
+		if err := bus.Publish(ctx, drivertest.Event{Key: keyFor(1, "good"+strconv.Itoa(i%10)), Seq: i}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := bus.Publish(ctx, Event{Key: bad, Seq: 1}); err != nil {
+	if err := bus.Publish(ctx, drivertest.Event{Key: bad, Seq: 1}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the other keys of the partition", func() bool { return good.Load() >= goods })
@@ -444,7 +419,7 @@ func TestFailingKeyBlocksOnlyItself(t *testing.T) {
 	}
 	// A message on another partition, once committed, shows that a commit
 	// ran after the other keys were acknowledged.
-	if err := bus.Publish(ctx, Event{Key: keyFor(0, "tick"), Seq: -1}); err != nil {
+	if err := bus.Publish(ctx, drivertest.Event{Key: keyFor(0, "tick"), Seq: -1}); err != nil {
 		t.Fatal(err)
 	}
 	admin := adminClient(t, brokers)
@@ -452,11 +427,11 @@ func TestFailingKeyBlocksOnlyItself(t *testing.T) {
 	if c := committed(t, admin, group, topic)[1]; c > 0 {
 		t.Fatalf("partition 1 committed at %d, past the failing message at offset 0", c)
 	}
-	shutdown(t, bus)
+	drivertest.Shutdown(t, bus)
 
 	// Restart: the failing message comes back first for its key.
-	again := newBus(t, d, topic)
-	err = herald.Subscribe(again, group, func(ctx context.Context, e Event, m *herald.Message) error {
+	again := drivertest.NewBus(t, d, topic)
+	err = herald.Subscribe(again, group, func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
 		if e.Key == bad {
 			mu.Lock()
 			badOrder = append(badOrder, e.Seq)
@@ -471,7 +446,7 @@ func TestFailingKeyBlocksOnlyItself(t *testing.T) {
 	if err := again.Start(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, again)
+	defer drivertest.Shutdown(t, again)
 	eventually(t, "the failing key's messages after the restart", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -491,10 +466,10 @@ func TestPoisonGoesToDeadLetterAndPartitionMovesOn(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
 	topic, group := newTopic(t, d), name("g")
-	bus := newBus(t, d, topic)
+	bus := drivertest.NewBus(t, d, topic)
 	var good atomic.Int32
 	var dead atomic.Int32
-	if err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
+	if err := herald.Subscribe(bus, group, func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
 		good.Add(1)
 		return nil
 	}, herald.WithConcurrency(4), herald.WithDeadLetter()); err != nil {
@@ -512,7 +487,7 @@ func TestPoisonGoesToDeadLetterAndPartitionMovesOn(t *testing.T) {
 	ctx := testContext(t)
 	key := keyFor(2, "poison")
 	eventName := func() string {
-		msgs, err := bus.Publisher().Encode(ctx, Event{})
+		msgs, err := bus.Publisher().Encode(ctx, drivertest.Event{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -526,15 +501,15 @@ func TestPoisonGoesToDeadLetterAndPartitionMovesOn(t *testing.T) {
 	}
 	const goods = 50
 	for i := range goods {
-		if err := bus.Publish(ctx, Event{Key: key, Seq: i}); err != nil {
+		if err := bus.Publish(ctx, drivertest.Event{Key: key, Seq: i}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	eventually(t, "the messages after the poison one", func() bool { return good.Load() == goods })
 	eventually(t, "the dead letter", func() bool { return dead.Load() == 1 })
-	shutdown(t, bus)
+	drivertest.Shutdown(t, bus)
 
-	again := newBus(t, d, topic)
+	again := drivertest.NewBus(t, d, topic)
 	var redelivered atomic.Int32
 	var marker atomic.Bool
 	if err := again.Handle(topic, group, func(ctx context.Context, m *herald.Message) error {
@@ -550,7 +525,7 @@ func TestPoisonGoesToDeadLetterAndPartitionMovesOn(t *testing.T) {
 	if err := again.Start(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdown(t, again)
+	defer drivertest.Shutdown(t, again)
 	if err := again.PublishMessages(ctx, &herald.Message{Topic: topic, Key: key, Data: []byte(`"marker"`)}); err != nil {
 		t.Fatal(err)
 	}

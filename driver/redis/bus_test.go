@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -19,24 +18,6 @@ import (
 	"github.com/heraldbus/herald/drivertest"
 )
 
-func newTestBus(t *testing.T, d herald.Driver, topic string) *herald.Bus {
-	t.Helper()
-	bus := herald.NewBus(d, herald.WithLogger(slog.New(slog.DiscardHandler)), herald.WithErrorHandler(func(error) {}))
-	if err := herald.Register[drivertest.Event](bus, topic, herald.WithKey(func(e drivertest.Event) string { return e.Key })); err != nil {
-		t.Fatal(err)
-	}
-	return bus
-}
-
-func shutdownBus(t *testing.T, bus *herald.Bus) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := bus.Shutdown(ctx); err != nil {
-		t.Errorf("Shutdown: %v", err)
-	}
-}
-
 // TestPerKeyOrderConcurrency16 runs 16 handlers over 40 keys, each handler
 // taking a random short while, and checks that every key's events arrive
 // one at a time and in publish order, while handlers do run in parallel.
@@ -45,7 +26,7 @@ func TestPerKeyOrderConcurrency16(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	topic := drivertest.Name(t, "t")
-	bus := newTestBus(t, d, topic)
+	bus := drivertest.NewBus(t, d, topic)
 	const keys, perKey = 40, 50
 	var mu sync.Mutex
 	next := map[string]int{}
@@ -79,7 +60,7 @@ func TestPerKeyOrderConcurrency16(t *testing.T) {
 	if err := bus.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdownBus(t, bus)
+	defer drivertest.Shutdown(t, bus)
 	// Batches that mix keys, from several publishers, each owning some
 	// keys so that the publish order of a key is defined.
 	var wg sync.WaitGroup
@@ -121,7 +102,7 @@ func TestPoisonGoesToDeadLetterAfterMaxDeliveries(t *testing.T) {
 	var counts []int
 	good := make(chan int, 10)
 	consume := func() (*herald.Bus, chan struct{}) {
-		bus := newTestBus(t, d, topic)
+		bus := drivertest.NewBus(t, d, topic)
 		hung := make(chan struct{}, 1)
 		err := herald.Subscribe(bus, group, func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
 			if e.Seq != 0 {
@@ -172,7 +153,7 @@ func TestPoisonGoesToDeadLetterAfterMaxDeliveries(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer shutdownBus(t, bus)
+	defer drivertest.Shutdown(t, bus)
 	if err := bus.Publish(ctx, drivertest.Event{Key: "poison", Seq: 1}); err != nil {
 		t.Fatal(err)
 	}
