@@ -70,6 +70,7 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		minID = strconv.FormatInt(time.Now().Add(-d.cfg.trimMaxAge).UnixMilli(), 10)
 	}
 	var topic, key string
+	var entries entryBuilder
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("redis: write message %d of %d: %w", i+1, len(msgs), herald.ErrNilEvent)
@@ -80,7 +81,7 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 			}
 			topic, key = m.Topic, d.StreamKey(m.Topic)
 		}
-		vals, size := entryValues(m)
+		vals, size := entries.values(m)
 		if d.cfg.maxMessageBytes > 0 && size > d.cfg.maxMessageBytes {
 			return fmt.Errorf("redis: write message %s to topic %q: entry of %d bytes, limit %d: %w",
 				m.ID, m.Topic, size, d.cfg.maxMessageBytes, herald.ErrMessageTooLarge)

@@ -20,10 +20,20 @@ const (
 	headerFieldPre   = "h:"
 )
 
-// entryValues returns the XADD field/value list of m and its size in bytes
+// entryBuilder makes the XADD field/value lists of one Write. The lists of a
+// batch share one backing array, and the time field is formatted once for
+// consecutive messages with the same Time (a Publish call stamps one time
+// on all of its messages).
+type entryBuilder struct {
+	slab     []any
+	lastTime time.Time
+	timeText string
+}
+
+// values returns the XADD field/value list of m and its size in bytes
 // (field names included). Data stays a []byte, which go-redis writes
 // without copying.
-func entryValues(m *herald.Message) ([]any, int) {
+func (b *entryBuilder) values(m *herald.Message) ([]any, int) {
 	n := 2 + 2*len(m.Headers)
 	if m.ID != "" {
 		n += 2
@@ -37,7 +47,11 @@ func entryValues(m *herald.Message) ([]any, int) {
 	if !m.Time.IsZero() {
 		n += 2
 	}
-	vals := make([]any, 0, n)
+	if cap(b.slab)-len(b.slab) < n {
+		b.slab = make([]any, 0, max(n, 16*n))
+	}
+	start := len(b.slab)
+	vals := b.slab
 	size := len(fieldData) + len(m.Data)
 	if m.ID != "" {
 		vals = append(vals, fieldID, m.ID)
@@ -52,16 +66,19 @@ func entryValues(m *herald.Message) ([]any, int) {
 		size += len(fieldContentType) + len(m.ContentType)
 	}
 	if !m.Time.IsZero() {
-		t := strconv.FormatInt(m.Time.UnixNano(), 10)
-		vals = append(vals, fieldTime, t)
-		size += len(fieldTime) + len(t)
+		if b.timeText == "" || !m.Time.Equal(b.lastTime) {
+			b.lastTime, b.timeText = m.Time, strconv.FormatInt(m.Time.UnixNano(), 10)
+		}
+		vals = append(vals, fieldTime, b.timeText)
+		size += len(fieldTime) + len(b.timeText)
 	}
 	for k, v := range m.Headers {
 		vals = append(vals, headerFieldPre+k, v)
 		size += len(headerFieldPre) + len(k) + len(v)
 	}
 	vals = append(vals, fieldData, m.Data)
-	return vals, size
+	b.slab = vals
+	return vals[start:len(vals):len(vals)], size
 }
 
 // decodeEntry turns a stream entry back into a Message of topic. It never
