@@ -71,6 +71,16 @@ type Subscription interface {
 	Close(ctx context.Context) error
 }
 
+// Revoker is an optional interface of a Subscription that can lose
+// deliveries it has handed out, as a Kafka member loses its partitions in a
+// rebalance. Before it starts a fetched delivery, the scheduler asks
+// Revoked; a revoked delivery is neither run nor acknowledged (its new
+// owner receives it), so it never runs alongside the new owner's copy.
+// Revoked must be cheap and safe for concurrent use.
+type Revoker interface {
+	Revoked(d Delivery) bool
+}
+
 // Delivery is one message handed to the scheduler by a Subscription.
 type Delivery struct {
 	// Message is the delivered message; read-only to everyone after Fetch.

@@ -378,7 +378,9 @@ func (s *SubscriberScheduler) work() {
 			return
 		}
 		for {
-			s.run(d)
+			if r, ok := s.sub.(Revoker); !ok || !r.Revoked(d) {
+				s.run(d)
+			}
 			s.slots <- struct{}{}
 			if d.Message.Key == "" {
 				break

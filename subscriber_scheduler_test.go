@@ -252,3 +252,43 @@ func TestSchedulerStartContextCancellation(t *testing.T) {
 		t.Fatal("cancelling the Start context did not stop the scheduler")
 	}
 }
+
+// revokingReader is the memory driver whose subscriptions report every
+// delivery with key "gone" as revoked, as a Kafka member does for the
+// partitions a rebalance took away.
+type revokingReader struct{ *memory.Broker }
+
+func (r revokingReader) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
+	sub, err := r.Broker.Subscribe(ctx, topic, group)
+	if err != nil {
+		return nil, err
+	}
+	return revokingSubscription{sub}, nil
+}
+
+type revokingSubscription struct{ herald.Subscription }
+
+func (revokingSubscription) Revoked(d herald.Delivery) bool { return d.Message.Key == "gone" }
+
+func TestSchedulerSkipsRevokedDeliveries(t *testing.T) {
+	b := newBroker(t, memory.WithPartitions(1))
+	var mu sync.Mutex
+	var ran []string
+	startScheduler(t, revokingReader{b}, func(ctx context.Context, m *herald.Message) error {
+		mu.Lock()
+		ran = append(ran, m.Key)
+		mu.Unlock()
+		return nil
+	}, herald.SchedulerConfig{Concurrency: 2})
+	publishRaw(t, b, "jobs", "gone", "kept", "gone", "kept")
+	eventually(t, "the kept messages", func() bool { mu.Lock(); defer mu.Unlock(); return len(ran) == 2 })
+	time.Sleep(20 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(ran) != "[kept kept]" {
+		t.Fatalf("ran %v: a revoked delivery was run", ran)
+	}
+	if n := b.Backlog("jobs", "workers"); n != 2 {
+		t.Fatalf("backlog %d: revoked deliveries must stay unacknowledged for their new owner", n)
+	}
+}

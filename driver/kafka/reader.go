@@ -427,6 +427,19 @@ func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	return nil
 }
 
+// Revoked reports whether d's partition was revoked since d was handed
+// out (herald.Revoker): the scheduler then skips d if it has not started,
+// and the partition's new owner handles it.
+func (s *subscription) Revoked(d herald.Delivery) bool {
+	p, ok := d.Ref.(*partition)
+	if !ok {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.revoked
+}
+
 // Close commits the acknowledged offsets, leaves the group and stops every
 // goroutine of the subscription, bounded by ctx. Unacknowledged messages go
 // to the partition's next owner. When ctx has already ended, or ends before
