@@ -78,7 +78,9 @@
 // rejoins: the next owner of a partition starts after everything that was
 // finished. A delivery still unacknowledged at that point is abandoned: its
 // Ack returns ErrRevoked and commits nothing, and the message is delivered
-// again to the partition's next owner (a duplicate, never a loss).
+// again to the partition's next owner (a duplicate, never a loss). One the
+// scheduler has fetched but not started is skipped (the subscription is a
+// herald.Revoker), so it does not run beside the new owner's copy.
 // kafka-go sends no heartbeats during that wait, hence the bound.
 //
 // Backpressure. The scheduler bounds the deliveries in flight; in addition
