@@ -81,6 +81,16 @@ type Revoker interface {
 	Revoked(d Delivery) bool
 }
 
+// ErrorReporter is an optional interface of a Subscription that meets
+// errors outside Fetch and Ack (a background acknowledgment flush, an entry
+// lost to trimming). Right after Subscribe the scheduler calls
+// ReportErrorsTo with a function that forwards to its error handler (as a
+// *SubscriptionError with Op "background"); until then, and without it, the
+// driver reports them its own way. The function is safe for concurrent use.
+type ErrorReporter interface {
+	ReportErrorsTo(report func(error))
+}
+
 // Delivery is one message handed to the scheduler by a Subscription.
 type Delivery struct {
 	// Message is the delivered message; read-only to everyone after Fetch.

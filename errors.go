@@ -109,7 +109,7 @@ func (e *UnregisteredError) Unwrap() error { return ErrUnregisteredEvent }
 type SubscriptionError struct {
 	Topic string
 	Group string
-	Op    string // "subscribe", "fetch", "ack", "close", "handle", "dedup"
+	Op    string // "subscribe", "fetch", "ack", "close", "handle", "background"
 	MsgID string // empty unless the error concerns one message
 	Err   error
 }

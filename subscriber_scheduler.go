@@ -167,7 +167,7 @@ func (s *SubscriberScheduler) Start(ctx context.Context) error {
 	if sub, err := s.reader.Subscribe(ctx, s.topic, s.group); err != nil {
 		s.report("subscribe", "", err)
 	} else {
-		s.sub = sub
+		s.adopt(sub)
 	}
 	go s.intake(intakeCtx)
 	s.workers.Add(s.cfg.Concurrency)
@@ -235,6 +235,17 @@ func (s *SubscriberScheduler) Shutdown(ctx context.Context) error {
 	return s.shutdownErr
 }
 
+// adopt makes sub the scheduler's subscription and routes its background
+// errors to OnError.
+func (s *SubscriberScheduler) adopt(sub Subscription) {
+	if r, ok := sub.(ErrorReporter); ok {
+		r.ReportErrorsTo(func(err error) { s.report("background", "", err) })
+	}
+	s.subMu.Lock()
+	s.sub = sub
+	s.subMu.Unlock()
+}
+
 func (s *SubscriberScheduler) report(op, msgID string, err error) {
 	s.cfg.OnError(&SubscriptionError{Topic: s.topic, Group: s.group, Op: op, MsgID: msgID, Err: err})
 }
@@ -257,9 +268,9 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 			}
 		}
 	}
-	s.subMu.Lock()
-	s.sub = sub
-	s.subMu.Unlock()
+	if s.sub == nil {
+		s.adopt(sub)
+	}
 	backoff.reset()
 
 	buf := make([]Delivery, s.cfg.FetchBatch)

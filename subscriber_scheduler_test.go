@@ -292,3 +292,36 @@ func TestSchedulerSkipsRevokedDeliveries(t *testing.T) {
 		t.Fatalf("backlog %d: revoked deliveries must stay unacknowledged for their new owner", n)
 	}
 }
+
+// reportingSubscription reports one background error as soon as it is
+// told where to.
+type reportingSubscription struct{ herald.Subscription }
+
+func (reportingSubscription) ReportErrorsTo(report func(error)) {
+	report(errors.New("acknowledgment flush failed"))
+}
+
+type reportingReader struct{ *memory.Broker }
+
+func (r reportingReader) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
+	sub, err := r.Broker.Subscribe(ctx, topic, group)
+	if err != nil {
+		return nil, err
+	}
+	return reportingSubscription{sub}, nil
+}
+
+func TestSchedulerForwardsBackgroundErrors(t *testing.T) {
+	got := make(chan error, 1)
+	startScheduler(t, reportingReader{newBroker(t)}, func(context.Context, *herald.Message) error { return nil },
+		herald.SchedulerConfig{OnError: func(err error) { got <- err }})
+	select {
+	case err := <-got:
+		var se *herald.SubscriptionError
+		if !errors.As(err, &se) || se.Op != "background" || se.Topic != "jobs" || se.Group != "workers" {
+			t.Fatalf("got %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the background error never reached OnError")
+	}
+}

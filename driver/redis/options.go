@@ -186,5 +186,7 @@ func WithConsumerIdle(d time.Duration) Option { return func(c *config) { c.consu
 // before they were acknowledged, in-flight entries taken over by another
 // member, and failed clean-ups. It is called from several goroutines, must
 // be safe for that, and must not block. Default: log with slog.Default() at
-// error level.
+// error level. A subscription run by a herald scheduler (a Bus) reports to
+// the scheduler's error handler instead (herald.ErrorReporter), so these
+// errors reach herald.WithErrorHandler with the Bus's other errors.
 func WithErrorHandler(f func(error)) Option { return func(c *config) { c.onError = f } }

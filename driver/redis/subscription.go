@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -35,6 +36,7 @@ type subscription struct {
 	group    string
 	stream   string
 	consumer string
+	report   atomic.Pointer[func(error)] // set by ReportErrorsTo; nil: cfg.onError
 
 	fetchMu       sync.Mutex // held by Fetch; Close takes it to wait for a Fetch to end
 	readArgs      goredis.XReadGroupArgs
@@ -192,7 +194,7 @@ func (s *subscription) reclaim(ctx context.Context, dst []herald.Delivery) (int,
 	}
 	if len(deleted) > 0 {
 		// Redis 7 drops these from the pending list itself.
-		s.cfg.onError(&EntriesError{Topic: s.topic, Group: s.group, IDs: deleted, Err: ErrTrimmed})
+		s.onError(&EntriesError{Topic: s.topic, Group: s.group, IDs: deleted, Err: ErrTrimmed})
 	}
 	if len(msgs) == 0 {
 		return 0, nil
@@ -222,9 +224,9 @@ func (s *subscription) reclaim(ctx context.Context, dst []herald.Delivery) (int,
 		}
 	}
 	if len(gone) > 0 {
-		s.cfg.onError(&EntriesError{Topic: s.topic, Group: s.group, IDs: gone, Err: ErrTrimmed})
+		s.onError(&EntriesError{Topic: s.topic, Group: s.group, IDs: gone, Err: ErrTrimmed})
 		if err := s.client.XAck(ctx, s.stream, s.group, gone...).Err(); err != nil {
-			s.cfg.onError(fmt.Errorf("redis: acknowledge %d deleted entries of topic %q group %q: %w", len(gone), s.topic, s.group, err))
+			s.onError(fmt.Errorf("redis: acknowledge %d deleted entries of topic %q group %q: %w", len(gone), s.topic, s.group, err))
 		}
 	}
 	if len(live) == 0 {
@@ -242,7 +244,7 @@ func (s *subscription) reclaim(ctx context.Context, dst []herald.Delivery) (int,
 		})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		s.cfg.onError(fmt.Errorf("redis: read delivery counts of %d reclaimed entries of topic %q group %q (delivering them with count 2): %w",
+		s.onError(fmt.Errorf("redis: read delivery counts of %d reclaimed entries of topic %q group %q (delivering them with count 2): %w",
 			len(live), s.topic, s.group, err))
 	}
 	for i, c := range cmds {
@@ -288,7 +290,7 @@ func (s *subscription) removeDeparted(ctx context.Context) {
 	consumers, err := s.client.XInfoConsumers(ctx, s.stream, s.group).Result()
 	if err != nil {
 		if !isGroupGone(err) && ctx.Err() == nil {
-			s.cfg.onError(fmt.Errorf("redis: list consumers of topic %q group %q: %w", s.topic, s.group, err))
+			s.onError(fmt.Errorf("redis: list consumers of topic %q group %q: %w", s.topic, s.group, err))
 		}
 		return
 	}
@@ -297,7 +299,7 @@ func (s *subscription) removeDeparted(ctx context.Context) {
 			continue
 		}
 		if err := deleteConsumerScript.Run(ctx, s.client, []string{s.stream}, s.group, c.Name).Err(); err != nil {
-			s.cfg.onError(fmt.Errorf("redis: remove departed consumer %q of topic %q group %q: %w", c.Name, s.topic, s.group, err))
+			s.onError(fmt.Errorf("redis: remove departed consumer %q of topic %q group %q: %w", c.Name, s.topic, s.group, err))
 			return
 		}
 	}
@@ -356,7 +358,7 @@ func (s *subscription) background() {
 				if s.isClosing() {
 					return // Close flushes again, and reports
 				}
-				s.cfg.onError(err)
+				s.onError(err)
 				t := time.NewTimer(retry.next())
 				select {
 				case <-s.closing:
@@ -395,7 +397,7 @@ func (s *subscription) flush(ctx context.Context) error {
 		if err != nil {
 			// The group vanished (a restart without persistence, a deleted
 			// stream): there is nothing left to acknowledge.
-			s.cfg.onError(fmt.Errorf("redis: acknowledge %d entries of topic %q group %q: dropped, the group is gone: %w", len(rest), s.topic, s.group, err))
+			s.onError(fmt.Errorf("redis: acknowledge %d entries of topic %q group %q: dropped, the group is gone: %w", len(rest), s.topic, s.group, err))
 			break
 		}
 		rest = rest[len(chunk):]
@@ -431,7 +433,7 @@ func (s *subscription) touch(ctx context.Context) {
 		res, err := touchScript.Run(ctx, s.client, []string{s.stream}, args...).StringSlice()
 		if err != nil {
 			if !isGroupGone(err) && ctx.Err() == nil {
-				s.cfg.onError(fmt.Errorf("redis: keep %d in-flight entries of topic %q group %q claimed: %w", len(chunk), s.topic, s.group, err))
+				s.onError(fmt.Errorf("redis: keep %d in-flight entries of topic %q group %q claimed: %w", len(chunk), s.topic, s.group, err))
 			}
 			return
 		}
@@ -455,7 +457,7 @@ func (s *subscription) touch(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	if len(reported) > 0 {
-		s.cfg.onError(&EntriesError{Topic: s.topic, Group: s.group, IDs: reported, Err: ErrClaimLost})
+		s.onError(&EntriesError{Topic: s.topic, Group: s.group, IDs: reported, Err: ErrClaimLost})
 	}
 }
 
@@ -552,4 +554,17 @@ func (b *backoff) next() time.Duration {
 	d := b.cur
 	b.cur = min(2*b.cur, b.hi)
 	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
+}
+
+// ReportErrorsTo sends the errors the subscription meets in the background
+// to report instead of the driver's error handler (herald.ErrorReporter):
+// the herald scheduler passes its own, so they reach the Bus's handler.
+func (s *subscription) ReportErrorsTo(report func(error)) { s.report.Store(&report) }
+
+func (s *subscription) onError(err error) {
+	if f := s.report.Load(); f != nil {
+		(*f)(err)
+		return
+	}
+	s.cfg.onError(err)
 }
