@@ -8,6 +8,7 @@ import (
 	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,9 @@ type config struct {
 	isolate         bool          // every run in a fresh child process (-isolate)
 	redisAddr       string        // Redis of the redis scenario (HERALD_REDIS_ADDR)
 	redisPrefix     string        // key prefix of every stream the redis scenario creates (-redis-prefix)
+	kafkaBrokers    []string      // cluster of the kafka scenario (-kafka-brokers, HERALD_KAFKA_BROKERS)
+	kafkaLocal      bool          // kafkaBrokers is the in-process kfake cluster this process started
+	postgresDSN     string        // PostgreSQL of the outbox scenario (HERALD_POSTGRES_DSN)
 }
 
 // result is what one timed run measured.
@@ -41,6 +45,7 @@ type result struct {
 	peakSys        uint64        // largest memory the Go runtime held from the OS (MemStats.Sys), sampled
 	peakGoroutines uint64        // most goroutines sampled
 	handlerTime    time.Duration // mean time the handler's work took (0 without work)
+	latP50, latP99 time.Duration // publish-return-to-handler latency of a paced run
 }
 
 func (r result) msgsPerSec() float64   { return float64(r.messages) / r.elapsed.Seconds() }
@@ -86,9 +91,10 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 	peak := s.stop()
 	runtime.ReadMemStats(&after)
 
-	var handlerTime time.Duration
+	var handlerTime, p50, p99 time.Duration
 	if p.counter != nil {
 		handlerTime = p.counter.meanWork()
+		p50, p99 = p.counter.latencies()
 	}
 
 	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
@@ -99,6 +105,8 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 	}
 	return result{
 		handlerTime:    handlerTime,
+		latP50:         p50,
+		latP99:         p99,
 		messages:       n,
 		elapsed:        elapsed,
 		allocs:         after.Mallocs - before.Mallocs,
@@ -169,6 +177,57 @@ type counter struct {
 	errOnce sync.Once
 	err     error
 	failed  atomic.Bool
+	// sent and seen are, in a paced run, the Unix nanoseconds at which
+	// message i's publish call returned and its handler started.
+	sent, seen []atomic.Int64
+}
+
+// trackLatency makes the counter record per-message times (paced runs).
+func (c *counter) trackLatency() {
+	c.sent = make([]atomic.Int64, c.target)
+	c.seen = make([]atomic.Int64, c.target)
+}
+
+// published records that message i's publish call returned.
+func (c *counter) published(i int) {
+	if c.sent != nil {
+		c.sent[i].Store(time.Now().UnixNano())
+	}
+}
+
+// seenID records that the handler started on the message whose ID is the
+// decimal index a paced run gave it; other IDs (warm-up) are ignored.
+func (c *counter) seenID(id string) {
+	if c.seen == nil {
+		return
+	}
+	if i, err := strconv.Atoi(id); err == nil && i >= 0 && i < len(c.seen) {
+		c.seen[i].CompareAndSwap(0, time.Now().UnixNano())
+	}
+}
+
+// latencies returns the p50 and p99 of seen - sent over the messages of a
+// paced run (0, 0 otherwise). A handler that starts before the publish call
+// returned (the commit acknowledgment travels while the relay reads)
+// counts as 0.
+func (c *counter) latencies() (p50, p99 time.Duration) {
+	if c.sent == nil {
+		return 0, 0
+	}
+	ds := make([]time.Duration, 0, len(c.sent))
+	for i := range c.sent {
+		s, h := c.sent[i].Load(), c.seen[i].Load()
+		if s == 0 || h == 0 {
+			continue
+		}
+		ds = append(ds, time.Duration(max(h-s, 0)))
+	}
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	slices.Sort(ds)
+	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
+	return at(0.50), at(0.99)
 }
 
 func newCounter(target int, work time.Duration) *counter {
@@ -306,6 +365,7 @@ type summary struct {
 	handlerTime      float64 // nanoseconds
 	nominalShare     float64 // msgs/s over concurrency / work
 	measuredShare    float64 // msgs/s over concurrency / measured handler time
+	latP50, latP99   float64 // nanoseconds, paced runs
 }
 
 func summarize(c benchCase, rs []result) summary {
@@ -333,6 +393,8 @@ func summarize(c benchCase, rs []result) summary {
 		peakSys:        metric(func(r result) float64 { return float64(r.peakSys) }),
 		peakGoroutines: metric(func(r result) float64 { return float64(r.peakGoroutines) }),
 		handlerTime:    metric(func(r result) float64 { return float64(r.handlerTime) }),
+		latP50:         metric(func(r result) float64 { return float64(r.latP50) }),
+		latP99:         metric(func(r result) float64 { return float64(r.latP99) }),
 		nominalShare:   metric(func(r result) float64 { return r.ceilingShare(c.concurrency, c.work) }),
 		measuredShare:  metric(func(r result) float64 { return r.ceilingShare(c.concurrency, r.handlerTime) }),
 	}
@@ -357,6 +419,8 @@ type stages struct {
 	mode mode
 	// batch is the messages per publish call in the timed part.
 	batch int
+	// rate is the messages per second of a paced run.
+	rate float64
 	// publish publishes messages first..first+count-1 in one call.
 	publish func(ctx context.Context, first, count int) error
 	// warmUp publishes one warm-up message (empty payload), which the
@@ -428,6 +492,29 @@ func assemble(ctx context.Context, p runParams, s stages) (*pipeline, error) {
 			counter: s.counter,
 		}, nil
 
+	case paced:
+		s.counter.trackLatency()
+		err := s.subscribe()
+		if err == nil {
+			err = s.start(ctx)
+		}
+		if err == nil {
+			err = warmUp(ctx, s.warmUp, s.warmed)
+		}
+		if err != nil {
+			return abandon(err)
+		}
+		return &pipeline{
+			run: func(ctx context.Context) error {
+				if err := publishPaced(ctx, p.n, s.rate, s.publish, s.counter); err != nil {
+					return err
+				}
+				return s.counter.wait(ctx)
+			},
+			close:   consumed,
+			counter: s.counter,
+		}, nil
+
 	case endToEnd:
 		err := s.subscribe()
 		if err == nil {
@@ -467,6 +554,31 @@ func publishBounded(ctx context.Context, n, publishers, batch int, publish func(
 	case <-ctx.Done():
 		return fmt.Errorf("publishing did not finish: %w", ctx.Err())
 	}
+}
+
+// publishPaced publishes messages 0..n-1 one per call from one goroutine,
+// message i at i/rate seconds after the start, and records when each call
+// returned. A call that falls behind is followed by the next at once.
+func publishPaced(ctx context.Context, n int, rate float64, publish func(ctx context.Context, first, count int) error, c *counter) error {
+	if rate <= 0 {
+		return fmt.Errorf("paced run without a rate")
+	}
+	start := time.Now()
+	for i := range n {
+		due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+		if d := time.Until(due); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return fmt.Errorf("published %d of %d messages: %w", i, n, ctx.Err())
+			}
+		}
+		if err := publish(ctx, i, 1); err != nil {
+			return fmt.Errorf("publish message %d: %w", i, err)
+		}
+		c.published(i)
+	}
+	return nil
 }
 
 // checkStored reports a topic that does not hold exactly want messages.

@@ -43,6 +43,8 @@ type heraldVariant struct {
 	keyed bool
 	// work is how long the handler sleeps per message.
 	work time.Duration
+	// rate is the messages per second of a paced row.
+	rate float64
 }
 
 // benchEvent is the typed event: a Body of cfg.payloadBytes characters, so

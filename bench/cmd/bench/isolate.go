@@ -56,6 +56,8 @@ type wireResult struct {
 	PeakSys        uint64 `json:"peak_sys"`
 	PeakGoroutines uint64 `json:"peak_goroutines"`
 	HandlerNS      int64  `json:"handler_ns,omitempty"`
+	LatP50NS       int64  `json:"lat_p50_ns,omitempty"`
+	LatP99NS       int64  `json:"lat_p99_ns,omitempty"`
 }
 
 // runChild performs the run spec names and prints its result as JSON.
@@ -82,6 +84,8 @@ func runChild(ctx context.Context, cfg config, spec childSpec, stdout io.Writer)
 		PeakSys:        r.peakSys,
 		PeakGoroutines: r.peakGoroutines,
 		HandlerNS:      int64(r.handlerTime),
+		LatP50NS:       int64(r.latP50),
+		LatP99NS:       int64(r.latP99),
 	})
 }
 
@@ -112,5 +116,7 @@ func measureInChild(ctx context.Context, args []string, spec childSpec) (result,
 		peakSys:        w.PeakSys,
 		peakGoroutines: w.PeakGoroutines,
 		handlerTime:    time.Duration(w.HandlerNS),
+		latP50:         time.Duration(w.LatP50NS),
+		latP99:         time.Duration(w.LatP99NS),
 	}, nil
 }

@@ -15,7 +15,13 @@
 // Scenarios (-scenario) group the cases by broker; see scenarios() in
 // scenario.go. -list prints them with their case ids. The redis scenario
 // talks to the Redis at HERALD_REDIS_ADDR (default 127.0.0.1:6379), on
-// streams under -redis-prefix that each run deletes when it ends.
+// streams under -redis-prefix that each run deletes when it ends. The kafka
+// scenario talks to the cluster at HERALD_KAFKA_BROKERS (or -kafka-brokers)
+// or, when neither is set, to an in-process kfake cluster this process
+// starts and shares with its child processes, on topics each run deletes.
+// The outbox scenario talks to the PostgreSQL at HERALD_POSTGRES_DSN
+// (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable), on
+// tables each run creates and drops.
 package main
 
 import (
@@ -62,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.runTimeout, "timeout", 2*time.Minute, "liveness bound of one run")
 	fs.StringVar(&cfg.redisPrefix, "redis-prefix", "herald:bench:",
 		"key prefix of every stream the redis scenario creates (on the server at HERALD_REDIS_ADDR, default "+defaultRedisAddr+")")
+	kafkaBrokers := fs.String("kafka-brokers", os.Getenv("HERALD_KAFKA_BROKERS"),
+		"comma-separated brokers of the kafka scenario (default HERALD_KAFKA_BROKERS; when empty, an in-process kfake cluster)")
 	scenarioFlag := fs.String("scenario", "memory", `scenarios to run, comma-separated, or "all"`)
 	caseFlag := fs.String("case", "", "case ids to run, comma-separated (default: every case of the scenarios)")
 	list := fs.Bool("list", false, "list scenarios and their case ids, and exit")
@@ -78,6 +86,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cfg.redisAddr = os.Getenv("HERALD_REDIS_ADDR")
 	if cfg.redisAddr == "" {
 		cfg.redisAddr = defaultRedisAddr
+	}
+	cfg.postgresDSN = os.Getenv("HERALD_POSTGRES_DSN")
+	if cfg.postgresDSN == "" {
+		cfg.postgresDSN = defaultPostgresDSN
+	}
+	if *kafkaBrokers != "" {
+		cfg.kafkaBrokers = strings.Split(*kafkaBrokers, ",")
 	}
 	if err := cfg.validate(); err != nil {
 		return err
@@ -111,6 +126,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
+	// In-process servers start before the cases are built, which capture
+	// their addresses.
+	for _, sc := range chosen {
+		if sc.local == nil {
+			continue
+		}
+		stopLocal, err := sc.local(&cfg)
+		if err != nil {
+			return fmt.Errorf("scenario %s: %w", sc.name, err)
+		}
+		defer stopLocal()
+	}
 	plan, err := planCases(chosen, cfg, *caseFlag)
 	if err != nil {
 		return err
@@ -119,6 +146,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if cfg.isolate && (*cpuProfile != "" || *memProfile != "") {
 		fmt.Fprintln(stderr, "bench: profiling this process, so every run happens in it (-isolate=false)")
 		cfg.isolate = false
+	}
+
+	// Children get the address of a server this process started.
+	childArgs := slices.Clone(args)
+	if cfg.kafkaLocal {
+		childArgs = append(childArgs, "-kafka-brokers="+strings.Join(cfg.kafkaBrokers, ","))
 	}
 
 	env := readEnvironment()
@@ -146,7 +179,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	measureRun := func(ctx context.Context, s scenario, c benchCase, n int, topic string) (result, error) {
 		if cfg.isolate {
-			return measureInChild(ctx, args, childSpec{scenario: s.name, caseID: c.id, n: n, topic: topic})
+			return measureInChild(ctx, childArgs, childSpec{scenario: s.name, caseID: c.id, n: n, topic: topic})
 		}
 		return measure(ctx, cfg, c, n, topic)
 	}

@@ -25,7 +25,13 @@ func TestMain(m *testing.M) {
 			os.Exit(0)
 		}
 	}
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("os/signal.signal_recv"))
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("os/signal.signal_recv"),
+		// Sarama (Watermill's Kafka client) registers go-metrics meters,
+		// and go-metrics ticks them from one process-wide goroutine that it
+		// starts with the first meter and never stops, whatever Close is
+		// called (rcrowley/go-metrics meterArbiter).
+		goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"))
 }
 
 // small keeps the tests quick: a few thousand messages, one run.

@@ -47,7 +47,13 @@ func readEnvironment() environment {
 				env.modules = append(env.modules, m.Path+" "+v)
 			case "github.com/ThreeDotsLabs/watermill",
 				"github.com/ThreeDotsLabs/watermill-redisstream",
-				"github.com/redis/go-redis/v9":
+				"github.com/redis/go-redis/v9",
+				"github.com/ThreeDotsLabs/watermill-kafka/v3",
+				"github.com/IBM/sarama",
+				"github.com/segmentio/kafka-go",
+				"github.com/twmb/franz-go/pkg/kfake",
+				"github.com/ThreeDotsLabs/watermill-sql/v3",
+				"github.com/jackc/pgx/v5":
 				env.modules = append(env.modules, m.Path+" "+m.Version)
 			}
 		}
@@ -175,6 +181,11 @@ func writeTable(w io.Writer, cfg config, sums []summary) {
 		header += " handler time (mean) | of nominal ceiling | of measured ceiling |"
 		align += "--:|--:|--:|"
 	}
+	isPaced := first.mode == paced
+	if isPaced {
+		header += " latency p50 | latency p99 |"
+		align += "--:|--:|"
+	}
 	header += " allocs/msg | B/msg | peak heap | peak Sys | peak goroutines |"
 	align += "--:|--:|--:|--:|--:|"
 	fmt.Fprintln(w, header)
@@ -212,6 +223,9 @@ func writeTable(w io.Writer, cfg config, sums []summary) {
 			} else {
 				row += " - | - | - |"
 			}
+		}
+		if isPaced {
+			row += fmt.Sprintf(" %.2f ms | %.2f ms |", sm.latP50/1e6, sm.latP99/1e6)
 		}
 		row += fmt.Sprintf(" %.1f | %s | %.1f MiB | %.1f MiB | %s |",
 			sm.allocsPerMsg, thousands(int(sm.bytesPerMsg+0.5)), sm.peakHeap/(1<<20), sm.peakSys/(1<<20),

@@ -20,6 +20,11 @@ type scenario struct {
 	// and describes it for the header ("Redis 7.0.15 at 127.0.0.1:6379"),
 	// so that an unreachable server fails at once with a clear error.
 	server func(ctx context.Context, cfg config) (string, error)
+	// local, when set, starts an in-process server in the parent process
+	// when none is configured and records its address in cfg, before
+	// server is called; the parent passes the address on to its children
+	// (see childArgs). stop shuts it down after the last run.
+	local func(cfg *config) (stop func(), err error)
 }
 
 // scenarios lists every scenario -scenario can choose, in the order "all"
@@ -29,6 +34,8 @@ func scenarios() []scenario {
 	return []scenario{
 		memoryScenario(),
 		redisScenario(),
+		kafkaScenario(),
+		outboxScenario(),
 	}
 }
 
@@ -46,6 +53,12 @@ const (
 	// starts, then times the subscriber from its start until the handler
 	// has seen the last message.
 	consumeOnly
+	// paced runs publishers and subscriber at once like endToEnd, but one
+	// publisher sends one message per call at a fixed rate
+	// (benchCase.rate), and the handler records, per message, the time
+	// from the return of its publish call to the handler: the latency
+	// columns.
+	paced
 )
 
 // timed says in a sentence what the clock of a mode measures.
@@ -54,6 +67,10 @@ func (m mode) timed() string {
 	case publishOnly:
 		return "Timed: publishing only, until the last publish call returned; nothing consumes. " +
 			"Each run then checks that the topic holds every message."
+	case paced:
+		return "Timed: one publisher at a fixed rate, one event per call (one transaction), and the subscriber at once, " +
+			"until the handler has seen every message. Latency: from the return of the publish call (after COMMIT) " +
+			"to the start of the handler, per message; the median run's p50 and p99."
 	case consumeOnly:
 		return "Timed: the subscriber, from its start (group creation included) until the handler has seen every message " +
 			"of a topic filled before the clock started."

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -43,6 +44,13 @@ type watermillVariant struct {
 	json bool
 	// work is how long the handler sleeps per message.
 	work time.Duration
+	// concurrency is how many messages the subscriber hands the Router
+	// before the first is acknowledged (0 means 1); it sets the ceiling
+	// columns. The Kafka subscriber keeps one in flight per partition.
+	concurrency int
+	// rate is the messages per second of a paced row; its messages carry
+	// their index as UUID, which the handler reports for the latency.
+	rate float64
 }
 
 // watermillCase measures a Watermill Router with one consumer handler over
@@ -57,7 +65,7 @@ func watermillCase(id, label string, newPubSub watermillPubSubFunc, v watermillV
 		label:       label,
 		mode:        v.mode,
 		baseline:    baseline,
-		concurrency: 1,
+		concurrency: max(v.concurrency, 1),
 		work:        v.work,
 		setup: func(ctx context.Context, p runParams) (*pipeline, error) {
 			return setupWatermill(ctx, p, newPubSub, v)
@@ -90,6 +98,7 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 	s := stages{
 		mode:    v.mode,
 		batch:   1,
+		rate:    v.rate,
 		counter: cnt,
 		warmed:  warm.ch,
 		stored:  be.stored,
@@ -117,6 +126,7 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 			case 0:
 				warm.fire()
 			case size:
+				cnt.seenID(msg.UUID)
 				cnt.handle()
 			default:
 				cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", got, size))
@@ -161,13 +171,17 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 		body := string(data)
 		encode = func() ([]byte, error) { return json.Marshal(benchEvent{Body: body}) }
 	}
-	s.publish = func(_ context.Context, _, count int) error {
+	s.publish = func(_ context.Context, first, count int) error {
 		if count == 1 {
 			b, err := encode()
 			if err != nil {
 				return err
 			}
-			return be.pub.Publish(topic, message.NewMessage(watermill.NewUUID(), b))
+			id := watermill.NewUUID()
+			if v.mode == paced {
+				id = strconv.Itoa(first)
+			}
+			return be.pub.Publish(topic, message.NewMessage(id, b))
 		}
 		msgs := make([]*message.Message, count)
 		for i := range msgs {
