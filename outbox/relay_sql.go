@@ -123,8 +123,11 @@ func (r *Relay) read(ctx context.Context, conn *sql.Conn, s *keyState) ([]*row, 
 		return nil, err
 	}
 	defer rs.Close()
-	slab := make([]row, limit) // rows point into it; never grown
-	out := make([]*row, 0, limit)
+	// Rows are allocated in small chunks as they arrive: a read that finds
+	// a few rows allocates a few, and a message a target keeps holds only
+	// its chunk alive, not a batch-sized array.
+	var slab []row
+	var out []*row
 	var headers []byte
 	var payloadNull bool
 	dest := make([]any, 9, 10)
@@ -132,7 +135,11 @@ func (r *Relay) read(ctx context.Context, conn *sql.Conn, s *keyState) ([]*row, 
 		dest = append(dest, &payloadNull)
 	}
 	for rs.Next() && len(out) < limit {
-		rw := &slab[len(out)]
+		if len(slab) == 0 {
+			slab = make([]row, min(limit-len(out), 64))
+		}
+		rw := &slab[0]
+		slab = slab[1:]
 		m := &rw.msg
 		headers = nil
 		dest[0], dest[1], dest[2], dest[3], dest[4] = &rw.id, &m.ID, &m.Topic, &m.Key, &headers
