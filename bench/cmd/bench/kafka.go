@@ -254,14 +254,15 @@ func watermillKafka(cfg config) watermillPubSubFunc {
 		if err != nil {
 			return watermillBackend{}, errors.Join(err, pub.Close(), admin.release(ctx))
 		}
+		shared := &closeOnce{Subscriber: sub}
 		return watermillBackend{
 			pub:    pub,
-			sub:    sub,
+			sub:    shared,
 			stored: admin.stored,
 			release: func(ctx context.Context) error {
-				// The router closed the subscriber if it ran; a second
-				// Close is a no-op.
-				return errors.Join(pub.Close(), sub.Close(), admin.release(ctx))
+				// The router closed the subscriber if it ran; closeOnce
+				// makes this Close a no-op then.
+				return errors.Join(pub.Close(), shared.Close(), admin.release(ctx))
 			},
 		}, nil
 	}

@@ -65,20 +65,8 @@ func kafkaBenchTopics(t *testing.T, brokers []string) []string {
 func TestKafkaScenarioInProcess(t *testing.T) {
 	out, progress := kafkaRun(t, "-isolate=false")
 	cases := kafkaCases(config{messages: 3000, batch: 10, keys: 50})
-	rows := tableRows(out)
-	if len(rows) != len(cases) {
-		t.Fatalf("tables have %d rows, want one per case (%d):\n%s", len(rows), len(cases), out)
-	}
+	rows := checkRows(t, out, cases)
 	for i, c := range cases {
-		if !strings.HasPrefix(rows[i], "| "+c.system+" | "+c.label) {
-			t.Errorf("row %d = %q, want case %s (%s)", i, rows[i], c.id, c.label)
-		}
-		if c.baseline && !strings.Contains(rows[i], "| 1.00x |") {
-			t.Errorf("baseline row %q does not show 1.00x", rows[i])
-		}
-		if c.reference && !strings.Contains(rows[i], "| 100% |") {
-			t.Errorf("reference row %q does not show 100%%", rows[i])
-		}
 		if c.work > 0 && !strings.Contains(rows[i], " ms | ") {
 			t.Errorf("row %q of a handler that works lacks the handler time", rows[i])
 		}

@@ -234,3 +234,26 @@ func TestCheckStored(t *testing.T) {
 		t.Errorf("a failed count: %v, want it wrapped", err)
 	}
 }
+
+// checkRows checks that out has one table row per case, in order, naming
+// its system and label, with the baseline at 1.00x and the reference at
+// 100%; it returns the rows for scenario-specific checks.
+func checkRows(t *testing.T, out string, cases []benchCase) []string {
+	t.Helper()
+	rows := tableRows(out)
+	if len(rows) != len(cases) {
+		t.Fatalf("tables have %d rows, want one per case (%d):\n%s", len(rows), len(cases), out)
+	}
+	for i, c := range cases {
+		if !strings.HasPrefix(rows[i], "| "+c.system+" | "+c.label) {
+			t.Errorf("row %d = %q, want case %s (%s)", i, rows[i], c.id, c.label)
+		}
+		if c.baseline && !strings.Contains(rows[i], "| 1.00x |") {
+			t.Errorf("baseline row %q does not show 1.00x", rows[i])
+		}
+		if c.reference && !strings.Contains(rows[i], "| 100% |") {
+			t.Errorf("reference row %q does not show 100%%", rows[i])
+		}
+	}
+	return rows
+}

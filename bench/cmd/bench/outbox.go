@@ -380,15 +380,16 @@ func watermillSQLPolling(cfg config, poll time.Duration) watermillPubSubFunc {
 		if err := sub.SubscribeInitialize(short); err != nil {
 			return watermillBackend{}, errors.Join(fmt.Errorf("create the tables of topic %s: %w", short, err), sub.Close(), release(ctx))
 		}
-		var closeOnce sync.Once
+		var releaseOnce sync.Once
+		shared := &closeOnce{Subscriber: sub}
 		return watermillBackend{
 			pub:    txPublisher{db: db, config: wmsql.PublisherConfig{SchemaAdapter: schema}},
-			sub:    sub,
+			sub:    shared,
 			topic:  short,
 			stored: countRows(db, schema.MessagesTable(short)),
 			release: func(ctx context.Context) error {
 				var err error
-				closeOnce.Do(func() { err = errors.Join(sub.Close(), release(ctx)) })
+				releaseOnce.Do(func() { err = errors.Join(shared.Close(), release(ctx)) })
 				return err
 			},
 		}, nil

@@ -67,20 +67,8 @@ func benchTables(t *testing.T, db *sql.DB) []string {
 func TestOutboxScenarioInProcess(t *testing.T) {
 	out, progress := outboxRun(t, "-isolate=false")
 	cases := outboxCases(config{messages: 3000, batch: 10})
-	rows := tableRows(out)
-	if len(rows) != len(cases) {
-		t.Fatalf("tables have %d rows, want one per case (%d):\n%s", len(rows), len(cases), out)
-	}
+	rows := checkRows(t, out, cases)
 	for i, c := range cases {
-		if !strings.HasPrefix(rows[i], "| "+c.system+" | "+c.label) {
-			t.Errorf("row %d = %q, want case %s (%s)", i, rows[i], c.id, c.label)
-		}
-		if c.baseline && !strings.Contains(rows[i], "| 1.00x |") {
-			t.Errorf("baseline row %q does not show 1.00x", rows[i])
-		}
-		if c.reference && !strings.Contains(rows[i], "| 100% |") {
-			t.Errorf("reference row %q does not show 100%%", rows[i])
-		}
 		if c.mode == paced && (!strings.Contains(rows[i], " ms | ") || strings.Contains(rows[i], "| 0.00 ms | 0.00 ms |")) {
 			t.Errorf("paced row %q lacks its latencies", rows[i])
 		}

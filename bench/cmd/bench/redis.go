@@ -190,16 +190,17 @@ func watermillRedis(cfg config) watermillPubSubFunc {
 		if err != nil {
 			return closeClients(errors.Join(err, deleteStream(ctx, pubClient, key)))
 		}
+		shared := &closeOnce{Subscriber: sub}
 		return watermillBackend{
 			pub:    pub,
-			sub:    sub,
+			sub:    shared,
 			topic:  key,
 			stored: streamLen(pubClient, key),
 			release: func(ctx context.Context) error {
 				// Delete first: closing the publisher closes its client.
-				// The router closed the subscriber if it ran; a second
-				// Close is a no-op.
-				return errors.Join(deleteStream(ctx, pubClient, key), pub.Close(), sub.Close())
+				// The router closed the subscriber if it ran; closeOnce
+				// makes this Close a no-op then.
+				return errors.Join(deleteStream(ctx, pubClient, key), pub.Close(), shared.Close())
 			},
 		}, nil
 	}

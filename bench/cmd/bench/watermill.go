@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -204,4 +205,23 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 		return be.pub.Publish(topic, message.NewMessage(watermill.NewUUID(), empty))
 	}
 	return assemble(ctx, p, s)
+}
+
+// closeOnce makes a Watermill subscriber's Close run once, however many
+// callers close it: the Router closes its handlers' subscribers from a
+// goroutine of its own that can outlive Run, and the run's release closes
+// them too, and some subscribers (watermill-sql's) are not safe to close
+// concurrently. The sync.Once also orders the two calls for the race
+// detector.
+type closeOnce struct {
+	message.Subscriber
+	once sync.Once
+	err  error
+}
+
+// Close closes the wrapped subscriber the first time it is called and
+// returns that result every time.
+func (c *closeOnce) Close() error {
+	c.once.Do(func() { c.err = c.Subscriber.Close() })
+	return c.err
 }
