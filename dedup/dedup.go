@@ -56,7 +56,8 @@ var ErrNotHeld = errors.New("dedup: claim not held")
 
 // Storage keeps the processed set. Implementations are safe for concurrent
 // use, and Claim is atomic: of any number of concurrent Claims of one key,
-// at most one returns Claimed.
+// at most one returns Claimed. A lease or window that is not positive is
+// refused with an error other than ErrNotHeld, and changes nothing.
 type Storage interface {
 	// Claim tries to take key for lease.
 	Claim(ctx context.Context, key string, lease time.Duration) (Claim, error)

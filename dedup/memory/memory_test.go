@@ -124,31 +124,6 @@ func TestSweep(t *testing.T) {
 	}
 }
 
-func TestInvalidArguments(t *testing.T) {
-	s := newStorage(t)
-	ctx := context.Background()
-	key := t.Name()
-
-	for _, lease := range []time.Duration{0, -time.Second} {
-		if c, err := s.Claim(ctx, key, lease); err == nil {
-			t.Errorf("Claim(lease %v) = %v, want an error", lease, c.State)
-		}
-	}
-	c, err := s.Claim(ctx, key, time.Minute)
-	if err != nil || c.State != dedup.Claimed {
-		t.Fatalf("Claim = %v, %v; want claimed", c.State, err)
-	}
-	for _, window := range []time.Duration{0, -time.Second} {
-		if err := s.Commit(ctx, key, c.Token, window); err == nil || errors.Is(err, dedup.ErrNotHeld) {
-			t.Errorf("Commit(window %v) = %v, want an error other than ErrNotHeld", window, err)
-		}
-	}
-	// The rejected Commits left the claim alone.
-	if err := s.Commit(ctx, key, c.Token, time.Minute); err != nil {
-		t.Errorf("Commit: %v", err)
-	}
-}
-
 func TestErrorsNameOperationAndKey(t *testing.T) {
 	s := newStorage(t)
 	ctx := context.Background()

@@ -88,6 +88,7 @@ func RunWithOptions(t *testing.T, newStorage func(t *testing.T) dedup.Storage, o
 		{"CommitAfterLeaseExpired", testCommitAfterExpiry},
 		{"DoneExpiresAfterWindow", testWindowExpiry},
 		{"DoneContext", testDoneContext},
+		{"NonPositiveDurationsRefused", testNonPositiveDurations},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -136,6 +137,24 @@ func testRelease(t *testing.T, s dedup.Storage, _ Options) {
 	claim(t, s, key, longLease, dedup.Busy)
 	commit(t, s, key, second.Token, longWindow)
 	claim(t, s, key, longLease, dedup.Done)
+}
+
+func testNonPositiveDurations(t *testing.T, s dedup.Storage, _ Options) {
+	ctx := context.Background()
+	key := keyFor(t, "k")
+	for _, lease := range []time.Duration{0, -time.Second} {
+		if c, err := s.Claim(ctx, key, lease); err == nil {
+			t.Errorf("Claim(lease %v) = %v, want an error", lease, c.State)
+		}
+	}
+	c := claim(t, s, key, longLease, dedup.Claimed)
+	for _, window := range []time.Duration{0, -time.Second} {
+		if err := s.Commit(ctx, key, c.Token, window); err == nil || errors.Is(err, dedup.ErrNotHeld) {
+			t.Errorf("Commit(window %v) = %v, want an error other than ErrNotHeld", window, err)
+		}
+	}
+	// The refused Commits left the claim alone.
+	commit(t, s, key, c.Token, longWindow)
 }
 
 func testBusy(t *testing.T, s dedup.Storage, _ Options) {
