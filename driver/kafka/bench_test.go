@@ -160,31 +160,7 @@ func BenchmarkConsume(b *testing.B) {
 	brokers, real := cluster(b)
 	for _, concurrency := range []int{1, 8} {
 		b.Run("herald-concurrency-"+strconv.Itoa(concurrency), func(b *testing.B) {
-			d := newDriver(b, brokers, real)
-			topic := fill(b, d, b.N)
-			var handled atomic.Int64
-			done := make(chan struct{})
-			bus := herald.NewBus(d, herald.WithErrorHandler(func(err error) { b.Log(err) }))
-			if err := bus.Handle(topic, name("g"), func(ctx context.Context, m *herald.Message) error {
-				if handled.Add(1) == int64(b.N) {
-					close(done)
-				}
-				return nil
-			}, herald.WithConcurrency(concurrency)); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			if err := bus.Start(context.Background()); err != nil {
-				b.Fatal(err)
-			}
-			<-done
-			b.StopTimer()
-			reportRate(b, b.N, time.Since(start))
-			if err := bus.Shutdown(context.Background()); err != nil {
-				b.Error(err)
-			}
+			consumeThroughBus(b, newDriver(b, brokers, real), concurrency, func() {})
 		})
 	}
 	b.Run("kafka-go-reader", func(b *testing.B) {
@@ -247,32 +223,38 @@ func BenchmarkConsumeSlowHandler(b *testing.B) {
 			reportRate(b, b.N, time.Since(start))
 		})
 		b.Run("herald-concurrency-"+strconv.Itoa(concurrency), func(b *testing.B) {
-			d := newDriver(b, brokers, real)
-			topic := fill(b, d, b.N)
-			var handled atomic.Int64
-			done := make(chan struct{})
-			bus := herald.NewBus(d, herald.WithErrorHandler(func(err error) { b.Log(err) }))
-			if err := bus.Handle(topic, name("g"), func(ctx context.Context, m *herald.Message) error {
-				time.Sleep(time.Millisecond)
-				if handled.Add(1) == int64(b.N) {
-					close(done)
-				}
-				return nil
-			}, herald.WithConcurrency(concurrency)); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			if err := bus.Start(context.Background()); err != nil {
-				b.Fatal(err)
-			}
-			<-done
-			b.StopTimer()
-			reportRate(b, b.N, time.Since(start))
-			if err := bus.Shutdown(context.Background()); err != nil {
-				b.Error(err)
-			}
+			consumeThroughBus(b, newDriver(b, brokers, real), concurrency, func() { time.Sleep(time.Millisecond) })
 		})
+	}
+}
+
+// consumeThroughBus fills a topic with b.N messages, then times a Bus
+// subscription at the given concurrency, whose handler calls work, until it
+// has handled them all, and reports the rate.
+func consumeThroughBus(b *testing.B, d *kafka.Driver, concurrency int, work func()) {
+	topic := fill(b, d, b.N)
+	var handled atomic.Int64
+	done := make(chan struct{})
+	bus := herald.NewBus(d, herald.WithErrorHandler(func(err error) { b.Log(err) }))
+	if err := bus.Handle(topic, name("g"), func(ctx context.Context, m *herald.Message) error {
+		work()
+		if handled.Add(1) == int64(b.N) {
+			close(done)
+		}
+		return nil
+	}, herald.WithConcurrency(concurrency)); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	if err := bus.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	<-done
+	b.StopTimer()
+	reportRate(b, b.N, time.Since(start))
+	if err := bus.Shutdown(context.Background()); err != nil {
+		b.Error(err)
 	}
 }
