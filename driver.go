@@ -91,6 +91,27 @@ type ErrorReporter interface {
 	ReportErrorsTo(report func(error))
 }
 
+// LagReporter is an optional interface of a Subscription that knows how
+// far its group is behind. Lag returns the number of messages of the topic
+// this member is responsible for that the group has not acknowledged yet:
+// published but not delivered, plus delivered and not acknowledged. Kafka
+// counts the partitions assigned to this member (high watermark minus the
+// committed offset); Redis counts the group's whole stream (entries not yet
+// delivered plus the pending entries list). Lag must be safe for concurrent
+// use and cheap enough to call every few seconds (it feeds the
+// herald.consumer.lag gauge and health checks). It may do one round trip.
+type LagReporter interface {
+	Lag(ctx context.Context) (int64, error)
+}
+
+// MessagingSystem is an optional interface of a Writer or Reader that names
+// its broker for telemetry, as the OpenTelemetry messaging.system attribute
+// ("kafka", "redis", "herald.memory", "herald.outbox"). Without it the
+// attribute is "herald".
+type MessagingSystem interface {
+	MessagingSystem() string
+}
+
 // Delivery is one message handed to the scheduler by a Subscription.
 type Delivery struct {
 	// Message is the delivered message; read-only to everyone after Fetch.

@@ -33,6 +33,8 @@ type partition struct {
 	next       int64  // offset after the last fetched message; -1 until known
 	committed  int64  // offset last committed (the assignment's at first)
 	revoked    bool
+
+	lag lagState // read by Lag without mu
 }
 
 // commitOffset returns the offset to commit; p.mu held.
@@ -179,7 +181,9 @@ func (s *subscription) fetchFrom(ctx context.Context, conn *kafkago.Conn, p *par
 			return offset, progressed, ctx.Err()
 		}
 		_ = conn.SetReadDeadline(time.Now().Add(cfg.fetchMaxWait + cfg.requestTimeout))
+		p.lag.fetching(offset)
 		batch := conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: cfg.fetchMaxBytes, MaxWait: cfg.fetchMaxWait})
+		p.lag.fetched(s.clock(), batch)
 		chunks := s.decode(batch, p, names)
 		fetchErr := batch.Close()
 		after, _ := conn.Offset()
@@ -226,6 +230,10 @@ func (s *subscription) seek(conn *kafkago.Conn, p *partition, offset int64) (int
 		want = reset
 		s.log.Warn("kafka: offset out of range; resetting", "partition", p.id, "offset", offset,
 			"first", first, "last", last, "reset_to", want)
+	}
+	p.lag.observe(s.clock(), last)
+	if offset == kafkago.FirstOffset || offset == kafkago.LastOffset {
+		p.lag.origin.Store(want)
 	}
 	if _, err := conn.Seek(want, kafkago.SeekAbsolute|kafkago.SeekDontCheck); err != nil {
 		return offset, err

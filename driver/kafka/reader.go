@@ -64,6 +64,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		errs:    make(chan error, 1),
 		closing: make(chan struct{}),
 		runDone: make(chan struct{}),
+		epoch:   time.Now(),
 	}
 	s.dialer = &kafkago.Dialer{
 		ClientID:      cfg.clientID,
@@ -140,6 +141,9 @@ type subscription struct {
 
 	mu       sync.Mutex
 	flushErr error // the final commit made while closing
+
+	current atomic.Pointer[generation] // the generation running; nil while joining
+	epoch   time.Time                  // origin of clock
 }
 
 // generation is one kafka-go generation: the partitions this member owns
@@ -181,7 +185,7 @@ func (s *subscription) run() {
 func (s *subscription) begin(gen *kafkago.Generation) {
 	g := &generation{s: s, gen: gen, started: time.Now(), drained: make(chan struct{}, 1)}
 	for _, a := range gen.Assignments[s.topic] {
-		g.parts = append(g.parts, &partition{
+		p := &partition{
 			g:         g,
 			id:        a.ID,
 			start:     a.Offset,
@@ -189,8 +193,11 @@ func (s *subscription) begin(gen *kafkago.Generation) {
 			next:      -1,
 			committed: a.Offset,
 			room:      make(chan struct{}, 1),
-		})
+		}
+		p.lag.init()
+		g.parts = append(g.parts, p)
 	}
+	s.current.Store(g)
 	s.log.Debug("kafka: generation started", "generation", gen.ID, "partitions", len(g.parts))
 	for _, p := range g.parts {
 		s.start(gen, func(ctx context.Context) { s.consume(ctx, p) })
@@ -262,6 +269,7 @@ func (s *subscription) pauseIfTopicMissing(g *generation) {
 }
 
 func (s *subscription) endGeneration(g *generation) {
+	s.current.CompareAndSwap(g, nil)
 	g.mu.Lock()
 	g.ending.Store(true)
 	g.mu.Unlock()

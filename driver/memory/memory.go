@@ -28,6 +28,11 @@
 // still unacknowledged by some group, Write blocks until that group catches
 // up, the context ends or the Broker closes. Memory stays bounded and no
 // goroutine is started per message.
+//
+// Lag. A Subscription is a herald.LagReporter: it counts the messages of
+// the partitions it owns that its group has not acknowledged, exactly and
+// at once (an Ack shows in the next Lag). Broker.Backlog counts a whole
+// group.
 package memory
 
 import (
@@ -116,18 +121,16 @@ func (b *Broker) Backlog(topicName, groupName string) int {
 		return 0
 	}
 	n := 0
-	for i, c := range g.cursors {
-		p := t.parts[i]
-		p.mu.Lock()
-		for off := c.low; off < p.end; off++ {
-			if !c.acked[off%uint64(len(c.acked))] {
-				n++
-			}
-		}
-		p.mu.Unlock()
+	for _, c := range g.cursors {
+		c.p.mu.Lock()
+		n += c.unacked()
+		c.p.mu.Unlock()
 	}
 	return n
 }
+
+// MessagingSystem names the broker for telemetry (herald.MessagingSystem).
+func (b *Broker) MessagingSystem() string { return "herald.memory" }
 
 func (b *Broker) topic(name string) (*topic, error) {
 	b.mu.Lock()
@@ -257,6 +260,21 @@ type cursor struct {
 	owner    *member  // who fetches from this partition; nil if nobody
 	pending  *member  // next owner, waiting for owner's in-flight to reach 0
 	inflight int      // fetched by owner and not yet acknowledged
+}
+
+// unacked counts the messages of the partition the group has not
+// acknowledged: those not handed out yet and those in flight. The walk is
+// as long as the group's backlog in the partition, at most the capacity.
+// p.mu held.
+func (c *cursor) unacked() int {
+	n := 0
+	capacity := uint64(len(c.acked))
+	for off := c.low; off < c.p.end; off++ {
+		if !c.acked[off%capacity] {
+			n++
+		}
+	}
+	return n
 }
 
 func (p *partition) addCursor(capacity int, latest bool) *cursor {
@@ -475,6 +493,31 @@ func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 		c.owner.signal()
 	}
 	return nil
+}
+
+// Lag returns how many messages of the partitions this member owns the
+// group has not acknowledged: not handed out yet, or in flight
+// (herald.LagReporter). A partition on its way to this member from
+// another, which still settles what it fetched, counts for the other. The
+// members of a group own every partition between them, so their lags add
+// up to the group's Backlog. It takes the partitions' locks briefly, and is
+// safe for concurrent use.
+func (m *member) Lag(ctx context.Context) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if m.closed.Load() || m.broker.closed.Load() {
+		return 0, fmt.Errorf("memory: lag: %w", herald.ErrClosed)
+	}
+	var n int64
+	for _, c := range m.group.cursors {
+		c.p.mu.Lock()
+		if c.owner == m {
+			n += int64(c.unacked())
+		}
+		c.p.mu.Unlock()
+	}
+	return n, nil
 }
 
 // Close leaves the group and gives unacknowledged deliveries back to it.

@@ -84,9 +84,16 @@ func newSubscription(d *Driver, topic, group, consumer string) *subscription {
 	return s
 }
 
-// createGroup creates the group (and the stream) at start, unless it exists.
+// createGroup creates the group (and the stream) at start, unless it
+// exists. A group at the end ("$") is created with its read count set, so
+// that Redis can count its lag (createAtEndScript).
 func (s *subscription) createGroup(ctx context.Context, start string) error {
-	err := s.client.XGroupCreateMkStream(ctx, s.stream, s.group, start).Err()
+	var err error
+	if start == "$" {
+		err = createAtEndScript.Run(ctx, s.client, []string{s.stream}, s.group).Err()
+	} else {
+		err = s.client.XGroupCreateMkStream(ctx, s.stream, s.group, start).Err()
+	}
 	if err != nil && !goredis.HasErrorPrefix(err, "BUSYGROUP") {
 		return fmt.Errorf("redis: create group %q of topic %q (stream %q): %w", s.group, s.topic, s.stream, err)
 	}
