@@ -10,6 +10,8 @@ import (
 	"github.com/heraldbus/herald"
 	dedupmemory "github.com/heraldbus/herald/dedup/memory"
 	"github.com/heraldbus/herald/driver/memory"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
 var payload256 = make([]byte, 256)
@@ -105,10 +107,47 @@ func BenchmarkEndToEndMemory(b *testing.B) {
 	}
 }
 
-func benchEndToEnd(b *testing.B, concurrency int) {
+// telemetryModes are the telemetry set-ups the benchmark pairs compare:
+// off, the default with no provider installed, explicit no-op providers.
+var telemetryModes = []struct {
+	name string
+	opts []herald.Option
+}{
+	{"off", []herald.Option{herald.WithoutTelemetry()}},
+	{"global-uninstalled", nil},
+	{"noop", []herald.Option{herald.WithTracerProvider(tracenoop.NewTracerProvider()), herald.WithMeterProvider(metricnoop.NewMeterProvider())}},
+}
+
+// BenchmarkTelemetryPublish is the publisher's cost per raw message with
+// each telemetry set-up: the pair that shows what instrumentation costs
+// when the application installs no provider.
+func BenchmarkTelemetryPublish(b *testing.B) {
+	for _, m := range telemetryModes {
+		b.Run(m.name, func(b *testing.B) {
+			p := herald.NewPublisher(discardWriter{}, m.opts...)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := p.PublishMessages(ctx, &herald.Message{Topic: "orders", Data: payload256}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkTelemetryEndToEnd is BenchmarkEndToEndMemory (concurrency 1)
+// with each telemetry set-up.
+func BenchmarkTelemetryEndToEnd(b *testing.B) {
+	for _, m := range telemetryModes {
+		b.Run(m.name, func(b *testing.B) { benchEndToEnd(b, 1, m.opts...) })
+	}
+}
+
+func benchEndToEnd(b *testing.B, concurrency int, opts ...herald.Option) {
 	broker := memory.New()
 	defer broker.Close()
-	bus := herald.NewBus(broker, herald.WithLogger(quiet))
+	bus := herald.NewBus(broker, append([]herald.Option{herald.WithLogger(quiet)}, opts...)...)
 	var seen atomic.Int64
 	err := bus.Handle("bench", "g", func(context.Context, *herald.Message) error {
 		seen.Add(1)

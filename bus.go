@@ -10,6 +10,8 @@ import (
 
 	"github.com/heraldbus/herald/codec"
 	"github.com/heraldbus/herald/dedup"
+	"github.com/heraldbus/herald/internal/telemetry"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // ErrDuplicateHandler is returned when a group subscribes twice to one
@@ -24,6 +26,8 @@ type Bus struct {
 	opts   options
 	reg    *EventRegistry
 	pub    *Publisher
+	tel    *consumerTelemetry // nil: telemetry off
+	lagReg metric.Registration
 
 	mu      sync.Mutex
 	routes  map[routeKey]*route
@@ -53,13 +57,31 @@ func NewBus(d Driver, opts ...Option) *Bus {
 	if o.publishWriter != nil {
 		w = o.publishWriter
 	}
-	return &Bus{
+	b := &Bus{
 		driver: d,
 		opts:   o,
 		reg:    reg,
 		pub:    newPublisher(w, reg, o),
+		tel:    newConsumerTelemetry(o.telemetry, d),
 		routes: make(map[routeKey]*route),
 	}
+	if b.tel != nil {
+		b.lagReg = b.tel.observeLag(b.schedulers)
+	}
+	return b
+}
+
+// schedulers returns the running subscriptions' schedulers.
+func (b *Bus) schedulers() []*SubscriberScheduler {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var scheds []*SubscriberScheduler
+	for _, r := range b.order {
+		if r.sched != nil {
+			scheds = append(scheds, r.sched)
+		}
+	}
+	return scheds
 }
 
 // Registry returns the bus's event registry.
@@ -239,6 +261,11 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (HandlerFunc, error) {
 	var mws []Middleware
 	logger := b.opts.logger
+	var tel *subscriptionTelemetry
+	if b.tel != nil {
+		tel = b.tel.subscription(topic, group)
+		mws = append(mws, tel.middleware())
+	}
 	if b.opts.onHandled != nil || logger.Enabled(context.Background(), slog.LevelDebug) {
 		mws = append(mws, Observe(topic, group, logger, b.opts.onHandled))
 	}
@@ -255,6 +282,13 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 			cfg.OnDuplicate = func(m *Message) {
 				logger.LogAttrs(context.Background(), slog.LevelDebug, "herald: duplicate skipped",
 					slog.String("topic", topic), slog.String("group", group), slog.String("message_id", m.ID))
+			}
+		}
+		if tel != nil {
+			onDuplicate := cfg.OnDuplicate
+			cfg.OnDuplicate = func(m *Message) {
+				tel.count(context.Background(), tel.deduplicated)
+				onDuplicate(m)
 			}
 		}
 		mws = append(mws, Deduplicate(cfg))
@@ -281,9 +315,26 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 				slog.String("dead_letter_topic", dlTopic), slog.Any("reason", reason))
 		}
 	}
+	if tel != nil {
+		onDeadLetter := dl.OnDeadLetter
+		dl.OnDeadLetter = func(m *Message, reason error) {
+			tel.count(context.Background(), tel.deadLettered)
+			onDeadLetter(m, reason)
+		}
+	}
 	mws = append(mws, DeadLetter(dl))
 	if o.retry != nil {
-		mws = append(mws, Retry(*o.retry))
+		rc := *o.retry
+		if tel != nil {
+			onRetry := rc.OnRetry
+			rc.OnRetry = func(ctx context.Context, m *Message, attempt int, err error) {
+				tel.count(ctx, tel.retried)
+				if onRetry != nil {
+					onRetry(ctx, m, attempt, err)
+				}
+			}
+		}
+		mws = append(mws, Retry(rc))
 	}
 	mws = append(mws, Recover())
 	mws = append(mws, o.middleware...)
@@ -349,13 +400,11 @@ func (r *route) handle(ctx context.Context, m *Message) error {
 func (b *Bus) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
-	var scheds []*SubscriberScheduler
-	for _, r := range b.order {
-		if r.sched != nil {
-			scheds = append(scheds, r.sched)
-		}
-	}
 	b.mu.Unlock()
+	if b.lagReg != nil {
+		telemetry.Handle(b.lagReg.Unregister())
+	}
+	scheds := b.schedulers()
 	errs := make([]error, len(scheds))
 	var wg sync.WaitGroup
 	for i, s := range scheds {

@@ -7,6 +7,11 @@ import (
 	"maps"
 	"strconv"
 	"time"
+
+	"github.com/heraldbus/herald/internal/telemetry"
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // DeadLetterConfig configures DeadLetter.
@@ -68,6 +73,12 @@ func DeadLetter(cfg DeadLetterConfig) Middleware {
 			dl := deadLetterMessage(m, cfg.Topic(m.Topic), cfg.Group, err, cfg.Now())
 			if werr := cfg.Writer.Write(ctx, []*Message{dl}); werr != nil {
 				return errors.Join(err, fmt.Errorf("herald: write to dead-letter topic %q: %w", dl.Topic, werr))
+			}
+			if span := trace.SpanFromContext(ctx); span.IsRecording() {
+				span.AddEvent("herald.dead_letter", trace.WithAttributes(
+					attribute.String("herald.dead_letter.topic", dl.Topic),
+					attribute.String("herald.dead_letter.reason", err.Error()),
+					semconv.ErrorTypeKey.String(telemetry.ErrorType(err))))
 			}
 			if cfg.OnDeadLetter != nil {
 				cfg.OnDeadLetter(m, err)

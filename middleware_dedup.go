@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald/dedup"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // DedupConfig configures Deduplicate.
@@ -63,6 +64,9 @@ func Deduplicate(cfg DedupConfig) Middleware {
 			}
 			switch claim.State {
 			case dedup.Done:
+				if span := trace.SpanFromContext(ctx); span.IsRecording() {
+					span.AddEvent("herald.duplicate")
+				}
 				if cfg.OnDuplicate != nil {
 					cfg.OnDuplicate(m)
 				}

@@ -7,6 +7,10 @@ import (
 	"time"
 
 	"github.com/eapache/go-resiliency/retrier"
+	"github.com/heraldbus/herald/internal/telemetry"
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // RetryConfig configures Retry. The zero value of a field means its default.
@@ -28,6 +32,10 @@ type RetryConfig struct {
 	// everything except permanent errors (see Permanent) and the end of the
 	// delivery's own context.
 	Retryable func(error) bool
+	// OnRetry, if set, is called before each attempt after the first, with
+	// the number of that attempt (2 and up) and the error of the one
+	// before. It must not block.
+	OnRetry func(ctx context.Context, m *Message, attempt int, err error)
 }
 
 // RetryError is what Retry returns when it gives up: the last error and how
@@ -117,6 +125,7 @@ func Retry(cfg RetryConfig) Middleware {
 				r.SetJitter(cfg.Jitter)
 			}
 			attempts := 1
+			last := err
 			err = r.RunFn(ctx, func(ctx context.Context, retries int) error {
 				if retries == 0 {
 					// Hand the retrier the first attempt's error so that
@@ -124,7 +133,17 @@ func Retry(cfg RetryConfig) Middleware {
 					return err
 				}
 				attempts = retries + 1
-				return attempt(context.WithValue(ctx, attemptKey{}, attempts), m)
+				if span := trace.SpanFromContext(ctx); span.IsRecording() {
+					span.AddEvent("herald.retry", trace.WithAttributes(
+						telemetry.AttemptKey.Int(attempts),
+						semconv.ErrorTypeKey.String(telemetry.ErrorType(last)),
+						attribute.String("herald.previous_error", last.Error())))
+				}
+				if cfg.OnRetry != nil {
+					cfg.OnRetry(ctx, m, attempts, last)
+				}
+				last = attempt(context.WithValue(ctx, attemptKey{}, attempts), m)
+				return last
 			})
 			if err == nil {
 				return nil

@@ -5,6 +5,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/heraldbus/herald/codec"
+	"github.com/heraldbus/herald/internal/telemetry"
 	"github.com/segmentio/ksuid"
 )
 
@@ -16,6 +17,8 @@ import (
 //   - largest payload: 1 MiB (DefaultMaxMessageBytes)
 //   - logger: slog.Default(); errors go to the logger at error level
 //   - publish writer: the driver given to NewBus
+//   - telemetry: the global OpenTelemetry tracer and meter providers, W3C
+//     trace context (see telemetry.go)
 type Option func(*options)
 
 // DefaultMaxMessageBytes is the default payload limit of a Publisher; it
@@ -32,6 +35,8 @@ type options struct {
 	onError         func(error)
 	publishWriter   Writer
 	onHandled       func(HandleResult)
+	telemetry       telemetry.Config
+	health          HealthConfig
 }
 
 func newOptions(opts []Option) options {

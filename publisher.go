@@ -32,6 +32,7 @@ type Publisher struct {
 	codecs *codec.Registry
 	opts   options
 	ids    ksuidSource
+	tel    *producerTelemetry // nil: telemetry off
 }
 
 // NewPublisher returns a Publisher that writes to w with its own registry.
@@ -41,7 +42,8 @@ func NewPublisher(w Writer, opts ...Option) *Publisher {
 }
 
 func newPublisher(w Writer, reg *EventRegistry, o options) *Publisher {
-	return &Publisher{w: w, reg: reg, codecs: codec.NewRegistry(o.codecs...), opts: o}
+	return &Publisher{w: w, reg: reg, codecs: codec.NewRegistry(o.codecs...), opts: o,
+		tel: newProducerTelemetry(o.telemetry, w)}
 }
 
 func (p *Publisher) newID(now time.Time) string {
@@ -67,7 +69,15 @@ func (p *Publisher) Publish(ctx context.Context, events ...any) error {
 	if err != nil || len(msgs) == 0 {
 		return err
 	}
-	return p.w.Write(ctx, msgs)
+	return p.write(ctx, msgs)
+}
+
+// write writes msgs in one Write call, traced and counted.
+func (p *Publisher) write(ctx context.Context, msgs []*Message) error {
+	if p.tel == nil {
+		return p.w.Write(ctx, msgs)
+	}
+	return p.tel.write(ctx, p.w, msgs)
 }
 
 // Encode turns events into messages as Publish would, without writing them.
@@ -156,5 +166,5 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 			m.Time = now
 		}
 	}
-	return p.w.Write(ctx, msgs)
+	return p.write(ctx, msgs)
 }

@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"errors"
+	"github.com/heraldbus/herald/internal/telemetry"
 	"sync"
 	"time"
 )
@@ -84,6 +85,10 @@ func (a *AsyncPublisher) Publish(ctx context.Context, events ...any) error {
 	msgs, err := a.p.Encode(ctx, events...)
 	if err != nil || len(msgs) == 0 {
 		return err
+	}
+	if t := a.p.tel; t != nil {
+		_, span := t.start(ctx, t.create, msgs)
+		telemetry.EndSpan(span, nil)
 	}
 	a.mu.Lock()
 	if a.closed {
@@ -198,6 +203,9 @@ func (a *AsyncPublisher) write(batch []*Message) {
 		if attempt < a.cfg.WriteAttempts && !sleepCtx(a.writeCtx, b.next()) {
 			break
 		}
+	}
+	if t := a.p.tel; t != nil {
+		t.count(a.writeCtx, batch, err)
 	}
 	if err != nil && a.cfg.OnError != nil {
 		a.cfg.OnError(append([]*Message(nil), batch...), err)

@@ -106,6 +106,14 @@ type SubscriberScheduler struct {
 	done           chan struct{}
 	shutdownOnce   sync.Once
 	shutdownErr    error
+
+	// Health: consecutive failed Subscribe and Fetch calls, the last
+	// driver error, and when Fetch last returned deliveries (unix ns).
+	driverErrors atomic.Int32
+	lastError    atomic.Pointer[string]
+	lastErrorAt  atomic.Int64
+	lastFetch    atomic.Int64
+	fullSince    atomic.Int64 // unix ns since when every slot is taken; 0: not full
 }
 
 // keyQueue holds the deliveries of one key that wait for the running one.
@@ -247,6 +255,12 @@ func (s *SubscriberScheduler) adopt(sub Subscription) {
 }
 
 func (s *SubscriberScheduler) report(op, msgID string, err error) {
+	if op == "subscribe" || op == "fetch" {
+		s.driverErrors.Add(1)
+		text := err.Error()
+		s.lastError.Store(&text)
+		s.lastErrorAt.Store(time.Now().UnixNano())
+	}
 	s.cfg.OnError(&SubscriptionError{Topic: s.topic, Group: s.group, Op: op, MsgID: msgID, Err: err})
 }
 
@@ -271,6 +285,7 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 	if s.sub == nil {
 		s.adopt(sub)
 	}
+	s.driverErrors.Store(0)
 	backoff.reset()
 
 	buf := make([]Delivery, s.cfg.FetchBatch)
@@ -278,8 +293,15 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 		// Take one slot (waiting if need be), then as many more as are free.
 		select {
 		case <-s.slots:
-		case <-ctx.Done():
-			return
+		default:
+			// Every slot is held by a delivery not yet settled.
+			s.fullSince.Store(time.Now().UnixNano())
+			select {
+			case <-s.slots:
+				s.fullSince.Store(0)
+			case <-ctx.Done():
+				return
+			}
 		}
 		n := 1
 	more:
@@ -296,6 +318,7 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 			s.slots <- struct{}{}
 		}
 		if got > 0 {
+			s.lastFetch.Store(time.Now().UnixNano())
 			s.dispatch(buf[:got])
 			clear(buf[:got])
 		}
@@ -308,6 +331,9 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 				return
 			}
 			continue
+		}
+		if s.driverErrors.Load() != 0 {
+			s.driverErrors.Store(0)
 		}
 		backoff.reset()
 	}
@@ -478,4 +504,22 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// Lag returns how many messages the group has not acknowledged, when the
+// subscription's driver knows (see LagReporter); ok is false when it does
+// not, or before the scheduler has subscribed.
+func (s *SubscriberScheduler) Lag(ctx context.Context) (n int64, ok bool, err error) {
+	s.subMu.Lock()
+	sub := s.sub
+	s.subMu.Unlock()
+	lr, ok := sub.(LagReporter)
+	if !ok || s.stopping.Load() {
+		return 0, false, nil
+	}
+	n, err = lr.Lag(ctx)
+	if err != nil {
+		return 0, false, &SubscriptionError{Topic: s.topic, Group: s.group, Op: "lag", Err: err}
+	}
+	return n, true, nil
 }

@@ -1,0 +1,313 @@
+package herald
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/heraldbus/herald/internal/telemetry"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Telemetry. herald traces and measures with the OpenTelemetry API only;
+// the application installs the SDK. By default it uses the global tracer
+// and meter providers (otel.SetTracerProvider, otel.SetMeterProvider), so
+// nothing is recorded until the application installs one, and it carries
+// trace context in W3C traceparent/tracestate headers.
+//
+// Spans follow the OpenTelemetry messaging conventions:
+//
+//   - "send <topic>" (producer): one per Publish or PublishMessages call;
+//     every message of the call carries its context.
+//   - "create <topic>" (producer): one per AsyncPublisher.Publish, ended
+//     when the messages are queued.
+//   - "relay <topic>" (producer): one per outbox row forwarded by a relay,
+//     a child of the span that wrote the row.
+//   - "process <topic>" (consumer): one per delivery a subscriber handles,
+//     a child of, and linked to, the span that sent the message. Retry
+//     attempts ("herald.retry"), skipped duplicates ("herald.duplicate")
+//     and dead-letter writes ("herald.dead_letter") are events on it.
+//
+// Metrics (attributes: messaging.system, messaging.operation.name,
+// messaging.destination.name, messaging.consumer.group.name, and
+// error.type or herald.outcome; never a message ID or key):
+//
+//   - messaging.client.sent.messages {message}: messages published
+//     (error.type set when the write failed).
+//   - messaging.process.duration (s): one run of a subscription's handler
+//     chain per delivery, retries included.
+//   - herald.messages.processed {message}: deliveries handled, by
+//     herald.outcome: "ok" (acknowledged: handled, skipped as a duplicate
+//     or dead-lettered) or "error" (left for redelivery).
+//   - herald.messages.retried {attempt}, herald.messages.deduplicated
+//     {message}, herald.messages.dead_lettered {message}.
+//   - herald.consumer.lag {message}: per topic and group, where the driver
+//     knows it (see LagReporter).
+//   - the outbox relay's herald.outbox.* metrics (see package outbox).
+
+// WithTracerProvider traces with tp instead of the global provider.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.telemetry.TracerProvider = tp }
+}
+
+// WithMeterProvider measures with mp instead of the global provider.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) { o.telemetry.MeterProvider = mp }
+}
+
+// WithPropagator carries trace context with p instead of W3C trace context
+// alone (for example otel.GetTextMapPropagator() to follow the
+// application's global choice, baggage included).
+func WithPropagator(p propagation.TextMapPropagator) Option {
+	return func(o *options) { o.telemetry.Propagator = p }
+}
+
+// WithoutTelemetry turns tracing, metrics and trace-context propagation
+// off: messages pass through with the trace headers they already carry.
+func WithoutTelemetry() Option {
+	return func(o *options) { o.telemetry.Disabled = true }
+}
+
+// producerTelemetry is a Publisher's instruments.
+type producerTelemetry struct {
+	*telemetry.Providers
+	send, create *telemetry.Destinations
+	mixed        *telemetry.Destination // a call with several topics
+	sent         metric.Int64Counter
+}
+
+func newProducerTelemetry(cfg telemetry.Config, w Writer) *producerTelemetry {
+	p := cfg.Resolve()
+	if p == nil {
+		return nil
+	}
+	system := telemetry.System(w)
+	sent, err := p.Meter.Int64Counter("messaging.client.sent.messages",
+		metric.WithUnit("{message}"), metric.WithDescription("Messages published."))
+	telemetry.Handle(err)
+	return &producerTelemetry{
+		Providers: p,
+		send:      telemetry.NewDestinations(telemetry.Send, system, ""),
+		create:    telemetry.NewDestinations(telemetry.Create, system, ""),
+		mixed:     telemetry.NewDestination(telemetry.Send, system, "", ""),
+		sent:      sent,
+	}
+}
+
+// start starts the producer span of one call that writes msgs and puts its
+// context in their headers. Without a tracer it starts nothing (span is
+// nil) but still passes on the span context ctx carries, if any.
+func (t *producerTelemetry) start(ctx context.Context, dsts *telemetry.Destinations, msgs []*Message) (context.Context, trace.Span) {
+	tracer := t.Tracer()
+	if tracer == nil {
+		if trace.SpanContextFromContext(ctx).IsValid() {
+			for _, m := range msgs {
+				m.Headers = t.Inject(ctx, m.Headers)
+			}
+		}
+		return ctx, nil
+	}
+	dst := t.destination(dsts, msgs)
+	ctx, span := tracer.Start(ctx, dst.SpanName, dst.Start...)
+	if !span.SpanContext().IsValid() {
+		return ctx, span
+	}
+	for _, m := range msgs {
+		m.Headers = t.Inject(ctx, m.Headers)
+	}
+	if span.IsRecording() {
+		if len(msgs) == 1 {
+			m := msgs[0]
+			span.SetAttributes(semconv.MessagingMessageID(m.ID), semconv.MessagingMessageBodySize(len(m.Data)))
+		} else {
+			span.SetAttributes(semconv.MessagingBatchMessageCount(len(msgs)))
+		}
+		if id := msgs[0].Headers.Get(HeaderCorrelationID); id != "" {
+			span.SetAttributes(semconv.MessagingMessageConversationID(id))
+		}
+	}
+	return ctx, span
+}
+
+// destination is the send or create destination of msgs: their topic, or
+// none when they go to several.
+func (t *producerTelemetry) destination(dsts *telemetry.Destinations, msgs []*Message) *telemetry.Destination {
+	topic := msgs[0].Topic
+	for _, m := range msgs[1:] {
+		if m.Topic != topic {
+			return t.mixed
+		}
+	}
+	return dsts.Get(topic)
+}
+
+// count adds msgs to the sent counter.
+func (t *producerTelemetry) count(ctx context.Context, msgs []*Message, err error) {
+	if !t.Measuring() {
+		return
+	}
+	for i := 0; i < len(msgs); {
+		j := i + 1
+		for j < len(msgs) && msgs[j].Topic == msgs[i].Topic {
+			j++
+		}
+		dst := t.send.Get(msgs[i].Topic)
+		attrs := dst.OK
+		if err != nil {
+			attrs = dst.Failed
+		}
+		t.sent.Add(ctx, int64(j-i), attrs.Add...)
+		i = j
+	}
+}
+
+// write writes msgs with w inside a send span.
+func (t *producerTelemetry) write(ctx context.Context, w Writer, msgs []*Message) error {
+	ctx, span := t.start(ctx, t.send, msgs)
+	err := w.Write(ctx, msgs)
+	telemetry.EndSpan(span, err)
+	t.count(ctx, msgs, err)
+	return err
+}
+
+// consumerTelemetry is a Bus's subscriber instruments.
+type consumerTelemetry struct {
+	*telemetry.Providers
+	system       attribute.KeyValue
+	duration     metric.Float64Histogram
+	processed    metric.Int64Counter
+	retried      metric.Int64Counter
+	deduplicated metric.Int64Counter
+	deadLettered metric.Int64Counter
+	lag          metric.Int64ObservableGauge
+}
+
+func newConsumerTelemetry(cfg telemetry.Config, r Reader) *consumerTelemetry {
+	p := cfg.Resolve()
+	if p == nil {
+		return nil
+	}
+	t := &consumerTelemetry{Providers: p, system: telemetry.System(r)}
+	var errs [6]error
+	t.duration, errs[0] = p.Meter.Float64Histogram("messaging.process.duration", metric.WithUnit("s"),
+		metric.WithDescription("Duration of one run of a subscription's handler chain for a delivery, retries included."),
+		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+	t.processed, errs[1] = p.Meter.Int64Counter("herald.messages.processed", metric.WithUnit("{message}"),
+		metric.WithDescription("Deliveries handled, by outcome: ok (acknowledged) or error (left for redelivery)."))
+	t.retried, errs[2] = p.Meter.Int64Counter("herald.messages.retried", metric.WithUnit("{attempt}"),
+		metric.WithDescription("Handler attempts run again by the retry middleware."))
+	t.deduplicated, errs[3] = p.Meter.Int64Counter("herald.messages.deduplicated", metric.WithUnit("{message}"),
+		metric.WithDescription("Deliveries skipped because the group had already handled the message."))
+	t.deadLettered, errs[4] = p.Meter.Int64Counter("herald.messages.dead_lettered", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages written to a dead-letter topic."))
+	t.lag, errs[5] = p.Meter.Int64ObservableGauge("herald.consumer.lag", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages of the topic the group has not acknowledged, where the driver knows it."))
+	telemetry.Handle(errors.Join(errs[:]...))
+	return t
+}
+
+// subscription is the telemetry of one (topic, group).
+type subscriptionTelemetry struct {
+	*consumerTelemetry
+	dst        *telemetry.Destination
+	ok, failed telemetry.Attrs // herald.outcome
+	plain      telemetry.Attrs // no outcome
+	group      string
+}
+
+func (t *consumerTelemetry) subscription(topic, group string) *subscriptionTelemetry {
+	dst := telemetry.NewDestination(telemetry.Process, t.system, topic, group)
+	return &subscriptionTelemetry{
+		consumerTelemetry: t,
+		dst:               dst,
+		ok:                dst.With(telemetry.OutcomeKey.String("ok")),
+		failed:            dst.With(telemetry.OutcomeKey.String("error")),
+		plain:             dst.With(),
+		group:             group,
+	}
+}
+
+// middleware starts the consumer span of each delivery, as a child of the
+// span that sent the message and linked to it, and measures the chain.
+// Without a tracer it only passes the sender's span context on to the
+// handler; without a meter provider it measures nothing.
+func (t *subscriptionTelemetry) middleware() Middleware {
+	return func(next HandlerFunc) HandlerFunc {
+		return func(ctx context.Context, m *Message) error {
+			ctx, remote := t.Extract(ctx, m.Headers)
+			var span trace.Span
+			if tracer := t.Tracer(); tracer != nil {
+				opts := t.dst.Start
+				if remote.IsValid() {
+					opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: remote}))
+				}
+				ctx, span = tracer.Start(ctx, t.dst.SpanName, opts...)
+				if span.IsRecording() {
+					t.describe(span, ctx, m)
+				}
+			}
+			if !t.Measuring() {
+				err := next(ctx, m)
+				telemetry.EndSpan(span, err)
+				return err
+			}
+			start := time.Now()
+			err := next(ctx, m)
+			took := time.Since(start).Seconds()
+			if err == nil {
+				t.duration.Record(ctx, took, t.dst.OK.Record...)
+				t.processed.Add(ctx, 1, t.ok.Add...)
+			} else {
+				t.duration.Record(ctx, took, t.dst.Failed.Record...)
+				t.processed.Add(ctx, 1, t.failed.Add...)
+			}
+			telemetry.EndSpan(span, err)
+			return err
+		}
+	}
+}
+
+// describe sets the attributes of a recording consumer span that vary by
+// message.
+func (t *subscriptionTelemetry) describe(span trace.Span, ctx context.Context, m *Message) {
+	span.SetAttributes(semconv.MessagingMessageID(m.ID), semconv.MessagingMessageBodySize(len(m.Data)),
+		telemetry.DeliveryCountKey.Int(DeliveryCount(ctx)))
+	if e := m.Event(); e != "" {
+		span.SetAttributes(telemetry.EventKey.String(e))
+	}
+	if id := m.Headers.Get(HeaderCorrelationID); id != "" {
+		span.SetAttributes(semconv.MessagingMessageConversationID(id))
+	}
+}
+
+// count adds one to c with the subscription's attributes, when measuring.
+func (t *subscriptionTelemetry) count(ctx context.Context, c metric.Int64Counter) {
+	if t.Measuring() {
+		c.Add(ctx, 1, t.plain.Add...)
+	}
+}
+
+// observeLag registers the callback of the lag gauge: at each collection
+// it asks the running subscriptions whose driver knows its lag.
+func (t *consumerTelemetry) observeLag(scheds func() []*SubscriberScheduler) metric.Registration {
+	reg, err := t.Meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		var errs []error
+		for _, s := range scheds() {
+			n, ok, err := s.Lag(ctx)
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case ok:
+				dst := telemetry.NewDestination(telemetry.Process, t.system, s.topic, s.group)
+				o.ObserveInt64(t.lag, n, dst.With().Observe...)
+			}
+		}
+		return errors.Join(errs...)
+	}, t.lag)
+	telemetry.Handle(err)
+	return reg
+}
