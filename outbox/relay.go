@@ -34,6 +34,7 @@ type Relay struct {
 	cfg    relayConfig
 	log    *slog.Logger
 	q      queries
+	tel    *relayTelemetry // nil: telemetry off
 
 	active      atomic.Bool
 	sent        atomic.Uint64
@@ -90,6 +91,7 @@ func NewRelay(db *sql.DB, d Dialect, table string, target herald.Writer, opts ..
 		cfg:    cfg,
 		log:    logger.With(slog.String("table", table), slog.String("dialect", d.String())),
 		q:      newQueries(t),
+		tel:    newRelayTelemetry(cfg.Telemetry, target, table),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}, nil
@@ -122,6 +124,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer close(r.done)
 	defer cancel()
 
+	if r.tel != nil {
+		reg := r.tel.observe(r)
+		defer func() { _ = reg.Unregister() }()
+	}
 	var statsDone chan struct{}
 	if r.cfg.StatsHook != nil {
 		statsDone = make(chan struct{})

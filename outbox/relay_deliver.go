@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // row is one outbox row read by the relay.
@@ -21,6 +22,9 @@ type row struct {
 	attempts int
 	msg      herald.Message
 	bad      error // the row could not be decoded: it fails without a write
+
+	traceRead   bool              // traceParent was read from the headers
+	traceParent trace.SpanContext // the span that wrote the row, if any
 }
 
 // blockKey names what a failing row holds back: its key, or for a row
@@ -267,9 +271,14 @@ func (r *Relay) writeRows(ctx context.Context, rd *round, rows []*row) {
 	for i, rw := range rows {
 		msgs[i] = &rw.msg
 	}
+	var spans []trace.Span
+	if r.tel != nil {
+		spans = r.tel.start(ctx, rows)
+	}
 	wctx, cancel := context.WithTimeout(ctx, r.cfg.WriteTimeout)
 	err := r.target.Write(wctx, msgs)
 	cancel()
+	endSpans(spans, err)
 	rd.mu.Lock()
 	if err == nil {
 		rd.sent = append(rd.sent, rows...)

@@ -3,6 +3,7 @@ package outbox
 import (
 	"errors"
 	"fmt"
+	"github.com/heraldbus/herald/internal/telemetry"
 	"log/slog"
 	"time"
 )
@@ -68,6 +69,8 @@ type relayConfig struct {
 	StatsInterval     time.Duration
 	StatsHook         func(Stats)
 	Logger            *slog.Logger
+	Telemetry         telemetry.Config
+	HealthMaxAge      time.Duration
 }
 
 func defaultRelayConfig() relayConfig {
@@ -84,6 +87,7 @@ func defaultRelayConfig() relayConfig {
 		PurgeBatch:        DefaultPurgeBatch,
 		Listen:            true,
 		StatsInterval:     DefaultStatsInterval,
+		HealthMaxAge:      DefaultHealthMaxAge,
 	}
 }
 
@@ -128,6 +132,9 @@ func (c relayConfig) validate() error {
 	}
 	if c.PurgeBatch < 1 || c.PurgeBatch > maxBatchSize {
 		bad("purge batch %d: want 1 to %d", c.PurgeBatch, maxBatchSize)
+	}
+	if c.HealthMaxAge <= 0 {
+		bad("health max age %v: want > 0", c.HealthMaxAge)
 	}
 	if c.StatsHook != nil && c.StatsInterval <= 0 {
 		bad("stats interval %v: want > 0", c.StatsInterval)

@@ -138,6 +138,9 @@ func NewWriter(d Dialect, table string, opts ...WriterOption) (*Writer, error) {
 	return w, nil
 }
 
+// MessagingSystem names the outbox for telemetry (herald.MessagingSystem).
+func (w *Writer) MessagingSystem() string { return "herald.outbox" }
+
 // Table returns the name of the outbox table the Writer inserts into.
 func (w *Writer) Table() string { return w.t.name }
 
