@@ -1,6 +1,7 @@
 // Command herald is herald's command-line tool.
 //
-//	herald relay [flags]    run an outbox relay as a standalone process
+//	herald relay [flags]                 run an outbox relay as a standalone process
+//	herald dlq list|show|redrive [flags] inspect a dead-letter topic and redrive it
 //
 // "herald relay -h" lists the relay's flags; each can also be set from the
 // environment variable named next to it (a flag on the command line wins).
@@ -8,6 +9,17 @@
 // gracefully on SIGINT or SIGTERM: the round in flight finishes, bounded by
 // -shutdown-timeout. Exit status: 0 after a clean stop, 1 when the relay
 // could not start, 2 for bad flags or environment.
+//
+// "herald dlq" works on the dead-letter topics of Kafka or Redis (the
+// memory driver keeps none outside its process): "list" prints one line per
+// entry (position, message ID, original topic, group, attempts, time,
+// reason), or JSON lines with -json; "show" prints one entry with its
+// headers and payload; "redrive" writes entries (-all, or the positions or
+// IDs given) back to their original topics with the same IDs and marks
+// them redriven, printing progress to standard error (see package
+// github.com/heraldbus/herald/dlq). "herald dlq -h" says more. Exit
+// status: 0 on success, 1 when the broker failed or an entry was not found
+// or could not be redriven, 2 for bad flags, arguments or topic names.
 package main
 
 import (
@@ -30,9 +42,14 @@ const usage = `herald is the command-line tool of the herald event bus.
 
 Usage:
 
-	herald relay [flags]    forward the rows of an outbox table to Kafka or Redis
+	herald relay [flags]          forward the rows of an outbox table to Kafka or Redis
+	herald dlq list [flags]       list the entries of a dead-letter topic (Kafka or Redis)
+	herald dlq show [flags] ID    print one dead-letter entry with its headers and payload
+	herald dlq redrive [flags] (-all | ID ...)
+	                              write dead-letter entries back to their original topics
 
-Run "herald relay -h" for the relay's flags and environment variables.
+Run "herald relay -h" for the relay's flags and environment variables, and
+"herald dlq -h" for the dead-letter commands.
 `
 
 // run runs the command line args with the environment getenv and returns
@@ -45,6 +62,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch args[0] {
 	case "relay":
 		return runRelay(ctx, args[1:], getenv, stderr)
+	case "dlq":
+		return runDLQ(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

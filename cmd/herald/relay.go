@@ -63,7 +63,8 @@ type relayConfig struct {
 // flagSet is a flag.FlagSet whose flags fall back to environment variables.
 type flagSet struct {
 	*flag.FlagSet
-	env map[string]string // flag name -> variable
+	env  map[string]string // flag name -> variable
+	args bool              // arguments may follow the flags
 }
 
 func (f *flagSet) str(p *string, name, env, def, usage string) {
@@ -92,7 +93,7 @@ func (f *flagSet) parse(args []string, getenv func(string) string) error {
 	if err := f.Parse(args); err != nil {
 		return err
 	}
-	if f.NArg() > 0 {
+	if f.NArg() > 0 && !f.args {
 		return fmt.Errorf("unexpected arguments: %q", f.Args())
 	}
 	set := make(map[string]bool)
@@ -311,34 +312,46 @@ func driverName(d outbox.Dialect) string {
 func openTarget(cfg relayConfig, logger *slog.Logger) (herald.Writer, func() error, error) {
 	switch cfg.Target {
 	case targetKafka:
-		opts := []kafka.Option{kafka.WithClientID(cfg.KafkaClientID), kafka.WithLogger(logger)}
-		if cfg.KafkaAutoCreate {
-			opts = append(opts, kafka.WithAutoCreateTopics())
-		}
-		var brokers []string
-		for _, b := range strings.Split(cfg.KafkaBrokers, ",") {
-			if b = strings.TrimSpace(b); b != "" {
-				brokers = append(brokers, b)
-			}
-		}
-		d, err := kafka.New(brokers, opts...)
+		d, err := openKafka(cfg.KafkaBrokers, cfg.KafkaClientID, cfg.KafkaAutoCreate, logger)
 		if err != nil {
 			return nil, nil, err
 		}
 		return d, d.Close, nil
 	case targetRedis:
-		client := goredis.NewClient(&goredis.Options{Addr: cfg.RedisAddr, Password: cfg.RedisPassword, DB: cfg.RedisDB})
-		d, err := redis.New(client, redis.WithKeyPrefix(cfg.RedisKeyPrefix))
-		if err != nil {
-			_ = client.Close()
-			return nil, nil, err
-		}
-		return d, client.Close, nil
+		return openRedis(cfg.RedisAddr, cfg.RedisPassword, cfg.RedisDB, cfg.RedisKeyPrefix)
 	default:
 		logger.Warn("herald relay: target memory keeps messages in this process only, where nothing reads them; use it to try the relay out")
 		b := memory.New()
 		return b, b.Close, nil
 	}
+}
+
+// openKafka returns a Kafka driver for the comma-separated brokers; the
+// caller closes it.
+func openKafka(brokers, clientID string, autoCreate bool, logger *slog.Logger) (*kafka.Driver, error) {
+	opts := []kafka.Option{kafka.WithClientID(clientID), kafka.WithLogger(logger)}
+	if autoCreate {
+		opts = append(opts, kafka.WithAutoCreateTopics())
+	}
+	var list []string
+	for _, b := range strings.Split(brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			list = append(list, b)
+		}
+	}
+	return kafka.New(list, opts...)
+}
+
+// openRedis returns a Redis driver and the function that closes its
+// client.
+func openRedis(addr, password string, db int, keyPrefix string) (*redis.Driver, func() error, error) {
+	client := goredis.NewClient(&goredis.Options{Addr: addr, Password: password, DB: db})
+	d, err := redis.New(client, redis.WithKeyPrefix(keyPrefix))
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, err
+	}
+	return d, client.Close, nil
 }
 
 // relayMain migrates if asked, then relays until ctx ends, and stops

@@ -1,0 +1,430 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dlq"
+	"github.com/heraldbus/herald/driver/redis"
+)
+
+const dlqUsage = `Usage:
+
+	herald dlq list    [flags]                      list the entries of a dead-letter topic
+	herald dlq show    [flags] POSITION|ID          print one entry: fields, headers, payload
+	herald dlq redrive [flags] (-all | POSITION|ID ...)
+	                                                write entries back to their original topics
+
+A dead-letter topic is where herald.WithDeadLetter parks the messages a
+subscriber gave up on ("<topic>.dlq"). Positions are "partition:offset" on
+Kafka and stream entry IDs on Redis; an ID is the message ID. The memory
+driver keeps nothing outside its process, so only -driver kafka and
+-driver redis are supported.
+
+redrive writes each entry to its original topic with the same ID, key,
+payload and headers (the herald-dlq-* headers removed), then marks it
+redriven: Redis deletes the entry, Kafka records its position in the topic
+"<dead-letter topic>.redriven". Every group of the original topic receives
+the message again; groups that deduplicate skip what they already handled.
+It is safe to re-run: a run cut short writes the last batch again, never
+loses it. Entries dead-lettered after the run started are left for the
+next run. Flags go before the positions and IDs.
+
+Exit status: 0 on success; 1 when the broker failed, an entry was not
+found, or an entry could not be redriven (no valid original topic); 2 for
+bad flags, arguments or names.
+
+Run "herald dlq list -h" (or show, redrive) for the flags.
+`
+
+// dlqConfig is what the "herald dlq" subcommands are configured with.
+type dlqConfig struct {
+	Driver         string // kafka or redis; empty: inferred from the addresses
+	KafkaBrokers   string
+	KafkaClientID  string
+	RedisAddr      string
+	RedisPassword  string
+	RedisDB        int
+	RedisKeyPrefix string
+	Topic          string
+
+	Limit     int  // list
+	JSON      bool // list
+	All       bool // redrive
+	DryRun    bool // redrive
+	BatchSize int  // redrive
+	Args      []string
+}
+
+// dlqStore is an opened dead-letter store and the writer redrive uses.
+type dlqStore struct {
+	store  dlq.Store
+	writer herald.Writer
+	close  func() error
+}
+
+// runDLQ is "herald dlq".
+func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, dlqUsage)
+		return 2
+	}
+	sub := args[0]
+	switch sub {
+	case "list", "show", "redrive":
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, dlqUsage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "herald dlq: unknown command %q\n\n%s", sub, dlqUsage)
+		return 2
+	}
+	cfg, err := parseDLQFlags(sub, args[1:], getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err == nil {
+		err = cfg.validate(sub)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
+		return 2
+	}
+	s, err := cfg.open(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
+		return 1
+	}
+	defer func() {
+		if err := s.close(); err != nil {
+			fmt.Fprintf(stderr, "herald dlq %s: close: %v\n", sub, err)
+		}
+	}()
+	switch sub {
+	case "list":
+		err = dlqList(ctx, cfg, s, stdout, stderr)
+	case "show":
+		err = dlqShow(ctx, cfg, s, stdout)
+	default:
+		err = dlqRedrive(ctx, cfg, s, stdout, stderr)
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, herald.ErrInvalidName):
+		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
+		return 1
+	}
+}
+
+// parseDLQFlags reads the configuration of subcommand sub from args and
+// the environment. Usage goes to output on -h or a bad flag.
+func parseDLQFlags(sub string, args []string, getenv func(string) string, output io.Writer) (dlqConfig, error) {
+	var c dlqConfig
+	f := &flagSet{FlagSet: flag.NewFlagSet("herald dlq "+sub, flag.ContinueOnError), env: make(map[string]string), args: sub != "list"}
+	f.SetOutput(output)
+	f.Usage = func() {
+		fmt.Fprintf(output, "%s\nFlags of herald dlq %s:\n", dlqUsage, sub)
+		f.PrintDefaults()
+	}
+	f.str(&c.Driver, "driver", "HERALD_DLQ_DRIVER", "", "kafka or redis (default: kafka if -kafka-brokers is set, else redis if -redis-addr is)")
+	f.str(&c.KafkaBrokers, "kafka-brokers", "HERALD_KAFKA_BROKERS", "", "comma-separated Kafka bootstrap brokers, host:port")
+	var brokers string
+	f.StringVar(&brokers, "brokers", "", "short for -kafka-brokers")
+	f.str(&c.KafkaClientID, "kafka-client-id", "HERALD_KAFKA_CLIENT_ID", "herald-dlq", "Kafka client id")
+	f.str(&c.RedisAddr, "redis-addr", "HERALD_REDIS_ADDR", "", "Redis address, host:port")
+	f.str(&c.RedisPassword, "redis-password", "HERALD_REDIS_PASSWORD", "", "Redis password (prefer the environment variable)")
+	f.int(&c.RedisDB, "redis-db", "HERALD_REDIS_DB", 0, "Redis database number")
+	f.str(&c.RedisKeyPrefix, "redis-key-prefix", "HERALD_REDIS_KEY_PREFIX", redis.DefaultKeyPrefix, "prefix of the Redis stream keys")
+	f.str(&c.Topic, "topic", "HERALD_DLQ_TOPIC", "", "the dead-letter topic, for example orders.dlq (required)")
+	switch sub {
+	case "list":
+		f.IntVar(&c.Limit, "limit", 50, "list at most this many entries (0: all)")
+		f.BoolVar(&c.JSON, "json", false, "print one JSON object per line")
+	case "redrive":
+		f.BoolVar(&c.All, "all", false, "redrive every entry")
+		f.BoolVar(&c.DryRun, "dry-run", false, "print what would be redriven; write and mark nothing")
+		f.IntVar(&c.BatchSize, "batch-size", dlq.DefaultBatchSize, "entries written, then marked, at a time")
+	}
+	if err := f.parse(args, getenv); err != nil {
+		return c, err
+	}
+	c.Args = f.Args()
+	if brokers != "" {
+		c.KafkaBrokers = brokers
+	}
+	if c.Driver == "" {
+		switch {
+		case c.KafkaBrokers != "":
+			c.Driver = targetKafka
+		case c.RedisAddr != "":
+			c.Driver = targetRedis
+		}
+	}
+	return c, nil
+}
+
+// validate reports every problem of c for subcommand sub at once.
+func (c dlqConfig) validate(sub string) error {
+	var errs []error
+	switch c.Driver {
+	case targetKafka:
+		if c.KafkaBrokers == "" {
+			errs = append(errs, errors.New("-driver kafka needs -kafka-brokers"))
+		}
+	case targetRedis:
+		if c.RedisAddr == "" {
+			errs = append(errs, errors.New("-driver redis needs -redis-addr"))
+		}
+	case targetMemory:
+		errs = append(errs, errors.New("-driver memory: the memory driver keeps no dead letters outside its own process; use kafka or redis"))
+	case "":
+		errs = append(errs, errors.New("-driver is required (kafka or redis), or set -kafka-brokers or -redis-addr"))
+	default:
+		errs = append(errs, fmt.Errorf("-driver %q: want kafka or redis", c.Driver))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("-topic is required (the dead-letter topic, for example orders.dlq)"))
+	} else if err := herald.ValidateName("topic", c.Topic); err != nil {
+		errs = append(errs, fmt.Errorf("-topic: %w", err))
+	}
+	switch sub {
+	case "list":
+		if c.Limit < 0 {
+			errs = append(errs, fmt.Errorf("-limit %d: want 0 (all) or more", c.Limit))
+		}
+	case "show":
+		if len(c.Args) != 1 {
+			errs = append(errs, fmt.Errorf("want one POSITION or ID, got %d arguments", len(c.Args)))
+		}
+	case "redrive":
+		if c.All == (len(c.Args) > 0) {
+			errs = append(errs, errors.New("give -all, or the POSITIONs or IDs to redrive, not both"))
+		}
+		if c.BatchSize <= 0 {
+			errs = append(errs, fmt.Errorf("-batch-size %d: want at least 1", c.BatchSize))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// open connects to the broker; it does not contact it yet.
+func (c dlqConfig) open(logger *slog.Logger) (dlqStore, error) {
+	if c.Driver == targetKafka {
+		d, err := openKafka(c.KafkaBrokers, c.KafkaClientID, false, logger)
+		if err != nil {
+			return dlqStore{}, err
+		}
+		return dlqStore{store: d.DeadLetters(), writer: d, close: d.Close}, nil
+	}
+	d, closeClient, err := openRedis(c.RedisAddr, c.RedisPassword, c.RedisDB, c.RedisKeyPrefix)
+	if err != nil {
+		return dlqStore{}, err
+	}
+	return dlqStore{store: d.DeadLetters(), writer: d, close: closeClient}, nil
+}
+
+// listPage is how many entries "list -limit 0" asks for at a time.
+const listPage = 500
+
+func dlqList(ctx context.Context, c dlqConfig, s dlqStore, stdout, stderr io.Writer) error {
+	var entries []dlq.Entry
+	cursor, more := "", false
+	for {
+		want := listPage
+		if c.Limit > 0 {
+			want = c.Limit - len(entries)
+		}
+		page, next, err := s.store.List(ctx, c.Topic, cursor, want)
+		if err != nil {
+			return err
+		}
+		entries = append(entries, page...)
+		if next == "" {
+			break
+		}
+		if c.Limit > 0 && len(entries) >= c.Limit {
+			more = true
+			break
+		}
+		cursor = next
+	}
+	if c.JSON {
+		enc := json.NewEncoder(stdout)
+		for _, e := range entries {
+			if err := enc.Encode(newJSONEntry(e)); err != nil {
+				return err
+			}
+		}
+	} else if len(entries) > 0 {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "POSITION\tID\tTOPIC\tGROUP\tATTEMPTS\tDEAD-LETTERED\tREASON")
+		for _, e := range entries {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.Position, e.Message.ID, orDash(e.Topic), orDash(e.Group),
+				e.Attempts, formatTime(e.Time, time.RFC3339), oneLine(e.Reason, 60))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	switch {
+	case more:
+		fmt.Fprintf(stderr, "more entries follow; raise -limit (0 lists all)\n")
+	case len(entries) == 0 && !c.JSON:
+		fmt.Fprintf(stderr, "no entries in %s\n", c.Topic)
+	}
+	return nil
+}
+
+// jsonEntry is one line of "list -json".
+type jsonEntry struct {
+	Position string `json:"position"`
+	ID       string `json:"id"`
+	Topic    string `json:"topic"`
+	Group    string `json:"group"`
+	Attempts int    `json:"attempts"`
+	Time     string `json:"time,omitempty"`
+	Reason   string `json:"reason"`
+	Key      string `json:"key,omitempty"`
+}
+
+func newJSONEntry(e dlq.Entry) jsonEntry {
+	return jsonEntry{Position: e.Position, ID: e.Message.ID, Topic: e.Topic, Group: e.Group, Attempts: e.Attempts,
+		Time: formatTime(e.Time, time.RFC3339Nano), Reason: e.Reason, Key: e.Message.Key}
+}
+
+func dlqShow(ctx context.Context, c dlqConfig, s dlqStore, stdout io.Writer) error {
+	e, err := s.store.Get(ctx, c.Topic, c.Args[0])
+	if err != nil {
+		return err
+	}
+	m := e.Message
+	for _, row := range [][2]string{
+		{"position", e.Position},
+		{"id", m.ID},
+		{"topic", orDash(e.Topic)},
+		{"group", orDash(e.Group)},
+		{"attempts", fmt.Sprint(e.Attempts)},
+		{"dead-lettered", orDash(formatTime(e.Time, time.RFC3339Nano))},
+		{"reason", e.Reason},
+		{"key", m.Key},
+		{"content type", m.ContentType},
+		{"published", orDash(formatTime(m.Time, time.RFC3339Nano))},
+	} {
+		// Multi-line values (a reason with a stack) stay in their column.
+		fmt.Fprintf(stdout, "%-15s%s\n", row[0]+":", strings.ReplaceAll(row[1], "\n", "\n"+strings.Repeat(" ", 15)))
+	}
+	fmt.Fprintf(stdout, "headers:\n")
+	keys := make([]string, 0, len(m.Headers))
+	for k := range m.Headers {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(stdout, "  %s: %s\n", k, strings.ReplaceAll(m.Headers[k], "\n", "\n    "))
+	}
+	if utf8.Valid(m.Data) {
+		fmt.Fprintf(stdout, "payload (%d bytes, text):\n%s\n", len(m.Data), m.Data)
+	} else {
+		fmt.Fprintf(stdout, "payload (%d bytes, base64):\n%s\n", len(m.Data), base64.StdEncoding.EncodeToString(m.Data))
+	}
+	return nil
+}
+
+func dlqRedrive(ctx context.Context, c dlqConfig, s dlqStore, stdout, stderr io.Writer) error {
+	verb := "redriven"
+	if c.DryRun {
+		verb = "would redrive"
+	}
+	res, err := dlq.Redrive(ctx, s.store, s.writer, c.Topic, dlq.RedriveOptions{
+		Select:    c.Args,
+		BatchSize: c.BatchSize,
+		DryRun:    c.DryRun,
+		Progress: func(p dlq.Progress) {
+			if c.DryRun {
+				for _, e := range p.Batch {
+					fmt.Fprintf(stdout, "would redrive %s %s to %s\n", e.Position, e.Message.ID, e.Topic)
+				}
+			}
+			if p.Total > 0 {
+				fmt.Fprintf(stderr, "%s %d/%d\n", verb, p.Done, p.Total)
+			} else {
+				fmt.Fprintf(stderr, "%s %d\n", verb, p.Done)
+			}
+		},
+	})
+	for _, sk := range res.Skipped {
+		fmt.Fprintf(stderr, "skipped %s %s: %v\n", sk.Entry.Position, sk.Entry.Message.ID, sk.Err)
+	}
+	for _, sel := range res.NotFound {
+		fmt.Fprintf(stderr, "not found: %s\n", sel)
+	}
+	summary := fmt.Sprintf("%s %s of %s", verb, countEntries(res.Redriven), c.Topic)
+	if n := len(res.Skipped); n > 0 {
+		summary += fmt.Sprintf("; %d skipped (left in place)", n)
+	}
+	if n := len(res.NotFound); n > 0 {
+		summary += fmt.Sprintf("; %d not found", n)
+	}
+	if res.Deferred > 0 {
+		summary += fmt.Sprintf("; %d dead-lettered after the start, left for the next run", res.Deferred)
+	}
+	fmt.Fprintln(stdout, summary)
+	switch {
+	case err != nil:
+		return err
+	case len(res.Skipped) > 0 && len(res.NotFound) > 0:
+		return fmt.Errorf("%s skipped, %s not found", countEntries(len(res.Skipped)), countEntries(len(res.NotFound)))
+	case len(res.Skipped) > 0:
+		return fmt.Errorf("%s skipped: no valid original topic", countEntries(len(res.Skipped)))
+	case len(res.NotFound) > 0:
+		return fmt.Errorf("%s not found", countEntries(len(res.NotFound)))
+	}
+	return nil
+}
+
+func countEntries(n int) string {
+	if n == 1 {
+		return "1 entry"
+	}
+	return fmt.Sprintf("%d entries", n)
+}
+
+func formatTime(t time.Time, layout string) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(layout)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// oneLine puts s on one line and cuts it to at most n runes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}

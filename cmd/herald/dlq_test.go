@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dlq"
+	"github.com/heraldbus/herald/driver/kafka"
+	"github.com/heraldbus/herald/driver/redis"
+	"github.com/heraldbus/herald/internal/testenv"
+)
+
+// dlqRun runs "herald dlq args..." and returns its exit status and output.
+func dlqRun(vars map[string]string, args ...string) (code int, stdout, stderr string) {
+	var out, errs bytes.Buffer
+	code = run(context.Background(), append([]string{"dlq"}, args...), env(vars), &out, &errs)
+	return code, out.String(), errs.String()
+}
+
+func TestDLQUsage(t *testing.T) {
+	redisFlags := []string{"-redis-addr", "127.0.0.1:1"} // never dialled: the checks come first
+	for _, c := range []struct {
+		args []string
+		vars map[string]string
+		code int
+		want string
+	}{
+		{nil, nil, 2, "herald dlq list"},
+		{[]string{"frobnicate"}, nil, 2, `unknown command "frobnicate"`},
+		{[]string{"-h"}, nil, 0, "Exit status"},
+		{[]string{"list", "-h"}, nil, 0, "-kafka-brokers"},
+		{[]string{"list", "-topic", "orders.dlq"}, nil, 2, "-driver is required"},
+		{[]string{"list", "-driver", "memory", "-topic", "orders.dlq"}, nil, 2, "memory driver keeps no dead letters"},
+		{[]string{"list", "-driver", "kafka", "-topic", "orders.dlq"}, nil, 2, "-driver kafka needs -kafka-brokers"},
+		{append([]string{"list"}, redisFlags...), nil, 2, "-topic is required"},
+		{append([]string{"list", "-topic", "bad topic"}, redisFlags...), nil, 2, `invalid topic "bad topic"`},
+		{append([]string{"list"}, redisFlags...), map[string]string{"HERALD_DLQ_TOPIC": "orders/../dlq?"}, 2, `invalid topic "orders/../dlq?"`},
+		{append([]string{"list", "-topic", "orders.dlq", "-limit", "-1"}, redisFlags...), nil, 2, "-limit -1"},
+		{append([]string{"list", "-topic", "orders.dlq"}, append(redisFlags, "extra")...), nil, 2, "unexpected arguments"},
+		{append([]string{"show", "-topic", "orders.dlq"}, redisFlags...), nil, 2, "want one POSITION or ID"},
+		{append([]string{"redrive", "-topic", "orders.dlq"}, redisFlags...), nil, 2, "give -all, or the POSITIONs or IDs"},
+		{append([]string{"redrive", "-topic", "orders.dlq", "-all"}, append(redisFlags, "m1")...), nil, 2, "not both"},
+		{append([]string{"redrive", "-topic", "orders.dlq", "-all", "-batch-size", "0"}, redisFlags...), nil, 2, "-batch-size 0"},
+	} {
+		code, stdout, stderr := dlqRun(c.vars, c.args...)
+		if code != c.code || !strings.Contains(stdout+stderr, c.want) {
+			t.Errorf("%q: exit %d, want %d with %q in:\n%s%s", c.args, code, c.code, c.want, stdout, stderr)
+		}
+	}
+	if code, _, stderr := dlqRun(nil, "list", "-driver", "memory", "-topic", "bad topic"); code != 2 ||
+		!strings.Contains(stderr, "memory driver") || !strings.Contains(stderr, "invalid topic") {
+		t.Errorf("every problem at once: exit %d, %s", code, stderr)
+	}
+}
+
+// dlqFixture publishes three messages to topic and dead-letters them with
+// herald's DeadLetter middleware, as a subscriber of group "billing" that
+// gives up would; m3's payload is not text.
+func dlqFixture(t *testing.T, w herald.Writer, topic string) map[string]*herald.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), liveness)
+	defer cancel()
+	now := time.Now().UTC()
+	sent := make(map[string]*herald.Message)
+	var msgs []*herald.Message
+	for i, data := range [][]byte{[]byte(`{"n":1}`), []byte(`{"n":2}`), {0xff, 0x00, 0xfe}} {
+		id := fmt.Sprintf("m%d", i+1)
+		m := &herald.Message{ID: id, Topic: topic, Key: "k" + id, ContentType: "application/json", Data: data, Time: now,
+			Headers: herald.Headers{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}
+		sent[id] = m.Clone()
+		msgs = append(msgs, m)
+	}
+	if err := w.Write(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	handle := herald.DeadLetter(herald.DeadLetterConfig{Writer: w, Group: "billing"})(func(ctx context.Context, m *herald.Message) error {
+		return herald.Permanent(fmt.Errorf("cannot bill order %s:\nthe card was declined %s", m.ID, strings.Repeat("again and ", 10)))
+	})
+	for _, m := range sent {
+		if err := handle(ctx, m.Clone()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sent
+}
+
+// testDLQCommands runs list, show and redrive against a dead-letter topic
+// filled by dlqFixture; flags reach the broker.
+func testDLQCommands(t *testing.T, flags []string, w herald.Writer, store dlq.Store, topic string) {
+	dlqTopic := herald.DeadLetterTopic(topic)
+	sent := dlqFixture(t, w, topic)
+	cmd := func(args ...string) (int, string, string) {
+		return dlqRun(nil, append(append(args[:1:1], flags...), append([]string{"-topic", dlqTopic}, args[1:]...)...)...)
+	}
+
+	code, stdout, stderr := cmd("list")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || len(lines) != 4 || !strings.HasPrefix(lines[0], "POSITION") {
+		t.Fatalf("list: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, id := range []string{"m1", "m2", "m3"} {
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, " "+id+" ") })
+		if i < 0 {
+			t.Errorf("list: no line for %s:\n%s", id, stdout)
+			continue
+		}
+		f := strings.Fields(lines[i])
+		if f[2] != topic || f[3] != "billing" || f[4] != "1" || !strings.Contains(lines[i], "cannot bill order "+id+": the card") ||
+			!strings.HasSuffix(lines[i], "…") || strings.Count(lines[i], "again") > 5 {
+			t.Errorf("list line of %s: %q", id, lines[i])
+		}
+	}
+
+	code, stdout, _ = cmd("list", "-json")
+	positions := make(map[string]string)
+	for line := range strings.Lines(stdout) {
+		var e jsonEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("list -json: %q: %v", line, err)
+		}
+		if e.Topic != topic || e.Group != "billing" || e.Attempts != 1 || e.Time == "" || e.Key != "k"+e.ID ||
+			!strings.Contains(e.Reason, "declined again and again") {
+			t.Errorf("list -json: %+v", e)
+		}
+		positions[e.ID] = e.Position
+	}
+	if code != 0 || len(positions) != 3 {
+		t.Fatalf("list -json: exit %d, %v", code, positions)
+	}
+
+	code, stdout, stderr = cmd("list", "-limit", "2")
+	if code != 0 || strings.Count(stdout, "\n") != 3 || !strings.Contains(stderr, "more entries follow") {
+		t.Errorf("list -limit 2: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	code, stdout, _ = cmd("show", positions["m1"])
+	for _, want := range []string{"position:      " + positions["m1"], "id:            m1", "topic:         " + topic,
+		"group:         billing", "attempts:      1", "reason:        cannot bill order m1:\n               the card was declined again",
+		"content type:  application/json", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"herald-dlq-group: billing", "payload (7 bytes, text):\n{\"n\":1}\n"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("show %s: exit %d, no %q in\n%s", positions["m1"], code, want, stdout)
+		}
+	}
+	if code, stdout, _ = cmd("show", "m3"); code != 0 || !strings.Contains(stdout, "payload (3 bytes, base64):\n/wD+\n") {
+		t.Errorf("show m3: exit %d\n%s", code, stdout)
+	}
+	if code, _, stderr = cmd("show", "nope"); code != 1 || !strings.Contains(stderr, "not found") {
+		t.Errorf("show nope: exit %d, %s", code, stderr)
+	}
+
+	code, stdout, _ = cmd("redrive", "-dry-run", "-all")
+	if code != 0 || strings.Count(stdout, "would redrive ") != 4 || !strings.Contains(stdout, "would redrive 3 entries of "+dlqTopic) {
+		t.Errorf("redrive -dry-run: exit %d\n%s", code, stdout)
+	}
+	if _, stdout, _ = cmd("list", "-json"); strings.Count(stdout, "\n") != 3 {
+		t.Errorf("the dry run changed the topic:\n%s", stdout)
+	}
+
+	code, stdout, stderr = cmd("redrive", positions["m2"])
+	if code != 0 || stdout != "redriven 1 entry of "+dlqTopic+"\n" || stderr != "redriven 1/1\n" {
+		t.Errorf("redrive %s: exit %d\n%s%s", positions["m2"], code, stdout, stderr)
+	}
+	code, stdout, stderr = cmd("redrive", "-all", "-batch-size", "1")
+	if code != 0 || stdout != "redriven 2 entries of "+dlqTopic+"\n" || stderr != "redriven 1\nredriven 2\n" {
+		t.Errorf("redrive -all: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr = cmd("list"); code != 0 || stdout != "" || stderr != "no entries in "+dlqTopic+"\n" {
+		t.Errorf("list after the redrive: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, _ = cmd("redrive", "-all"); code != 0 || stdout != "redriven 0 entries of "+dlqTopic+"\n" {
+		t.Errorf("second redrive: exit %d\n%s", code, stdout)
+	}
+	if code, _, stderr = cmd("redrive", "m1"); code != 1 || !strings.Contains(stderr, "not found: m1") {
+		t.Errorf("redrive of a redriven entry: exit %d\n%s", code, stderr)
+	}
+
+	// The original topic holds each message twice: as published, and as
+	// redriven, the same.
+	ctx, cancel := context.WithTimeout(context.Background(), liveness)
+	defer cancel()
+	back, _, err := store.List(ctx, topic, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := make(map[string]int)
+	for _, e := range back {
+		m, s := e.Message, sent[e.Message.ID]
+		count[m.ID]++
+		if s == nil || m.Key != s.Key || !bytes.Equal(m.Data, s.Data) || len(m.Headers) != 1 || m.Headers.Get("traceparent") != s.Headers.Get("traceparent") {
+			t.Errorf("on %s: %+v", topic, m)
+		}
+	}
+	if len(back) != 6 || count["m1"] != 2 || count["m2"] != 2 || count["m3"] != 2 {
+		t.Errorf("on %s: %v", topic, count)
+	}
+}
+
+func TestDLQCommandsRedis(t *testing.T) {
+	addr := testenv.RedisAddr(t)
+	client := goredis.NewClient(&goredis.Options{Addr: addr})
+	t.Cleanup(func() { _ = client.Close() })
+	prefix := testenv.RedisPrefix(t, client, "herald:test:cmd:")
+	d, err := redis.New(client, redis.WithKeyPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testDLQCommands(t, []string{"-redis-addr", addr, "-redis-key-prefix", prefix}, d, d.DeadLetters(), "orders")
+}
+
+func TestDLQCommandsKafka(t *testing.T) {
+	brokers := testenv.KafkaBrokers()
+	if brokers == nil {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		brokers = c.ListenAddrs()
+	}
+	d, err := kafka.New(brokers, kafka.WithAutoCreateTopics(), kafka.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	flags := []string{"-driver", "kafka", "-brokers", strings.Join(brokers, ",")}
+	topic := "orders." + strings.ToLower(rand8())
+	testDLQCommands(t, flags, d, d.DeadLetters(), topic)
+
+	// A name herald allows and Kafka does not is refused by the store.
+	code, _, stderr := dlqRun(nil, append([]string{"list", "-topic", "orders:dlq"}, flags...)...)
+	if code != 2 || !strings.Contains(stderr, `invalid topic "orders:dlq"`) {
+		t.Errorf("Kafka-invalid topic: exit %d, %s", code, stderr)
+	}
+}
+
+func rand8() string { return newTableName()[3:11] }
+
+func TestParseDLQFlags(t *testing.T) {
+	vars := env(map[string]string{"HERALD_KAFKA_BROKERS": "env:9092", "HERALD_DLQ_TOPIC": "orders.dlq", "HERALD_REDIS_ADDR": "r:6379"})
+	c, err := parseDLQFlags("redrive", []string{"-brokers", "flag:9092", "-dry-run", "1:7", "m2"}, vars, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Driver != "kafka" || c.KafkaBrokers != "flag:9092" || c.Topic != "orders.dlq" || !c.DryRun ||
+		c.BatchSize != dlq.DefaultBatchSize || !slices.Equal(c.Args, []string{"1:7", "m2"}) || c.KafkaClientID != "herald-dlq" {
+		t.Errorf("config %+v", c)
+	}
+	if err := c.validate("redrive"); err != nil {
+		t.Error(err)
+	}
+	c, err = parseDLQFlags("list", nil, env(map[string]string{"HERALD_REDIS_ADDR": "r:6379"}), io.Discard)
+	if err != nil || c.Driver != "redis" || c.Limit != 50 || c.RedisKeyPrefix != redis.DefaultKeyPrefix {
+		t.Errorf("defaults: %+v, %v", c, err)
+	}
+}
