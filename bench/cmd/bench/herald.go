@@ -45,6 +45,10 @@ type heraldVariant struct {
 	work time.Duration
 	// rate is the messages per second of a paced row.
 	rate float64
+	// telemetry returns Bus options that set up tracing and metrics and a
+	// function that shuts what they started down; nil leaves the defaults
+	// (the global providers, none installed here).
+	telemetry func() ([]herald.Option, func(context.Context) error)
 }
 
 // benchEvent is the typed event: a Body of cfg.payloadBytes characters, so
@@ -80,10 +84,17 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 		return nil, err
 	}
 	warm := newSignalOnce()
-	bus := herald.NewBus(be.driver,
+	busOpts := []herald.Option{
 		herald.WithLogger(slog.New(slog.DiscardHandler)),
 		herald.WithErrorHandler(func(err error) { cnt.fail(fmt.Errorf("bus reported: %w", err)) }),
-	)
+	}
+	stopTelemetry := func(context.Context) error { return nil }
+	if v.telemetry != nil {
+		var telOpts []herald.Option
+		telOpts, stopTelemetry = v.telemetry()
+		busOpts = append(busOpts, telOpts...)
+	}
+	bus := herald.NewBus(be.driver, busOpts...)
 	s := stages{
 		mode:    v.mode,
 		batch:   1,
@@ -94,7 +105,7 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 		// run starts it there); the teardown stops it.
 		start: func(ctx context.Context) error { return bus.Start(context.WithoutCancel(ctx)) },
 		teardown: func(ctx context.Context) error {
-			return errors.Join(bus.Shutdown(ctx), be.release(ctx))
+			return errors.Join(bus.Shutdown(ctx), be.release(ctx), stopTelemetry(ctx))
 		},
 	}
 	if v.batched {

@@ -36,6 +36,7 @@ func scenarios() []scenario {
 		redisScenario(),
 		kafkaScenario(),
 		outboxScenario(),
+		otelScenario(),
 	}
 }
 
