@@ -29,6 +29,10 @@ func Chain(h HandlerFunc, mws ...Middleware) HandlerFunc {
 // middleware, outermost first. It is fixed so that no option can silently
 // defeat another:
 //
+//  0. Telemetry (unless WithoutTelemetry): the consumer span, a child of
+//     the sender's span, and the duration and outcome metrics; everything
+//     inside runs with the span in its context, so retries, duplicates and
+//     dead-letters become events on it and logs can carry its trace id.
 //  1. Observe (logging, metrics hook): sees every delivery and its final
 //     outcome, including skipped duplicates and dead-letters.
 //  2. Dedup: claims (group, message ID) before anything runs, commits when

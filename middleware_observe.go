@@ -2,6 +2,7 @@ package herald
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 )
@@ -30,11 +31,16 @@ func Observe(topic, group string, logger *slog.Logger, hook func(HandleResult)) 
 			if logger != nil {
 				switch {
 				case err != nil:
+					attempts := 1
+					var re *RetryError
+					if errors.As(err, &re) {
+						attempts = re.Attempts
+					}
 					logger.LogAttrs(ctx, slog.LevelWarn, "herald: handler failed",
 						slog.String("topic", topic), slog.String("group", group),
 						slog.String("message_id", m.ID), slog.String("event", m.Event()),
-						slog.Int("delivery", DeliveryCount(ctx)), slog.Duration("took", took),
-						slog.Any("error", err))
+						slog.Int("delivery", DeliveryCount(ctx)), slog.Int("attempts", attempts),
+						slog.Duration("took", took), slog.Any("error", err))
 				case logger.Enabled(ctx, slog.LevelDebug):
 					logger.LogAttrs(ctx, slog.LevelDebug, "herald: handled",
 						slog.String("topic", topic), slog.String("group", group),

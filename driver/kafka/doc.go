@@ -114,6 +114,14 @@
 //     rebalancing: every rebalance revokes all of a member's partitions.
 //   - SASL/SCRAM credentials are not SASLprep-normalized.
 //
+// Operations: a subscription reports its lag (herald.LagReporter): for the
+// partitions assigned to the member, the high watermark minus the group's
+// committed offset, with no request while its fetches are fresh and one
+// ListOffsets round trip otherwise; ErrRebalancing while it joins. Acks
+// show in it after the next commit (WithCommitInterval).
+// Driver.DeadLetters reads dead-letter topics for package dlq and records
+// redriven positions in a compacted "<topic>.redriven" sidecar topic.
+//
 // Testing: the package's tests run against an in-process kfake broker
 // (github.com/twmb/franz-go/pkg/kfake), or against HERALD_KAFKA_BROKERS.
 package kafka

@@ -131,4 +131,13 @@
 // the start position, so that nothing written since is skipped, and goes
 // on; what the server lost is lost. A server with persistence loses nothing it acknowledged (an
 // XADD, an XACK, the pending list), within its fsync policy.
+//
+// # Operations
+//
+// A subscription reports its group's lag (herald.LagReporter) with one
+// XINFO GROUPS: entries not yet delivered to the group plus its pending
+// entries, for the whole stream; ErrLagUnknown when Redis cannot count
+// (before 7.0, or after an XDEL ahead of the group). Driver.DeadLetters
+// reads dead-letter streams for package dlq; a redriven entry is deleted
+// with XDEL.
 package redis
