@@ -61,7 +61,7 @@ func testRoundTrip(t *testing.T, cfg Config) {
 	if got.Count > 1 {
 		t.Errorf("first delivery has Count %d", got.Count)
 	}
-	ack(t, sub, got)
+	Ack(t, sub, got)
 }
 
 func isReserved(k string) bool {
@@ -103,7 +103,7 @@ func testLargeMessage(t *testing.T, cfg Config) {
 	if !bytes.Equal(got.Message.Data, m.Data) {
 		t.Fatalf("large payload changed: got %d bytes, want %d", len(got.Message.Data), len(m.Data))
 	}
-	ack(t, sub, got)
+	Ack(t, sub, got)
 }
 
 func testOversized(t *testing.T, cfg Config) {
@@ -123,7 +123,7 @@ func testOversized(t *testing.T, cfg Config) {
 	}
 	// Nothing was lost or stuck: the next message goes through.
 	write(t, ctx, d, newMessages(topic, 1, noKey)...)
-	ack(t, sub, fetchN(t, cfg, sub, 1)...)
+	Ack(t, sub, fetchN(t, cfg, sub, 1)...)
 }
 
 func testInvalidNames(t *testing.T, cfg Config) {
@@ -175,7 +175,7 @@ func testCancelledContexts(t *testing.T, cfg Config) {
 	if got[0].Message.Key != "after" {
 		t.Errorf("got %q; a write with a cancelled context was delivered", got[0].Message.Key)
 	}
-	ack(t, sub, got...)
+	Ack(t, sub, got...)
 }
 
 func testFetchWaits(t *testing.T, cfg Config) {
@@ -198,7 +198,7 @@ func testFetchWaits(t *testing.T, cfg Config) {
 	if len(ds) != 1 {
 		t.Fatalf("blocked Fetch returned %d deliveries, want 1", len(ds))
 	}
-	ack(t, sub, ds...)
+	Ack(t, sub, ds...)
 }
 
 func testRedeliveryAfterClose(t *testing.T, cfg Config) {
@@ -212,7 +212,7 @@ func testRedeliveryAfterClose(t *testing.T, cfg Config) {
 	unacked := map[string]bool{}
 	for i, dl := range ds {
 		if i%2 == 0 {
-			ack(t, first, dl)
+			Ack(t, first, dl)
 		} else {
 			unacked[dl.Message.ID] = true
 		}
@@ -229,7 +229,7 @@ func testRedeliveryAfterClose(t *testing.T, cfg Config) {
 				t.Errorf("redelivered %s with Count 1", dl.Message.ID)
 			}
 			delete(unacked, dl.Message.ID)
-			ack(t, second, dl)
+			Ack(t, second, dl)
 		}
 	}
 }
@@ -258,7 +258,7 @@ func drain(t *testing.T, cfg Config, sub herald.Subscription, n int) {
 		for _, dl := range ds {
 			seen[dl.Message.ID] = true
 		}
-		ack(t, sub, ds...)
+		Ack(t, sub, ds...)
 	}
 }
 
@@ -354,7 +354,7 @@ func testPerKeyOrder(t *testing.T, cfg Config) {
 			last[dl.Message.Key] = seq
 			got++
 		}
-		ack(t, sub, ds...)
+		Ack(t, sub, ds...)
 	}
 }
 
@@ -393,7 +393,7 @@ func testConcurrentPublishers(t *testing.T, cfg Config) {
 			last[dl.Message.Key] = seq
 			seen[dl.Message.ID] = true
 		}
-		ack(t, sub, ds...)
+		Ack(t, sub, ds...)
 	}
 	wg.Wait()
 }

@@ -147,7 +147,27 @@ func fetchN(t *testing.T, cfg Config, sub herald.Subscription, n int) []herald.D
 	return out
 }
 
-func ack(t *testing.T, sub herald.Subscription, ds ...herald.Delivery) {
+// FetchExactly fetches n deliveries from sub, never asking for more than
+// are missing (so nothing extra is delivered and left unacknowledged). It
+// fails the test after 30 s.
+func FetchExactly(t *testing.T, sub herald.Subscription, n int) []herald.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got := make([]herald.Delivery, 0, n)
+	buf := make([]herald.Delivery, n)
+	for len(got) < n {
+		k, err := sub.Fetch(ctx, buf[:n-len(got)])
+		if err != nil {
+			t.Fatalf("Fetch after %d of %d: %v", len(got), n, err)
+		}
+		got = append(got, buf[:k]...)
+	}
+	return got
+}
+
+// Ack acknowledges ds on sub, failing the test on the first error.
+func Ack(t *testing.T, sub herald.Subscription, ds ...herald.Delivery) {
 	t.Helper()
 	for _, d := range ds {
 		if err := sub.Ack(context.Background(), d); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/driver/kafka"
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -65,31 +66,6 @@ func writeSpread(t *testing.T, d *kafka.Driver, topic string, from, to int) {
 	}
 }
 
-// fetchExactly fetches n deliveries, asking for no more than are missing.
-func fetchExactly(t *testing.T, sub herald.Subscription, n int) []herald.Delivery {
-	t.Helper()
-	ctx := testContext(t)
-	got := make([]herald.Delivery, 0, n)
-	buf := make([]herald.Delivery, n)
-	for len(got) < n {
-		k, err := sub.Fetch(ctx, buf[:n-len(got)])
-		if err != nil {
-			t.Fatalf("Fetch after %d of %d: %v", len(got), n, err)
-		}
-		got = append(got, buf[:k]...)
-	}
-	return got
-}
-
-func ackEach(t *testing.T, sub herald.Subscription, ds []herald.Delivery) {
-	t.Helper()
-	for _, d := range ds {
-		if err := sub.Ack(testContext(t), d); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func subscribe(t *testing.T, d *kafka.Driver, topic, group string) herald.Subscription {
 	t.Helper()
 	sub, err := d.Subscribe(testContext(t), topic, group)
@@ -117,12 +93,12 @@ func TestLagCountsUncommitted(t *testing.T) {
 	lr := lagReporter(t, sub)
 	waitLag(t, lr, n, n, n)
 
-	first := fetchExactly(t, sub, k)
+	first := drivertest.FetchExactly(t, sub, k)
 	waitLag(t, lr, n, n, n) // fetched is not acknowledged
-	ackEach(t, sub, first)
+	drivertest.Ack(t, sub, first...)
 	waitLag(t, lr, n-k, n-k, n)
 
-	ackEach(t, sub, fetchExactly(t, sub, n-k))
+	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, n-k)...)
 	waitLag(t, lr, 0, 0, n-k)
 
 	other := subscribe(t, d, topic, name("g"))
@@ -165,7 +141,7 @@ func TestLagStartLatest(t *testing.T) {
 	// reach Lag through their fetch responses.
 	writeSpread(t, d, topic, 10, 17)
 	waitLag(t, lr, 7, 0, 7)
-	ackEach(t, sub, fetchExactly(t, sub, 7))
+	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 7)...)
 	waitLag(t, lr, 0, 0, 7)
 }
 
@@ -188,7 +164,7 @@ func TestLagOfAPartitionHeldBack(t *testing.T) {
 	writeSpread(t, d, topic, 0, 20)
 	sub := subscribe(t, d, topic, name("g"))
 	lr := lagReporter(t, sub)
-	held := fetchExactly(t, sub, 5) // the fetcher now waits for room
+	held := drivertest.FetchExactly(t, sub, 5) // the fetcher now waits for room
 	waitLag(t, lr, 20, 20, 20)
 
 	before := listOffsets.Load()
@@ -198,9 +174,9 @@ func TestLagOfAPartitionHeldBack(t *testing.T) {
 		t.Fatal("Lag counted messages the held-back fetcher never saw without asking the broker")
 	}
 
-	ackEach(t, sub, held)
+	drivertest.Ack(t, sub, held...)
 	for range 45 { // one at a time: the fetcher needs acknowledgments to go on
-		ackEach(t, sub, fetchExactly(t, sub, 1))
+		drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 1)...)
 	}
 	waitLag(t, lr, 0, 0, 50)
 }
@@ -220,7 +196,7 @@ func TestLagOfACaughtUpMemberSendsNoRequest(t *testing.T) {
 	writeSpread(t, d, topic, 0, 20)
 	sub := subscribe(t, d, topic, name("g"))
 	lr := lagReporter(t, sub)
-	ackEach(t, sub, fetchExactly(t, sub, 20))
+	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 20)...)
 	waitLag(t, lr, 0, 0, 20)
 
 	// Starting fetchers ask for their partitions' offsets themselves, so

@@ -9,6 +9,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/drivertest"
 )
 
 // keyed returns n messages of topic with keys k0..k(n-1), spread over the
@@ -32,15 +33,6 @@ func lagOf(t *testing.T, sub herald.Subscription) int64 {
 		t.Fatalf("Lag: %v", err)
 	}
 	return n
-}
-
-func ackAll(t *testing.T, sub herald.Subscription, ds []herald.Delivery) {
-	t.Helper()
-	for _, d := range ds {
-		if err := sub.Ack(context.Background(), d); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // A fresh group's lag is everything published; deliveries in flight still
@@ -69,7 +61,7 @@ func TestLagCountsUnacknowledged(t *testing.T) {
 	if got := lagOf(t, sub); got != n {
 		t.Fatalf("lag with %d in flight = %d, want %d: in-flight deliveries are not acknowledged", k, got, n)
 	}
-	ackAll(t, sub, first)
+	drivertest.Ack(t, sub, first...)
 	if got := lagOf(t, sub); got != n-k {
 		t.Fatalf("lag after acknowledging %d of %d = %d, want %d", k, n, got, n-k)
 	}
@@ -81,7 +73,7 @@ func TestLagCountsUnacknowledged(t *testing.T) {
 	if len(rest) != n-k {
 		t.Fatalf("fetched %d more, want %d", len(rest), n-k)
 	}
-	ackAll(t, sub, rest)
+	drivertest.Ack(t, sub, rest...)
 	if got := lagOf(t, sub); got != 0 {
 		t.Fatalf("lag after acknowledging everything = %d, want 0", got)
 	}
@@ -107,7 +99,7 @@ func TestLagSkipsAcknowledgedAboveAGap(t *testing.T) {
 	sub, _ := b.Subscribe(ctx, "t", "g")
 	defer sub.Close(ctx)
 	ds := fetch(t, sub, 4)
-	ackAll(t, sub, []herald.Delivery{ds[1], ds[3]})
+	drivertest.Ack(t, sub, []herald.Delivery{ds[1], ds[3]}...)
 	if got := lagOf(t, sub); got != 2 {
 		t.Fatalf("lag with a and c unacknowledged = %d, want 2", got)
 	}

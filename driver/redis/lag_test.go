@@ -47,32 +47,6 @@ func waitLag(t *testing.T, lr herald.LagReporter, want, lo, hi int64) {
 	})
 }
 
-// fetchExactly fetches n deliveries, asking for no more than are missing.
-func fetchExactly(t *testing.T, sub herald.Subscription, n int) []herald.Delivery {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	got := make([]herald.Delivery, 0, n)
-	buf := make([]herald.Delivery, n)
-	for len(got) < n {
-		k, err := sub.Fetch(ctx, buf[:n-len(got)])
-		if err != nil {
-			t.Fatalf("Fetch after %d of %d: %v", len(got), n, err)
-		}
-		got = append(got, buf[:k]...)
-	}
-	return got
-}
-
-func ackEach(t *testing.T, sub herald.Subscription, ds []herald.Delivery) {
-	t.Helper()
-	for _, d := range ds {
-		if err := sub.Ack(context.Background(), d); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func writeN(t *testing.T, d *redis.Driver, topic string, from, to int) {
 	t.Helper()
 	var msgs []*herald.Message
@@ -110,15 +84,15 @@ func TestLagCountsUnacknowledged(t *testing.T) {
 				t.Fatalf("lag of a fresh group = %d, want %d", got, n)
 			}
 
-			first := fetchExactly(t, sub, k)
+			first := drivertest.FetchExactly(t, sub, k)
 			if got := lagNow(t, lr); got != n {
 				t.Fatalf("lag with %d read and not acknowledged = %d, want %d", k, got, n)
 			}
-			ackEach(t, sub, first)
+			drivertest.Ack(t, sub, first...)
 			waitLag(t, lr, n-k, n-k, n)
 
-			rest := fetchExactly(t, sub, n-k)
-			ackEach(t, sub, rest)
+			rest := drivertest.FetchExactly(t, sub, n-k)
+			drivertest.Ack(t, sub, rest...)
 			waitLag(t, lr, 0, 0, n-k)
 
 			other, err := d.Subscribe(ctx, topic, drivertest.Name(t, "other"))
@@ -150,7 +124,7 @@ func TestLagCountsTheWholeGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeSub(t, b)
-	ackEach(t, a, fetchExactly(t, a, 4))
+	drivertest.Ack(t, a, drivertest.FetchExactly(t, a, 4)...)
 	waitLag(t, lagReporter(t, a), 6, 6, 10)
 	if got := lagNow(t, lagReporter(t, b)); got != 6 {
 		t.Fatalf("the other member's lag = %d, want the group's 6", got)
@@ -179,11 +153,11 @@ func TestLagStartLatest(t *testing.T) {
 	if got := lagNow(t, lr); got != 3 {
 		t.Fatalf("lag after 3 more = %d, want 3", got)
 	}
-	first := fetchExactly(t, sub, 1)
+	first := drivertest.FetchExactly(t, sub, 1)
 	if got := lagNow(t, lr); got != 3 {
 		t.Fatalf("lag with 1 of 3 read = %d, want 3", got)
 	}
-	ackEach(t, sub, first)
+	drivertest.Ack(t, sub, first...)
 	waitLag(t, lr, 2, 2, 3)
 
 	// A second member finds the group there (BUSYGROUP is no error) and
@@ -227,7 +201,7 @@ func TestLagUnknownAfterDeletion(t *testing.T) {
 	}
 	defer closeSub(t, sub)
 	lr := lagReporter(t, sub)
-	ackEach(t, sub, fetchExactly(t, sub, 2))
+	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 2)...)
 	entries, err := env.client.XRange(ctx, d.StreamKey(topic), "-", "+").Result()
 	if err != nil || len(entries) != 5 {
 		t.Fatalf("XRANGE: %d entries, %v", len(entries), err)
@@ -240,7 +214,7 @@ func TestLagUnknownAfterDeletion(t *testing.T) {
 	}
 	// The two left (2 and 4); pending may still hold the first two until
 	// their acknowledgments are flushed.
-	ackEach(t, sub, fetchExactly(t, sub, 2))
+	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 2)...)
 	waitLag(t, lr, 0, 0, 4)
 }
 
