@@ -102,24 +102,18 @@ func newProducerTelemetry(cfg telemetry.Config, w Writer) *producerTelemetry {
 // context in their headers. Without a tracer it starts nothing (span is
 // nil) but still passes on the span context ctx carries, if any.
 func (t *producerTelemetry) start(ctx context.Context, dsts *telemetry.Destinations, msgs []*Message) (context.Context, trace.Span) {
-	tracer := t.Tracer()
-	if tracer == nil {
-		if trace.SpanContextFromContext(ctx).IsValid() {
-			for _, m := range msgs {
-				m.Headers = t.Inject(ctx, m.Headers)
-			}
-		}
-		return ctx, nil
+	var span trace.Span
+	if tracer := t.Tracer(); tracer != nil {
+		dst := t.destination(dsts, msgs)
+		ctx, span = tracer.Start(ctx, dst.SpanName, dst.Start...)
 	}
-	dst := t.destination(dsts, msgs)
-	ctx, span := tracer.Start(ctx, dst.SpanName, dst.Start...)
-	if !span.SpanContext().IsValid() {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
 		return ctx, span
 	}
 	for _, m := range msgs {
 		m.Headers = t.Inject(ctx, m.Headers)
 	}
-	if span.IsRecording() {
+	if span != nil && span.IsRecording() {
 		if len(msgs) == 1 {
 			m := msgs[0]
 			span.SetAttributes(semconv.MessagingMessageID(m.ID), semconv.MessagingMessageBodySize(len(m.Data)))
@@ -250,25 +244,29 @@ func (t *subscriptionTelemetry) middleware() Middleware {
 					t.describe(span, ctx, m)
 				}
 			}
-			if !t.Measuring() {
-				err := next(ctx, m)
-				telemetry.EndSpan(span, err)
-				return err
+			measuring := t.Measuring()
+			var start time.Time
+			if measuring {
+				start = time.Now()
 			}
-			start := time.Now()
 			err := next(ctx, m)
-			took := time.Since(start).Seconds()
-			if err == nil {
-				t.duration.Record(ctx, took, t.dst.OK.Record...)
-				t.processed.Add(ctx, 1, t.ok.Add...)
-			} else {
-				t.duration.Record(ctx, took, t.dst.Failed.Record...)
-				t.processed.Add(ctx, 1, t.failed.Add...)
+			if measuring {
+				t.record(ctx, time.Since(start), err)
 			}
 			telemetry.EndSpan(span, err)
 			return err
 		}
 	}
+}
+
+// record measures one run of the chain.
+func (t *subscriptionTelemetry) record(ctx context.Context, took time.Duration, err error) {
+	dst, outcome := t.dst.OK, t.ok
+	if err != nil {
+		dst, outcome = t.dst.Failed, t.failed
+	}
+	t.duration.Record(ctx, took.Seconds(), dst.Record...)
+	t.processed.Add(ctx, 1, outcome.Add...)
 }
 
 // describe sets the attributes of a recording consumer span that vary by
