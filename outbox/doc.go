@@ -28,6 +28,12 @@
 //
 //	file:app.db?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_txlock=immediate
 //
+// Call Migrate before the first write: on a new file the first connections
+// race to switch it to WAL, and that switch fails at once with SQLITE_BUSY
+// whatever the busy timeout. Migrate rides that race out (several
+// instances may migrate one new file at once); once it has run, the file
+// stays in WAL mode and no later connection switches it.
+//
 // Migrate creates three tables. The outbox table has the columns id
 // (identity / AUTO_INCREMENT / INTEGER PRIMARY KEY AUTOINCREMENT: never
 // reused), message_id, topic, msg_key (empty for none), headers (a JSON

@@ -117,18 +117,24 @@ func countRows(t testing.TB, tdb *testDB, db *sql.DB, table string) int {
 // writeTx writes msgs through w in one transaction and commits it.
 func writeTx(t testing.TB, db *sql.DB, w *outbox.Writer, msgs ...*herald.Message) {
 	t.Helper()
+	if err := writeInTx(db, w, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeInTx is writeTx for goroutines other than the test's: it returns
+// the error.
+func writeInTx(db *sql.DB, w *outbox.Writer, msgs ...*herald.Message) error {
 	ctx := context.Background()
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := w.Write(outbox.WithTx(ctx, tx), msgs); err != nil {
 		_ = tx.Rollback()
-		t.Fatal(err)
+		return err
 	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	return tx.Commit()
 }
 
 // seqMsg is message seq of key on topic; its ID names both.

@@ -3,7 +3,11 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"time"
+
+	"github.com/heraldbus/herald/internal/backoff"
 )
 
 // Migrate creates the outbox table named table, its quarantine table
@@ -17,6 +21,13 @@ import (
 // transaction (MySQL commits DDL implicitly). It does not alter tables that
 // already exist. The schema of each dialect is documented in the package
 // doc.
+//
+// On SQLite the first connections to a new file race to switch it to WAL
+// (the journal_mode pragma of the recommended DSN), and the losers get
+// SQLITE_BUSY at once, whatever the busy timeout: Migrate retries that for
+// up to sqliteBusyWait, so that instances starting together on a new file
+// all migrate. Once one has, the file is in WAL mode for good and later
+// connections, the first writes included, no longer switch it.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 	t, err := newTable(d, table)
 	if err != nil {
@@ -25,13 +36,36 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 	if db == nil {
 		return fmt.Errorf("outbox: migrate %s: nil *sql.DB", table)
 	}
+	deadline := time.Now().Add(sqliteBusyWait)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		err = migrateOnce(ctx, db, t)
+		if err == nil || d != SQLite || !isSQLiteBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		if !backoff.Sleep(ctx, wait) {
+			return err
+		}
+	}
+}
+
+// sqliteBusyWait bounds how long Migrate retries SQLITE_BUSY on SQLite.
+const sqliteBusyWait = 30 * time.Second
+
+// isSQLiteBusy reports whether err is SQLite's SQLITE_BUSY (primary code
+// 5, any extended code), as modernc.org/sqlite reports it.
+func isSQLiteBusy(err error) bool {
+	var coded interface{ Code() int }
+	return errors.As(err, &coded) && coded.Code()&0xff == 5
+}
+
+func migrateOnce(ctx context.Context, db *sql.DB, t table) error {
 	conn, err := db.Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("outbox: migrate %s: %w", table, err)
+		return fmt.Errorf("outbox: migrate %s: %w", t.name, err)
 	}
 	defer conn.Close()
 	if err := migrate(ctx, conn, t); err != nil {
-		return fmt.Errorf("outbox: migrate %s (%v): %w", table, d, err)
+		return fmt.Errorf("outbox: migrate %s (%v): %w", t.name, t.dialect, err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -321,15 +322,27 @@ func TestLargeBatch(t *testing.T) {
 }
 
 // TestMigrateConcurrentlyAndTwice runs Migrate from several goroutines
-// (as several instances starting at once would) and again afterwards.
+// on one pool and from several pools on one database (as several instances
+// of a service starting at once on a new database would), each writing a
+// first event right after, and then Migrate again. On SQLite the first
+// connections to a new file race to switch it to WAL, which returns
+// SQLITE_BUSY at once whatever the busy timeout: Migrate must ride that
+// out. Run it with -count=200 after touching Migrate.
 func TestMigrateConcurrentlyAndTwice(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
 		db := tdb.open(t)
 		table := tableName(t, tdb, db)
+		w := newWriter(t, tdb.d, table)
+		pools := []*sql.DB{db, db, tdb.open(t), tdb.open(t)}
 		var wg sync.WaitGroup
-		errs := make([]error, 3)
-		for i := range errs {
-			wg.Go(func() { errs[i] = outbox.Migrate(context.Background(), db, tdb.d, table) })
+		errs := make([]error, len(pools))
+		for i, pool := range pools {
+			wg.Go(func() {
+				if errs[i] = outbox.Migrate(context.Background(), pool, tdb.d, table); errs[i] != nil {
+					return
+				}
+				errs[i] = writeInTx(pool, w, seqMsg("first", "k", i))
+			})
 		}
 		wg.Wait()
 		for _, err := range errs {
@@ -340,10 +353,12 @@ func TestMigrateConcurrentlyAndTwice(t *testing.T) {
 		if err := outbox.Migrate(context.Background(), db, tdb.d, table); err != nil {
 			t.Error(err)
 		}
-		w := newWriter(t, tdb.d, table)
+		if n := countRows(t, tdb, db, table); n != len(pools) {
+			t.Errorf("%d rows after the first writes, want %d", n, len(pools))
+		}
 		writeTx(t, db, w, seqMsg("orders", "k", 0))
-		if n := countRows(t, tdb, db, table); n != 1 {
-			t.Errorf("%d rows, want 1", n)
+		if n := countRows(t, tdb, db, table); n != len(pools)+1 {
+			t.Errorf("%d rows, want %d", n, len(pools)+1)
 		}
 	})
 }
