@@ -22,7 +22,10 @@ type discardWriter struct{}
 func (discardWriter) Write(context.Context, []*herald.Message) error { return nil }
 
 func BenchmarkPublishTyped(b *testing.B) {
-	p := herald.NewPublisher(discardWriter{})
+	p, err := herald.NewPublisher(discardWriter{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	herald.MustRegister[OrderPlaced](p, "orders")
 	ctx := context.Background()
 	e := OrderPlaced{ID: "o-1", Amount: 42}
@@ -35,7 +38,10 @@ func BenchmarkPublishTyped(b *testing.B) {
 }
 
 func BenchmarkPublishRaw(b *testing.B) {
-	p := herald.NewPublisher(discardWriter{})
+	p, err := herald.NewPublisher(discardWriter{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -124,7 +130,10 @@ var telemetryModes = []struct {
 func BenchmarkTelemetryPublish(b *testing.B) {
 	for _, m := range telemetryModes {
 		b.Run(m.name, func(b *testing.B) {
-			p := herald.NewPublisher(discardWriter{}, m.opts...)
+			p, err := herald.NewPublisher(discardWriter{}, m.opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
@@ -147,9 +156,12 @@ func BenchmarkTelemetryEndToEnd(b *testing.B) {
 func benchEndToEnd(b *testing.B, concurrency int, opts ...herald.Option) {
 	broker := memory.New()
 	defer broker.Close()
-	bus := herald.NewBus(broker, append([]herald.Option{herald.WithLogger(quiet)}, opts...)...)
+	bus, err := herald.NewBus(broker, append([]herald.Option{herald.WithLogger(quiet)}, opts...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
 	var seen atomic.Int64
-	err := bus.Handle("bench", "g", func(context.Context, *herald.Message) error {
+	err = bus.Handle("bench", "g", func(context.Context, *herald.Message) error {
 		seen.Add(1)
 		return nil
 	}, herald.WithConcurrency(concurrency))

@@ -49,8 +49,12 @@ type route struct {
 	sched        *SubscriberScheduler
 }
 
-// NewBus returns a Bus that publishes to and subscribes through d.
-func NewBus(d Driver, opts ...Option) *Bus {
+// NewBus returns a Bus that publishes to and subscribes through d. It
+// fails with ErrNilDriver when d is nil.
+func NewBus(d Driver, opts ...Option) (*Bus, error) {
+	if isNil(d) {
+		return nil, fmt.Errorf("herald: NewBus: %w", ErrNilDriver)
+	}
 	o := newOptions(opts)
 	reg := NewEventRegistry(o.naming)
 	w := Writer(d)
@@ -68,7 +72,20 @@ func NewBus(d Driver, opts ...Option) *Bus {
 	if b.tel != nil {
 		b.lagReg = b.tel.observeLag(b.schedulers)
 	}
-	return b
+	return b, nil
+}
+
+// isNil reports whether v is nil or a nil pointer, map, func or channel in
+// an interface.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Func, reflect.Chan, reflect.Slice, reflect.Interface:
+		return rv.IsNil()
+	}
+	return false
 }
 
 // schedulers returns the running subscriptions' schedulers.
@@ -168,6 +185,9 @@ func WithScheduler(cfg SchedulerConfig) SubscribeOption {
 // Start starts the subscription at once, unless its (topic, group) is
 // already consuming (ErrSubscriptionRunning).
 func Subscribe[E any](b *Bus, group string, h func(ctx context.Context, e E, m *Message) error, opts ...SubscribeOption) error {
+	if h == nil {
+		return fmt.Errorf("herald: subscribe group %q: %w", group, ErrNilHandler)
+	}
 	et, err := b.reg.Lookup(reflect.TypeFor[E]())
 	if err != nil {
 		return err
@@ -205,7 +225,7 @@ func decodeHandler[E any](codecs *codec.Registry, def codec.Codec, et *EventType
 
 func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOption) error {
 	if h == nil {
-		return errors.New("herald: nil handler")
+		return fmt.Errorf("herald: handle topic %q group %q: %w", topic, group, ErrNilHandler)
 	}
 	if err := errors.Join(ValidateName("topic", topic), ValidateName("group", group)); err != nil {
 		return err

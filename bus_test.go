@@ -19,7 +19,10 @@ func newTestBus(t *testing.T, opts ...herald.Option) (*herald.Bus, *memory.Broke
 	t.Helper()
 	b := newBroker(t)
 	opts = append([]herald.Option{herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {})}, opts...)
-	bus := herald.NewBus(b, opts...)
+	bus, err := herald.NewBus(b, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = bus.Shutdown(context.Background()) })
 	return bus, b
 }
@@ -65,6 +68,13 @@ func TestBusSubscribeErrors(t *testing.T) {
 	if err := herald.Subscribe(bus, "g", func(context.Context, OrderShipped, *herald.Message) error { return nil }); !errors.Is(err, herald.ErrUnregisteredEvent) {
 		t.Fatalf("unregistered type: %v", err)
 	}
+	var nilTyped func(context.Context, OrderPlaced, *herald.Message) error
+	if err := herald.Subscribe(bus, "nil", nilTyped); !errors.Is(err, herald.ErrNilHandler) {
+		t.Fatalf("nil typed handler: %v", err)
+	}
+	if err := bus.Handle("orders", "nil", nil); !errors.Is(err, herald.ErrNilHandler) {
+		t.Fatalf("nil raw handler: %v", err)
+	}
 	if err := bus.Handle("orders", "g", func(context.Context, *herald.Message) error { return nil }); !errors.Is(err, herald.ErrDuplicateHandler) {
 		t.Fatalf("raw handler next to a typed one: %v", err)
 	}
@@ -87,6 +97,19 @@ func TestBusSubscribeErrors(t *testing.T) {
 	must(t, bus.Shutdown(testContext(t)))
 	if err := herald.Subscribe(bus, "after", h); !errors.Is(err, herald.ErrClosed) {
 		t.Fatalf("subscribe after shutdown: %v", err)
+	}
+}
+
+func TestNewBusAndPublisherRefuseNilDriver(t *testing.T) {
+	if bus, err := herald.NewBus(nil); !errors.Is(err, herald.ErrNilDriver) || bus != nil {
+		t.Errorf("NewBus(nil) = %v, %v; want nil, ErrNilDriver", bus, err)
+	}
+	if p, err := herald.NewPublisher(nil); !errors.Is(err, herald.ErrNilDriver) || p != nil {
+		t.Errorf("NewPublisher(nil) = %v, %v; want nil, ErrNilDriver", p, err)
+	}
+	var typedNil *memory.Broker
+	if _, err := herald.NewBus(typedNil); !errors.Is(err, herald.ErrNilDriver) {
+		t.Errorf("NewBus((*memory.Broker)(nil)): %v, want ErrNilDriver", err)
 	}
 }
 
@@ -227,7 +250,10 @@ func must(t *testing.T, err error) {
 // drops messages of a topic no group has joined yet.
 func TestBusPublishRightAfterStartIsNotLost(t *testing.T) {
 	b := newBroker(t, memory.WithPartitions(1), memory.WithCapacity(4))
-	bus := herald.NewBus(b, herald.WithLogger(quiet))
+	bus, err := herald.NewBus(b, herald.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
 	herald.MustRegister[OrderPlaced](bus, "orders")
 	var got atomic.Int32
 	must(t, herald.Subscribe(bus, "g", func(context.Context, OrderPlaced, *herald.Message) error {

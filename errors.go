@@ -36,6 +36,11 @@ var (
 	// delivery of the same message holds the claim; the scheduler redelivers
 	// it later, when it is either done (skipped) or released (run).
 	ErrInProgress = errors.New("herald: message is being handled by another delivery")
+	// ErrNilDriver is returned by NewBus and NewPublisher for a nil driver
+	// or writer.
+	ErrNilDriver = errors.New("herald: nil driver")
+	// ErrNilHandler is returned when a nil handler is subscribed.
+	ErrNilHandler = errors.New("herald: nil handler")
 	// ErrSubscriptionRunning is returned when a handler is added to a
 	// topic and group that are already consuming.
 	ErrSubscriptionRunning = errors.New("herald: subscription already running")

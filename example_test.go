@@ -17,11 +17,14 @@ func Example() {
 	ctx := context.Background()
 	broker := memory.New()
 	defer broker.Close()
-	bus := herald.NewBus(broker, herald.WithLogger(quiet))
+	bus, err := herald.NewBus(broker, herald.WithLogger(quiet))
+	if err != nil {
+		panic(err)
+	}
 	herald.MustRegister[UserSignedUp](bus, "users.signed-up")
 
 	welcomed := make(chan string)
-	err := herald.Subscribe(bus, "mailer", func(ctx context.Context, e UserSignedUp, m *herald.Message) error {
+	err = herald.Subscribe(bus, "mailer", func(ctx context.Context, e UserSignedUp, m *herald.Message) error {
 		welcomed <- e.Email
 		return nil
 	}, herald.WithRetry(herald.RetryConfig{MaxAttempts: 3}), herald.WithDeadLetter())

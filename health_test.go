@@ -59,8 +59,11 @@ func TestBusHealthLifecycle(t *testing.T) {
 }
 
 func TestBusHealthDriverDown(t *testing.T) {
-	bus := herald.NewBus(refusingDriver{newBroker(t)}, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}),
+	bus, err := herald.NewBus(refusingDriver{newBroker(t)}, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}),
 		herald.WithHealth(herald.HealthConfig{MaxDriverErrors: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = bus.Shutdown(context.Background()) })
 	herald.MustRegister[OrderPlaced](bus, "orders")
 	must(t, herald.Subscribe(bus, "billing", func(context.Context, OrderPlaced, *herald.Message) error { return nil }))

@@ -36,9 +36,13 @@ type Publisher struct {
 }
 
 // NewPublisher returns a Publisher that writes to w with its own registry.
-func NewPublisher(w Writer, opts ...Option) *Publisher {
+// It fails with ErrNilDriver when w is nil.
+func NewPublisher(w Writer, opts ...Option) (*Publisher, error) {
+	if isNil(w) {
+		return nil, fmt.Errorf("herald: NewPublisher: %w", ErrNilDriver)
+	}
 	o := newOptions(opts)
-	return newPublisher(w, NewEventRegistry(o.naming), o)
+	return newPublisher(w, NewEventRegistry(o.naming), o), nil
 }
 
 func newPublisher(w Writer, reg *EventRegistry, o options) *Publisher {

@@ -16,7 +16,10 @@ import (
 func newTestPublisher(t *testing.T, opts ...herald.Option) (*herald.Publisher, *recordingWriter) {
 	t.Helper()
 	w := &recordingWriter{}
-	p := herald.NewPublisher(w, opts...)
+	p, err := herald.NewPublisher(w, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	herald.MustRegister[OrderPlaced](p, "orders")
 	herald.MustRegister[OrderShipped](p, "shipments")
 	return p, w

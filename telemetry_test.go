@@ -360,7 +360,10 @@ func TestTelemetryFollowsGlobalProviders(t *testing.T) {
 func TestTelemetryAsyncPublisher(t *testing.T) {
 	h := newOTelHarness(t)
 	w := &recordingWriter{}
-	p := herald.NewPublisher(w, h.options()...)
+	p, err := herald.NewPublisher(w, h.options()...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	herald.MustRegister[OrderPlaced](p, "orders")
 	ap := herald.NewAsyncPublisher(p, herald.AsyncConfig{})
 	ctx := testContext(t)

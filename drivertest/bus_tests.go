@@ -42,7 +42,10 @@ func RunBus(t *testing.T, cfg Config) {
 // checks, for drivers' own Bus tests.
 func NewBus(t testing.TB, d herald.Driver, topic string) *herald.Bus {
 	t.Helper()
-	bus := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)))
+	bus, err := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := herald.Register[Event](bus, topic, herald.WithKey(func(e Event) string { return e.Key })); err != nil {
 		t.Fatal(err)
 	}

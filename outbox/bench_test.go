@@ -221,7 +221,10 @@ func BenchmarkCommitToHandler(b *testing.B) {
 			w := newWriter(b, outbox.Postgres, table)
 			broker := memory.New()
 			defer broker.Close()
-			bus := herald.NewBus(broker, herald.WithPublishWriter(w))
+			bus, err := herald.NewBus(broker, herald.WithPublishWriter(w))
+			if err != nil {
+				b.Fatal(err)
+			}
 			type BenchEvent struct{ Seq int }
 			herald.MustRegister[BenchEvent](bus, "latency")
 
@@ -230,7 +233,7 @@ func BenchmarkCommitToHandler(b *testing.B) {
 			commitDur := make([]time.Duration, b.N)
 			var handled atomic.Int64
 			allDone := make(chan struct{})
-			err := herald.Subscribe(bus, "bench", func(ctx context.Context, e BenchEvent, m *herald.Message) error {
+			err = herald.Subscribe(bus, "bench", func(ctx context.Context, e BenchEvent, m *herald.Message) error {
 				now := time.Now().UnixNano()
 				for commitAt[e.Seq].Load() == 0 {
 					// The relay can see the row before Commit returns to the

@@ -5,7 +5,7 @@
 //
 //	outbox.Migrate(ctx, db, outbox.SQLite, "outbox")           // once, at start-up
 //	w, _ := outbox.NewWriter(outbox.SQLite, "outbox")
-//	bus := herald.NewBus(broker, herald.WithPublishWriter(w))  // Publish goes to the outbox
+//	bus, _ := herald.NewBus(broker, herald.WithPublishWriter(w)) // Publish goes to the outbox
 //	relay, _ := outbox.NewRelay(db, outbox.SQLite, "outbox", broker)
 //	go relay.Run(ctx)                                           // rows go to the broker
 //

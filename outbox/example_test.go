@@ -41,7 +41,10 @@ func Example() {
 	broker := memory.New()
 	defer broker.Close()
 	w, _ := outbox.NewWriter(outbox.SQLite, "outbox")
-	bus := herald.NewBus(broker, herald.WithPublishWriter(w))
+	bus, err := herald.NewBus(broker, herald.WithPublishWriter(w))
+	if err != nil {
+		panic(err)
+	}
 	herald.MustRegister[OrderPlaced](bus, "orders")
 	handled := make(chan struct{})
 	err = herald.Subscribe(bus, "billing", func(ctx context.Context, e OrderPlaced, m *herald.Message) error {

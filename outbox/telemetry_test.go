@@ -38,7 +38,10 @@ func TestTraceThroughOutbox(t *testing.T) {
 		broker := memory.New()
 		defer broker.Close()
 		w := newWriter(t, tdb.d, table)
-		bus := herald.NewBus(broker, herald.WithPublishWriter(w), herald.WithTracerProvider(tp), herald.WithMeterProvider(mp))
+		bus, err := herald.NewBus(broker, herald.WithPublishWriter(w), herald.WithTracerProvider(tp), herald.WithMeterProvider(mp))
+		if err != nil {
+			t.Fatal(err)
+		}
 		herald.MustRegister[orderPlaced](bus, "orders")
 		handled := make(chan struct{}, 1)
 		if err := herald.Subscribe(bus, "billing", func(context.Context, orderPlaced, *herald.Message) error {

@@ -235,7 +235,10 @@ func consumeThroughBus(b *testing.B, d *kafka.Driver, concurrency int, work func
 	topic := fill(b, d, b.N)
 	var handled atomic.Int64
 	done := make(chan struct{})
-	bus := herald.NewBus(d, herald.WithErrorHandler(func(err error) { b.Log(err) }))
+	bus, err := herald.NewBus(d, herald.WithErrorHandler(func(err error) { b.Log(err) }))
+	if err != nil {
+		b.Fatal(err)
+	}
 	if err := bus.Handle(topic, name("g"), func(ctx context.Context, m *herald.Message) error {
 		work()
 		if handled.Add(1) == int64(b.N) {

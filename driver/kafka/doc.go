@@ -4,7 +4,7 @@
 //	d, err := kafka.New([]string{"localhost:9092"}, kafka.WithAutoCreateTopics())
 //	...
 //	defer d.Close()
-//	bus := herald.NewBus(d)
+//	bus, err := herald.NewBus(d)
 //
 // The Default* constants give every setting's default, each with its
 // Option. New reports every invalid option at once.

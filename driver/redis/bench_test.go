@@ -107,7 +107,10 @@ func BenchmarkPublish(b *testing.B) {
 	b.Run("bus-publish", func(b *testing.B) {
 		d := env.driver(b)
 		topic := drivertest.Name(b, "t")
-		bus := herald.NewBus(d, herald.WithLogger(slog.New(slog.DiscardHandler)))
+		bus, err := herald.NewBus(d, herald.WithLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			b.Fatal(err)
+		}
 		if err := herald.Register[drivertest.Event](bus, topic, herald.WithKey(func(e drivertest.Event) string { return e.Key })); err != nil {
 			b.Fatal(err)
 		}
@@ -154,10 +157,13 @@ func benchConsume(b *testing.B, concurrency int, work time.Duration, keys int) {
 			b.Fatal(err)
 		}
 	}
-	bus := herald.NewBus(d, herald.WithLogger(slog.New(slog.DiscardHandler)))
+	bus, err := herald.NewBus(d, herald.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		b.Fatal(err)
+	}
 	var handled, worked atomic.Int64
 	finished := make(chan struct{})
-	err := bus.Handle(topic, group, func(ctx context.Context, m *herald.Message) error {
+	err = bus.Handle(topic, group, func(ctx context.Context, m *herald.Message) error {
 		if work > 0 {
 			start := time.Now()
 			time.Sleep(work)

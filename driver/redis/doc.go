@@ -4,7 +4,7 @@
 //	defer client.Close()
 //	drv, err := redis.New(client)
 //	...
-//	bus := herald.NewBus(drv)
+//	bus, err := herald.NewBus(drv)
 //
 // New takes a goredis.UniversalClient, so a single node, Sentinel and
 // Cluster all work: every command touches one key, the topic's stream.

@@ -123,8 +123,11 @@ func TestServerKilledMidStreamLosesNothing(t *testing.T) {
 	handled := map[int]int{}
 	var busErrors atomic.Int32
 	newBus := func() *herald.Bus {
-		bus := herald.NewBus(d, herald.WithLogger(slog.New(slog.DiscardHandler)),
+		bus, err := herald.NewBus(d, herald.WithLogger(slog.New(slog.DiscardHandler)),
 			herald.WithErrorHandler(func(error) { busErrors.Add(1) }))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := herald.Register[drivertest.Event](bus, topic, herald.WithKey(func(e drivertest.Event) string { return e.Key })); err != nil {
 			t.Fatal(err)
 		}

@@ -82,7 +82,10 @@ func run(w io.Writer, brokerList string, embedded bool) error {
 	}
 	defer driver.Close()
 
-	bus := herald.NewBus(driver, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+	bus, err := herald.NewBus(driver, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+	if err != nil {
+		return err
+	}
 	err = herald.Register[OrderPlaced](bus, topic, herald.WithKey(func(e OrderPlaced) string { return e.Customer }))
 	if err != nil {
 		return err

@@ -90,7 +90,10 @@ func run(out io.Writer) error {
 	broker := memory.New()
 	defer broker.Close()
 	telemetry := []herald.Option{herald.WithTracerProvider(tp), herald.WithMeterProvider(mp), herald.WithLogger(quiet)}
-	bus := herald.NewBus(broker, append(telemetry, herald.WithPublishWriter(ow))...)
+	bus, err := herald.NewBus(broker, append(telemetry, herald.WithPublishWriter(ow))...)
+	if err != nil {
+		return err
+	}
 	herald.MustRegister[OrderPlaced](bus, "orders")
 	handled := make(chan struct{})
 	err = herald.Subscribe(bus, "billing", func(ctx context.Context, o OrderPlaced, m *herald.Message) error {

@@ -89,8 +89,11 @@ func run(w io.Writer) error {
 		return err
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	bus := herald.NewBus(broker, herald.WithPublishWriter(outboxWriter),
+	bus, err := herald.NewBus(broker, herald.WithPublishWriter(outboxWriter),
 		herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+	if err != nil {
+		return err
+	}
 	if err := herald.Register[OrderPlaced](bus, "orders.placed"); err != nil {
 		return err
 	}

@@ -104,11 +104,14 @@ func run(w io.Writer, addr string) error {
 	b := &billing{charged: map[string]int{}, by: map[string]int{}, skipped: map[string]int{}, changed: make(chan struct{}, 1)}
 	quiet := slog.New(slog.DiscardHandler)
 	newInstance := func(name string) (*herald.Bus, error) {
-		bus := herald.NewBus(drv, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+		bus, err := herald.NewBus(drv, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+		if err != nil {
+			return nil, err
+		}
 		if err := herald.Register[OrderPlaced](bus, topic); err != nil {
 			return nil, err
 		}
-		err := herald.Subscribe(bus, group, func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
+		err = herald.Subscribe(bus, group, func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
 			b.note(func() { b.charged[e.ID]++; b.by[name]++ })
 			return nil
 		},

@@ -94,7 +94,10 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 		telOpts, stopTelemetry = v.telemetry()
 		busOpts = append(busOpts, telOpts...)
 	}
-	bus := herald.NewBus(be.driver, busOpts...)
+	bus, err := herald.NewBus(be.driver, busOpts...)
+	if err != nil {
+		return nil, errors.Join(err, stopTelemetry(ctx), be.release(ctx))
+	}
 	s := stages{
 		mode:    v.mode,
 		batch:   1,

@@ -193,11 +193,14 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 	}
 	cnt := newCounter(p.n, 0)
 	broker := memory.New()
-	bus := herald.NewBus(broker,
+	bus, err := herald.NewBus(broker,
 		herald.WithPublishWriter(w),
 		herald.WithLogger(slog.New(slog.DiscardHandler)),
 		herald.WithErrorHandler(func(err error) { cnt.fail(fmt.Errorf("bus reported: %w", err)) }),
 	)
+	if err != nil {
+		return nil, errors.Join(err, broker.Close(), release(ctx))
+	}
 	relay, err := outbox.NewRelay(db, outbox.Postgres, table, broker,
 		outbox.WithLogger(slog.New(reportingHandler{report: func(err error) { cnt.fail(fmt.Errorf("relay reported: %w", err)) }})))
 	if err != nil {
