@@ -90,5 +90,17 @@ func (m *Message) Clone() *Message {
 	return &c
 }
 
+// Size is what m weighs against a size limit: its payload, key, ID and
+// content type, and the name and value of every header. Every limit in
+// herald (the Publisher's, each driver's, the outbox Writer's) counts this
+// way; a driver may add the overhead of its own wire format.
+func (m *Message) Size() int {
+	n := len(m.Data) + len(m.Key) + len(m.ID) + len(m.ContentType)
+	for k, v := range m.Headers {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
 // Event returns the registered event name carried in HeaderEvent.
 func (m *Message) Event() string { return m.Headers.Get(HeaderEvent) }

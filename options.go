@@ -14,15 +14,15 @@ import (
 //   - codec: JSON; codecs known for decoding: JSON, Protobuf
 //   - message IDs: KSUID (time-ordered, 27 characters)
 //   - naming strategy: none (events must be registered or have a Topic method)
-//   - largest payload: 1 MiB (DefaultMaxMessageBytes)
+//   - largest message: 1 MiB (DefaultMaxMessageBytes), by Message.Size
 //   - logger: slog.Default(); errors go to the logger at error level
 //   - publish writer: the driver given to NewBus
 //   - telemetry: the global OpenTelemetry tracer and meter providers, W3C
 //     trace context (see telemetry.go)
 type Option func(*options)
 
-// DefaultMaxMessageBytes is the default payload limit of a Publisher; it
-// matches Kafka's default message.max.bytes.
+// DefaultMaxMessageBytes is the default size limit (Message.Size) of a
+// Publisher; it matches Kafka's default message.max.bytes.
 const DefaultMaxMessageBytes = 1 << 20
 
 type options struct {
@@ -86,9 +86,10 @@ func WithNamingStrategy(s NamingStrategy) Option {
 	return func(o *options) { o.naming = s }
 }
 
-// WithMaxMessageBytes sets the largest encoded payload a Publisher accepts
-// (default 1 MiB); larger events fail with ErrMessageTooLarge before they
-// reach the driver. Zero or less disables the check.
+// WithMaxMessageBytes sets the largest message a Publisher accepts, by
+// Message.Size (payload, key, ID, content type and headers; default
+// 1 MiB); larger events fail with ErrMessageTooLarge before they reach the
+// driver. Zero or less disables the check.
 func WithMaxMessageBytes(n int) Option {
 	return func(o *options) { o.maxMessageBytes = n }
 }

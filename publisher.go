@@ -122,10 +122,6 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, correlation string)
 	if err != nil {
 		return fmt.Errorf("herald: encode %s for topic %q: %w", et.Name, et.Topic, err)
 	}
-	if p.opts.maxMessageBytes > 0 && len(data) > p.opts.maxMessageBytes {
-		return fmt.Errorf("herald: %s for topic %q is %d bytes, limit %d: %w",
-			et.Name, et.Topic, len(data), p.opts.maxMessageBytes, ErrMessageTooLarge)
-	}
 	m.ID = p.newID(now)
 	m.Topic = et.Topic
 	m.Key = et.Key(e)
@@ -136,6 +132,12 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, correlation string)
 		m.Headers = Headers{HeaderEvent: et.Name, HeaderCorrelationID: correlation}
 	} else {
 		m.Headers = Headers{HeaderEvent: et.Name}
+	}
+	if p.opts.maxMessageBytes > 0 {
+		if n := m.Size(); n > p.opts.maxMessageBytes {
+			return fmt.Errorf("herald: %s for topic %q is %d bytes with key and headers, limit %d: %w",
+				et.Name, et.Topic, n, p.opts.maxMessageBytes, ErrMessageTooLarge)
+		}
 	}
 	return nil
 }
@@ -159,12 +161,14 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 			}
 			valid = m.Topic
 		}
-		if p.opts.maxMessageBytes > 0 && len(m.Data) > p.opts.maxMessageBytes {
-			return fmt.Errorf("herald: message for topic %q is %d bytes, limit %d: %w",
-				m.Topic, len(m.Data), p.opts.maxMessageBytes, ErrMessageTooLarge)
-		}
 		if m.ID == "" {
 			m.ID = p.newID(now)
+		}
+		if p.opts.maxMessageBytes > 0 {
+			if n := m.Size(); n > p.opts.maxMessageBytes {
+				return fmt.Errorf("herald: message %s for topic %q is %d bytes with key and headers, limit %d: %w",
+					m.ID, m.Topic, n, p.opts.maxMessageBytes, ErrMessageTooLarge)
+			}
 		}
 		if m.Time.IsZero() {
 			m.Time = now

@@ -64,7 +64,8 @@ func TestPublishOneWritePerCall(t *testing.T) {
 }
 
 func TestPublishBadInputWritesNothing(t *testing.T) {
-	p, w := newTestPublisher(t, herald.WithMaxMessageBytes(64))
+	// 256 bytes: a small OrderPlaced with its ID and event header fits.
+	p, w := newTestPublisher(t, herald.WithMaxMessageBytes(256))
 	ctx := context.Background()
 	var nilOrder *OrderPlaced
 	cases := []struct {
@@ -75,7 +76,7 @@ func TestPublishBadInputWritesNothing(t *testing.T) {
 		{"nil", []any{OrderPlaced{}, nil}, herald.ErrNilEvent},
 		{"nil pointer", []any{nilOrder}, herald.ErrNilEvent},
 		{"unregistered", []any{OrderPlaced{}, struct{ X int }{}}, herald.ErrUnregisteredEvent},
-		{"too large", []any{OrderPlaced{ID: strings.Repeat("x", 100)}}, herald.ErrMessageTooLarge},
+		{"too large", []any{OrderPlaced{ID: strings.Repeat("x", 200)}}, herald.ErrMessageTooLarge},
 		{"unencodable", []any{OrderPlaced{}, chanEvent{C: make(chan int)}}, nil},
 	}
 	herald.MustRegister[chanEvent](p, "chans")
@@ -111,13 +112,17 @@ func TestPublishOptions(t *testing.T) {
 }
 
 func TestPublishMessages(t *testing.T) {
-	p, w := newTestPublisher(t, herald.WithMaxMessageBytes(8))
+	// 40 bytes: a generated KSUID (27) and an empty payload fit.
+	p, w := newTestPublisher(t, herald.WithMaxMessageBytes(40))
 	ctx := context.Background()
 	if err := p.PublishMessages(ctx, &herald.Message{Topic: "bad topic"}); !errors.Is(err, herald.ErrInvalidName) {
 		t.Fatalf("bad topic: %v", err)
 	}
-	if err := p.PublishMessages(ctx, &herald.Message{Topic: "t", Data: make([]byte, 9)}); !errors.Is(err, herald.ErrMessageTooLarge) {
+	if err := p.PublishMessages(ctx, &herald.Message{Topic: "t", ID: "i", Data: make([]byte, 40)}); !errors.Is(err, herald.ErrMessageTooLarge) {
 		t.Fatalf("too large: %v", err)
+	}
+	if err := p.PublishMessages(ctx, &herald.Message{Topic: "t", ID: "i", Headers: herald.Headers{"h": strings.Repeat("v", 39)}}); !errors.Is(err, herald.ErrMessageTooLarge) {
+		t.Fatalf("too large by its headers: %v", err)
 	}
 	if err := p.PublishMessages(ctx, nil); !errors.Is(err, herald.ErrNilEvent) {
 		t.Fatalf("nil message: %v", err)

@@ -106,6 +106,9 @@ func testLargeMessage(t *testing.T, cfg Config) {
 	Ack(t, sub, got)
 }
 
+// testOversized checks the size limit. It counts the whole message
+// (herald.Message.Size): a small payload with a large header or key is as
+// oversized as a large payload.
 func testOversized(t *testing.T, cfg Config) {
 	if cfg.MaxMessageBytes <= 0 {
 		t.Skip("driver declares no payload limit")
@@ -115,15 +118,87 @@ func testOversized(t *testing.T, cfg Config) {
 	topic, group := Name(t, "t"), Name(t, "g")
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
-	big := newMessages(topic, 1, noKey)[0]
-	big.Data = make([]byte, cfg.MaxMessageBytes+1)
-	err := d.Write(ctx, []*herald.Message{big})
-	if !errors.Is(err, herald.ErrMessageTooLarge) {
-		t.Fatalf("Write of %d bytes = %v, want ErrMessageTooLarge", len(big.Data), err)
+	huge := string(make([]byte, cfg.MaxMessageBytes+1))
+	for _, c := range []struct {
+		name  string
+		shape func(m *herald.Message)
+	}{
+		{"payload", func(m *herald.Message) { m.Data = []byte(huge) }},
+		{"header", func(m *herald.Message) { m.Headers["big"] = huge }},
+		{"key", func(m *herald.Message) { m.Key = huge }},
+	} {
+		big := newMessages(topic, 1, sameKey)[0]
+		c.shape(big)
+		if err := d.Write(ctx, []*herald.Message{big}); !errors.Is(err, herald.ErrMessageTooLarge) {
+			t.Errorf("Write with a %s of %d bytes = %v, want ErrMessageTooLarge", c.name, len(huge), err)
+		}
 	}
-	// Nothing was lost or stuck: the next message goes through.
-	write(t, ctx, d, newMessages(topic, 1, noKey)...)
-	Ack(t, sub, fetchN(t, cfg, sub, 1)...)
+	// Nothing was lost or stuck: the next message goes through, and is
+	// the only one there.
+	marker := newMessages(topic, 1, sameKey)[0]
+	marker.ID = "marker-" + marker.ID
+	write(t, ctx, d, marker)
+	got := FetchExactly(t, sub, 1)
+	if got[0].Message.ID != marker.ID {
+		t.Fatalf("fetched %s, want only the marker %s", got[0].Message.ID, marker.ID)
+	}
+	Ack(t, sub, got...)
+}
+
+func sameKey(int) string { return "k" }
+
+// testBadMessageFailsWholeBatch checks the Writer contract's "none were
+// written" for a batch with one bad message in it, wherever it sits:
+// drivers validate the whole batch before storing any of it.
+func testBadMessageFailsWholeBatch(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	sub := subscribe(t, ctx, d, topic, group)
+	defer closeSub(t, sub)
+	bad := []struct {
+		name string
+		want error
+		msg  func() *herald.Message
+	}{
+		{"invalid topic", herald.ErrInvalidName, func() *herald.Message {
+			m := newMessages(topic, 1, noKey)[0]
+			m.Topic = "not a topic"
+			return m
+		}},
+		{"nil message", nil, func() *herald.Message { return nil }},
+	}
+	if cfg.MaxMessageBytes > 0 {
+		bad = append(bad, struct {
+			name string
+			want error
+			msg  func() *herald.Message
+		}{"oversized message", herald.ErrMessageTooLarge, func() *herald.Message {
+			m := newMessages(topic, 1, noKey)[0]
+			m.Data = make([]byte, cfg.MaxMessageBytes+1)
+			return m
+		}})
+	}
+	for _, b := range bad {
+		for _, at := range []int{0, 1, 2} {
+			batch := newMessages(topic, 3, sameKey)
+			batch[at] = b.msg()
+			err := d.Write(ctx, batch)
+			if err == nil || (b.want != nil && !errors.Is(err, b.want)) {
+				t.Errorf("Write with a %s at %d of 3 = %v, want an error (%v)", b.name, at, err, b.want)
+			}
+		}
+	}
+	// One key for everything: what a failed batch left behind would come
+	// before the marker.
+	marker := newMessages(topic, 1, sameKey)[0]
+	marker.ID = "marker-" + marker.ID
+	write(t, ctx, d, marker)
+	got := FetchExactly(t, sub, 1)
+	if got[0].Message.ID != marker.ID {
+		t.Fatalf("a failed batch left message %s behind; want nothing but the marker %s", got[0].Message.ID, marker.ID)
+	}
+	Ack(t, sub, got...)
 }
 
 func testInvalidNames(t *testing.T, cfg Config) {

@@ -27,8 +27,9 @@ import (
 type Config struct {
 	// NewDriver returns a driver for one test; clean it up with t.Cleanup.
 	NewDriver func(t *testing.T) herald.Driver
-	// MaxMessageBytes is the driver's payload limit, if it has one: the
-	// suite checks that a larger message fails with ErrMessageTooLarge.
+	// MaxMessageBytes is the driver's size limit, if it has one: the
+	// suite checks that a larger message (by herald.Message.Size, so
+	// payload, key and headers count) fails with ErrMessageTooLarge.
 	MaxMessageBytes int
 	// LargeMessageBytes is the size of the large-message round trip
 	// (default 256 KiB; it must not exceed MaxMessageBytes).
@@ -76,6 +77,7 @@ func RunDriver(t *testing.T, cfg Config) {
 		{"LargeBatch", testLargeBatch},
 		{"LargeMessage", testLargeMessage},
 		{"OversizedMessage", testOversized},
+		{"BadMessageFailsWholeBatch", testBadMessageFailsWholeBatch},
 		{"InvalidNames", testInvalidNames},
 		{"CancelledContexts", testCancelledContexts},
 		{"FetchWaitsForPublish", testFetchWaits},

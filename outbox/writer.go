@@ -41,7 +41,7 @@ const DefaultNotifyPause = 5 * time.Millisecond
 
 // WriterOption configures a Writer. Defaults, in one place:
 //
-//   - largest payload: herald.DefaultMaxMessageBytes (1 MiB), see WithMaxMessageBytes
+//   - largest message: herald.DefaultMaxMessageBytes (1 MiB), see WithMaxMessageBytes
 //   - PostgreSQL NOTIFY: in a write that follows a pause of DefaultNotifyPause
 //     (5 ms) or more, see WithNotifyPause and WithoutNotify
 type WriterOption func(*writerConfig)
@@ -52,8 +52,9 @@ type writerConfig struct {
 	notifyPause     time.Duration
 }
 
-// WithMaxMessageBytes sets the largest payload (Message.Data) the Writer
-// accepts; a larger message fails the whole Write with
+// WithMaxMessageBytes sets the largest message the Writer accepts, by
+// herald.Message.Size (payload, key, ID, content type and headers); a
+// larger message fails the whole Write with
 // herald.ErrMessageTooLarge and nothing is inserted. Zero or less disables
 // the check (the database's own limits still apply). Keep it at or below
 // the relay target's limit, or oversized rows end in quarantine.
@@ -274,10 +275,6 @@ func (w *Writer) check(m *herald.Message) (int, error) {
 	if err := herald.ValidateName("topic", m.Topic); err != nil {
 		return 0, fmt.Errorf("outbox: write message %s to %s: %w", m.ID, w.t.name, err)
 	}
-	if w.cfg.maxMessageBytes > 0 && len(m.Data) > w.cfg.maxMessageBytes {
-		return 0, fmt.Errorf("outbox: write message %s (topic %q) to %s: %d bytes, limit %d: %w",
-			m.ID, m.Topic, w.t.name, len(m.Data), w.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
-	}
 	bad := func(field, reason string) error {
 		return fmt.Errorf("outbox: write message %q (topic %q) to %s: %s %s: %w",
 			m.ID, m.Topic, w.t.name, field, reason, ErrInvalidMessage)
@@ -293,6 +290,12 @@ func (w *Writer) check(m *herald.Message) (int, error) {
 			return 0, bad(f.name, "is not valid UTF-8")
 		case strings.IndexByte(f.value, 0) >= 0:
 			return 0, bad(f.name, "contains a NUL byte")
+		}
+	}
+	if w.cfg.maxMessageBytes > 0 {
+		if n := m.Size(); n > w.cfg.maxMessageBytes {
+			return 0, fmt.Errorf("outbox: write message %s (topic %q) to %s: %d bytes with key and headers, limit %d: %w",
+				m.ID, m.Topic, w.t.name, n, w.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
 		}
 	}
 	n := len(m.ID) + len(m.Topic) + len(m.Key) + len(m.ContentType) + len(m.Data) + 64

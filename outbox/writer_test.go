@@ -102,6 +102,8 @@ func TestWriterRejectsBadInput(t *testing.T) {
 		{"nil message", nil, herald.ErrNilEvent},
 		{"bad topic", &herald.Message{ID: "a", Topic: "no spaces"}, herald.ErrInvalidName},
 		{"too large", &herald.Message{ID: "a", Topic: "orders", Data: make([]byte, 17)}, herald.ErrMessageTooLarge},
+		{"too large by its headers", &herald.Message{ID: "a", Topic: "orders", Headers: herald.Headers{"h": strings.Repeat("v", 16)}}, herald.ErrMessageTooLarge},
+		{"too large by its key", &herald.Message{ID: "a", Topic: "orders", Key: strings.Repeat("k", 17)}, herald.ErrMessageTooLarge},
 		{"long id", &herald.Message{ID: strings.Repeat("i", 256), Topic: "orders"}, outbox.ErrInvalidMessage},
 		{"key not UTF-8", &herald.Message{ID: "a", Topic: "orders", Key: "\xff"}, outbox.ErrInvalidMessage},
 		{"NUL in key", &herald.Message{ID: "a", Topic: "orders", Key: "a\x00b"}, outbox.ErrInvalidMessage},

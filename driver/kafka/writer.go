@@ -97,20 +97,15 @@ func (d *Driver) checkMessages(msgs []*herald.Message) error {
 	return nil
 }
 
-// messageSize is what a message weighs in a batch: key, value and headers,
-// the ID and content type headers included.
+// messageSize is what a message weighs in a batch: herald.Message.Size
+// plus the names of the ID and content type headers it travels with.
 func messageSize(m *herald.Message) int {
-	n := len(m.Key) + len(m.Data)
+	n := m.Size()
 	if m.ID != "" {
-		n += len(herald.HeaderID) + len(m.ID)
+		n += len(herald.HeaderID)
 	}
 	if m.ContentType != "" {
-		n += len(herald.HeaderContentType) + len(m.ContentType)
-	}
-	for k, v := range m.Headers {
-		if k != herald.HeaderID && k != herald.HeaderContentType {
-			n += len(k) + len(v)
-		}
+		n += len(herald.HeaderContentType)
 	}
 	return n
 }

@@ -37,6 +37,7 @@ package memory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -68,7 +69,8 @@ func WithPartitions(n int) Option { return func(c *config) { c.partitions = max(
 // before Write blocks (at least 1).
 func WithCapacity(n int) Option { return func(c *config) { c.capacity = max(n, 1) } }
 
-// WithMaxMessageBytes sets the largest payload (Data) Write accepts; larger
+// WithMaxMessageBytes sets the largest message Write accepts, by
+// herald.Message.Size (payload, key, ID, content type and headers); larger
 // messages fail with herald.ErrMessageTooLarge. Zero or less means no limit.
 func WithMaxMessageBytes(n int) Option { return func(c *config) { c.maxMessageBytes = n } }
 
@@ -132,27 +134,28 @@ func (b *Broker) Backlog(topicName, groupName string) int {
 // MessagingSystem names the broker for telemetry (herald.MessagingSystem).
 func (b *Broker) MessagingSystem() string { return "herald.memory" }
 
-func (b *Broker) topic(name string) (*topic, error) {
+// topic returns the topic named name, creating it; the name has been
+// checked.
+func (b *Broker) topic(name string) *topic {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if t := b.topics[name]; t != nil {
-		return t, nil
-	}
-	if err := herald.ValidateName("topic", name); err != nil {
-		return nil, err
+		return t
 	}
 	t := &topic{name: name, groups: make(map[string]*group), parts: make([]*partition, b.cfg.partitions)}
 	for i := range t.parts {
 		t.parts[i] = &partition{index: i, log: make([]*herald.Message, b.cfg.capacity)}
 	}
 	b.topics[name] = t
-	return t, nil
+	return t
 }
 
 // Write appends msgs to their topics' partitions, in slice order per key.
-// It blocks while a partition is full. If ctx ends or the Broker closes
-// while it waits, the messages before the blocked one are already written
-// (a prefix of msgs) and the rest are not.
+// It checks the whole batch first (nil messages, topic names, the size
+// limit), so a batch with a bad message stores none of it. It blocks while
+// a partition is full. If ctx ends or the Broker closes while it waits,
+// the messages before the blocked one are already written (a prefix of
+// msgs) and the rest are not.
 func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -160,13 +163,22 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	valid := "" // the last topic checked: batches usually share one
 	for _, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("memory: write: %w", herald.ErrNilEvent)
 		}
-		if b.cfg.maxMessageBytes > 0 && len(m.Data) > b.cfg.maxMessageBytes {
-			return fmt.Errorf("memory: write message %s to %q: %d bytes, limit %d: %w",
-				m.ID, m.Topic, len(m.Data), b.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+		if m.Topic != valid || valid == "" {
+			if err := herald.ValidateName("topic", m.Topic); err != nil {
+				return fmt.Errorf("memory: write message %s: %w", m.ID, err)
+			}
+			valid = m.Topic
+		}
+		if b.cfg.maxMessageBytes > 0 {
+			if n := m.Size(); n > b.cfg.maxMessageBytes {
+				return fmt.Errorf("memory: write message %s to %q: %d bytes with key and headers, limit %d: %w",
+					m.ID, m.Topic, n, b.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+			}
 		}
 	}
 	var t *topic
@@ -175,10 +187,7 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 			return fmt.Errorf("memory: write: %w", herald.ErrClosed)
 		}
 		if t == nil || t.name != m.Topic {
-			var err error
-			if t, err = b.topic(m.Topic); err != nil {
-				return err
-			}
+			t = b.topic(m.Topic)
 		}
 		if err := t.partitionFor(m.Key).append(ctx, b.done, m); err != nil {
 			return fmt.Errorf("memory: write message %s to %q: %w", m.ID, m.Topic, err)
@@ -189,8 +198,8 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 
 // Subscribe joins group on topic and returns the new member.
 func (b *Broker) Subscribe(ctx context.Context, topicName, groupName string) (herald.Subscription, error) {
-	if err := herald.ValidateName("group", groupName); err != nil {
-		return nil, err
+	if err := errors.Join(herald.ValidateName("topic", topicName), herald.ValidateName("group", groupName)); err != nil {
+		return nil, fmt.Errorf("memory: subscribe: %w", err)
 	}
 	if b.closed.Load() {
 		return nil, fmt.Errorf("memory: subscribe: %w", herald.ErrClosed)
@@ -198,10 +207,7 @@ func (b *Broker) Subscribe(ctx context.Context, topicName, groupName string) (he
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	t, err := b.topic(topicName)
-	if err != nil {
-		return nil, err
-	}
+	t := b.topic(topicName)
 	m := &member{broker: b, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	t.mu.Lock()
 	g := t.groups[groupName]
