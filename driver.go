@@ -81,6 +81,20 @@ type Revoker interface {
 	Revoked(d Delivery) bool
 }
 
+// Releaser is an optional interface of a Subscription that counts
+// deliveries (Delivery.Count). When the scheduler shuts down, it calls
+// Release once, before Close, with the deliveries it fetched and never
+// started: no handler ran for them, so handing them back is not a
+// delivery, and the group's next member must see the count they had, not
+// one more. Close still hands back every unacknowledged delivery; Release
+// only says which of them do not count. A delivery whose handler ran (and
+// failed, or was cut off by the shutdown) is not released: it counts. A
+// driver that counts deliveries and lacks Release counts every hand-back,
+// so routine restarts push messages toward DeadLetterConfig.MaxDeliveries.
+type Releaser interface {
+	Release(ds []Delivery)
+}
+
 // ErrorReporter is an optional interface of a Subscription that meets
 // errors outside Fetch and Ack (a background acknowledgment flush, an entry
 // lost to trimming). Right after Subscribe the scheduler calls
@@ -119,6 +133,9 @@ type Delivery struct {
 	// Count is how many times the driver has delivered this message to
 	// the group, this time included, when the driver knows (Redis pending
 	// entries, redeliveries after a member left); 0 means unknown (treat as 1).
+	// It counts attempts: deliveries a handler may have run, including to
+	// a member that died holding the message; a graceful hand-back of a
+	// delivery no handler started does not count (see Releaser).
 	Count int
 	// Ref and Seq are the driver's own bookkeeping (a partition, an offset,
 	// a stream entry); nothing else reads them.

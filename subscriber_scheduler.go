@@ -88,9 +88,10 @@ type SubscriberScheduler struct {
 	slots chan struct{} // one token per delivery that may be in flight
 	ready chan Delivery // deliveries whose key is free; cap = MaxInFlight
 
-	mu     sync.Mutex
-	active map[string]*keyQueue // keys with a delivery running; nil value = nothing waiting
-	spare  []*keyQueue
+	mu        sync.Mutex
+	active    map[string]*keyQueue // keys with a delivery running; nil value = nothing waiting
+	spare     []*keyQueue
+	abandoned []Delivery // fetched, never started, dropped by workers while stopping
 
 	started        atomic.Bool
 	stopping       atomic.Bool
@@ -229,6 +230,11 @@ func (s *SubscriberScheduler) Shutdown(ctx context.Context) error {
 		s.subMu.Lock()
 		sub := s.sub
 		s.subMu.Unlock()
+		if r, ok := sub.(Releaser); ok {
+			if unstarted := s.unstarted(); len(unstarted) > 0 {
+				r.Release(unstarted)
+			}
+		}
 		if sub != nil {
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			if err := sub.Close(closeCtx); err != nil {
@@ -241,6 +247,31 @@ func (s *SubscriberScheduler) Shutdown(ctx context.Context) error {
 	})
 	<-s.done
 	return s.shutdownErr
+}
+
+// unstarted collects the deliveries that were fetched and never started:
+// those still ready, those waiting behind their key, and those the workers
+// dropped as they stopped. Called once the workers and the intake are done.
+func (s *SubscriberScheduler) unstarted() []Delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ds := s.abandoned
+	s.abandoned = nil
+	for {
+		select {
+		case d := <-s.ready:
+			ds = append(ds, d)
+			continue
+		default:
+		}
+		break
+	}
+	for _, q := range s.active {
+		if q != nil {
+			ds = append(ds, q.items[q.head:]...)
+		}
+	}
+	return ds
 }
 
 // adopt makes sub the scheduler's subscription and routes its background
@@ -378,6 +409,9 @@ func (s *SubscriberScheduler) following(key string) (Delivery, bool) {
 	defer s.mu.Unlock()
 	q := s.active[key]
 	if q == nil || q.head == len(q.items) || s.stopping.Load() {
+		if q != nil {
+			s.abandoned = append(s.abandoned, q.items[q.head:]...)
+		}
 		delete(s.active, key)
 		if q != nil {
 			clear(q.items)
@@ -401,6 +435,13 @@ func (s *SubscriberScheduler) following(key string) (Delivery, bool) {
 	return d, true
 }
 
+// abandon records d, fetched and never started, for Release.
+func (s *SubscriberScheduler) abandon(d Delivery) {
+	s.mu.Lock()
+	s.abandoned = append(s.abandoned, d)
+	s.mu.Unlock()
+}
+
 func (s *SubscriberScheduler) work() {
 	defer s.workers.Done()
 	for {
@@ -411,6 +452,7 @@ func (s *SubscriberScheduler) work() {
 			return
 		}
 		if s.stopping.Load() {
+			s.abandon(d)
 			s.slots <- struct{}{} // not started: abandoned to the driver
 			return
 		}

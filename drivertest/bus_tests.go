@@ -31,6 +31,7 @@ func RunBus(t *testing.T, cfg Config) {
 		{"PerKeyOrderWithConcurrency", testBusPerKeyOrder},
 		{"ShutdownWithInFlightLosesNothing", testBusShutdownInFlight},
 		{"UndecodableGoesToDeadLetter", testBusPoison},
+		{"RollingRestartsCountOnlyAttempts", testBusRollingRestarts},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
@@ -322,6 +323,106 @@ func testBusPoison(t *testing.T, cfg Config) {
 		t.Fatal("poison message never reached the dead-letter topic")
 	}
 	waitFor(t, cfg, "the good event after the poison one", func() bool { return good.Load() == 1 })
+}
+
+// testBusRollingRestarts restarts the only member of a group again and
+// again while most of the backlog waits, fetched but not started, behind
+// one key: no message may come to a handler with a delivery count above 1,
+// and with DeadLetterConfig.MaxDeliveries 1 none is dead-lettered (a
+// driver that counted hand-backs would dead-letter never-handled messages
+// on routine restarts).
+func testBusRollingRestarts(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	const n, perInstance = 40, 6
+	var mu sync.Mutex
+	handled := map[int]int{}
+	all, dead := make(chan struct{}), make(chan struct{})
+	var deadLettered atomic.Int32
+	events := make([]any, n)
+	for i := range events {
+		events[i] = Event{Key: "k", Seq: i}
+	}
+	for instance := 0; ; instance++ {
+		mu.Lock()
+		remaining := n - len(handled)
+		mu.Unlock()
+		if remaining == 0 {
+			break
+		}
+		if instance > n/perInstance+2 {
+			t.Fatalf("%d of %d messages never handled after %d restarts", remaining, n, instance)
+		}
+		bus := NewBus(t, d, topic)
+		hold, release := make(chan struct{}), make(chan struct{})
+		var ran atomic.Int32
+		err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
+			if c := herald.DeliveryCount(ctx); c > 1 {
+				t.Errorf("instance %d: event %d arrived with delivery count %d; no handler had run it before", instance, e.Seq, c)
+			}
+			mu.Lock()
+			handled[e.Seq]++
+			if len(handled) == n && handled[e.Seq] == 1 {
+				close(all)
+			}
+			mu.Unlock()
+			if ran.Add(1) == perInstance {
+				close(hold)
+				<-release // held across the shutdown, then acknowledged
+			}
+			return nil
+		}, herald.WithDeadLetterConfig(herald.DeadLetterConfig{
+			MaxDeliveries: 1,
+			OnDeadLetter: func(*herald.Message, error) {
+				if deadLettered.Add(1) == 1 {
+					close(dead)
+				}
+			},
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bus.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if instance == 0 {
+			if err := bus.Publish(ctx, events...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		select {
+		case <-hold:
+			stopped := make(chan error, 1)
+			go func() {
+				sctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+				defer cancel()
+				stopped <- bus.Shutdown(sctx)
+			}()
+			time.Sleep(20 * time.Millisecond) // let the shutdown begin
+			close(release)
+			if err := <-stopped; err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+		case <-all: // the last instance had fewer than perInstance left
+			close(release)
+			Shutdown(t, bus)
+		case <-dead:
+			close(release)
+			Shutdown(t, bus)
+			t.Fatalf("instance %d dead-lettered a message for too many deliveries; no handler had run it more than once", instance)
+		case <-time.After(cfg.Timeout):
+			t.Fatalf("instance %d handled %d messages, then nothing for %v", instance, ran.Load(), cfg.Timeout)
+		}
+	}
+	if c := deadLettered.Load(); c != 0 {
+		t.Errorf("%d never-failed messages dead-lettered for too many deliveries", c)
+	}
+	for seq, c := range handled {
+		if c != 1 {
+			t.Errorf("event %d handled %d times", seq, c)
+		}
+	}
 }
 
 func eventName(t *testing.T, bus *herald.Bus) string {

@@ -40,6 +40,11 @@ type Config struct {
 	// TimePrecision is how precisely the driver keeps Message.Time
 	// (default 1 ms, what Kafka keeps).
 	TimePrecision time.Duration
+	// DeliveryCounts says the driver reports Delivery.Count for
+	// redeliveries; its subscriptions must then be herald.Releasers, and
+	// the suite checks that a hand-back of released deliveries does not
+	// count while one of held deliveries does.
+	DeliveryCounts bool
 }
 
 func (c Config) withDefaults() Config {
@@ -82,6 +87,7 @@ func RunDriver(t *testing.T, cfg Config) {
 		{"CancelledContexts", testCancelledContexts},
 		{"FetchWaitsForPublish", testFetchWaits},
 		{"UnackedRedeliveredAfterClose", testRedeliveryAfterClose},
+		{"ReleasedHandBackIsNotADelivery", testReleasedNotCounted},
 		{"TwoGroupsEachGetAll", testTwoGroups},
 		{"CompetingConsumersShareWithoutLoss", testCompetingConsumers},
 		{"PerKeyOrder", testPerKeyOrder},

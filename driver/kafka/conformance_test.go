@@ -15,5 +15,6 @@ func TestConformance(t *testing.T) {
 			return newDriver(t, brokers, real)
 		},
 		MaxMessageBytes: kafka.DefaultMaxMessageBytes,
+		DeliveryCounts:  true,
 	})
 }

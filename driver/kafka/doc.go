@@ -93,6 +93,8 @@
 // before, since another member or process may have, and for a redelivery it
 // has seen (after a rebalance, or a Subscription closed with unacknowledged
 // messages) how many times this Driver delivered it: a lower bound.
+// Deliveries the scheduler fetched and never started are released
+// (herald.Releaser) and do not count.
 //
 // Close. Subscription.Close commits what is acknowledged and leaves the
 // group, bounded by its context; with a context that has ended it drops

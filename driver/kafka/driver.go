@@ -362,7 +362,7 @@ func (h *history) get(group, topic string, partition int) *partitionHistory {
 type partitionHistory struct {
 	mu     sync.Mutex
 	seen   int64           // one past the highest offset delivered; -1: none
-	counts map[int64]int32 // offsets below seen delivered more than once
+	counts map[int64]int32 // offsets below seen not delivered exactly once
 }
 
 // count records a delivery of offset and returns its Count: 0 for an
@@ -376,9 +376,29 @@ func (ph *partitionHistory) count(offset int64) int {
 	if ph.counts == nil {
 		ph.counts = make(map[int64]int32)
 	}
-	n := max(ph.counts[offset], 1) + 1
+	counted, ok := ph.counts[offset]
+	if !ok {
+		counted = 1
+	}
+	n := counted + 1
 	ph.counts[offset] = n
 	return int(n)
+}
+
+// release takes back the last counted delivery of offset, which no
+// handler started (herald.Releaser). ph.mu held.
+func (ph *partitionHistory) release(offset int64) {
+	if offset >= ph.seen {
+		return
+	}
+	if ph.counts == nil {
+		ph.counts = make(map[int64]int32)
+	}
+	counted, ok := ph.counts[offset]
+	if !ok {
+		counted = 1
+	}
+	ph.counts[offset] = max(counted-1, 0)
 }
 
 // prune forgets counts below the committed offset.

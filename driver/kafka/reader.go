@@ -448,6 +448,31 @@ func (s *subscription) Revoked(d herald.Delivery) bool {
 	return p.revoked
 }
 
+// Release takes back the delivery counts of deliveries the scheduler
+// fetched and never started (herald.Releaser), so that their next
+// delivery, here or to another member of this process, counts as the
+// same attempt.
+func (s *subscription) Release(ds []herald.Delivery) {
+	for _, d := range ds {
+		p, ok := d.Ref.(*partition)
+		if !ok || p.g.s != s {
+			continue
+		}
+		p.mu.Lock()
+		off, live := int64(0), d.Seq >= p.head && d.Seq < p.tail
+		if live {
+			i := d.Seq & uint64(len(p.offs)-1)
+			off, live = p.offs[i], !p.acked[i]
+		}
+		p.mu.Unlock()
+		if live {
+			p.hist.mu.Lock()
+			p.hist.release(off)
+			p.hist.mu.Unlock()
+		}
+	}
+}
+
 // Close commits the acknowledged offsets, leaves the group and stops every
 // goroutine of the subscription, bounded by ctx. Unacknowledged messages go
 // to the partition's next owner. When ctx has already ended, or ends before

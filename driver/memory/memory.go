@@ -19,7 +19,8 @@
 // Redelivery. A member that leaves (Close) with unacknowledged deliveries
 // gives them back: the partition's next owner receives them again, in
 // offset order, skipping those that were acknowledged. Delivery.Count tells
-// how many times the group received a message.
+// how many times the group received a message, not counting deliveries
+// the scheduler released unstarted (herald.Releaser).
 //
 // Retention and backpressure. Each partition keeps its newest WithCapacity
 // messages, acknowledged or not, like a size-bounded Kafka log; a group
@@ -499,6 +500,25 @@ func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 		c.owner.signal()
 	}
 	return nil
+}
+
+// Release takes back the count of deliveries the scheduler fetched and
+// never started (herald.Releaser): when Close hands them back, the next
+// owner sees the count they had before this member fetched them.
+func (m *member) Release(ds []herald.Delivery) {
+	cursors := m.group.cursors
+	for _, d := range ds {
+		idx, off := int(d.Seq>>offsetBits), d.Seq&(1<<offsetBits-1)
+		if d.Ref != m || idx >= len(cursors) {
+			continue
+		}
+		c := cursors[idx]
+		c.p.mu.Lock()
+		if slot := off % uint64(len(c.counts)); c.owner == m && off >= c.low && off < c.next && !c.acked[slot] && c.counts[slot] > 0 {
+			c.counts[slot]--
+		}
+		c.p.mu.Unlock()
+	}
 }
 
 // Lag returns how many messages of the partitions this member owns the

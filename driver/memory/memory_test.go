@@ -25,6 +25,7 @@ func TestConformance(t *testing.T) {
 	drivertest.Run(t, drivertest.Config{
 		NewDriver:       newDriver,
 		MaxMessageBytes: memory.DefaultMaxMessageBytes,
+		DeliveryCounts:  true,
 		TimePrecision:   1, // the memory driver keeps the Time it was given
 	})
 }

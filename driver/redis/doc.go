@@ -91,7 +91,10 @@
 // Close hands the consumer's unacknowledged entries back: it re-claims
 // them to itself with a delivery time far in the past (XCLAIM ... TIME
 // JUSTID), so the next scan of any member takes them, with their count up
-// by one. A consumer that holds no pending entries is deleted from the
+// by one. Entries the scheduler fetched and never started (it releases
+// them at shutdown, herald.Releaser) are handed back with their count one
+// lower (XCLAIM ... RETRYCOUNT), so a rolling restart is not a delivery:
+// the count goes up only for deliveries a handler may have run. A consumer that holds no pending entries is deleted from the
 // group (XGROUP DELCONSUMER); one that still holds some (its Close failed,
 // or it crashed) stays until other members have taken its entries over,
 // and is deleted by one of them once it has none left and has been silent

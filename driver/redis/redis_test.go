@@ -85,6 +85,7 @@ func TestConformance(t *testing.T) {
 			return newEnv(t).driver(t)
 		},
 		MaxMessageBytes: redis.DefaultMaxMessageBytes,
+		DeliveryCounts:  true,
 		// Message.Time travels as Unix nanoseconds.
 		TimePrecision: time.Nanosecond,
 	})

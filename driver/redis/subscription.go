@@ -61,8 +61,9 @@ type subscription struct {
 }
 
 type tracked struct {
-	id   string // stream entry ID
-	lost bool   // another consumer took it over; no longer touched
+	id       string // stream entry ID
+	lost     bool   // another consumer took it over; no longer touched
+	released bool   // never started (herald.Releaser): its hand-back does not count
 }
 
 func newSubscription(d *Driver, topic, group, consumer string) *subscription {
@@ -251,13 +252,13 @@ func (s *subscription) reclaim(ctx context.Context, dst []herald.Delivery) (int,
 		})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		s.onError(fmt.Errorf("redis: read delivery counts of %d reclaimed entries of topic %q group %q (delivering them with count 2): %w",
+		s.onError(fmt.Errorf("redis: read delivery counts of %d reclaimed entries of topic %q group %q (delivering them with count unknown): %w",
 			len(live), s.topic, s.group, err))
 	}
 	for i, c := range cmds {
-		counts[i] = 2 // taken over, so delivered at least twice
+		counts[i] = 0 // unknown
 		if p, err := c.Result(); err == nil && len(p) == 1 {
-			counts[i] = max(int(p[0].RetryCount), 2)
+			counts[i] = int(p[0].RetryCount)
 		}
 	}
 	return s.deliver(live, counts, dst)
@@ -500,9 +501,34 @@ func (s *subscription) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// Release marks deliveries the scheduler fetched and never started
+// (herald.Releaser): Close hands them back with the delivery count they
+// had before this consumer read them, so the next member's XAUTOCLAIM
+// counts the same attempt again instead of one more.
+func (s *subscription) Release(ds []herald.Delivery) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range ds {
+		if e, ok := s.inflight[d.Seq]; ok && d.Ref == any(s) {
+			e.released = true
+			s.inflight[d.Seq] = e
+		}
+	}
+}
+
 // handBack makes this consumer's pending entries claimable by any member at
-// once, and deletes the consumer when it holds none.
+// once, and deletes the consumer when it holds none. An entry's delivery
+// count stays as it is, so the next XAUTOCLAIM counts one more delivery
+// (a handler may have run); a released entry's goes one down first.
 func (s *subscription) handBack(ctx context.Context) error {
+	s.mu.Lock()
+	released := make(map[string]bool)
+	for _, e := range s.inflight {
+		if e.released {
+			released[e.id] = true
+		}
+	}
+	s.mu.Unlock()
 	start := "-"
 	for {
 		pending, err := s.client.XPendingExt(ctx, &goredis.XPendingExtArgs{
@@ -517,14 +543,27 @@ func (s *subscription) handBack(ctx context.Context) error {
 		if len(pending) == 0 {
 			break
 		}
-		args := make([]any, 0, 10+len(pending))
-		args = append(args, "XCLAIM", s.stream, s.group, s.consumer, 0)
+		// One XCLAIM per delivery count to set (-1: leave it as it is).
+		byCount := make(map[int64][]any)
 		for _, p := range pending {
-			args = append(args, p.ID)
+			count := int64(-1)
+			if released[p.ID] {
+				count = max(p.RetryCount-1, 0)
+			}
+			byCount[count] = append(byCount[count], p.ID)
 		}
-		args = append(args, "TIME", handBackTime, "JUSTID")
-		if err := s.client.Do(ctx, args...).Err(); err != nil {
-			return fmt.Errorf("redis: hand back %d pending entries of topic %q group %q: %w", len(pending), s.topic, s.group, err)
+		for count, ids := range byCount {
+			args := make([]any, 0, 12+len(ids))
+			args = append(args, "XCLAIM", s.stream, s.group, s.consumer, 0)
+			args = append(args, ids...)
+			args = append(args, "TIME", handBackTime)
+			if count >= 0 {
+				args = append(args, "RETRYCOUNT", count)
+			}
+			args = append(args, "JUSTID")
+			if err := s.client.Do(ctx, args...).Err(); err != nil {
+				return fmt.Errorf("redis: hand back %d pending entries of topic %q group %q: %w", len(ids), s.topic, s.group, err)
+			}
 		}
 		if len(pending) < ackChunk {
 			break
