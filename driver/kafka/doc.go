@@ -15,7 +15,10 @@
 // the value, Time the record timestamp (milliseconds), ID and ContentType
 // travel in the headers herald-id and herald-content-type, and every other
 // header is a Kafka header. Reading maps them back; a header repeated in a
-// record keeps its last value. Topic names must suit both herald and Kafka:
+// record keeps its last value. A record without a herald-id header (from
+// another producer) gets the ID "<topic>/<partition>/<offset>" (RecordID),
+// the same on every delivery, so deduplication and redrive by ID work for
+// it as for herald's own messages. Topic names must suit both herald and Kafka:
 // letters, digits, '.', '_' and '-', so herald's ':' and '/' are refused
 // with herald.ErrInvalidName.
 //

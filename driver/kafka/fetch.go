@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -264,7 +265,9 @@ func (s *subscription) decode(batch *kafkago.Batch, p *partition, names interner
 
 // message maps a Kafka record to a herald Message: key, value, timestamp
 // and headers, with the herald-id and herald-content-type headers moved to
-// their fields. A header repeated in the record keeps its last value.
+// their fields. A header repeated in the record keeps its last value. A
+// record without a herald-id header (a foreign producer's) gets
+// RecordID's ID, the same on every delivery.
 func (s *subscription) message(m *kafkago.Message, names interner) herald.Message {
 	hm := herald.Message{Topic: s.topic, Data: m.Value}
 	if !m.Time.IsZero() {
@@ -285,7 +288,19 @@ func (s *subscription) message(m *kafkago.Message, names interner) herald.Messag
 			hm.Headers = addHeader(hm.Headers, len(m.Headers), h.Key, string(h.Value))
 		}
 	}
+	if hm.ID == "" {
+		hm.ID = RecordID(s.topic, m.Partition, m.Offset)
+	}
 	return hm
+}
+
+// RecordID is the message ID of a record that carries no herald-id header
+// (a producer other than herald wrote it): "<topic>/<partition>/<offset>",
+// which names the record for good ('/' cannot occur in a Kafka topic
+// name). Deduplication, dead-lettering and redrive by ID use it like any
+// other ID.
+func RecordID(topic string, partition int, offset int64) string {
+	return topic + "/" + strconv.Itoa(partition) + "/" + strconv.FormatInt(offset, 10)
 }
 
 func addHeader(h herald.Headers, size int, k, v string) herald.Headers {

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -687,5 +689,45 @@ func TestMissingTopicWithoutAutoCreation(t *testing.T) {
 	buf := make([]herald.Delivery, 1)
 	if n, err := sub.Fetch(ctx, buf); err != nil || n != 1 || buf[0].Message.ID != "m" {
 		t.Fatalf("Fetch = %d, %v", n, err)
+	}
+}
+
+// Records from foreign producers carry no herald-id header: each gets an
+// ID derived from where it sits, "<topic>/<partition>/<offset>", the same
+// on every delivery, so deduplication and redrive by ID work for them.
+func TestForeignRecordsGetStableIDs(t *testing.T) {
+	brokers, real := cluster(t)
+	d := newDriver(t, brokers, real)
+	topic, group := newTopic(t, d), name("g")
+	ctx := testContext(t)
+	tr := &kafkago.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	w := &kafkago.Writer{Addr: kafkago.TCP(brokers...), Topic: topic, Transport: tr, BatchTimeout: time.Millisecond}
+	t.Cleanup(func() { _ = w.Close() })
+	const n = 5
+	for i := range n {
+		if err := w.WriteMessages(ctx, kafkago.Message{Key: []byte("k" + strconv.Itoa(i)), Value: []byte("foreign")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func() map[string]bool {
+		sub, err := d.Subscribe(ctx, topic, group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Close(ctx) }()
+		got := map[string]bool{}
+		for _, dl := range drivertest.FetchExactly(t, sub, n) {
+			var p, off int
+			if _, err := fmt.Sscanf(strings.TrimPrefix(dl.Message.ID, topic+"/"), "%d/%d", &p, &off); err != nil || !strings.HasPrefix(dl.Message.ID, topic+"/") {
+				t.Errorf("ID %q of a record without herald-id, want %s/<partition>/<offset>", dl.Message.ID, topic)
+			}
+			got[dl.Message.ID] = true
+		}
+		return got // not acknowledged: the next member gets them again
+	}
+	first, again := ids(), ids()
+	if len(first) != n || !maps.Equal(first, again) {
+		t.Errorf("IDs %v on the first delivery, %v on the redelivery; want %d, the same", first, again, n)
 	}
 }
