@@ -102,7 +102,14 @@
 // Close. Subscription.Close commits what is acknowledged and leaves the
 // group, bounded by its context; with a context that has ended it drops
 // the connections without committing, as a crash would, and the group
-// drops the member after the session timeout. No goroutine of a
+// drops the member after the session timeout. When the final commit is
+// refused because the group moved on without the member (UNKNOWN_MEMBER_ID,
+// ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID: the broker
+// dropped it in a rebalance), nothing is wrong for the caller, since the
+// new owners receive what was not committed: Close reports it to the
+// scheduler's error handler and returns nil. Other commit failures are
+// Close's error. Commit failures at the end of a generation that is not
+// the last (a rebalance) go to the same error handler. No goroutine of a
 // subscription outlives its Close; no goroutine of the Driver outlives
 // Close.
 //

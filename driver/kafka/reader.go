@@ -142,6 +142,8 @@ type subscription struct {
 	mu       sync.Mutex
 	flushErr error // the final commit made while closing
 
+	background atomic.Pointer[func(error)] // set by ReportErrorsTo; nil: log only
+
 	current atomic.Pointer[generation] // the generation running; nil while joining
 	epoch   time.Time                  // origin of clock
 }
@@ -303,14 +305,45 @@ func (s *subscription) endGeneration(g *generation) {
 			"generation", g.gen.ID, "deliveries", n)
 	}
 	switch {
+	case closing && err != nil && groupMovedOn(err):
+		// The group rebalanced without this member: the partitions' new
+		// owners receive what was not committed, as after a revoked Ack.
+		s.reportBackground(fmt.Errorf("kafka: final commit of topic %q group %q not taken, the group moved on without this member; its new owners receive the uncommitted messages: %w", s.topic, s.group, err))
 	case closing:
 		s.mu.Lock()
 		s.flushErr = err
 		s.mu.Unlock()
 	case err != nil:
-		s.log.Warn("kafka: commit at the end of a generation failed; uncommitted messages are delivered again", "error", err)
+		s.reportBackground(fmt.Errorf("kafka: commit at the end of a generation of topic %q group %q failed; uncommitted messages are delivered again: %w", s.topic, s.group, err))
 	}
 	s.log.Debug("kafka: generation ended", "generation", g.gen.ID)
+}
+
+// groupMovedOn reports whether a commit failed only because the group has
+// a generation this member is not part of: the member was dropped or the
+// group rebalanced (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION,
+// REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID).
+func groupMovedOn(err error) bool {
+	for _, code := range []kafkago.Error{kafkago.UnknownMemberId, kafkago.IllegalGeneration, kafkago.RebalanceInProgress, kafkago.FencedInstanceID} {
+		if errors.Is(err, code) {
+			return true
+		}
+	}
+	return false
+}
+
+// ReportErrorsTo sends the errors the subscription meets outside Fetch
+// and Ack (a failed commit at the end of a generation, a final commit the
+// group no longer takes) to report instead of the driver's log
+// (herald.ErrorReporter).
+func (s *subscription) ReportErrorsTo(report func(error)) { s.background.Store(&report) }
+
+func (s *subscription) reportBackground(err error) {
+	if f := s.background.Load(); f != nil {
+		(*f)(err)
+		return
+	}
+	s.log.Warn("kafka: background error", "error", err)
 }
 
 func closed(c <-chan struct{}) bool {

@@ -731,3 +731,97 @@ func TestForeignRecordsGetStableIDs(t *testing.T) {
 		t.Errorf("IDs %v on the first delivery, %v on the redelivery; want %d, the same", first, again, n)
 	}
 }
+
+// failCommits makes the cluster answer the next offset commit with code
+// for every partition it names.
+func failCommits(c *kfake.Cluster, code int16) {
+	c.ControlKey(int16(kmsg.OffsetCommit), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		req := r.(*kmsg.OffsetCommitRequest)
+		resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range req.Topics {
+			t := kmsg.NewOffsetCommitResponseTopic()
+			t.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				p := kmsg.NewOffsetCommitResponseTopicPartition()
+				p.Partition, p.ErrorCode = rp.Partition, code
+				t.Partitions = append(t.Partitions, p)
+			}
+			resp.Topics = append(resp.Topics, t)
+		}
+		return resp, nil, true
+	})
+}
+
+// When the group has moved on without this member (the broker dropped it
+// in a rebalance storm), Close's final commit fails with "Unknown Member
+// ID": nothing is wrong for the caller, the new owner receives what was
+// not committed. Close reports it to the error handler and returns nil.
+// A commit failure that means trouble (authorization) is still returned.
+func TestCloseAfterTheGroupMovedOn(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		code     int16
+		want     error
+		closeErr bool
+	}{
+		{"unknown member", int16(kafkago.UnknownMemberId), kafkago.UnknownMemberId, false},
+		{"illegal generation", int16(kafkago.IllegalGeneration), kafkago.IllegalGeneration, false},
+		{"not authorized", int16(kafkago.GroupAuthorizationFailed), kafkago.GroupAuthorizationFailed, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
+				kfake.DefaultNumPartitions(partitions), kfake.GroupMinSessionTimeout(100*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(cl.Close)
+			// Only Close commits, so that is the commit that fails.
+			d := newDriver(t, cl.ListenAddrs(), false, kafka.WithCommitInterval(time.Hour))
+			topic, group := newTopic(t, d), name("g")
+			ctx := testContext(t)
+			const n = 3
+			for i := range n {
+				if err := d.Write(ctx, []*herald.Message{{ID: strconv.Itoa(i), Topic: topic, Key: strconv.Itoa(i), Data: []byte("x")}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sub, err := d.Subscribe(ctx, topic, group)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			var reported []error
+			sub.(herald.ErrorReporter).ReportErrorsTo(func(err error) {
+				mu.Lock()
+				reported = append(reported, err)
+				mu.Unlock()
+			})
+			drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, n)...)
+			failCommits(cl, c.code)
+			err = sub.Close(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			if c.closeErr {
+				if !errors.Is(err, c.want) {
+					t.Errorf("Close = %v, want an error wrapping %v", err, c.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Errorf("Close = %v, want nil: the group moved on, nothing is wrong for the caller", err)
+			}
+			if len(reported) != 1 || !errors.Is(reported[0], c.want) {
+				t.Errorf("reported %v, want one error wrapping %v", reported, c.want)
+			}
+			// Nothing was committed: the next member gets all of it again.
+			next, err := d.Subscribe(ctx, topic, group)
+			if err != nil {
+				t.Fatal(err)
+			}
+			drivertest.Ack(t, next, drivertest.FetchExactly(t, next, n)...)
+			if err := next.Close(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
