@@ -277,17 +277,15 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 	return nil
 }
 
-// chain assembles the middleware in the canonical order (middleware.go).
+// chain assembles the middleware of one handler that run inside the
+// route's dispatch, in the canonical order (middleware.go): dedup, dead
+// letter, retry, recover, the user's, and h.
 func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (HandlerFunc, error) {
 	var mws []Middleware
 	logger := b.opts.logger
 	var tel *subscriptionTelemetry
 	if b.tel != nil {
 		tel = b.tel.subscription(topic, group)
-		mws = append(mws, tel.middleware())
-	}
-	if b.opts.onHandled != nil || logger.Enabled(context.Background(), slog.LevelDebug) {
-		mws = append(mws, Observe(topic, group, logger, b.opts.onHandled))
 	}
 	if o.dedup != nil {
 		cfg := *o.dedup
@@ -361,6 +359,26 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 	return Chain(h, mws...), nil
 }
 
+// routeHandler is what r's scheduler runs: telemetry and Observe around
+// r.dispatch, the outermost layers of the canonical order, so that they
+// see every delivery, skipped ones included.
+func (b *Bus) routeHandler(r *route) HandlerFunc {
+	var mws []Middleware
+	if b.tel != nil {
+		mws = append(mws, b.tel.subscription(r.topic, r.group).middleware())
+	}
+	if logger := b.opts.logger; b.opts.onHandled != nil || logger.Enabled(context.Background(), slog.LevelDebug) {
+		mws = append(mws, Observe(r.topic, r.group, logger, b.opts.onHandled))
+	}
+	h := Chain(r.dispatch, mws...)
+	return func(ctx context.Context, m *Message) error {
+		if err := h(ctx, m); err != errSkipped {
+			return err
+		}
+		return nil
+	}
+}
+
 // Start starts every subscription in the background and returns. Later
 // Subscribe calls start their subscription at once. Cancelling ctx stops
 // the subscribers abruptly (handler contexts are cancelled); Shutdown is
@@ -389,7 +407,7 @@ func (b *Bus) startRoute(r *route) error {
 	if cfg.OnError == nil {
 		cfg.OnError = b.opts.onError
 	}
-	s, err := NewSubscriberScheduler(b.driver, r.topic, r.group, r.handle, cfg)
+	s, err := NewSubscriberScheduler(b.driver, r.topic, r.group, b.routeHandler(r), cfg)
 	if err != nil {
 		return err
 	}
@@ -397,7 +415,18 @@ func (b *Bus) startRoute(r *route) error {
 	return s.Start(b.runCtx)
 }
 
-func (r *route) handle(ctx context.Context, m *Message) error {
+// errSkipped is what dispatch returns for a message the group does not
+// handle; the route's outer layers count it as skipped and acknowledge it.
+var errSkipped = errors.New("herald: skipped")
+
+// dispatch runs the handler of m's event type. A message of an event type
+// the group has no handler for (another type on a shared topic) is
+// skipped, as is a redriven message addressed to another group
+// (HeaderRedriveGroup): both are acknowledged without running anything.
+func (r *route) dispatch(ctx context.Context, m *Message) error {
+	if to := m.Headers.Get(HeaderRedriveGroup); to != "" && to != r.group {
+		return errSkipped
+	}
 	if r.raw != nil {
 		return r.raw(ctx, m)
 	}
@@ -411,7 +440,7 @@ func (r *route) handle(ctx context.Context, m *Message) error {
 			return h(ctx, m)
 		}
 	}
-	return nil // another event type on a shared topic: not this handler's
+	return errSkipped
 }
 
 // Shutdown stops every subscription gracefully (see

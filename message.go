@@ -45,6 +45,19 @@ const (
 
 	// HeaderDeadLetterTime is when it was dead-lettered (RFC 3339, UTC).
 	HeaderDeadLetterTime = "herald-dlq-time"
+
+	// HeaderRedriveGroup addresses a message that a dead-letter redrive
+	// wrote back to its topic to the group that had given up on it: the
+	// Bus runs it in that group only, and every other group of the topic
+	// acknowledges it without running its handler (outcome skipped).
+	HeaderRedriveGroup = "herald-redrive-group"
+
+	// HeaderRedriveCount is how many times the message has been redriven to
+	// HeaderRedriveGroup (decimal, 1 for the first redrive). It is part of
+	// the group's deduplication key, so a redriven message runs again in a
+	// group that deduplicates, while a second copy of the same redrive is
+	// skipped.
+	HeaderRedriveCount = "herald-redrive-count"
 )
 
 // Headers are a message's string key/value metadata.

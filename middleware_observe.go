@@ -17,6 +17,10 @@ type HandleResult struct {
 	// and dead-lettered messages alike (use the dedup and dead-letter
 	// callbacks to tell those apart).
 	Err error
+	// Skipped says the group does not handle this message and acknowledged
+	// it without running a handler: an event type the group has no handler
+	// for on a shared topic, or a redrive addressed to another group.
+	Skipped bool
 }
 
 // Observe logs each handled message at debug level and each failure at
@@ -28,8 +32,15 @@ func Observe(topic, group string, logger *slog.Logger, hook func(HandleResult)) 
 			start := time.Now()
 			err := next(ctx, m)
 			took := time.Since(start)
+			skipped := err == errSkipped
 			if logger != nil {
 				switch {
+				case skipped:
+					if logger.Enabled(ctx, slog.LevelDebug) {
+						logger.LogAttrs(ctx, slog.LevelDebug, "herald: skipped, not for this group",
+							slog.String("topic", topic), slog.String("group", group),
+							slog.String("message_id", m.ID), slog.String("event", m.Event()))
+					}
 				case err != nil:
 					attempts := 1
 					var re *RetryError
@@ -49,7 +60,11 @@ func Observe(topic, group string, logger *slog.Logger, hook func(HandleResult)) 
 				}
 			}
 			if hook != nil {
-				hook(HandleResult{Topic: topic, Group: group, Message: m, Duration: took, Err: err})
+				r := HandleResult{Topic: topic, Group: group, Message: m, Duration: took, Err: err, Skipped: skipped}
+				if skipped {
+					r.Err = nil
+				}
+				hook(r)
 			}
 			return err
 		}

@@ -42,7 +42,9 @@ import (
 //     chain per delivery, retries included.
 //   - herald.messages.processed {message}: deliveries handled, by
 //     herald.outcome: "ok" (acknowledged: handled, skipped as a duplicate
-//     or dead-lettered) or "error" (left for redelivery).
+//     or dead-lettered), "error" (left for redelivery) or "skipped"
+//     (acknowledged without a handler: an event type the group does not
+//     handle, or a redrive addressed to another group).
 //   - herald.messages.retried {attempt}, herald.messages.deduplicated
 //     {message}, herald.messages.dead_lettered {message}.
 //   - herald.consumer.lag {message}: per topic and group, where the driver
@@ -191,7 +193,7 @@ func newConsumerTelemetry(cfg telemetry.Config, r Reader) *consumerTelemetry {
 		metric.WithDescription("Duration of one run of a subscription's handler chain for a delivery, retries included."),
 		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 	t.processed, errs[1] = p.Meter.Int64Counter("herald.messages.processed", metric.WithUnit("{message}"),
-		metric.WithDescription("Deliveries handled, by outcome: ok (acknowledged) or error (left for redelivery)."))
+		metric.WithDescription("Deliveries handled, by outcome: ok (acknowledged), error (left for redelivery) or skipped (not for this group)."))
 	t.retried, errs[2] = p.Meter.Int64Counter("herald.messages.retried", metric.WithUnit("{attempt}"),
 		metric.WithDescription("Handler attempts run again by the retry middleware."))
 	t.deduplicated, errs[3] = p.Meter.Int64Counter("herald.messages.deduplicated", metric.WithUnit("{message}"),
@@ -207,9 +209,9 @@ func newConsumerTelemetry(cfg telemetry.Config, r Reader) *consumerTelemetry {
 // subscription is the telemetry of one (topic, group).
 type subscriptionTelemetry struct {
 	*consumerTelemetry
-	dst        *telemetry.Destination
-	ok, failed telemetry.Attrs // herald.outcome
-	plain      telemetry.Attrs // no outcome
+	dst                 *telemetry.Destination
+	ok, failed, skipped telemetry.Attrs // herald.outcome
+	plain               telemetry.Attrs // no outcome
 	group      string
 }
 
@@ -220,6 +222,7 @@ func (t *consumerTelemetry) subscription(topic, group string) *subscriptionTelem
 		dst:               dst,
 		ok:                dst.With(telemetry.OutcomeKey.String("ok")),
 		failed:            dst.With(telemetry.OutcomeKey.String("error")),
+		skipped:           dst.With(telemetry.OutcomeKey.String("skipped")),
 		plain:             dst.With(),
 		group:             group,
 	}
@@ -250,6 +253,16 @@ func (t *subscriptionTelemetry) middleware() Middleware {
 				start = time.Now()
 			}
 			err := next(ctx, m)
+			if err == errSkipped {
+				if measuring {
+					t.processed.Add(ctx, 1, t.skipped.Add...)
+				}
+				if span != nil {
+					span.SetAttributes(telemetry.OutcomeKey.String("skipped"))
+					span.End()
+				}
+				return err
+			}
 			if measuring {
 				t.record(ctx, time.Since(start), err)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -376,5 +377,53 @@ func TestTelemetryAsyncPublisher(t *testing.T) {
 	}
 	if got := h.sum(t, "messaging.client.sent.messages"); got != 1 {
 		t.Errorf("sent = %d, want 1", got)
+	}
+}
+
+// A group that handles one of a shared topic's event types acknowledges
+// the others without running a handler: they are counted and seen by the
+// handle hook with outcome skipped, so an operator can see a producer
+// sending types nobody consumes.
+func TestSkippedEventTypesAreCounted(t *testing.T) {
+	h := newOTelHarness(t)
+	var mu sync.Mutex
+	var results []herald.HandleResult
+	bus, _ := newTestBus(t, append(h.options(), herald.WithHandleHook(func(r herald.HandleResult) {
+		mu.Lock()
+		results = append(results, r)
+		mu.Unlock()
+	}))...)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	herald.MustRegister[OrderShipped](bus, "orders")
+	var shipped atomic.Int32
+	must(t, herald.Subscribe(bus, "tracking", func(context.Context, OrderShipped, *herald.Message) error {
+		shipped.Add(1)
+		return nil
+	}))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, OrderPlaced{ID: "1"}, OrderShipped{ID: "1"}, OrderPlaced{ID: "2"}))
+	eventually(t, "three deliveries settled", func() bool {
+		return h.sum(t, "herald.messages.processed") == 3
+	})
+	if got := h.sum(t, "herald.messages.processed", attribute.String("herald.outcome", "skipped")); got != 2 {
+		t.Errorf("processed skipped = %d, want 2 (the OrderPlaced events)", got)
+	}
+	if got := h.sum(t, "herald.messages.processed", attribute.String("herald.outcome", "ok")); got != 1 {
+		t.Errorf("processed ok = %d, want 1", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	skipped := 0
+	for _, r := range results {
+		if r.Skipped {
+			skipped++
+			if r.Err != nil || !strings.HasSuffix(r.Message.Event(), "OrderPlaced") {
+				t.Errorf("skipped result %+v, want an OrderPlaced without error", r)
+			}
+		}
+	}
+	if len(results) != 3 || skipped != 2 || shipped.Load() != 1 {
+		t.Errorf("%d hook results, %d skipped, %d handled; want 3, 2 and 1", len(results), skipped, shipped.Load())
 	}
 }
