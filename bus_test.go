@@ -268,3 +268,37 @@ func TestBusPublishRightAfterStartIsNotLost(t *testing.T) {
 	}
 	eventually(t, "all 100", func() bool { return got.Load() == 100 })
 }
+
+// A message a redrive addressed to one group runs there only; the other
+// groups of the topic acknowledge it as skipped, typed and raw alike.
+func TestBusRedriveRunsOnlyInItsGroup(t *testing.T) {
+	var mu sync.Mutex
+	skipped := map[string]int{}
+	bus, _ := newTestBus(t, herald.WithHandleHook(func(r herald.HandleResult) {
+		if r.Skipped {
+			mu.Lock()
+			skipped[r.Group]++
+			mu.Unlock()
+		}
+	}))
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var billing, shipping, audit atomic.Int32
+	must(t, herald.Subscribe(bus, "billing", func(context.Context, OrderPlaced, *herald.Message) error { billing.Add(1); return nil }))
+	must(t, herald.Subscribe(bus, "shipping", func(context.Context, OrderPlaced, *herald.Message) error { shipping.Add(1); return nil }))
+	must(t, bus.Handle("orders", "audit", func(context.Context, *herald.Message) error { audit.Add(1); return nil }))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	msgs, err := bus.Publisher().Encode(ctx, OrderPlaced{ID: "1"})
+	must(t, err)
+	msgs[0].Headers[herald.HeaderRedriveGroup] = "billing"
+	msgs[0].Headers[herald.HeaderRedriveCount] = "1"
+	must(t, bus.PublishMessages(ctx, msgs[0]))
+	eventually(t, "the redrive settled in every group", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return billing.Load() == 1 && skipped["shipping"] == 1 && skipped["audit"] == 1
+	})
+	if shipping.Load() != 0 || audit.Load() != 0 {
+		t.Errorf("groups the redrive was not for ran it: shipping %d, audit %d", shipping.Load(), audit.Load())
+	}
+}

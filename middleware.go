@@ -35,9 +35,18 @@ func Chain(h HandlerFunc, mws ...Middleware) HandlerFunc {
 //     dead-letters become events on it and logs can carry its trace id.
 //  1. Observe (logging, metrics hook): sees every delivery and its final
 //     outcome, including skipped duplicates and dead-letters.
+//
+//     Then the subscription dispatches by event type: a message the group
+//     does not handle (another event type on a shared topic, a redrive
+//     addressed to another group by HeaderRedriveGroup) is acknowledged
+//     here without running anything, with outcome skipped. Layers 0 and 1
+//     wrap this dispatch, once per topic and group; the layers below wrap
+//     each handler.
 //  2. Dedup: claims (group, message ID) before anything runs, commits when
 //     the chain inside succeeded (a dead-lettered message counts as done),
-//     releases the claim when it failed so the redelivery can run.
+//     releases the claim when it failed so the redelivery can run. A
+//     redrive addressed to the group is keyed by its redrive count as well,
+//     so it runs once more.
 //  3. Dead-letter: takes what the retry layer gave up on (and undecodable
 //     payloads at once), writes it to the dead-letter topic, and only then
 //     lets the message be acknowledged.

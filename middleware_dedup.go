@@ -40,7 +40,11 @@ type DedupConfig struct {
 // another returns ErrInProgress and is redelivered later; one that finds it
 // done is acknowledged without running. A storage error fails the delivery
 // (it is redelivered), so an unreachable store never causes a double run.
-// Messages without an ID are passed through.
+// Messages without an ID are passed through. A message a dead-letter
+// redrive addressed to this group (HeaderRedriveGroup, HeaderRedriveCount)
+// is keyed by its ID and its redrive count: it runs once more although its
+// dead-lettering marked the ID done, and a second copy of the same redrive
+// is skipped.
 func Deduplicate(cfg DedupConfig) Middleware {
 	if cfg.Lease <= 0 {
 		cfg.Lease = 5 * time.Minute
@@ -58,6 +62,11 @@ func Deduplicate(cfg DedupConfig) Middleware {
 				return next(ctx, m)
 			}
 			key := prefix + m.ID
+			if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == cfg.Group {
+				// A redrive to this group: its dead-lettering marked the ID
+				// done, and this copy must run once more.
+				key += "#redrive-" + n
+			}
 			claim, err := cfg.Storage.Claim(ctx, key, cfg.Lease)
 			if err != nil {
 				return fmt.Errorf("herald: dedup claim %q: %w", key, err)

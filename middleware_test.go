@@ -250,6 +250,27 @@ func TestDeduplicate(t *testing.T) {
 			t.Fatalf("redelivery: %v, calls %d", err, calls)
 		}
 	})
+	t.Run("a redrive to the group runs once more, once", func(t *testing.T) {
+		var calls int
+		h := herald.Deduplicate(herald.DedupConfig{Storage: newDedupStore(t), Group: "g"})(
+			func(context.Context, *herald.Message) error { calls++; return nil })
+		redrive := func(group, n string) *herald.Message {
+			m := msg("m-1")
+			m.Headers = herald.Headers{herald.HeaderRedriveGroup: group, herald.HeaderRedriveCount: n}
+			return m
+		}
+		// The original (dead-lettered: done), two copies of the first
+		// redrive, the second redrive, and a redrive meant for another
+		// group, which this group's key does not change for.
+		for _, m := range []*herald.Message{msg("m-1"), redrive("g", "1"), redrive("g", "1"), redrive("g", "2"), redrive("other", "3")} {
+			if err := h(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if calls != 3 {
+			t.Fatalf("handler ran %d times, want 3 (the original and each redrive once)", calls)
+		}
+	})
 	t.Run("groups are deduplicated separately", func(t *testing.T) {
 		store := newDedupStore(t)
 		var calls int

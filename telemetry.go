@@ -212,7 +212,7 @@ type subscriptionTelemetry struct {
 	dst                 *telemetry.Destination
 	ok, failed, skipped telemetry.Attrs // herald.outcome
 	plain               telemetry.Attrs // no outcome
-	group      string
+	group               string
 }
 
 func (t *consumerTelemetry) subscription(topic, group string) *subscriptionTelemetry {

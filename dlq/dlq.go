@@ -6,18 +6,35 @@
 // payload and headers, plus herald-dlq-* headers for the reason, the
 // attempts, the original topic, the group and the time. A Store reads such
 // a topic back from the broker; Redrive writes its entries to their
-// original topic with the same ID (so a subscriber with deduplication skips
-// what it already handled) and then marks them redriven.
+// original topic and then marks them redriven.
+//
+// # Who handles a redriven message
+//
+// A redrive is addressed to the group that gave up on the message (the
+// entry's Group): the message goes back with herald.HeaderRedriveGroup set
+// to that group and herald.HeaderRedriveCount to how many times it has been
+// redriven to it (1, then 2 if it is dead-lettered and redriven again).
+//
+//   - The group that gave up runs it again, also when it deduplicates
+//     (herald.WithDedup): the dedup middleware keys a redriven message by
+//     its ID and its redrive count, so the "done" mark its dead-lettering
+//     left does not skip it.
+//   - Every other group of the topic acknowledges it without running its
+//     handler (outcome "skipped" in metrics and the handle hook), with or
+//     without deduplication: they had handled it already.
+//   - A second copy of one redrive (a crash between the write and the mark,
+//     or two dead-letter entries of one failure) carries the same count, so
+//     a group that deduplicates runs it once.
+//
+// An entry without a group (written by something other than herald's
+// dead-letter middleware) goes back unaddressed: every group receives it,
+// and groups that deduplicate skip it by its ID if they handled it before.
+// Consumers other than a herald Bus see a redriven message like any other.
 //
 // Redrive is at-least-once: a crash between the write and the mark writes
 // the entry again on the next run, never loses it. Running it twice is
 // safe: entries already marked are not listed again, and a message written
-// twice carries one ID.
-//
-// A redriven message goes to its original topic, so every group of that
-// topic receives it again, not only the group that gave up on it; groups
-// that had handled it skip it only when they deduplicate
-// (herald.WithDedup).
+// twice carries one ID and one redrive count.
 package dlq
 
 import (
@@ -39,8 +56,9 @@ var ErrNotFound = errors.New("dlq: entry not found")
 const deadLetterHeaderPrefix = "herald-dlq-"
 
 // NewEntry returns the Entry for the dead-lettered message m found at
-// position, with the fields taken from its herald-dlq-* headers. A missing
-// or malformed attempts or time header leaves that field zero. Store
+// position, with the fields taken from its herald-dlq-* and redrive
+// headers. A missing or malformed attempts, time or redrive count header
+// leaves that field zero. Store
 // implementations use it; m becomes the entry's Message.
 func NewEntry(position string, m *herald.Message) Entry {
 	e := Entry{
@@ -56,24 +74,46 @@ func NewEntry(position string, m *herald.Message) Entry {
 	if t, err := time.Parse(time.RFC3339Nano, m.Headers.Get(herald.HeaderDeadLetterTime)); err == nil {
 		e.Time = t.UTC()
 	}
+	if m.Headers.Get(herald.HeaderRedriveGroup) == e.Group {
+		if n, err := strconv.Atoi(m.Headers.Get(herald.HeaderRedriveCount)); err == nil && n > 0 {
+			e.Redrives = n
+		}
+	}
 	return e
 }
 
-// Original returns the message to write back: a deep copy of the
-// dead-lettered message with Topic set to e.Topic and the herald-dlq-*
-// headers removed; ID, Key, ContentType, Data, Time and every other header
-// (traceparent included) are kept.
+// Original returns the message as it was first published: a deep copy of
+// the dead-lettered message with Topic set to e.Topic and the herald-dlq-*
+// and redrive headers removed; ID, Key, ContentType, Data, Time and every
+// other header (traceparent included) are kept.
 func (e Entry) Original() *herald.Message {
 	m := e.Message.Clone()
 	m.Topic = e.Topic
 	for k := range m.Headers {
-		if strings.HasPrefix(k, deadLetterHeaderPrefix) {
+		if strings.HasPrefix(k, deadLetterHeaderPrefix) || k == herald.HeaderRedriveGroup || k == herald.HeaderRedriveCount {
 			delete(m.Headers, k)
 		}
 	}
 	if len(m.Headers) == 0 {
 		m.Headers = nil
 	}
+	return m
+}
+
+// Redriven returns the message Redrive writes back: Original, addressed to
+// e.Group with herald.HeaderRedriveGroup and numbered Redrives+1 with
+// herald.HeaderRedriveCount (see the package doc). An entry without a group
+// gives Original unchanged.
+func (e Entry) Redriven() *herald.Message {
+	m := e.Original()
+	if e.Group == "" {
+		return m
+	}
+	if m.Headers == nil {
+		m.Headers = make(herald.Headers, 2)
+	}
+	m.Headers[herald.HeaderRedriveGroup] = e.Group
+	m.Headers[herald.HeaderRedriveCount] = strconv.Itoa(e.Redrives + 1)
 	return m
 }
 
@@ -101,6 +141,10 @@ type Entry struct {
 	// Time is when it was dead-lettered (HeaderDeadLetterTime; zero when
 	// absent or malformed).
 	Time time.Time
+	// Redrives is how many times the message had been redriven to Group
+	// before it was dead-lettered this time (its HeaderRedriveCount; 0 for
+	// a message that never was).
+	Redrives int
 }
 
 // Store reads a broker's dead-letter topics and marks entries redriven.

@@ -77,6 +77,47 @@ func TestOriginal(t *testing.T) {
 	}
 }
 
+// A redrive is addressed to the group that gave up and numbered: the
+// first redrive is 1; a message dead-lettered again after a redrive goes
+// back as 2. Original drops what a redrive added.
+func TestRedriven(t *testing.T) {
+	e := dlq.NewEntry("0:7", deadLettered())
+	m := e.Redriven()
+	if e.Redrives != 0 || m.Headers[herald.HeaderRedriveGroup] != "billing" || m.Headers[herald.HeaderRedriveCount] != "1" {
+		t.Errorf("first redrive: Redrives %d, headers %v", e.Redrives, m.Headers)
+	}
+	if m.Topic != "orders" || m.ID != "m1" || m.Headers[herald.HeaderDeadLetterReason] != "" {
+		t.Errorf("redriven message %+v", m)
+	}
+
+	again := deadLettered()
+	again.Headers[herald.HeaderRedriveGroup], again.Headers[herald.HeaderRedriveCount] = "billing", "1"
+	e = dlq.NewEntry("0:9", again)
+	if e.Redrives != 1 || e.Redriven().Headers[herald.HeaderRedriveCount] != "2" {
+		t.Errorf("dead-lettered after one redrive: Redrives %d, count %q", e.Redrives, e.Redriven().Headers[herald.HeaderRedriveCount])
+	}
+	if h := e.Original().Headers; h[herald.HeaderRedriveGroup] != "" || h[herald.HeaderRedriveCount] != "" {
+		t.Errorf("Original keeps redrive headers: %v", h)
+	}
+
+	// A count addressed to another group, or malformed, is not this
+	// group's; an entry without a group goes back unaddressed.
+	other := deadLettered()
+	other.Headers[herald.HeaderRedriveGroup], other.Headers[herald.HeaderRedriveCount] = "shipping", "4"
+	if e := dlq.NewEntry("0:10", other); e.Redrives != 0 {
+		t.Errorf("redrives to another group counted: %d", e.Redrives)
+	}
+	bad := deadLettered()
+	bad.Headers[herald.HeaderRedriveGroup], bad.Headers[herald.HeaderRedriveCount] = "billing", "x"
+	if e := dlq.NewEntry("0:11", bad); e.Redrives != 0 {
+		t.Errorf("malformed count read as %d", e.Redrives)
+	}
+	foreign := &herald.Message{ID: "f", Topic: "orders.dlq", Headers: herald.Headers{herald.HeaderDeadLetterTopic: "orders"}}
+	if h := dlq.NewEntry("0:12", foreign).Redriven().Headers; h != nil {
+		t.Errorf("an entry without a group got headers %v", h)
+	}
+}
+
 func TestRedriveRefusesBadInput(t *testing.T) {
 	ctx := context.Background()
 	// The checks come before the store or the writer is used.

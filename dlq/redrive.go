@@ -79,8 +79,9 @@ type SkippedEntry struct {
 // time: every entry, page by page in List order (entries dead-lettered
 // after the run started are left, see RedriveResult.Deferred), or the
 // entries named by opt.Select, in that order. Each message written is
-// Entry.Original: same ID, key, payload and headers, without the
-// herald-dlq-* headers. Entries that cannot go back (no valid original
+// Entry.Redriven: same ID, key, payload and headers, without the
+// herald-dlq-* headers, addressed to the group that gave up on it (see the
+// package doc). Entries that cannot go back (no valid original
 // topic) are skipped and reported, never written, marked or lost.
 //
 // Redrive is at-least-once and safe to re-run. A batch is marked only
@@ -203,7 +204,7 @@ func (r *redriver) redrive(ctx context.Context, batch []Entry, total int) error 
 	if !r.opt.DryRun {
 		msgs := make([]*herald.Message, len(batch))
 		for i, e := range batch {
-			msgs[i] = e.Original()
+			msgs[i] = e.Redriven()
 		}
 		if err := r.w.Write(ctx, msgs); err != nil {
 			return fmt.Errorf("dlq: redrive %d entries of %q from %s: write: %w", len(batch), r.topic, batch[0].Position, err)

@@ -298,6 +298,7 @@ type jsonEntry struct {
 	Topic    string `json:"topic"`
 	Group    string `json:"group"`
 	Attempts int    `json:"attempts"`
+	Redrives int    `json:"redrives"`
 	Time     string `json:"time,omitempty"`
 	Reason   string `json:"reason"`
 	Key      string `json:"key,omitempty"`
@@ -305,7 +306,7 @@ type jsonEntry struct {
 
 func newJSONEntry(e dlq.Entry) jsonEntry {
 	return jsonEntry{Position: e.Position, ID: e.Message.ID, Topic: e.Topic, Group: e.Group, Attempts: e.Attempts,
-		Time: formatTime(e.Time, time.RFC3339Nano), Reason: e.Reason, Key: e.Message.Key}
+		Redrives: e.Redrives, Time: formatTime(e.Time, time.RFC3339Nano), Reason: e.Reason, Key: e.Message.Key}
 }
 
 func dlqShow(ctx context.Context, c dlqConfig, s dlqStore, stdout io.Writer) error {
@@ -320,6 +321,7 @@ func dlqShow(ctx context.Context, c dlqConfig, s dlqStore, stdout io.Writer) err
 		{"topic", orDash(e.Topic)},
 		{"group", orDash(e.Group)},
 		{"attempts", fmt.Sprint(e.Attempts)},
+		{"redriven", fmt.Sprintf("%d time(s) before", e.Redrives)},
 		{"dead-lettered", orDash(formatTime(e.Time, time.RFC3339Nano))},
 		{"reason", e.Reason},
 		{"key", m.Key},

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dedup"
+	dedupredis "github.com/heraldbus/herald/dedup/redis"
 	"github.com/heraldbus/herald/dlq"
 	"github.com/heraldbus/herald/dlq/dlqtest"
 	"github.com/heraldbus/herald/driver/redis"
@@ -19,6 +21,10 @@ func TestDeadLetters(t *testing.T) {
 		},
 		RejectingWriter: func(t *testing.T) herald.Writer {
 			return newEnv(t).driver(t, redis.WithMaxMessageBytes(1))
+		},
+		Dedup: func(t *testing.T) dedup.Storage {
+			env := newEnv(t)
+			return dedupredis.New(env.client, dedupredis.WithKeyPrefix(env.prefix+"dedup:"))
 		},
 	})
 }
