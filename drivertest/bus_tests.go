@@ -32,6 +32,9 @@ func RunBus(t *testing.T, cfg Config) {
 		{"ShutdownWithInFlightLosesNothing", testBusShutdownInFlight},
 		{"UndecodableGoesToDeadLetter", testBusPoison},
 		{"RollingRestartsCountOnlyAttempts", testBusRollingRestarts},
+		{"AckOnlyAfterHandlerReturns", testBusAckAfterReturn},
+		{"ShutdownWaitsForRunningHandlers", testBusShutdownWaits},
+		{"ConcurrencyIsHonoured", testBusConcurrency},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
@@ -422,6 +425,182 @@ func testBusRollingRestarts(t *testing.T, cfg Config) {
 		if c != 1 {
 			t.Errorf("event %d handled %d times", seq, c)
 		}
+	}
+}
+
+// testBusAckAfterReturn holds a handler until a graceful shutdown has
+// begun and then fails it: the scheduler must not have acknowledged the
+// message before the handler returned, so the group's next member gets it,
+// before the marker published after it on the same key.
+func testBusAckAfterReturn(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	started, release := make(chan struct{}), make(chan struct{})
+	first := NewBus(t, d, topic)
+	err := herald.Subscribe(first, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		close(started)
+		<-release
+		return errors.New("failed as the service stopped")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Publish(ctx, Event{Key: "k", Seq: 0}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(cfg.Timeout):
+		t.Fatal("the handler never started")
+	}
+	// Long enough for an early acknowledgment to be flushed or committed
+	// (the drivers batch them), if the scheduler sent one.
+	time.Sleep(300 * time.Millisecond)
+	stopped := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+		defer cancel()
+		stopped <- first.Shutdown(sctx)
+	}()
+	time.Sleep(20 * time.Millisecond)
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+
+	second := NewBus(t, d, topic)
+	got := make(chan int, 4)
+	err = herald.Subscribe(second, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		got <- e.Seq
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer Shutdown(t, second)
+	if err := second.Publish(ctx, Event{Key: "k", Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case seq := <-got:
+		if seq != 0 {
+			t.Fatalf("the next member got event %d first: the failed event 0 was acknowledged before its handler returned", seq)
+		}
+	case <-time.After(cfg.Timeout):
+		t.Fatal("the next member got nothing")
+	}
+}
+
+// testBusShutdownWaits checks that a graceful Shutdown returns only after
+// the handlers it found running have returned, and does not cancel their
+// context while its own has time left.
+func testBusShutdownWaits(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	bus := NewBus(t, d, topic)
+	const n = 3
+	var running atomic.Int32
+	release := make(chan struct{})
+	var returned, cancelled atomic.Int32
+	err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
+		running.Add(1)
+		<-release
+		if ctx.Err() != nil {
+			cancelled.Add(1)
+		}
+		returned.Add(1)
+		return nil
+	}, herald.WithConcurrency(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := bus.Publish(ctx, Event{Key: fmt.Sprintf("k%d", i), Seq: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, cfg, "every handler running", func() bool { return running.Load() == n })
+	stopped := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+		defer cancel()
+		stopped <- bus.Shutdown(sctx)
+	}()
+	// A Shutdown that does not wait returns within this time: once the
+	// subscription's Fetch has returned (Redis blocks in a read for up to
+	// half a second) and its Close is done.
+	select {
+	case err := <-stopped:
+		close(release)
+		t.Fatalf("Shutdown returned (%v) while %d handlers were still running", err, n)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if r, c := returned.Load(), cancelled.Load(); r != n || c != 0 {
+		t.Fatalf("when Shutdown returned: %d of %d handlers had returned, %d saw their context cancelled; want all returned, none cancelled", r, n, c)
+	}
+}
+
+// testBusConcurrency checks WithConcurrency(n) both ways: with more keys
+// than n waiting, n handlers run at once, and no more.
+func testBusConcurrency(t *testing.T, cfg Config) {
+	for _, n := range []int{1, 4} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			d := cfg.NewDriver(t)
+			ctx := context4(t, cfg)
+			topic, group := Name(t, "t"), Name(t, "g")
+			bus := NewBus(t, d, topic)
+			var running, peak, handled atomic.Int32
+			release := make(chan struct{})
+			var releaseOnce sync.Once
+			releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+			err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
+				r := running.Add(1)
+				for p := peak.Load(); r > p && !peak.CompareAndSwap(p, r); p = peak.Load() {
+				}
+				<-release
+				running.Add(-1)
+				handled.Add(1)
+				return nil
+			}, herald.WithConcurrency(n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := bus.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			defer Shutdown(t, bus)
+			defer releaseAll()
+			events := make([]any, 4*n)
+			for i := range events {
+				events[i] = Event{Key: fmt.Sprintf("k%d", i), Seq: i}
+			}
+			if err := bus.Publish(ctx, events...); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, cfg, fmt.Sprintf("%d handlers running at once", n), func() bool { return running.Load() >= int32(n) })
+			// Room for a scheduler with more workers than n to start more.
+			time.Sleep(100 * time.Millisecond)
+			releaseAll()
+			waitFor(t, cfg, "every event", func() bool { return handled.Load() == int32(len(events)) })
+			if p := peak.Load(); p != int32(n) {
+				t.Errorf("with concurrency %d and %d keys waiting, %d handlers ran at once", n, len(events), p)
+			}
+		})
 	}
 }
 
