@@ -10,8 +10,6 @@ import (
 
 	"github.com/heraldbus/herald/codec"
 	"github.com/heraldbus/herald/dedup"
-	"github.com/heraldbus/herald/internal/telemetry"
-	"go.opentelemetry.io/otel/metric"
 )
 
 // ErrDuplicateHandler is returned when a group subscribes twice to one
@@ -27,7 +25,6 @@ type Bus struct {
 	reg    *EventRegistry
 	pub    *Publisher
 	tel    *consumerTelemetry // nil: telemetry off
-	lagReg metric.Registration
 
 	mu      sync.Mutex
 	routes  map[routeKey]*route
@@ -66,12 +63,9 @@ func NewBus(d Driver, opts ...Option) (*Bus, error) {
 		opts:   o,
 		reg:    reg,
 		pub:    newPublisher(w, reg, o),
-		tel:    newConsumerTelemetry(o.telemetry, d),
 		routes: make(map[routeKey]*route),
 	}
-	if b.tel != nil {
-		b.lagReg = b.tel.observeLag(b.schedulers)
-	}
+	b.tel = newConsumerTelemetry(o.telemetry, d, b.schedulers)
 	return b, nil
 }
 
@@ -305,7 +299,7 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 		if tel != nil {
 			onDuplicate := cfg.OnDuplicate
 			cfg.OnDuplicate = func(m *Message) {
-				tel.count(context.Background(), tel.deduplicated)
+				tel.count(context.Background(), deduplicated)
 				onDuplicate(m)
 			}
 		}
@@ -336,7 +330,7 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 	if tel != nil {
 		onDeadLetter := dl.OnDeadLetter
 		dl.OnDeadLetter = func(m *Message, reason error) {
-			tel.count(context.Background(), tel.deadLettered)
+			tel.count(context.Background(), deadLettered)
 			onDeadLetter(m, reason)
 		}
 	}
@@ -346,7 +340,7 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 		if tel != nil {
 			onRetry := rc.OnRetry
 			rc.OnRetry = func(ctx context.Context, m *Message, attempt int, err error) {
-				tel.count(ctx, tel.retried)
+				tel.count(ctx, retried)
 				if onRetry != nil {
 					onRetry(ctx, m, attempt, err)
 				}
@@ -450,8 +444,8 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
-	if b.lagReg != nil {
-		telemetry.Handle(b.lagReg.Unregister())
+	if b.tel != nil {
+		b.tel.metrics.Close()
 	}
 	scheds := b.schedulers()
 	errs := make([]error, len(scheds))

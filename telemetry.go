@@ -79,8 +79,10 @@ type producerTelemetry struct {
 	*telemetry.Providers
 	send, create *telemetry.Destinations
 	mixed        *telemetry.Destination // a call with several topics
-	sent         metric.Int64Counter
+	metrics      *telemetry.Instruments[producerInstruments]
 }
+
+type producerInstruments struct{ sent metric.Int64Counter }
 
 func newProducerTelemetry(cfg telemetry.Config, w Writer) *producerTelemetry {
 	p := cfg.Resolve()
@@ -88,15 +90,17 @@ func newProducerTelemetry(cfg telemetry.Config, w Writer) *producerTelemetry {
 		return nil
 	}
 	system := telemetry.System(w)
-	sent, err := p.Meter.Int64Counter("messaging.client.sent.messages",
-		metric.WithUnit("{message}"), metric.WithDescription("Messages published."))
-	telemetry.Handle(err)
 	return &producerTelemetry{
 		Providers: p,
 		send:      telemetry.NewDestinations(telemetry.Send, system, ""),
 		create:    telemetry.NewDestinations(telemetry.Create, system, ""),
 		mixed:     telemetry.NewDestination(telemetry.Send, system, "", ""),
-		sent:      sent,
+		metrics: telemetry.NewInstruments(p, func(m metric.Meter) (*producerInstruments, []metric.Registration) {
+			sent, err := m.Int64Counter("messaging.client.sent.messages",
+				metric.WithUnit("{message}"), metric.WithDescription("Messages published."))
+			telemetry.Handle(err)
+			return &producerInstruments{sent: sent}, nil
+		}),
 	}
 }
 
@@ -143,7 +147,8 @@ func (t *producerTelemetry) destination(dsts *telemetry.Destinations, msgs []*Me
 
 // count adds msgs to the sent counter.
 func (t *producerTelemetry) count(ctx context.Context, msgs []*Message, err error) {
-	if !t.Measuring() {
+	in, ok := t.metrics.Get()
+	if !ok {
 		return
 	}
 	for i := 0; i < len(msgs); {
@@ -156,7 +161,7 @@ func (t *producerTelemetry) count(ctx context.Context, msgs []*Message, err erro
 		if err != nil {
 			attrs = dst.Failed
 		}
-		t.sent.Add(ctx, int64(j-i), attrs.Add...)
+		in.sent.Add(ctx, int64(j-i), attrs.Add...)
 		i = j
 	}
 }
@@ -173,36 +178,49 @@ func (t *producerTelemetry) write(ctx context.Context, w Writer, msgs []*Message
 // consumerTelemetry is a Bus's subscriber instruments.
 type consumerTelemetry struct {
 	*telemetry.Providers
-	system       attribute.KeyValue
+	system  attribute.KeyValue
+	metrics *telemetry.Instruments[consumerInstruments]
+}
+
+type consumerInstruments struct {
 	duration     metric.Float64Histogram
 	processed    metric.Int64Counter
 	retried      metric.Int64Counter
 	deduplicated metric.Int64Counter
 	deadLettered metric.Int64Counter
-	lag          metric.Int64ObservableGauge
 }
 
-func newConsumerTelemetry(cfg telemetry.Config, r Reader) *consumerTelemetry {
+// newConsumerTelemetry returns the instruments of a Bus reading r; the lag
+// gauge asks scheds for the running subscriptions at each collection.
+func newConsumerTelemetry(cfg telemetry.Config, r Reader, scheds func() []*SubscriberScheduler) *consumerTelemetry {
 	p := cfg.Resolve()
 	if p == nil {
 		return nil
 	}
 	t := &consumerTelemetry{Providers: p, system: telemetry.System(r)}
-	var errs [6]error
-	t.duration, errs[0] = p.Meter.Float64Histogram("messaging.process.duration", metric.WithUnit("s"),
-		metric.WithDescription("Duration of one run of a subscription's handler chain for a delivery, retries included."),
-		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-	t.processed, errs[1] = p.Meter.Int64Counter("herald.messages.processed", metric.WithUnit("{message}"),
-		metric.WithDescription("Deliveries handled, by outcome: ok (acknowledged), error (left for redelivery) or skipped (not for this group)."))
-	t.retried, errs[2] = p.Meter.Int64Counter("herald.messages.retried", metric.WithUnit("{attempt}"),
-		metric.WithDescription("Handler attempts run again by the retry middleware."))
-	t.deduplicated, errs[3] = p.Meter.Int64Counter("herald.messages.deduplicated", metric.WithUnit("{message}"),
-		metric.WithDescription("Deliveries skipped because the group had already handled the message."))
-	t.deadLettered, errs[4] = p.Meter.Int64Counter("herald.messages.dead_lettered", metric.WithUnit("{message}"),
-		metric.WithDescription("Messages written to a dead-letter topic."))
-	t.lag, errs[5] = p.Meter.Int64ObservableGauge("herald.consumer.lag", metric.WithUnit("{message}"),
-		metric.WithDescription("Messages of the topic the group has not acknowledged, where the driver knows it."))
-	telemetry.Handle(errors.Join(errs[:]...))
+	t.metrics = telemetry.NewInstruments(p, func(m metric.Meter) (*consumerInstruments, []metric.Registration) {
+		in := &consumerInstruments{}
+		var errs [6]error
+		in.duration, errs[0] = m.Float64Histogram("messaging.process.duration", metric.WithUnit("s"),
+			metric.WithDescription("Duration of one run of a subscription's handler chain for a delivery, retries included."),
+			metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+		in.processed, errs[1] = m.Int64Counter("herald.messages.processed", metric.WithUnit("{message}"),
+			metric.WithDescription("Deliveries handled, by outcome: ok (acknowledged), error (left for redelivery) or skipped (not for this group)."))
+		in.retried, errs[2] = m.Int64Counter("herald.messages.retried", metric.WithUnit("{attempt}"),
+			metric.WithDescription("Handler attempts run again by the retry middleware."))
+		in.deduplicated, errs[3] = m.Int64Counter("herald.messages.deduplicated", metric.WithUnit("{message}"),
+			metric.WithDescription("Deliveries skipped because the group had already handled the message."))
+		in.deadLettered, errs[4] = m.Int64Counter("herald.messages.dead_lettered", metric.WithUnit("{message}"),
+			metric.WithDescription("Messages written to a dead-letter topic."))
+		var lag metric.Int64ObservableGauge
+		lag, errs[5] = m.Int64ObservableGauge("herald.consumer.lag", metric.WithUnit("{message}"),
+			metric.WithDescription("Messages of the topic the group has not acknowledged, where the driver knows it."))
+		telemetry.Handle(errors.Join(errs[:]...))
+		return in, []metric.Registration{t.observeLag(m, lag, scheds)}
+	})
+	// Register the lag gauge now if a provider is there already; with the
+	// global provider, the first measurement after one is installed does.
+	t.metrics.Get()
 	return t
 }
 
@@ -247,7 +265,7 @@ func (t *subscriptionTelemetry) middleware() Middleware {
 					t.describe(span, ctx, m)
 				}
 			}
-			measuring := t.Measuring()
+			in, measuring := t.metrics.Get()
 			var start time.Time
 			if measuring {
 				start = time.Now()
@@ -255,7 +273,7 @@ func (t *subscriptionTelemetry) middleware() Middleware {
 			err := next(ctx, m)
 			if err == errSkipped {
 				if measuring {
-					t.processed.Add(ctx, 1, t.skipped.Add...)
+					in.processed.Add(ctx, 1, t.skipped.Add...)
 				}
 				if span != nil {
 					span.SetAttributes(telemetry.OutcomeKey.String("skipped"))
@@ -264,7 +282,7 @@ func (t *subscriptionTelemetry) middleware() Middleware {
 				return err
 			}
 			if measuring {
-				t.record(ctx, time.Since(start), err)
+				t.record(ctx, in, time.Since(start), err)
 			}
 			telemetry.EndSpan(span, err)
 			return err
@@ -273,13 +291,13 @@ func (t *subscriptionTelemetry) middleware() Middleware {
 }
 
 // record measures one run of the chain.
-func (t *subscriptionTelemetry) record(ctx context.Context, took time.Duration, err error) {
+func (t *subscriptionTelemetry) record(ctx context.Context, in *consumerInstruments, took time.Duration, err error) {
 	dst, outcome := t.dst.OK, t.ok
 	if err != nil {
 		dst, outcome = t.dst.Failed, t.failed
 	}
-	t.duration.Record(ctx, took.Seconds(), dst.Record...)
-	t.processed.Add(ctx, 1, outcome.Add...)
+	in.duration.Record(ctx, took.Seconds(), dst.Record...)
+	in.processed.Add(ctx, 1, outcome.Add...)
 }
 
 // describe sets the attributes of a recording consumer span that vary by
@@ -295,17 +313,21 @@ func (t *subscriptionTelemetry) describe(span trace.Span, ctx context.Context, m
 	}
 }
 
-// count adds one to c with the subscription's attributes, when measuring.
-func (t *subscriptionTelemetry) count(ctx context.Context, c metric.Int64Counter) {
-	if t.Measuring() {
-		c.Add(ctx, 1, t.plain.Add...)
+// count adds one to the counter which picks, when measuring.
+func (t *subscriptionTelemetry) count(ctx context.Context, which func(*consumerInstruments) metric.Int64Counter) {
+	if in, ok := t.metrics.Get(); ok {
+		which(in).Add(ctx, 1, t.plain.Add...)
 	}
 }
 
+func retried(in *consumerInstruments) metric.Int64Counter      { return in.retried }
+func deduplicated(in *consumerInstruments) metric.Int64Counter { return in.deduplicated }
+func deadLettered(in *consumerInstruments) metric.Int64Counter { return in.deadLettered }
+
 // observeLag registers the callback of the lag gauge: at each collection
 // it asks the running subscriptions whose driver knows its lag.
-func (t *consumerTelemetry) observeLag(scheds func() []*SubscriberScheduler) metric.Registration {
-	reg, err := t.Meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+func (t *consumerTelemetry) observeLag(m metric.Meter, lag metric.Int64ObservableGauge, scheds func() []*SubscriberScheduler) metric.Registration {
+	reg, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		var errs []error
 		for _, s := range scheds() {
 			n, ok, err := s.Lag(ctx)
@@ -314,11 +336,11 @@ func (t *consumerTelemetry) observeLag(scheds func() []*SubscriberScheduler) met
 				errs = append(errs, err)
 			case ok:
 				dst := telemetry.NewDestination(telemetry.Process, t.system, s.topic, s.group)
-				o.ObserveInt64(t.lag, n, dst.With().Observe...)
+				o.ObserveInt64(lag, n, dst.With().Observe...)
 			}
 		}
 		return errors.Join(errs...)
-	}, t.lag)
+	}, lag)
 	telemetry.Handle(err)
 	return reg
 }

@@ -356,6 +356,16 @@ func TestTelemetryFollowsGlobalProviders(t *testing.T) {
 	if got := w.all()[2].Headers.Get("traceparent"); got == "" {
 		t.Error("no traceparent once a provider is installed")
 	}
+	// An application that replaces its providers: the Bus follows the
+	// new ones too (the test's cleanup, and a second run of it, does this).
+	next := newOTelHarness(t)
+	otel.SetTracerProvider(next.tp)
+	otel.SetMeterProvider(next.mp)
+	must(t, bus.Publish(context.Background(), OrderPlaced{ID: "4"}))
+	next.span(t, "send orders")
+	if got := next.sum(t, "messaging.client.sent.messages"); got != 1 {
+		t.Errorf("sent = %d with the second provider installed, want 1", got)
+	}
 }
 
 func TestTelemetryAsyncPublisher(t *testing.T) {

@@ -84,17 +84,18 @@ func NewRelay(db *sql.DB, d Dialect, table string, target herald.Writer, opts ..
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Relay{
+	r := &Relay{
 		db:     db,
 		t:      t,
 		target: target,
 		cfg:    cfg,
 		log:    logger.With(slog.String("table", table), slog.String("dialect", d.String())),
 		q:      newQueries(t),
-		tel:    newRelayTelemetry(cfg.Telemetry, target, table),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
-	}, nil
+	}
+	r.tel = newRelayTelemetry(cfg.Telemetry, r)
+	return r, nil
 }
 
 // Run relays until ctx is done or Shutdown is called, and then returns nil.
@@ -124,10 +125,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer close(r.done)
 	defer cancel()
 
-	if r.tel != nil {
-		reg := r.tel.observe(r)
-		defer func() { _ = reg.Unregister() }()
-	}
+	r.tel.follow()
+	defer r.tel.stop()
 	var statsDone chan struct{}
 	if r.cfg.StatsHook != nil {
 		statsDone = make(chan struct{})
@@ -176,6 +175,7 @@ func (r *Relay) Active() bool { return r.active.Load() }
 func (r *Relay) loop(ctx context.Context) {
 	backoff := r.cfg.MinBackoff
 	for !r.stopping(ctx) {
+		r.tel.follow()
 		conn, err := r.acquire(ctx)
 		if err == nil {
 			started := time.Now()
@@ -244,6 +244,7 @@ func (r *Relay) acquire(ctx context.Context) (*sql.Conn, error) {
 			r.log.Info("outbox relay: standby, another relay is active")
 			logged = true
 		}
+		r.tel.follow()
 		if !r.sleep(ctx, r.cfg.LockRetryInterval) {
 			return nil, errStopped
 		}
@@ -302,6 +303,7 @@ func (r *Relay) lead(ctx context.Context, conn *sql.Conn) error {
 	poll := r.cfg.MinPollInterval
 	var lastPurge time.Time
 	for !r.stopping(ctx) {
+		r.tel.follow()
 		if listen && !l.alive() && time.Since(listenTried) >= r.cfg.MaxPollInterval {
 			// (Re)start listening before reading, so that a commit after
 			// the read below wakes the wait that follows it.

@@ -61,60 +61,82 @@ func WithoutTelemetry() RelayOption {
 // relayTelemetry is a relay's tracer and instruments.
 type relayTelemetry struct {
 	*telemetry.Providers
-	relay *telemetry.Destinations
-	attrs []metric.ObserveOption
-
-	relayed, failures, quarantined metric.Int64ObservableCounter
-	backlog, quarantine            metric.Int64ObservableGauge
-	oldestAge                      metric.Float64ObservableGauge
+	relay   *telemetry.Destinations
+	attrs   []metric.ObserveOption
+	metrics *telemetry.Instruments[struct{}] // the callback's registration
 }
 
-func newRelayTelemetry(cfg telemetry.Config, target any, table string) *relayTelemetry {
+// newRelayTelemetry returns the telemetry of r; its observable
+// instruments report r's counters and stats once follow has registered
+// them with a provider.
+func newRelayTelemetry(cfg telemetry.Config, r *Relay) *relayTelemetry {
 	p := cfg.Resolve()
 	if p == nil {
 		return nil
 	}
 	t := &relayTelemetry{
 		Providers: p,
-		relay:     telemetry.NewDestinations(telemetry.Relay, telemetry.System(target), ""),
-		attrs:     telemetry.NewAttrs(attribute.String("herald.outbox.table", table)).Observe,
+		relay:     telemetry.NewDestinations(telemetry.Relay, telemetry.System(r.target), ""),
+		attrs:     telemetry.NewAttrs(attribute.String("herald.outbox.table", r.t.name)).Observe,
 	}
-	m := p.Meter
-	var errs [6]error
-	t.relayed, errs[0] = m.Int64ObservableCounter("herald.outbox.relayed", metric.WithUnit("{message}"),
-		metric.WithDescription("Outbox rows delivered to the target by this relay."))
-	t.failures, errs[1] = m.Int64ObservableCounter("herald.outbox.failures", metric.WithUnit("{write}"),
-		metric.WithDescription("Failed target writes of this relay."))
-	t.quarantined, errs[2] = m.Int64ObservableCounter("herald.outbox.quarantined", metric.WithUnit("{message}"),
-		metric.WithDescription("Outbox rows this relay moved to the quarantine table."))
-	t.backlog, errs[3] = m.Int64ObservableGauge("herald.outbox.backlog", metric.WithUnit("{row}"),
-		metric.WithDescription("Rows waiting in the outbox table."))
-	t.quarantine, errs[4] = m.Int64ObservableGauge("herald.outbox.quarantine", metric.WithUnit("{row}"),
-		metric.WithDescription("Rows in the outbox's quarantine table."))
-	t.oldestAge, errs[5] = m.Float64ObservableGauge("herald.outbox.oldest_age", metric.WithUnit("s"),
-		metric.WithDescription("Age of the oldest row waiting in the outbox table."))
-	telemetry.Handle(errors.Join(errs[:]...))
+	t.metrics = telemetry.NewInstruments(p, func(m metric.Meter) (*struct{}, []metric.Registration) {
+		return &struct{}{}, []metric.Registration{t.observe(m, r)}
+	})
 	return t
 }
 
-// observe registers the callback that reports r's counters and stats.
-func (t *relayTelemetry) observe(r *Relay) metric.Registration {
-	reg, err := t.Meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-		o.ObserveInt64(t.relayed, int64(r.sent.Load()), t.attrs...)
-		o.ObserveInt64(t.failures, int64(r.failures.Load()), t.attrs...)
-		o.ObserveInt64(t.quarantined, int64(r.quarantined.Load()), t.attrs...)
+// follow registers the relay's instruments with the meter provider in use
+// now, again when the application has installed another global one. The
+// relay calls it as it goes, at least every poll interval.
+func (t *relayTelemetry) follow() {
+	if t != nil {
+		t.metrics.Get()
+	}
+}
+
+// stop drops the registration.
+func (t *relayTelemetry) stop() {
+	if t != nil {
+		t.metrics.Close()
+	}
+}
+
+// observe makes the relay's instruments with m and registers the callback
+// that reports r's counters and stats.
+func (t *relayTelemetry) observe(m metric.Meter, r *Relay) metric.Registration {
+	var errs [7]error
+	var relayed, failures, quarantined metric.Int64ObservableCounter
+	var backlog, quarantine metric.Int64ObservableGauge
+	var oldestAge metric.Float64ObservableGauge
+	relayed, errs[0] = m.Int64ObservableCounter("herald.outbox.relayed", metric.WithUnit("{message}"),
+		metric.WithDescription("Outbox rows delivered to the target by this relay."))
+	failures, errs[1] = m.Int64ObservableCounter("herald.outbox.failures", metric.WithUnit("{write}"),
+		metric.WithDescription("Failed target writes of this relay."))
+	quarantined, errs[2] = m.Int64ObservableCounter("herald.outbox.quarantined", metric.WithUnit("{message}"),
+		metric.WithDescription("Outbox rows this relay moved to the quarantine table."))
+	backlog, errs[3] = m.Int64ObservableGauge("herald.outbox.backlog", metric.WithUnit("{row}"),
+		metric.WithDescription("Rows waiting in the outbox table."))
+	quarantine, errs[4] = m.Int64ObservableGauge("herald.outbox.quarantine", metric.WithUnit("{row}"),
+		metric.WithDescription("Rows in the outbox's quarantine table."))
+	oldestAge, errs[5] = m.Float64ObservableGauge("herald.outbox.oldest_age", metric.WithUnit("s"),
+		metric.WithDescription("Age of the oldest row waiting in the outbox table."))
+	var reg metric.Registration
+	reg, errs[6] = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		o.ObserveInt64(relayed, int64(r.sent.Load()), t.attrs...)
+		o.ObserveInt64(failures, int64(r.failures.Load()), t.attrs...)
+		o.ObserveInt64(quarantined, int64(r.quarantined.Load()), t.attrs...)
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		st, err := r.Stats(ctx)
 		if err != nil {
 			return err
 		}
-		o.ObserveInt64(t.backlog, st.Backlog, t.attrs...)
-		o.ObserveInt64(t.quarantine, st.Quarantine, t.attrs...)
-		o.ObserveFloat64(t.oldestAge, st.OldestAge.Seconds(), t.attrs...)
+		o.ObserveInt64(backlog, st.Backlog, t.attrs...)
+		o.ObserveInt64(quarantine, st.Quarantine, t.attrs...)
+		o.ObserveFloat64(oldestAge, st.OldestAge.Seconds(), t.attrs...)
 		return nil
-	}, t.relayed, t.failures, t.quarantined, t.backlog, t.quarantine, t.oldestAge)
-	telemetry.Handle(err)
+	}, relayed, failures, quarantined, backlog, quarantine, oldestAge)
+	telemetry.Handle(errors.Join(errs[:]...))
 	return reg
 }
 

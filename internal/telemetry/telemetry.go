@@ -53,14 +53,13 @@ type Config struct {
 // telemetry free on the hot path of an application that does not use it.
 // Trace context in messages still travels (see Inject and Extract).
 type Providers struct {
-	Meter      metric.Meter
 	Propagator propagation.TextMapPropagator
 
 	tracer      trace.Tracer // an explicit provider's tracer; nil when no-op
 	globalTrace bool         // follow otel.GetTracerProvider
 	cached      atomic.Pointer[globalTracer]
-	globalMeter bool // measure only once a global provider is installed
-	measuring   bool // an explicit meter provider that is not a no-op
+	meter       metric.MeterProvider // an explicit provider that is not a no-op
+	globalMeter bool                 // follow otel.GetMeterProvider
 }
 
 type globalTracer struct {
@@ -104,12 +103,9 @@ func (c Config) Resolve() *Providers {
 	switch mp := c.MeterProvider.(type) {
 	case nil:
 		p.globalMeter = true
-		p.Meter = otel.GetMeterProvider().Meter(ScopeName)
 	case metricnoop.MeterProvider:
-		p.Meter = mp.Meter(ScopeName)
 	default:
-		p.measuring = true
-		p.Meter = mp.Meter(ScopeName)
+		p.meter = mp
 	}
 	return p
 }
@@ -135,14 +131,92 @@ func (p *Providers) Tracer() trace.Tracer {
 	return c.tracer
 }
 
-// Measuring reports whether measurements reach a meter provider.
-func (p *Providers) Measuring() bool {
-	if p.globalMeter {
-		mp := otel.GetMeterProvider()
-		_, noop := mp.(metricnoop.MeterProvider)
-		return mp != uninstalledMP && !noop
+// meterProvider returns the provider measurements go to now: the explicit
+// one, or the global one as installed at this moment; nil when nothing
+// would record (no provider installed, or a no-op one).
+func (p *Providers) meterProvider() metric.MeterProvider {
+	if !p.globalMeter {
+		return p.meter
 	}
-	return p.measuring
+	mp := otel.GetMeterProvider()
+	if _, noop := mp.(metricnoop.MeterProvider); noop || mp == uninstalledMP {
+		return nil
+	}
+	return mp
+}
+
+// Measuring reports whether measurements reach a meter provider.
+func (p *Providers) Measuring() bool { return p.meterProvider() != nil }
+
+// Instruments are a component's metric instruments, T, made with the meter
+// provider its measurements go to. With the global provider they follow
+// it like the tracer does: when the application installs another, Get
+// makes them again with that one (and registers their callbacks there,
+// dropping the old registrations). Safe for concurrent use.
+type Instruments[T any] struct {
+	p     *Providers
+	build func(m metric.Meter) (*T, []metric.Registration)
+
+	cur    atomic.Pointer[made[T]]
+	mu     sync.Mutex // held while making
+	closed bool
+}
+
+type made[T any] struct {
+	mp   metric.MeterProvider
+	v    *T
+	regs []metric.Registration
+}
+
+// NewInstruments returns instruments that build makes with a meter of
+// herald's scope; build also registers the callbacks of observable
+// instruments and returns their registrations.
+func NewInstruments[T any](p *Providers, build func(m metric.Meter) (*T, []metric.Registration)) *Instruments[T] {
+	return &Instruments[T]{p: p, build: build}
+}
+
+// Get returns the instruments to measure with now, or false when nothing
+// would record. It is one atomic load while the provider stays the same.
+func (in *Instruments[T]) Get() (*T, bool) {
+	mp := in.p.meterProvider()
+	if mp == nil {
+		return nil, false
+	}
+	if m := in.cur.Load(); m != nil && m.mp == mp {
+		return m.v, true
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if m := in.cur.Load(); m != nil && m.mp == mp {
+		return m.v, true
+	}
+	if in.closed {
+		return nil, false
+	}
+	if old := in.cur.Load(); old != nil {
+		unregister(old.regs)
+	}
+	v, regs := in.build(mp.Meter(ScopeName))
+	in.cur.Store(&made[T]{mp: mp, v: v, regs: regs})
+	return v, true
+}
+
+// Close drops the callbacks' registrations; Get reports false afterwards.
+func (in *Instruments[T]) Close() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.closed = true
+	if m := in.cur.Swap(nil); m != nil {
+		unregister(m.regs)
+	}
+}
+
+func unregister(regs []metric.Registration) {
+	for _, r := range regs {
+		if r != nil {
+			Handle(r.Unregister())
+		}
+	}
 }
 
 // Carrier adapts message headers to a propagation.TextMapCarrier.

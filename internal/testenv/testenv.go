@@ -1,11 +1,12 @@
 // Package testenv gives tests the addresses of the real servers they talk
 // to, and one rule for a server that is not there: skip with a one-line
-// reason on a developer machine, fail under CI=true.
+// reason on a developer machine, fail under CI (CI=true, CI=1, ...).
 package testenv
 
 import (
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +19,17 @@ const (
 	DefaultMySQLDSN    = "root@tcp(127.0.0.1:3306)/test?parseTime=true&multiStatements=true"
 )
 
-// CI reports whether the tests run under CI (CI=true), where a missing
-// server is a failure, never a skip.
-func CI() bool { return os.Getenv("CI") == "true" }
+// CI reports whether the tests run under CI, where a missing server is a
+// failure, never a skip: CI is set to anything but a false value
+// (CI=true, CI=1, CI=yes; not CI=false, CI=0 or empty).
+func CI() bool {
+	v := strings.TrimSpace(os.Getenv("CI"))
+	if v == "" {
+		return false
+	}
+	b, err := strconv.ParseBool(v)
+	return err != nil || b
+}
 
 // Unavailable skips the test with reason, or fails it under CI.
 func Unavailable(t testing.TB, reason string) {
