@@ -118,6 +118,14 @@ type LagReporter interface {
 	Lag(ctx context.Context) (int64, error)
 }
 
+// Pinger is an optional interface of a Writer or Reader that can tell
+// whether its broker answers: one round trip, no side effect. The outbox
+// relay's Check pings its target with it, so that a relay pointed at a
+// broker it cannot use fails at start instead of quarantining rows.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // MessagingSystem is an optional interface of a Writer or Reader that names
 // its broker for telemetry, as the OpenTelemetry messaging.system attribute
 // ("kafka", "redis", "herald.memory", "herald.outbox"). Without it the

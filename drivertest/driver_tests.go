@@ -147,6 +147,24 @@ func testOversized(t *testing.T, cfg Config) {
 
 func sameKey(int) string { return "k" }
 
+// testPing checks herald.Pinger where the driver has it: an open driver
+// answers, a cancelled context fails.
+func testPing(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	p, ok := d.(herald.Pinger)
+	if !ok {
+		t.Skip("driver is not a herald.Pinger")
+	}
+	if err := p.Ping(context4(t, cfg)); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.Ping(cancelled); err == nil {
+		t.Error("Ping with a cancelled context succeeded")
+	}
+}
+
 // testBadMessageFailsWholeBatch checks the Writer contract's "none were
 // written" for a batch with one bad message in it, wherever it sits:
 // drivers validate the whole batch before storing any of it.

@@ -79,6 +79,7 @@ func RunDriver(t *testing.T, cfg Config) {
 	}{
 		{"RoundTripKeepsEveryField", testRoundTrip},
 		{"EmptyWriteIsNoop", testEmptyWrite},
+		{"Ping", testPing},
 		{"LargeBatch", testLargeBatch},
 		{"LargeMessage", testLargeMessage},
 		{"OversizedMessage", testOversized},

@@ -24,6 +24,11 @@ var (
 	// contains a NUL byte, or is too long for its column.
 	ErrInvalidMessage = errors.New("outbox: invalid message")
 
+	// ErrNoTable is wrapped by Relay.Check when the database answers but
+	// one of the relay's tables cannot be read: it does not exist (run
+	// Migrate), or the relay's user may not read it.
+	ErrNoTable = errors.New("outbox: table missing or not readable")
+
 	// ErrRelayStarted is returned by a second call to Relay.Run.
 	ErrRelayStarted = errors.New("outbox: relay already started")
 )

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/heraldbus/herald"
 )
 
 // Stats is what a relay reports to operators (Relay.Stats, WithStatsHook).
@@ -55,6 +57,41 @@ func (r *Relay) Stats(ctx context.Context) (Stats, error) {
 		return st, fmt.Errorf("outbox: stats of %s_quarantine: %w", r.t.name, err)
 	}
 	return st, nil
+}
+
+// Check reports whether the relay can do its work, once, bounded by ctx:
+// the database answers, the outbox and quarantine tables (and the sent
+// table under WithRetention) can be read, and the target answers when it
+// is a herald.Pinger. Run does not need it and never gives up on its own;
+// a process that runs a relay calls Check first, so that a wrong DSN,
+// table or target stops the start with the reason instead of being
+// retried in the logs. A missing table wraps ErrNoTable.
+func (r *Relay) Check(ctx context.Context) error {
+	if err := r.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("outbox: relay %s: database: %w", r.t.name, err)
+	}
+	tables := []string{r.t.main, r.t.quarantine}
+	if r.cfg.Retention > 0 {
+		tables = append(tables, r.t.sent)
+	}
+	for _, t := range tables {
+		rows, err := r.db.QueryContext(ctx, "SELECT 1 FROM "+t+" WHERE 1 = 0")
+		if err == nil {
+			err = rows.Close()
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("outbox: relay %s: read table %s: %w", r.t.name, t, ctx.Err())
+			}
+			return fmt.Errorf("outbox: relay %s: table %s (run outbox.Migrate, or herald relay -migrate): %w: %w", r.t.name, t, ErrNoTable, err)
+		}
+	}
+	if p, ok := r.target.(herald.Pinger); ok {
+		if err := p.Ping(ctx); err != nil {
+			return fmt.Errorf("outbox: relay %s: target: %w", r.t.name, err)
+		}
+	}
+	return nil
 }
 
 // reportStats calls the stats hook every StatsInterval until ctx ends.

@@ -704,3 +704,52 @@ func TestSmallPool(t *testing.T) {
 	eventually(t, "every row", func() bool { return rec.distinct() == 3 })
 	checkKeyOrder(t, rec.messages(), 0)
 }
+
+// pingingTarget is a target that answers Ping with err.
+type pingingTarget struct {
+	recorder
+	err error
+}
+
+func (p *pingingTarget) Ping(context.Context) error { return p.err }
+
+// TestRelayCheck: Check says what stops a relay before it runs: a table
+// that does not exist (ErrNoTable), a target that does not answer, a
+// database that does not.
+func TestRelayCheck(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		db := tdb.open(t)
+		table := migrateTable(t, tdb, db)
+		ctx := context.Background()
+		check := func(table string, target herald.Writer, opts ...outbox.RelayOption) error {
+			r, err := outbox.NewRelay(db, tdb.d, table, target, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r.Check(ctx)
+		}
+		if err := check(table, &pingingTarget{}); err != nil {
+			t.Errorf("Check of a migrated table: %v", err)
+		}
+		if err := check(table, &recorder{}, outbox.WithRetention(time.Hour)); err != nil {
+			t.Errorf("Check with retention: %v", err)
+		}
+		missing := tableName(t, tdb, db)
+		if err := check(missing, &recorder{}); !errors.Is(err, outbox.ErrNoTable) || !strings.Contains(err.Error(), missing) {
+			t.Errorf("Check of a table that does not exist = %v, want ErrNoTable naming it", err)
+		}
+		down := errors.New("broker down")
+		if err := check(table, &pingingTarget{err: down}); !errors.Is(err, down) {
+			t.Errorf("Check with a target that does not answer = %v, want %v", err, down)
+		}
+		closed := tdb.open(t)
+		_ = closed.Close()
+		r, err := outbox.NewRelay(closed, tdb.d, table, &recorder{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Check(ctx); err == nil || errors.Is(err, outbox.ErrNoTable) {
+			t.Errorf("Check on a closed database = %v, want a database error", err)
+		}
+	})
+}

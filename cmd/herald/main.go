@@ -5,10 +5,17 @@
 //
 // "herald relay -h" lists the relay's flags; each can also be set from the
 // environment variable named next to it (a flag on the command line wins).
-// The relay logs JSON lines (log/slog) to standard error and stops
-// gracefully on SIGINT or SIGTERM: the round in flight finishes, bounded by
-// -shutdown-timeout. Exit status: 0 after a clean stop, 1 when the relay
-// could not start, 2 for bad flags or environment.
+// The relay logs JSON lines (log/slog) to standard error. Before it
+// starts it checks, within -startup-timeout, that the database answers,
+// the outbox tables exist (or creates them with -migrate) and the target
+// answers (Redis PING with its AUTH and SELECT, a Kafka metadata request):
+// a relay that cannot work exits 1 at once with the reason instead of
+// retrying in its logs. It stops gracefully on SIGINT or SIGTERM, also
+// during those checks: the round in flight finishes, bounded by
+// -shutdown-timeout. The signals are caught from the first millisecond of
+// the process, before the database and Kafka packages initialize. Exit
+// status: 0 after a clean stop, 1 when the relay could not start, 2 for
+// bad flags or environment.
 //
 // "herald dlq" works on the dead-letter topics of Kafka or Redis (the
 // memory driver keeps none outside its process): "list" prints one line per
@@ -27,12 +34,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/heraldbus/herald/cmd/herald/internal/shutdown"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := shutdown.Context()
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

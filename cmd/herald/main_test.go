@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,13 +24,27 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/cmd/herald/internal/shutdown"
 	"github.com/heraldbus/herald/driver/kafka"
 	"github.com/heraldbus/herald/driver/memory"
 	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/outbox"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	shutdown.Reset()
+	code := m.Run()
+	if builtDir != "" {
+		_ = os.RemoveAll(builtDir)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 const liveness = 60 * time.Second
 
@@ -53,7 +70,7 @@ func TestParseRelayFlags(t *testing.T) {
 		KafkaBrokers: "k1:9092,k2:9092", KafkaClientID: "herald-relay", RedisKeyPrefix: "herald:stream:",
 		BatchSize: 50, Lanes: 1, MaxAttempts: 3, MinPoll: outbox.DefaultMinPollInterval, MaxPoll: outbox.DefaultMaxPollInterval,
 		LockRetry: 250 * time.Millisecond, WriteTimeout: outbox.DefaultWriteTimeout, Retention: time.Hour, Listen: false,
-		StatsInterval: 30 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: "info",
+		StatsInterval: 30 * time.Second, StartupTimeout: 10 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: "info",
 	}
 	if cfg != want {
 		t.Errorf("config\n got %+v\nwant %+v", cfg, want)
@@ -462,5 +479,120 @@ func TestRelayCommandKafka(t *testing.T) {
 		if got[fmt.Sprintf("m%d", i)] != fmt.Sprint(i) {
 			t.Errorf("message m%d: %q", i, got[fmt.Sprintf("m%d", i)])
 		}
+	}
+}
+
+// TestRelayFailsFast: a relay that cannot work exits at once with the
+// reason: 2 for a flag no relay could use, 1 for a database, table or
+// target that does not answer or does not exist. Nothing is retried in
+// the logs forever.
+func TestRelayFailsFast(t *testing.T) {
+	redisAddr := testenv.RedisAddr(t)
+	dir := t.TempDir()
+	migrated := "file:" + filepath.Join(dir, "migrated.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+	db, err := sql.Open("sqlite", migrated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, outbox.DefaultTable); err != nil {
+		t.Fatal(err)
+	}
+	empty := "file:" + filepath.Join(dir, "empty.db")
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		says string
+	}{
+		{"negative redis db", []string{"-dsn", migrated, "-redis-addr", redisAddr, "-redis-db", "-1"}, 2, "-redis-db -1"},
+		{"redis address without port", []string{"-dsn", migrated, "-redis-addr", "localhost"}, 2, "-redis-addr"},
+		{"kafka broker without port", []string{"-dsn", migrated, "-kafka-brokers", "k1:9092,k2"}, 2, "-kafka-brokers"},
+		{"zero startup timeout", []string{"-dsn", migrated, "-target", "memory", "-startup-timeout", "0s"}, 2, "-startup-timeout"},
+		{"missing table", []string{"-dsn", empty, "-target", "memory"}, 1, "herald_outbox"},
+		{"unreachable database", []string{"-dsn", "postgres://postgres@127.0.0.1:1/test?sslmode=disable&connect_timeout=2", "-target", "memory"}, 1, "database"},
+		{"redis db out of range", []string{"-dsn", migrated, "-redis-addr", redisAddr, "-redis-db", "99999"}, 1, "DB index is out of range"},
+		{"unreachable redis", []string{"-dsn", migrated, "-redis-addr", "127.0.0.1:1"}, 1, "target"},
+		{"unreachable kafka", []string{"-dsn", migrated, "-kafka-brokers", "127.0.0.1:1", "-startup-timeout", "3s"}, 1, "target"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var logs syncBuffer
+			stop, status := runCommand(c.args, nil, &logs)
+			defer stop()
+			select {
+			case code := <-status:
+				if code != c.code || !strings.Contains(logs.String(), c.says) {
+					t.Errorf("exit %d, want %d with %q in the output:\n%s", code, c.code, c.says, logs.String())
+				}
+			case <-time.After(liveness):
+				t.Fatalf("still running after %v; output:\n%s", liveness, logs.String())
+			}
+		})
+	}
+}
+
+// builtDir holds the command buildCommand built; TestMain removes it.
+var builtDir string
+
+// buildCommand builds the herald command into a temporary directory once
+// per test binary.
+var buildCommand = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "herald-cmd-test")
+	if err != nil {
+		return "", err
+	}
+	builtDir = dir
+	bin := filepath.Join(dir, "herald")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// TestRelayProcessStopsOnSIGTERM runs "herald relay" as a process and stops
+// it with SIGTERM during its start-up and while it runs: each time it ends
+// by itself with exit 0 and says so, never killed by the signal.
+func TestRelayProcessStopsOnSIGTERM(t *testing.T) {
+	bin, err := buildCommand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		after string // the log line to send the signal after
+		says  string
+	}{
+		{"during start-up", "", "stopped"},
+		{"while running", "outbox relay: active", "herald relay: stopped"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dsn := "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+			cmd := exec.Command(bin, "relay", "-dsn", dsn, "-migrate", "-target", "memory", "-stats-interval", "0")
+			stderr, err := cmd.StderrPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var logs strings.Builder
+			sc := bufio.NewScanner(stderr)
+			signalled := false
+			for sc.Scan() {
+				logs.WriteString(sc.Text() + "\n")
+				if !signalled && (c.after == "" || strings.Contains(sc.Text(), c.after)) {
+					if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+						t.Fatal(err)
+					}
+					signalled = true
+				}
+			}
+			err = cmd.Wait()
+			if st := cmd.ProcessState; err != nil || !st.Exited() || st.ExitCode() != 0 || !strings.Contains(logs.String(), c.says) {
+				t.Errorf("after SIGTERM: %v (exited by itself: %v, code %d), want exit 0 saying %q; logs:\n%s",
+					err, st.Exited(), st.ExitCode(), c.says, logs.String())
+			}
+		})
 	}
 }

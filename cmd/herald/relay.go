@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +58,7 @@ type relayConfig struct {
 	Retention       time.Duration
 	Listen          bool
 	StatsInterval   time.Duration
+	StartupTimeout  time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        string
 }
@@ -154,6 +157,7 @@ Flags:
 	f.duration(&c.Retention, "retention", "HERALD_RELAY_RETENTION", 0, "keep sent rows this long in <table>_sent (0: delete at once)")
 	f.bool(&c.Listen, "listen", "HERALD_RELAY_LISTEN", true, "on PostgreSQL, wake on LISTEN/NOTIFY as well as polling")
 	f.duration(&c.StatsInterval, "stats-interval", "HERALD_RELAY_STATS_INTERVAL", 30*time.Second, "log backlog and counters this often (0: never)")
+	f.duration(&c.StartupTimeout, "startup-timeout", "HERALD_RELAY_STARTUP_TIMEOUT", 10*time.Second, "bound of the start-up checks (database, tables, target); the relay exits 1 when they fail")
 	f.duration(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_RELAY_SHUTDOWN_TIMEOUT", 10*time.Second, "bound of the graceful stop")
 	f.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "debug, info, warn or error")
 
@@ -227,6 +231,21 @@ func (c relayConfig) Validate() error {
 	if err := outbox.ValidateTable(c.Table); err != nil {
 		errs = append(errs, err)
 	}
+	if c.KafkaBrokers != "" {
+		for _, b := range strings.Split(c.KafkaBrokers, ",") {
+			if err := checkHostPort(strings.TrimSpace(b)); err != nil {
+				errs = append(errs, fmt.Errorf("-kafka-brokers %q: broker %q: %w", c.KafkaBrokers, b, err))
+			}
+		}
+	}
+	if c.RedisAddr != "" {
+		if err := checkHostPort(c.RedisAddr); err != nil {
+			errs = append(errs, fmt.Errorf("-redis-addr %q: %w", c.RedisAddr, err))
+		}
+	}
+	if c.RedisDB < 0 {
+		errs = append(errs, fmt.Errorf("-redis-db %d: want 0 or more", c.RedisDB))
+	}
 	switch c.Target {
 	case targetKafka:
 		if c.KafkaBrokers == "" {
@@ -248,6 +267,9 @@ func (c relayConfig) Validate() error {
 	if c.StatsInterval < 0 {
 		errs = append(errs, fmt.Errorf("-stats-interval %v: want >= 0", c.StatsInterval))
 	}
+	if c.StartupTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("-startup-timeout %v: want > 0", c.StartupTimeout))
+	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-shutdown-timeout %v: want > 0", c.ShutdownTimeout))
 	}
@@ -255,6 +277,18 @@ func (c relayConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("-log-level %q: %w", c.LogLevel, err))
 	}
 	return errors.Join(errs...)
+}
+
+// checkHostPort checks a host:port address with a port number.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
+		return errors.New("want host:port with a port from 1 to 65535")
+	}
+	return nil
 }
 
 // runRelay is "herald relay".
@@ -354,16 +388,21 @@ func openRedis(addr, password string, db int, keyPrefix string) (*redis.Driver, 
 	return d, client.Close, nil
 }
 
-// relayMain migrates if asked, then relays until ctx ends, and stops
-// gracefully within cfg.ShutdownTimeout.
+// relayMain migrates if asked, checks that the relay can work (the
+// database, its tables, the target), then relays until ctx ends, and
+// stops gracefully within cfg.ShutdownTimeout. A failed check is an error
+// (the relay never started); a stop signal during the start-up is a clean
+// stop.
 func relayMain(ctx context.Context, cfg relayConfig, db *sql.DB, target herald.Writer, logger *slog.Logger) error {
 	dialect, err := outbox.ParseDialect(cfg.Dialect)
 	if err != nil {
 		return err
 	}
+	startup, cancel := context.WithTimeout(ctx, cfg.StartupTimeout)
+	defer cancel()
 	if cfg.Migrate {
-		if err := outbox.Migrate(ctx, db, dialect, cfg.Table); err != nil {
-			return err
+		if err := outbox.Migrate(startup, db, dialect, cfg.Table); err != nil {
+			return startupError(ctx, logger, err)
 		}
 		logger.Info("herald relay: tables ready", slog.String("table", cfg.Table))
 	}
@@ -382,6 +421,10 @@ func relayMain(ctx context.Context, cfg relayConfig, db *sql.DB, target herald.W
 	if err != nil {
 		return err
 	}
+	if err := r.Check(startup); err != nil {
+		return startupError(ctx, logger, err)
+	}
+	cancel()
 	logger.Info("herald relay: starting", slog.String("table", cfg.Table), slog.String("dialect", dialect.String()),
 		slog.String("target", cfg.Target))
 	done := make(chan error, 1)
@@ -397,8 +440,8 @@ func relayMain(ctx context.Context, cfg relayConfig, db *sql.DB, target herald.W
 		return err
 	}
 	logger.Info("herald relay: stopping")
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
+	sctx, cancelStop := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancelStop()
 	serr := r.Shutdown(sctx)
 	if err := <-done; err != nil {
 		return err
@@ -408,4 +451,15 @@ func relayMain(ctx context.Context, cfg relayConfig, db *sql.DB, target herald.W
 	}
 	logger.Info("herald relay: stopped")
 	return nil
+}
+
+// startupError is what relayMain returns for err, met before the relay
+// started: nil when a stop signal (ctx) cut the start-up short, else err
+// saying the relay could not start.
+func startupError(ctx context.Context, logger *slog.Logger, err error) error {
+	if ctx.Err() != nil {
+		logger.Info("herald relay: stopped before it started")
+		return nil
+	}
+	return fmt.Errorf("cannot start: %w", err)
 }

@@ -135,6 +135,21 @@ func (d *Driver) forget(s *subscription) {
 	d.mu.Unlock()
 }
 
+// Ping asks the cluster for its brokers (a metadata request naming no
+// topic) and reports whether one answered (herald.Pinger).
+func (d *Driver) Ping(ctx context.Context) error {
+	d.mu.RLock()
+	closed := d.closed
+	d.mu.RUnlock()
+	if closed {
+		return fmt.Errorf("kafka: ping: %w", ErrClosed)
+	}
+	if _, err := d.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {
+		return fmt.Errorf("kafka: ping %v: %w", d.cfg.brokers, err)
+	}
+	return nil
+}
+
 // CreateTopic creates topic with the given number of partitions and
 // replication factor (0 or less: the broker's default). It returns an error
 // wrapping ErrTopicExists when the topic exists, whatever its settings.

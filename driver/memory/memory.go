@@ -132,6 +132,14 @@ func (b *Broker) Backlog(topicName, groupName string) int {
 	return n
 }
 
+// Ping reports whether the Broker is open (herald.Pinger).
+func (b *Broker) Ping(ctx context.Context) error {
+	if b.closed.Load() {
+		return fmt.Errorf("memory: ping: %w", herald.ErrClosed)
+	}
+	return ctx.Err()
+}
+
 // MessagingSystem names the broker for telemetry (herald.MessagingSystem).
 func (b *Broker) MessagingSystem() string { return "herald.memory" }
 

@@ -111,6 +111,16 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	return nil
 }
 
+// Ping sends PING on the client, which on a new connection first runs
+// its AUTH and SELECT, so a wrong password or database number shows here
+// (herald.Pinger).
+func (d *Driver) Ping(ctx context.Context) error {
+	if err := d.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: ping: %w", err)
+	}
+	return nil
+}
+
 // Subscribe joins group on topic as a new consumer, creating the stream and
 // the group when they do not exist (XGROUP CREATE ... MKSTREAM at the
 // configured start position). The Subscription runs one background
