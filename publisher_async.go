@@ -3,9 +3,11 @@ package herald
 import (
 	"context"
 	"errors"
-	"github.com/heraldbus/herald/internal/telemetry"
 	"sync"
 	"time"
+
+	"github.com/heraldbus/herald/internal/backoff"
+	"github.com/heraldbus/herald/internal/telemetry"
 )
 
 // AsyncConfig configures an AsyncPublisher. The zero value of a field means
@@ -194,13 +196,13 @@ func (a *AsyncPublisher) loop() {
 }
 
 func (a *AsyncPublisher) write(batch []*Message) {
-	b := newBackoff(100*time.Millisecond, 2*time.Second)
+	b := backoff.New(100*time.Millisecond, 2*time.Second)
 	var err error
 	for attempt := 1; attempt <= a.cfg.WriteAttempts; attempt++ {
 		if err = a.p.w.Write(a.writeCtx, batch); err == nil {
 			break
 		}
-		if attempt < a.cfg.WriteAttempts && !sleepCtx(a.writeCtx, b.next()) {
+		if attempt < a.cfg.WriteAttempts && !backoff.Sleep(a.writeCtx, b.Next()) {
 			break
 		}
 	}

@@ -3,10 +3,11 @@ package herald
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/heraldbus/herald/internal/backoff"
 )
 
 // SchedulerConfig configures a SubscriberScheduler. The zero value of every
@@ -298,7 +299,7 @@ func (s *SubscriberScheduler) report(op, msgID string, err error) {
 // intake subscribes, then fetches as long as there are free slots.
 func (s *SubscriberScheduler) intake(ctx context.Context) {
 	defer close(s.intakeDone)
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	sub := s.sub // set by Start when its Subscribe succeeded
 	for sub == nil {
 		var err error
@@ -308,7 +309,7 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 				return
 			}
 			s.report("subscribe", "", err)
-			if !sleepCtx(ctx, backoff.next()) {
+			if !backoff.Sleep(ctx, retry.Next()) {
 				return
 			}
 		}
@@ -317,7 +318,7 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 		s.adopt(sub)
 	}
 	s.driverErrors.Store(0)
-	backoff.reset()
+	retry.Reset()
 
 	buf := make([]Delivery, s.cfg.FetchBatch)
 	for {
@@ -358,7 +359,7 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 				return
 			}
 			s.report("fetch", "", err)
-			if !sleepCtx(ctx, backoff.next()) {
+			if !backoff.Sleep(ctx, retry.Next()) {
 				return
 			}
 			continue
@@ -366,7 +367,7 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 		if s.driverErrors.Load() != 0 {
 			s.driverErrors.Store(0)
 		}
-		backoff.reset()
+		retry.Reset()
 	}
 }
 
@@ -480,7 +481,7 @@ func (s *SubscriberScheduler) work() {
 // stops (then abandons it to the driver).
 func (s *SubscriberScheduler) run(d Delivery) {
 	count := max(d.Count, 1)
-	backoff := newBackoff(s.cfg.RedeliveryBackoff, s.cfg.MaxRedeliveryBackoff)
+	wait := backoff.New(s.cfg.RedeliveryBackoff, s.cfg.MaxRedeliveryBackoff)
 	for {
 		ctx := s.handlerCtx
 		if count > 1 {
@@ -500,7 +501,7 @@ func (s *SubscriberScheduler) run(d Delivery) {
 			s.report("handle", d.Message.ID, err)
 		}
 		select {
-		case <-time.After(backoff.next()):
+		case <-time.After(wait.Next()):
 		case <-s.stop:
 			return
 		}
@@ -519,33 +520,6 @@ func DeliveryCount(ctx context.Context) int {
 		return n
 	}
 	return 1
-}
-
-// backoff doubles from min to max with ±20% jitter.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(lo, hi time.Duration) backoff { return backoff{min: lo, max: hi, cur: lo} }
-
-func (b *backoff) reset() { b.cur = b.min }
-
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(2*b.cur, b.max)
-	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether it waited in full.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // Lag returns how many messages the group has not acknowledged, when the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/backoff"
 	kafkago "github.com/segmentio/kafka-go"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 )
@@ -275,7 +276,7 @@ func (d *Driver) topicInfo(ctx context.Context, topic string) (*topicMeta, error
 		if !errors.As(err, &ke) || !ke.Temporary() || time.Now().Add(wait).After(deadline) {
 			return nil, fmt.Errorf("kafka: metadata of topic %q: %w", topic, err)
 		}
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return nil, ctx.Err()
 		}
 		wait = min(2*wait, time.Second)
@@ -333,18 +334,6 @@ func (d *Driver) lookupTopic(ctx context.Context, topic string, create bool) (*t
 		return tm, nil
 	}
 	return nil, kafkago.UnknownTopicOrPartition
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether it waited in full.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // historyKey names one partition as seen by one group.

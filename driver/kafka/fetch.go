@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/backoff"
 	kafkago "github.com/segmentio/kafka-go"
 )
 
@@ -124,7 +125,7 @@ func (s *subscription) consume(ctx context.Context, p *partition) {
 	offset := p.start
 	failures := 0
 	for ctx.Err() == nil {
-		if failures > 0 && !sleepCtx(ctx, retryDelay(failures)) {
+		if failures > 0 && !backoff.Sleep(ctx, retryDelay(failures)) {
 			return
 		}
 		var progressed bool

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +11,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/backoff"
 )
 
 // handBackTime is the delivery time (ms since the epoch) Close gives the
@@ -354,7 +354,7 @@ func (s *subscription) background() {
 	defer close(s.bgDone)
 	touch := time.NewTicker(s.cfg.claimMinIdle / 3)
 	defer touch.Stop()
-	retry := newBackoff(50*time.Millisecond, 5*time.Second)
+	retry := backoff.New(50*time.Millisecond, 5*time.Second)
 	for {
 		select {
 		case <-s.closing:
@@ -367,7 +367,7 @@ func (s *subscription) background() {
 					return // Close flushes again, and reports
 				}
 				s.onError(err)
-				t := time.NewTimer(retry.next())
+				t := time.NewTimer(retry.Next())
 				select {
 				case <-s.closing:
 					t.Stop()
@@ -380,7 +380,7 @@ func (s *subscription) background() {
 				}
 				continue
 			}
-			retry.reset()
+			retry.Reset()
 		}
 	}
 }
@@ -587,19 +587,6 @@ func (s *subscription) isClosing() bool {
 
 func (s *subscription) closedErr(op string) error {
 	return fmt.Errorf("redis: %s topic %q group %q: %w", op, s.topic, s.group, herald.ErrClosed)
-}
-
-// backoff doubles from lo to hi with ±20% jitter.
-type backoff struct{ lo, hi, cur time.Duration }
-
-func newBackoff(lo, hi time.Duration) backoff { return backoff{lo: lo, hi: hi, cur: lo} }
-
-func (b *backoff) reset() { b.cur = b.lo }
-
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(2*b.cur, b.hi)
-	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
 }
 
 // ReportErrorsTo sends the errors the subscription meets in the background
