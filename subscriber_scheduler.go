@@ -258,14 +258,8 @@ func (s *SubscriberScheduler) unstarted() []Delivery {
 	defer s.mu.Unlock()
 	ds := s.abandoned
 	s.abandoned = nil
-	for {
-		select {
-		case d := <-s.ready:
-			ds = append(ds, d)
-			continue
-		default:
-		}
-		break
+	for len(s.ready) > 0 { // no worker reads it any more
+		ds = append(ds, <-s.ready)
 	}
 	for _, q := range s.active {
 		if q != nil {
