@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
-	dedupmemory "github.com/heraldbus/herald/dedup/memory"
-	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/memory/memdedup"
+	"github.com/heraldbus/herald/memory/memdriver"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
@@ -54,9 +54,9 @@ func BenchmarkPublishRaw(b *testing.B) {
 // BenchmarkChainSuccess is the success path of the full built-in chain:
 // dedup (memory) + dead-letter + retry + recover around a no-op handler.
 // The dedup cache is sized for the run, as a service sizes it for its
-// rate times its window (dedupmemory.WithExpectedEntries).
+// rate times its window (memdedup.WithExpectedEntries).
 func BenchmarkChainSuccess(b *testing.B) {
-	store, err := dedupmemory.New(context.Background(), dedupmemory.WithExpectedEntries(1<<21))
+	store, err := memdedup.New(context.Background(), memdedup.WithExpectedEntries(1<<21))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func BenchmarkTelemetryEndToEnd(b *testing.B) {
 }
 
 func benchEndToEnd(b *testing.B, concurrency int, opts ...herald.Option) {
-	broker := memory.New()
+	broker := memdriver.New()
 	defer broker.Close()
 	bus, err := herald.NewBus(broker, append([]herald.Option{herald.WithLogger(quiet)}, opts...)...)
 	if err != nil {

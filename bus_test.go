@@ -10,12 +10,10 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/codec"
-	"github.com/heraldbus/herald/driver/memory"
-	"google.golang.org/protobuf/types/known/wrapperspb"
+	"github.com/heraldbus/herald/memory/memdriver"
 )
 
-func newTestBus(t *testing.T, opts ...herald.Option) (*herald.Bus, *memory.Broker) {
+func newTestBus(t *testing.T, opts ...herald.Option) (*herald.Bus, *memdriver.Broker) {
 	t.Helper()
 	b := newBroker(t)
 	opts = append([]herald.Option{herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {})}, opts...)
@@ -107,9 +105,9 @@ func TestNewBusAndPublisherRefuseNilDriver(t *testing.T) {
 	if p, err := herald.NewPublisher(nil); !errors.Is(err, herald.ErrNilDriver) || p != nil {
 		t.Errorf("NewPublisher(nil) = %v, %v; want nil, ErrNilDriver", p, err)
 	}
-	var typedNil *memory.Broker
+	var typedNil *memdriver.Broker
 	if _, err := herald.NewBus(typedNil); !errors.Is(err, herald.ErrNilDriver) {
-		t.Errorf("NewBus((*memory.Broker)(nil)): %v, want ErrNilDriver", err)
+		t.Errorf("NewBus((*memdriver.Broker)(nil)): %v, want ErrNilDriver", err)
 	}
 }
 
@@ -171,34 +169,6 @@ func TestBusDedupSkipsRepublishedMessage(t *testing.T) {
 	}
 }
 
-func TestBusProtobufAndForeignMessages(t *testing.T) {
-	bus, _ := newTestBus(t)
-	herald.MustRegister[*wrapperspb.StringValue](bus, "strings", herald.WithCodec(codec.Protobuf{}))
-	got := make(chan string, 2)
-	must(t, herald.Subscribe(bus, "g", func(_ context.Context, v *wrapperspb.StringValue, _ *herald.Message) error {
-		got <- v.GetValue()
-		return nil
-	}))
-	ctx := testContext(t)
-	must(t, bus.Start(ctx))
-	must(t, bus.Publish(ctx, wrapperspb.String("typed")))
-	// A producer that sets no event name and no content type: the only
-	// handler of the group takes it, decoded by content type... which here
-	// is protobuf bytes labelled with the protobuf content type.
-	data, _ := codec.Protobuf{}.Marshal(wrapperspb.String("foreign"))
-	must(t, bus.PublishMessages(ctx, &herald.Message{Topic: "strings", ContentType: codec.ProtobufContentType, Data: data}))
-	for _, want := range []string{"typed", "foreign"} {
-		select {
-		case v := <-got:
-			if v != want {
-				t.Fatalf("got %q, want %q", v, want)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("%s never arrived", want)
-		}
-	}
-}
-
 func TestBusPublishWriter(t *testing.T) {
 	w := &recordingWriter{}
 	bus, _ := newTestBus(t, herald.WithPublishWriter(w))
@@ -249,7 +219,7 @@ func must(t *testing.T, err error) {
 // the group before it returns, so the ring cannot drop the messages as it
 // drops messages of a topic no group has joined yet.
 func TestBusPublishRightAfterStartIsNotLost(t *testing.T) {
-	b := newBroker(t, memory.WithPartitions(1), memory.WithCapacity(4))
+	b := newBroker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(4))
 	bus, err := herald.NewBus(b, herald.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/memory/memdriver"
 )
 
 type UserSignedUp struct {
@@ -15,7 +15,7 @@ type UserSignedUp struct {
 
 func Example() {
 	ctx := context.Background()
-	broker := memory.New()
+	broker := memdriver.New()
 	defer broker.Close()
 	bus, err := herald.NewBus(broker, herald.WithLogger(quiet))
 	if err != nil {

@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/memory/memdriver"
 )
 
 // refusingDriver is a driver whose broker refuses every subscription, as a
 // server that is down would.
-type refusingDriver struct{ *memory.Broker }
+type refusingDriver struct{ *memdriver.Broker }
 
 func (refusingDriver) Subscribe(context.Context, string, string) (herald.Subscription, error) {
 	return nil, errors.New("connection refused")

@@ -11,8 +11,8 @@ import (
 
 // DedupConfig configures Deduplicate.
 type DedupConfig struct {
-	// Storage keeps the processed set (required): dedup/memory for one
-	// process, dedup/redis for every instance of a service.
+	// Storage keeps the processed set (required): memdedup for one
+	// process, redisdedup for every instance of a service.
 	Storage dedup.Storage
 	// Group scopes the processed set: each group handles a message once.
 	// The Bus sets it.
@@ -23,8 +23,8 @@ type DedupConfig struct {
 	// duplicate run.
 	Lease time.Duration
 	// Window is how long a processed message is remembered (default 24 h).
-	// A storage may cap it: dedup/memory remembers at most its own window
-	// (memory.WithWindow, 1 h by default), to bound its memory.
+	// A storage may cap it: memdedup remembers at most its own window
+	// (memdedup.WithWindow, 1 h by default), to bound its memory.
 	Window time.Duration
 	// OnDuplicate, if set, is called for each skipped duplicate.
 	OnDuplicate func(m *Message)

@@ -14,7 +14,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/dedup"
-	dedupmemory "github.com/heraldbus/herald/dedup/memory"
+	"github.com/heraldbus/herald/memory/memdedup"
 )
 
 func msg(id string) *herald.Message {
@@ -210,7 +210,7 @@ func TestDeadLetter(t *testing.T) {
 
 func newDedupStore(t testing.TB) dedup.Storage {
 	t.Helper()
-	s, err := dedupmemory.New(context.Background())
+	s, err := memdedup.New(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package herald_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +11,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/codec"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func newTestPublisher(t *testing.T, opts ...herald.Option) (*herald.Publisher, *recordingWriter) {
@@ -98,17 +98,42 @@ type chanEvent struct{ C chan int }
 
 func TestPublishOptions(t *testing.T) {
 	p, w := newTestPublisher(t, herald.WithUUIDs())
-	herald.MustRegister[*wrapperspb.StringValue](p, "strings", herald.WithCodec(codec.Protobuf{}))
-	if err := p.Publish(context.Background(), OrderShipped{ID: "x"}, wrapperspb.String("hi")); err != nil {
+	herald.MustRegister[Note](p, "notes", herald.WithCodec(textCodec{}))
+	if err := p.Publish(context.Background(), OrderShipped{ID: "x"}, Note("hi")); err != nil {
 		t.Fatal(err)
 	}
 	msgs := w.all()
 	if _, err := uuid.Parse(msgs[0].ID); err != nil {
 		t.Fatalf("ID %q is not a UUID: %v", msgs[0].ID, err)
 	}
-	if msgs[1].ContentType != codec.ProtobufContentType {
-		t.Fatalf("per-type codec ignored: %q", msgs[1].ContentType)
+	if msgs[1].ContentType != "text/plain" || string(msgs[1].Data) != "hi" {
+		t.Fatalf("per-type codec ignored: %q %q", msgs[1].ContentType, msgs[1].Data)
 	}
+}
+
+// Note is an event that textCodec encodes as its text.
+type Note string
+
+// textCodec encodes a Note as plain text.
+type textCodec struct{}
+
+func (textCodec) ContentType() string { return "text/plain" }
+
+func (textCodec) Marshal(v any) ([]byte, error) {
+	n, ok := v.(Note)
+	if !ok {
+		return nil, fmt.Errorf("textCodec: %T is not a Note", v)
+	}
+	return []byte(n), nil
+}
+
+func (textCodec) Unmarshal(data []byte, v any) error {
+	n, ok := v.(*Note)
+	if !ok {
+		return fmt.Errorf("textCodec: cannot decode into %T", v)
+	}
+	*n = Note(data)
+	return nil
 }
 
 func TestPublishMessages(t *testing.T) {

@@ -10,13 +10,13 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/memory/memdriver"
 )
 
 // flakyReader is the memory driver with injected faults: Subscribe fails
 // subscribeFailures times, then Fetch fails fetchFailures times.
 type flakyReader struct {
-	*memory.Broker
+	*memdriver.Broker
 	subscribeFailures atomic.Int32
 	fetchFailures     atomic.Int32
 }
@@ -44,8 +44,8 @@ func (s *flakySubscription) Fetch(ctx context.Context, dst []herald.Delivery) (i
 	return s.Subscription.Fetch(ctx, dst)
 }
 
-func newBroker(t *testing.T, opts ...memory.Option) *memory.Broker {
-	b := memory.New(opts...)
+func newBroker(t *testing.T, opts ...memdriver.Option) *memdriver.Broker {
+	b := memdriver.New(opts...)
 	t.Cleanup(func() { _ = b.Close() })
 	return b
 }
@@ -89,7 +89,7 @@ func TestSchedulerRejectsBadConfig(t *testing.T) {
 }
 
 func TestSchedulerFailingKeyBlocksOnlyItself(t *testing.T) {
-	b := newBroker(t, memory.WithPartitions(1))
+	b := newBroker(t, memdriver.WithPartitions(1))
 	var mu sync.Mutex
 	handled := map[string]int{}
 	var poisonRuns atomic.Int32
@@ -256,7 +256,7 @@ func TestSchedulerStartContextCancellation(t *testing.T) {
 // revokingReader is the memory driver whose subscriptions report every
 // delivery with key "gone" as revoked, as a Kafka member does for the
 // partitions a rebalance took away.
-type revokingReader struct{ *memory.Broker }
+type revokingReader struct{ *memdriver.Broker }
 
 func (r revokingReader) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
 	sub, err := r.Broker.Subscribe(ctx, topic, group)
@@ -271,7 +271,7 @@ type revokingSubscription struct{ herald.Subscription }
 func (revokingSubscription) Revoked(d herald.Delivery) bool { return d.Message.Key == "gone" }
 
 func TestSchedulerSkipsRevokedDeliveries(t *testing.T) {
-	b := newBroker(t, memory.WithPartitions(1))
+	b := newBroker(t, memdriver.WithPartitions(1))
 	var mu sync.Mutex
 	var ran []string
 	startScheduler(t, revokingReader{b}, func(ctx context.Context, m *herald.Message) error {
@@ -301,7 +301,7 @@ func (reportingSubscription) ReportErrorsTo(report func(error)) {
 	report(errors.New("acknowledgment flush failed"))
 }
 
-type reportingReader struct{ *memory.Broker }
+type reportingReader struct{ *memdriver.Broker }
 
 func (r reportingReader) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
 	sub, err := r.Broker.Subscribe(ctx, topic, group)

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
-	dedupmemory "github.com/heraldbus/herald/dedup/memory"
+	"github.com/heraldbus/herald/memory/memdedup"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
@@ -226,7 +226,7 @@ func TestTelemetryDeadLetterAndDuplicate(t *testing.T) {
 	h := newOTelHarness(t)
 	bus, _ := newTestBus(t, h.options()...)
 	herald.MustRegister[OrderPlaced](bus, "orders")
-	store, err := dedupmemory.New(testContext(t))
+	store, err := memdedup.New(testContext(t))
 	must(t, err)
 	var calls atomic.Int32
 	must(t, herald.Subscribe(bus, "billing", func(_ context.Context, e OrderPlaced, _ *herald.Message) error {

@@ -9,6 +9,9 @@ require (
 	github.com/ThreeDotsLabs/watermill-redisstream v1.4.5
 	github.com/ThreeDotsLabs/watermill-sql/v3 v3.1.0
 	github.com/heraldbus/herald v0.0.0
+	github.com/heraldbus/herald/kafka v0.0.0
+	github.com/heraldbus/herald/redis v0.0.0
+	github.com/heraldbus/herald/sql v0.0.0
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/segmentio/kafka-go v0.4.51
@@ -51,8 +54,8 @@ require (
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/rcrowley/go-metrics v0.0.0-20201227073835-cf1acfcdf475 // indirect
-	github.com/twmb/franz-go v1.22.2 // indirect
-	github.com/twmb/franz-go/pkg/kmsg v1.15.0 // indirect
+	github.com/twmb/franz-go v1.22.3 // indirect
+	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
 	github.com/vmihailenco/msgpack v4.0.4+incompatible // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -68,3 +71,9 @@ require (
 )
 
 replace github.com/heraldbus/herald => ../
+
+replace github.com/heraldbus/herald/kafka => ../kafka
+
+replace github.com/heraldbus/herald/redis => ../redis
+
+replace github.com/heraldbus/herald/sql => ../sql

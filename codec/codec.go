@@ -34,12 +34,13 @@ type Registry struct {
 	codecs map[string]Codec
 }
 
-// NewRegistry returns a registry holding JSON, Protobuf and the given codecs
-// (later ones replace earlier ones of the same content type).
+// NewRegistry returns a registry holding JSON and the given codecs (later
+// ones replace earlier ones of the same content type). Protocol Buffers is
+// in its own module, github.com/heraldbus/herald/codec/protobuf, so that a
+// program that does not use it does not build it.
 func NewRegistry(codecs ...Codec) *Registry {
 	r := &Registry{codecs: make(map[string]Codec)}
 	r.Register(JSON{})
-	r.Register(Protobuf{})
 	for _, c := range codecs {
 		r.Register(c)
 	}

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/heraldbus/herald/codec"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 type order struct {
@@ -34,44 +33,6 @@ func TestJSONRoundTrip(t *testing.T) {
 	}
 	if err := c.Unmarshal([]byte("{not json"), &got); err == nil {
 		t.Fatal("want an error for malformed JSON")
-	}
-}
-
-func TestProtobufRoundTripIntoNilPointer(t *testing.T) {
-	c, err := codec.NewRegistry().Lookup(codec.ProtobufContentType)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := c.Marshal(wrapperspb.String("hello"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A generic subscriber for *wrapperspb.StringValue decodes into a
-	// pointer to a nil pointer.
-	var got *wrapperspb.StringValue
-	if err := c.Unmarshal(data, &got); err != nil {
-		t.Fatal(err)
-	}
-	if got.GetValue() != "hello" {
-		t.Fatalf("got %q", got.GetValue())
-	}
-	into := &wrapperspb.StringValue{}
-	if err := c.Unmarshal(data, into); err != nil || into.GetValue() != "hello" {
-		t.Fatalf("direct decode: %v %q", err, into.GetValue())
-	}
-}
-
-func TestProtobufRejectsNonProto(t *testing.T) {
-	var c codec.Protobuf
-	if _, err := c.Marshal(order{}); err == nil {
-		t.Fatal("want an error encoding a non-proto value")
-	}
-	var o order
-	if err := c.Unmarshal(nil, &o); err == nil {
-		t.Fatal("want an error decoding into a non-proto value")
-	}
-	if err := c.Unmarshal([]byte{0xff, 0xff}, &wrapperspb.StringValue{}); err == nil {
-		t.Fatal("want an error for a malformed protobuf payload")
 	}
 }
 

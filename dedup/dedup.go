@@ -7,8 +7,8 @@
 // the dedup window; on failure it releases the claim so that a redelivery
 // can run. A claim whose holder crashed expires with its lease.
 //
-// Implementations: dedup/memory (one process, allegro/bigcache) and
-// dedup/redis (shared by every instance of a service, go-redis v9).
+// Implementations: memdedup (one process, allegro/bigcache) and
+// redisdedup (shared by every instance of a service, go-redis v9).
 package dedup
 
 import (

@@ -17,7 +17,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/dlq"
-	"github.com/heraldbus/herald/driver/redis"
+	"github.com/heraldbus/herald/redis/redisdriver"
 )
 
 const dlqUsage = `Usage:
@@ -150,7 +150,7 @@ func parseDLQFlags(sub string, args []string, getenv func(string) string, output
 	f.str(&c.RedisAddr, "redis-addr", "HERALD_REDIS_ADDR", "", "Redis address, host:port")
 	f.str(&c.RedisPassword, "redis-password", "HERALD_REDIS_PASSWORD", "", "Redis password (prefer the environment variable)")
 	f.int(&c.RedisDB, "redis-db", "HERALD_REDIS_DB", 0, "Redis database number")
-	f.str(&c.RedisKeyPrefix, "redis-key-prefix", "HERALD_REDIS_KEY_PREFIX", redis.DefaultKeyPrefix, "prefix of the Redis stream keys")
+	f.str(&c.RedisKeyPrefix, "redis-key-prefix", "HERALD_REDIS_KEY_PREFIX", redisdriver.DefaultKeyPrefix, "prefix of the Redis stream keys")
 	f.str(&c.Topic, "topic", "HERALD_DLQ_TOPIC", "", "the dead-letter topic, for example orders.dlq (required)")
 	switch sub {
 	case "list":

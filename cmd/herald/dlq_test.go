@@ -17,9 +17,10 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/dlq"
-	"github.com/heraldbus/herald/driver/kafka"
-	"github.com/heraldbus/herald/driver/redis"
 	"github.com/heraldbus/herald/internal/testenv"
+	"github.com/heraldbus/herald/kafka/kafkadriver"
+	"github.com/heraldbus/herald/redis/redisdriver"
+	"github.com/heraldbus/herald/redis/redistest"
 )
 
 // dlqRun runs "herald dlq args..." and returns its exit status and output.
@@ -218,8 +219,8 @@ func TestDLQCommandsRedis(t *testing.T) {
 	addr := testenv.RedisAddr(t)
 	client := goredis.NewClient(&goredis.Options{Addr: addr})
 	t.Cleanup(func() { _ = client.Close() })
-	prefix := testenv.RedisPrefix(t, client, "herald:test:cmd:")
-	d, err := redis.New(client, redis.WithKeyPrefix(prefix))
+	prefix := redistest.Prefix(t, client, "herald:test:cmd:")
+	d, err := redisdriver.New(client, redisdriver.WithKeyPrefix(prefix))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +237,7 @@ func TestDLQCommandsKafka(t *testing.T) {
 		t.Cleanup(c.Close)
 		brokers = c.ListenAddrs()
 	}
-	d, err := kafka.New(brokers, kafka.WithAutoCreateTopics(), kafka.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	d, err := kafkadriver.New(brokers, kafkadriver.WithAutoCreateTopics(), kafkadriver.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +269,7 @@ func TestParseDLQFlags(t *testing.T) {
 		t.Error(err)
 	}
 	c, err = parseDLQFlags("list", nil, env(map[string]string{"HERALD_REDIS_ADDR": "r:6379"}), io.Discard)
-	if err != nil || c.Driver != "redis" || c.Limit != 50 || c.RedisKeyPrefix != redis.DefaultKeyPrefix {
+	if err != nil || c.Driver != "redis" || c.Limit != 50 || c.RedisKeyPrefix != redisdriver.DefaultKeyPrefix {
 		t.Errorf("defaults: %+v, %v", c, err)
 	}
 }

@@ -25,10 +25,10 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/cmd/herald/internal/shutdown"
-	"github.com/heraldbus/herald/driver/kafka"
-	"github.com/heraldbus/herald/driver/memory"
 	"github.com/heraldbus/herald/internal/testenv"
-	"github.com/heraldbus/herald/outbox"
+	"github.com/heraldbus/herald/kafka/kafkadriver"
+	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/sql/outbox"
 )
 
 func TestMain(m *testing.M) {
@@ -326,7 +326,7 @@ func TestRelayCommandPostgres(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	broker := memory.New()
+	broker := memdriver.New()
 	defer broker.Close()
 	ctx := context.Background()
 	sub, err := broker.Subscribe(ctx, "cmd.test", "g")
@@ -448,8 +448,8 @@ func TestRelayCommandKafka(t *testing.T) {
 		t.Errorf("exit %d; logs:\n%s", code, logs.String())
 	}
 
-	d, err := kafka.New(brokers, kafka.WithStartOffset(kafka.StartEarliest), kafka.WithHeartbeatInterval(100*time.Millisecond),
-		kafka.WithSessionTimeout(time.Second), kafka.WithRevokeTimeout(500*time.Millisecond), kafka.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	d, err := kafkadriver.New(brokers, kafkadriver.WithStartOffset(kafkadriver.StartEarliest), kafkadriver.WithHeartbeatInterval(100*time.Millisecond),
+		kafkadriver.WithSessionTimeout(time.Second), kafkadriver.WithRevokeTimeout(500*time.Millisecond), kafkadriver.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,10 +19,10 @@ import (
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/kafka"
-	"github.com/heraldbus/herald/driver/memory"
-	"github.com/heraldbus/herald/driver/redis"
-	"github.com/heraldbus/herald/outbox"
+	"github.com/heraldbus/herald/kafka/kafkadriver"
+	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/redis/redisdriver"
+	"github.com/heraldbus/herald/sql/outbox"
 )
 
 // Relay targets.
@@ -145,7 +145,7 @@ Flags:
 	f.str(&c.RedisAddr, "redis-addr", "HERALD_REDIS_ADDR", "", "Redis address, host:port")
 	f.str(&c.RedisPassword, "redis-password", "HERALD_REDIS_PASSWORD", "", "Redis password (prefer the environment variable)")
 	f.int(&c.RedisDB, "redis-db", "HERALD_REDIS_DB", 0, "Redis database number")
-	f.str(&c.RedisKeyPrefix, "redis-key-prefix", "HERALD_REDIS_KEY_PREFIX", redis.DefaultKeyPrefix, "prefix of the Redis stream keys")
+	f.str(&c.RedisKeyPrefix, "redis-key-prefix", "HERALD_REDIS_KEY_PREFIX", redisdriver.DefaultKeyPrefix, "prefix of the Redis stream keys")
 
 	f.int(&c.BatchSize, "batch-size", "HERALD_RELAY_BATCH_SIZE", outbox.DefaultBatchSize, "rows per round")
 	f.int(&c.Lanes, "lanes", "HERALD_RELAY_LANES", outbox.DefaultLanes, "target writes per round that run at once (by key hash)")
@@ -355,17 +355,17 @@ func openTarget(cfg relayConfig, logger *slog.Logger) (herald.Writer, func() err
 		return openRedis(cfg.RedisAddr, cfg.RedisPassword, cfg.RedisDB, cfg.RedisKeyPrefix)
 	default:
 		logger.Warn("herald relay: target memory keeps messages in this process only, where nothing reads them; use it to try the relay out")
-		b := memory.New()
+		b := memdriver.New()
 		return b, b.Close, nil
 	}
 }
 
 // openKafka returns a Kafka driver for the comma-separated brokers; the
 // caller closes it.
-func openKafka(brokers, clientID string, autoCreate bool, logger *slog.Logger) (*kafka.Driver, error) {
-	opts := []kafka.Option{kafka.WithClientID(clientID), kafka.WithLogger(logger)}
+func openKafka(brokers, clientID string, autoCreate bool, logger *slog.Logger) (*kafkadriver.Driver, error) {
+	opts := []kafkadriver.Option{kafkadriver.WithClientID(clientID), kafkadriver.WithLogger(logger)}
 	if autoCreate {
-		opts = append(opts, kafka.WithAutoCreateTopics())
+		opts = append(opts, kafkadriver.WithAutoCreateTopics())
 	}
 	var list []string
 	for _, b := range strings.Split(brokers, ",") {
@@ -373,14 +373,14 @@ func openKafka(brokers, clientID string, autoCreate bool, logger *slog.Logger) (
 			list = append(list, b)
 		}
 	}
-	return kafka.New(list, opts...)
+	return kafkadriver.New(list, opts...)
 }
 
 // openRedis returns a Redis driver and the function that closes its
 // client.
-func openRedis(addr, password string, db int, keyPrefix string) (*redis.Driver, func() error, error) {
+func openRedis(addr, password string, db int, keyPrefix string) (*redisdriver.Driver, func() error, error) {
 	client := goredis.NewClient(&goredis.Options{Addr: addr, Password: password, DB: db})
-	d, err := redis.New(client, redis.WithKeyPrefix(keyPrefix))
+	d, err := redisdriver.New(client, redisdriver.WithKeyPrefix(keyPrefix))
 	if err != nil {
 		_ = client.Close()
 		return nil, nil, err

@@ -19,9 +19,9 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/dedup"
-	dedupmemory "github.com/heraldbus/herald/dedup/memory"
 	"github.com/heraldbus/herald/dlq"
 	"github.com/heraldbus/herald/drivertest"
+	"github.com/heraldbus/herald/memory/memdedup"
 )
 
 // Config describes the driver under test.
@@ -36,8 +36,8 @@ type Config struct {
 	// performance target; default 60 s).
 	Timeout time.Duration
 	// Dedup returns the deduplication storage the redrive scenarios use
-	// (the driver's own, such as dedup/redis for Redis; default: a
-	// dedup/memory store).
+	// (the driver's own, such as redisdedup for Redis; default: a
+	// memdedup store).
 	Dedup func(t *testing.T) dedup.Storage
 }
 
@@ -47,7 +47,7 @@ func (c Config) dedup(t *testing.T) dedup.Storage {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := dedupmemory.New(ctx)
+	s, err := memdedup.New(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/kafka"
+	"github.com/heraldbus/herald/kafka/kafkadriver"
 )
 
 // OrderPlaced is the event the shop publishes.
@@ -72,10 +72,10 @@ func run(w io.Writer, brokerList string, embedded bool) error {
 	}
 
 	quiet := slog.New(slog.DiscardHandler)
-	driver, err := kafka.New(brokers,
-		kafka.WithAutoCreateTopics(),
-		kafka.WithCommitInterval(200*time.Millisecond),
-		kafka.WithLogger(quiet),
+	driver, err := kafkadriver.New(brokers,
+		kafkadriver.WithAutoCreateTopics(),
+		kafkadriver.WithCommitInterval(200*time.Millisecond),
+		kafkadriver.WithLogger(quiet),
 	)
 	if err != nil {
 		return err

@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/memory"
-	"github.com/heraldbus/herald/outbox"
+	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/sql/outbox"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -87,7 +87,7 @@ func run(out io.Writer) error {
 
 	// Service B's side: a bus on the broker with a handler that fails
 	// once and succeeds on the retry.
-	broker := memory.New()
+	broker := memdriver.New()
 	defer broker.Close()
 	telemetry := []herald.Option{herald.WithTracerProvider(tp), herald.WithMeterProvider(mp), herald.WithLogger(quiet)}
 	bus, err := herald.NewBus(broker, append(telemetry, herald.WithPublishWriter(ow))...)

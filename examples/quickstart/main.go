@@ -22,9 +22,9 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
-	dedupmemory "github.com/heraldbus/herald/dedup/memory"
-	"github.com/heraldbus/herald/driver/memory"
-	"github.com/heraldbus/herald/outbox"
+	"github.com/heraldbus/herald/memory/memdedup"
+	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/sql/outbox"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite", pure Go
 )
 
@@ -82,7 +82,7 @@ func run(w io.Writer) error {
 
 	// Publish writes rows into the outbox in the caller's transaction; the
 	// relay moves committed rows to the broker the subscribers read.
-	broker := memory.New()
+	broker := memdriver.New()
 	defer broker.Close()
 	outboxWriter, err := outbox.NewWriter(outbox.SQLite, "outbox")
 	if err != nil {
@@ -102,7 +102,7 @@ func run(w io.Writer) error {
 		return err
 	}
 
-	processed, err := dedupmemory.New(ctx)
+	processed, err := memdedup.New(ctx)
 	if err != nil {
 		return err
 	}

@@ -24,8 +24,8 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/heraldbus/herald"
-	dedupredis "github.com/heraldbus/herald/dedup/redis"
-	redisdriver "github.com/heraldbus/herald/driver/redis"
+	"github.com/heraldbus/herald/redis/redisdedup"
+	"github.com/heraldbus/herald/redis/redisdriver"
 )
 
 // OrderPlaced is the event the shop publishes.
@@ -99,7 +99,7 @@ func run(w io.Writer, addr string) error {
 	defer func() {
 		_ = client.Del(context.WithoutCancel(ctx), drv.StreamKey(topic), drv.StreamKey(herald.DeadLetterTopic(topic))).Err()
 	}()
-	processed := dedupredis.New(client, dedupredis.WithKeyPrefix(prefix+"dedup:"))
+	processed := redisdedup.New(client, redisdedup.WithKeyPrefix(prefix+"dedup:"))
 
 	b := &billing{charged: map[string]int{}, by: map[string]int{}, skipped: map[string]int{}, changed: make(chan struct{}, 1)}
 	quiet := slog.New(slog.DiscardHandler)

@@ -18,7 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/kafka"
+	"github.com/heraldbus/herald/kafka/kafkadriver"
 )
 
 // The Kafka scenario's fixed settings.
@@ -47,7 +47,7 @@ const (
 	kafkaTableSlow    = "consume, handler sleeps 1 ms, 4 partitions"
 )
 
-// kafkaScenario compares Kafka clients: herald's driver/kafka behind its
+// kafkaScenario compares Kafka clients: herald's kafkadriver behind its
 // Bus, kafka-go used by hand (the reference), and Watermill's
 // watermill-kafka (Sarama), on the cluster at HERALD_KAFKA_BROKERS or, when
 // that is unset, an in-process kfake cluster the parent process starts once
@@ -55,7 +55,7 @@ const (
 func kafkaScenario() scenario {
 	return scenario{
 		name:   "kafka",
-		about:  "Kafka: herald driver/kafka vs kafka-go by hand vs Watermill watermill-kafka (Sarama)",
+		about:  "Kafka: herald kafkadriver vs kafka-go by hand vs Watermill watermill-kafka (Sarama)",
 		cases:  kafkaCases,
 		server: kafkaServer,
 		local:  startKfake,
@@ -208,9 +208,9 @@ func heraldKafka(cfg config) heraldDriverFunc {
 		if err != nil {
 			return heraldBackend{}, err
 		}
-		d, err := kafka.New(cfg.kafkaBrokers,
-			kafka.WithBatchSize(kafkaBatchSize),
-			kafka.WithLogger(slog.New(reportingHandler{report: report})),
+		d, err := kafkadriver.New(cfg.kafkaBrokers,
+			kafkadriver.WithBatchSize(kafkaBatchSize),
+			kafkadriver.WithLogger(slog.New(reportingHandler{report: report})),
 		)
 		if err != nil {
 			return heraldBackend{}, errors.Join(err, admin.release(ctx))
@@ -277,7 +277,7 @@ func newKafkaGoWriter(cfg config, topic string) (*kafkago.Writer, *kafkago.Trans
 	return &kafkago.Writer{
 		Addr: kafkago.TCP(cfg.kafkaBrokers...), Topic: topic, Transport: tr,
 		Balancer:  &kafkago.Murmur2Balancer{},
-		BatchSize: kafkaBatchSize, BatchBytes: kafka.DefaultBatchBytes, BatchTimeout: kafkaGoLinger,
+		BatchSize: kafkaBatchSize, BatchBytes: kafkadriver.DefaultBatchBytes, BatchTimeout: kafkaGoLinger,
 		RequiredAcks: kafkago.RequireAll,
 	}, tr
 }
@@ -382,7 +382,7 @@ func kafkaGoReaderCase(id, label string, cfg config) benchCase {
 					reader = kafkago.NewReader(kafkago.ReaderConfig{
 						Brokers: cfg.kafkaBrokers, GroupID: benchGroup, Topic: p.topic,
 						StartOffset: kafkago.FirstOffset,
-						MaxWait:     kafka.DefaultFetchMaxWait, MaxBytes: kafka.DefaultFetchMaxBytes,
+						MaxWait:     kafkadriver.DefaultFetchMaxWait, MaxBytes: kafkadriver.DefaultFetchMaxBytes,
 					})
 					readCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 					stopRead = cancel

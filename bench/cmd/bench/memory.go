@@ -6,7 +6,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
-	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/memory/memdriver"
 )
 
 // memoryScenario compares the in-process brokers: herald's memory driver
@@ -16,14 +16,14 @@ import (
 func memoryScenario() scenario {
 	return scenario{
 		name:  "memory",
-		about: "in-process brokers: herald driver/memory vs Watermill GoChannel, end to end",
+		about: "in-process brokers: herald memdriver vs Watermill GoChannel, end to end",
 		cases: memoryCases,
 	}
 }
 
 func memoryCases(cfg config) []benchCase {
 	newBroker := func(context.Context, string, func(error)) (heraldBackend, error) {
-		b := memory.New()
+		b := memdriver.New()
 		return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
 	}
 	blocking := goChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true})

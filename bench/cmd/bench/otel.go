@@ -5,7 +5,7 @@ import (
 	"errors"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/memory"
+	"github.com/heraldbus/herald/memory/memdriver"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -29,7 +29,7 @@ func otelScenario() scenario {
 
 func otelCases(config) []benchCase {
 	newBroker := func(context.Context, string, func(error)) (heraldBackend, error) {
-		b := memory.New()
+		b := memdriver.New()
 		return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
 	}
 	none := func(context.Context) error { return nil }

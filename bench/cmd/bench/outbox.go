@@ -17,8 +17,8 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // the database/sql driver "pgx"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/driver/memory"
-	"github.com/heraldbus/herald/outbox"
+	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/sql/outbox"
 )
 
 // defaultPostgresDSN is the PostgreSQL of the outbox scenario when
@@ -69,12 +69,12 @@ func outboxCases(cfg config) []benchCase {
 		watermillCase("watermill-sql", "SQL Publisher on the transaction, 1 per transaction",
 			watermillSQL(cfg), watermillVariant{mode: publishOnly}, true).in(outboxTablePublish).scaled(0.05),
 
-		heraldOutboxCase("herald-relay", "Relay to driver/memory, Bus.Handle, concurrency 1",
+		heraldOutboxCase("herald-relay", "Relay to memdriver, Bus.Handle, concurrency 1",
 			heraldVariant{mode: consumeOnly}).in(outboxTableRelay).scaled(0.5),
 		watermillCase("watermill-sql-subscriber", "SQL Subscriber + Router",
 			watermillSQL(cfg), watermillVariant{mode: consumeOnly}, true).in(outboxTableRelay).scaled(0.5),
 
-		heraldOutboxCase("herald-latency", "Relay (LISTEN/NOTIFY, polling) to driver/memory, Bus.Handle, defaults",
+		heraldOutboxCase("herald-latency", "Relay (LISTEN/NOTIFY, polling) to memdriver, Bus.Handle, defaults",
 			heraldVariant{mode: paced, rate: outboxLatencyRate}).in(outboxTableLatency).scaled(0.015),
 		watermillCase("watermill-sql-latency", fmt.Sprintf("SQL Subscriber + Router, PollInterval %s", outboxWatermillPollFast),
 			watermillSQLPolling(cfg, outboxWatermillPollFast), watermillVariant{mode: paced, rate: outboxLatencyRate}, true).
@@ -192,7 +192,7 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 		return nil, errors.Join(err, release(ctx))
 	}
 	cnt := newCounter(p.n, 0)
-	broker := memory.New()
+	broker := memdriver.New()
 	bus, err := herald.NewBus(broker,
 		herald.WithPublishWriter(w),
 		herald.WithLogger(slog.New(slog.DiscardHandler)),

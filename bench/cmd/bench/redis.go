@@ -12,7 +12,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/segmentio/ksuid"
 
-	"github.com/heraldbus/herald/driver/redis"
+	"github.com/heraldbus/herald/redis/redisdriver"
 )
 
 // The Redis scenario's fixed settings, from the Redis driver issue's
@@ -37,14 +37,14 @@ const (
 )
 
 // redisScenario compares Redis Streams clients on the server at
-// HERALD_REDIS_ADDR: herald's driver/redis behind its Bus, go-redis used by
+// HERALD_REDIS_ADDR: herald's redisdriver behind its Bus, go-redis used by
 // hand (pipelined XADD, the publish reference), and Watermill's
 // watermill-redisstream. Every client is a go-redis v9 client with its
 // default options (a pool of 10 connections per GOMAXPROCS).
 func redisScenario() scenario {
 	return scenario{
 		name:   "redis",
-		about:  "Redis Streams: herald driver/redis vs go-redis by hand vs Watermill watermill-redisstream",
+		about:  "Redis Streams: herald redisdriver vs go-redis by hand vs Watermill watermill-redisstream",
 		cases:  redisCases,
 		server: redisServer,
 	}
@@ -144,7 +144,7 @@ func streamLen(client goredis.UniversalClient, key string) func(ctx context.Cont
 func heraldRedis(cfg config) heraldDriverFunc {
 	return func(ctx context.Context, topic string, report func(error)) (heraldBackend, error) {
 		client := newRedisClient(cfg)
-		d, err := redis.New(client, redis.WithKeyPrefix(cfg.redisPrefix), redis.WithErrorHandler(report))
+		d, err := redisdriver.New(client, redisdriver.WithKeyPrefix(cfg.redisPrefix), redisdriver.WithErrorHandler(report))
 		if err != nil {
 			return heraldBackend{}, errors.Join(err, client.Close())
 		}

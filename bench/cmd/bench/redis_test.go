@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald/internal/testenv"
+	"github.com/heraldbus/herald/redis/redistest"
 )
 
 // redisRun runs the redis scenario against the test Redis with small
@@ -17,8 +18,8 @@ import (
 func redisRun(t *testing.T, extra ...string) (table, progress string) {
 	t.Helper()
 	addr := testenv.RedisAddr(t)
-	client := testenv.RedisClient(t, addr)
-	prefix := testenv.RedisPrefix(t, client, "herald:bench:test:")
+	client := redistest.Client(t, addr)
+	prefix := redistest.Prefix(t, client, "herald:bench:test:")
 	t.Setenv("HERALD_REDIS_ADDR", addr)
 
 	var out, prog bytes.Buffer

@@ -1,0 +1,410 @@
+package kafkadriver
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+)
+
+// Defaults of every setting, in one place. Each has an Option below.
+const (
+	// DefaultBatchSize is the most messages one produce request carries.
+	DefaultBatchSize = 10_000
+	// DefaultBatchBytes is the most bytes (keys, values and headers) one
+	// produce request carries; a single larger message goes alone. It stays
+	// under the broker's default message.max.bytes (1048588) per batch.
+	DefaultBatchBytes = 1_000_000
+	// DefaultBatchTimeout is how long an idle partition waits for more
+	// messages before sending: none. Messages written while a request is in
+	// flight are batched into the next one, so batches grow with load and a
+	// single Write never waits for a timer.
+	DefaultBatchTimeout = time.Duration(0)
+	// DefaultMaxMessageBytes bounds one message (key, value and headers),
+	// like the Java producer's max.request.size.
+	DefaultMaxMessageBytes = 1 << 20
+	// DefaultMaxAttempts is how often a produce request is tried when the
+	// broker answers with a retriable error.
+	DefaultMaxAttempts = 10
+	// DefaultRequestTimeout bounds one request to a broker (produce,
+	// metadata, group coordination, offset commit) and one dial.
+	DefaultRequestTimeout = 10 * time.Second
+
+	// DefaultCommitInterval is how often acknowledged offsets are committed.
+	DefaultCommitInterval = time.Second
+	// DefaultHeartbeatInterval is how often a member heartbeats its group;
+	// it is also how fast a member notices a rebalance.
+	DefaultHeartbeatInterval = 3 * time.Second
+	// DefaultSessionTimeout is how long the coordinator waits for a
+	// heartbeat before it drops a member.
+	DefaultSessionTimeout = 30 * time.Second
+	// DefaultRebalanceTimeout is how long the coordinator waits for members
+	// to rejoin during a rebalance.
+	DefaultRebalanceTimeout = 30 * time.Second
+	// DefaultRevokeTimeout bounds how long a member whose partitions are
+	// revoked waits for its in-flight deliveries to be acknowledged before it
+	// commits and rejoins. kafka-go sends no heartbeat meanwhile, so it must
+	// stay below the session and rebalance timeouts.
+	DefaultRevokeTimeout = 5 * time.Second
+	// DefaultJoinGroupBackoff is the pause after a failed group join.
+	DefaultJoinGroupBackoff = time.Second
+	// DefaultPartitionWatchInterval is how often a member checks its topic
+	// for new partitions (and for the topic's creation).
+	DefaultPartitionWatchInterval = 5 * time.Second
+	// DefaultFetchMaxWait is how long the broker holds a fetch for new data.
+	DefaultFetchMaxWait = 500 * time.Millisecond
+	// DefaultFetchMaxBytes bounds one fetch response per partition.
+	DefaultFetchMaxBytes = 1 << 20
+	// DefaultMaxUncommitted bounds, per partition, the messages fetched
+	// since the lowest unacknowledged one. A key whose handler keeps failing
+	// holds the commit back; past this many messages its partition stops
+	// fetching until it moves.
+	DefaultMaxUncommitted = 100_000
+)
+
+// Acks is how many replicas must store a message before the broker
+// acknowledges a produce request.
+type Acks int
+
+const (
+	// AcksAll waits for every in-sync replica (the default).
+	AcksAll Acks = iota
+	// AcksLeader waits for the partition leader only.
+	AcksLeader
+	// AcksNone does not wait: a Write returns once the request is sent, and
+	// a broker-side failure goes unnoticed. Not at-least-once.
+	AcksNone
+)
+
+// String returns "all", "leader" or "none".
+func (a Acks) String() string {
+	switch a {
+	case AcksAll:
+		return "all"
+	case AcksLeader:
+		return "leader"
+	case AcksNone:
+		return "none"
+	}
+	return fmt.Sprintf("Acks(%d)", int(a))
+}
+
+// Compression is the codec produce requests are compressed with.
+type Compression int
+
+// Compression codecs; brokers and consumers in other languages read all of
+// them.
+const (
+	CompressionNone Compression = iota
+	CompressionGzip
+	CompressionSnappy
+	CompressionLz4
+	CompressionZstd
+)
+
+// String returns the codec's name ("none", "gzip", "snappy", "lz4", "zstd").
+func (c Compression) String() string {
+	switch c {
+	case CompressionNone:
+		return "none"
+	case CompressionGzip:
+		return "gzip"
+	case CompressionSnappy:
+		return "snappy"
+	case CompressionLz4:
+		return "lz4"
+	case CompressionZstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("Compression(%d)", int(c))
+}
+
+// StartOffset is where a group that has no committed offset for a
+// partition starts reading it.
+type StartOffset int
+
+const (
+	// StartEarliest reads everything the partition still holds (default).
+	StartEarliest StartOffset = iota
+	// StartLatest reads only what is written after the group first joins.
+	StartLatest
+)
+
+// SCRAM names a SCRAM hash for WithSASLSCRAM.
+type SCRAM int
+
+// SCRAM mechanisms.
+const (
+	SCRAMSHA256 SCRAM = iota // SCRAM-SHA-256
+	SCRAMSHA512              // SCRAM-SHA-512
+)
+
+// Option configures a Driver; New reports every invalid option at once.
+type Option func(*config)
+
+type config struct {
+	brokers []string
+
+	batchSize       int
+	batchBytes      int
+	batchTimeout    time.Duration
+	maxMessageBytes int
+	maxAttempts     int
+	acks            Acks
+	compression     Compression
+	autoCreate      bool
+	requestTimeout  time.Duration
+
+	tls      *tls.Config
+	sasl     sasl.Mechanism
+	saslErr  error
+	clientID string
+
+	startOffset            StartOffset
+	commitInterval         time.Duration
+	heartbeatInterval      time.Duration
+	sessionTimeout         time.Duration
+	rebalanceTimeout       time.Duration
+	revokeTimeout          time.Duration
+	joinGroupBackoff       time.Duration
+	partitionWatchInterval time.Duration
+	fetchMaxWait           time.Duration
+	fetchMaxBytes          int
+	maxUncommitted         int
+
+	logger *slog.Logger
+}
+
+func newConfig(brokers []string, opts []Option) config {
+	c := config{
+		brokers:                brokers,
+		batchSize:              DefaultBatchSize,
+		batchBytes:             DefaultBatchBytes,
+		batchTimeout:           DefaultBatchTimeout,
+		maxMessageBytes:        DefaultMaxMessageBytes,
+		maxAttempts:            DefaultMaxAttempts,
+		requestTimeout:         DefaultRequestTimeout,
+		clientID:               "herald",
+		commitInterval:         DefaultCommitInterval,
+		heartbeatInterval:      DefaultHeartbeatInterval,
+		sessionTimeout:         DefaultSessionTimeout,
+		rebalanceTimeout:       DefaultRebalanceTimeout,
+		revokeTimeout:          DefaultRevokeTimeout,
+		joinGroupBackoff:       DefaultJoinGroupBackoff,
+		partitionWatchInterval: DefaultPartitionWatchInterval,
+		fetchMaxWait:           DefaultFetchMaxWait,
+		fetchMaxBytes:          DefaultFetchMaxBytes,
+		maxUncommitted:         DefaultMaxUncommitted,
+	}
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	return c
+}
+
+// validate reports every problem of c at once.
+func (c *config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if len(c.brokers) == 0 {
+		bad("no broker addresses")
+	}
+	for _, b := range c.brokers {
+		if strings.TrimSpace(b) == "" || strings.ContainsAny(b, ", \t") {
+			bad("broker address %q is not host:port", b)
+		}
+	}
+	positive := func(name string, v int) {
+		if v <= 0 {
+			bad("%s must be positive, got %d", name, v)
+		}
+	}
+	positiveDuration := func(name string, d time.Duration) {
+		if d <= 0 {
+			bad("%s must be positive, got %v", name, d)
+		}
+	}
+	positive("batch size", c.batchSize)
+	positive("batch bytes", c.batchBytes)
+	positive("max message bytes", c.maxMessageBytes)
+	positive("max attempts", c.maxAttempts)
+	positive("fetch max bytes", c.fetchMaxBytes)
+	positive("max uncommitted", c.maxUncommitted)
+	if c.batchTimeout < 0 {
+		bad("batch timeout must not be negative, got %v", c.batchTimeout)
+	}
+	positiveDuration("request timeout", c.requestTimeout)
+	positiveDuration("commit interval", c.commitInterval)
+	positiveDuration("heartbeat interval", c.heartbeatInterval)
+	positiveDuration("session timeout", c.sessionTimeout)
+	positiveDuration("rebalance timeout", c.rebalanceTimeout)
+	positiveDuration("revoke timeout", c.revokeTimeout)
+	positiveDuration("join group backoff", c.joinGroupBackoff)
+	positiveDuration("partition watch interval", c.partitionWatchInterval)
+	positiveDuration("fetch max wait", c.fetchMaxWait)
+	if c.heartbeatInterval > 0 && c.sessionTimeout > 0 && c.heartbeatInterval >= c.sessionTimeout {
+		bad("heartbeat interval (%v) must be shorter than the session timeout (%v)", c.heartbeatInterval, c.sessionTimeout)
+	}
+	// kafka-go stops heartbeating once a rebalance starts, so a member that
+	// drains longer than either timeout is dropped by the coordinator.
+	if c.revokeTimeout > 0 && c.sessionTimeout > 0 && c.revokeTimeout >= c.sessionTimeout {
+		bad("revoke timeout (%v) must be shorter than the session timeout (%v)", c.revokeTimeout, c.sessionTimeout)
+	}
+	if c.revokeTimeout > 0 && c.rebalanceTimeout > 0 && c.revokeTimeout >= c.rebalanceTimeout {
+		bad("revoke timeout (%v) must be shorter than the rebalance timeout (%v)", c.revokeTimeout, c.rebalanceTimeout)
+	}
+	if c.acks < AcksAll || c.acks > AcksNone {
+		bad("unknown acks setting %d", int(c.acks))
+	}
+	if c.compression < CompressionNone || c.compression > CompressionZstd {
+		bad("unknown compression codec %d", int(c.compression))
+	}
+	if c.startOffset != StartEarliest && c.startOffset != StartLatest {
+		bad("unknown start offset %d", int(c.startOffset))
+	}
+	if c.saslErr != nil {
+		errs = append(errs, c.saslErr)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("kafkadriver: invalid configuration: %w", err)
+	}
+	return nil
+}
+
+// WithBatchSize bounds the messages of one produce request (default
+// DefaultBatchSize).
+func WithBatchSize(n int) Option { return func(c *config) { c.batchSize = n } }
+
+// WithBatchBytes bounds the bytes of one produce request (default
+// DefaultBatchBytes). Keep it under the broker's message.max.bytes.
+func WithBatchBytes(n int) Option { return func(c *config) { c.batchBytes = n } }
+
+// WithBatchTimeout makes a partition wait up to d for more messages before
+// it sends a batch that is not full (default 0: send at once; see
+// DefaultBatchTimeout). Waiting trades latency for bigger batches when
+// writes are sparse.
+func WithBatchTimeout(d time.Duration) Option { return func(c *config) { c.batchTimeout = d } }
+
+// WithMaxMessageBytes sets the largest message (key, value and headers)
+// Write accepts; larger ones fail with herald.ErrMessageTooLarge before
+// anything is sent (default DefaultMaxMessageBytes).
+func WithMaxMessageBytes(n int) Option { return func(c *config) { c.maxMessageBytes = n } }
+
+// WithMaxAttempts sets how often a produce request is tried on retriable
+// broker errors (default DefaultMaxAttempts).
+func WithMaxAttempts(n int) Option { return func(c *config) { c.maxAttempts = n } }
+
+// WithRequiredAcks sets the acknowledgment a produce request waits for
+// (default AcksAll).
+func WithRequiredAcks(a Acks) Option { return func(c *config) { c.acks = a } }
+
+// WithCompression compresses produce requests with codec (default none).
+func WithCompression(codec Compression) Option { return func(c *config) { c.compression = codec } }
+
+// WithAutoCreateTopics lets Write and Subscribe create a missing topic with
+// the broker's default partition count, when the broker allows it
+// (auto.create.topics.enable). Off by default: a Write to a missing topic
+// fails after the request timeout.
+func WithAutoCreateTopics() Option { return func(c *config) { c.autoCreate = true } }
+
+// WithRequestTimeout bounds each request to a broker and each dial (default
+// DefaultRequestTimeout).
+func WithRequestTimeout(d time.Duration) Option { return func(c *config) { c.requestTimeout = d } }
+
+// WithTLS connects to the brokers over TLS with cfg.
+func WithTLS(cfg *tls.Config) Option { return func(c *config) { c.tls = cfg } }
+
+// WithSASL authenticates every connection with m (for example a mechanism
+// from github.com/segmentio/kafka-go/sasl/...).
+func WithSASL(m sasl.Mechanism) Option { return func(c *config) { c.sasl = m } }
+
+// WithSASLPlain authenticates with SASL/PLAIN; use it over TLS.
+func WithSASLPlain(user, password string) Option {
+	return WithSASL(plain.Mechanism{Username: user, Password: password})
+}
+
+// WithSASLSCRAM authenticates with SASL/SCRAM-SHA-256 or SCRAM-SHA-512.
+// The credentials are used as given (no SASLprep normalization of
+// non-ASCII characters).
+func WithSASLSCRAM(alg SCRAM, user, password string) Option {
+	return func(c *config) {
+		m, err := newSCRAM(alg, user, password)
+		if err != nil {
+			c.saslErr = fmt.Errorf("SASL: %w", err)
+			return
+		}
+		c.sasl = m
+	}
+}
+
+// WithClientID sets the client id the brokers see (default "herald").
+func WithClientID(id string) Option { return func(c *config) { c.clientID = id } }
+
+// WithStartOffset sets where a group without a committed offset starts
+// (default StartEarliest). The position it resolves to is committed at
+// once, so a restart does not skip what was written in between.
+func WithStartOffset(s StartOffset) Option { return func(c *config) { c.startOffset = s } }
+
+// WithCommitInterval sets how often acknowledged offsets are committed
+// (default DefaultCommitInterval). Offsets are also committed when a member
+// loses its partitions and when a subscription closes.
+func WithCommitInterval(d time.Duration) Option { return func(c *config) { c.commitInterval = d } }
+
+// WithHeartbeatInterval sets the group heartbeat interval (default
+// DefaultHeartbeatInterval).
+func WithHeartbeatInterval(d time.Duration) Option {
+	return func(c *config) { c.heartbeatInterval = d }
+}
+
+// WithSessionTimeout sets the group session timeout (default
+// DefaultSessionTimeout); the broker bounds it with
+// group.min.session.timeout.ms and group.max.session.timeout.ms.
+func WithSessionTimeout(d time.Duration) Option { return func(c *config) { c.sessionTimeout = d } }
+
+// WithRebalanceTimeout sets the group rebalance timeout (default
+// DefaultRebalanceTimeout).
+func WithRebalanceTimeout(d time.Duration) Option {
+	return func(c *config) { c.rebalanceTimeout = d }
+}
+
+// WithRevokeTimeout bounds the wait for in-flight deliveries when
+// partitions are revoked (default DefaultRevokeTimeout); it must be shorter
+// than the session and rebalance timeouts.
+func WithRevokeTimeout(d time.Duration) Option { return func(c *config) { c.revokeTimeout = d } }
+
+// WithJoinGroupBackoff sets the pause after a failed group join (default
+// DefaultJoinGroupBackoff).
+func WithJoinGroupBackoff(d time.Duration) Option {
+	return func(c *config) { c.joinGroupBackoff = d }
+}
+
+// WithPartitionWatchInterval sets how often a member looks for new
+// partitions of its topic (default DefaultPartitionWatchInterval).
+func WithPartitionWatchInterval(d time.Duration) Option {
+	return func(c *config) { c.partitionWatchInterval = d }
+}
+
+// WithFetchMaxWait sets how long the broker holds a fetch waiting for data
+// (default DefaultFetchMaxWait).
+func WithFetchMaxWait(d time.Duration) Option { return func(c *config) { c.fetchMaxWait = d } }
+
+// WithFetchMaxBytes bounds one fetch response per partition (default
+// DefaultFetchMaxBytes); a larger single message is still returned.
+func WithFetchMaxBytes(n int) Option { return func(c *config) { c.fetchMaxBytes = n } }
+
+// WithMaxUncommitted bounds the messages a partition fetches past its
+// lowest unacknowledged one (default DefaultMaxUncommitted).
+func WithMaxUncommitted(n int) Option { return func(c *config) { c.maxUncommitted = n } }
+
+// WithLogger sets where the driver logs (default slog.Default()): offset
+// resets, abandoned deliveries at a rebalance, retried failures at warn
+// level, and kafka-go's own messages at debug level.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }

@@ -1,0 +1,685 @@
+package kafkadriver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/heraldbus/herald"
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+)
+
+// recordOverhead approximates the per-record framing Kafka adds (lengths,
+// deltas, attributes) when a batch is sized against WithBatchBytes.
+const recordOverhead = 24
+
+// Write sends msgs and returns when the broker has acknowledged all of them
+// (as WithRequiredAcks says), or with an error.
+//
+// Placement: a message with a Key goes to Partition(Key, n), the partition
+// the Java client would pick; messages without a key are spread over the
+// partitions in runs of up to the batch size. Messages of one partition
+// are sent in slice order, and a partition has one batch in flight at a
+// time, so the order of a key holds across retries. Write is safe for
+// concurrent use; messages written concurrently share requests.
+//
+// Before anything is sent, every message is checked: a nil message, an
+// invalid topic name (herald.ErrInvalidName; Kafka allows letters, digits
+// and ". _ -"), or a message larger than WithMaxMessageBytes
+// (herald.ErrMessageTooLarge) fails the whole Write and nothing is sent.
+//
+// Partial failure: when the broker rejects a batch after retries, Write
+// returns a *WriteError that lists each message not written, with its
+// topic, partition, ID and cause; the others were written. After the first
+// failure the rest of the call's messages are not sent (their cause is
+// ErrNotSent), so what a Write wrote to each partition is a prefix of its
+// messages there. Retrying the whole slice is safe when consumers
+// deduplicate by Message.ID; a retried request can also write a message
+// twice (kafka-go has no idempotent producer).
+//
+// When ctx ends first, Write returns an error wrapping ctx.Err(): messages
+// not yet sent are withdrawn, those already in a request may be written.
+func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := d.checkMessages(msgs); err != nil {
+		return err
+	}
+	recs, err := d.records(ctx, msgs)
+	if err != nil {
+		return err
+	}
+	call := &writeCall{errs: make([]error, len(msgs)), done: make(chan struct{})}
+	call.pending.Store(int64(len(recs)))
+	for i := range recs {
+		recs[i].call = call
+	}
+	if err := d.enqueue(recs); err != nil {
+		return err
+	}
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		call.stopped.Store(true)
+		return fmt.Errorf("kafkadriver: write of %d messages to %q interrupted (messages already sent may be written): %w",
+			len(msgs), msgs[0].Topic, ctx.Err())
+	}
+	return call.result(recs)
+}
+
+func (d *Driver) checkMessages(msgs []*herald.Message) error {
+	for i, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("kafkadriver: write: message %d is nil: %w", i, herald.ErrNilEvent)
+		}
+		if err := validateTopic(m.Topic); err != nil {
+			return fmt.Errorf("kafkadriver: write message %s: %w", m.ID, err)
+		}
+		if n := messageSize(m); n > d.cfg.maxMessageBytes {
+			return fmt.Errorf("kafkadriver: write message %s to %q: %d bytes with key and headers, limit %d: %w",
+				m.ID, m.Topic, n, d.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+		}
+	}
+	return nil
+}
+
+// messageSize is what a message weighs in a batch: herald.Message.Size
+// plus the names of the ID and content type headers it travels with.
+func messageSize(m *herald.Message) int {
+	n := m.Size()
+	if m.ID != "" {
+		n += len(herald.HeaderID)
+	}
+	if m.ContentType != "" {
+		n += len(herald.HeaderContentType)
+	}
+	return n
+}
+
+type topicPartition struct {
+	topic     string
+	partition int
+}
+
+// record is one message on its way to a partition.
+type record struct {
+	msg       *herald.Message
+	key       []byte // nil for a message without a key
+	headers   []kafkago.Header
+	size      int
+	partition int
+	leader    int32 // the partition's leader when the Write placed it
+	index     int   // in the Write's slice
+	call      *writeCall
+}
+
+// writeCall tracks the messages of one Write.
+type writeCall struct {
+	errs    []error // by index; written before pending is decremented
+	pending atomic.Int64
+	done    chan struct{} // closed when every message is settled
+	stopped atomic.Bool   // the caller left, or a message failed: send no more
+}
+
+func (c *writeCall) settle(index int, err error) {
+	if err != nil {
+		c.errs[index] = err
+		c.stopped.Store(true)
+	}
+	if c.pending.Add(-1) == 0 {
+		close(c.done)
+	}
+}
+
+func (c *writeCall) result(recs []record) error {
+	var failed []*MessageError
+	for i, err := range c.errs {
+		if err == nil {
+			continue
+		}
+		r := &recs[i]
+		failed = append(failed, &MessageError{Index: i, ID: r.msg.ID, Topic: r.msg.Topic, Partition: r.partition, Err: err})
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return &WriteError{Messages: len(recs), Failed: failed}
+}
+
+// records converts msgs, placing each on a partition. Keys and header
+// values share one allocation per call.
+func (d *Driver) records(ctx context.Context, msgs []*herald.Message) ([]record, error) {
+	nHeaders, nBytes := 0, 0
+	for _, m := range msgs {
+		nHeaders += len(m.Headers) + 2
+		nBytes += len(m.Key) + len(m.ID) + len(m.ContentType)
+		for _, v := range m.Headers {
+			nBytes += len(v)
+		}
+	}
+	hs := make([]kafkago.Header, 0, nHeaders)
+	buf := make([]byte, 0, nBytes) // never grows: sub-slices stay valid
+	bytesOf := func(s string) []byte {
+		start := len(buf)
+		buf = append(buf, s...)
+		return buf[start:len(buf):len(buf)]
+	}
+
+	recs := make([]record, len(msgs))
+	var tm *topicMeta
+	var first, unkeyed int
+	for i, m := range msgs {
+		if i == 0 || m.Topic != msgs[i-1].Topic {
+			var err error
+			if tm, err = d.topicInfo(ctx, m.Topic); err != nil {
+				return nil, err
+			}
+			first, unkeyed = int(d.rr.Add(1)), 0
+		}
+		partitions := len(tm.leaders)
+		r := &recs[i]
+		r.msg, r.index, r.size = m, i, messageSize(m)+recordOverhead
+		if m.Key != "" {
+			r.key = bytesOf(m.Key)
+			r.partition = Partition(m.Key, partitions)
+		} else {
+			r.partition = (first + unkeyed/d.cfg.batchSize) % partitions
+			unkeyed++
+		}
+		r.leader = tm.leaders[r.partition]
+		start := len(hs)
+		if m.ID != "" {
+			hs = append(hs, kafkago.Header{Key: herald.HeaderID, Value: bytesOf(m.ID)})
+		}
+		if m.ContentType != "" {
+			hs = append(hs, kafkago.Header{Key: herald.HeaderContentType, Value: bytesOf(m.ContentType)})
+		}
+		for k, v := range m.Headers {
+			if k != herald.HeaderID && k != herald.HeaderContentType {
+				hs = append(hs, kafkago.Header{Key: k, Value: bytesOf(v)})
+			}
+		}
+		r.headers = hs[start:len(hs):len(hs)]
+	}
+	return recs, nil
+}
+
+// enqueue hands the records to their partitions' queues, in slice order.
+func (d *Driver) enqueue(recs []record) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return fmt.Errorf("kafkadriver: write: %w", ErrClosed)
+	}
+	for i := 0; i < len(recs); {
+		tp := topicPartition{recs[i].msg.Topic, recs[i].partition}
+		j := i + 1
+		for j < len(recs) && recs[j].partition == tp.partition && recs[j].msg.Topic == tp.topic {
+			j++
+		}
+		d.queue(tp, recs[i].leader).push(recs[i:j])
+		i = j
+	}
+	return nil
+}
+
+func (d *Driver) queue(tp topicPartition, leader int32) *partitionQueue {
+	d.queuesMu.Lock()
+	defer d.queuesMu.Unlock()
+	q := d.queues[tp]
+	if q == nil {
+		q = &partitionQueue{d: d, tp: tp, leader: leader, maxBatch: d.cfg.batchSize}
+		d.queues[tp] = q
+	}
+	return q
+}
+
+func (d *Driver) sender(broker int32) *brokerSender {
+	d.queuesMu.Lock()
+	defer d.queuesMu.Unlock()
+	s := d.senders[broker]
+	if s == nil {
+		s = &brokerSender{d: d, id: broker, wake: make(chan struct{}, 1)}
+		d.senders[broker] = s
+	}
+	return s
+}
+
+// partitionQueue holds the records waiting for one partition, in order.
+// The sender of the partition's leader takes one batch from it per
+// request, and puts a batch that failed retriably back at its front, so a
+// partition never has two batches in flight and its order survives
+// retries.
+type partitionQueue struct {
+	d  *Driver
+	tp topicPartition
+
+	mu        sync.Mutex
+	items     []*record
+	leader    int32 // the broker whose sender serves the queue
+	scheduled bool  // on a sender's ready list, or in its current request
+	takenBy   *brokerSender
+	round     uint64    // takenBy's round that took the last batch
+	attempts  int       // failed attempts of the batch at the front
+	retryAt   time.Time // no batch before then
+	maxBatch  int       // messages per batch; halved when the broker finds one too large
+}
+
+// push appends recs; d.mu is read-held, so Close waits for the sender.
+func (q *partitionQueue) push(recs []record) {
+	q.mu.Lock()
+	for i := range recs {
+		q.items = append(q.items, &recs[i])
+	}
+	schedule := !q.scheduled
+	q.scheduled = true
+	leader := q.leader
+	q.mu.Unlock()
+	if schedule {
+		q.d.sender(leader).add(q)
+	}
+}
+
+// take removes the next batch; records of stopped calls are taken out too
+// and appended to stopped, for settling. q.mu held.
+func (q *partitionQueue) take(stopped []*record) (batch, _ []*record) {
+	cfg := &q.d.cfg
+	size, i := 0, 0
+	for ; i < len(q.items); i++ {
+		r := q.items[i]
+		if r.call.stopped.Load() {
+			stopped = append(stopped, r)
+			continue
+		}
+		if len(batch) > 0 && (len(batch) >= q.maxBatch || size+r.size > cfg.batchBytes) {
+			break
+		}
+		batch = append(batch, r)
+		size += r.size
+	}
+	n := copy(q.items, q.items[i:])
+	clear(q.items[n:])
+	q.items = q.items[:n]
+	return batch, stopped
+}
+
+// brokerSender sends the queued records of the partitions one broker
+// leads, one produce request at a time. Each request carries the next
+// batch of every such partition, so the broker sees few large requests,
+// and what is written while one is in flight makes up the next. Its
+// goroutine runs while there is something to send.
+type brokerSender struct {
+	d    *Driver
+	id   int32
+	wake chan struct{} // capacity 1: new work while the goroutine waits
+
+	mu      sync.Mutex
+	ready   []*partitionQueue
+	running bool
+
+	round uint64 // owned by the goroutine
+}
+
+func (s *brokerSender) add(q *partitionQueue) {
+	s.mu.Lock()
+	s.ready = append(s.ready, q)
+	start := !s.running
+	s.running = true
+	s.mu.Unlock()
+	if start {
+		s.d.sending.Add(1)
+		go s.run()
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+type partitionBatch struct {
+	q    *partitionQueue
+	recs []*record
+}
+
+func (s *brokerSender) run() {
+	defer s.d.sending.Done()
+	for {
+		if linger := s.d.cfg.batchTimeout; linger > 0 {
+			s.sleep(linger)
+		}
+		batches, wait, more := s.collect()
+		switch {
+		case !more:
+			return
+		case len(batches) == 0:
+			s.sleep(wait)
+		default:
+			s.produce(batches)
+		}
+	}
+}
+
+func (s *brokerSender) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.wake:
+	case <-s.d.closing:
+	}
+}
+
+// collect takes the next batch of every ready partition. When all of
+// them are backing off it returns how long to wait; when none is left it
+// stops the goroutine (more is false).
+func (s *brokerSender) collect() (batches []partitionBatch, wait time.Duration, more bool) {
+	s.round++
+	s.mu.Lock()
+	ready := s.ready
+	s.ready = nil
+	s.mu.Unlock()
+	closing := closed(s.d.closing)
+	now := time.Now()
+	var keep []*partitionQueue
+	var skipped []*record
+	for _, q := range ready {
+		q.mu.Lock()
+		switch {
+		case q.leader != s.id || (q.takenBy == s && q.round == s.round):
+			// Moved to another broker's sender, or listed twice.
+		case !closing && now.Before(q.retryAt):
+			keep = append(keep, q)
+			if w := q.retryAt.Sub(now); wait == 0 || w < wait {
+				wait = w
+			}
+		default:
+			var batch []*record
+			batch, skipped = q.take(skipped)
+			if len(batch) == 0 {
+				q.scheduled = false
+				break
+			}
+			q.takenBy, q.round = s, s.round
+			batches = append(batches, partitionBatch{q, batch})
+			keep = append(keep, q) // the next round sends the rest, or unschedules it
+		}
+		q.mu.Unlock()
+	}
+	for _, r := range skipped {
+		r.call.settle(r.index, ErrNotSent)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ready = append(keep, s.ready...)
+	if len(s.ready) == 0 && len(batches) == 0 {
+		s.running = false
+		return nil, 0, false
+	}
+	return batches, wait, true
+}
+
+// produce sends one request with the batches and settles each batch by
+// its partition's result.
+func (s *brokerSender) produce(batches []partitionBatch) {
+	d := s.d
+	acks := int16(-1)
+	switch d.cfg.acks {
+	case AcksLeader:
+		acks = 1
+	case AcksNone:
+		acks = 0
+	}
+	codec := [...]kafkago.Compression{0, kafkago.Gzip, kafkago.Snappy, kafkago.Lz4, kafkago.Zstd}[d.cfg.compression]
+	req := &produceAPI.Request{Acks: acks, Timeout: int32(d.cfg.requestTimeout / time.Millisecond)}
+	for _, b := range batches {
+		part := produceAPI.RequestPartition{
+			Partition: int32(b.q.tp.partition),
+			RecordSet: protocol.RecordSet{Attributes: protocol.Attributes(codec) & 7, Records: &recordReader{batch: b.recs}},
+		}
+		i := 0
+		for i < len(req.Topics) && req.Topics[i].Topic != b.q.tp.topic {
+			i++
+		}
+		if i == len(req.Topics) {
+			req.Topics = append(req.Topics, produceAPI.RequestTopic{Topic: b.q.tp.topic})
+		}
+		req.Topics[i].Partitions = append(req.Topics[i].Partitions, part)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.requestTimeout)
+	res, err := d.transport.RoundTrip(ctx, d.addr, req)
+	cancel()
+	for _, b := range batches {
+		perr := err
+		if perr == nil {
+			perr = partitionResult(res, b.q.tp)
+		}
+		s.settle(b, perr)
+	}
+}
+
+// partitionResult is tp's outcome in a produce response (nil: written).
+func partitionResult(res protocol.Message, tp topicPartition) error {
+	r, _ := res.(*produceAPI.Response)
+	if r == nil {
+		return nil // acks=none: no response
+	}
+	for _, t := range r.Topics {
+		if t.Topic != tp.topic {
+			continue
+		}
+		for _, p := range t.Partitions {
+			if p.Partition != int32(tp.partition) {
+				continue
+			}
+			if p.ErrorCode == 0 {
+				return nil
+			}
+			if p.ErrorMessage != "" {
+				return fmt.Errorf("%w: %s", kafkago.Error(p.ErrorCode), p.ErrorMessage)
+			}
+			return kafkago.Error(p.ErrorCode)
+		}
+	}
+	return fmt.Errorf("kafkadriver: partition missing from the produce response: %w", protocol.ErrNoPartition)
+}
+
+// settle completes a batch, or puts it back for another attempt: after a
+// retriable error (with backoff, and a metadata refresh in case the leader
+// moved), or halved when the broker found it too large.
+func (s *brokerSender) settle(b partitionBatch, err error) {
+	q, d := b.q, s.d
+	if err == nil {
+		q.mu.Lock()
+		q.attempts, q.maxBatch = 0, d.cfg.batchSize
+		q.mu.Unlock()
+		for _, r := range b.recs {
+			r.call.settle(r.index, nil)
+		}
+		return
+	}
+	tooLarge := errors.Is(err, kafkago.MessageSizeTooLarge) || errors.Is(err, kafkago.RecordListTooLarge)
+	q.mu.Lock()
+	switch {
+	case tooLarge && len(b.recs) > 1:
+		q.maxBatch = max(len(b.recs)/2, 1)
+		q.items = append(b.recs, q.items...)
+		q.mu.Unlock()
+		return
+	case !tooLarge && retriable(err) && q.attempts+1 < d.cfg.maxAttempts && !closed(d.closing):
+		q.attempts++
+		q.retryAt = time.Now().Add(min(100*time.Millisecond<<(q.attempts-1), time.Second))
+		q.items = append(b.recs, q.items...)
+		attempts := q.attempts
+		q.mu.Unlock()
+		d.cfg.logger.Warn("kafkadriver: produce failed; retrying", "topic", q.tp.topic, "partition", q.tp.partition,
+			"messages", len(b.recs), "attempt", attempts, "error", err)
+		s.relocate(q)
+		return
+	}
+	q.attempts, q.maxBatch = 0, d.cfg.batchSize
+	q.mu.Unlock()
+	for _, r := range b.recs {
+		r.call.settle(r.index, err)
+	}
+}
+
+// relocate moves q to its leader's sender when the metadata says the
+// leader has changed.
+func (s *brokerSender) relocate(q *partitionQueue) {
+	d := s.d
+	d.forgetTopic(q.tp.topic)
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.requestTimeout)
+	tm, err := d.topicInfo(ctx, q.tp.topic)
+	cancel()
+	if err != nil || q.tp.partition >= len(tm.leaders) {
+		return // the next attempt tries the same broker again
+	}
+	leader := tm.leaders[q.tp.partition]
+	q.mu.Lock()
+	moved := leader != q.leader
+	q.leader = leader
+	q.mu.Unlock()
+	if moved {
+		d.sender(leader).add(q)
+	}
+}
+
+// retriable reports whether a produce error may go away by itself: a
+// leader moving, a topic being created, a connection dropping.
+func retriable(err error) bool {
+	var ke kafkago.Error
+	if errors.As(err, &ke) {
+		return ke.Temporary()
+	}
+	var routing *produceAPI.Error // the transport's metadata disagrees with the request
+	var ne net.Error
+	return errors.As(err, &routing) || errors.As(err, &ne) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoPartition) || errors.Is(err, protocol.ErrNoLeader)
+}
+
+// recordReader feeds a batch to kafka-go's encoder. The encoder reads each
+// record before asking for the next, so one Record and two readers serve
+// the whole batch.
+type recordReader struct {
+	batch      []*record
+	i          int
+	rec        kafkago.Record
+	key, value bytesReader
+}
+
+func (r *recordReader) ReadRecord() (*kafkago.Record, error) {
+	if r.i >= len(r.batch) {
+		return nil, io.EOF
+	}
+	m := r.batch[r.i]
+	r.i++
+	r.rec = kafkago.Record{Time: m.msg.Time, Headers: m.headers}
+	if m.key != nil {
+		r.key.Reset(m.key)
+		r.rec.Key = &r.key
+	}
+	if m.msg.Data != nil {
+		r.value.Reset(m.msg.Data)
+		r.rec.Value = &r.value
+	}
+	return &r.rec, nil
+}
+
+type bytesReader struct{ bytes.Reader }
+
+func (*bytesReader) Close() error { return nil }
+
+// MessageError is one message that a Write did not write.
+type MessageError struct {
+	Index     int    // position in the slice given to Write
+	ID        string // Message.ID
+	Topic     string
+	Partition int
+	Err       error // the broker's or the network's error, or ErrNotSent
+}
+
+func (e *MessageError) Error() string {
+	return fmt.Sprintf("kafkadriver: message %s (index %d) to topic %q partition %d: %v", e.ID, e.Index, e.Topic, e.Partition, e.Err)
+}
+
+// Unwrap returns the cause, and herald.ErrMessageTooLarge too when the
+// broker refused the message for its size.
+func (e *MessageError) Unwrap() []error {
+	if errors.Is(e.Err, kafkago.MessageSizeTooLarge) || errors.Is(e.Err, kafkago.RecordListTooLarge) {
+		return []error{e.Err, herald.ErrMessageTooLarge}
+	}
+	return []error{e.Err}
+}
+
+// WriteError reports a Write of which some or all messages were not
+// written; messages not listed in Failed were written.
+type WriteError struct {
+	Messages int             // how many messages the Write had
+	Failed   []*MessageError // in slice order
+}
+
+// Error summarises the failures by topic, partition and cause.
+func (e *WriteError) Error() string {
+	type group struct {
+		topic     string
+		partition int
+		cause     string
+		ids       []string
+	}
+	var groups []*group
+	for _, f := range e.Failed {
+		cause := f.Err.Error()
+		var g *group
+		for _, x := range groups {
+			if x.topic == f.Topic && x.partition == f.Partition && x.cause == cause {
+				g = x
+				break
+			}
+		}
+		if g == nil {
+			g = &group{topic: f.Topic, partition: f.Partition, cause: cause}
+			groups = append(groups, g)
+		}
+		g.ids = append(g.ids, f.ID)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "kafkadriver: %d of %d messages not written", len(e.Failed), e.Messages)
+	for _, g := range groups {
+		fmt.Fprintf(&b, "; topic %q partition %d: ", g.topic, g.partition)
+		const shown = 3
+		b.WriteString(strings.Join(g.ids[:min(len(g.ids), shown)], ", "))
+		if len(g.ids) > shown {
+			fmt.Fprintf(&b, " and %d more", len(g.ids)-shown)
+		}
+		b.WriteString(": ")
+		b.WriteString(g.cause)
+	}
+	return b.String()
+}
+
+// Unwrap returns every *MessageError, so errors.Is and errors.As see the
+// causes (herald.ErrMessageTooLarge, ErrNotSent, kafka-go's error codes).
+func (e *WriteError) Unwrap() []error {
+	errs := make([]error, len(e.Failed))
+	for i, f := range e.Failed {
+		errs[i] = f
+	}
+	return errs
+}

@@ -1,0 +1,587 @@
+// Package memdriver is herald's in-process driver: the embedded default and the
+// base of the test harness. It needs no server and keeps nothing on disk.
+//
+// Model. A topic is a fixed number of partitions (WithPartitions, default 8).
+// Each partition is a bounded ring log (WithCapacity messages, default 4096).
+// A message with a Key always goes to the partition its key hashes to (FNV-1a),
+// so messages with one key keep publish order; a message without a key goes
+// round robin.
+//
+// Groups. Every group gets every message written after it was created, plus
+// what the ring still holds at that moment (WithStartLatest changes that).
+// Groups are durable for the life of the Broker: when the last member
+// leaves, the group keeps its position and a later member resumes there.
+// Members of one group share the partitions like Kafka consumers do: each
+// partition belongs to one member at a time, so per-key order holds across
+// members too. When a partition moves, the new owner gets it only after the
+// old owner has settled or abandoned everything it fetched from it.
+//
+// Redelivery. A member that leaves (Close) with unacknowledged deliveries
+// gives them back: the partition's next owner receives them again, in
+// offset order, skipping those that were acknowledged. Delivery.Count tells
+// how many times the group received a message, not counting deliveries
+// the scheduler released unstarted (herald.Releaser).
+//
+// Retention and backpressure. Each partition keeps its newest WithCapacity
+// messages, acknowledged or not, like a size-bounded Kafka log; a group
+// that joins later starts at the oldest one kept. A message is overwritten
+// only once every group has acknowledged it: when the oldest message is
+// still unacknowledged by some group, Write blocks until that group catches
+// up, the context ends or the Broker closes. Memory stays bounded and no
+// goroutine is started per message.
+//
+// Lag. A Subscription is a herald.LagReporter: it counts the messages of
+// the partitions it owns that its group has not acknowledged, exactly and
+// at once (an Ack shows in the next Lag). Broker.Backlog counts a whole
+// group.
+package memdriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/heraldbus/herald"
+)
+
+// Default settings.
+const (
+	DefaultPartitions      = 8
+	DefaultCapacity        = 4096
+	DefaultMaxMessageBytes = 1 << 20
+)
+
+// Option configures a Broker.
+type Option func(*config)
+
+type config struct {
+	partitions      int
+	capacity        int
+	maxMessageBytes int
+	startLatest     bool
+}
+
+// WithPartitions sets the number of partitions of each topic (at least 1).
+func WithPartitions(n int) Option { return func(c *config) { c.partitions = max(n, 1) } }
+
+// WithCapacity sets how many unacknowledged messages each partition holds
+// before Write blocks (at least 1).
+func WithCapacity(n int) Option { return func(c *config) { c.capacity = max(n, 1) } }
+
+// WithMaxMessageBytes sets the largest message Write accepts, by
+// herald.Message.Size (payload, key, ID, content type and headers); larger
+// messages fail with herald.ErrMessageTooLarge. Zero or less means no limit.
+func WithMaxMessageBytes(n int) Option { return func(c *config) { c.maxMessageBytes = n } }
+
+// WithStartLatest makes new groups start after the messages already in the
+// ring instead of at the oldest one.
+func WithStartLatest() Option { return func(c *config) { c.startLatest = true } }
+
+// Broker is an in-process message broker; it implements herald.Driver.
+// It is safe for concurrent use.
+type Broker struct {
+	cfg    config
+	mu     sync.Mutex
+	topics map[string]*topic
+	done   chan struct{}
+	closed atomic.Bool
+}
+
+// New returns an empty Broker.
+func New(opts ...Option) *Broker {
+	cfg := config{partitions: DefaultPartitions, capacity: DefaultCapacity, maxMessageBytes: DefaultMaxMessageBytes}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return &Broker{cfg: cfg, topics: make(map[string]*topic), done: make(chan struct{})}
+}
+
+// Close wakes every blocked Write and Fetch, which then return
+// herald.ErrClosed, and makes later calls fail the same way. Messages still
+// in the broker are dropped with it. Close is idempotent.
+func (b *Broker) Close() error {
+	if b.closed.CompareAndSwap(false, true) {
+		close(b.done)
+	}
+	return nil
+}
+
+// Backlog returns how many messages of topic the group has not
+// acknowledged yet (0 for an unknown topic or group).
+func (b *Broker) Backlog(topicName, groupName string) int {
+	b.mu.Lock()
+	t := b.topics[topicName]
+	b.mu.Unlock()
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	g := t.groups[groupName]
+	t.mu.Unlock()
+	if g == nil {
+		return 0
+	}
+	n := 0
+	for _, c := range g.cursors {
+		c.p.mu.Lock()
+		n += c.unacked()
+		c.p.mu.Unlock()
+	}
+	return n
+}
+
+// Ping reports whether the Broker is open (herald.Pinger).
+func (b *Broker) Ping(ctx context.Context) error {
+	if b.closed.Load() {
+		return fmt.Errorf("memdriver: ping: %w", herald.ErrClosed)
+	}
+	return ctx.Err()
+}
+
+// MessagingSystem names the broker for telemetry (herald.MessagingSystem).
+func (b *Broker) MessagingSystem() string { return "herald.memory" }
+
+// topic returns the topic named name, creating it; the name has been
+// checked.
+func (b *Broker) topic(name string) *topic {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if t := b.topics[name]; t != nil {
+		return t
+	}
+	t := &topic{name: name, groups: make(map[string]*group), parts: make([]*partition, b.cfg.partitions)}
+	for i := range t.parts {
+		t.parts[i] = &partition{index: i, log: make([]*herald.Message, b.cfg.capacity)}
+	}
+	b.topics[name] = t
+	return t
+}
+
+// Write appends msgs to their topics' partitions, in slice order per key.
+// It checks the whole batch first (nil messages, topic names, the size
+// limit), so a batch with a bad message stores none of it. It blocks while
+// a partition is full. If ctx ends or the Broker closes while it waits,
+// the messages before the blocked one are already written (a prefix of
+// msgs) and the rest are not.
+func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	valid := "" // the last topic checked: batches usually share one
+	for _, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("memdriver: write: %w", herald.ErrNilEvent)
+		}
+		if m.Topic != valid || valid == "" {
+			if err := herald.ValidateName("topic", m.Topic); err != nil {
+				return fmt.Errorf("memdriver: write message %s: %w", m.ID, err)
+			}
+			valid = m.Topic
+		}
+		if b.cfg.maxMessageBytes > 0 {
+			if n := m.Size(); n > b.cfg.maxMessageBytes {
+				return fmt.Errorf("memdriver: write message %s to %q: %d bytes with key and headers, limit %d: %w",
+					m.ID, m.Topic, n, b.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+			}
+		}
+	}
+	var t *topic
+	for _, m := range msgs {
+		if b.closed.Load() {
+			return fmt.Errorf("memdriver: write: %w", herald.ErrClosed)
+		}
+		if t == nil || t.name != m.Topic {
+			t = b.topic(m.Topic)
+		}
+		if err := t.partitionFor(m.Key).append(ctx, b.done, m); err != nil {
+			return fmt.Errorf("memdriver: write message %s to %q: %w", m.ID, m.Topic, err)
+		}
+	}
+	return nil
+}
+
+// Subscribe joins group on topic and returns the new member.
+func (b *Broker) Subscribe(ctx context.Context, topicName, groupName string) (herald.Subscription, error) {
+	if err := errors.Join(herald.ValidateName("topic", topicName), herald.ValidateName("group", groupName)); err != nil {
+		return nil, fmt.Errorf("memdriver: subscribe: %w", err)
+	}
+	if b.closed.Load() {
+		return nil, fmt.Errorf("memdriver: subscribe: %w", herald.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t := b.topic(topicName)
+	m := &member{broker: b, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	t.mu.Lock()
+	g := t.groups[groupName]
+	if g == nil {
+		g = &group{name: groupName, topic: t, cursors: make([]*cursor, len(t.parts))}
+		for i, p := range t.parts {
+			g.cursors[i] = p.addCursor(b.cfg.capacity, b.cfg.startLatest)
+		}
+		t.groups[groupName] = g
+	}
+	m.group = g
+	g.members = append(g.members, m)
+	g.rebalance()
+	t.mu.Unlock()
+	return m, nil
+}
+
+type topic struct {
+	name   string
+	parts  []*partition
+	rr     atomic.Uint32
+	mu     sync.Mutex // guards groups and group membership
+	groups map[string]*group
+}
+
+func (t *topic) partitionFor(key string) *partition {
+	if key == "" {
+		return t.parts[int(t.rr.Add(1)-1)%len(t.parts)]
+	}
+	// FNV-1a, inline so that hashing a key allocates nothing.
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return t.parts[h%uint32(len(t.parts))]
+}
+
+type partition struct {
+	index   int
+	mu      sync.Mutex
+	log     []*herald.Message // ring: offset off lives at log[off%len(log)]
+	start   uint64            // oldest offset still held
+	end     uint64            // next offset to write
+	cursors []*cursor         // one per group
+	space   chan struct{}     // closed when space frees; nil while no writer waits
+}
+
+// cursor is one group's position in one partition. Guarded by partition.mu.
+type cursor struct {
+	p        *partition
+	low      uint64   // every offset below low is acknowledged
+	next     uint64   // next offset to hand out
+	acked    []bool   // acked[off%cap] for off in [low, next)
+	counts   []uint32 // deliveries so far, for off in [low, next)
+	owner    *member  // who fetches from this partition; nil if nobody
+	pending  *member  // next owner, waiting for owner's in-flight to reach 0
+	inflight int      // fetched by owner and not yet acknowledged
+}
+
+// unacked counts the messages of the partition the group has not
+// acknowledged: those not handed out yet and those in flight. The walk is
+// as long as the group's backlog in the partition, at most the capacity.
+// p.mu held.
+func (c *cursor) unacked() int {
+	n := 0
+	capacity := uint64(len(c.acked))
+	for off := c.low; off < c.p.end; off++ {
+		if !c.acked[off%capacity] {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *partition) addCursor(capacity int, latest bool) *cursor {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := &cursor{p: p, acked: make([]bool, capacity), counts: make([]uint32, capacity)}
+	c.low, c.next = p.start, p.start
+	if latest {
+		c.low, c.next = p.end, p.end
+	}
+	p.cursors = append(p.cursors, c)
+	return c
+}
+
+// full reports whether appending would overwrite a message some group has
+// not acknowledged; p.mu held.
+func (p *partition) full() bool {
+	for _, c := range p.cursors {
+		if p.end-c.low >= uint64(len(p.log)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *herald.Message) error {
+	p.mu.Lock()
+	for p.full() {
+		if p.space == nil {
+			p.space = make(chan struct{})
+		}
+		space := p.space
+		p.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-closed:
+			return herald.ErrClosed
+		}
+		p.mu.Lock()
+	}
+	if p.end-p.start == uint64(len(p.log)) {
+		p.start++ // the ring is full of acknowledged messages: drop the oldest
+	}
+	p.log[p.end%uint64(len(p.log))] = m
+	p.end++
+	for _, c := range p.cursors {
+		if c.owner != nil && c.pending == nil {
+			c.owner.signal()
+		}
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// freed wakes writers blocked on a full partition; p.mu held.
+func (p *partition) freed() {
+	if p.space != nil {
+		close(p.space)
+		p.space = nil
+	}
+}
+
+type group struct {
+	name    string
+	topic   *topic
+	cursors []*cursor
+	members []*member // guarded by topic.mu
+}
+
+// rebalance spreads the partitions over the members, round robin by join
+// order. A partition that changes hands while its owner has deliveries in
+// flight moves when those are settled. topic.mu held.
+func (g *group) rebalance() {
+	for i, c := range g.cursors {
+		var want *member
+		if len(g.members) > 0 {
+			want = g.members[i%len(g.members)]
+		}
+		c.p.mu.Lock()
+		switch {
+		case c.owner == want:
+			c.pending = nil
+		case c.owner == nil || c.inflight == 0:
+			c.owner, c.pending = want, nil
+		default:
+			c.pending = want
+		}
+		if c.owner != nil && c.pending == nil {
+			c.owner.signal()
+		}
+		c.p.mu.Unlock()
+	}
+}
+
+// member is one Subscription of a group.
+type member struct {
+	broker *Broker
+	group  *group
+	wake   chan struct{} // capacity 1: "a partition you own has news"
+	done   chan struct{} // closed by Close
+	closed atomic.Bool
+	rr     int // partition to start the next Fetch at; Fetch is single-caller
+}
+
+func (m *member) signal() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Seq packs the partition index above the offset.
+const offsetBits = 48
+
+// Fetch hands out the next messages of the partitions this member owns.
+func (m *member) Fetch(ctx context.Context, dst []herald.Delivery) (int, error) {
+	if len(dst) == 0 {
+		return 0, nil
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if m.closed.Load() || m.broker.closed.Load() {
+			return 0, fmt.Errorf("memdriver: fetch: %w", herald.ErrClosed)
+		}
+		if n := m.collect(dst); n > 0 {
+			return n, nil
+		}
+		select {
+		case <-m.wake:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-m.done:
+		case <-m.broker.done:
+		}
+	}
+}
+
+func (m *member) collect(dst []herald.Delivery) int {
+	cursors := m.group.cursors
+	n := 0
+	for i := range cursors {
+		c := cursors[(m.rr+i)%len(cursors)]
+		p := c.p
+		p.mu.Lock()
+		if c.owner == m && c.pending == nil {
+			capacity := uint64(len(c.acked))
+			for c.next < p.end && n < len(dst) {
+				off := c.next
+				c.next++
+				slot := off % capacity
+				if c.acked[slot] {
+					continue // acknowledged before a redelivery rewound past it
+				}
+				c.counts[slot]++
+				c.inflight++
+				dst[n] = herald.Delivery{
+					Message: p.log[off%uint64(len(p.log))],
+					Count:   int(c.counts[slot]),
+					Ref:     m,
+					Seq:     uint64(p.index)<<offsetBits | off,
+				}
+				n++
+			}
+		}
+		p.mu.Unlock()
+		if n == len(dst) {
+			break
+		}
+	}
+	m.rr++
+	return n
+}
+
+// Ack settles d. Acknowledging a delivery of a member that has closed
+// returns herald.ErrClosed: its message was handed back to the group.
+func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
+	if d.Ref != m {
+		return fmt.Errorf("memdriver: ack: delivery %d belongs to another subscription", d.Seq)
+	}
+	if m.closed.Load() {
+		return fmt.Errorf("memdriver: ack: %w", herald.ErrClosed)
+	}
+	cursors := m.group.cursors
+	idx := int(d.Seq >> offsetBits)
+	if idx >= len(cursors) {
+		return fmt.Errorf("memdriver: ack: bad delivery %d", d.Seq)
+	}
+	off := d.Seq & (1<<offsetBits - 1)
+	c := cursors[idx]
+	p := c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.owner != m || off < c.low || off >= c.next {
+		return fmt.Errorf("memdriver: ack: delivery %d is no longer owned: %w", d.Seq, herald.ErrClosed)
+	}
+	capacity := uint64(len(c.acked))
+	if c.acked[off%capacity] {
+		return nil
+	}
+	c.acked[off%capacity] = true
+	c.inflight--
+	if off == c.low {
+		for c.low < c.next && c.acked[c.low%capacity] {
+			c.acked[c.low%capacity] = false
+			c.counts[c.low%capacity] = 0
+			c.low++
+		}
+		p.freed()
+	}
+	if c.inflight == 0 && c.pending != nil {
+		c.owner, c.pending = c.pending, nil
+		c.owner.signal()
+	}
+	return nil
+}
+
+// Release takes back the count of deliveries the scheduler fetched and
+// never started (herald.Releaser): when Close hands them back, the next
+// owner sees the count they had before this member fetched them.
+func (m *member) Release(ds []herald.Delivery) {
+	cursors := m.group.cursors
+	for _, d := range ds {
+		idx, off := int(d.Seq>>offsetBits), d.Seq&(1<<offsetBits-1)
+		if d.Ref != m || idx >= len(cursors) {
+			continue
+		}
+		c := cursors[idx]
+		c.p.mu.Lock()
+		if slot := off % uint64(len(c.counts)); c.owner == m && off >= c.low && off < c.next && !c.acked[slot] && c.counts[slot] > 0 {
+			c.counts[slot]--
+		}
+		c.p.mu.Unlock()
+	}
+}
+
+// Lag returns how many messages of the partitions this member owns the
+// group has not acknowledged: not handed out yet, or in flight
+// (herald.LagReporter). A partition on its way to this member from
+// another, which still settles what it fetched, counts for the other. The
+// members of a group own every partition between them, so their lags add
+// up to the group's Backlog. It takes the partitions' locks briefly, and is
+// safe for concurrent use.
+func (m *member) Lag(ctx context.Context) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if m.closed.Load() || m.broker.closed.Load() {
+		return 0, fmt.Errorf("memdriver: lag: %w", herald.ErrClosed)
+	}
+	var n int64
+	for _, c := range m.group.cursors {
+		c.p.mu.Lock()
+		if c.owner == m {
+			n += int64(c.unacked())
+		}
+		c.p.mu.Unlock()
+	}
+	return n, nil
+}
+
+// Close leaves the group and gives unacknowledged deliveries back to it.
+func (m *member) Close(ctx context.Context) error {
+	if !m.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(m.done)
+	g := m.group
+	t := g.topic
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, other := range g.members {
+		if other == m {
+			g.members = append(g.members[:i], g.members[i+1:]...)
+			break
+		}
+	}
+	for _, c := range g.cursors {
+		c.p.mu.Lock()
+		if c.owner == m {
+			// Rewind to the oldest unacknowledged offset; acknowledged
+			// ones above it are skipped when fetched again.
+			c.next, c.inflight, c.owner = c.low, 0, nil
+		}
+		if c.pending == m {
+			c.pending = nil
+		}
+		c.p.mu.Unlock()
+	}
+	g.rebalance()
+	return nil
+}

@@ -1,0 +1,129 @@
+package redisdriver
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dlq"
+)
+
+// dlqScanPage is how many entries Get reads per XRANGE while it searches
+// for a message ID.
+const dlqScanPage = 500
+
+// DeadLetters returns a dlq.Store over the driver's streams (same client,
+// same key prefix). A position is a stream entry ID ("1700000000000-0"),
+// and List's cursor is the entry ID the page ended at. List reads with
+// XRANGE (exclusive start needs Redis 6.2 or newer), Get by position with
+// XRANGE of that one ID, Get by message ID by scanning the stream from the
+// oldest entry, and MarkRedriven deletes the entries with XDEL: a redriven
+// entry is gone from the stream. Do not consume a dead-letter stream with
+// a consumer group while redriving it: an entry deleted while pending in a
+// group is reported lost (ErrTrimmed). The Store is safe for concurrent
+// use.
+func (d *Driver) DeadLetters() dlq.Store { return &deadLetters{d: d} }
+
+type deadLetters struct{ d *Driver }
+
+// List implements dlq.Store.
+func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int) ([]dlq.Entry, string, error) {
+	if err := herald.ValidateName("topic", topic); err != nil {
+		return nil, "", fmt.Errorf("redisdriver: list dead letters: %w", err)
+	}
+	if limit <= 0 {
+		return nil, "", fmt.Errorf("redisdriver: list dead letters of %q: limit %d: want at least 1", topic, limit)
+	}
+	start := "-"
+	if cursor != "" {
+		if !isEntryID(cursor) {
+			return nil, "", fmt.Errorf("redisdriver: list dead letters of %q: cursor %q is not a stream entry ID", topic, cursor)
+		}
+		start = "(" + cursor
+	}
+	// One entry more than asked tells whether another page follows.
+	xs, err := s.d.client.XRangeN(ctx, s.d.StreamKey(topic), start, "+", int64(limit)+1).Result()
+	if err != nil {
+		return nil, "", fmt.Errorf("redisdriver: list dead letters of %q: %w", topic, err)
+	}
+	next := ""
+	if len(xs) > limit {
+		xs = xs[:limit]
+		next = xs[limit-1].ID
+	}
+	entries := make([]dlq.Entry, len(xs))
+	for i, x := range xs {
+		entries[i] = dlq.NewEntry(x.ID, decodeEntry(topic, x.ID, x.Values))
+	}
+	return entries, next, nil
+}
+
+// Get implements dlq.Store.
+func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.Entry, error) {
+	if err := herald.ValidateName("topic", topic); err != nil {
+		return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter: %w", err)
+	}
+	key := s.d.StreamKey(topic)
+	if isEntryID(positionOrID) {
+		xs, err := s.d.client.XRangeN(ctx, key, positionOrID, positionOrID, 1).Result()
+		if err != nil {
+			return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter %s of %q: %w", positionOrID, topic, err)
+		}
+		if len(xs) == 1 {
+			return dlq.NewEntry(xs[0].ID, decodeEntry(topic, xs[0].ID, xs[0].Values)), nil
+		}
+	}
+	start := "-"
+	for {
+		xs, err := s.d.client.XRangeN(ctx, key, start, "+", dlqScanPage).Result()
+		if err != nil {
+			return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter %s of %q: %w", positionOrID, topic, err)
+		}
+		for _, x := range xs {
+			// An entry without an id field takes its entry ID as message
+			// ID, which the position look-up above has covered.
+			if id, _ := x.Values[fieldID].(string); id == positionOrID {
+				return dlq.NewEntry(x.ID, decodeEntry(topic, x.ID, x.Values)), nil
+			}
+		}
+		if len(xs) < dlqScanPage {
+			return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter %s of %q: %w", positionOrID, topic, dlq.ErrNotFound)
+		}
+		start = "(" + xs[len(xs)-1].ID
+	}
+}
+
+// MarkRedriven implements dlq.Store: it deletes the entries (XDEL).
+func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []dlq.Entry) error {
+	if err := herald.ValidateName("topic", topic); err != nil {
+		return fmt.Errorf("redisdriver: mark dead letters redriven: %w", err)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		if !isEntryID(e.Position) {
+			return fmt.Errorf("redisdriver: mark dead letters of %q redriven: position %q is not a stream entry ID", topic, e.Position)
+		}
+		ids[i] = e.Position
+	}
+	if err := s.d.client.XDel(ctx, s.d.StreamKey(topic), ids...).Err(); err != nil {
+		return fmt.Errorf("redisdriver: mark %d dead letters of %q redriven: %w", len(ids), topic, err)
+	}
+	return nil
+}
+
+// isEntryID reports whether s has the form of a stream entry ID,
+// "milliseconds-sequence".
+func isEntryID(s string) bool {
+	ms, seq, ok := strings.Cut(s, "-")
+	if !ok {
+		return false
+	}
+	_, err1 := strconv.ParseUint(ms, 10, 64)
+	_, err2 := strconv.ParseUint(seq, 10, 64)
+	return err1 == nil && err2 == nil
+}

@@ -1,0 +1,233 @@
+package redisdriver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/heraldbus/herald"
+)
+
+// Driver is a herald.Driver on Redis Streams. It is safe for concurrent
+// use. It does not own the client: the caller closes it, after the Bus (or
+// every Subscription) has shut down.
+type Driver struct {
+	client goredis.UniversalClient
+	cfg    config
+}
+
+var _ herald.Driver = (*Driver)(nil)
+
+// New returns a Driver that talks to Redis through client: a *Client, a
+// *ClusterClient, a failover (Sentinel) client, or whatever
+// NewUniversalClient returns. It returns an error that lists every invalid
+// option, and never contacts Redis itself.
+func New(client goredis.UniversalClient, opts ...Option) (*Driver, error) {
+	cfg := newConfig(opts)
+	err := cfg.validate()
+	if client == nil {
+		err = errors.Join(errors.New("redisdriver: nil client"), err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Driver{client: client, cfg: cfg}, nil
+}
+
+// StreamKey returns the Redis key of topic's stream.
+func (d *Driver) StreamKey(topic string) string { return d.cfg.prefix + topic }
+
+// Write appends msgs to their topics' streams with one pipelined XADD per
+// message, in one round trip, in slice order (so messages of one key keep
+// their order). A nil message, an invalid topic or an entry above the size
+// limit fails the whole call before anything is sent. A cancelled ctx
+// fails it before anything is sent too; once sent, the round trip runs to
+// the end.
+//
+// Partial writes: the XADDs of a batch are not a transaction. When Write
+// returns an error after sending (a connection dropped, a Redis error on
+// one entry), any prefix of the batch, and with Redis Cluster any subset,
+// may have been stored. Retry the whole batch; consumers deduplicate by
+// Message.ID (herald.WithDedup).
+func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	args := make([]goredis.XAddArgs, len(msgs))
+	minID := ""
+	if d.cfg.trimMaxAge > 0 {
+		minID = strconv.FormatInt(time.Now().Add(-d.cfg.trimMaxAge).UnixMilli(), 10)
+	}
+	var topic, key string
+	var entries entryBuilder
+	for i, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("redisdriver: write message %d of %d: %w", i+1, len(msgs), herald.ErrNilEvent)
+		}
+		if m.Topic != topic || key == "" {
+			if err := herald.ValidateName("topic", m.Topic); err != nil {
+				return fmt.Errorf("redisdriver: write message %s: %w", m.ID, err)
+			}
+			topic, key = m.Topic, d.StreamKey(m.Topic)
+		}
+		vals, size := entries.values(m)
+		if d.cfg.maxMessageBytes > 0 && size > d.cfg.maxMessageBytes {
+			return fmt.Errorf("redisdriver: write message %s to topic %q: entry of %d bytes, limit %d: %w",
+				m.ID, m.Topic, size, d.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+		}
+		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
+	}
+	if len(msgs) == 1 {
+		if err := d.client.XAdd(ctx, &args[0]).Err(); err != nil {
+			return fmt.Errorf("redisdriver: write message %s to topic %q: %w", msgs[0].ID, msgs[0].Topic, err)
+		}
+		return nil
+	}
+	cmds := make([]*goredis.StringCmd, len(msgs))
+	pipe := d.client.Pipeline()
+	for i := range args {
+		cmds[i] = pipe.XAdd(ctx, &args[i])
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		for i, c := range cmds {
+			if cerr := c.Err(); cerr != nil {
+				return fmt.Errorf("redisdriver: write message %s to topic %q (%d of %d in the batch; others may be stored): %w",
+					msgs[i].ID, msgs[i].Topic, i+1, len(msgs), cerr)
+			}
+		}
+		return fmt.Errorf("redisdriver: write %d messages: %w", len(msgs), err)
+	}
+	return nil
+}
+
+// Ping sends PING on the client, which on a new connection first runs
+// its AUTH and SELECT, so a wrong password or database number shows here
+// (herald.Pinger).
+func (d *Driver) Ping(ctx context.Context) error {
+	if err := d.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redisdriver: ping: %w", err)
+	}
+	return nil
+}
+
+// Subscribe joins group on topic as a new consumer, creating the stream and
+// the group when they do not exist (XGROUP CREATE ... MKSTREAM at the
+// configured start position). The Subscription runs one background
+// goroutine until Close.
+func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
+	if err := errors.Join(herald.ValidateName("topic", topic), herald.ValidateName("group", group)); err != nil {
+		return nil, fmt.Errorf("redisdriver: subscribe: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s := newSubscription(d, topic, group, consumerName())
+	if err := s.createGroup(ctx, s.cfg.start.id()); err != nil {
+		return nil, err
+	}
+	go s.background()
+	return s, nil
+}
+
+// GroupStats is a consumer group's state on one topic, from XINFO GROUPS.
+type GroupStats struct {
+	// Consumers is how many consumers the group has, departed ones that
+	// still hold pending entries included.
+	Consumers int64
+	// Pending is how many entries were delivered and not acknowledged.
+	Pending int64
+	// Lag is how many entries of the stream the group has not read yet, or
+	// -1 when Redis cannot tell (after trimming or deletions; see the
+	// package documentation, "Trimming"). Watch it against the trim limit.
+	Lag int64
+	// LastDeliveredID is the ID of the last entry the group read.
+	LastDeliveredID string
+}
+
+// ErrNoGroup is returned by GroupStats for a topic or group that does not
+// exist.
+var ErrNoGroup = errors.New("redisdriver: no such stream or consumer group")
+
+// GroupStats returns the state of group on topic, for monitoring: a Lag
+// that nears the trim limit means the group is about to lose entries.
+func (d *Driver) GroupStats(ctx context.Context, topic, group string) (GroupStats, error) {
+	if err := errors.Join(herald.ValidateName("topic", topic), herald.ValidateName("group", group)); err != nil {
+		return GroupStats{}, fmt.Errorf("redisdriver: group stats: %w", err)
+	}
+	groups, err := d.client.XInfoGroups(ctx, d.StreamKey(topic)).Result()
+	if err != nil {
+		if isNoGroup(err) || strings.Contains(err.Error(), "no such key") {
+			return GroupStats{}, fmt.Errorf("redisdriver: group stats of topic %q group %q: %w", topic, group, ErrNoGroup)
+		}
+		return GroupStats{}, fmt.Errorf("redisdriver: group stats of topic %q group %q: %w", topic, group, err)
+	}
+	for _, g := range groups {
+		if g.Name == group {
+			return GroupStats{Consumers: g.Consumers, Pending: g.Pending, Lag: g.Lag, LastDeliveredID: g.LastDeliveredID}, nil
+		}
+	}
+	return GroupStats{}, fmt.Errorf("redisdriver: group stats of topic %q group %q: %w", topic, group, ErrNoGroup)
+}
+
+// ErrTrimmed marks pending entries that were deleted from the stream
+// (trimmed, or removed with XDEL) before they were acknowledged: they are
+// lost to the group. See EntriesError.
+var ErrTrimmed = errors.New("redisdriver: pending entries deleted from the stream before they were acknowledged")
+
+// ErrClaimLost marks in-flight entries that another member of the group
+// took over, because this subscription could not keep them claimed (Redis
+// was unreachable for longer than the claim min idle time). They will be
+// handled again by that member. See EntriesError.
+var ErrClaimLost = errors.New("redisdriver: in-flight entries were taken over by another consumer")
+
+// EntriesError names the stream entries an ErrTrimmed or ErrClaimLost
+// concerns; the driver reports it to the error handler (WithErrorHandler).
+type EntriesError struct {
+	Topic string
+	Group string
+	IDs   []string // stream entry IDs
+	Err   error    // ErrTrimmed or ErrClaimLost
+}
+
+func (e *EntriesError) Error() string {
+	ids := e.IDs
+	more := ""
+	if len(ids) > 5 {
+		ids, more = ids[:5], fmt.Sprintf(" and %d more", len(e.IDs)-5)
+	}
+	return fmt.Sprintf("%v: topic %q group %q entries %s%s", e.Err, e.Topic, e.Group, strings.Join(ids, ", "), more)
+}
+
+// Unwrap returns ErrTrimmed or ErrClaimLost.
+func (e *EntriesError) Unwrap() error { return e.Err }
+
+// consumerName is unique per Subscription and says where it runs:
+// host-pid-random.
+func consumerName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
+}
+
+func isNoGroup(err error) bool { return goredis.HasErrorPrefix(err, "NOGROUP") }
+
+// isGroupGone reports an error that means the stream or the group vanished
+// under a running consumer: recreate the group and go on.
+func isGroupGone(err error) bool {
+	return isNoGroup(err) || goredis.HasErrorPrefix(err, "UNBLOCKED")
+}
