@@ -62,8 +62,8 @@ func BenchmarkChainSuccess(b *testing.B) {
 	}
 	defer store.Close()
 	h := herald.Chain(func(context.Context, *herald.Message) error { return nil },
-		herald.Deduplicate(herald.DedupConfig{Storage: store, Group: "g"}),
-		herald.DeadLetter(herald.DeadLetterConfig{Writer: discardWriter{}, Group: "g"}),
+		herald.Deduplicate(herald.DedupConfig{Storage: store}, "g"),
+		herald.DeadLetterMiddleware(herald.DeadLetterConfig{Writer: discardWriter{}}, "g", nil, false),
 		herald.Retry(herald.RetryConfig{}),
 		herald.Recover(),
 	)
@@ -90,7 +90,7 @@ func BenchmarkChainSuccess(b *testing.B) {
 // dead-letter and recover cost on the success path.
 func BenchmarkChainSuccessNoDedup(b *testing.B) {
 	h := herald.Chain(func(context.Context, *herald.Message) error { return nil },
-		herald.DeadLetter(herald.DeadLetterConfig{Writer: discardWriter{}, Group: "g"}),
+		herald.DeadLetterMiddleware(herald.DeadLetterConfig{Writer: discardWriter{}}, "g", nil, false),
 		herald.Retry(herald.RetryConfig{}),
 		herald.Recover(),
 	)
@@ -117,11 +117,11 @@ func BenchmarkEndToEndMemory(b *testing.B) {
 // off, the default with no provider installed, explicit no-op providers.
 var telemetryModes = []struct {
 	name string
-	opts []herald.Option
+	opts []herald.PublisherOption
 }{
-	{"off", []herald.Option{herald.WithoutTelemetry()}},
+	{"off", []herald.PublisherOption{herald.WithoutTelemetry()}},
 	{"global-uninstalled", nil},
-	{"noop", []herald.Option{herald.WithTracerProvider(tracenoop.NewTracerProvider()), herald.WithMeterProvider(metricnoop.NewMeterProvider())}},
+	{"noop", []herald.PublisherOption{herald.WithTracerProvider(tracenoop.NewTracerProvider()), herald.WithMeterProvider(metricnoop.NewMeterProvider())}},
 }
 
 // BenchmarkTelemetryPublish is the publisher's cost per raw message with
@@ -153,10 +153,17 @@ func BenchmarkTelemetryEndToEnd(b *testing.B) {
 	}
 }
 
-func benchEndToEnd(b *testing.B, concurrency int, opts ...herald.Option) {
-	broker := memdriver.New()
+func benchEndToEnd(b *testing.B, concurrency int, pubOpts ...herald.PublisherOption) {
+	broker, err := memdriver.New()
+	if err != nil {
+		b.Fatal(err)
+	}
 	defer broker.Close()
-	bus, err := herald.NewBus(broker, append([]herald.Option{herald.WithLogger(quiet)}, opts...)...)
+	opts := []herald.Option{herald.WithLogger(quiet)}
+	for _, o := range pubOpts {
+		opts = append(opts, o)
+	}
+	bus, err := herald.NewBus(broker, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,11 +17,11 @@ import (
 var ErrDuplicateHandler = errors.New("herald: handler already subscribed")
 
 // Bus is the user side of herald: an event registry, a Publisher and one
-// SubscriberScheduler per (topic, group) behind a small API. It is safe for
+// scheduler per (topic, group) behind a small API. It is safe for
 // concurrent use. The Bus does not close the driver it was given.
 type Bus struct {
 	driver Driver
-	opts   options
+	opts   busOptions
 	reg    *EventRegistry
 	pub    *Publisher
 	tel    *consumerTelemetry // nil: telemetry off
@@ -43,7 +43,8 @@ type route struct {
 	handlers     map[string]HandlerFunc // by event name; read-only once running
 	raw          HandlerFunc            // all messages of the topic, if set
 	cfg          SchedulerConfig
-	sched        *SubscriberScheduler
+	schedSet     bool // cfg came from WithScheduler
+	sched        *scheduler
 }
 
 // NewBus returns a Bus that publishes to and subscribes through d. It
@@ -52,21 +53,50 @@ func NewBus(d Driver, opts ...Option) (*Bus, error) {
 	if isNil(d) {
 		return nil, fmt.Errorf("herald: NewBus: %w", ErrNilDriver)
 	}
-	o := newOptions(opts)
-	reg := NewEventRegistry(o.naming)
+	o, err := newBusOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	reg := newEventRegistry(o.pub.naming)
 	w := Writer(d)
-	if o.publishWriter != nil {
+	switch {
+	case o.publishWriter != nil:
 		w = o.publishWriter
+	case o.outbox != nil:
+		w = outboxOrDriver{outbox: o.outbox, driver: d}
 	}
 	b := &Bus{
 		driver: d,
 		opts:   o,
 		reg:    reg,
-		pub:    newPublisher(w, reg, o),
+		pub:    newPublisher(w, reg, o.pub),
 		routes: make(map[routeKey]*route),
 	}
-	b.tel = newConsumerTelemetry(o.telemetry, d, b.schedulers)
+	b.tel = newConsumerTelemetry(o.pub.telemetry, d, b.schedulers)
 	return b, nil
+}
+
+// outboxOrDriver is the Bus's writer under WithOutbox: the outbox when
+// the context carries a transaction it writes in, the driver otherwise.
+type outboxOrDriver struct {
+	outbox TransactionalWriter
+	driver Writer
+}
+
+func (w outboxOrDriver) Write(ctx context.Context, msgs []*Message) error {
+	if w.outbox.InTransaction(ctx) {
+		return w.outbox.Write(ctx, msgs)
+	}
+	return w.driver.Write(ctx, msgs)
+}
+
+// MessagingSystem names the driver's system: where the messages end up,
+// through the outbox's relay or at once.
+func (w outboxOrDriver) MessagingSystem() string {
+	if s, ok := w.driver.(MessagingSystem); ok {
+		return s.MessagingSystem()
+	}
+	return "herald"
 }
 
 // isNil reports whether v is nil or a nil pointer, map, func or channel in
@@ -83,10 +113,10 @@ func isNil(v any) bool {
 }
 
 // schedulers returns the running subscriptions' schedulers.
-func (b *Bus) schedulers() []*SubscriberScheduler {
+func (b *Bus) schedulers() []*scheduler {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var scheds []*SubscriberScheduler
+	var scheds []*scheduler
 	for _, r := range b.order {
 		if r.sched != nil {
 			scheds = append(scheds, r.sched)
@@ -116,37 +146,60 @@ func (b *Bus) PublishMessages(ctx context.Context, msgs ...*Message) error {
 type SubscribeOption func(*subscribeOptions)
 
 type subscribeOptions struct {
-	retry       *RetryConfig
-	dedup       *DedupConfig
-	deadLetter  *DeadLetterConfig
-	middleware  []Middleware
-	concurrency int
-	sched       SchedulerConfig
-	schedSet    bool
+	retry          *RetryConfig
+	dedup          *DedupConfig
+	deadLetter     *DeadLetterConfig
+	middleware     []Middleware
+	concurrency    int
+	concurrencySet bool
+	sched          SchedulerConfig
+	schedSet       bool
 }
 
-// WithRetry retries a failing handler within one delivery (see Retry).
+// validate reports every bad setting of one Subscribe call.
+func (o *subscribeOptions) validate() error {
+	var errs []error
+	if o.retry != nil {
+		errs = append(errs, o.retry.validate())
+	}
+	if o.dedup != nil {
+		errs = append(errs, o.dedup.validate())
+	}
+	if o.deadLetter != nil {
+		errs = append(errs, o.deadLetter.validate())
+	}
+	if o.concurrencySet {
+		errs = append(errs, badIf(o.concurrency < 1, "WithConcurrency", o.concurrency, "want 1 or more"))
+	}
+	if o.schedSet {
+		errs = append(errs, o.sched.validate(),
+			badIf(o.concurrencySet && o.sched.Concurrency != 0 && o.sched.Concurrency != o.concurrency,
+				"WithConcurrency", o.concurrency, fmt.Sprintf("given with WithScheduler, whose Concurrency is %d", o.sched.Concurrency)))
+	}
+	return errors.Join(errs...)
+}
+
+// WithRetry retries a failing handler within one delivery (see RetryConfig).
 func WithRetry(cfg RetryConfig) SubscribeOption {
 	return func(o *subscribeOptions) { o.retry = &cfg }
 }
 
 // WithDedup skips messages this group has already processed, keeping the
-// processed set in s (see Deduplicate; default lease and window).
+// processed set in s (see DedupConfig; default lease and window).
 func WithDedup(s dedup.Storage) SubscribeOption {
 	return WithDedupConfig(DedupConfig{Storage: s})
 }
 
-// WithDedupConfig is WithDedup with settings; the Bus fills Group.
+// WithDedupConfig is WithDedup with settings.
 func WithDedupConfig(cfg DedupConfig) SubscribeOption {
 	return func(o *subscribeOptions) { o.dedup = &cfg }
 }
 
 // WithDeadLetter sends messages the handler gave up on to topic + ".dlq"
-// through the bus's driver (see DeadLetter).
+// through the bus's driver (see DeadLetterConfig).
 func WithDeadLetter() SubscribeOption { return WithDeadLetterConfig(DeadLetterConfig{}) }
 
-// WithDeadLetterConfig is WithDeadLetter with settings; the Bus fills
-// Group, and Writer when it is nil.
+// WithDeadLetterConfig is WithDeadLetter with settings.
 func WithDeadLetterConfig(cfg DeadLetterConfig) SubscribeOption {
 	return func(o *subscribeOptions) { o.deadLetter = &cfg }
 }
@@ -161,12 +214,15 @@ func WithMiddleware(mws ...Middleware) SubscribeOption {
 // per-key order kept (default 1). Handlers of several event types on one
 // topic and group share one pool; the largest n given wins.
 func WithConcurrency(n int) SubscribeOption {
-	return func(o *subscribeOptions) { o.concurrency = n }
+	return func(o *subscribeOptions) { o.concurrency, o.concurrencySet = n, true }
 }
 
 // WithScheduler sets every scheduler setting of the subscription's (topic,
 // group) pool at once (see SchedulerConfig); OnError defaults to the bus's
-// error handler.
+// error handler. Handlers of several event types on one topic and group
+// share the pool: a second Subscribe of that topic and group that gives
+// other settings is an error, as is a WithConcurrency that disagrees with
+// the config's Concurrency.
 func WithScheduler(cfg SchedulerConfig) SubscribeOption {
 	return func(o *subscribeOptions) { o.sched, o.schedSet = cfg, true }
 }
@@ -186,7 +242,7 @@ func Subscribe[E any](b *Bus, group string, h func(ctx context.Context, e E, m *
 	if err != nil {
 		return err
 	}
-	return b.add(et.Topic, group, et.Name, decodeHandler(b.pub.codecs, b.opts.codec, et, h), opts)
+	return b.add(et.Topic, group, et.Name, decodeHandler(b.pub.codecs, b.opts.pub.codec, et, h), opts)
 }
 
 // Handle runs h for every message published to topic, as a member of
@@ -226,7 +282,13 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 	}
 	var o subscribeOptions
 	for _, opt := range opts {
+		if opt == nil {
+			return &OptionError{Option: "SubscribeOption", Value: nil, Reason: "nil option"}
+		}
 		opt(&o)
+	}
+	if err := o.validate(); err != nil {
+		return err
 	}
 	chain, err := b.chain(topic, group, h, &o)
 	if err != nil {
@@ -258,7 +320,11 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 		r.handlers[event] = chain
 	}
 	if o.schedSet {
-		r.cfg = o.sched
+		if r.schedSet && !r.cfg.same(o.sched) {
+			return &OptionError{Option: "WithScheduler", Value: o.sched,
+				Reason: fmt.Sprintf("topic %q group %q has other scheduler settings from an earlier Subscribe; its handlers share one scheduler", topic, group)}
+		}
+		r.cfg, r.schedSet = o.sched, true
 	}
 	r.cfg.Concurrency = max(r.cfg.Concurrency, o.concurrency)
 	if b.routes[key] == nil {
@@ -283,10 +349,6 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 	}
 	if o.dedup != nil {
 		cfg := *o.dedup
-		if cfg.Storage == nil {
-			return nil, errors.New("herald: WithDedup needs a storage")
-		}
-		cfg.Group = group
 		if cfg.OnError == nil {
 			cfg.OnError = b.opts.onError
 		}
@@ -303,16 +365,15 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 				onDuplicate(m)
 			}
 		}
-		mws = append(mws, Deduplicate(cfg))
+		mws = append(mws, deduplicate(cfg, group))
 	}
-	dl := DeadLetterConfig{OnlyUndecodable: true}
+	dl := deadLetterSettings{group: group, onlyUndecodable: true}
 	if o.deadLetter != nil {
-		dl = *o.deadLetter
+		dl.DeadLetterConfig, dl.onlyUndecodable = *o.deadLetter, false
 	}
 	if dl.Writer == nil {
 		dl.Writer = b.driver
 	}
-	dl.Group = group
 	dlTopic := DeadLetterTopic(topic)
 	if dl.Topic != nil {
 		dlTopic = dl.Topic(topic)
@@ -334,7 +395,7 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 			onDeadLetter(m, reason)
 		}
 	}
-	mws = append(mws, DeadLetter(dl))
+	mws = append(mws, deadLetter(dl))
 	if o.retry != nil {
 		rc := *o.retry
 		if tel != nil {
@@ -346,9 +407,9 @@ func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (Ha
 				}
 			}
 		}
-		mws = append(mws, Retry(rc))
+		mws = append(mws, retry(rc))
 	}
-	mws = append(mws, Recover())
+	mws = append(mws, recoverPanics())
 	mws = append(mws, o.middleware...)
 	return Chain(h, mws...), nil
 }
@@ -362,11 +423,11 @@ func (b *Bus) routeHandler(r *route) HandlerFunc {
 		mws = append(mws, b.tel.subscription(r.topic, r.group).middleware())
 	}
 	if logger := b.opts.logger; b.opts.onHandled != nil || logger.Enabled(context.Background(), slog.LevelDebug) {
-		mws = append(mws, Observe(r.topic, r.group, logger, b.opts.onHandled))
+		mws = append(mws, observe(r.topic, r.group, logger, b.opts.onHandled))
 	}
 	h := Chain(r.dispatch, mws...)
 	return func(ctx context.Context, m *Message) error {
-		if err := h(ctx, m); err != errSkipped {
+		if err := h(withDelivered(ctx, m), m); err != errSkipped {
 			return err
 		}
 		return nil
@@ -401,7 +462,7 @@ func (b *Bus) startRoute(r *route) error {
 	if cfg.OnError == nil {
 		cfg.OnError = b.opts.onError
 	}
-	s, err := NewSubscriberScheduler(b.driver, r.topic, r.group, b.routeHandler(r), cfg)
+	s, err := newScheduler(b.driver, r.topic, r.group, b.routeHandler(r), cfg)
 	if err != nil {
 		return err
 	}
@@ -438,7 +499,7 @@ func (r *route) dispatch(ctx context.Context, m *Message) error {
 }
 
 // Shutdown stops every subscription gracefully (see
-// SubscriberScheduler.Shutdown), all at once, bounded by ctx. Publishing
+// scheduler.Shutdown), all at once, bounded by ctx. Publishing
 // still works afterwards; subscribing does not.
 func (b *Bus) Shutdown(ctx context.Context) error {
 	b.mu.Lock()

@@ -2,6 +2,7 @@ package herald_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strconv"
 	"sync"
@@ -270,5 +271,60 @@ func TestBusRedriveRunsOnlyInItsGroup(t *testing.T) {
 	})
 	if shipping.Load() != 0 || audit.Load() != 0 {
 		t.Errorf("groups the redrive was not for ran it: shipping %d, audit %d", shipping.Load(), audit.Load())
+	}
+}
+
+// An event published from a handler continues the delivered message's
+// chain: same correlation id (or the first message's ID when it had none),
+// the delivered message's ID as its causation id, typed and raw alike.
+func TestHandlerContextCarriesCorrelationAndCausation(t *testing.T) {
+	bus, _ := newTestBus(t)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	herald.MustRegister[OrderShipped](bus, "shipments")
+	must(t, herald.Subscribe(bus, "shipping", func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
+		if err := bus.Publish(ctx, OrderShipped{ID: e.ID}); err != nil {
+			return err
+		}
+		return bus.PublishMessages(ctx, &herald.Message{Topic: "raw.followups", Data: []byte(e.ID)})
+	}))
+	got := make(chan *herald.Message, 4)
+	must(t, herald.Subscribe(bus, "tracking", func(ctx context.Context, e OrderShipped, m *herald.Message) error {
+		got <- m
+		return nil
+	}))
+	must(t, bus.Handle("raw.followups", "audit", func(ctx context.Context, m *herald.Message) error {
+		got <- m
+		return nil
+	}))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	placed, err := bus.Publisher().Encode(herald.WithCorrelationID(ctx, "checkout-7"), OrderPlaced{ID: "1"})
+	must(t, err)
+	uncorrelated, err := bus.Publisher().Encode(ctx, OrderPlaced{ID: "2"})
+	must(t, err)
+	must(t, bus.PublishMessages(ctx, placed[0], uncorrelated[0]))
+	want := map[string][2]string{ // by payload order ID: correlation, causation
+		"1": {"checkout-7", placed[0].ID},
+		"2": {uncorrelated[0].ID, uncorrelated[0].ID},
+	}
+	for range 4 {
+		select {
+		case m := <-got:
+			id := string(m.Data)
+			if m.Topic == "shipments" {
+				var e OrderShipped
+				must(t, json.Unmarshal(m.Data, &e))
+				id = e.ID
+			}
+			w := want[id]
+			if c := m.Headers.Get(herald.HeaderCorrelationID); c != w[0] {
+				t.Errorf("%s for order %s: correlation %q, want %q", m.Topic, id, c, w[0])
+			}
+			if c := m.Headers.Get(herald.HeaderCausationID); c != w[1] {
+				t.Errorf("%s for order %s: causation %q, want %q", m.Topic, id, c, w[1])
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("follow-up events never arrived")
+		}
 	}
 }

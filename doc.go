@@ -1,19 +1,111 @@
 // Package herald is an event bus for Go services: typed events go out
-// through a Publisher and a pluggable Writer driver; subscribers receive
-// them through a Reader driver, wrapped in middleware (retry, deduplication,
-// dead-letter queue, recover, logging).
+// through a Publisher and a pluggable driver; subscribers receive them
+// through the same driver, wrapped in middleware (retry, deduplication,
+// dead-letter topic, recover, logging, telemetry).
 //
-// The user side is small: NewBus, Register, Publish, Subscribe, Start and
-// Shutdown. The driver side is driver.go: a driver implements Writer and
-// Reader (Subscribe, then Fetch, Ack, Close on the Subscription) and passes
-// drivertest.Run. Between them the SubscriberScheduler owns concurrency: a
-// keyed worker pool that runs different keys in parallel and one key in
-// order, redelivers failed messages in place, and shuts down without
-// losing or leaking anything.
+//	broker, err := memdriver.New()                         // or kafkadriver, redisdriver
+//	bus, err := herald.NewBus(broker)
+//	herald.MustRegister[OrderPlaced](bus, "orders")        // event type -> topic
+//	err = herald.Subscribe(bus, "billing", func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
+//		return charge(ctx, e)                              // nil acknowledges
+//	}, herald.WithRetry(herald.RetryConfig{}), herald.WithDedup(store), herald.WithDeadLetter())
+//	err = bus.Start(ctx)
+//	err = bus.Publish(ctx, OrderPlaced{ID: "o-1"})
+//	err = bus.Shutdown(ctx)
 //
-// Guarantees: at-least-once delivery (a message is acknowledged only after
-// its handler chain returned nil or the dead-letter topic took it); per-key
-// order; graceful shutdown bounded by a context; no package-level mutable
-// state. The middleware order the Subscribe options apply is documented in
-// middleware.go and fixed, so that options cannot defeat each other.
+// The user side is small: NewBus, Register, Publish, Subscribe (or Handle
+// for raw messages), Start and Shutdown. The driver side is driver.go: a
+// driver implements Writer and Reader and passes drivertest.Run. The
+// drivers are in modules of their own (memory/memdriver here; kafka,
+// redis; sql for the outbox), so a service builds only the clients it
+// uses.
+//
+// # Delivery
+//
+// At-least-once: a message is acknowledged to its driver only after its
+// handler chain returned nil, or after the dead-letter topic took it.
+//
+// Keyed concurrency: each subscription runs up to WithConcurrency handlers
+// at once; messages with one Key never run concurrently and run in the
+// order the driver delivered them (drivers with partitions keep that order
+// across the members of a group). A message whose key has one running
+// waits behind it, so one slow or failing key holds up only itself.
+//
+// Redelivery in place: when the chain returns an error, the message is not
+// acknowledged; the subscription runs it again after a backoff (doubling
+// to SchedulerConfig.MaxRedeliveryBackoff, with jitter), its key blocked,
+// until it succeeds or the subscription shuts down. The retry and
+// dead-letter middleware decide when to stop; without them a message that
+// always fails blocks its key, and only its key, and every failure goes to
+// the error handler.
+//
+// Shutdown stops fetching, lets running handlers finish (bounded by its
+// context), releases fetched messages that have not started to the driver
+// without counting them as deliveries (Releaser), flushes
+// acknowledgments, and leaves no goroutine behind.
+//
+// A handler's context carries the delivered message: CorrelationID and
+// CausationID read it, so events it publishes continue the chain;
+// DeliveryCount and Attempt say which delivery and attempt is running.
+//
+// # Middleware order
+//
+// The Subscribe options install the built-in middleware in one fixed
+// order, outermost first, so that no option can silently defeat another:
+//
+//  0. Telemetry (unless WithoutTelemetry): the "process <topic>" span, a
+//     child of and linked to the sender's span, and the duration and
+//     outcome metrics. Everything inside runs with the span in its
+//     context, so retries, duplicates and dead letters become span events
+//     and logs can carry the trace id.
+//
+//  1. Observe: debug logs, and WithHandleHook with every delivery's result,
+//     skipped ones included.
+//
+//     Then the subscription dispatches by event type: a message the group
+//     does not handle (another event type on a shared topic, a redrive
+//     addressed to another group by HeaderRedriveGroup) is acknowledged
+//     here without running anything, with outcome "skipped". Layers 0 and
+//     1 wrap this dispatch once per topic and group; the layers below wrap
+//     each handler.
+//
+//  2. Dedup (WithDedup): claims (group, message ID) before anything runs,
+//     commits when the chain inside succeeded (a dead-lettered message
+//     counts as done), releases the claim when it failed so the
+//     redelivery can run. A redrive addressed to the group is keyed by its
+//     redrive count too, so it runs once more.
+//
+//  3. Dead letter (WithDeadLetter; always on for undecodable payloads):
+//     takes what retry gave up on, writes it to "<topic>.dlq" with a
+//     DeadLetterRecord, and only then lets the message be acknowledged.
+//
+//  4. Retry (WithRetry): reruns the attempt with backoff and jitter; a
+//     Permanent error stops it. It sits inside dead letter, so dead
+//     lettering never swallows a retry.
+//
+//  5. Attempt timeout (RetryConfig.AttemptTimeout): a deadline per attempt,
+//     inside retry, so a timed-out attempt is retried.
+//
+//  6. Recover: a panic becomes a *PanicError that retry and dead letter see.
+//
+//  7. Your middleware (WithMiddleware), once per attempt, in the order given.
+//
+//  8. Decode and your handler.
+//
+// # Options
+//
+// An option is accepted only where it acts: Option configures a Bus,
+// PublisherOption a Publisher (and a Bus's), SubscribeOption one
+// subscription, RegisterOption one event type. A bad value is an error
+// from the constructor that takes it (an *OptionError wrapping
+// ErrInvalidOption, every problem at once), never silently corrected. Size
+// limits are layered: see WithMaxMessageBytes.
+//
+// # Errors
+//
+// Sentinel errors and typed errors, usable with errors.Is and errors.As:
+// ErrNilEvent, *UnregisteredError (ErrUnregisteredEvent), *NameError
+// (ErrInvalidName), ErrMessageTooLarge, *DecodeError (ErrUndecodable),
+// *RetryError, *PanicError, *SubscriptionError, *OptionError
+// (ErrInvalidOption), ErrClosed. There is no package-level mutable state.
 package herald

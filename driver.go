@@ -7,7 +7,7 @@ import (
 
 // This file is the whole contract between herald and a driver. A driver
 // implements Writer (the publishing side) and Reader (the consuming side);
-// the Bus, the Publisher and the SubscriberScheduler do everything else:
+// the Bus, the Publisher and the scheduler do everything else:
 // encoding, IDs, keyed concurrency, retries, deduplication and dead-letters.
 // drivertest.Run checks an implementation against this contract.
 
@@ -38,6 +38,15 @@ type Reader interface {
 }
 
 // Driver is a Writer and a Reader, which is what NewBus takes.
+//
+// Who closes what. Every herald driver (memdriver, kafkadriver,
+// redisdriver) also has Close() error: it closes the subscriptions still
+// open, makes later calls fail with ErrClosed, and is idempotent
+// (drivertest checks it). A driver never closes a client it was given (a
+// go-redis client, a *sql.DB): that stays the caller's. The Bus closes
+// neither. So a service stops in this order: Bus.Shutdown (handlers
+// finish, acknowledgments flush), then the driver's Close, then the
+// clients it was given.
 type Driver interface {
 	Writer
 	Reader

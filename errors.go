@@ -29,9 +29,6 @@ var (
 	ErrPermanent = errors.New("herald: permanent failure")
 	// ErrUndecodable is wrapped by DecodeError.
 	ErrUndecodable = errors.New("herald: undecodable payload")
-	// ErrDuplicate is reported (never returned to a handler) when dedup
-	// skips a message it has already processed.
-	ErrDuplicate = errors.New("herald: duplicate message")
 	// ErrInProgress is returned by the dedup middleware when another
 	// delivery of the same message holds the claim; the scheduler redelivers
 	// it later, when it is either done (skipped) or released (run).

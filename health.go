@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -61,10 +62,19 @@ func (c HealthConfig) withDefaults() HealthConfig {
 	return c
 }
 
-// WithHealth sets the limits of Bus.CheckHealth.
-func WithHealth(cfg HealthConfig) Option { return func(o *options) { o.health = cfg } }
+// validate reports every negative field.
+func (c HealthConfig) validate() error {
+	return errors.Join(
+		badIf(c.MaxDriverErrors < 0, "HealthConfig.MaxDriverErrors", c.MaxDriverErrors, "want 0 (default) or more"),
+		badIf(c.ErrorWindow < 0, "HealthConfig.ErrorWindow", c.ErrorWindow, "want 0 (default) or more"),
+		badIf(c.StallAfter < 0, "HealthConfig.StallAfter", c.StallAfter, "want 0 (default) or more"),
+		badIf(c.MaxLag < 0, "HealthConfig.MaxLag", c.MaxLag, "want 0 (no limit) or more"))
+}
 
-// SubscriptionHealth is what a SubscriberScheduler reports about itself.
+// WithHealth sets the limits of Bus.CheckHealth.
+func WithHealth(cfg HealthConfig) Option { return busOption(func(o *busOptions) { o.health = cfg }) }
+
+// SubscriptionHealth is what a scheduler reports about itself.
 type SubscriptionHealth struct {
 	Topic string `json:"topic"`
 	Group string `json:"group"`
@@ -90,7 +100,7 @@ type SubscriptionHealth struct {
 }
 
 // Health reports the scheduler's state; it makes no call to the driver.
-func (s *SubscriberScheduler) Health() SubscriptionHealth {
+func (s *scheduler) Health() SubscriptionHealth {
 	s.subMu.Lock()
 	subscribed := s.sub != nil
 	s.subMu.Unlock()

@@ -26,8 +26,15 @@ const (
 	HeaderContentType = "herald-content-type"
 
 	// HeaderCorrelationID carries the correlation id taken from the
-	// publishing context (see WithCorrelationID).
+	// publishing context (see WithCorrelationID). A handler's context
+	// carries the delivered message's, so what it publishes continues the
+	// chain.
 	HeaderCorrelationID = "herald-correlation-id"
+
+	// HeaderCausationID carries the ID of the message whose handler
+	// published this one (see CausationID): set on every message published
+	// with a handler's context.
+	HeaderCausationID = "herald-causation-id"
 
 	// HeaderDeadLetterReason is the error text that sent a message to the
 	// dead-letter topic.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/heraldbus/herald/internal/telemetry"
@@ -14,35 +15,43 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// DeadLetterConfig configures DeadLetter.
+// DeadLetterConfig configures the dead-letter middleware (WithDeadLetter,
+// WithDeadLetterConfig). The zero value of a field means its default.
 type DeadLetterConfig struct {
-	// Writer receives dead-lettered messages (required; the Bus passes its
-	// own writer).
+	// Writer receives dead-lettered messages (default: the Bus's driver).
 	Writer Writer
 	// Topic maps a topic to its dead-letter topic (default: topic + ".dlq").
 	Topic func(topic string) string
-	// Group is recorded in HeaderDeadLetterGroup (the Bus sets it).
-	Group string
 	// MaxDeliveries, when above 0, dead-letters a message that arrives for
 	// a delivery beyond that count (see DeliveryCount) without running the
 	// handler again: the cure for a message whose handler keeps crashing
 	// the consumer, or keeps failing where nothing else stops it.
 	MaxDeliveries int
-	// OnlyUndecodable restricts dead-lettering to undecodable payloads;
-	// other errors pass through to be redelivered. The Bus uses it when no
-	// dead-letter option was given, so a poison payload never blocks a key.
-	OnlyUndecodable bool
 	// OnDeadLetter, if set, is called after a message was written to the
-	// dead-letter topic, with the original message and the reason.
+	// dead-letter topic, with the original message and the reason. It must
+	// not block.
 	OnDeadLetter func(m *Message, reason error)
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+}
+
+func (c DeadLetterConfig) validate() error {
+	return badIf(c.MaxDeliveries < 0, "DeadLetterConfig.MaxDeliveries", c.MaxDeliveries, "want 0 (no limit) or more")
+}
+
+// deadLetterSettings are what the Bus adds to a DeadLetterConfig.
+type deadLetterSettings struct {
+	DeadLetterConfig
+	group string
+	// onlyUndecodable restricts dead-lettering to undecodable payloads;
+	// other errors pass through to be redelivered. The Bus sets it when no
+	// dead-letter option was given, so a poison payload never blocks a key.
+	onlyUndecodable bool
+	now             func() time.Time // default time.Now
 }
 
 // DeadLetterTopic is the default dead-letter topic naming: topic + ".dlq".
 func DeadLetterTopic(topic string) string { return topic + ".dlq" }
 
-// DeadLetter writes a message the handler chain gave up on to the
+// deadLetter writes a message the handler chain gave up on to the
 // dead-letter topic, with headers for the reason, the attempts, the original
 // topic, the group and the time, and then reports success so the original
 // is acknowledged. If the dead-letter write fails, the handler error and the
@@ -51,12 +60,12 @@ func DeadLetterTopic(topic string) string { return topic + ".dlq" }
 // Errors that are not a give-up pass through: ErrInProgress (dedup) and any
 // error after the delivery's context ended (shutdown), so a message is
 // never dead-lettered because the service was stopping.
-func DeadLetter(cfg DeadLetterConfig) Middleware {
+func deadLetter(cfg deadLetterSettings) Middleware {
 	if cfg.Topic == nil {
 		cfg.Topic = DeadLetterTopic
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.now == nil {
+		cfg.now = time.Now
 	}
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) error {
@@ -67,10 +76,10 @@ func DeadLetter(cfg DeadLetterConfig) Middleware {
 				return nil
 			}
 			if ctx.Err() != nil || errors.Is(err, ErrInProgress) ||
-				(cfg.OnlyUndecodable && !errors.Is(err, ErrUndecodable)) {
+				(cfg.onlyUndecodable && !errors.Is(err, ErrUndecodable)) {
 				return err
 			}
-			dl := deadLetterMessage(m, cfg.Topic(m.Topic), cfg.Group, err, cfg.Now())
+			dl := deadLetterMessage(m, cfg.Topic(m.Topic), cfg.group, err, cfg.now())
 			if werr := cfg.Writer.Write(ctx, []*Message{dl}); werr != nil {
 				return errors.Join(err, fmt.Errorf("herald: write to dead-letter topic %q: %w", dl.Topic, werr))
 			}
@@ -94,15 +103,45 @@ func deadLetterMessage(m *Message, topic, group string, reason error, now time.T
 	if errors.As(reason, &re) {
 		attempts = re.Attempts
 	}
+	return DeadLetterRecord{Reason: reason.Error(), Attempts: attempts, Topic: m.Topic, Group: group, Time: now}.Message(m, topic)
+}
+
+// DeadLetterRecord is what an entry of a dead-letter topic says about the
+// message it holds, in the herald-dlq-* headers: the dead-letter
+// middleware writes it (Message), package dlq reads it back
+// (ReadDeadLetter). This is the one definition of that format.
+type DeadLetterRecord struct {
+	// Reason is the error that sent the message there
+	// (HeaderDeadLetterReason).
+	Reason string
+	// Attempts is how many times the handler ran before it gave up
+	// (HeaderDeadLetterAttempts; 0 when absent or malformed).
+	Attempts int
+	// Topic is the topic the message was read from, where a redrive writes
+	// it back (HeaderDeadLetterTopic).
+	Topic string
+	// Group is the subscriber group that gave up on it
+	// (HeaderDeadLetterGroup).
+	Group string
+	// Time is when it was dead-lettered (HeaderDeadLetterTime, RFC 3339
+	// with nanoseconds, UTC; zero when absent or malformed).
+	Time time.Time
+}
+
+// Message returns m as the dead-letter topic topic stores it: a copy on
+// topic with r in the herald-dlq-* headers and m's ID (so a redrive keeps
+// it), key, content type, payload, time and other headers. It shares the
+// payload with m.
+func (r DeadLetterRecord) Message(m *Message, topic string) *Message {
 	h := make(Headers, len(m.Headers)+5)
 	maps.Copy(h, m.Headers)
-	h[HeaderDeadLetterReason] = reason.Error()
-	h[HeaderDeadLetterAttempts] = strconv.Itoa(attempts)
-	h[HeaderDeadLetterTopic] = m.Topic
-	h[HeaderDeadLetterGroup] = group
-	h[HeaderDeadLetterTime] = now.UTC().Format(time.RFC3339Nano)
+	h[HeaderDeadLetterReason] = r.Reason
+	h[HeaderDeadLetterAttempts] = strconv.Itoa(r.Attempts)
+	h[HeaderDeadLetterTopic] = r.Topic
+	h[HeaderDeadLetterGroup] = r.Group
+	h[HeaderDeadLetterTime] = r.Time.UTC().Format(time.RFC3339Nano)
 	return &Message{
-		ID:          m.ID, // kept, so a redrive deduplicates against the original
+		ID:          m.ID,
 		Topic:       topic,
 		Key:         m.Key,
 		Headers:     h,
@@ -111,3 +150,27 @@ func deadLetterMessage(m *Message, topic, group string, reason error, now time.T
 		Time:        m.Time,
 	}
 }
+
+// ReadDeadLetter returns the record in a dead-lettered message's headers.
+// A missing or malformed attempts or time header leaves that field zero.
+func ReadDeadLetter(m *Message) DeadLetterRecord {
+	r := DeadLetterRecord{
+		Reason: m.Headers.Get(HeaderDeadLetterReason),
+		Topic:  m.Headers.Get(HeaderDeadLetterTopic),
+		Group:  m.Headers.Get(HeaderDeadLetterGroup),
+	}
+	if n, err := strconv.Atoi(m.Headers.Get(HeaderDeadLetterAttempts)); err == nil && n > 0 {
+		r.Attempts = n
+	}
+	if t, err := time.Parse(time.RFC3339Nano, m.Headers.Get(HeaderDeadLetterTime)); err == nil {
+		r.Time = t.UTC()
+	}
+	return r
+}
+
+// IsDeadLetterHeader reports whether name is one of the headers of a
+// DeadLetterRecord: those a redrive removes.
+func IsDeadLetterHeader(name string) bool { return strings.HasPrefix(name, deadLetterHeaderPrefix) }
+
+// deadLetterHeaderPrefix starts every header of a DeadLetterRecord.
+const deadLetterHeaderPrefix = HeaderPrefix + "dlq-"

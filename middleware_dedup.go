@@ -2,6 +2,7 @@ package herald
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -9,14 +10,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// DedupConfig configures Deduplicate.
+// DedupConfig configures deduplication (WithDedup, WithDedupConfig). The
+// zero value of a field means its default.
 type DedupConfig struct {
 	// Storage keeps the processed set (required): memdedup for one
 	// process, redisdedup for every instance of a service.
 	Storage dedup.Storage
-	// Group scopes the processed set: each group handles a message once.
-	// The Bus sets it.
-	Group string
 	// Lease is how long a claim protects a delivery in progress (default
 	// 5 min). It must exceed the longest time the chain inside can take,
 	// retries included: a claim that expires mid-handling lets a concurrent
@@ -26,14 +25,23 @@ type DedupConfig struct {
 	// A storage may cap it: memdedup remembers at most its own window
 	// (memdedup.WithWindow, 1 h by default), to bound its memory.
 	Window time.Duration
-	// OnDuplicate, if set, is called for each skipped duplicate.
+	// OnDuplicate, if set, is called for each skipped duplicate. It must
+	// not block.
 	OnDuplicate func(m *Message)
 	// OnError receives commit and release failures, which do not fail the
-	// message (the claim then expires with its lease).
+	// message (the claim then expires with its lease). Default: the Bus's
+	// error handler.
 	OnError func(error)
 }
 
-// Deduplicate runs the handler at most once per (group, message ID) within
+func (c DedupConfig) validate() error {
+	return errors.Join(
+		badIf(isNil(c.Storage), "DedupConfig.Storage", nil, "required"),
+		badIf(c.Lease < 0, "DedupConfig.Lease", c.Lease, "want 0 (default) or more"),
+		badIf(c.Window < 0, "DedupConfig.Window", c.Window, "want 0 (default) or more"))
+}
+
+// deduplicate runs the handler at most once per (group, message ID) within
 // the window, even for concurrent deliveries of one message: it claims the
 // ID with a lease before running, commits on success and releases on
 // failure so a redelivery can run. A delivery that finds the ID claimed by
@@ -45,7 +53,7 @@ type DedupConfig struct {
 // is keyed by its ID and its redrive count: it runs once more although its
 // dead-lettering marked the ID done, and a second copy of the same redrive
 // is skipped.
-func Deduplicate(cfg DedupConfig) Middleware {
+func deduplicate(cfg DedupConfig, group string) Middleware {
 	if cfg.Lease <= 0 {
 		cfg.Lease = 5 * time.Minute
 	}
@@ -55,14 +63,14 @@ func Deduplicate(cfg DedupConfig) Middleware {
 	if cfg.OnError == nil {
 		cfg.OnError = func(error) {}
 	}
-	prefix := cfg.Group + ":"
+	prefix := group + ":"
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) error {
 			if m.ID == "" {
 				return next(ctx, m)
 			}
 			key := prefix + m.ID
-			if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == cfg.Group {
+			if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
 				// A redrive to this group: its dead-lettering marked the ID
 				// done, and this copy must run once more.
 				key += "#redrive-" + n

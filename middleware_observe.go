@@ -23,10 +23,10 @@ type HandleResult struct {
 	Skipped bool
 }
 
-// Observe logs each handled message at debug level and each failure at
+// observe logs each handled message at debug level and each failure at
 // warn level on logger (nil: no logging), and calls hook (nil: none) with
 // every result: the place for metrics.
-func Observe(topic, group string, logger *slog.Logger, hook func(HandleResult)) Middleware {
+func observe(topic, group string, logger *slog.Logger, hook func(HandleResult)) Middleware {
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) error {
 			start := time.Now()

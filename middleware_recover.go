@@ -5,10 +5,10 @@ import (
 	"runtime/debug"
 )
 
-// Recover turns a handler panic into a *PanicError carrying the panic value
+// recoverPanics turns a handler panic into a *PanicError carrying the panic value
 // and the stack, so a panicking handler is retried and dead-lettered like a
 // failing one instead of crashing the process.
-func Recover() Middleware {
+func recoverPanics() Middleware {
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) (err error) {
 			defer func() {

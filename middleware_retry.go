@@ -13,7 +13,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// RetryConfig configures Retry. The zero value of a field means its default.
+// RetryConfig configures retries (WithRetry). The zero value of a field
+// means its default.
 type RetryConfig struct {
 	// MaxAttempts is how many times the handler runs per delivery, the
 	// first run included (default 3; 1 disables retrying).
@@ -38,7 +39,17 @@ type RetryConfig struct {
 	OnRetry func(ctx context.Context, m *Message, attempt int, err error)
 }
 
-// RetryError is what Retry returns when it gives up: the last error and how
+func (c RetryConfig) validate() error {
+	return errors.Join(
+		badIf(c.MaxAttempts < 0, "RetryConfig.MaxAttempts", c.MaxAttempts, "want 0 (default 3) or more"),
+		badIf(c.InitialBackoff < 0, "RetryConfig.InitialBackoff", c.InitialBackoff, "want 0 (default) or more"),
+		badIf(c.MaxBackoff < 0, "RetryConfig.MaxBackoff", c.MaxBackoff, "want 0 (default) or more"),
+		badIf(c.MaxBackoff > 0 && c.MaxBackoff < c.InitialBackoff, "RetryConfig.MaxBackoff", c.MaxBackoff, "below InitialBackoff"),
+		badIf(c.Jitter > 1, "RetryConfig.Jitter", c.Jitter, "want at most 1 (a negative value turns jitter off)"),
+		badIf(c.AttemptTimeout < 0, "RetryConfig.AttemptTimeout", c.AttemptTimeout, "want 0 (no bound) or more"))
+}
+
+// RetryError is what the retry middleware returns when it gives up: the last error and how
 // many attempts ran. errors.Is and errors.As see through it to that error.
 type RetryError struct {
 	Attempts int
@@ -46,6 +57,9 @@ type RetryError struct {
 }
 
 func (e *RetryError) Error() string {
+	if e.Attempts == 1 && IsPermanent(e.Err) {
+		return fmt.Sprintf("herald: not retried: permanent: %v", e.Err)
+	}
 	return fmt.Sprintf("herald: gave up after %d attempt(s): %v", e.Attempts, e.Err)
 }
 
@@ -79,12 +93,12 @@ func (c retryClassifier) Classify(err error) retrier.Action {
 	return retrier.Retry
 }
 
-// Retry runs the handler up to MaxAttempts times per delivery, with
+// retry runs the handler up to MaxAttempts times per delivery, with
 // exponential backoff and jitter between attempts (eapache/go-resiliency's
 // retrier). Attempt(ctx) tells the handler which attempt it runs. A
 // permanent error, or the end of the delivery's context, stops at once.
 // When it gives up it returns a *RetryError.
-func Retry(cfg RetryConfig) Middleware {
+func retry(cfg RetryConfig) Middleware {
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3
 	}
@@ -92,9 +106,8 @@ func Retry(cfg RetryConfig) Middleware {
 		cfg.InitialBackoff = 100 * time.Millisecond
 	}
 	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 10 * time.Second
+		cfg.MaxBackoff = max(10*time.Second, cfg.InitialBackoff)
 	}
-	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.InitialBackoff)
 	if cfg.Jitter == 0 {
 		cfg.Jitter = 0.2
 	}
@@ -107,7 +120,7 @@ func Retry(cfg RetryConfig) Middleware {
 	return func(next HandlerFunc) HandlerFunc {
 		attempt := next
 		if cfg.AttemptTimeout > 0 {
-			attempt = Timeout(cfg.AttemptTimeout)(next)
+			attempt = attemptTimeout(cfg.AttemptTimeout)(next)
 		}
 		return func(ctx context.Context, m *Message) error {
 			// The first attempt runs inline: the success path allocates
@@ -153,9 +166,9 @@ func Retry(cfg RetryConfig) Middleware {
 	}
 }
 
-// Timeout bounds each call of the handler by d; the handler sees a context
-// that ends after d.
-func Timeout(d time.Duration) Middleware {
+// attemptTimeout bounds each call of the handler by d; the handler sees a
+// context that ends after d.
+func attemptTimeout(d time.Duration) Middleware {
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) error {
 			ctx, cancel := context.WithTimeout(ctx, d)

@@ -133,16 +133,12 @@ func TestRecover(t *testing.T) {
 
 func TestDeadLetter(t *testing.T) {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	newDL := func(w herald.Writer, mutate func(*herald.DeadLetterConfig)) herald.Middleware {
-		cfg := herald.DeadLetterConfig{Writer: w, Group: "billing", Now: func() time.Time { return now }}
-		if mutate != nil {
-			mutate(&cfg)
-		}
-		return herald.DeadLetter(cfg)
+	newDL := func(w herald.Writer, onlyUndecodable bool) herald.Middleware {
+		return herald.DeadLetterMiddleware(herald.DeadLetterConfig{Writer: w}, "billing", func() time.Time { return now }, onlyUndecodable)
 	}
 	t.Run("writes the message with its reason after retries give up", func(t *testing.T) {
 		w := &recordingWriter{}
-		h := newDL(w, nil)(herald.Retry(fastRetry(3))(func(context.Context, *herald.Message) error {
+		h := newDL(w, false)(herald.Retry(fastRetry(3))(func(context.Context, *herald.Message) error {
 			return errors.New("card declined")
 		}))
 		if err := h(context.Background(), msg("m-1")); err != nil {
@@ -172,19 +168,19 @@ func TestDeadLetter(t *testing.T) {
 	})
 	t.Run("a failed dead-letter write leaves the message unacknowledged", func(t *testing.T) {
 		w := &recordingWriter{failures: 1}
-		h := newDL(w, nil)(func(context.Context, *herald.Message) error { return errors.New("x") })
+		h := newDL(w, false)(func(context.Context, *herald.Message) error { return errors.New("x") })
 		if err := h(context.Background(), msg("m-1")); !errors.Is(err, errWrite) {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("only undecodable payloads when so configured", func(t *testing.T) {
 		w := &recordingWriter{}
-		h := newDL(w, func(c *herald.DeadLetterConfig) { c.OnlyUndecodable = true })(
+		h := newDL(w, true)(
 			func(context.Context, *herald.Message) error { return errors.New("plain failure") })
 		if err := h(context.Background(), msg("m-1")); err == nil {
 			t.Fatal("a plain failure was dead-lettered")
 		}
-		h = newDL(w, func(c *herald.DeadLetterConfig) { c.OnlyUndecodable = true })(
+		h = newDL(w, true)(
 			func(context.Context, *herald.Message) error { return &herald.DecodeError{Err: errors.New("bad json")} })
 		if err := h(context.Background(), msg("m-1")); err != nil || len(w.all()) != 1 {
 			t.Fatalf("undecodable: %v, %d dead letters", err, len(w.all()))
@@ -194,11 +190,11 @@ func TestDeadLetter(t *testing.T) {
 		w := &recordingWriter{}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		h := newDL(w, nil)(func(context.Context, *herald.Message) error { return errors.New("x") })
+		h := newDL(w, false)(func(context.Context, *herald.Message) error { return errors.New("x") })
 		if err := h(ctx, msg("1")); err == nil {
 			t.Fatal("dead-lettered during shutdown")
 		}
-		h = newDL(w, nil)(func(context.Context, *herald.Message) error { return herald.ErrInProgress })
+		h = newDL(w, false)(func(context.Context, *herald.Message) error { return herald.ErrInProgress })
 		if err := h(context.Background(), msg("1")); !errors.Is(err, herald.ErrInProgress) {
 			t.Fatalf("got %v", err)
 		}
@@ -221,8 +217,8 @@ func newDedupStore(t testing.TB) dedup.Storage {
 func TestDeduplicate(t *testing.T) {
 	t.Run("a processed message is skipped", func(t *testing.T) {
 		var calls, dups int
-		h := herald.Deduplicate(herald.DedupConfig{Storage: newDedupStore(t), Group: "g",
-			OnDuplicate: func(*herald.Message) { dups++ }})(
+		h := herald.Deduplicate(herald.DedupConfig{Storage: newDedupStore(t),
+			OnDuplicate: func(*herald.Message) { dups++ }}, "g")(
 			func(context.Context, *herald.Message) error { calls++; return nil })
 		for range 3 {
 			if err := h(context.Background(), msg("m-1")); err != nil {
@@ -235,7 +231,7 @@ func TestDeduplicate(t *testing.T) {
 	})
 	t.Run("a failure releases the claim so the redelivery runs", func(t *testing.T) {
 		var calls int
-		h := herald.Deduplicate(herald.DedupConfig{Storage: newDedupStore(t), Group: "g"})(
+		h := herald.Deduplicate(herald.DedupConfig{Storage: newDedupStore(t)}, "g")(
 			func(context.Context, *herald.Message) error {
 				calls++
 				if calls == 1 {
@@ -252,7 +248,7 @@ func TestDeduplicate(t *testing.T) {
 	})
 	t.Run("a redrive to the group runs once more, once", func(t *testing.T) {
 		var calls int
-		h := herald.Deduplicate(herald.DedupConfig{Storage: newDedupStore(t), Group: "g"})(
+		h := herald.Deduplicate(herald.DedupConfig{Storage: newDedupStore(t)}, "g")(
 			func(context.Context, *herald.Message) error { calls++; return nil })
 		redrive := func(group, n string) *herald.Message {
 			m := msg("m-1")
@@ -275,8 +271,8 @@ func TestDeduplicate(t *testing.T) {
 		store := newDedupStore(t)
 		var calls int
 		handler := func(context.Context, *herald.Message) error { calls++; return nil }
-		a := herald.Deduplicate(herald.DedupConfig{Storage: store, Group: "a"})(handler)
-		b := herald.Deduplicate(herald.DedupConfig{Storage: store, Group: "b"})(handler)
+		a := herald.Deduplicate(herald.DedupConfig{Storage: store}, "a")(handler)
+		b := herald.Deduplicate(herald.DedupConfig{Storage: store}, "b")(handler)
 		_ = a(context.Background(), msg("m-1"))
 		_ = b(context.Background(), msg("m-1"))
 		if calls != 2 {
@@ -288,7 +284,7 @@ func TestDeduplicate(t *testing.T) {
 		for round := range 20 {
 			var running, calls atomic.Int32
 			release := make(chan struct{})
-			h := herald.Deduplicate(herald.DedupConfig{Storage: store, Group: "g"})(
+			h := herald.Deduplicate(herald.DedupConfig{Storage: store}, "g")(
 				func(context.Context, *herald.Message) error {
 					calls.Add(1)
 					running.Add(1)
@@ -354,5 +350,21 @@ func TestObserveLogsFailureAttributes(t *testing.T) {
 		if rec[k] != want {
 			t.Errorf("log %s = %v, want %v (%s)", k, rec[k], want, buf.String())
 		}
+	}
+}
+
+// A permanent error is not retried, and its reason says so rather than
+// "gave up after 1 attempt(s)".
+func TestRetryPermanentReason(t *testing.T) {
+	h := herald.Retry(fastRetry(5))(func(context.Context, *herald.Message) error {
+		return herald.Permanent(errors.New("card declined"))
+	})
+	err := h(context.Background(), msg("1"))
+	if got, want := err.Error(), "herald: not retried: permanent: card declined"; got != want {
+		t.Errorf("reason %q, want %q", got, want)
+	}
+	var re *herald.RetryError
+	if !errors.As(err, &re) || re.Attempts != 1 {
+		t.Errorf("%v: want a RetryError with 1 attempt", err)
 	}
 }

@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"reflect"
@@ -11,16 +12,87 @@ import (
 
 type correlationKey struct{}
 
+type causationKey struct{}
+
 // WithCorrelationID returns a context whose publishes carry id in
-// HeaderCorrelationID.
+// HeaderCorrelationID. A handler's context already carries the delivered
+// message's correlation id (or, when it has none, its ID, which starts the
+// chain), so events published from a handler continue it without this.
 func WithCorrelationID(ctx context.Context, id string) context.Context {
 	return context.WithValue(ctx, correlationKey{}, id)
 }
 
-// CorrelationID returns the correlation id of ctx, or "".
+// CorrelationID returns the correlation id of ctx: the one WithCorrelationID
+// set, else in a handler the delivered message's (its
+// HeaderCorrelationID, or its ID when it has none); "" elsewhere.
 func CorrelationID(ctx context.Context) string {
-	id, _ := ctx.Value(correlationKey{}).(string)
-	return id
+	if id, ok := ctx.Value(correlationKey{}).(string); ok {
+		return id
+	}
+	if m := delivered(ctx); m != nil {
+		if id := m.Headers.Get(HeaderCorrelationID); id != "" {
+			return id
+		}
+		return m.ID
+	}
+	return ""
+}
+
+// deliveredKey holds the *Message a handler's context was made for.
+type deliveredKey struct{}
+
+// withDelivered returns the handler context for m: one context value, from
+// which CorrelationID and CausationID derive.
+func withDelivered(ctx context.Context, m *Message) context.Context {
+	return context.WithValue(ctx, deliveredKey{}, m)
+}
+
+func delivered(ctx context.Context) *Message {
+	m, _ := ctx.Value(deliveredKey{}).(*Message)
+	return m
+}
+
+// WithCausationID returns a context whose publishes carry id, the ID of
+// the message that caused them, in HeaderCausationID. A handler's context
+// carries the delivered message's ID as its causation id.
+func WithCausationID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, causationKey{}, id)
+}
+
+// CausationID returns the causation id of ctx: in a handler, the ID of the
+// message being handled; "" elsewhere unless WithCausationID set one.
+func CausationID(ctx context.Context) string {
+	if id, ok := ctx.Value(causationKey{}).(string); ok {
+		return id
+	}
+	if m := delivered(ctx); m != nil {
+		return m.ID
+	}
+	return ""
+}
+
+// lineage is the correlation and causation ids a publish stamps.
+type lineage struct{ correlation, causation string }
+
+func lineageOf(ctx context.Context) lineage {
+	return lineage{correlation: CorrelationID(ctx), causation: CausationID(ctx)}
+}
+
+// stamp adds the lineage headers to h, which it creates when nil.
+func (l lineage) stamp(h Headers) Headers {
+	if l.correlation == "" && l.causation == "" {
+		return h
+	}
+	if h == nil {
+		h = make(Headers, 2)
+	}
+	if l.correlation != "" {
+		h[HeaderCorrelationID] = l.correlation
+	}
+	if l.causation != "" {
+		h[HeaderCausationID] = l.causation
+	}
+	return h
 }
 
 // Publisher encodes typed events into Messages and writes them to a Writer:
@@ -30,22 +102,26 @@ type Publisher struct {
 	w      Writer
 	reg    *EventRegistry
 	codecs *codec.Registry
-	opts   options
+	opts   pubOptions
 	ids    ksuidSource
 	tel    *producerTelemetry // nil: telemetry off
 }
 
 // NewPublisher returns a Publisher that writes to w with its own registry.
 // It fails with ErrNilDriver when w is nil.
-func NewPublisher(w Writer, opts ...Option) (*Publisher, error) {
+// Bad options are reported at once (ErrInvalidOption).
+func NewPublisher(w Writer, opts ...PublisherOption) (*Publisher, error) {
 	if isNil(w) {
 		return nil, fmt.Errorf("herald: NewPublisher: %w", ErrNilDriver)
 	}
-	o := newOptions(opts)
-	return newPublisher(w, NewEventRegistry(o.naming), o), nil
+	o, err := newPubOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	return newPublisher(w, newEventRegistry(o.naming), o), nil
 }
 
-func newPublisher(w Writer, reg *EventRegistry, o options) *Publisher {
+func newPublisher(w Writer, reg *EventRegistry, o pubOptions) *Publisher {
 	return &Publisher{w: w, reg: reg, codecs: codec.NewRegistry(o.codecs...), opts: o,
 		tel: newProducerTelemetry(o.telemetry, w)}
 }
@@ -92,9 +168,9 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 	slab := make([]Message, len(events))
 	msgs := make([]*Message, len(events))
 	now := time.Now().UTC()
-	correlation := CorrelationID(ctx)
+	lin := lineageOf(ctx)
 	for i, e := range events {
-		if err := p.encode(&slab[i], e, now, correlation); err != nil {
+		if err := p.encode(&slab[i], e, now, lin); err != nil {
 			return nil, err
 		}
 		msgs[i] = &slab[i]
@@ -102,7 +178,7 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 	return msgs, nil
 }
 
-func (p *Publisher) encode(m *Message, e any, now time.Time, correlation string) error {
+func (p *Publisher) encode(m *Message, e any, now time.Time, lin lineage) error {
 	if e == nil {
 		return ErrNilEvent
 	}
@@ -128,11 +204,7 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, correlation string)
 	m.ContentType = c.ContentType()
 	m.Data = data
 	m.Time = now
-	if correlation != "" {
-		m.Headers = Headers{HeaderEvent: et.Name, HeaderCorrelationID: correlation}
-	} else {
-		m.Headers = Headers{HeaderEvent: et.Name}
-	}
+	m.Headers = lin.stamp(Headers{HeaderEvent: et.Name})
 	if p.opts.maxMessageBytes > 0 {
 		if n := m.Size(); n > p.opts.maxMessageBytes {
 			return fmt.Errorf("herald: %s for topic %q is %d bytes with key and headers, limit %d: %w",
@@ -143,13 +215,15 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, correlation string)
 }
 
 // PublishMessages writes ready-made messages in one Write call, filling in
-// a missing ID and Time. It checks topic names and the payload limit first.
+// a missing ID and Time, and the correlation and causation headers from
+// ctx where the message has none. It checks topic names and the payload limit first.
 // The caller must not change the messages afterwards.
 func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
 	now := time.Now().UTC()
+	lin := lineageOf(ctx)
 	valid := "" // the last topic checked: batches usually share one
 	for _, m := range msgs {
 		if m == nil {
@@ -172,6 +246,13 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 		}
 		if m.Time.IsZero() {
 			m.Time = now
+		}
+		if lin.correlation != "" && m.Headers.Get(HeaderCorrelationID) == "" ||
+			lin.causation != "" && m.Headers.Get(HeaderCausationID) == "" {
+			m.Headers = lineage{
+				correlation: cmp.Or(m.Headers.Get(HeaderCorrelationID), lin.correlation),
+				causation:   cmp.Or(m.Headers.Get(HeaderCausationID), lin.causation),
+			}.stamp(m.Headers)
 		}
 	}
 	return p.write(ctx, msgs)

@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -53,19 +54,34 @@ type AsyncPublisher struct {
 	done         chan struct{}
 }
 
-// NewAsyncPublisher starts a batching publisher on p. Close it to stop its
-// goroutine.
-func NewAsyncPublisher(p *Publisher, cfg AsyncConfig) *AsyncPublisher {
-	if cfg.MaxBatch <= 0 {
+func (c AsyncConfig) validate() error {
+	return errors.Join(
+		badIf(c.MaxBatch < 0, "AsyncConfig.MaxBatch", c.MaxBatch, "want 0 (default) or more"),
+		badIf(c.Linger < 0, "AsyncConfig.Linger", c.Linger, "want 0 (default) or more"),
+		badIf(c.MaxBuffered < 0, "AsyncConfig.MaxBuffered", c.MaxBuffered, "want 0 (default) or more"),
+		badIf(c.WriteAttempts < 0, "AsyncConfig.WriteAttempts", c.WriteAttempts, "want 0 (default) or more"))
+}
+
+// NewAsyncPublisher starts a batching publisher on p (a Bus's:
+// bus.Publisher()). Close it to stop its goroutine. Bad settings are an
+// error (ErrInvalidOption), reported all at once.
+func NewAsyncPublisher(p *Publisher, cfg AsyncConfig) (*AsyncPublisher, error) {
+	if p == nil {
+		return nil, fmt.Errorf("herald: NewAsyncPublisher: nil publisher: %w", ErrNilDriver)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = 500
 	}
-	if cfg.Linger <= 0 {
+	if cfg.Linger == 0 {
 		cfg.Linger = 5 * time.Millisecond
 	}
-	if cfg.MaxBuffered <= 0 {
+	if cfg.MaxBuffered == 0 {
 		cfg.MaxBuffered = 10000
 	}
-	if cfg.WriteAttempts <= 0 {
+	if cfg.WriteAttempts == 0 {
 		cfg.WriteAttempts = 3
 	}
 	a := &AsyncPublisher{
@@ -77,7 +93,7 @@ func NewAsyncPublisher(p *Publisher, cfg AsyncConfig) *AsyncPublisher {
 	}
 	a.writeCtx, a.cancelWrites = context.WithCancel(context.Background())
 	go a.loop()
-	return a
+	return a, nil
 }
 
 // Publish encodes events and queues them. It returns encoding errors at

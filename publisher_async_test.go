@@ -12,7 +12,10 @@ import (
 
 func TestAsyncPublisherBatchesAndFlushes(t *testing.T) {
 	p, w := newTestPublisher(t)
-	a := herald.NewAsyncPublisher(p, herald.AsyncConfig{MaxBatch: 10, Linger: time.Hour})
+	a, err := herald.NewAsyncPublisher(p, herald.AsyncConfig{MaxBatch: 10, Linger: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := testContext(t)
 	for i := range 25 {
 		if err := a.Publish(ctx, OrderPlaced{ID: "o", Amount: i}); err != nil {
@@ -47,7 +50,10 @@ func itoa(i int) string {
 
 func TestAsyncPublisherLingerAndFlush(t *testing.T) {
 	p, w := newTestPublisher(t)
-	a := herald.NewAsyncPublisher(p, herald.AsyncConfig{MaxBatch: 100, Linger: time.Millisecond})
+	a, err := herald.NewAsyncPublisher(p, herald.AsyncConfig{MaxBatch: 100, Linger: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := testContext(t)
 	defer a.Close(ctx)
 	if err := a.Publish(ctx, OrderPlaced{ID: "1"}, OrderPlaced{ID: "2"}); err != nil {
@@ -68,15 +74,18 @@ func TestAsyncPublisherReportsFailedBatches(t *testing.T) {
 	p, w := newTestPublisher(t)
 	w.failures = 3 // every attempt of the first batch
 	var reported atomic.Int32
-	a := herald.NewAsyncPublisher(p, herald.AsyncConfig{
+	a, err := herald.NewAsyncPublisher(p, herald.AsyncConfig{
 		MaxBatch: 1, WriteAttempts: 3,
 		OnError: func(msgs []*herald.Message, err error) { reported.Add(int32(len(msgs))) },
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := testContext(t)
 	defer a.Close(ctx)
 	_ = a.Publish(ctx, OrderPlaced{ID: "lost"})
 	_ = a.Publish(ctx, OrderPlaced{ID: "kept"})
-	err := a.Flush(ctx)
+	err = a.Flush(ctx)
 	if !errors.Is(err, errWrite) {
 		t.Fatalf("Flush = %v, want the write error", err)
 	}
@@ -94,7 +103,10 @@ func TestAsyncPublisherReportsFailedBatches(t *testing.T) {
 func TestAsyncPublisherBackpressure(t *testing.T) {
 	p, w := newTestPublisher(t)
 	w.block = make(chan struct{})
-	a := herald.NewAsyncPublisher(p, herald.AsyncConfig{MaxBatch: 1, MaxBuffered: 2})
+	a, err := herald.NewAsyncPublisher(p, herald.AsyncConfig{MaxBatch: 1, MaxBuffered: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := testContext(t)
 	// One message is held by the blocked Write, two fill the buffer.
 	for range 3 {
@@ -120,10 +132,13 @@ func TestAsyncPublisherCloseDeadline(t *testing.T) {
 	p, w := newTestPublisher(t)
 	w.block = make(chan struct{}) // never released: the broker hangs
 	var reported atomic.Int32
-	a := herald.NewAsyncPublisher(p, herald.AsyncConfig{
+	a, err := herald.NewAsyncPublisher(p, herald.AsyncConfig{
 		MaxBatch: 1, WriteAttempts: 1,
 		OnError: func(msgs []*herald.Message, err error) { reported.Add(int32(len(msgs))) },
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := testContext(t)
 	_ = a.Publish(ctx, OrderPlaced{})
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)

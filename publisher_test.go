@@ -13,7 +13,7 @@ import (
 	"github.com/heraldbus/herald/codec"
 )
 
-func newTestPublisher(t *testing.T, opts ...herald.Option) (*herald.Publisher, *recordingWriter) {
+func newTestPublisher(t *testing.T, opts ...herald.PublisherOption) (*herald.Publisher, *recordingWriter) {
 	t.Helper()
 	w := &recordingWriter{}
 	p, err := herald.NewPublisher(w, opts...)

@@ -82,21 +82,17 @@ type EventRegistry struct {
 	names  map[string]*EventType                       // guarded by mu
 }
 
-// NewEventRegistry returns an empty registry. naming (optional) places
+// newEventRegistry returns an empty registry. naming (optional) places
 // types that were not registered and have no Topic method.
-func NewEventRegistry(naming NamingStrategy) *EventRegistry {
+func newEventRegistry(naming NamingStrategy) *EventRegistry {
 	r := &EventRegistry{naming: naming, names: make(map[string]*EventType)}
 	empty := make(map[reflect.Type]*EventType)
 	r.types.Store(&empty)
 	return r
 }
 
-// Registry returns r itself, so that Register works on a registry as on a
-// Bus or a Publisher.
-func (r *EventRegistry) Registry() *EventRegistry { return r }
-
-// RegistryHolder is anything Register can register types in: *Bus,
-// *Publisher and *EventRegistry.
+// RegistryHolder is anything Register can register types in: a *Bus or a
+// *Publisher.
 type RegistryHolder interface{ Registry() *EventRegistry }
 
 // RegisterOption configures one registration.

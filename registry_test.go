@@ -36,7 +36,7 @@ type Event struct{ X int }
 type HTTPRequestSeen struct{}
 
 func TestRegisterAndLookup(t *testing.T) {
-	r := herald.NewEventRegistry(nil)
+	r := newRegistry(t, nil)
 	if err := herald.Register[OrderPlaced](r, "orders"); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestRegisterAndLookup(t *testing.T) {
 }
 
 func TestUnregisteredAndAutoRegistration(t *testing.T) {
-	r := herald.NewEventRegistry(nil)
+	r := newRegistry(t, nil)
 	_, err := r.Lookup(reflect.TypeFor[OrderShipped]())
 	var ue *herald.UnregisteredError
 	if !errors.As(err, &ue) || !errors.Is(err, herald.ErrUnregisteredEvent) {
@@ -75,7 +75,7 @@ func TestUnregisteredAndAutoRegistration(t *testing.T) {
 	if err != nil || et.Topic != "from.method" {
 		t.Fatalf("Topic method: %v %+v", err, et)
 	}
-	withNaming := herald.NewEventRegistry(herald.SnakeCaseTopics)
+	withNaming := newRegistry(t, herald.SnakeCaseTopics)
 	et, err = withNaming.Lookup(reflect.TypeFor[OrderShipped]())
 	if err != nil || et.Topic != "order_shipped" {
 		t.Fatalf("naming strategy: %v %+v", err, et)
@@ -95,7 +95,7 @@ func TestSnakeCaseTopics(t *testing.T) {
 }
 
 func TestEventNames(t *testing.T) {
-	r := herald.NewEventRegistry(nil)
+	r := newRegistry(t, nil)
 	// Equal type names in different packages do not collide.
 	herald.MustRegister[Event](r, "shared")
 	herald.MustRegister[drivertest.Event](r, "shared")
@@ -124,7 +124,7 @@ func TestEventNames(t *testing.T) {
 }
 
 func TestRegisterRejectsBadInput(t *testing.T) {
-	r := herald.NewEventRegistry(nil)
+	r := newRegistry(t, nil)
 	for _, topic := range []string{"", "a b", "x;drop table", string(make([]byte, 201))} {
 		err := herald.Register[OrderShipped](r, topic)
 		var ne *herald.NameError
@@ -139,7 +139,7 @@ func TestRegisterRejectsBadInput(t *testing.T) {
 }
 
 func TestWithKeyOverridesMethod(t *testing.T) {
-	r := herald.NewEventRegistry(nil)
+	r := newRegistry(t, nil)
 	herald.MustRegister[OrderPlaced](r, "orders", herald.WithKey(func(o OrderPlaced) string { return "k-" + o.ID }))
 	et, _ := r.Lookup(reflect.TypeFor[OrderPlaced]())
 	if got := et.Key(&OrderPlaced{ID: "1"}); got != "k-1" {
@@ -148,7 +148,7 @@ func TestWithKeyOverridesMethod(t *testing.T) {
 }
 
 func TestRegistryConcurrentUse(t *testing.T) {
-	r := herald.NewEventRegistry(herald.SnakeCaseTopics)
+	r := newRegistry(t, herald.SnakeCaseTopics)
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
@@ -162,4 +162,26 @@ func TestRegistryConcurrentUse(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// registryOf is a Publisher seen as the registry holder Register takes and
+// the registry it looks types up in.
+type registryOf struct{ *herald.Publisher }
+
+func (r registryOf) Lookup(t reflect.Type) (*herald.EventType, error) { return r.Registry().Lookup(t) }
+
+func (r registryOf) ByName(name string) (*herald.EventType, bool) { return r.Registry().ByName(name) }
+
+// newRegistry returns the registry of a new Publisher with naming (nil: none).
+func newRegistry(t testing.TB, naming herald.NamingStrategy) registryOf {
+	t.Helper()
+	var opts []herald.PublisherOption
+	if naming != nil {
+		opts = append(opts, herald.WithNamingStrategy(naming))
+	}
+	p, err := herald.NewPublisher(discardWriter{}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return registryOf{p}
 }

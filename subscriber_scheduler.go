@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,15 +11,17 @@ import (
 	"github.com/heraldbus/herald/internal/backoff"
 )
 
-// SchedulerConfig configures a SubscriberScheduler. The zero value of every
-// field means its default.
+// SchedulerConfig configures the scheduler of a subscription
+// (WithScheduler): the keyed worker pool that fetches, runs and
+// acknowledges its messages (see the package doc). The zero value of every
+// field means its default; negative values are errors.
 type SchedulerConfig struct {
 	// Concurrency is how many handlers run at once (default 1). Messages
 	// with one key never run concurrently and run in the order the driver
 	// delivered them; messages without a key run on any worker.
 	Concurrency int
 	// MaxInFlight bounds the deliveries fetched and not yet settled
-	// (default 4 x Concurrency, at least 256). It is what lets the
+	// (default 4 x Concurrency, at least 256 and FetchBatch). It is what lets the
 	// scheduler find work for idle workers while some keys are busy, and it
 	// bounds one Fetch: network drivers read more per round trip with a
 	// larger window.
@@ -27,7 +30,7 @@ type SchedulerConfig struct {
 	FetchBatch int
 	// RedeliveryBackoff and MaxRedeliveryBackoff pace the redelivery of a
 	// message whose handler chain returned an error (defaults 100 ms and
-	// 10 s, doubling, with jitter). See SubscriberScheduler.
+	// 10 s, doubling, with jitter). See scheduler.
 	RedeliveryBackoff    time.Duration
 	MaxRedeliveryBackoff time.Duration
 	// OnError receives driver errors and handler errors (as
@@ -37,28 +40,51 @@ type SchedulerConfig struct {
 
 func (c SchedulerConfig) withDefaults() SchedulerConfig {
 	c.Concurrency = max(c.Concurrency, 1)
-	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = max(4*c.Concurrency, 256)
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = max(4*c.Concurrency, 256, c.FetchBatch)
 	}
-	c.MaxInFlight = max(c.MaxInFlight, c.Concurrency)
-	if c.FetchBatch <= 0 {
+	if c.FetchBatch == 0 {
 		c.FetchBatch = min(c.MaxInFlight, 256)
 	}
-	c.FetchBatch = min(c.FetchBatch, c.MaxInFlight)
-	if c.RedeliveryBackoff <= 0 {
+	if c.RedeliveryBackoff == 0 {
 		c.RedeliveryBackoff = 100 * time.Millisecond
 	}
-	if c.MaxRedeliveryBackoff <= 0 {
-		c.MaxRedeliveryBackoff = 10 * time.Second
+	if c.MaxRedeliveryBackoff == 0 {
+		c.MaxRedeliveryBackoff = max(10*time.Second, c.RedeliveryBackoff)
 	}
-	c.MaxRedeliveryBackoff = max(c.MaxRedeliveryBackoff, c.RedeliveryBackoff)
 	if c.OnError == nil {
 		c.OnError = func(error) {}
 	}
 	return c
 }
 
-// SubscriberScheduler runs one handler over one consumer-group
+// validate reports every setting that no default fills: negative values,
+// a window smaller than the concurrency or than one fetch, a maximum
+// backoff below the first.
+func (c SchedulerConfig) validate() error {
+	return errors.Join(
+		badIf(c.Concurrency < 0, "SchedulerConfig.Concurrency", c.Concurrency, "want 0 (default 1) or more"),
+		badIf(c.MaxInFlight < 0, "SchedulerConfig.MaxInFlight", c.MaxInFlight, "want 0 (default) or more"),
+		badIf(c.MaxInFlight > 0 && c.MaxInFlight < c.Concurrency, "SchedulerConfig.MaxInFlight", c.MaxInFlight,
+			fmt.Sprintf("below Concurrency %d: workers would have nothing to run", c.Concurrency)),
+		badIf(c.FetchBatch < 0, "SchedulerConfig.FetchBatch", c.FetchBatch, "want 0 (default) or more"),
+		badIf(c.FetchBatch > 0 && c.MaxInFlight > 0 && c.FetchBatch > c.MaxInFlight, "SchedulerConfig.FetchBatch", c.FetchBatch,
+			fmt.Sprintf("above MaxInFlight %d", c.MaxInFlight)),
+		badIf(c.RedeliveryBackoff < 0, "SchedulerConfig.RedeliveryBackoff", c.RedeliveryBackoff, "want 0 (default) or more"),
+		badIf(c.MaxRedeliveryBackoff < 0, "SchedulerConfig.MaxRedeliveryBackoff", c.MaxRedeliveryBackoff, "want 0 (default) or more"),
+		badIf(c.MaxRedeliveryBackoff > 0 && c.MaxRedeliveryBackoff < c.RedeliveryBackoff, "SchedulerConfig.MaxRedeliveryBackoff",
+			c.MaxRedeliveryBackoff, "below RedeliveryBackoff"))
+}
+
+// same reports whether c and o are the same settings (two OnError
+// functions count as the same only when both are nil).
+func (c SchedulerConfig) same(o SchedulerConfig) bool {
+	return c.OnError == nil && o.OnError == nil &&
+		c.Concurrency == o.Concurrency && c.MaxInFlight == o.MaxInFlight && c.FetchBatch == o.FetchBatch &&
+		c.RedeliveryBackoff == o.RedeliveryBackoff && c.MaxRedeliveryBackoff == o.MaxRedeliveryBackoff
+}
+
+// scheduler runs one handler over one consumer-group
 // subscription: it fetches deliveries from a Reader, runs them on a pool of
 // workers with per-key order, and acknowledges each one after its handler
 // returned nil.
@@ -79,7 +105,7 @@ func (c SchedulerConfig) withDefaults() SchedulerConfig {
 // Shutdown stops fetching, lets running handlers finish, abandons fetched
 // messages that have not started (the driver redelivers them), and closes
 // the subscription.
-type SubscriberScheduler struct {
+type scheduler struct {
 	reader  Reader
 	topic   string
 	group   string
@@ -124,9 +150,9 @@ type keyQueue struct {
 	head  int
 }
 
-// NewSubscriberScheduler returns a scheduler for topic and group; Start
+// newScheduler returns a scheduler for topic and group; Start
 // runs it. handler is usually a middleware chain (see Chain).
-func NewSubscriberScheduler(r Reader, topic, group string, handler HandlerFunc, cfg SchedulerConfig) (*SubscriberScheduler, error) {
+func newScheduler(r Reader, topic, group string, handler HandlerFunc, cfg SchedulerConfig) (*scheduler, error) {
 	if err := errors.Join(ValidateName("topic", topic), ValidateName("group", group)); err != nil {
 		return nil, err
 	}
@@ -134,7 +160,7 @@ func NewSubscriberScheduler(r Reader, topic, group string, handler HandlerFunc, 
 		return nil, errors.New("herald: scheduler needs a reader and a handler")
 	}
 	cfg = cfg.withDefaults()
-	return &SubscriberScheduler{
+	return &scheduler{
 		reader:     r,
 		topic:      topic,
 		group:      group,
@@ -150,10 +176,10 @@ func NewSubscriberScheduler(r Reader, topic, group string, handler HandlerFunc, 
 }
 
 // Topic returns the topic the scheduler consumes.
-func (s *SubscriberScheduler) Topic() string { return s.topic }
+func (s *scheduler) Topic() string { return s.topic }
 
 // Group returns the consumer group the scheduler belongs to.
-func (s *SubscriberScheduler) Group() string { return s.group }
+func (s *scheduler) Group() string { return s.group }
 
 // Start subscribes and starts the workers. It makes the first Subscribe
 // call itself, so that when it returns the group exists and a message
@@ -162,7 +188,7 @@ func (s *SubscriberScheduler) Group() string { return s.group }
 // the background with backoff, as it does for failing Fetch calls. Cancelling ctx stops the scheduler as a Shutdown whose deadline
 // has passed would: handler contexts are cancelled at once. Start may be
 // called once.
-func (s *SubscriberScheduler) Start(ctx context.Context) error {
+func (s *scheduler) Start(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("herald: scheduler already started")
 	}
@@ -197,7 +223,7 @@ func (s *SubscriberScheduler) Start(ctx context.Context) error {
 }
 
 // Done is closed when the scheduler has fully stopped.
-func (s *SubscriberScheduler) Done() <-chan struct{} { return s.done }
+func (s *scheduler) Done() <-chan struct{} { return s.done }
 
 // Shutdown stops fetching, waits for running handlers to return, and
 // closes the subscription, which flushes acknowledgments and hands
@@ -206,7 +232,7 @@ func (s *SubscriberScheduler) Done() <-chan struct{} { return s.done }
 // (a handler that ignores its context delays it), then returns ctx.Err().
 // No goroutine of the scheduler outlives Shutdown. It is safe to call more
 // than once; later calls wait for the first and return its result.
-func (s *SubscriberScheduler) Shutdown(ctx context.Context) error {
+func (s *scheduler) Shutdown(ctx context.Context) error {
 	if !s.started.Load() {
 		return nil
 	}
@@ -253,7 +279,7 @@ func (s *SubscriberScheduler) Shutdown(ctx context.Context) error {
 // unstarted collects the deliveries that were fetched and never started:
 // those still ready, those waiting behind their key, and those the workers
 // dropped as they stopped. Called once the workers and the intake are done.
-func (s *SubscriberScheduler) unstarted() []Delivery {
+func (s *scheduler) unstarted() []Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ds := s.abandoned
@@ -271,7 +297,7 @@ func (s *SubscriberScheduler) unstarted() []Delivery {
 
 // adopt makes sub the scheduler's subscription and routes its background
 // errors to OnError.
-func (s *SubscriberScheduler) adopt(sub Subscription) {
+func (s *scheduler) adopt(sub Subscription) {
 	if r, ok := sub.(ErrorReporter); ok {
 		r.ReportErrorsTo(func(err error) { s.report("background", "", err) })
 	}
@@ -280,7 +306,7 @@ func (s *SubscriberScheduler) adopt(sub Subscription) {
 	s.subMu.Unlock()
 }
 
-func (s *SubscriberScheduler) report(op, msgID string, err error) {
+func (s *scheduler) report(op, msgID string, err error) {
 	if op == "subscribe" || op == "fetch" {
 		s.driverErrors.Add(1)
 		text := err.Error()
@@ -291,7 +317,7 @@ func (s *SubscriberScheduler) report(op, msgID string, err error) {
 }
 
 // intake subscribes, then fetches as long as there are free slots.
-func (s *SubscriberScheduler) intake(ctx context.Context) {
+func (s *scheduler) intake(ctx context.Context) {
 	defer close(s.intakeDone)
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	sub := s.sub // set by Start when its Subscribe succeeded
@@ -366,7 +392,7 @@ func (s *SubscriberScheduler) intake(ctx context.Context) {
 }
 
 // dispatch queues each delivery behind its key, or makes it ready.
-func (s *SubscriberScheduler) dispatch(ds []Delivery) {
+func (s *scheduler) dispatch(ds []Delivery) {
 	s.mu.Lock()
 	for _, d := range ds {
 		key := d.Message.Key
@@ -389,7 +415,7 @@ func (s *SubscriberScheduler) dispatch(ds []Delivery) {
 	s.mu.Unlock()
 }
 
-func (s *SubscriberScheduler) newQueue() *keyQueue {
+func (s *scheduler) newQueue() *keyQueue {
 	if n := len(s.spare); n > 0 {
 		q := s.spare[n-1]
 		s.spare = s.spare[:n-1]
@@ -399,7 +425,7 @@ func (s *SubscriberScheduler) newQueue() *keyQueue {
 }
 
 // following returns the next waiting delivery of key, or frees the key.
-func (s *SubscriberScheduler) following(key string) (Delivery, bool) {
+func (s *scheduler) following(key string) (Delivery, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	q := s.active[key]
@@ -431,13 +457,13 @@ func (s *SubscriberScheduler) following(key string) (Delivery, bool) {
 }
 
 // abandon records d, fetched and never started, for Release.
-func (s *SubscriberScheduler) abandon(d Delivery) {
+func (s *scheduler) abandon(d Delivery) {
 	s.mu.Lock()
 	s.abandoned = append(s.abandoned, d)
 	s.mu.Unlock()
 }
 
-func (s *SubscriberScheduler) work() {
+func (s *scheduler) work() {
 	defer s.workers.Done()
 	for {
 		var d Delivery
@@ -473,7 +499,7 @@ func (s *SubscriberScheduler) work() {
 
 // run handles d until it succeeds (then acknowledges it) or the scheduler
 // stops (then abandons it to the driver).
-func (s *SubscriberScheduler) run(d Delivery) {
+func (s *scheduler) run(d Delivery) {
 	count := max(d.Count, 1)
 	wait := backoff.New(s.cfg.RedeliveryBackoff, s.cfg.MaxRedeliveryBackoff)
 	for {
@@ -519,7 +545,7 @@ func DeliveryCount(ctx context.Context) int {
 // Lag returns how many messages the group has not acknowledged, when the
 // subscription's driver knows (see LagReporter); ok is false when it does
 // not, or before the scheduler has subscribed.
-func (s *SubscriberScheduler) Lag(ctx context.Context) (n int64, ok bool, err error) {
+func (s *scheduler) Lag(ctx context.Context) (n int64, ok bool, err error) {
 	s.subMu.Lock()
 	sub := s.sub
 	s.subMu.Unlock()

@@ -45,7 +45,10 @@ func (s *flakySubscription) Fetch(ctx context.Context, dst []herald.Delivery) (i
 }
 
 func newBroker(t *testing.T, opts ...memdriver.Option) *memdriver.Broker {
-	b := memdriver.New(opts...)
+	b, err := memdriver.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = b.Close() })
 	return b
 }
@@ -61,9 +64,9 @@ func publishRaw(t *testing.T, w herald.Writer, topic string, keys ...string) {
 	}
 }
 
-func startScheduler(t *testing.T, r herald.Reader, h herald.HandlerFunc, cfg herald.SchedulerConfig) *herald.SubscriberScheduler {
+func startScheduler(t *testing.T, r herald.Reader, h herald.HandlerFunc, cfg herald.SchedulerConfig) *herald.Scheduler {
 	t.Helper()
-	s, err := herald.NewSubscriberScheduler(r, "jobs", "workers", h, cfg)
+	s, err := herald.NewScheduler(r, "jobs", "workers", h, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,13 +80,13 @@ func startScheduler(t *testing.T, r herald.Reader, h herald.HandlerFunc, cfg her
 func TestSchedulerRejectsBadConfig(t *testing.T) {
 	b := newBroker(t)
 	h := func(context.Context, *herald.Message) error { return nil }
-	if _, err := herald.NewSubscriberScheduler(b, "bad topic", "g", h, herald.SchedulerConfig{}); !errors.Is(err, herald.ErrInvalidName) {
+	if _, err := herald.NewScheduler(b, "bad topic", "g", h, herald.SchedulerConfig{}); !errors.Is(err, herald.ErrInvalidName) {
 		t.Fatalf("bad topic: %v", err)
 	}
-	if _, err := herald.NewSubscriberScheduler(b, "t", "", h, herald.SchedulerConfig{}); !errors.Is(err, herald.ErrInvalidName) {
+	if _, err := herald.NewScheduler(b, "t", "", h, herald.SchedulerConfig{}); !errors.Is(err, herald.ErrInvalidName) {
 		t.Fatalf("empty group: %v", err)
 	}
-	if _, err := herald.NewSubscriberScheduler(b, "t", "g", nil, herald.SchedulerConfig{}); err == nil {
+	if _, err := herald.NewScheduler(b, "t", "g", nil, herald.SchedulerConfig{}); err == nil {
 		t.Fatal("nil handler accepted")
 	}
 }
@@ -230,7 +233,7 @@ func TestSchedulerShutdownDeadlineCancelsHandlers(t *testing.T) {
 func TestSchedulerStartContextCancellation(t *testing.T) {
 	b := newBroker(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := herald.NewSubscriberScheduler(b, "jobs", "workers", func(ctx context.Context, m *herald.Message) error {
+	s, err := herald.NewScheduler(b, "jobs", "workers", func(ctx context.Context, m *herald.Message) error {
 		<-ctx.Done()
 		return ctx.Err()
 	}, herald.SchedulerConfig{})

@@ -52,26 +52,44 @@ import (
 //   - the outbox relay's herald.outbox.* metrics (see package outbox).
 
 // WithTracerProvider traces with tp instead of the global provider.
-func WithTracerProvider(tp trace.TracerProvider) Option {
-	return func(o *options) { o.telemetry.TracerProvider = tp }
+func WithTracerProvider(tp trace.TracerProvider) PublisherOption {
+	return pubOption(func(o *pubOptions) {
+		if isNil(tp) {
+			o.errs = append(o.errs, &OptionError{Option: "WithTracerProvider", Value: nil, Reason: "nil provider (leave the option out to follow the global one)"})
+			return
+		}
+		o.telemetry.TracerProvider = tp
+	})
 }
 
 // WithMeterProvider measures with mp instead of the global provider.
-func WithMeterProvider(mp metric.MeterProvider) Option {
-	return func(o *options) { o.telemetry.MeterProvider = mp }
+func WithMeterProvider(mp metric.MeterProvider) PublisherOption {
+	return pubOption(func(o *pubOptions) {
+		if isNil(mp) {
+			o.errs = append(o.errs, &OptionError{Option: "WithMeterProvider", Value: nil, Reason: "nil provider (leave the option out to follow the global one)"})
+			return
+		}
+		o.telemetry.MeterProvider = mp
+	})
 }
 
 // WithPropagator carries trace context with p instead of W3C trace context
 // alone (for example otel.GetTextMapPropagator() to follow the
 // application's global choice, baggage included).
-func WithPropagator(p propagation.TextMapPropagator) Option {
-	return func(o *options) { o.telemetry.Propagator = p }
+func WithPropagator(p propagation.TextMapPropagator) PublisherOption {
+	return pubOption(func(o *pubOptions) {
+		if isNil(p) {
+			o.errs = append(o.errs, &OptionError{Option: "WithPropagator", Value: nil, Reason: "nil propagator"})
+			return
+		}
+		o.telemetry.Propagator = p
+	})
 }
 
 // WithoutTelemetry turns tracing, metrics and trace-context propagation
 // off: messages pass through with the trace headers they already carry.
-func WithoutTelemetry() Option {
-	return func(o *options) { o.telemetry.Disabled = true }
+func WithoutTelemetry() PublisherOption {
+	return pubOption(func(o *pubOptions) { o.telemetry.Disabled = true })
 }
 
 // producerTelemetry is a Publisher's instruments.
@@ -192,7 +210,7 @@ type consumerInstruments struct {
 
 // newConsumerTelemetry returns the instruments of a Bus reading r; the lag
 // gauge asks scheds for the running subscriptions at each collection.
-func newConsumerTelemetry(cfg telemetry.Config, r Reader, scheds func() []*SubscriberScheduler) *consumerTelemetry {
+func newConsumerTelemetry(cfg telemetry.Config, r Reader, scheds func() []*scheduler) *consumerTelemetry {
 	p := cfg.Resolve()
 	if p == nil {
 		return nil
@@ -326,7 +344,7 @@ func deadLettered(in *consumerInstruments) metric.Int64Counter { return in.deadL
 
 // observeLag registers the callback of the lag gauge: at each collection
 // it asks the running subscriptions whose driver knows its lag.
-func (t *consumerTelemetry) observeLag(m metric.Meter, lag metric.Int64ObservableGauge, scheds func() []*SubscriberScheduler) metric.Registration {
+func (t *consumerTelemetry) observeLag(m metric.Meter, lag metric.Int64ObservableGauge, scheds func() []*scheduler) metric.Registration {
 	reg, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		var errs []error
 		for _, s := range scheds() {

@@ -371,12 +371,15 @@ func TestTelemetryFollowsGlobalProviders(t *testing.T) {
 func TestTelemetryAsyncPublisher(t *testing.T) {
 	h := newOTelHarness(t)
 	w := &recordingWriter{}
-	p, err := herald.NewPublisher(w, h.options()...)
+	p, err := herald.NewPublisher(w, herald.WithTracerProvider(h.tp), herald.WithMeterProvider(h.mp))
 	if err != nil {
 		t.Fatal(err)
 	}
 	herald.MustRegister[OrderPlaced](p, "orders")
-	ap := herald.NewAsyncPublisher(p, herald.AsyncConfig{})
+	ap, err := herald.NewAsyncPublisher(p, herald.AsyncConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := testContext(t)
 	must(t, ap.Publish(ctx, OrderPlaced{ID: "1"}))
 	must(t, ap.Close(ctx))

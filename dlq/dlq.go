@@ -41,8 +41,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"strings"
-	"time"
 
 	"github.com/heraldbus/herald"
 )
@@ -51,29 +49,13 @@ import (
 // message ID asked for (or it was already redriven).
 var ErrNotFound = errors.New("dlq: entry not found")
 
-// deadLetterHeaderPrefix starts the headers herald.DeadLetter adds
-// (herald.HeaderDeadLetterReason and its siblings); Redrive removes them.
-const deadLetterHeaderPrefix = "herald-dlq-"
-
 // NewEntry returns the Entry for the dead-lettered message m found at
-// position, with the fields taken from its herald-dlq-* and redrive
-// headers. A missing or malformed attempts, time or redrive count header
-// leaves that field zero. Store
-// implementations use it; m becomes the entry's Message.
+// position, with its DeadLetterRecord read from the herald-dlq-* headers
+// (herald.ReadDeadLetter) and its redrive count. A missing or malformed
+// header leaves its field zero. Store implementations use it; m becomes the
+// entry's Message.
 func NewEntry(position string, m *herald.Message) Entry {
-	e := Entry{
-		Position: position,
-		Message:  m,
-		Reason:   m.Headers.Get(herald.HeaderDeadLetterReason),
-		Topic:    m.Headers.Get(herald.HeaderDeadLetterTopic),
-		Group:    m.Headers.Get(herald.HeaderDeadLetterGroup),
-	}
-	if n, err := strconv.Atoi(m.Headers.Get(herald.HeaderDeadLetterAttempts)); err == nil && n > 0 {
-		e.Attempts = n
-	}
-	if t, err := time.Parse(time.RFC3339Nano, m.Headers.Get(herald.HeaderDeadLetterTime)); err == nil {
-		e.Time = t.UTC()
-	}
+	e := Entry{Position: position, Message: m, DeadLetterRecord: herald.ReadDeadLetter(m)}
 	if m.Headers.Get(herald.HeaderRedriveGroup) == e.Group {
 		if n, err := strconv.Atoi(m.Headers.Get(herald.HeaderRedriveCount)); err == nil && n > 0 {
 			e.Redrives = n
@@ -90,7 +72,7 @@ func (e Entry) Original() *herald.Message {
 	m := e.Message.Clone()
 	m.Topic = e.Topic
 	for k := range m.Headers {
-		if strings.HasPrefix(k, deadLetterHeaderPrefix) || k == herald.HeaderRedriveGroup || k == herald.HeaderRedriveCount {
+		if herald.IsDeadLetterHeader(k) || k == herald.HeaderRedriveGroup || k == herald.HeaderRedriveCount {
 			delete(m.Headers, k)
 		}
 	}
@@ -127,20 +109,10 @@ type Entry struct {
 	// Message is the dead-lettered message as stored, herald-dlq-* headers
 	// included; Message.Topic is the dead-letter topic.
 	Message *herald.Message
-	// Reason is the error that sent it there (HeaderDeadLetterReason).
-	Reason string
-	// Attempts is how many times the handler ran before it gave up
-	// (HeaderDeadLetterAttempts; 0 when absent or malformed).
-	Attempts int
-	// Topic is the topic it was read from and is redriven to
-	// (HeaderDeadLetterTopic).
-	Topic string
-	// Group is the subscriber group that gave up on it
-	// (HeaderDeadLetterGroup).
-	Group string
-	// Time is when it was dead-lettered (HeaderDeadLetterTime; zero when
-	// absent or malformed).
-	Time time.Time
+	// DeadLetterRecord says why it is there: Reason, Attempts, Topic (the
+	// one it was read from and is redriven to), Group (that gave up on it)
+	// and Time.
+	herald.DeadLetterRecord
 	// Redrives is how many times the message had been redriven to Group
 	// before it was dead-lettered this time (its HeaderRedriveCount; 0 for
 	// a message that never was).

@@ -31,8 +31,8 @@ func deadLettered() *herald.Message {
 func TestNewEntry(t *testing.T) {
 	m := deadLettered()
 	e := dlq.NewEntry("0:7", m)
-	want := dlq.Entry{Position: "0:7", Message: m, Reason: "card declined", Attempts: 3, Topic: "orders", Group: "billing",
-		Time: time.Date(2026, 1, 2, 3, 4, 6, 500_000_000, time.UTC)}
+	want := dlq.Entry{Position: "0:7", Message: m, DeadLetterRecord: herald.DeadLetterRecord{Reason: "card declined", Attempts: 3,
+		Topic: "orders", Group: "billing", Time: time.Date(2026, 1, 2, 3, 4, 6, 500_000_000, time.UTC)}}
 	if e != want {
 		t.Errorf("NewEntry = %+v\nwant %+v", e, want)
 	}
@@ -46,6 +46,30 @@ func TestNewEntry(t *testing.T) {
 	}
 	if e := dlq.NewEntry("1-0", &herald.Message{ID: "x"}); e.Topic != "" || e.Reason != "" || e.Message.ID != "x" {
 		t.Errorf("no headers: %+v", e)
+	}
+}
+
+// The dead-letter format round-trips: what DeadLetterRecord.Message
+// writes, ReadDeadLetter (and so NewEntry) reads back, field for field.
+func TestDeadLetterRecordRoundTrip(t *testing.T) {
+	rec := herald.DeadLetterRecord{Reason: "herald: not retried: permanent: card declined\nline two", Attempts: 4,
+		Topic: "orders", Group: "billing", Time: time.Date(2026, 3, 4, 5, 6, 7, 891_000_000, time.UTC)}
+	orig := &herald.Message{ID: "m1", Topic: "orders", Key: "k", ContentType: "application/json", Data: []byte("{}"),
+		Headers: herald.Headers{"traceparent": "tp", herald.HeaderEvent: "OrderPlaced"}}
+	dl := rec.Message(orig, "orders.dlq")
+	if got := herald.ReadDeadLetter(dl); got != rec {
+		t.Errorf("ReadDeadLetter(Message) = %+v, want %+v", got, rec)
+	}
+	if e := dlq.NewEntry("0:1", dl); e.DeadLetterRecord != rec {
+		t.Errorf("NewEntry = %+v, want %+v", e.DeadLetterRecord, rec)
+	}
+	if dl.Topic != "orders.dlq" || dl.ID != orig.ID || dl.Headers["traceparent"] != "tp" || orig.Headers[herald.HeaderDeadLetterReason] != "" {
+		t.Errorf("dead letter %+v of %+v", dl, orig)
+	}
+	for k := range dl.Headers {
+		if herald.IsDeadLetterHeader(k) != (k != "traceparent" && k != herald.HeaderEvent) {
+			t.Errorf("IsDeadLetterHeader(%q) = %v", k, herald.IsDeadLetterHeader(k))
+		}
 	}
 }
 

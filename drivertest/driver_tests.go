@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync"
 	"testing"
@@ -153,6 +154,38 @@ func onlyMarker(t *testing.T, ctx context.Context, d herald.Driver, sub herald.S
 		t.Fatalf("a refused write left message %s behind; want nothing but the marker %s", got[0].Message.ID, marker.ID)
 	}
 	Ack(t, sub, got...)
+}
+
+// testClose checks the lifecycle every driver shares: Close closes the
+// subscriptions still open, later calls fail with herald.ErrClosed, and a
+// second Close is a no-op.
+func testClose(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	c, ok := d.(io.Closer)
+	if !ok {
+		t.Fatalf("%T has no Close() error: every driver has one (it does not close a client it was given)", d)
+	}
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	sub := subscribe(t, ctx, d, topic, group)
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := d.Write(ctx, newMessages(topic, 1, noKey)); !errors.Is(err, herald.ErrClosed) {
+		t.Errorf("Write after Close = %v, want ErrClosed", err)
+	}
+	if _, err := d.Subscribe(ctx, topic, Name(t, "g2")); !errors.Is(err, herald.ErrClosed) {
+		t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
+	}
+	short, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	if _, err := sub.Fetch(short, make([]herald.Delivery, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Fetch on a subscription the driver's Close closed = %v, want an error at once", err)
+	}
+	_ = sub.Close(ctx)
 }
 
 // testPing checks herald.Pinger where the driver has it: an open driver

@@ -80,6 +80,7 @@ func RunDriver(t *testing.T, cfg Config) {
 		{"RoundTripKeepsEveryField", testRoundTrip},
 		{"EmptyWriteIsNoop", testEmptyWrite},
 		{"Ping", testPing},
+		{"CloseIsFinal", testClose},
 		{"LargeBatch", testLargeBatch},
 		{"LargeMessage", testLargeMessage},
 		{"OversizedMessage", testOversized},

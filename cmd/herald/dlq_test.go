@@ -86,11 +86,10 @@ func dlqFixture(t *testing.T, w herald.Writer, topic string) map[string]*herald.
 	if err := w.Write(ctx, msgs); err != nil {
 		t.Fatal(err)
 	}
-	handle := herald.DeadLetter(herald.DeadLetterConfig{Writer: w, Group: "billing"})(func(ctx context.Context, m *herald.Message) error {
-		return herald.Permanent(fmt.Errorf("cannot bill order %s:\nthe card was declined %s", m.ID, strings.Repeat("again and ", 10)))
-	})
 	for _, m := range sent {
-		if err := handle(ctx, m.Clone()); err != nil {
+		rec := herald.DeadLetterRecord{Reason: fmt.Sprintf("cannot bill order %s:\nthe card was declined %s", m.ID, strings.Repeat("again and ", 10)),
+			Attempts: 1, Topic: m.Topic, Group: "billing", Time: time.Now()}
+		if err := w.Write(ctx, []*herald.Message{rec.Message(m, herald.DeadLetterTopic(m.Topic))}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -326,7 +326,7 @@ func TestRelayCommandPostgres(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	broker := memdriver.New()
+	broker := newMemBroker(t)
 	defer broker.Close()
 	ctx := context.Background()
 	sub, err := broker.Subscribe(ctx, "cmd.test", "g")
@@ -595,4 +595,15 @@ func TestRelayProcessStopsOnSIGTERM(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newMemBroker returns a memory broker, closed when t ends.
+func newMemBroker(t testing.TB, opts ...memdriver.Option) *memdriver.Broker {
+	t.Helper()
+	b, err := memdriver.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
 }

@@ -355,7 +355,10 @@ func openTarget(cfg relayConfig, logger *slog.Logger) (herald.Writer, func() err
 		return openRedis(cfg.RedisAddr, cfg.RedisPassword, cfg.RedisDB, cfg.RedisKeyPrefix)
 	default:
 		logger.Warn("herald relay: target memory keeps messages in this process only, where nothing reads them; use it to try the relay out")
-		b := memdriver.New()
+		b, err := memdriver.New()
+		if err != nil {
+			return nil, nil, err
+		}
 		return b, b.Close, nil
 	}
 }

@@ -65,7 +65,7 @@ func TestProtobufRejectsNonProto(t *testing.T) {
 }
 
 func TestBusProtobufAndForeignMessages(t *testing.T) {
-	broker := memdriver.New()
+	broker := newMemBroker(t)
 	t.Cleanup(func() { _ = broker.Close() })
 	bus, err := herald.NewBus(broker, herald.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
@@ -96,4 +96,15 @@ func TestBusProtobufAndForeignMessages(t *testing.T) {
 			t.Fatalf("%s never arrived", want)
 		}
 	}
+}
+
+// newMemBroker returns a memory broker, closed when t ends.
+func newMemBroker(t testing.TB, opts ...memdriver.Option) *memdriver.Broker {
+	t.Helper()
+	b, err := memdriver.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
 }

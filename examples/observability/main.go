@@ -87,7 +87,10 @@ func run(out io.Writer) error {
 
 	// Service B's side: a bus on the broker with a handler that fails
 	// once and succeeds on the retry.
-	broker := memdriver.New()
+	broker, err := memdriver.New()
+	if err != nil {
+		return err
+	}
 	defer broker.Close()
 	telemetry := []herald.Option{herald.WithTracerProvider(tp), herald.WithMeterProvider(mp), herald.WithLogger(quiet)}
 	bus, err := herald.NewBus(broker, append(telemetry, herald.WithPublishWriter(ow))...)

@@ -82,7 +82,10 @@ func run(w io.Writer) error {
 
 	// Publish writes rows into the outbox in the caller's transaction; the
 	// relay moves committed rows to the broker the subscribers read.
-	broker := memdriver.New()
+	broker, err := memdriver.New()
+	if err != nil {
+		return err
+	}
 	defer broker.Close()
 	outboxWriter, err := outbox.NewWriter(outbox.SQLite, "outbox")
 	if err != nil {

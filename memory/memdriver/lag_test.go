@@ -39,7 +39,7 @@ func lagOf(t *testing.T, sub herald.Subscription) int64 {
 // count; acknowledged ones do not.
 func TestLagCountsUnacknowledged(t *testing.T) {
 	const n, k = 20, 7
-	b := memdriver.New()
+	b := newMemBroker(t)
 	defer b.Close()
 	ctx := context.Background()
 	if err := b.Write(ctx, keyed("t", n)); err != nil {
@@ -92,7 +92,7 @@ func TestLagCountsUnacknowledged(t *testing.T) {
 // Acknowledging out of order: a message acknowledged above an
 // unacknowledged one no longer counts.
 func TestLagSkipsAcknowledgedAboveAGap(t *testing.T) {
-	b := memdriver.New(memdriver.WithPartitions(1))
+	b := newMemBroker(t, memdriver.WithPartitions(1))
 	defer b.Close()
 	ctx := context.Background()
 	_ = b.Write(ctx, msgs("t", "a", "b", "c", "d"))
@@ -110,7 +110,7 @@ func TestLagSkipsAcknowledgedAboveAGap(t *testing.T) {
 // their lag, in-flight messages handed back included.
 func TestLagPerMemberAddsUpToBacklog(t *testing.T) {
 	const n = 40
-	b := memdriver.New(memdriver.WithPartitions(4))
+	b := newMemBroker(t, memdriver.WithPartitions(4))
 	defer b.Close()
 	ctx := context.Background()
 	first, _ := b.Subscribe(ctx, "t", "g")
@@ -136,7 +136,7 @@ func TestLagPerMemberAddsUpToBacklog(t *testing.T) {
 }
 
 func TestLagStartLatest(t *testing.T) {
-	b := memdriver.New(memdriver.WithStartLatest())
+	b := newMemBroker(t, memdriver.WithStartLatest())
 	defer b.Close()
 	ctx := context.Background()
 	_ = b.Write(ctx, keyed("t", 5))
@@ -152,7 +152,7 @@ func TestLagStartLatest(t *testing.T) {
 }
 
 func TestLagErrors(t *testing.T) {
-	b := memdriver.New()
+	b := newMemBroker(t)
 	ctx := context.Background()
 	sub, _ := b.Subscribe(ctx, "t", "g")
 	defer sub.Close(ctx)
@@ -173,7 +173,7 @@ func TestLagErrors(t *testing.T) {
 // one before, and the last is 0.
 func TestLagConcurrentWithFetchAndAck(t *testing.T) {
 	const n = 2000
-	b := memdriver.New(memdriver.WithPartitions(4))
+	b := newMemBroker(t, memdriver.WithPartitions(4))
 	defer b.Close()
 	ctx := context.Background()
 	if err := b.Write(ctx, keyed("t", n)); err != nil {
@@ -236,7 +236,7 @@ func TestLagConcurrentWithFetchAndAck(t *testing.T) {
 }
 
 func TestMessagingSystem(t *testing.T) {
-	b := memdriver.New()
+	b := newMemBroker(t)
 	defer b.Close()
 	var d herald.Driver = b
 	ms, ok := d.(herald.MessagingSystem)

@@ -63,21 +63,37 @@ type config struct {
 	startLatest     bool
 }
 
-// WithPartitions sets the number of partitions of each topic (at least 1).
-func WithPartitions(n int) Option { return func(c *config) { c.partitions = max(n, 1) } }
+// WithPartitions sets the number of partitions of each topic (default
+// DefaultPartitions; at least 1).
+func WithPartitions(n int) Option { return func(c *config) { c.partitions = n } }
 
 // WithCapacity sets how many unacknowledged messages each partition holds
-// before Write blocks (at least 1).
-func WithCapacity(n int) Option { return func(c *config) { c.capacity = max(n, 1) } }
+// before Write blocks (default DefaultCapacity; at least 1).
+func WithCapacity(n int) Option { return func(c *config) { c.capacity = n } }
 
 // WithMaxMessageBytes sets the largest message Write accepts, by
 // herald.Message.Size (payload, key, ID, content type and headers); larger
-// messages fail with herald.ErrMessageTooLarge. Zero or less means no limit.
+// messages fail with herald.ErrMessageTooLarge. 0 means no limit; below 0
+// is an error. See herald.WithMaxMessageBytes for how layered limits
+// combine.
 func WithMaxMessageBytes(n int) Option { return func(c *config) { c.maxMessageBytes = n } }
 
 // WithStartLatest makes new groups start after the messages already in the
 // ring instead of at the oldest one.
 func WithStartLatest() Option { return func(c *config) { c.startLatest = true } }
+
+func (c config) validate() error {
+	bad := func(cond bool, option string, value int, reason string) error {
+		if !cond {
+			return nil
+		}
+		return &herald.OptionError{Option: "memdriver." + option, Value: value, Reason: reason}
+	}
+	return errors.Join(
+		bad(c.partitions < 1, "WithPartitions", c.partitions, "want at least 1"),
+		bad(c.capacity < 1, "WithCapacity", c.capacity, "want at least 1"),
+		bad(c.maxMessageBytes < 0, "WithMaxMessageBytes", c.maxMessageBytes, "want 0 (no limit) or more"))
+}
 
 // Broker is an in-process message broker; it implements herald.Driver.
 // It is safe for concurrent use.
@@ -89,13 +105,17 @@ type Broker struct {
 	closed atomic.Bool
 }
 
-// New returns an empty Broker.
-func New(opts ...Option) *Broker {
+// New returns an empty Broker. Bad options are an error
+// (herald.ErrInvalidOption), all reported at once.
+func New(opts ...Option) (*Broker, error) {
 	cfg := config{partitions: DefaultPartitions, capacity: DefaultCapacity, maxMessageBytes: DefaultMaxMessageBytes}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	return &Broker{cfg: cfg, topics: make(map[string]*topic), done: make(chan struct{})}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Broker{cfg: cfg, topics: make(map[string]*topic), done: make(chan struct{})}, nil
 }
 
 // Close wakes every blocked Write and Fetch, which then return

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -17,11 +18,14 @@ import (
 )
 
 // Driver is a herald.Driver on Redis Streams. It is safe for concurrent
-// use. It does not own the client: the caller closes it, after the Bus (or
-// every Subscription) has shut down.
+// use. It does not own the client: the caller closes it, after Close.
 type Driver struct {
 	client goredis.UniversalClient
 	cfg    config
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*subscription]struct{}
 }
 
 var _ herald.Driver = (*Driver)(nil)
@@ -39,7 +43,50 @@ func New(client goredis.UniversalClient, opts ...Option) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Driver{client: client, cfg: cfg}, nil
+	return &Driver{client: client, cfg: cfg, subs: make(map[*subscription]struct{})}, nil
+}
+
+// Close closes the subscriptions still open (each flushing its
+// acknowledgments and handing its entries back, bounded by 10 s), and
+// makes later Write, Subscribe and Ping calls fail with herald.ErrClosed.
+// It does not close the client, which stays the caller's. Close is
+// idempotent.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	subs := make([]*subscription, 0, len(d.subs))
+	for s := range d.subs {
+		subs = append(subs, s)
+	}
+	d.mu.Unlock()
+	errs := make([]error, len(subs))
+	var wg sync.WaitGroup
+	for i, s := range subs {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			errs[i] = s.Close(ctx)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// isClosed reports whether Close was called.
+func (d *Driver) isClosed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
+func (d *Driver) forget(s *subscription) {
+	d.mu.Lock()
+	delete(d.subs, s)
+	d.mu.Unlock()
 }
 
 // StreamKey returns the Redis key of topic's stream.
@@ -63,6 +110,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if d.isClosed() {
+		return fmt.Errorf("redisdriver: write: %w", herald.ErrClosed)
 	}
 	args := make([]goredis.XAddArgs, len(msgs))
 	minID := ""
@@ -115,6 +165,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 // its AUTH and SELECT, so a wrong password or database number shows here
 // (herald.Pinger).
 func (d *Driver) Ping(ctx context.Context) error {
+	if d.isClosed() {
+		return fmt.Errorf("redisdriver: ping: %w", herald.ErrClosed)
+	}
 	if err := d.client.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redisdriver: ping: %w", err)
 	}
@@ -132,10 +185,20 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if d.isClosed() {
+		return nil, fmt.Errorf("redisdriver: subscribe to topic %q group %q: %w", topic, group, herald.ErrClosed)
+	}
 	s := newSubscription(d, topic, group, consumerName())
 	if err := s.createGroup(ctx, s.cfg.start.id()); err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("redisdriver: subscribe to topic %q group %q: %w", topic, group, herald.ErrClosed)
+	}
+	d.subs[s] = struct{}{}
+	d.mu.Unlock()
 	go s.background()
 	return s, nil
 }

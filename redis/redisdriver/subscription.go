@@ -30,6 +30,7 @@ const ackChunk = 1000
 // goroutine flushes acknowledgments (XACK, batched) and keeps in-flight
 // entries claimed (touchScript, every third of the claim min idle).
 type subscription struct {
+	d        *Driver
 	client   goredis.UniversalClient
 	cfg      *config
 	topic    string
@@ -68,6 +69,7 @@ type tracked struct {
 
 func newSubscription(d *Driver, topic, group, consumer string) *subscription {
 	s := &subscription{
+		d:             d,
 		client:        d.client,
 		cfg:           &d.cfg,
 		topic:         topic,
@@ -477,7 +479,10 @@ func (s *subscription) touch(ctx context.Context) {
 // whose entries could not be handed back stays until another member has
 // taken them over. Later calls return the first call's result.
 func (s *subscription) Close(ctx context.Context) error {
-	s.closeOnce.Do(func() { s.closeErr = s.close(ctx) })
+	s.closeOnce.Do(func() {
+		s.closeErr = s.close(ctx)
+		s.d.forget(s)
+	})
 	return s.closeErr
 }
 

@@ -161,7 +161,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 			b.Run(fmt.Sprintf("backlog=%d/lanes=%d", backlog, lanes), func(b *testing.B) {
 				_, db, table := benchDB(b)
 				w := newWriter(b, outbox.Postgres, table)
-				broker := memdriver.New(memdriver.WithCapacity(1024))
+				broker := newMemBroker(b, memdriver.WithCapacity(1024))
 				defer broker.Close()
 				target := &countingWriter{Writer: broker}
 				var elapsed time.Duration
@@ -219,7 +219,7 @@ func BenchmarkCommitToHandler(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			_, db, table := benchDB(b)
 			w := newWriter(b, outbox.Postgres, table)
-			broker := memdriver.New()
+			broker := newMemBroker(b)
 			defer broker.Close()
 			bus, err := herald.NewBus(broker, herald.WithPublishWriter(w))
 			if err != nil {

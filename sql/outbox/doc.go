@@ -3,18 +3,30 @@
 // Relay forwards the committed rows to a broker. An event is published if
 // and only if the business transaction commits.
 //
-//	outbox.Migrate(ctx, db, outbox.SQLite, "outbox")           // once, at start-up
+//	outbox.Migrate(ctx, db, outbox.SQLite, "outbox")       // once, at start-up (or run outbox.Schema with your tool)
 //	w, _ := outbox.NewWriter(outbox.SQLite, "outbox")
-//	bus, _ := herald.NewBus(broker, herald.WithPublishWriter(w)) // Publish goes to the outbox
+//	bus, _ := herald.NewBus(broker, herald.WithOutbox(w))   // in a transaction: the outbox; else the broker
 //	relay, _ := outbox.NewRelay(db, outbox.SQLite, "outbox", broker)
-//	go relay.Run(ctx)                                           // rows go to the broker
+//	go relay.Run(ctx)                                       // rows go to the broker
 //
 //	tx, _ := db.BeginTx(ctx, nil)
 //	tx.ExecContext(ctx, "INSERT INTO orders ...")
-//	bus.Publish(outbox.WithTx(ctx, tx), OrderPlaced{...})      // a row in tx
-//	tx.Commit()                                                 // now the relay sees it
+//	bus.Publish(outbox.WithTx(ctx, tx), OrderPlaced{...})  // a row in tx
+//	tx.Commit()                                             // now the relay sees it
+//	bus.Publish(ctx, CacheWarmed{...})                      // no transaction: straight to the broker
+//
+// herald.WithPublishWriter(w) instead sends every Publish to the outbox (a
+// Publish without a transaction is then ErrNoTransaction, never an
+// autocommit).
 //
 // # Dialects and drivers
+//
+// The package imports pgx for its own use; the database/sql driver of
+// each dialect is the application's import:
+//
+//	import _ "github.com/jackc/pgx/v5/stdlib" // Postgres: sql.Open("pgx", "postgres://...")
+//	import _ "github.com/go-sql-driver/mysql" // MySQL: sql.Open("mysql", "user@tcp(host:3306)/db?parseTime=true")
+//	import _ "modernc.org/sqlite"             // SQLite: sql.Open("sqlite", "file:app.db?...")
 //
 // Postgres (PostgreSQL 11+, through jackc/pgx/v5: the database/sql driver
 // "pgx" for Migrate and the Relay, lib/pq is not supported; a *sql.Tx or a

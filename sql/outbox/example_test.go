@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/outbox"
@@ -37,11 +39,15 @@ func Example() {
 		panic(err)
 	}
 
-	// Publish writes to the outbox table; subscribers read the broker.
-	broker := memdriver.New()
+	// A Publish in a transaction writes to the outbox table; one outside
+	// goes to the broker at once. Subscribers read the broker.
+	broker, err := memdriver.New()
+	if err != nil {
+		panic(err)
+	}
 	defer broker.Close()
 	w, _ := outbox.NewWriter(outbox.SQLite, "outbox")
-	bus, err := herald.NewBus(broker, herald.WithPublishWriter(w))
+	bus, err := herald.NewBus(broker, herald.WithOutbox(w))
 	if err != nil {
 		panic(err)
 	}

@@ -117,6 +117,31 @@ func execAll(ctx context.Context, x execer, stmts []string) error {
 	return nil
 }
 
+// SchemaVersion is the version of the tables Schema and Migrate create.
+// It is 1 since the first release. A release that changes the tables
+// raises it, says so under Breaking in the CHANGELOG, and ships the change
+// as statements that take each earlier version to the new one (outbox
+// functions named for the versions, which Migrate also applies, under the
+// same lock), so that teams with their own migration tool copy them as
+// they copied Schema.
+const SchemaVersion = 1
+
+// Schema returns the statements that create the outbox table named table,
+// its quarantine table and its table of sent rows, with their index, for
+// dialect d: exactly what Migrate runs (inside its lock), for teams whose
+// migrations are run by a tool (golang-migrate, goose, Atlas, Flyway) to
+// put in a migration of their own. Each statement is idempotent (CREATE
+// ... IF NOT EXISTS) and ends without a semicolon; run them in order,
+// outside business transactions. The table name is checked like
+// Migrate's.
+func Schema(d Dialect, table string) ([]string, error) {
+	t, err := newTable(d, table)
+	if err != nil {
+		return nil, err
+	}
+	return schema(t), nil
+}
+
 // schema returns the DDL of the three tables. The column set is shared by
 // every dialect; only the types differ:
 //

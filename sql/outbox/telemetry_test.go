@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/outbox"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -35,7 +34,7 @@ func TestTraceThroughOutbox(t *testing.T) {
 
 		db := tdb.open(t)
 		table := migrateTable(t, tdb, db)
-		broker := memdriver.New()
+		broker := newMemBroker(t)
 		defer broker.Close()
 		w := newWriter(t, tdb.d, table)
 		bus, err := herald.NewBus(broker, herald.WithPublishWriter(w), herald.WithTracerProvider(tp), herald.WithMeterProvider(mp))

@@ -202,6 +202,16 @@ func (w *Writer) Write(ctx context.Context, msgs []*herald.Message) error {
 	return w.write(ctx, x, msgs)
 }
 
+// InTransaction reports whether ctx carries a transaction Write writes in
+// (WithTx, WithPgxTx): what herald.WithOutbox asks to choose between this
+// Writer and the driver (herald.TransactionalWriter).
+func (w *Writer) InTransaction(ctx context.Context) bool {
+	x, _ := ctx.Value(txKey{}).(txExecer)
+	return x != nil
+}
+
+var _ herald.TransactionalWriter = (*Writer)(nil)
+
 // WriteTx inserts msgs in tx; see Write.
 func (w *Writer) WriteTx(ctx context.Context, tx *sql.Tx, msgs []*herald.Message) error {
 	if len(msgs) == 0 {

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
@@ -45,7 +45,7 @@ func TestInvalidTableRejectedEverywhere(t *testing.T) {
 	if _, err := outbox.NewWriter(outbox.SQLite, bad); !errors.Is(err, herald.ErrInvalidName) {
 		t.Errorf("NewWriter: %v", err)
 	}
-	if _, err := outbox.NewRelay(db, outbox.SQLite, bad, memdriver.New()); !errors.Is(err, herald.ErrInvalidName) {
+	if _, err := outbox.NewRelay(db, outbox.SQLite, bad, newMemBroker(t)); !errors.Is(err, herald.ErrInvalidName) {
 		t.Errorf("NewRelay: %v", err)
 	}
 	if _, err := outbox.NewQuarantine(db, outbox.SQLite, bad); !errors.Is(err, herald.ErrInvalidName) {
@@ -159,7 +159,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		broker := memdriver.New()
+		broker := newMemBroker(t)
 		defer broker.Close()
 		subs := map[string]herald.Subscription{}
 		for _, topic := range []string{"orders", "orders.audit"} {
@@ -361,6 +361,78 @@ func TestMigrateConcurrentlyAndTwice(t *testing.T) {
 		writeTx(t, db, w, seqMsg("orders", "k", 0))
 		if n := countRows(t, tdb, db, table); n != len(pools)+1 {
 			t.Errorf("%d rows, want %d", n, len(pools)+1)
+		}
+	})
+}
+
+// TestBusPublishesBothWays: with herald.WithOutbox one Bus and one registry
+// publish through the outbox inside a transaction and to the driver
+// outside one.
+func TestBusPublishesBothWays(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		db := tdb.open(t)
+		table := migrateTable(t, tdb, db)
+		broker := newMemBroker(t)
+		bus, err := herald.NewBus(broker, herald.WithOutbox(newWriter(t, tdb.d, table)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		type OrderPlaced struct{ ID string }
+		if err := herald.Register[OrderPlaced](bus, "orders"); err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		sub, err := broker.Subscribe(ctx, "orders", "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Close(ctx)
+
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bus.Publish(outbox.WithTx(ctx, tx), OrderPlaced{ID: "in-tx"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := bus.Publish(ctx, OrderPlaced{ID: "direct"}); err != nil {
+			t.Fatal(err)
+		}
+		if n := countRows(t, tdb, db, table); n != 1 {
+			t.Errorf("%d rows in the outbox, want the one published in the transaction", n)
+		}
+		got := drivertest.FetchExactly(t, sub, 1)
+		if !strings.Contains(string(got[0].Message.Data), "direct") {
+			t.Errorf("the broker got %s, want only the direct publish", got[0].Message.Data)
+		}
+	})
+}
+
+// TestSchemaIsWhatMigrateRuns: the exported statements, run by hand (as a
+// migration tool would), make tables the Writer and the Relay use.
+func TestSchemaIsWhatMigrateRuns(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		db := tdb.open(t)
+		table := tableName(t, tdb, db)
+		stmts, err := outbox.Schema(tdb.d, table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range stmts {
+			if _, err := db.Exec(st); err != nil {
+				t.Fatalf("%s: %v", st, err)
+			}
+		}
+		w := newWriter(t, tdb.d, table)
+		writeTx(t, db, w, seqMsg("orders", "k", 0))
+		rec := &recorder{}
+		startRelay(t, db, tdb.d, table, rec)
+		eventually(t, "the row relayed", func() bool { return rec.distinct() == 1 })
+		if _, err := outbox.Schema(tdb.d, "no spaces"); !errors.Is(err, herald.ErrInvalidName) {
+			t.Errorf("Schema of a bad table name: %v", err)
 		}
 	})
 }

@@ -23,7 +23,10 @@ func memoryScenario() scenario {
 
 func memoryCases(cfg config) []benchCase {
 	newBroker := func(context.Context, string, func(error)) (heraldBackend, error) {
-		b := memdriver.New()
+		b, err := memdriver.New()
+		if err != nil {
+			return heraldBackend{}, err
+		}
 		return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
 	}
 	blocking := goChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true})

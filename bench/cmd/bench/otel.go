@@ -29,7 +29,10 @@ func otelScenario() scenario {
 
 func otelCases(config) []benchCase {
 	newBroker := func(context.Context, string, func(error)) (heraldBackend, error) {
-		b := memdriver.New()
+		b, err := memdriver.New()
+		if err != nil {
+			return heraldBackend{}, err
+		}
 		return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
 	}
 	none := func(context.Context) error { return nil }

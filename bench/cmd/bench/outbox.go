@@ -192,7 +192,10 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 		return nil, errors.Join(err, release(ctx))
 	}
 	cnt := newCounter(p.n, 0)
-	broker := memdriver.New()
+	broker, err := memdriver.New()
+	if err != nil {
+		return nil, errors.Join(err, release(ctx))
+	}
 	bus, err := herald.NewBus(broker,
 		herald.WithPublishWriter(w),
 		herald.WithLogger(slog.New(slog.DiscardHandler)),

@@ -1,0 +1,25 @@
+package herald
+
+import "time"
+
+// The built-in middleware and the scheduler are unexported: the Bus
+// installs them in the canonical order. The tests of package herald_test
+// reach them here.
+
+type Scheduler = scheduler
+
+var (
+	NewScheduler = newScheduler
+	Retry        = retry
+	Recover      = recoverPanics
+	Observe      = observe
+	Timeout      = attemptTimeout
+)
+
+func Deduplicate(cfg DedupConfig, group string) Middleware { return deduplicate(cfg, group) }
+
+// DeadLetterMiddleware is the dead-letter middleware of group, with clock now (nil:
+// time.Now); onlyUndecodable is the Bus's setting without WithDeadLetter.
+func DeadLetterMiddleware(cfg DeadLetterConfig, group string, now func() time.Time, onlyUndecodable bool) Middleware {
+	return deadLetter(deadLetterSettings{DeadLetterConfig: cfg, group: group, now: now, onlyUndecodable: onlyUndecodable})
+}
