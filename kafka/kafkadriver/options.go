@@ -10,6 +10,8 @@ import (
 
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/segmentio/kafka-go/sasl/plain"
+
+	"github.com/heraldbus/herald"
 )
 
 // Defaults of every setting, in one place. Each has an Option below.
@@ -213,7 +215,9 @@ func newConfig(brokers []string, opts []Option) config {
 // validate reports every problem of c at once.
 func (c *config) validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("kafkadriver: "+format+": %w", append(args, herald.ErrInvalidOption)...))
+	}
 	if len(c.brokers) == 0 {
 		bad("no broker addresses")
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/heraldbus/herald"
 )
 
 // Defaults of every option, in one place. Each option below documents what
@@ -90,7 +92,12 @@ func newConfig(opts []Option) config {
 // validate reports every problem of c at once.
 func (c config) validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("redisdriver: "+format, args...)) }
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("redisdriver: "+format+": %w", append(args, herald.ErrInvalidOption)...))
+	}
+	if c.maxMessageBytes < 0 {
+		bad("max message bytes %d: want 0 (no limit) or more", c.maxMessageBytes)
+	}
 	if c.trimMaxLen < 0 {
 		bad("trim max length %d is negative", c.trimMaxLen)
 	}

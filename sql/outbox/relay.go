@@ -188,6 +188,7 @@ func (r *Relay) loop(ctx context.Context) {
 		if err == nil || r.stopping(ctx) {
 			continue
 		}
+		r.event(RelayEvent{Kind: LeaseLost, Err: err})
 		r.log.Warn("outbox relay: database error; retrying", slog.Any("error", err), slog.Duration("backoff", backoff))
 		if !r.sleep(ctx, backoff) {
 			return
@@ -242,6 +243,7 @@ func (r *Relay) acquire(ctx context.Context) (*sql.Conn, error) {
 		_ = conn.Close()
 		if !logged {
 			r.log.Info("outbox relay: standby, another relay is active")
+			r.event(RelayEvent{Kind: Standby})
 			logged = true
 		}
 		r.tel.follow()
@@ -294,6 +296,7 @@ func (r *Relay) lead(ctx context.Context, conn *sql.Conn) error {
 	r.active.Store(true)
 	defer r.active.Store(false)
 	r.log.Info("outbox relay: active")
+	r.event(RelayEvent{Kind: Active})
 
 	var l *listener
 	defer func() { l.close() }()

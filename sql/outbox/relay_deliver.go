@@ -329,6 +329,9 @@ func (r *Relay) settle(ctx context.Context, conn *sql.Conn, rd *round, s *keySta
 	now := time.Now()
 	charged := 0
 	outage := rd.outage()
+	if len(rd.failed) > 0 {
+		r.event(RelayEvent{Kind: RoundFailed, Err: rd.firstError(), Rows: len(rd.failed), Outage: outage})
+	}
 	for _, f := range rd.failed {
 		k := f.row.blockKey()
 		if outage && !permanent(f.err) {

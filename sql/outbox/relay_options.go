@@ -3,9 +3,12 @@ package outbox
 import (
 	"errors"
 	"fmt"
-	"github.com/heraldbus/herald/internal/telemetry"
 	"log/slog"
 	"time"
+
+	"github.com/heraldbus/herald/internal/telemetry"
+
+	"github.com/heraldbus/herald"
 )
 
 // Relay defaults. Every RelayOption documents the setting it changes; this
@@ -68,6 +71,7 @@ type relayConfig struct {
 	Listen            bool
 	StatsInterval     time.Duration
 	StatsHook         func(Stats)
+	EventHook         func(RelayEvent)
 	Logger            *slog.Logger
 	Telemetry         telemetry.Config
 	HealthMaxAge      time.Duration
@@ -105,7 +109,9 @@ func ValidateRelayOptions(opts ...RelayOption) error {
 // validate reports every problem of c at once.
 func (c relayConfig) validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("outbox: relay: "+format, args...)) }
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("outbox: relay: "+format+": %w", append(args, herald.ErrInvalidOption)...))
+	}
 	if c.BatchSize < 1 || c.BatchSize > maxBatchSize {
 		bad("batch size %d: want 1 to %d", c.BatchSize, maxBatchSize)
 	}

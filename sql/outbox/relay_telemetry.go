@@ -32,6 +32,8 @@ import (
 //   - herald.outbox.backlog {row}: rows waiting in the outbox table.
 //   - herald.outbox.oldest_age (s): age of the oldest waiting row.
 //   - herald.outbox.quarantine {row}: rows in the quarantine table.
+//   - herald.outbox.active {relay}: 1 while this relay delivers, 0 on
+//     standby.
 //
 // The last three come from Relay.Stats: two queries per collection, made
 // by whichever relay (active or standby) is collected.
@@ -104,9 +106,9 @@ func (t *relayTelemetry) stop() {
 // observe makes the relay's instruments with m and registers the callback
 // that reports r's counters and stats.
 func (t *relayTelemetry) observe(m metric.Meter, r *Relay) metric.Registration {
-	var errs [7]error
+	var errs [8]error
 	var relayed, failures, quarantined metric.Int64ObservableCounter
-	var backlog, quarantine metric.Int64ObservableGauge
+	var backlog, quarantine, active metric.Int64ObservableGauge
 	var oldestAge metric.Float64ObservableGauge
 	relayed, errs[0] = m.Int64ObservableCounter("herald.outbox.relayed", metric.WithUnit("{message}"),
 		metric.WithDescription("Outbox rows delivered to the target by this relay."))
@@ -120,8 +122,15 @@ func (t *relayTelemetry) observe(m metric.Meter, r *Relay) metric.Registration {
 		metric.WithDescription("Rows in the outbox's quarantine table."))
 	oldestAge, errs[5] = m.Float64ObservableGauge("herald.outbox.oldest_age", metric.WithUnit("s"),
 		metric.WithDescription("Age of the oldest row waiting in the outbox table."))
+	active, errs[7] = m.Int64ObservableGauge("herald.outbox.active", metric.WithUnit("{relay}"),
+		metric.WithDescription("1 while this relay holds the table's lock and delivers, 0 on standby."))
 	var reg metric.Registration
 	reg, errs[6] = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		var isActive int64
+		if r.active.Load() {
+			isActive = 1
+		}
+		o.ObserveInt64(active, isActive, t.attrs...)
 		o.ObserveInt64(relayed, int64(r.sent.Load()), t.attrs...)
 		o.ObserveInt64(failures, int64(r.failures.Load()), t.attrs...)
 		o.ObserveInt64(quarantined, int64(r.quarantined.Load()), t.attrs...)
@@ -135,7 +144,7 @@ func (t *relayTelemetry) observe(m metric.Meter, r *Relay) metric.Registration {
 		o.ObserveInt64(quarantine, st.Quarantine, t.attrs...)
 		o.ObserveFloat64(oldestAge, st.OldestAge.Seconds(), t.attrs...)
 		return nil
-	}, relayed, failures, quarantined, backlog, quarantine, oldestAge)
+	}, relayed, failures, quarantined, backlog, quarantine, oldestAge, active)
 	telemetry.Handle(errors.Join(errs[:]...))
 	return reg
 }

@@ -753,3 +753,82 @@ func TestRelayCheck(t *testing.T) {
 		}
 	})
 }
+
+// eventLog collects a relay's events.
+type eventLog struct {
+	mu     sync.Mutex
+	events []outbox.RelayEvent
+}
+
+func (l *eventLog) add(e outbox.RelayEvent) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+}
+
+// last returns the kind of the newest event (0 for none).
+func (l *eventLog) last() outbox.RelayEventKind {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.events) == 0 {
+		return 0
+	}
+	return l.events[len(l.events)-1].Kind
+}
+
+func (l *eventLog) has(k outbox.RelayEventKind) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.events {
+		if e.Kind == k {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRelayEvents: a failover shows as events an operator can watch: the
+// first relay Active, the second Standby; the first's session killed, it
+// reports LeaseLost and the second Active. A round against a target that
+// is down reports RoundFailed, as an outage.
+func TestRelayEvents(t *testing.T) {
+	for _, d := range []outbox.Dialect{outbox.Postgres, outbox.MySQL} {
+		t.Run(d.String(), func(t *testing.T) {
+			tdb := newTestDB(t, d)
+			db := tdb.open(t)
+			table := migrateTable(t, tdb, db)
+			var first, second eventLog
+			a := startRelay(t, tdb.open(t), d, table, &recorder{}, outbox.WithEventHook(first.add))
+			eventually(t, "the first relay active", func() bool { return first.has(outbox.Active) && a.Active() })
+			startRelay(t, tdb.open(t), d, table, &recorder{}, outbox.WithEventHook(second.add))
+			eventually(t, "the second relay on standby", func() bool { return second.has(outbox.Standby) })
+			killSession(t, tdb, tdb.open(t), table)
+			eventually(t, "the first relay's lease lost", func() bool { return first.has(outbox.LeaseLost) })
+			eventually(t, "a relay active again", func() bool { return second.has(outbox.Active) || first.last() == outbox.Active })
+			first.mu.Lock()
+			for _, e := range first.events {
+				if e.Table != table || e.Time.IsZero() || (e.Kind == outbox.LeaseLost && e.Err == nil) {
+					t.Errorf("event %+v", e)
+				}
+			}
+			first.mu.Unlock()
+		})
+	}
+	t.Run("round failed", func(t *testing.T) {
+		tdb := newTestDB(t, outbox.SQLite)
+		db := tdb.open(t)
+		table := migrateTable(t, tdb, db)
+		writeTx(t, db, newWriter(t, outbox.SQLite, table), seqMsg("orders", "k", 0))
+		down := &recorder{fail: func([]*herald.Message) error { return errors.New("connection refused") }}
+		var log eventLog
+		startRelay(t, db, outbox.SQLite, table, down, outbox.WithEventHook(log.add))
+		eventually(t, "a failed round", func() bool { return log.has(outbox.RoundFailed) })
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		for _, e := range log.events {
+			if e.Kind == outbox.RoundFailed && (e.Rows != 1 || e.Err == nil || !strings.Contains(e.Err.Error(), "connection refused")) {
+				t.Errorf("round failed event %+v", e)
+			}
+		}
+	})
+}

@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -60,6 +61,17 @@ type writerConfig struct {
 // the relay target's limit, or oversized rows end in quarantine.
 func WithMaxMessageBytes(n int) WriterOption {
 	return func(c *writerConfig) { c.maxMessageBytes = n }
+}
+
+func (c writerConfig) validate() error {
+	var errs []error
+	if c.maxMessageBytes < 0 {
+		errs = append(errs, fmt.Errorf("outbox: writer: max message bytes %d: want 0 (no check) or more: %w", c.maxMessageBytes, herald.ErrInvalidOption))
+	}
+	if c.notifyPause < 0 {
+		errs = append(errs, fmt.Errorf("outbox: writer: notify pause %v: want 0 or more: %w", c.notifyPause, herald.ErrInvalidOption))
+	}
+	return errors.Join(errs...)
 }
 
 // WithNotifyPause makes the PostgreSQL Writer call pg_notify only in a
@@ -131,6 +143,9 @@ func NewWriter(d Dialect, table string, opts ...WriterOption) (*Writer, error) {
 	cfg := writerConfig{maxMessageBytes: herald.DefaultMaxMessageBytes, notify: true, notifyPause: DefaultNotifyPause}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	cfg.notify = cfg.notify && d == Postgres
 	w := &Writer{t: t, cfg: cfg}
