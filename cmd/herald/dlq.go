@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/dlq"
-	"github.com/heraldbus/herald/redis/redisdriver"
 )
 
 const dlqUsage = `Usage:
@@ -34,13 +32,14 @@ driver keeps nothing outside its process, so only -driver kafka and
 -driver redis are supported.
 
 redrive writes each entry to its original topic with the same ID, key,
-payload and headers (the herald-dlq-* headers removed), then marks it
-redriven: Redis deletes the entry, Kafka records its position in the topic
-"<dead-letter topic>.redriven". Every group of the original topic receives
-the message again; groups that deduplicate skip what they already handled.
-It is safe to re-run: a run cut short writes the last batch again, never
-loses it. Entries dead-lettered after the run started are left for the
-next run. Flags go before the positions and IDs.
+payload and headers (the herald-dlq-* headers removed), addressed to the
+group that gave up on it, then marks it redriven: Redis deletes the entry,
+Kafka records its position in the topic "<dead-letter topic>.redriven".
+That group handles the message again, also when it deduplicates; the
+topic's other groups skip it. It is safe to re-run: a run cut short writes
+the last batch again, never loses it, and a second copy of a redrive is
+deduplicated. Entries dead-lettered after the run started are left for the
+next run.
 
 Exit status: 0 on success; 1 when the broker failed, an entry was not
 found, or an entry could not be redriven (no valid original topic); 2 for
@@ -51,14 +50,10 @@ Run "herald dlq list -h" (or show, redrive) for the flags.
 
 // dlqConfig is what the "herald dlq" subcommands are configured with.
 type dlqConfig struct {
-	Driver         string // kafka or redis; empty: inferred from the addresses
-	KafkaBrokers   string
-	KafkaClientID  string
-	RedisAddr      string
-	RedisPassword  string
-	RedisDB        int
-	RedisKeyPrefix string
-	Topic          string
+	Driver string // kafka or redis; empty: inferred from the addresses
+	Kafka  kafkaFlags
+	Redis  redisFlags
+	Topic  string
 
 	Limit     int  // list
 	JSON      bool // list
@@ -77,39 +72,27 @@ type dlqStore struct {
 
 // runDLQ is "herald dlq".
 func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, dlqUsage)
-		return 2
+	sub, code := subcommand("dlq", dlqUsage, args, []string{"list", "show", "redrive"}, stdout, stderr)
+	if code >= 0 {
+		return code
 	}
-	sub := args[0]
-	switch sub {
-	case "list", "show", "redrive":
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, dlqUsage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "herald dlq: unknown command %q\n\n%s", sub, dlqUsage)
-		return 2
+	var cfg dlqConfig
+	f := newDLQFlags(sub, &cfg)
+	if code := f.setUp(args[1:], getenv, stdout, stderr, func() error {
+		cfg.Args = f.Args()
+		cfg.resolve()
+		return cfg.validate(sub)
+	}); code >= 0 {
+		return code
 	}
-	cfg, err := parseDLQFlags(sub, args[1:], getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err == nil {
-		err = cfg.validate(sub)
-	}
+	s, err := cfg.open(newLogger(stderr, slog.LevelWarn))
 	if err != nil {
-		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
-		return 2
-	}
-	s, err := cfg.open(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
+		f.fail(stderr, err)
 		return 1
 	}
 	defer func() {
 		if err := s.close(); err != nil {
-			fmt.Fprintf(stderr, "herald dlq %s: close: %v\n", sub, err)
+			f.fail(stderr, fmt.Errorf("close: %w", err))
 		}
 	}()
 	switch sub {
@@ -124,33 +107,21 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 	case err == nil:
 		return 0
 	case errors.Is(err, herald.ErrInvalidName):
-		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
+		f.fail(stderr, err)
 		return 2
 	default:
-		fmt.Fprintf(stderr, "herald dlq %s: %v\n", sub, err)
+		f.fail(stderr, err)
 		return 1
 	}
 }
 
-// parseDLQFlags reads the configuration of subcommand sub from args and
-// the environment. Usage goes to output on -h or a bad flag.
-func parseDLQFlags(sub string, args []string, getenv func(string) string, output io.Writer) (dlqConfig, error) {
-	var c dlqConfig
-	f := &flagSet{FlagSet: flag.NewFlagSet("herald dlq "+sub, flag.ContinueOnError), env: make(map[string]string), args: sub != "list"}
-	f.SetOutput(output)
-	f.Usage = func() {
-		fmt.Fprintf(output, "%s\nFlags of herald dlq %s:\n", dlqUsage, sub)
-		f.PrintDefaults()
-	}
+// newDLQFlags returns the flags of subcommand sub, bound to c.
+func newDLQFlags(sub string, c *dlqConfig) *flagSet {
+	synopsis := map[string]string{"list": "[flags]", "show": "[flags] POSITION|ID", "redrive": "[flags] (-all | POSITION|ID ...)"}[sub]
+	f := newFlagSet("herald dlq "+sub, synopsis, dlqUsage, sub != "list")
 	f.str(&c.Driver, "driver", "HERALD_DLQ_DRIVER", "", "kafka or redis (default: kafka if -kafka-brokers is set, else redis if -redis-addr is)")
-	f.str(&c.KafkaBrokers, "kafka-brokers", "HERALD_KAFKA_BROKERS", "", "comma-separated Kafka bootstrap brokers, host:port")
-	var brokers string
-	f.StringVar(&brokers, "brokers", "", "short for -kafka-brokers")
-	f.str(&c.KafkaClientID, "kafka-client-id", "HERALD_KAFKA_CLIENT_ID", "herald-dlq", "Kafka client id")
-	f.str(&c.RedisAddr, "redis-addr", "HERALD_REDIS_ADDR", "", "Redis address, host:port")
-	f.str(&c.RedisPassword, "redis-password", "HERALD_REDIS_PASSWORD", "", "Redis password (prefer the environment variable)")
-	f.int(&c.RedisDB, "redis-db", "HERALD_REDIS_DB", 0, "Redis database number")
-	f.str(&c.RedisKeyPrefix, "redis-key-prefix", "HERALD_REDIS_KEY_PREFIX", redisdriver.DefaultKeyPrefix, "prefix of the Redis stream keys")
+	c.Kafka.register(f, "herald-dlq", false)
+	c.Redis.register(f)
 	f.str(&c.Topic, "topic", "HERALD_DLQ_TOPIC", "", "the dead-letter topic, for example orders.dlq (required)")
 	switch sub {
 	case "list":
@@ -161,34 +132,31 @@ func parseDLQFlags(sub string, args []string, getenv func(string) string, output
 		f.BoolVar(&c.DryRun, "dry-run", false, "print what would be redriven; write and mark nothing")
 		f.IntVar(&c.BatchSize, "batch-size", dlq.DefaultBatchSize, "entries written, then marked, at a time")
 	}
-	if err := f.parse(args, getenv); err != nil {
-		return c, err
-	}
-	c.Args = f.Args()
-	if brokers != "" {
-		c.KafkaBrokers = brokers
-	}
+	return f
+}
+
+// resolve infers the driver from the addresses.
+func (c *dlqConfig) resolve() {
 	if c.Driver == "" {
 		switch {
-		case c.KafkaBrokers != "":
+		case c.Kafka.Brokers != "":
 			c.Driver = targetKafka
-		case c.RedisAddr != "":
+		case c.Redis.Addr != "":
 			c.Driver = targetRedis
 		}
 	}
-	return c, nil
 }
 
 // validate reports every problem of c for subcommand sub at once.
 func (c dlqConfig) validate(sub string) error {
-	var errs []error
+	errs := append(c.Kafka.validate(), c.Redis.validate()...)
 	switch c.Driver {
 	case targetKafka:
-		if c.KafkaBrokers == "" {
+		if c.Kafka.Brokers == "" {
 			errs = append(errs, errors.New("-driver kafka needs -kafka-brokers"))
 		}
 	case targetRedis:
-		if c.RedisAddr == "" {
+		if c.Redis.Addr == "" {
 			errs = append(errs, errors.New("-driver redis needs -redis-addr"))
 		}
 	case targetMemory:
@@ -226,17 +194,17 @@ func (c dlqConfig) validate(sub string) error {
 // open connects to the broker; it does not contact it yet.
 func (c dlqConfig) open(logger *slog.Logger) (dlqStore, error) {
 	if c.Driver == targetKafka {
-		d, err := openKafka(c.KafkaBrokers, c.KafkaClientID, false, logger)
+		d, err := c.Kafka.open(logger)
 		if err != nil {
 			return dlqStore{}, err
 		}
 		return dlqStore{store: d.DeadLetters(), writer: d, close: d.Close}, nil
 	}
-	d, closeClient, err := openRedis(c.RedisAddr, c.RedisPassword, c.RedisDB, c.RedisKeyPrefix)
+	d, closeRedis, err := c.Redis.open()
 	if err != nil {
 		return dlqStore{}, err
 	}
-	return dlqStore{store: d.DeadLetters(), writer: d, close: closeClient}, nil
+	return dlqStore{store: d.DeadLetters(), writer: d, close: closeRedis}, nil
 }
 
 // listPage is how many entries "list -limit 0" asks for at a time.

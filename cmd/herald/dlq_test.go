@@ -38,7 +38,7 @@ func TestDLQUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{nil, nil, 2, "herald dlq list"},
+		{nil, nil, 2, "missing command"},
 		{[]string{"frobnicate"}, nil, 2, `unknown command "frobnicate"`},
 		{[]string{"-h"}, nil, 0, "Exit status"},
 		{[]string{"list", "-h"}, nil, 0, "-kafka-brokers"},
@@ -241,7 +241,7 @@ func TestDLQCommandsKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Close() })
-	flags := []string{"-driver", "kafka", "-brokers", strings.Join(brokers, ",")}
+	flags := []string{"-driver", "kafka", "-kafka-brokers", strings.Join(brokers, ",")}
 	topic := "orders." + strings.ToLower(rand8())
 	testDLQCommands(t, flags, d, d.DeadLetters(), topic)
 
@@ -254,21 +254,34 @@ func TestDLQCommandsKafka(t *testing.T) {
 
 func rand8() string { return newTableName()[3:11] }
 
+// parseDLQFlags parses the flags of subcommand sub as runDLQ does.
+func parseDLQFlags(sub string, args []string, getenv func(string) string) (dlqConfig, error) {
+	var c dlqConfig
+	f := newDLQFlags(sub, &c)
+	err := f.parse(args, getenv)
+	c.Args = f.Args()
+	c.resolve()
+	return c, err
+}
+
 func TestParseDLQFlags(t *testing.T) {
 	vars := env(map[string]string{"HERALD_KAFKA_BROKERS": "env:9092", "HERALD_DLQ_TOPIC": "orders.dlq", "HERALD_REDIS_ADDR": "r:6379"})
-	c, err := parseDLQFlags("redrive", []string{"-brokers", "flag:9092", "-dry-run", "1:7", "m2"}, vars, io.Discard)
+	c, err := parseDLQFlags("redrive", []string{"-kafka-brokers", "flag:9092", "-dry-run", "1:7", "m2"}, vars)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Driver != "kafka" || c.KafkaBrokers != "flag:9092" || c.Topic != "orders.dlq" || !c.DryRun ||
-		c.BatchSize != dlq.DefaultBatchSize || !slices.Equal(c.Args, []string{"1:7", "m2"}) || c.KafkaClientID != "herald-dlq" {
+	if c.Driver != "kafka" || c.Kafka.Brokers != "flag:9092" || c.Topic != "orders.dlq" || !c.DryRun ||
+		c.BatchSize != dlq.DefaultBatchSize || !slices.Equal(c.Args, []string{"1:7", "m2"}) || c.Kafka.ClientID != "herald-dlq" {
 		t.Errorf("config %+v", c)
 	}
 	if err := c.validate("redrive"); err != nil {
 		t.Error(err)
 	}
-	c, err = parseDLQFlags("list", nil, env(map[string]string{"HERALD_REDIS_ADDR": "r:6379"}), io.Discard)
-	if err != nil || c.Driver != "redis" || c.Limit != 50 || c.RedisKeyPrefix != redisdriver.DefaultKeyPrefix {
+	c, err = parseDLQFlags("list", nil, env(map[string]string{"HERALD_REDIS_ADDR": "r:6379"}))
+	if err != nil || c.Driver != "redis" || c.Limit != 50 || c.Redis.KeyPrefix != redisdriver.DefaultKeyPrefix {
 		t.Errorf("defaults: %+v, %v", c, err)
+	}
+	if _, err := parseDLQFlags("redrive", []string{"-dry-run", "1:7", "-all"}, vars); err == nil || !strings.Contains(err.Error(), "after the arguments") {
+		t.Errorf("a flag after the arguments: %v", err)
 	}
 }

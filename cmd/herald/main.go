@@ -1,32 +1,36 @@
 // Command herald is herald's command-line tool.
 //
-//	herald relay [flags]                 run an outbox relay as a standalone process
-//	herald dlq list|show|redrive [flags] inspect a dead-letter topic and redrive it
+//	herald relay [flags]                        run an outbox relay as a standalone process
+//	herald migrate [flags]                      print or apply the outbox tables' DDL
+//	herald quarantine list|replay|discard ...   inspect the rows a relay gave up on, send them again or drop them
+//	herald dlq list|show|redrive ...            inspect a dead-letter topic and redrive it
+//	herald version                              print the versions this binary was built from
 //
-// "herald relay -h" lists the relay's flags; each can also be set from the
-// environment variable named next to it (a flag on the command line wins).
-// The relay logs JSON lines (log/slog) to standard error. Before it
-// starts it checks, within -startup-timeout, that the database answers,
-// the outbox tables exist (or creates them with -migrate) and the target
-// answers (Redis PING with its AUTH and SELECT, a Kafka metadata request):
-// a relay that cannot work exits 1 at once with the reason instead of
-// retrying in its logs. It stops gracefully on SIGINT or SIGTERM, also
-// during those checks: the round in flight finishes, bounded by
-// -shutdown-timeout. The signals are caught from the first millisecond of
-// the process, before the database and Kafka packages initialize. Exit
-// status: 0 after a clean stop, 1 when the relay could not start, 2 for
-// bad flags or environment.
+// Every command follows the same conventions: "herald <command> -h" prints
+// its usage on standard output and exits 0; a bad flag, value or argument
+// is one short error line on standard error and exit status 2; flags go
+// before arguments (a flag after them is an error); each flag can also be
+// set from the environment variable named in its usage, and a flag on the
+// command line wins.
+//
+// The relay logs JSON lines (log/slog, durations with their units) to
+// standard error. Before it starts it checks, within -startup-timeout,
+// that the database answers, the outbox tables exist (or creates them with
+// -migrate) and the target answers: a relay that cannot work exits 1 at
+// once with the reason instead of retrying in its logs. Leadership changes
+// and failed rounds are "herald relay: event" lines, and with -http are
+// counted in /metrics (Prometheus) next to the herald.outbox.* metrics;
+// /healthz and /readyz serve the liveness and readiness checks. It stops
+// gracefully on SIGINT or SIGTERM, also during the start-up; the signals
+// are caught from the first millisecond of the process, before the
+// database and Kafka packages initialize. Exit status: 0 after a clean
+// stop, 1 when the relay could not start, 2 for bad flags or environment.
 //
 // "herald dlq" works on the dead-letter topics of Kafka or Redis (the
-// memory driver keeps none outside its process): "list" prints one line per
-// entry (position, message ID, original topic, group, attempts, time,
-// reason), or JSON lines with -json; "show" prints one entry with its
-// headers and payload; "redrive" writes entries (-all, or the positions or
-// IDs given) back to their original topics with the same IDs and marks
-// them redriven, printing progress to standard error (see package
-// github.com/heraldbus/herald/dlq). "herald dlq -h" says more. Exit
-// status: 0 on success, 1 when the broker failed or an entry was not found
-// or could not be redriven, 2 for bad flags, arguments or topic names.
+// memory driver keeps none outside its process); "herald quarantine" on an
+// outbox's quarantine table; "herald migrate" prints the DDL (-print) or
+// applies it. Exit status: 0 on success, 1 when the database or broker
+// failed or an entry was not found, 2 for bad flags, arguments or names.
 package main
 
 import (
@@ -49,14 +53,20 @@ const usage = `herald is the command-line tool of the herald event bus.
 
 Usage:
 
-	herald relay [flags]          forward the rows of an outbox table to Kafka or Redis
-	herald dlq list [flags]       list the entries of a dead-letter topic (Kafka or Redis)
-	herald dlq show [flags] ID    print one dead-letter entry with its headers and payload
+	herald relay [flags]            forward the rows of an outbox table to Kafka or Redis
+	herald migrate [flags]          print (-print) or apply the outbox tables' DDL
+	herald quarantine list [flags]  list the rows a relay quarantined
+	herald quarantine replay [flags] (-all | ID ...)
+	                                move quarantined rows back into the outbox
+	herald quarantine discard [flags] ID ...
+	                                delete quarantined rows for good
+	herald dlq list [flags]         list the entries of a dead-letter topic (Kafka or Redis)
+	herald dlq show [flags] ID      print one dead-letter entry with its headers and payload
 	herald dlq redrive [flags] (-all | ID ...)
-	                              write dead-letter entries back to their original topics
+	                                write dead-letter entries back to their original topics
+	herald version                  print the versions this binary was built from
 
-Run "herald relay -h" for the relay's flags and environment variables, and
-"herald dlq -h" for the dead-letter commands.
+Run "herald <command> -h" for a command's flags and environment variables.
 `
 
 // run runs the command line args with the environment getenv and returns
@@ -68,13 +78,40 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	switch args[0] {
 	case "relay":
-		return runRelay(ctx, args[1:], getenv, stderr)
+		return runRelay(ctx, args[1:], getenv, stdout, stderr)
+	case "migrate":
+		return runMigrate(ctx, args[1:], getenv, stdout, stderr)
+	case "quarantine":
+		return runQuarantine(ctx, args[1:], getenv, stdout, stderr)
 	case "dlq":
 		return runDLQ(ctx, args[1:], getenv, stdout, stderr)
+	case "version":
+		return runVersion(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "herald: unknown command %q\n\n%s", args[0], usage)
+	fmt.Fprintf(stderr, "herald: unknown command %q\nRun 'herald -h' for usage.\n", args[0])
 	return 2
+}
+
+// subcommand dispatches "herald <group> <sub>" for groups of
+// subcommands (dlq, quarantine).
+func subcommand(group, groupUsage string, args []string, subs []string, stdout, stderr io.Writer) (string, int) {
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "herald %s: missing command (%v)\nRun 'herald %s -h' for usage.\n", group, subs, group)
+		return "", 2
+	}
+	for _, s := range subs {
+		if args[0] == s {
+			return s, -1
+		}
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, groupUsage)
+		return "", 0
+	}
+	fmt.Fprintf(stderr, "herald %s: unknown command %q (want one of %v)\nRun 'herald %s -h' for usage.\n", group, args[0], subs, group)
+	return "", 2
 }

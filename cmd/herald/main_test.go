@@ -4,15 +4,24 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"database/sql"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,6 +61,14 @@ func env(vars map[string]string) func(string) string {
 	return func(k string) string { return vars[k] }
 }
 
+// parseRelayFlags parses and resolves the relay's flags as runRelay does.
+func parseRelayFlags(args []string, getenv func(string) string) (relayConfig, error) {
+	var c relayConfig
+	err := newRelayFlags(&c).parse(args, getenv)
+	c.resolve()
+	return c, err
+}
+
 func TestParseRelayFlags(t *testing.T) {
 	cfg, err := parseRelayFlags([]string{"-dsn", "postgres://u@h/db", "-batch-size", "50", "-listen=false", "-target", "memory"},
 		env(map[string]string{
@@ -61,13 +78,13 @@ func TestParseRelayFlags(t *testing.T) {
 			"HERALD_RELAY_RETENTION":           "1h",
 			"HERALD_KAFKA_BROKERS":             "k1:9092,k2:9092",
 			"HERALD_RELAY_LOCK_RETRY_INTERVAL": "250ms",
-		}), io.Discard)
+		}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := relayConfig{
-		DSN: "postgres://u@h/db", Dialect: "postgres", Table: "orders_outbox", Target: "memory",
-		KafkaBrokers: "k1:9092,k2:9092", KafkaClientID: "herald-relay", RedisKeyPrefix: "herald:stream:",
+		DB: dbFlags{DSN: "postgres://u@h/db", Dialect: "postgres", Table: "orders_outbox"}, Target: "memory",
+		Kafka: kafkaFlags{Brokers: "k1:9092,k2:9092", ClientID: "herald-relay"}, Redis: redisFlags{KeyPrefix: "herald:stream:"},
 		BatchSize: 50, Lanes: 1, MaxAttempts: 3, MinPoll: outbox.DefaultMinPollInterval, MaxPoll: outbox.DefaultMaxPollInterval,
 		LockRetry: 250 * time.Millisecond, WriteTimeout: outbox.DefaultWriteTimeout, Retention: time.Hour, Listen: false,
 		StatsInterval: 30 * time.Second, StartupTimeout: 10 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: "info",
@@ -89,7 +106,7 @@ func TestParseRelayFlagsTargetDefaults(t *testing.T) {
 		{map[string]string{"HERALD_REDIS_ADDR": "r:6379"}, targetRedis},
 		{map[string]string{"HERALD_KAFKA_BROKERS": "k:9092", "HERALD_RELAY_TARGET": "redis", "HERALD_REDIS_ADDR": "r:6379"}, targetRedis},
 	} {
-		cfg, err := parseRelayFlags([]string{"-dsn", "file:x.db"}, env(c.vars), io.Discard)
+		cfg, err := parseRelayFlags([]string{"-dsn", "file:x.db"}, env(c.vars))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +138,7 @@ func TestInferDialect(t *testing.T) {
 // TestValidateReportsEverything checks that one run names every problem.
 func TestValidateReportsEverything(t *testing.T) {
 	cfg, err := parseRelayFlags([]string{"-table", "Bad-Name", "-batch-size", "0", "-target", "carrier-pigeon", "-log-level", "loud"},
-		env(map[string]string{"HERALD_RELAY_SHUTDOWN_TIMEOUT": "0s"}), io.Discard)
+		env(map[string]string{"HERALD_RELAY_SHUTDOWN_TIMEOUT": "0s"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +336,7 @@ func TestRelayCommandPostgres(t *testing.T) {
 	t.Cleanup(func() { _ = db.Close() })
 	table := newTableName()
 	dropTables(t, db, func(s string) string { return `"` + s + `"` }, table)
-	cfg, err := parseRelayFlags([]string{"-dsn", dsn, "-table", table, "-migrate", "-target", "memory", "-stats-interval", "0"}, env(nil), io.Discard)
+	cfg, err := parseRelayFlags([]string{"-dsn", dsn, "-table", table, "-migrate", "-target", "memory", "-stats-interval", "0"}, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -606,4 +623,149 @@ func newMemBroker(t testing.TB, opts ...memdriver.Option) *memdriver.Broker {
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	return b
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key as
+// PEM files in dir (ca.pem, key.pem) and returns the server's TLS configuration and the
+// certificate's path (the CA a client trusts).
+func selfSigned(t *testing.T, dir string) (*tls.Config, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kfake"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, caFile
+}
+
+// TestRelayCommandKafkaTLSAndSASL relays to a kfake cluster that takes
+// only TLS connections with SASL SCRAM-SHA-256: the flags reach the
+// driver, and a wrong password stops the start with exit 1.
+func TestRelayCommandKafkaTLSAndSASL(t *testing.T) {
+	dir := t.TempDir()
+	serverTLS, caFile := selfSigned(t, dir)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(2),
+		kfake.TLS(serverTLS), kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "relay", "s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	dsn := "file:" + filepath.Join(dir, "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	table := newTableName()
+	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
+		t.Fatal(err)
+	}
+	writeRows(t, db, outbox.SQLite, table, 4)
+	args := func(password string) []string {
+		return []string{"-dsn", dsn, "-table", table, "-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-kafka-auto-create-topics",
+			"-kafka-tls-ca", caFile, "-kafka-sasl", "scram-sha-256", "-kafka-sasl-user", "relay", "-startup-timeout", "5s"}
+	}
+	var bad syncBuffer
+	_, status := runCommand(args(""), map[string]string{"HERALD_KAFKA_SASL_PASSWORD": "wrong"}, &bad)
+	select {
+	case code := <-status:
+		if code != 1 || !strings.Contains(bad.String(), "cannot start") {
+			t.Errorf("wrong password: exit %d, want 1:\n%s", code, bad.String())
+		}
+	case <-time.After(liveness):
+		t.Fatal("a relay with a wrong password kept running")
+	}
+	var logs syncBuffer
+	stop, status := runCommand(args(""), map[string]string{"HERALD_KAFKA_SASL_PASSWORD": "s3cret"}, &logs)
+	defer stop()
+	eventually(t, "the outbox to drain over TLS and SASL", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
+	stop()
+	if code := <-status; code != 0 {
+		t.Errorf("exit %d:\n%s", code, logs.String())
+	}
+}
+
+// TestRelayCommandRedisTLSAndACL relays to a private redis-server that
+// takes only TLS connections and an ACL user: the flags reach the client.
+func TestRelayCommandRedisTLSAndACL(t *testing.T) {
+	redisServer, err := exec.LookPath("redis-server")
+	if err != nil {
+		testenv.Unavailable(t, "redis-server is not installed")
+	}
+	dir := t.TempDir()
+	_, caFile := selfSigned(t, dir)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	_ = ln.Close()
+	srv := exec.Command(redisServer, "--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--tls-cert-file", caFile, "--tls-key-file", filepath.Join(dir, "key.pem"), "--tls-ca-cert-file", caFile,
+		"--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", dir,
+		"--user", "default", "off", "--user", "relay", "on", ">s3cret", "~*", "&*", "+@all")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	eventually(t, "the TLS redis-server", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+
+	dsn := "file:" + filepath.Join(dir, "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	table := newTableName()
+	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
+		t.Fatal(err)
+	}
+	writeRows(t, db, outbox.SQLite, table, 3)
+	args := []string{"-dsn", dsn, "-table", table, "-redis-addr", addr, "-redis-tls-ca", caFile, "-redis-username", "relay"}
+	var bad syncBuffer
+	_, status := runCommand(args, map[string]string{"HERALD_REDIS_PASSWORD": "wrong"}, &bad)
+	if code := <-status; code != 1 || !strings.Contains(bad.String(), "cannot start") {
+		t.Errorf("wrong password: exit %d, want 1:\n%s", code, bad.String())
+	}
+	var logs syncBuffer
+	stop, status := runCommand(args, map[string]string{"HERALD_REDIS_PASSWORD": "s3cret"}, &logs)
+	defer stop()
+	eventually(t, "the outbox to drain over TLS", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
+	stop()
+	if code := <-status; code != 0 {
+		t.Errorf("exit %d:\n%s", code, logs.String())
+	}
 }

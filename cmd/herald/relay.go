@@ -4,49 +4,51 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"strconv"
-	"strings"
 	"time"
 
-	_ "github.com/go-sql-driver/mysql" // database/sql driver "mysql"
-	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
-	goredis "github.com/redis/go-redis/v9"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/kafka/kafkadriver"
 	"github.com/heraldbus/herald/memory/memdriver"
-	"github.com/heraldbus/herald/redis/redisdriver"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
-// Relay targets.
-const (
-	targetKafka  = "kafka"
-	targetRedis  = "redis"
-	targetMemory = "memory"
-)
+const relayAbout = `Forwards the committed rows of an outbox table (see package
+github.com/heraldbus/herald/sql/outbox) to Kafka or Redis. Run one or
+several: one relay per table delivers at a time, the others stand by and
+one takes over within -lock-retry-interval of the active one dying.
+
+Before it starts it checks, within -startup-timeout, that the database
+answers, the outbox tables exist (or creates them with -migrate) and the
+target answers; when one does not it exits 1 with the reason. It logs JSON
+lines to standard error, among them one "herald relay: event" line per
+change of leadership (active, standby, lease_lost) and per round it could
+not deliver (round_failed). SIGINT or SIGTERM stops it gracefully, also
+during the start-up: the round in flight finishes within -shutdown-timeout.
+
+With -http it serves /healthz (the process runs), /readyz (the relay runs,
+its database answers, its backlog is not too old: 200 or 503 with a JSON
+body) and /metrics (Prometheus text: the herald.outbox.* metrics and
+herald_relay_events_total by event).
+
+Every flag can be set from the environment variable named after it; a flag
+on the command line wins.
+
+Exit status: 0 after a clean stop, 1 when the relay could not start, 2 for
+bad flags or environment.`
 
 // relayConfig is everything "herald relay" is configured with.
 type relayConfig struct {
-	DSN     string
-	Dialect string // empty: inferred from DSN
-	Table   string
+	DB      dbFlags
 	Migrate bool
 
-	Target          string // empty: kafka if brokers are set, else redis if an address is
-	KafkaBrokers    string // comma-separated host:port list
-	KafkaClientID   string
-	KafkaAutoCreate bool
-	RedisAddr       string
-	RedisPassword   string
-	RedisDB         int
-	RedisKeyPrefix  string
+	Target string // empty: kafka if brokers are set, else redis if an address is
+	Kafka  kafkaFlags
+	Redis  redisFlags
 
 	BatchSize       int
 	Lanes           int
@@ -60,93 +62,17 @@ type relayConfig struct {
 	StatsInterval   time.Duration
 	StartupTimeout  time.Duration
 	ShutdownTimeout time.Duration
+	HTTP            string
 	LogLevel        string
 }
 
-// flagSet is a flag.FlagSet whose flags fall back to environment variables.
-type flagSet struct {
-	*flag.FlagSet
-	env  map[string]string // flag name -> variable
-	args bool              // arguments may follow the flags
-}
-
-func (f *flagSet) str(p *string, name, env, def, usage string) {
-	f.StringVar(p, name, def, usage+" ($"+env+")")
-	f.env[name] = env
-}
-
-func (f *flagSet) int(p *int, name, env string, def int, usage string) {
-	f.IntVar(p, name, def, usage+" ($"+env+")")
-	f.env[name] = env
-}
-
-func (f *flagSet) bool(p *bool, name, env string, def bool, usage string) {
-	f.BoolVar(p, name, def, usage+" ($"+env+")")
-	f.env[name] = env
-}
-
-func (f *flagSet) duration(p *time.Duration, name, env string, def time.Duration, usage string) {
-	f.DurationVar(p, name, def, usage+" ($"+env+")")
-	f.env[name] = env
-}
-
-// parse parses args, then sets every flag that args left alone from its
-// environment variable, reporting every bad value at once.
-func (f *flagSet) parse(args []string, getenv func(string) string) error {
-	if err := f.Parse(args); err != nil {
-		return err
-	}
-	if f.NArg() > 0 && !f.args {
-		return fmt.Errorf("unexpected arguments: %q", f.Args())
-	}
-	set := make(map[string]bool)
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
-	var errs []error
-	f.VisitAll(func(fl *flag.Flag) {
-		env := f.env[fl.Name]
-		if set[fl.Name] || env == "" {
-			return
-		}
-		if v := getenv(env); v != "" {
-			if err := f.Set(fl.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("$%s=%q: %w", env, v, err))
-			}
-		}
-	})
-	return errors.Join(errs...)
-}
-
-// parseRelayFlags reads the relay's configuration from args and the
-// environment. Usage goes to output on -h (flag.ErrHelp) or a bad flag.
-func parseRelayFlags(args []string, getenv func(string) string, output io.Writer) (relayConfig, error) {
-	var c relayConfig
-	f := &flagSet{FlagSet: flag.NewFlagSet("herald relay", flag.ContinueOnError), env: make(map[string]string)}
-	f.SetOutput(output)
-	f.Usage = func() {
-		fmt.Fprint(output, `Usage: herald relay [flags]
-
-Forwards the committed rows of an outbox table (see package
-github.com/heraldbus/herald/outbox) to Kafka or Redis. Run one or several:
-one relay per table delivers at a time, the others stand by.
-
-Flags:
-`)
-		f.PrintDefaults()
-	}
-	f.str(&c.DSN, "dsn", "HERALD_OUTBOX_DSN", "", "database to read the outbox from: postgres://..., user:pass@tcp(host:port)/db?parseTime=true, or file:path.db")
-	f.str(&c.Dialect, "dialect", "HERALD_OUTBOX_DIALECT", "", "postgres, mysql or sqlite (default: inferred from -dsn)")
-	f.str(&c.Table, "table", "HERALD_OUTBOX_TABLE", outbox.DefaultTable, "outbox table")
+func newRelayFlags(c *relayConfig) *flagSet {
+	f := newFlagSet("herald relay", "[flags]", relayAbout, false)
+	c.DB.register(f)
 	f.bool(&c.Migrate, "migrate", "HERALD_OUTBOX_MIGRATE", false, "create the outbox tables first if they do not exist")
-
 	f.str(&c.Target, "target", "HERALD_RELAY_TARGET", "", "kafka, redis, or memory (drops messages; for trying things out) (default: kafka if -kafka-brokers is set, else redis if -redis-addr is)")
-	f.str(&c.KafkaBrokers, "kafka-brokers", "HERALD_KAFKA_BROKERS", "", "comma-separated Kafka bootstrap brokers, host:port")
-	f.str(&c.KafkaClientID, "kafka-client-id", "HERALD_KAFKA_CLIENT_ID", "herald-relay", "Kafka client id")
-	f.bool(&c.KafkaAutoCreate, "kafka-auto-create-topics", "HERALD_KAFKA_AUTO_CREATE_TOPICS", false, "let the brokers create missing topics")
-	f.str(&c.RedisAddr, "redis-addr", "HERALD_REDIS_ADDR", "", "Redis address, host:port")
-	f.str(&c.RedisPassword, "redis-password", "HERALD_REDIS_PASSWORD", "", "Redis password (prefer the environment variable)")
-	f.int(&c.RedisDB, "redis-db", "HERALD_REDIS_DB", 0, "Redis database number")
-	f.str(&c.RedisKeyPrefix, "redis-key-prefix", "HERALD_REDIS_KEY_PREFIX", redisdriver.DefaultKeyPrefix, "prefix of the Redis stream keys")
-
+	c.Kafka.register(f, "herald-relay", true)
+	c.Redis.register(f)
 	f.int(&c.BatchSize, "batch-size", "HERALD_RELAY_BATCH_SIZE", outbox.DefaultBatchSize, "rows per round")
 	f.int(&c.Lanes, "lanes", "HERALD_RELAY_LANES", outbox.DefaultLanes, "target writes per round that run at once (by key hash)")
 	f.int(&c.MaxAttempts, "max-attempts", "HERALD_RELAY_MAX_ATTEMPTS", outbox.DefaultMaxAttempts, "failed deliveries before a row is quarantined (0: never)")
@@ -157,39 +83,24 @@ Flags:
 	f.duration(&c.Retention, "retention", "HERALD_RELAY_RETENTION", 0, "keep sent rows this long in <table>_sent (0: delete at once)")
 	f.bool(&c.Listen, "listen", "HERALD_RELAY_LISTEN", true, "on PostgreSQL, wake on LISTEN/NOTIFY as well as polling")
 	f.duration(&c.StatsInterval, "stats-interval", "HERALD_RELAY_STATS_INTERVAL", 30*time.Second, "log backlog and counters this often (0: never)")
-	f.duration(&c.StartupTimeout, "startup-timeout", "HERALD_RELAY_STARTUP_TIMEOUT", 10*time.Second, "bound of the start-up checks (database, tables, target); the relay exits 1 when they fail")
+	f.duration(&c.StartupTimeout, "startup-timeout", "HERALD_RELAY_STARTUP_TIMEOUT", 10*time.Second, "bound of the start-up checks (database, tables, target)")
 	f.duration(&c.ShutdownTimeout, "shutdown-timeout", "HERALD_RELAY_SHUTDOWN_TIMEOUT", 10*time.Second, "bound of the graceful stop")
+	f.str(&c.HTTP, "http", "HERALD_RELAY_HTTP", "", "serve /healthz, /readyz and /metrics on this address, host:port (default: no listener)")
 	f.str(&c.LogLevel, "log-level", "HERALD_LOG_LEVEL", "info", "debug, info, warn or error")
+	return f
+}
 
-	if err := f.parse(args, getenv); err != nil {
-		return c, err
-	}
+// resolve fills in what follows from other settings.
+func (c *relayConfig) resolve() {
+	c.DB.resolve()
 	if c.Target == "" {
 		switch {
-		case c.KafkaBrokers != "":
+		case c.Kafka.Brokers != "":
 			c.Target = targetKafka
-		case c.RedisAddr != "":
+		case c.Redis.Addr != "":
 			c.Target = targetRedis
 		}
 	}
-	if c.Dialect == "" {
-		c.Dialect = inferDialect(c.DSN)
-	}
-	return c, nil
-}
-
-// inferDialect guesses the dialect from the shape of a DSN; "" when it
-// cannot tell.
-func inferDialect(dsn string) string {
-	switch {
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
-		return outbox.Postgres.String()
-	case strings.Contains(dsn, "@tcp("), strings.Contains(dsn, "@unix("):
-		return outbox.MySQL.String()
-	case strings.HasPrefix(dsn, "file:"), strings.HasSuffix(dsn, ".db"), strings.HasSuffix(dsn, ".sqlite"), strings.HasSuffix(dsn, ".sqlite3"):
-		return outbox.SQLite.String()
-	}
-	return ""
 }
 
 // relayOptions turns the configuration into relay options.
@@ -209,50 +120,17 @@ func (c relayConfig) relayOptions() []outbox.RelayOption {
 	return opts
 }
 
-func (c relayConfig) level() (slog.Level, error) {
-	var l slog.Level
-	err := l.UnmarshalText([]byte(c.LogLevel))
-	return l, err
-}
-
 // Validate reports every problem of c at once.
 func (c relayConfig) Validate() error {
-	var errs []error
-	if c.DSN == "" {
-		errs = append(errs, errors.New("-dsn is required"))
-	}
-	if c.Dialect == "" {
-		if c.DSN != "" {
-			errs = append(errs, errors.New("cannot infer the dialect from -dsn: set -dialect"))
-		}
-	} else if _, err := outbox.ParseDialect(c.Dialect); err != nil {
-		errs = append(errs, err)
-	}
-	if err := outbox.ValidateTable(c.Table); err != nil {
-		errs = append(errs, err)
-	}
-	if c.KafkaBrokers != "" {
-		for _, b := range strings.Split(c.KafkaBrokers, ",") {
-			if err := checkHostPort(strings.TrimSpace(b)); err != nil {
-				errs = append(errs, fmt.Errorf("-kafka-brokers %q: broker %q: %w", c.KafkaBrokers, b, err))
-			}
-		}
-	}
-	if c.RedisAddr != "" {
-		if err := checkHostPort(c.RedisAddr); err != nil {
-			errs = append(errs, fmt.Errorf("-redis-addr %q: %w", c.RedisAddr, err))
-		}
-	}
-	if c.RedisDB < 0 {
-		errs = append(errs, fmt.Errorf("-redis-db %d: want 0 or more", c.RedisDB))
-	}
+	errs := append(c.DB.validate(true), c.Kafka.validate()...)
+	errs = append(errs, c.Redis.validate()...)
 	switch c.Target {
 	case targetKafka:
-		if c.KafkaBrokers == "" {
+		if c.Kafka.Brokers == "" {
 			errs = append(errs, errors.New("-target kafka needs -kafka-brokers"))
 		}
 	case targetRedis:
-		if c.RedisAddr == "" {
+		if c.Redis.Addr == "" {
 			errs = append(errs, errors.New("-target redis needs -redis-addr"))
 		}
 	case targetMemory:
@@ -265,51 +143,37 @@ func (c relayConfig) Validate() error {
 		errs = append(errs, err)
 	}
 	if c.StatsInterval < 0 {
-		errs = append(errs, fmt.Errorf("-stats-interval %v: want >= 0", c.StatsInterval))
+		errs = append(errs, fmt.Errorf("-stats-interval %v: want 0 (never) or more", c.StatsInterval))
 	}
 	if c.StartupTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("-startup-timeout %v: want > 0", c.StartupTimeout))
+		errs = append(errs, fmt.Errorf("-startup-timeout %v: want more than 0", c.StartupTimeout))
 	}
 	if c.ShutdownTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("-shutdown-timeout %v: want > 0", c.ShutdownTimeout))
+		errs = append(errs, fmt.Errorf("-shutdown-timeout %v: want more than 0", c.ShutdownTimeout))
 	}
-	if _, err := c.level(); err != nil {
+	if c.HTTP != "" {
+		if err := checkListenAddr(c.HTTP); err != nil {
+			errs = append(errs, fmt.Errorf("-http %q: %w", c.HTTP, err))
+		}
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, fmt.Errorf("-log-level %q: %w", c.LogLevel, err))
 	}
 	return errors.Join(errs...)
 }
 
-// checkHostPort checks a host:port address with a port number.
-func checkHostPort(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return errors.New("want host:port")
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
-		return errors.New("want host:port with a port from 1 to 65535")
-	}
-	return nil
-}
-
 // runRelay is "herald relay".
-func runRelay(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
-	cfg, err := parseRelayFlags(args, getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+func runRelay(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	var cfg relayConfig
+	f := newRelayFlags(&cfg)
+	if code := f.setUp(args, getenv, stdout, stderr, func() error { cfg.resolve(); return cfg.Validate() }); code >= 0 {
+		return code
 	}
-	if err == nil {
-		err = cfg.Validate()
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "herald relay: %v\n", err)
-		return 2
-	}
-	level, _ := cfg.level()
-	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
-
+	level, _ := parseLevel(cfg.LogLevel)
+	logger := newLogger(stderr, level)
 	target, closeTarget, err := openTarget(cfg, logger)
 	if err != nil {
-		logger.Error("herald relay: target", slog.Any("error", err))
+		logger.Error("herald relay: cannot start: target", slog.Any("error", err))
 		return 1
 	}
 	defer func() {
@@ -317,10 +181,9 @@ func runRelay(ctx context.Context, args []string, getenv func(string) string, st
 			logger.Warn("herald relay: close target", slog.Any("error", err))
 		}
 	}()
-	dialect, _ := outbox.ParseDialect(cfg.Dialect)
-	db, err := sql.Open(driverName(dialect), cfg.DSN)
+	db, err := cfg.DB.open()
 	if err != nil {
-		logger.Error("herald relay: database", slog.Any("error", err))
+		logger.Error("herald relay: cannot start: database", slog.Any("error", err))
 		return 1
 	}
 	defer db.Close()
@@ -331,28 +194,18 @@ func runRelay(ctx context.Context, args []string, getenv func(string) string, st
 	return 0
 }
 
-func driverName(d outbox.Dialect) string {
-	switch d {
-	case outbox.Postgres:
-		return "pgx"
-	case outbox.MySQL:
-		return "mysql"
-	}
-	return "sqlite"
-}
-
 // openTarget connects the writer the relay forwards to; the returned
 // function releases it.
 func openTarget(cfg relayConfig, logger *slog.Logger) (herald.Writer, func() error, error) {
 	switch cfg.Target {
 	case targetKafka:
-		d, err := openKafka(cfg.KafkaBrokers, cfg.KafkaClientID, cfg.KafkaAutoCreate, logger)
+		d, err := cfg.Kafka.open(logger)
 		if err != nil {
 			return nil, nil, err
 		}
 		return d, d.Close, nil
 	case targetRedis:
-		return openRedis(cfg.RedisAddr, cfg.RedisPassword, cfg.RedisDB, cfg.RedisKeyPrefix)
+		return cfg.Redis.open()
 	default:
 		logger.Warn("herald relay: target memory keeps messages in this process only, where nothing reads them; use it to try the relay out")
 		b, err := memdriver.New()
@@ -363,64 +216,65 @@ func openTarget(cfg relayConfig, logger *slog.Logger) (herald.Writer, func() err
 	}
 }
 
-// openKafka returns a Kafka driver for the comma-separated brokers; the
-// caller closes it.
-func openKafka(brokers, clientID string, autoCreate bool, logger *slog.Logger) (*kafkadriver.Driver, error) {
-	opts := []kafkadriver.Option{kafkadriver.WithClientID(clientID), kafkadriver.WithLogger(logger)}
-	if autoCreate {
-		opts = append(opts, kafkadriver.WithAutoCreateTopics())
-	}
-	var list []string
-	for _, b := range strings.Split(brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			list = append(list, b)
-		}
-	}
-	return kafkadriver.New(list, opts...)
-}
-
-// openRedis returns a Redis driver and the function that closes its
-// client.
-func openRedis(addr, password string, db int, keyPrefix string) (*redisdriver.Driver, func() error, error) {
-	client := goredis.NewClient(&goredis.Options{Addr: addr, Password: password, DB: db})
-	d, err := redisdriver.New(client, redisdriver.WithKeyPrefix(keyPrefix))
-	if err != nil {
-		_ = client.Close()
-		return nil, nil, err
-	}
-	return d, client.Close, nil
-}
-
 // relayMain migrates if asked, checks that the relay can work (the
 // database, its tables, the target), then relays until ctx ends, and
 // stops gracefully within cfg.ShutdownTimeout. A failed check is an error
 // (the relay never started); a stop signal during the start-up is a clean
 // stop.
 func relayMain(ctx context.Context, cfg relayConfig, db *sql.DB, target herald.Writer, logger *slog.Logger) error {
-	dialect, err := outbox.ParseDialect(cfg.Dialect)
-	if err != nil {
-		return err
-	}
+	dialect := cfg.DB.dialect()
+	table := cfg.DB.Table
 	startup, cancel := context.WithTimeout(ctx, cfg.StartupTimeout)
 	defer cancel()
 	if cfg.Migrate {
-		if err := outbox.Migrate(startup, db, dialect, cfg.Table); err != nil {
+		if err := outbox.Migrate(startup, db, dialect, table); err != nil {
 			return startupError(ctx, logger, err)
 		}
-		logger.Info("herald relay: tables ready", slog.String("table", cfg.Table))
+		logger.Info("herald relay: tables ready", slog.String("table", table))
 	}
+	var admin *adminServer
 	opts := append(cfg.relayOptions(), outbox.WithLogger(logger))
+	var events metric.Int64Counter
+	if cfg.HTTP != "" {
+		m, err := newMetrics()
+		if err != nil {
+			return startupError(ctx, logger, err)
+		}
+		defer m.shutdown()
+		opts = append(opts, outbox.WithMeterProvider(m.provider))
+		events, err = m.provider.Meter("herald relay").Int64Counter("herald.relay.events", metric.WithUnit("{event}"),
+			metric.WithDescription("Relay events: active, standby, lease_lost, round_failed."))
+		if err != nil {
+			return startupError(ctx, logger, err)
+		}
+		admin = &adminServer{metrics: m.handler}
+	}
+	opts = append(opts, outbox.WithEventHook(func(e outbox.RelayEvent) {
+		attrs := []slog.Attr{slog.String("event", e.Kind.String()), slog.String("table", e.Table)}
+		level := slog.LevelInfo
+		if e.Err != nil {
+			attrs = append(attrs, slog.Any("error", e.Err))
+			level = slog.LevelWarn
+		}
+		if e.Kind == outbox.RoundFailed {
+			attrs = append(attrs, slog.Int("rows", e.Rows), slog.Bool("outage", e.Outage))
+		}
+		logger.LogAttrs(context.Background(), level, "herald relay: event", attrs...)
+		if events != nil {
+			events.Add(context.Background(), 1, metric.WithAttributes(attribute.String("event", e.Kind.String())))
+		}
+	}))
 	if cfg.StatsInterval > 0 {
 		opts = append(opts, outbox.WithStatsHook(cfg.StatsInterval, func(s outbox.Stats) {
 			logger.Info("herald relay: stats",
-				slog.String("table", cfg.Table), slog.Bool("active", s.Active),
+				slog.String("table", table), slog.Bool("active", s.Active),
 				slog.Int64("backlog", s.Backlog), slog.Duration("oldest_age", s.OldestAge),
 				slog.Int64("quarantine", s.Quarantine), slog.Uint64("sent", s.Sent),
 				slog.Uint64("failures", s.Failures), slog.Uint64("quarantined", s.Quarantined),
 				slog.Uint64("reads", s.Reads))
 		}))
 	}
-	r, err := outbox.NewRelay(db, dialect, cfg.Table, target, opts...)
+	r, err := outbox.NewRelay(db, dialect, table, target, opts...)
 	if err != nil {
 		return err
 	}
@@ -428,7 +282,14 @@ func relayMain(ctx context.Context, cfg relayConfig, db *sql.DB, target herald.W
 		return startupError(ctx, logger, err)
 	}
 	cancel()
-	logger.Info("herald relay: starting", slog.String("table", cfg.Table), slog.String("dialect", dialect.String()),
+	if admin != nil {
+		admin.ready = r
+		if err := admin.start(cfg.HTTP, logger); err != nil {
+			return startupError(ctx, logger, err)
+		}
+		defer admin.stop()
+	}
+	logger.Info("herald relay: starting", slog.String("table", table), slog.String("dialect", dialect.String()),
 		slog.String("target", cfg.Target))
 	done := make(chan error, 1)
 	// Run gets a context that signals do not cancel: the stop goes through
