@@ -39,6 +39,7 @@ type config struct {
 type result struct {
 	messages       int
 	elapsed        time.Duration
+	cpu            time.Duration // user + system CPU time of the process during the run; negative if unmeasured
 	allocs         uint64        // heap objects allocated during the run (whole process)
 	allocBytes     uint64        // heap bytes allocated during the run (whole process)
 	peakHeap       uint64        // largest heap-objects size sampled, live and not yet swept
@@ -52,6 +53,15 @@ func (r result) msgsPerSec() float64   { return float64(r.messages) / r.elapsed.
 func (r result) allocsPerMsg() float64 { return float64(r.allocs) / float64(r.messages) }
 func (r result) bytesPerMsg() float64  { return float64(r.allocBytes) / float64(r.messages) }
 
+// cpuPerMsg is the process's CPU time per message in microseconds;
+// negative when the run could not measure it.
+func (r result) cpuPerMsg() float64 {
+	if r.cpu < 0 {
+		return -1
+	}
+	return float64(r.cpu) / 1e3 / float64(r.messages)
+}
+
 // ceilingShare is msgs/s as a share of concurrency handlers each taking
 // perMessage; 0 when perMessage is.
 func (r result) ceilingShare(concurrency int, perMessage time.Duration) float64 {
@@ -64,6 +74,8 @@ func (r result) ceilingShare(concurrency int, perMessage time.Duration) float64 
 // measure runs c once with n messages: set-up and warm-up untimed, then a
 // garbage collection, then the timed run with memory sampled every
 // cfg.sampleEvery, then the teardown (untimed, but its errors fail the run).
+// The process's CPU time is read right before and right after the timed
+// part, so it covers what the clock covers.
 func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) (result, error) {
 	p, err := c.setup(ctx, runParams{cfg: cfg, n: n, topic: topic})
 	if err != nil {
@@ -74,6 +86,7 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	s := startSampler(cfg.sampleEvery)
+	cpuBefore, cpuOK := processCPU()
 	start := time.Now()
 
 	// The timed part carries the profiler labels phase=timed and case=id,
@@ -88,8 +101,14 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 	})
 
 	elapsed := time.Since(start)
+	cpuAfter, cpuAfterOK := processCPU()
 	peak := s.stop()
 	runtime.ReadMemStats(&after)
+
+	cpu := cpuAfter - cpuBefore
+	if !cpuOK || !cpuAfterOK {
+		cpu = -1
+	}
 
 	var handlerTime, p50, p99 time.Duration
 	if p.counter != nil {
@@ -109,6 +128,7 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 		latP99:         p99,
 		messages:       n,
 		elapsed:        elapsed,
+		cpu:            cpu,
 		allocs:         after.Mallocs - before.Mallocs,
 		allocBytes:     after.TotalAlloc - before.TotalAlloc,
 		peakHeap:       peak.heap,
@@ -357,6 +377,7 @@ type summary struct {
 	runs             int
 	msgsPerSec       float64
 	minRate, maxRate float64
+	cpuPerMsg        float64 // microseconds; negative if a run could not measure it
 	allocsPerMsg     float64
 	bytesPerMsg      float64
 	peakHeap         float64
@@ -364,7 +385,6 @@ type summary struct {
 	peakGoroutines   float64
 	handlerTime      float64 // nanoseconds
 	nominalShare     float64 // msgs/s over concurrency / work
-	measuredShare    float64 // msgs/s over concurrency / measured handler time
 	latP50, latP99   float64 // nanoseconds, paced runs
 }
 
@@ -387,6 +407,7 @@ func summarize(c benchCase, rs []result) summary {
 		msgsPerSec:     median(rates),
 		minRate:        slices.Min(rates),
 		maxRate:        slices.Max(rates),
+		cpuPerMsg:      medianCPUPerMsg(rs),
 		allocsPerMsg:   metric(result.allocsPerMsg),
 		bytesPerMsg:    metric(result.bytesPerMsg),
 		peakHeap:       metric(func(r result) float64 { return float64(r.peakHeap) }),
@@ -396,8 +417,21 @@ func summarize(c benchCase, rs []result) summary {
 		latP50:         metric(func(r result) float64 { return float64(r.latP50) }),
 		latP99:         metric(func(r result) float64 { return float64(r.latP99) }),
 		nominalShare:   metric(func(r result) float64 { return r.ceilingShare(c.concurrency, c.work) }),
-		measuredShare:  metric(func(r result) float64 { return r.ceilingShare(c.concurrency, r.handlerTime) }),
 	}
+}
+
+// medianCPUPerMsg is the median CPU time per message of rs in
+// microseconds, or -1 if any run could not measure it (a median of some
+// runs would not be the median of the runs the other columns show).
+func medianCPUPerMsg(rs []result) float64 {
+	vs := make([]float64, len(rs))
+	for i, r := range rs {
+		if r.cpu < 0 {
+			return -1
+		}
+		vs[i] = r.cpuPerMsg()
+	}
+	return median(vs)
 }
 
 func median(vs []float64) float64 {

@@ -46,10 +46,12 @@ func parseChildSpec(v string) (childSpec, error) {
 	return childSpec{scenario: parts[0], caseID: parts[1], n: n, topic: parts[3]}, nil
 }
 
-// wireResult is a result as a child prints it for its parent.
+// wireResult is a result as a child prints it for its parent. CPUNS is
+// always present: -1 (not measured) must not read as 0.
 type wireResult struct {
 	Messages       int    `json:"messages"`
 	ElapsedNS      int64  `json:"elapsed_ns"`
+	CPUNS          int64  `json:"cpu_ns"`
 	Allocs         uint64 `json:"allocs"`
 	AllocBytes     uint64 `json:"alloc_bytes"`
 	PeakHeap       uint64 `json:"peak_heap"`
@@ -58,6 +60,40 @@ type wireResult struct {
 	HandlerNS      int64  `json:"handler_ns,omitempty"`
 	LatP50NS       int64  `json:"lat_p50_ns,omitempty"`
 	LatP99NS       int64  `json:"lat_p99_ns,omitempty"`
+}
+
+// toWire encodes r for the parent.
+func toWire(r result) wireResult {
+	return wireResult{
+		Messages:       r.messages,
+		ElapsedNS:      int64(r.elapsed),
+		CPUNS:          int64(r.cpu),
+		Allocs:         r.allocs,
+		AllocBytes:     r.allocBytes,
+		PeakHeap:       r.peakHeap,
+		PeakSys:        r.peakSys,
+		PeakGoroutines: r.peakGoroutines,
+		HandlerNS:      int64(r.handlerTime),
+		LatP50NS:       int64(r.latP50),
+		LatP99NS:       int64(r.latP99),
+	}
+}
+
+// result decodes what a child sent.
+func (w wireResult) result() result {
+	return result{
+		messages:       w.Messages,
+		elapsed:        time.Duration(w.ElapsedNS),
+		cpu:            time.Duration(w.CPUNS),
+		allocs:         w.Allocs,
+		allocBytes:     w.AllocBytes,
+		peakHeap:       w.PeakHeap,
+		peakSys:        w.PeakSys,
+		peakGoroutines: w.PeakGoroutines,
+		handlerTime:    time.Duration(w.HandlerNS),
+		latP50:         time.Duration(w.LatP50NS),
+		latP99:         time.Duration(w.LatP99NS),
+	}
 }
 
 // runChild performs the run spec names and prints its result as JSON.
@@ -75,18 +111,7 @@ func runChild(ctx context.Context, cfg config, spec childSpec, stdout io.Writer)
 	if err != nil {
 		return err
 	}
-	return json.NewEncoder(stdout).Encode(wireResult{
-		Messages:       r.messages,
-		ElapsedNS:      int64(r.elapsed),
-		Allocs:         r.allocs,
-		AllocBytes:     r.allocBytes,
-		PeakHeap:       r.peakHeap,
-		PeakSys:        r.peakSys,
-		PeakGoroutines: r.peakGoroutines,
-		HandlerNS:      int64(r.handlerTime),
-		LatP50NS:       int64(r.latP50),
-		LatP99NS:       int64(r.latP99),
-	})
+	return json.NewEncoder(stdout).Encode(toWire(r))
 }
 
 // measureInChild runs spec in a child process started from this
@@ -107,16 +132,5 @@ func measureInChild(ctx context.Context, args []string, spec childSpec) (result,
 	if err := json.Unmarshal(stdout.Bytes(), &w); err != nil {
 		return result{}, fmt.Errorf("child process for %s printed %q: %w", spec.caseID, stdout.String(), err)
 	}
-	return result{
-		messages:       w.Messages,
-		elapsed:        time.Duration(w.ElapsedNS),
-		allocs:         w.Allocs,
-		allocBytes:     w.AllocBytes,
-		peakHeap:       w.PeakHeap,
-		peakSys:        w.PeakSys,
-		peakGoroutines: w.PeakGoroutines,
-		handlerTime:    time.Duration(w.HandlerNS),
-		latP50:         time.Duration(w.LatP50NS),
-		latP99:         time.Duration(w.LatP99NS),
-	}, nil
+	return w.result(), nil
 }

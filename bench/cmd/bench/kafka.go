@@ -90,20 +90,24 @@ func kafkaCases(cfg config) []benchCase {
 		watermillCase("watermill-consume", "kafka Subscriber (Sarama consumer group) + Router",
 			wm, watermillVariant{mode: consumeOnly}, true).in(kafkaTableConsume).scaled(0.5),
 	}
+	var slowRows []benchCase
 	for _, c := range []struct {
 		concurrency int
 		share       float64
 	}{{16, 0.1}, {64, 0.4}, {256, 1}} {
-		cases = append(cases, heraldCase(fmt.Sprintf("herald-slow-c%d", c.concurrency),
+		slowRows = append(slowRows, heraldCase(fmt.Sprintf("herald-slow-c%d", c.concurrency),
 			fmt.Sprintf("Bus.Handle, concurrency %d, %d keys", c.concurrency, k),
 			hd, heraldVariant{mode: consumeOnly, concurrency: c.concurrency, keyed: true, work: slow}).
 			in(kafkaTableSlow).scaled(c.share))
 	}
 	// Watermill's Kafka subscriber hands the Router one message per
 	// partition and waits for its ack: kafkaPartitions at once.
-	return append(cases, watermillCase("watermill-slow",
+	slowRows = append(slowRows, watermillCase("watermill-slow",
 		fmt.Sprintf("kafka Subscriber (Sarama consumer group) + Router, one message in flight per partition (%d)", kafkaPartitions),
 		wm, watermillVariant{mode: consumeOnly, work: slow, concurrency: kafkaPartitions}, true).in(kafkaTableSlow).scaled(0.02))
+	// A bare-sleeper ceiling per concurrency of the slow table: herald's
+	// 16, 64 and 256, Watermill's kafkaPartitions.
+	return slices.Concat(cases, slowRows, sleeperCeilings(slowRows))
 }
 
 // startKfake starts an in-process kfake cluster of one broker when no

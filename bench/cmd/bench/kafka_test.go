@@ -66,16 +66,15 @@ func TestKafkaScenarioInProcess(t *testing.T) {
 	out, progress := kafkaRun(t, "-isolate=false")
 	cases := kafkaCases(config{messages: 3000, batch: 10, keys: 50})
 	rows := checkRows(t, out, cases)
-	for i, c := range cases {
-		if c.work > 0 && !strings.Contains(rows[i], " ms | ") {
-			t.Errorf("row %q of a handler that works lacks the handler time", rows[i])
-		}
-	}
+	checkSlowRows(t, rows, cases, "kafka", 4)
 	for _, want := range []string{
 		"#### " + kafkaTablePublish, "#### " + kafkaTableConsume, "#### " + kafkaTableSlow,
 		publishOnly.timed(), consumeOnly.timed(), "Servers: Kafka, 1 broker(s) at ",
 		"github.com/ThreeDotsLabs/watermill-kafka/v3 v", "github.com/IBM/sarama v", "github.com/segmentio/kafka-go v",
 		"(750 messages)", // herald's single-message publish runs a quarter of -n
+		"| handler time (mean) | of nominal ceiling | of bare-sleeper ceiling |",
+		"| bare goroutines | 256 goroutines each sleeping 1 ms in a loop, no broker",
+		"| bare goroutines | 4 goroutines each sleeping 1 ms in a loop, no broker",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -84,17 +83,24 @@ func TestKafkaScenarioInProcess(t *testing.T) {
 	if got := strings.Count(progress, "msgs/s"); got != len(cases) {
 		t.Errorf("progress shows %d runs, want %d:\n%s", got, len(cases), progress)
 	}
-	if got := strings.Count(progress, "ms handler"); got != 4 {
-		t.Errorf("progress shows the handler time of %d runs, want 4 (the 1 ms handler rows):\n%s", got, progress)
+	if got := strings.Count(progress, "ms handler"); got != 8 {
+		t.Errorf("progress shows the handler time of %d runs, want 8 (the 1 ms handler rows and their ceilings):\n%s", got, progress)
 	}
 }
 
-// TestKafkaScenarioIsolated runs one case of each mode, and both
-// references, in child processes on the test's cluster.
+// TestKafkaScenarioIsolated runs one case of each mode, both references
+// and a ceiling in child processes on the test's cluster.
 func TestKafkaScenarioIsolated(t *testing.T) {
-	out, _ := kafkaRun(t, "-case", "kafka-go-writer,watermill-consume,kafka-go-reader,herald-slow-c16")
-	if rows := tableRows(out); len(rows) != 4 {
-		t.Fatalf("rows = %q, want 4", rows)
+	out, _ := kafkaRun(t, "-case", "kafka-go-writer,watermill-consume,kafka-go-reader,herald-slow-c16,ceiling-c16")
+	rows := tableRows(out)
+	if len(rows) != 5 {
+		t.Fatalf("rows = %q, want 5", rows)
+	}
+	for _, r := range rows {
+		checkCPU(t, r)
+	}
+	if cs := cells(rows[3]); len(cs) < 9 || !strings.HasSuffix(cs[8], "%") {
+		t.Errorf("row %q lacks its share of the bare-sleeper ceiling", rows[3])
 	}
 }
 

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +61,9 @@ func TestMemoryScenarioInProcess(t *testing.T) {
 		if c.maxMessages > 0 && !strings.Contains(rows[i], "capped at 1,000 messages") {
 			t.Errorf("capped row %q does not say how many messages it ran", rows[i])
 		}
+		checkCPU(t, rows[i])
 	}
+	checkHeaders(t, table)
 	for _, want := range []string{"GOMAXPROCS=", "CPU: ", "3,000 messages per run", "every run in this one process",
 		"Command: `cd bench && go run ./cmd/bench -isolate=false -n 3000"} {
 		if !strings.Contains(table, want) {
@@ -84,8 +88,56 @@ func TestIsolatedRunsInChildProcesses(t *testing.T) {
 	if !strings.Contains(out.String(), "each run in a fresh process") {
 		t.Errorf("output does not say runs were isolated:\n%s", out.String())
 	}
+	// The CPU time travels from the child to the parent with the rest.
+	for _, r := range rows {
+		checkCPU(t, r)
+	}
 	if got := strings.Count(progress.String(), "msgs/s"); got != 2*2 {
 		t.Errorf("progress shows %d runs, want 4:\n%s", got, progress.String())
+	}
+}
+
+// cells splits a table row into its cells, without the outer pipes.
+func cells(row string) []string {
+	return strings.Split(strings.TrimSuffix(strings.TrimPrefix(row, "| "), " |"), " | ")
+}
+
+// cpuColumn is the index of "CPU µs/msg" in every table: right after the
+// msgs/s columns (system, configuration, msgs/s, min - max).
+const cpuColumn = 4
+
+// checkCPU checks that row shows a positive CPU time per message, which
+// every run measures (user + system time of the process is never zero
+// over thousands of messages).
+func checkCPU(t *testing.T, row string) {
+	t.Helper()
+	cs := cells(row)
+	if len(cs) <= cpuColumn {
+		t.Errorf("row %q has no CPU column", row)
+		return
+	}
+	v, err := strconv.ParseFloat(cs[cpuColumn], 64)
+	if err != nil || v <= 0 {
+		t.Errorf("row %q: CPU µs/msg %q, want a positive number", row, cs[cpuColumn])
+	}
+}
+
+// checkHeaders checks that every table of out has the CPU column right
+// after the msgs/s columns.
+func checkHeaders(t *testing.T, out string) {
+	t.Helper()
+	n := 0
+	for line := range strings.SplitSeq(out, "\n") {
+		if !strings.HasPrefix(line, "| system ") {
+			continue
+		}
+		n++
+		if !strings.HasPrefix(line, "| system | configuration | msgs/s (median) | min - max | CPU µs/msg | vs baseline |") {
+			t.Errorf("table header %q does not have CPU µs/msg right after the msgs/s columns", line)
+		}
+	}
+	if n == 0 {
+		t.Errorf("no table header in:\n%s", out)
 	}
 }
 
@@ -154,6 +206,50 @@ func TestChildSpecRoundTrip(t *testing.T) {
 	}
 }
 
+func TestWireResultRoundTrip(t *testing.T) {
+	in := result{
+		messages: 3000, elapsed: 1500 * time.Millisecond, cpu: 2100 * time.Millisecond,
+		allocs: 45_000, allocBytes: 3 << 20, peakHeap: 4 << 20, peakSys: 12 << 20, peakGoroutines: 81,
+		handlerTime: 1660 * time.Microsecond, latP50: 2 * time.Millisecond, latP99: 7 * time.Millisecond,
+	}
+	for _, r := range []result{in, {messages: 10, elapsed: time.Second, cpu: -1}} {
+		var buf bytes.Buffer
+		if err := json.NewEncoder(&buf).Encode(toWire(r)); err != nil {
+			t.Fatal(err)
+		}
+		var w wireResult
+		if err := json.Unmarshal(buf.Bytes(), &w); err != nil {
+			t.Fatal(err)
+		}
+		if got := w.result(); got != r {
+			t.Errorf("round trip of %+v through %s = %+v", r, buf.String(), got)
+		}
+	}
+	if got := in.cpuPerMsg(); got != 700 {
+		t.Errorf("2.1 s of CPU over 3,000 messages = %v µs/msg, want 700", got)
+	}
+}
+
+func TestMedianCPU(t *testing.T) {
+	rs := []result{
+		{messages: 1000, cpu: 3 * time.Millisecond},
+		{messages: 1000, cpu: time.Millisecond},
+		{messages: 1000, cpu: 2 * time.Millisecond},
+	}
+	if got := medianCPUPerMsg(rs); got != 2 {
+		t.Errorf("median CPU of 3, 1 and 2 µs/msg = %v", got)
+	}
+	// A run that could not measure it makes the figure "-", not the median
+	// of the others.
+	rs[1].cpu = -1
+	if got := medianCPUPerMsg(rs); got >= 0 {
+		t.Errorf("median CPU with an unmeasured run = %v, want negative", got)
+	}
+	if got := micros(-1); got != "-" {
+		t.Errorf("micros(-1) = %q, want -", got)
+	}
+}
+
 func TestFormatting(t *testing.T) {
 	for _, tt := range []struct {
 		v    float64
@@ -169,6 +265,14 @@ func TestFormatting(t *testing.T) {
 	}{{0, "0"}, {999, "999"}, {1000, "1,000"}, {200_000, "200,000"}, {-1234567, "-1,234,567"}} {
 		if got := thousands(tt.n); got != tt.want {
 			t.Errorf("thousands(%d) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		v    float64
+		want string
+	}{{268.4, "268"}, {93.34, "93.3"}, {3.152, "3.15"}, {0.648, "0.65"}} {
+		if got := micros(tt.v); got != tt.want {
+			t.Errorf("micros(%v) = %q, want %q", tt.v, got, tt.want)
 		}
 	}
 	if got := median([]float64{3, 1, 2}); got != 2 {
@@ -244,7 +348,9 @@ func checkRows(t *testing.T, out string, cases []benchCase) []string {
 	if len(rows) != len(cases) {
 		t.Fatalf("tables have %d rows, want one per case (%d):\n%s", len(rows), len(cases), out)
 	}
+	checkHeaders(t, out)
 	for i, c := range cases {
+		checkCPU(t, rows[i])
 		if !strings.HasPrefix(rows[i], "| "+c.system+" | "+c.label) {
 			t.Errorf("row %d = %q, want case %s (%s)", i, rows[i], c.id, c.label)
 		}

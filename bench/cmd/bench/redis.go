@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -60,7 +61,7 @@ func redisCases(cfg config) []benchCase {
 	// rates of a 2-core machine: fast rows more (short runs are at the
 	// mercy of a burst of load elsewhere), slow rows fewer, so that the
 	// default run of the scenario stays within about two minutes.
-	return []benchCase{
+	cases := []benchCase{
 		heraldCase("herald-publish", "Writer via Bus.PublishMessages, 1 per call (one XADD)",
 			hd, heraldVariant{mode: publishOnly}).in(redisTablePublish).scaled(0.5),
 		heraldCase("herald-publish-batch", fmt.Sprintf("Writer via Bus.PublishMessages, %d per call (pipelined XADD)", b),
@@ -78,12 +79,16 @@ func redisCases(cfg config) []benchCase {
 			hd, heraldVariant{mode: consumeOnly, concurrency: c16, keyed: true}).in(redisTableConsume),
 		watermillCase("watermill-consume", "redisstream Subscriber (consumer group) + Router",
 			wm, watermillVariant{mode: consumeOnly}, true).in(redisTableConsume).scaled(0.1),
-
+	}
+	slowRows := []benchCase{
 		heraldCase("herald-slow-c64", fmt.Sprintf("Bus.Handle, concurrency %d, %d keys", c64, k),
 			hd, heraldVariant{mode: consumeOnly, concurrency: c64, keyed: true, work: slow}).in(redisTableSlow).scaled(0.5),
 		watermillCase("watermill-slow", "redisstream Subscriber (consumer group) + Router",
 			wm, watermillVariant{mode: consumeOnly, work: slow}, true).in(redisTableSlow).scaled(0.01),
 	}
+	// The bare-sleeper ceilings of the slow table, at herald's 64 and
+	// Watermill's 1.
+	return slices.Concat(cases, slowRows, sleeperCeilings(slowRows))
 }
 
 // newRedisClient returns a go-redis client with default options, as a

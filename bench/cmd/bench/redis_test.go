@@ -44,15 +44,14 @@ func TestRedisScenarioInProcess(t *testing.T) {
 	out, progress := redisRun(t, "-isolate=false")
 	cases := redisCases(config{messages: 3000, batch: 10, keys: 50})
 	rows := checkRows(t, out, cases)
-	for i, c := range cases {
-		if c.work > 0 && !strings.Contains(rows[i], " ms | ") {
-			t.Errorf("row %q of a handler that works lacks the handler time", rows[i])
-		}
-	}
+	checkSlowRows(t, rows, cases, "redis", 2)
 	for _, want := range []string{
 		"#### " + redisTablePublish, "#### " + redisTableConsume, "#### " + redisTableSlow,
 		publishOnly.timed(), consumeOnly.timed(), "Servers: Redis ", "github.com/ThreeDotsLabs/watermill-redisstream v",
-		"| vs reference |", "| handler time (mean) | of nominal ceiling | of measured ceiling |",
+		"| vs reference |", "| handler time (mean) | of nominal ceiling | of bare-sleeper ceiling |",
+		"Ceiling rows (bare goroutines): N goroutines that each call time.Sleep(1 ms) in a loop",
+		"| bare goroutines | 64 goroutines each sleeping 1 ms in a loop, no broker",
+		"| bare goroutines | 1 goroutine sleeping 1 ms in a loop, no broker",
 		"(1,500 messages)", // herald's single-message publish runs half of -n
 	} {
 		if !strings.Contains(out, want) {
@@ -62,23 +61,64 @@ func TestRedisScenarioInProcess(t *testing.T) {
 	if got := strings.Count(progress, "msgs/s"); got != len(cases) {
 		t.Errorf("progress shows %d runs, want %d:\n%s", got, len(cases), progress)
 	}
-	if got := strings.Count(progress, "ms handler"); got != 2 {
-		t.Errorf("progress shows the handler time of %d runs, want 2 (the 1 ms handler rows):\n%s", got, progress)
+	if got := strings.Count(progress, "ms handler"); got != 4 {
+		t.Errorf("progress shows the handler time of %d runs, want 4 (the 1 ms handler rows and their ceilings):\n%s", got, progress)
 	}
 }
 
-// TestRedisScenarioIsolated runs one case of each mode in child processes,
-// which hand the handler time back to the parent.
+// checkSlowRows checks the rows of a slow-handler table: every working row
+// has a handler time and a share of the bare-sleeper ceiling of its
+// concurrency (100% for the ceiling rows themselves), and the scenario has
+// its ceiling rows.
+func checkSlowRows(t *testing.T, rows []string, cases []benchCase, scenario string, wantCeilings int) {
+	t.Helper()
+	ceilings := 0
+	for i, c := range cases {
+		if c.work <= 0 {
+			continue
+		}
+		cs := cells(rows[i])
+		// system, configuration, msgs/s, min - max, CPU, vs baseline,
+		// handler time, of nominal, of bare-sleeper.
+		if len(cs) < 9 || !strings.HasSuffix(cs[6], " ms") || !strings.HasSuffix(cs[7], "%") || !strings.HasSuffix(cs[8], "%") {
+			t.Errorf("row %q of a handler that works lacks the handler time or a ceiling share", rows[i])
+			continue
+		}
+		if c.ceiling {
+			ceilings++
+			if cs[8] != "100%" {
+				t.Errorf("ceiling row %q is not 100%% of itself", rows[i])
+			}
+		}
+	}
+	if ceilings != wantCeilings {
+		t.Errorf("the %s scenario has %d ceiling rows, want %d", scenario, ceilings, wantCeilings)
+	}
+}
+
+// TestRedisScenarioIsolated runs one case of each mode, and a ceiling, in
+// child processes, which hand the handler and CPU time back to the parent.
 func TestRedisScenarioIsolated(t *testing.T) {
-	out, _ := redisRun(t, "-case", "herald-publish-batch,herald-slow-c64,watermill-slow")
+	out, _ := redisRun(t, "-case", "herald-publish-batch,herald-slow-c64,watermill-slow,ceiling-c64")
 	rows := tableRows(out)
-	if len(rows) != 3 {
-		t.Fatalf("rows = %q, want 3", rows)
+	if len(rows) != 4 {
+		t.Fatalf("rows = %q, want 4", rows)
+	}
+	for _, r := range rows {
+		checkCPU(t, r)
 	}
 	for _, r := range rows[1:] {
 		if strings.Contains(r, "| 0.00 ms |") || !strings.Contains(r, " ms | ") {
 			t.Errorf("row %q lacks a measured handler time", r)
 		}
+	}
+	// herald's row is divided by the ceiling at its concurrency; Watermill
+	// (concurrency 1) has none in this plan.
+	if cs := cells(rows[1]); len(cs) < 9 || cs[8] == "-" {
+		t.Errorf("row %q lacks its share of the bare-sleeper ceiling", rows[1])
+	}
+	if cs := cells(rows[2]); len(cs) < 9 || cs[8] != "-" {
+		t.Errorf("row %q shows a share of a ceiling row that did not run", rows[2])
 	}
 }
 

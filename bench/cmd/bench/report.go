@@ -146,11 +146,14 @@ func writeTables(w io.Writer, cfg config, s scenario, sums []summary) {
 
 // writeTable writes the rows of one table. The ratio columns divide by the
 // table's baseline and reference rows; a table whose rows do work per
-// message adds the handler time and the share of the ceiling that
-// concurrency and handler time allow.
+// message adds the handler time and the share of two ceilings: the
+// nominal one (concurrency / work) and the msgs/s of the table's
+// bare-sleeper row of the same concurrency.
 func writeTable(w io.Writer, cfg config, sums []summary) {
 	var base, ref float64
 	hasRef, hasWork := false, false
+	var work time.Duration
+	ceilings := make(map[int]float64) // concurrency -> msgs/s of its ceiling row
 	for _, sm := range sums {
 		if sm.c.baseline {
 			base = sm.msgsPerSec
@@ -158,7 +161,12 @@ func writeTable(w io.Writer, cfg config, sums []summary) {
 		if sm.c.reference {
 			ref, hasRef = sm.msgsPerSec, true
 		}
-		hasWork = hasWork || sm.c.work > 0
+		if sm.c.ceiling {
+			ceilings[sm.c.concurrency] = sm.msgsPerSec
+		}
+		if sm.c.work > 0 {
+			hasWork, work = true, sm.c.work
+		}
 	}
 	first := sums[0].c
 	if first.table != "" {
@@ -166,19 +174,22 @@ func writeTable(w io.Writer, cfg config, sums []summary) {
 	}
 	fmt.Fprintf(w, "%s\n\n", first.mode.timed())
 	if hasWork {
-		fmt.Fprintln(w, "Ceiling: concurrency / handler time, nominal (the sleep asked for) and measured (the mean time the handler's "+
-			"sleep really took; time.Sleep overshoots, by up to a millisecond when the Go runtime waits for timers in epoll_wait).")
-		fmt.Fprintln(w)
+		sleep := fmt.Sprintf("%g ms", float64(work)/float64(time.Millisecond))
+		fmt.Fprintf(w, "Ceiling rows (bare goroutines): N goroutines that each call time.Sleep(%s) in a loop, no broker and "+
+			"no library, timed like the other rows until the run's count of sleeps has completed: what N handlers sleeping %s "+
+			"reach in a Go process on this machine, the overshoot of time.Sleep included. Of bare-sleeper ceiling: msgs/s "+
+			"over the msgs/s of the ceiling row of the same concurrency; of nominal ceiling: over concurrency / %s.\n\n",
+			sleep, sleep, sleep)
 	}
 
-	header := "| system | configuration | msgs/s (median) | min - max | vs baseline |"
-	align := "|---|---|--:|--:|--:|"
+	header := "| system | configuration | msgs/s (median) | min - max | CPU µs/msg | vs baseline |"
+	align := "|---|---|--:|--:|--:|--:|"
 	if hasRef {
 		header += " vs reference |"
 		align += "--:|"
 	}
 	if hasWork {
-		header += " handler time (mean) | of nominal ceiling | of measured ceiling |"
+		header += " handler time (mean) | of nominal ceiling | of bare-sleeper ceiling |"
 		align += "--:|--:|--:|"
 	}
 	isPaced := first.mode == paced
@@ -212,14 +223,15 @@ func writeTable(w io.Writer, cfg config, sums []summary) {
 		case sm.messages != cfg.messages:
 			label += fmt.Sprintf(" (%s messages)", thousands(sm.messages))
 		}
-		row := fmt.Sprintf("| %s | %s | %s | %s - %s | %s |",
-			c.system, label, rate(sm.msgsPerSec), rate(sm.minRate), rate(sm.maxRate), ratio(sm.msgsPerSec, base))
+		row := fmt.Sprintf("| %s | %s | %s | %s - %s | %s | %s |",
+			c.system, label, rate(sm.msgsPerSec), rate(sm.minRate), rate(sm.maxRate), micros(sm.cpuPerMsg), ratio(sm.msgsPerSec, base))
 		if hasRef {
 			row += fmt.Sprintf(" %s |", percentOf(sm.msgsPerSec, ref))
 		}
 		if hasWork {
 			if c.work > 0 {
-				row += fmt.Sprintf(" %.2f ms | %.0f%% | %.0f%% |", sm.handlerTime/1e6, 100*sm.nominalShare, 100*sm.measuredShare)
+				row += fmt.Sprintf(" %.2f ms | %.0f%% | %s |", sm.handlerTime/1e6, 100*sm.nominalShare,
+					percentOf(sm.msgsPerSec, ceilings[c.concurrency]))
 			} else {
 				row += " - | - | - |"
 			}
@@ -241,6 +253,21 @@ func percentOf(v, of float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0f%%", 100*v/of)
+}
+
+// micros formats a CPU time per message in microseconds with three
+// significant digits ("-" when it was not measured).
+func micros(v float64) string {
+	switch {
+	case v < 0:
+		return "-"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
 }
 
 // rate formats messages per second with three significant digits.

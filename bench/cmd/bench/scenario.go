@@ -101,6 +101,13 @@ type benchCase struct {
 	// reference marks the row of the "vs reference" column: the broker's
 	// client used by hand, what a library on it could reach at best.
 	reference bool
+	// ceiling marks a bare-sleeper row of a slow-handler table (see
+	// sleeperCeilingCase): the "of bare-sleeper ceiling" column divides the
+	// table's rows of the same concurrency by its msgs/s.
+	ceiling bool
+	// standalone marks a case that uses none of the scenario's servers: a
+	// plan of such cases alone does not contact them.
+	standalone bool
 	// scale sets the messages per run as a share of -n (0 means 1), so
 	// that slow configurations fit in the scenario's time; msgs/s is a
 	// rate, so rows with different counts still compare.
@@ -130,6 +137,11 @@ func (c benchCase) messages(cfg config) int {
 		n = min(n, c.maxMessages)
 	}
 	return n
+}
+
+// needsServer reports whether any of cases talks to its scenario's server.
+func needsServer(cases []benchCase) bool {
+	return slices.ContainsFunc(cases, func(c benchCase) bool { return !c.standalone })
 }
 
 // in puts c in the scenario's table named table.
