@@ -143,6 +143,29 @@ func (e *OptionError) Error() string {
 // Unwrap returns ErrInvalidOption.
 func (e *OptionError) Unwrap() error { return ErrInvalidOption }
 
+// pubSet is the PublisherOption named option that applies set, or reports
+// v as a nil value when it is nil.
+func pubSet(option string, v any, set func(*pubOptions)) PublisherOption {
+	return pubOption(func(o *pubOptions) {
+		if isNil(v) {
+			o.errs = append(o.errs, &OptionError{Option: option, Value: nil, Reason: "nil value"})
+			return
+		}
+		set(o)
+	})
+}
+
+// busSet is pubSet for an option only a Bus has.
+func busSet(option string, v any, set func(*busOptions)) Option {
+	return busOption(func(o *busOptions) {
+		if isNil(v) {
+			o.errs = append(o.errs, &OptionError{Option: option, Value: nil, Reason: "nil value"})
+			return
+		}
+		set(o)
+	})
+}
+
 // badIf returns an *OptionError when bad holds, else nil: for building the
 // errors.Join of a config's validate.
 func badIf(bad bool, option string, value any, reason string) error {
@@ -156,11 +179,7 @@ func badIf(bad bool, option string, value any, reason string) error {
 // their registration names another codec (WithCodec). c is also known for
 // decoding.
 func WithDefaultCodec(c codec.Codec) PublisherOption {
-	return pubOption(func(o *pubOptions) {
-		if isNil(c) {
-			o.errs = append(o.errs, &OptionError{Option: "WithDefaultCodec", Value: nil, Reason: "nil codec"})
-			return
-		}
+	return pubSet("WithDefaultCodec", c, func(o *pubOptions) {
 		o.codec = c
 		o.codecs = append(o.codecs, c)
 	})
@@ -187,13 +206,7 @@ func WithCodecs(cs ...codec.Codec) PublisherOption {
 // must return a unique, non-empty string on every call and be safe for
 // concurrent use.
 func WithIDGenerator(newID func() string) PublisherOption {
-	return pubOption(func(o *pubOptions) {
-		if newID == nil {
-			o.errs = append(o.errs, &OptionError{Option: "WithIDGenerator", Value: nil, Reason: "nil function"})
-			return
-		}
-		o.newID = newID
-	})
+	return pubSet("WithIDGenerator", newID, func(o *pubOptions) { o.newID = newID })
 }
 
 // WithUUIDs makes message IDs random UUIDs (version 4).
@@ -205,13 +218,7 @@ func NewKSUID() string { return ksuid.New().String() }
 // WithNamingStrategy places event types that were not registered and have
 // no Topic method (for example SnakeCaseTopics).
 func WithNamingStrategy(s NamingStrategy) PublisherOption {
-	return pubOption(func(o *pubOptions) {
-		if s == nil {
-			o.errs = append(o.errs, &OptionError{Option: "WithNamingStrategy", Value: nil, Reason: "nil strategy"})
-			return
-		}
-		o.naming = s
-	})
+	return pubSet("WithNamingStrategy", s, func(o *pubOptions) { o.naming = s })
 }
 
 // WithMaxMessageBytes sets the largest message a Publisher accepts, by
@@ -238,39 +245,21 @@ func WithMaxMessageBytes(n int) PublisherOption {
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option {
-	return busOption(func(o *busOptions) {
-		if l == nil {
-			o.errs = append(o.errs, &OptionError{Option: "WithLogger", Value: nil, Reason: "nil logger"})
-			return
-		}
-		o.logger = l
-	})
+	return busSet("WithLogger", l, func(o *busOptions) { o.logger = l })
 }
 
 // WithErrorHandler receives every error the bus handles itself: driver
 // errors of subscribers (retried), handler failures (redelivered), dedup
 // bookkeeping failures. It must not block. Default: log at error level.
 func WithErrorHandler(f func(error)) Option {
-	return busOption(func(o *busOptions) {
-		if f == nil {
-			o.errs = append(o.errs, &OptionError{Option: "WithErrorHandler", Value: nil, Reason: "nil function"})
-			return
-		}
-		o.onError = f
-	})
+	return busSet("WithErrorHandler", f, func(o *busOptions) { o.onError = f })
 }
 
 // WithPublishWriter sends every Publish to w instead of the driver.
 // Subscribers and dead letters still use the driver. To publish through an
 // outbox only inside transactions, use WithOutbox.
 func WithPublishWriter(w Writer) Option {
-	return busOption(func(o *busOptions) {
-		if isNil(w) {
-			o.errs = append(o.errs, &OptionError{Option: "WithPublishWriter", Value: nil, Reason: "nil writer"})
-			return
-		}
-		o.publishWriter = w
-	})
+	return busSet("WithPublishWriter", w, func(o *busOptions) { o.publishWriter = w })
 }
 
 // TransactionalWriter is a Writer that writes inside the caller's
@@ -286,24 +275,12 @@ type TransactionalWriter interface {
 // outbox.WithPgxTx) goes to w, in that transaction; any other Publish goes
 // to the driver at once. Subscribers and dead letters use the driver.
 func WithOutbox(w TransactionalWriter) Option {
-	return busOption(func(o *busOptions) {
-		if isNil(w) {
-			o.errs = append(o.errs, &OptionError{Option: "WithOutbox", Value: nil, Reason: "nil writer"})
-			return
-		}
-		o.outbox = w
-	})
+	return busSet("WithOutbox", w, func(o *busOptions) { o.outbox = w })
 }
 
 // WithHandleHook is called with the result of every delivery of every
 // subscription, skipped ones included (see HandleResult): the place for
 // metrics of your own. It must not block.
 func WithHandleHook(f func(HandleResult)) Option {
-	return busOption(func(o *busOptions) {
-		if f == nil {
-			o.errs = append(o.errs, &OptionError{Option: "WithHandleHook", Value: nil, Reason: "nil function"})
-			return
-		}
-		o.onHandled = f
-	})
+	return busSet("WithHandleHook", f, func(o *busOptions) { o.onHandled = f })
 }

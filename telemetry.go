@@ -53,37 +53,19 @@ import (
 
 // WithTracerProvider traces with tp instead of the global provider.
 func WithTracerProvider(tp trace.TracerProvider) PublisherOption {
-	return pubOption(func(o *pubOptions) {
-		if isNil(tp) {
-			o.errs = append(o.errs, &OptionError{Option: "WithTracerProvider", Value: nil, Reason: "nil provider (leave the option out to follow the global one)"})
-			return
-		}
-		o.telemetry.TracerProvider = tp
-	})
+	return pubSet("WithTracerProvider", tp, func(o *pubOptions) { o.telemetry.TracerProvider = tp })
 }
 
 // WithMeterProvider measures with mp instead of the global provider.
 func WithMeterProvider(mp metric.MeterProvider) PublisherOption {
-	return pubOption(func(o *pubOptions) {
-		if isNil(mp) {
-			o.errs = append(o.errs, &OptionError{Option: "WithMeterProvider", Value: nil, Reason: "nil provider (leave the option out to follow the global one)"})
-			return
-		}
-		o.telemetry.MeterProvider = mp
-	})
+	return pubSet("WithMeterProvider", mp, func(o *pubOptions) { o.telemetry.MeterProvider = mp })
 }
 
 // WithPropagator carries trace context with p instead of W3C trace context
 // alone (for example otel.GetTextMapPropagator() to follow the
 // application's global choice, baggage included).
 func WithPropagator(p propagation.TextMapPropagator) PublisherOption {
-	return pubOption(func(o *pubOptions) {
-		if isNil(p) {
-			o.errs = append(o.errs, &OptionError{Option: "WithPropagator", Value: nil, Reason: "nil propagator"})
-			return
-		}
-		o.telemetry.Propagator = p
-	})
+	return pubSet("WithPropagator", p, func(o *pubOptions) { o.telemetry.Propagator = p })
 }
 
 // WithoutTelemetry turns tracing, metrics and trace-context propagation

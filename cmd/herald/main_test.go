@@ -390,17 +390,7 @@ func TestRelayCommandPostgres(t *testing.T) {
 // the streams it filled.
 func TestRelayCommandRedis(t *testing.T) {
 	addr := testenv.RedisAddr(t)
-	dsn := "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	table := newTableName()
-	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
-		t.Fatal(err)
-	}
-	writeRows(t, db, outbox.SQLite, table, 12)
+	dsn, db, table := sqliteOutbox(t, 12)
 
 	client := goredis.NewClient(&goredis.Options{Addr: addr})
 	defer client.Close()
@@ -443,17 +433,7 @@ func TestRelayCommandKafka(t *testing.T) {
 		t.Cleanup(c.Close)
 		brokers = c.ListenAddrs()
 	}
-	dsn := "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	table := newTableName()
-	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
-		t.Fatal(err)
-	}
-	writeRows(t, db, outbox.SQLite, table, 9)
+	dsn, db, table := sqliteOutbox(t, 9)
 
 	var logs syncBuffer
 	stop, status := runCommand([]string{"-dsn", dsn, "-table", table, "-kafka-brokers", strings.Join(brokers, ","),
@@ -676,39 +656,10 @@ func TestRelayCommandKafkaTLSAndSASL(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	dsn := "file:" + filepath.Join(dir, "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	table := newTableName()
-	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
-		t.Fatal(err)
-	}
-	writeRows(t, db, outbox.SQLite, table, 4)
-	args := func(password string) []string {
-		return []string{"-dsn", dsn, "-table", table, "-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-kafka-auto-create-topics",
-			"-kafka-tls-ca", caFile, "-kafka-sasl", "scram-sha-256", "-kafka-sasl-user", "relay", "-startup-timeout", "5s"}
-	}
-	var bad syncBuffer
-	_, status := runCommand(args(""), map[string]string{"HERALD_KAFKA_SASL_PASSWORD": "wrong"}, &bad)
-	select {
-	case code := <-status:
-		if code != 1 || !strings.Contains(bad.String(), "cannot start") {
-			t.Errorf("wrong password: exit %d, want 1:\n%s", code, bad.String())
-		}
-	case <-time.After(liveness):
-		t.Fatal("a relay with a wrong password kept running")
-	}
-	var logs syncBuffer
-	stop, status := runCommand(args(""), map[string]string{"HERALD_KAFKA_SASL_PASSWORD": "s3cret"}, &logs)
-	defer stop()
-	eventually(t, "the outbox to drain over TLS and SASL", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
-	stop()
-	if code := <-status; code != 0 {
-		t.Errorf("exit %d:\n%s", code, logs.String())
-	}
+	dsn, db, table := sqliteOutbox(t, 4)
+	args := []string{"-dsn", dsn, "-table", table, "-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-kafka-auto-create-topics",
+		"-kafka-tls-ca", caFile, "-kafka-sasl", "scram-sha-256", "-kafka-sasl-user", "relay", "-startup-timeout", "5s"}
+	wrongThenRight(t, args, map[string]string{"HERALD_KAFKA_SASL_PASSWORD": "wrong"}, map[string]string{"HERALD_KAFKA_SASL_PASSWORD": "s3cret"}, db, table)
 }
 
 // TestRelayCommandRedisTLSAndACL relays to a private redis-server that
@@ -743,27 +694,51 @@ func TestRelayCommandRedisTLSAndACL(t *testing.T) {
 		return err == nil
 	})
 
-	dsn := "file:" + filepath.Join(dir, "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
+	dsn, db, table := sqliteOutbox(t, 3)
+	args := []string{"-dsn", dsn, "-table", table, "-redis-addr", addr, "-redis-tls-ca", caFile, "-redis-username", "relay"}
+	wrongThenRight(t, args, map[string]string{"HERALD_REDIS_PASSWORD": "wrong"}, map[string]string{"HERALD_REDIS_PASSWORD": "s3cret"}, db, table)
+}
+
+// sqliteOutbox makes an SQLite file with a migrated outbox table of its own
+// holding rows messages (writeRows) and returns its DSN, the database
+// (closed when t ends) and the table.
+func sqliteOutbox(t *testing.T, rows int) (dsn string, db *sql.DB, table string) {
+	t.Helper()
+	dsn = "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	table := newTableName()
+	t.Cleanup(func() { _ = db.Close() })
+	table = newTableName()
 	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, table); err != nil {
 		t.Fatal(err)
 	}
-	writeRows(t, db, outbox.SQLite, table, 3)
-	args := []string{"-dsn", dsn, "-table", table, "-redis-addr", addr, "-redis-tls-ca", caFile, "-redis-username", "relay"}
-	var bad syncBuffer
-	_, status := runCommand(args, map[string]string{"HERALD_REDIS_PASSWORD": "wrong"}, &bad)
-	if code := <-status; code != 1 || !strings.Contains(bad.String(), "cannot start") {
-		t.Errorf("wrong password: exit %d, want 1:\n%s", code, bad.String())
+	if rows > 0 {
+		writeRows(t, db, outbox.SQLite, table, rows)
+	}
+	return dsn, db, table
+}
+
+// wrongThenRight runs the relay with args twice: with the environment bad
+// it must fail to start (exit 1), with good it must drain table and stop
+// cleanly.
+func wrongThenRight(t *testing.T, args []string, bad, good map[string]string, db *sql.DB, table string) {
+	t.Helper()
+	var badLogs syncBuffer
+	_, status := runCommand(args, bad, &badLogs)
+	select {
+	case code := <-status:
+		if code != 1 || !strings.Contains(badLogs.String(), "cannot start") {
+			t.Errorf("bad credentials: exit %d, want 1:\n%s", code, badLogs.String())
+		}
+	case <-time.After(liveness):
+		t.Fatal("a relay with bad credentials kept running")
 	}
 	var logs syncBuffer
-	stop, status := runCommand(args, map[string]string{"HERALD_REDIS_PASSWORD": "s3cret"}, &logs)
+	stop, status := runCommand(args, good, &logs)
 	defer stop()
-	eventually(t, "the outbox to drain over TLS", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
+	eventually(t, "the outbox to drain", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
 	stop()
 	if code := <-status; code != 0 {
 		t.Errorf("exit %d:\n%s", code, logs.String())
