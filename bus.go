@@ -10,6 +10,7 @@ import (
 
 	"github.com/heraldbus/herald/codec"
 	"github.com/heraldbus/herald/dedup"
+	"github.com/heraldbus/herald/internal/parallel"
 )
 
 // ErrDuplicateHandler is returned when a group subscribes twice to one
@@ -508,12 +509,5 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 	if b.tel != nil {
 		b.tel.metrics.Close()
 	}
-	scheds := b.schedulers()
-	errs := make([]error, len(scheds))
-	var wg sync.WaitGroup
-	for i, s := range scheds {
-		wg.Go(func() { errs[i] = s.Shutdown(ctx) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel.Each(b.schedulers(), func(s *scheduler) error { return s.Shutdown(ctx) })
 }

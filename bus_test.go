@@ -10,13 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
 )
 
 func newTestBus(t *testing.T, opts ...herald.Option) (*herald.Bus, *memdriver.Broker) {
 	t.Helper()
-	b := newBroker(t)
+	b := memtest.Broker(t)
 	opts = append([]herald.Option{herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {})}, opts...)
 	bus, err := herald.NewBus(b, opts...)
 	if err != nil {
@@ -220,7 +222,7 @@ func must(t *testing.T, err error) {
 // the group before it returns, so the ring cannot drop the messages as it
 // drops messages of a topic no group has joined yet.
 func TestBusPublishRightAfterStartIsNotLost(t *testing.T) {
-	b := newBroker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(4))
+	b := memtest.Broker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(4))
 	bus, err := herald.NewBus(b, herald.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)

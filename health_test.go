@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
 )
@@ -59,7 +61,7 @@ func TestBusHealthLifecycle(t *testing.T) {
 }
 
 func TestBusHealthDriverDown(t *testing.T) {
-	bus, err := herald.NewBus(refusingDriver{newBroker(t)}, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}),
+	bus, err := herald.NewBus(refusingDriver{memtest.Broker(t)}, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}),
 		herald.WithHealth(herald.HealthConfig{MaxDriverErrors: 2}))
 	if err != nil {
 		t.Fatal(err)

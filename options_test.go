@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdedup"
 )
@@ -14,7 +16,7 @@ import (
 // Bad option values are errors from the constructor, every one of them
 // reported at once, never silently corrected.
 func TestBadOptionsAreErrors(t *testing.T) {
-	broker := newBroker(t)
+	broker := memtest.Broker(t)
 	_, err := herald.NewBus(broker, herald.WithMaxMessageBytes(-1), herald.WithLogger(nil), herald.WithErrorHandler(nil),
 		herald.WithIDGenerator(nil), herald.WithDefaultCodec(nil), herald.WithHealth(herald.HealthConfig{StallAfter: -time.Second}),
 		herald.WithPublishWriter(broker), herald.WithOutbox(fakeOutbox{broker}), nil)

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
 )
@@ -44,15 +46,6 @@ func (s *flakySubscription) Fetch(ctx context.Context, dst []herald.Delivery) (i
 	return s.Subscription.Fetch(ctx, dst)
 }
 
-func newBroker(t *testing.T, opts ...memdriver.Option) *memdriver.Broker {
-	b, err := memdriver.New(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
-}
-
 func publishRaw(t *testing.T, w herald.Writer, topic string, keys ...string) {
 	t.Helper()
 	msgs := make([]*herald.Message, len(keys))
@@ -78,7 +71,7 @@ func startScheduler(t *testing.T, r herald.Reader, h herald.HandlerFunc, cfg her
 }
 
 func TestSchedulerRejectsBadConfig(t *testing.T) {
-	b := newBroker(t)
+	b := memtest.Broker(t)
 	h := func(context.Context, *herald.Message) error { return nil }
 	if _, err := herald.NewScheduler(b, "bad topic", "g", h, herald.SchedulerConfig{}); !errors.Is(err, herald.ErrInvalidName) {
 		t.Fatalf("bad topic: %v", err)
@@ -92,7 +85,7 @@ func TestSchedulerRejectsBadConfig(t *testing.T) {
 }
 
 func TestSchedulerFailingKeyBlocksOnlyItself(t *testing.T) {
-	b := newBroker(t, memdriver.WithPartitions(1))
+	b := memtest.Broker(t, memdriver.WithPartitions(1))
 	var mu sync.Mutex
 	handled := map[string]int{}
 	var poisonRuns atomic.Int32
@@ -130,7 +123,7 @@ func TestSchedulerFailingKeyBlocksOnlyItself(t *testing.T) {
 }
 
 func TestSchedulerRedeliversInPlaceInKeyOrder(t *testing.T) {
-	b := newBroker(t)
+	b := memtest.Broker(t)
 	var mu sync.Mutex
 	var order []string
 	var failed atomic.Bool
@@ -151,7 +144,7 @@ func TestSchedulerRedeliversInPlaceInKeyOrder(t *testing.T) {
 }
 
 func TestSchedulerRetriesDriverErrors(t *testing.T) {
-	r := &flakyReader{Broker: newBroker(t)}
+	r := &flakyReader{Broker: memtest.Broker(t)}
 	r.subscribeFailures.Store(2)
 	r.fetchFailures.Store(2)
 	var reported sync.Map
@@ -173,7 +166,7 @@ func TestSchedulerRetriesDriverErrors(t *testing.T) {
 }
 
 func TestSchedulerShutdownWaitsForHandlers(t *testing.T) {
-	b := newBroker(t)
+	b := memtest.Broker(t)
 	started := make(chan struct{})
 	release := make(chan struct{})
 	var finished atomic.Bool
@@ -206,7 +199,7 @@ func TestSchedulerShutdownWaitsForHandlers(t *testing.T) {
 }
 
 func TestSchedulerShutdownDeadlineCancelsHandlers(t *testing.T) {
-	b := newBroker(t)
+	b := memtest.Broker(t)
 	started := make(chan struct{})
 	s := startScheduler(t, b, func(ctx context.Context, m *herald.Message) error {
 		close(started)
@@ -231,7 +224,7 @@ func TestSchedulerShutdownDeadlineCancelsHandlers(t *testing.T) {
 }
 
 func TestSchedulerStartContextCancellation(t *testing.T) {
-	b := newBroker(t)
+	b := memtest.Broker(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := herald.NewScheduler(b, "jobs", "workers", func(ctx context.Context, m *herald.Message) error {
 		<-ctx.Done()
@@ -274,7 +267,7 @@ type revokingSubscription struct{ herald.Subscription }
 func (revokingSubscription) Revoked(d herald.Delivery) bool { return d.Message.Key == "gone" }
 
 func TestSchedulerSkipsRevokedDeliveries(t *testing.T) {
-	b := newBroker(t, memdriver.WithPartitions(1))
+	b := memtest.Broker(t, memdriver.WithPartitions(1))
 	var mu sync.Mutex
 	var ran []string
 	startScheduler(t, revokingReader{b}, func(ctx context.Context, m *herald.Message) error {
@@ -316,7 +309,7 @@ func (r reportingReader) Subscribe(ctx context.Context, topic, group string) (he
 
 func TestSchedulerForwardsBackgroundErrors(t *testing.T) {
 	got := make(chan error, 1)
-	startScheduler(t, reportingReader{newBroker(t)}, func(context.Context, *herald.Message) error { return nil },
+	startScheduler(t, reportingReader{memtest.Broker(t)}, func(context.Context, *herald.Message) error { return nil },
 		herald.SchedulerConfig{OnError: func(err error) { got <- err }})
 	select {
 	case err := <-got:

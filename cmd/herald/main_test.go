@@ -28,6 +28,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/goleak"
@@ -36,7 +38,6 @@ import (
 	"github.com/heraldbus/herald/cmd/herald/internal/shutdown"
 	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
-	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
@@ -343,7 +344,7 @@ func TestRelayCommandPostgres(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	broker := newMemBroker(t)
+	broker := memtest.Broker(t)
 	defer broker.Close()
 	ctx := context.Background()
 	sub, err := broker.Subscribe(ctx, "cmd.test", "g")
@@ -592,17 +593,6 @@ func TestRelayProcessStopsOnSIGTERM(t *testing.T) {
 			}
 		})
 	}
-}
-
-// newMemBroker returns a memory broker, closed when t ends.
-func newMemBroker(t testing.TB, opts ...memdriver.Option) *memdriver.Broker {
-	t.Helper()
-	b, err := memdriver.New(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
 }
 
 // selfSigned writes a self-signed certificate for 127.0.0.1 and its key as

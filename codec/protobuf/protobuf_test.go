@@ -6,12 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/codec"
 	"github.com/heraldbus/herald/codec/protobuf"
-	"github.com/heraldbus/herald/memory/memdriver"
 )
 
 type order struct {
@@ -65,7 +66,7 @@ func TestProtobufRejectsNonProto(t *testing.T) {
 }
 
 func TestBusProtobufAndForeignMessages(t *testing.T) {
-	broker := newMemBroker(t)
+	broker := memtest.Broker(t)
 	t.Cleanup(func() { _ = broker.Close() })
 	bus, err := herald.NewBus(broker, herald.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
@@ -96,15 +97,4 @@ func TestBusProtobufAndForeignMessages(t *testing.T) {
 			t.Fatalf("%s never arrived", want)
 		}
 	}
-}
-
-// newMemBroker returns a memory broker, closed when t ends.
-func newMemBroker(t testing.TB, opts ...memdriver.Option) *memdriver.Broker {
-	t.Helper()
-	b, err := memdriver.New(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
 }

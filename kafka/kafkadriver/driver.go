@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/backoff"
+	"github.com/heraldbus/herald/internal/parallel"
 	kafkago "github.com/segmentio/kafka-go"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 )
@@ -109,25 +112,17 @@ func (d *Driver) Close() error {
 	}
 	d.closed = true
 	close(d.closing)
-	subs := make([]*subscription, 0, len(d.subs))
-	for s := range d.subs {
-		subs = append(subs, s)
-	}
+	subs := slices.Collect(maps.Keys(d.subs))
 	d.mu.Unlock()
 
-	errs := make([]error, len(subs))
-	var wg sync.WaitGroup
-	for i, s := range subs {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), d.cfg.requestTimeout)
-			defer cancel()
-			errs[i] = s.Close(ctx)
-		})
-	}
-	wg.Wait()
+	err := parallel.Each(subs, func(s *subscription) error {
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.requestTimeout)
+		defer cancel()
+		return s.Close(ctx)
+	})
 	d.sending.Wait()
 	d.transport.CloseIdleConnections()
-	return errors.Join(errs...)
+	return err
 }
 
 func (d *Driver) forget(s *subscription) {

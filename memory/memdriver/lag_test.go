@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/memory/memdriver"
@@ -39,7 +41,7 @@ func lagOf(t *testing.T, sub herald.Subscription) int64 {
 // count; acknowledged ones do not.
 func TestLagCountsUnacknowledged(t *testing.T) {
 	const n, k = 20, 7
-	b := newMemBroker(t)
+	b := memtest.Broker(t)
 	defer b.Close()
 	ctx := context.Background()
 	if err := b.Write(ctx, keyed("t", n)); err != nil {
@@ -92,7 +94,7 @@ func TestLagCountsUnacknowledged(t *testing.T) {
 // Acknowledging out of order: a message acknowledged above an
 // unacknowledged one no longer counts.
 func TestLagSkipsAcknowledgedAboveAGap(t *testing.T) {
-	b := newMemBroker(t, memdriver.WithPartitions(1))
+	b := memtest.Broker(t, memdriver.WithPartitions(1))
 	defer b.Close()
 	ctx := context.Background()
 	_ = b.Write(ctx, msgs("t", "a", "b", "c", "d"))
@@ -110,7 +112,7 @@ func TestLagSkipsAcknowledgedAboveAGap(t *testing.T) {
 // their lag, in-flight messages handed back included.
 func TestLagPerMemberAddsUpToBacklog(t *testing.T) {
 	const n = 40
-	b := newMemBroker(t, memdriver.WithPartitions(4))
+	b := memtest.Broker(t, memdriver.WithPartitions(4))
 	defer b.Close()
 	ctx := context.Background()
 	first, _ := b.Subscribe(ctx, "t", "g")
@@ -136,7 +138,7 @@ func TestLagPerMemberAddsUpToBacklog(t *testing.T) {
 }
 
 func TestLagStartLatest(t *testing.T) {
-	b := newMemBroker(t, memdriver.WithStartLatest())
+	b := memtest.Broker(t, memdriver.WithStartLatest())
 	defer b.Close()
 	ctx := context.Background()
 	_ = b.Write(ctx, keyed("t", 5))
@@ -152,7 +154,7 @@ func TestLagStartLatest(t *testing.T) {
 }
 
 func TestLagErrors(t *testing.T) {
-	b := newMemBroker(t)
+	b := memtest.Broker(t)
 	ctx := context.Background()
 	sub, _ := b.Subscribe(ctx, "t", "g")
 	defer sub.Close(ctx)
@@ -173,7 +175,7 @@ func TestLagErrors(t *testing.T) {
 // one before, and the last is 0.
 func TestLagConcurrentWithFetchAndAck(t *testing.T) {
 	const n = 2000
-	b := newMemBroker(t, memdriver.WithPartitions(4))
+	b := memtest.Broker(t, memdriver.WithPartitions(4))
 	defer b.Close()
 	ctx := context.Background()
 	if err := b.Write(ctx, keyed("t", n)); err != nil {
@@ -236,7 +238,7 @@ func TestLagConcurrentWithFetchAndAck(t *testing.T) {
 }
 
 func TestMessagingSystem(t *testing.T) {
-	b := newMemBroker(t)
+	b := memtest.Broker(t)
 	defer b.Close()
 	var d herald.Driver = b
 	ms, ok := d.(herald.MessagingSystem)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/memory/memdriver"
@@ -16,7 +18,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func newDriver(t *testing.T) herald.Driver {
-	b := newMemBroker(t)
+	b := memtest.Broker(t)
 	t.Cleanup(func() { _ = b.Close() })
 	return b
 }
@@ -51,7 +53,7 @@ func fetch(t *testing.T, sub herald.Subscription, max int) []herald.Delivery {
 }
 
 func TestBackpressureBlocksUntilAck(t *testing.T) {
-	b := newMemBroker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(4))
+	b := memtest.Broker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(4))
 	defer b.Close()
 	ctx := context.Background()
 	sub, err := b.Subscribe(ctx, "t", "g")
@@ -84,7 +86,7 @@ func TestBackpressureBlocksUntilAck(t *testing.T) {
 }
 
 func TestCloseWakesBlockedCalls(t *testing.T) {
-	b := newMemBroker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(1))
+	b := memtest.Broker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(1))
 	ctx := context.Background()
 	sub, _ := b.Subscribe(ctx, "t", "g")
 	other, _ := b.Subscribe(ctx, "empty", "g")
@@ -112,7 +114,7 @@ func TestCloseWakesBlockedCalls(t *testing.T) {
 }
 
 func TestPartitionMovesOnlyWhenSettled(t *testing.T) {
-	b := newMemBroker(t, memdriver.WithPartitions(1))
+	b := memtest.Broker(t, memdriver.WithPartitions(1))
 	defer b.Close()
 	ctx := context.Background()
 	first, _ := b.Subscribe(ctx, "t", "g")
@@ -141,7 +143,7 @@ func TestPartitionMovesOnlyWhenSettled(t *testing.T) {
 }
 
 func TestRebalanceWaitsForInFlight(t *testing.T) {
-	b := newMemBroker(t, memdriver.WithPartitions(2))
+	b := memtest.Broker(t, memdriver.WithPartitions(2))
 	defer b.Close()
 	ctx := context.Background()
 	a, _ := b.Subscribe(ctx, "t", "g")
@@ -170,7 +172,7 @@ func TestRebalanceWaitsForInFlight(t *testing.T) {
 }
 
 func TestRetentionForLateGroups(t *testing.T) {
-	b := newMemBroker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(3))
+	b := memtest.Broker(t, memdriver.WithPartitions(1), memdriver.WithCapacity(3))
 	defer b.Close()
 	ctx := context.Background()
 	_ = b.Write(ctx, msgs("t", "a", "b", "c", "d", "e")) // no group: oldest two dropped
@@ -187,7 +189,7 @@ func TestRetentionForLateGroups(t *testing.T) {
 	if got := fetch(t, late, 10); len(got) != 3 {
 		t.Fatalf("a group joining after the ack got %d, want 3", len(got))
 	}
-	latest := newMemBroker(t, memdriver.WithStartLatest())
+	latest := memtest.Broker(t, memdriver.WithStartLatest())
 	defer latest.Close()
 	_ = latest.Write(ctx, msgs("t", "old"))
 	sub, _ := latest.Subscribe(ctx, "t", "g")
@@ -198,15 +200,4 @@ func TestRetentionForLateGroups(t *testing.T) {
 	_ = early.Close(ctx)
 	_ = late.Close(ctx)
 	_ = sub.Close(ctx)
-}
-
-// newMemBroker returns a memory broker, closed when t ends.
-func newMemBroker(t testing.TB, opts ...memdriver.Option) *memdriver.Broker {
-	t.Helper()
-	b, err := memdriver.New(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
 }

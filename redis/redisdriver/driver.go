@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/parallel"
 )
 
 // Driver is a herald.Driver on Redis Streams. It is safe for concurrent
@@ -58,22 +61,13 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	d.closed = true
-	subs := make([]*subscription, 0, len(d.subs))
-	for s := range d.subs {
-		subs = append(subs, s)
-	}
+	subs := slices.Collect(maps.Keys(d.subs))
 	d.mu.Unlock()
-	errs := make([]error, len(subs))
-	var wg sync.WaitGroup
-	for i, s := range subs {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			errs[i] = s.Close(ctx)
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel.Each(subs, func(s *subscription) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return s.Close(ctx)
+	})
 }
 
 // isClosed reports whether Close was called.

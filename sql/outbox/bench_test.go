@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/outbox"
@@ -161,7 +163,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 			b.Run(fmt.Sprintf("backlog=%d/lanes=%d", backlog, lanes), func(b *testing.B) {
 				_, db, table := benchDB(b)
 				w := newWriter(b, outbox.Postgres, table)
-				broker := newMemBroker(b, memdriver.WithCapacity(1024))
+				broker := memtest.Broker(b, memdriver.WithCapacity(1024))
 				defer broker.Close()
 				target := &countingWriter{Writer: broker}
 				var elapsed time.Duration
@@ -219,7 +221,7 @@ func BenchmarkCommitToHandler(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			_, db, table := benchDB(b)
 			w := newWriter(b, outbox.Postgres, table)
-			broker := newMemBroker(b)
+			broker := memtest.Broker(b)
 			defer broker.Close()
 			bus, err := herald.NewBus(broker, herald.WithPublishWriter(w))
 			if err != nil {

@@ -21,7 +21,6 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/testenv"
-	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
@@ -323,15 +322,4 @@ func (rr *runningRelay) shutdown(t testing.TB) {
 		}
 		rr.cancel()
 	})
-}
-
-// newMemBroker returns a memory broker, closed when t ends.
-func newMemBroker(t testing.TB, opts ...memdriver.Option) *memdriver.Broker {
-	t.Helper()
-	b, err := memdriver.New(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
 }

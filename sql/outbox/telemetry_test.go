@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/sql/outbox"
 	"go.opentelemetry.io/otel/attribute"
@@ -34,7 +36,7 @@ func TestTraceThroughOutbox(t *testing.T) {
 
 		db := tdb.open(t)
 		table := migrateTable(t, tdb, db)
-		broker := newMemBroker(t)
+		broker := memtest.Broker(t)
 		defer broker.Close()
 		w := newWriter(t, tdb.d, table)
 		bus, err := herald.NewBus(broker, herald.WithPublishWriter(w), herald.WithTracerProvider(tp), herald.WithMeterProvider(mp))

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/memory/memtest"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/heraldbus/herald"
@@ -45,7 +47,7 @@ func TestInvalidTableRejectedEverywhere(t *testing.T) {
 	if _, err := outbox.NewWriter(outbox.SQLite, bad); !errors.Is(err, herald.ErrInvalidName) {
 		t.Errorf("NewWriter: %v", err)
 	}
-	if _, err := outbox.NewRelay(db, outbox.SQLite, bad, newMemBroker(t)); !errors.Is(err, herald.ErrInvalidName) {
+	if _, err := outbox.NewRelay(db, outbox.SQLite, bad, memtest.Broker(t)); !errors.Is(err, herald.ErrInvalidName) {
 		t.Errorf("NewRelay: %v", err)
 	}
 	if _, err := outbox.NewQuarantine(db, outbox.SQLite, bad); !errors.Is(err, herald.ErrInvalidName) {
@@ -159,7 +161,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		broker := newMemBroker(t)
+		broker := memtest.Broker(t)
 		defer broker.Close()
 		subs := map[string]herald.Subscription{}
 		for _, topic := range []string{"orders", "orders.audit"} {
@@ -372,7 +374,7 @@ func TestBusPublishesBothWays(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
 		db := tdb.open(t)
 		table := migrateTable(t, tdb, db)
-		broker := newMemBroker(t)
+		broker := memtest.Broker(t)
 		bus, err := herald.NewBus(broker, herald.WithOutbox(newWriter(t, tdb.d, table)))
 		if err != nil {
 			t.Fatal(err)
