@@ -226,14 +226,25 @@ func hasLog(lines []map[string]any, msg string) bool {
 
 func newTableName() string { return "hc_" + strings.ToLower(rand.Text()[:12]) }
 
-func dropTables(t *testing.T, db *sql.DB, quote func(string) string, table string) {
+// postgresTable opens the test PostgreSQL at dsn and names an outbox
+// table of the test's own; the table and its side tables are dropped and
+// the pool closed when t ends.
+func postgresTable(t *testing.T, dsn string) (*sql.DB, string) {
+	t.Helper()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := newTableName()
 	t.Cleanup(func() {
 		for _, suffix := range []string{"", "_quarantine", "_sent"} {
-			if _, err := db.Exec("DROP TABLE IF EXISTS " + quote(table+suffix)); err != nil {
+			if _, err := db.Exec(`DROP TABLE IF EXISTS "` + table + suffix + `"`); err != nil {
 				t.Errorf("drop %s%s: %v", table, suffix, err)
 			}
 		}
+		_ = db.Close()
 	})
+	return db, table
 }
 
 func countRows(t *testing.T, db *sql.DB, quoted string) int {
@@ -330,13 +341,7 @@ func TestRelayCommandSQLite(t *testing.T) {
 // PostgreSQL into a memory broker the test reads, and checks what arrives.
 func TestRelayCommandPostgres(t *testing.T) {
 	dsn := testenv.PostgresDSN(t)
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	table := newTableName()
-	dropTables(t, db, func(s string) string { return `"` + s + `"` }, table)
+	db, table := postgresTable(t, dsn)
 	cfg, err := parseRelayFlags([]string{"-dsn", dsn, "-table", table, "-migrate", "-target", "memory", "-stats-interval", "0"}, env(nil))
 	if err != nil {
 		t.Fatal(err)

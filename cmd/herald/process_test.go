@@ -181,13 +181,7 @@ func TestProcessRelayPostgresToRedis(t *testing.T) {
 	addr := testenv.RedisAddr(t)
 	client := redistest.Client(t, addr)
 	prefix := redistest.Prefix(t, client, "herald:test:proc:")
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	table := newTableName()
-	dropTables(t, db, func(s string) string { return `"` + s + `"` }, table)
+	db, table := postgresTable(t, dsn)
 	if code, stdout, stderr := heraldCmd(t, "migrate", "-dsn", dsn, "-table", table); code != 0 {
 		t.Fatalf("migrate: exit %d\n%s%s", code, stdout, stderr)
 	}
