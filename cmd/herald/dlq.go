@@ -137,35 +137,14 @@ func newDLQFlags(sub string, c *dlqConfig) *flagSet {
 
 // resolve infers the driver from the addresses.
 func (c *dlqConfig) resolve() {
-	if c.Driver == "" {
-		switch {
-		case c.Kafka.Brokers != "":
-			c.Driver = targetKafka
-		case c.Redis.Addr != "":
-			c.Driver = targetRedis
-		}
-	}
+	inferBroker(&c.Driver, c.Kafka, c.Redis)
 }
 
 // validate reports every problem of c for subcommand sub at once.
 func (c dlqConfig) validate(sub string) error {
 	errs := append(c.Kafka.validate(), c.Redis.validate()...)
-	switch c.Driver {
-	case targetKafka:
-		if c.Kafka.Brokers == "" {
-			errs = append(errs, errors.New("-driver kafka needs -kafka-brokers"))
-		}
-	case targetRedis:
-		if c.Redis.Addr == "" {
-			errs = append(errs, errors.New("-driver redis needs -redis-addr"))
-		}
-	case targetMemory:
-		errs = append(errs, errors.New("-driver memory: the memory driver keeps no dead letters outside its own process; use kafka or redis"))
-	case "":
-		errs = append(errs, errors.New("-driver is required (kafka or redis), or set -kafka-brokers or -redis-addr"))
-	default:
-		errs = append(errs, fmt.Errorf("-driver %q: want kafka or redis", c.Driver))
-	}
+	errs = append(errs, brokerProblems("-driver", c.Driver, c.Kafka, c.Redis,
+		"the memory driver keeps no dead letters outside its own process; use kafka or redis")...)
 	if c.Topic == "" {
 		errs = append(errs, errors.New("-topic is required (the dead-letter topic, for example orders.dlq)"))
 	} else if err := herald.ValidateName("topic", c.Topic); err != nil {

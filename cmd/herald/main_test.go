@@ -154,6 +154,39 @@ func TestValidateReportsEverything(t *testing.T) {
 	}
 }
 
+// TestRelayTargetFlag checks how -target is inferred and what a missing
+// or unknown one says.
+func TestRelayTargetFlag(t *testing.T) {
+	for _, c := range []struct {
+		args       []string
+		wantTarget string
+		wantErr    string // "" for none
+	}{
+		{[]string{"-kafka-brokers", "127.0.0.1:9092"}, targetKafka, ""},
+		{[]string{"-redis-addr", "127.0.0.1:6379"}, targetRedis, ""},
+		{[]string{"-target", "memory"}, targetMemory, ""},
+		{nil, "", "-target is required (kafka, redis or memory)"},
+		{[]string{"-target", "redis"}, targetRedis, "-target redis needs -redis-addr"},
+		{[]string{"-target", "kafka"}, targetKafka, "-target kafka needs -kafka-brokers"},
+		{[]string{"-target", "nats"}, "nats", `-target "nats": want kafka, redis or memory`},
+	} {
+		cfg, err := parseRelayFlags(append([]string{"-dsn", "file:x.db"}, c.args...), env(nil))
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if cfg.Target != c.wantTarget {
+			t.Errorf("%v: target %q, want %q", c.args, cfg.Target, c.wantTarget)
+		}
+		err = cfg.Validate()
+		switch {
+		case c.wantErr == "" && err != nil:
+			t.Errorf("%v: Validate = %v, want nil", c.args, err)
+		case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+			t.Errorf("%v: Validate = %v, want it to say %q", c.args, err, c.wantErr)
+		}
+	}
+}
+
 func TestBadFlagsAndEnvironment(t *testing.T) {
 	var out bytes.Buffer
 	ctx := context.Background()

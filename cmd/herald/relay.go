@@ -93,14 +93,7 @@ func newRelayFlags(c *relayConfig) *flagSet {
 // resolve fills in what follows from other settings.
 func (c *relayConfig) resolve() {
 	c.DB.resolve()
-	if c.Target == "" {
-		switch {
-		case c.Kafka.Brokers != "":
-			c.Target = targetKafka
-		case c.Redis.Addr != "":
-			c.Target = targetRedis
-		}
-	}
+	inferBroker(&c.Target, c.Kafka, c.Redis)
 }
 
 // relayOptions turns the configuration into relay options.
@@ -124,21 +117,7 @@ func (c relayConfig) relayOptions() []outbox.RelayOption {
 func (c relayConfig) Validate() error {
 	errs := append(c.DB.validate(true), c.Kafka.validate()...)
 	errs = append(errs, c.Redis.validate()...)
-	switch c.Target {
-	case targetKafka:
-		if c.Kafka.Brokers == "" {
-			errs = append(errs, errors.New("-target kafka needs -kafka-brokers"))
-		}
-	case targetRedis:
-		if c.Redis.Addr == "" {
-			errs = append(errs, errors.New("-target redis needs -redis-addr"))
-		}
-	case targetMemory:
-	case "":
-		errs = append(errs, errors.New("-target is required (kafka, redis or memory), or set -kafka-brokers or -redis-addr"))
-	default:
-		errs = append(errs, fmt.Errorf("-target %q: want kafka, redis or memory", c.Target))
-	}
+	errs = append(errs, brokerProblems("-target", c.Target, c.Kafka, c.Redis, "")...)
 	if err := outbox.ValidateRelayOptions(c.relayOptions()...); err != nil {
 		errs = append(errs, err)
 	}
