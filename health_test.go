@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/memory/memtest"
 )
 
 // refusingDriver is a driver whose broker refuses every subscription, as a

@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdedup"
+	"github.com/heraldbus/herald/memory/memtest"
 )
 
 // Bad option values are errors from the constructor, every one of them

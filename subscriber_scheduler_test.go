@@ -9,10 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/memory/memtest"
 )
 
 // flakyReader is the memory driver with injected faults: Subscribe fails

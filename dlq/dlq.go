@@ -1,7 +1,7 @@
 // Package dlq inspects dead-letter topics and redrives their messages back
 // to the topics they came from.
 //
-// The dead-letter middleware (herald.DeadLetter) writes a message the
+// The dead-letter middleware (herald.WithDeadLetter) writes a message the
 // handler chain gave up on to "<topic>.dlq" with its original ID, key,
 // payload and headers, plus herald-dlq-* headers for the reason, the
 // attempts, the original topic, the group and the time. A Store reads such
@@ -120,8 +120,8 @@ type Entry struct {
 }
 
 // Store reads a broker's dead-letter topics and marks entries redriven.
-// The Kafka and Redis drivers provide one (kafka.Driver.DeadLetters,
-// redis.Driver.DeadLetters). Implementations are safe for concurrent use.
+// The Kafka and Redis drivers provide one (kafkadriver.Driver.DeadLetters,
+// redisdriver.Driver.DeadLetters). Implementations are safe for concurrent use.
 type Store interface {
 	// List returns up to limit entries of the dead-letter topic, oldest
 	// first, starting after cursor ("" means from the oldest entry not

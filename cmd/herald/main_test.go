@@ -28,8 +28,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/goleak"
@@ -38,6 +36,7 @@ import (
 	"github.com/heraldbus/herald/cmd/herald/internal/shutdown"
 	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
+	"github.com/heraldbus/herald/memory/memtest"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 

@@ -6,13 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/codec"
 	"github.com/heraldbus/herald/codec/protobuf"
+	"github.com/heraldbus/herald/memory/memtest"
 )
 
 type order struct {

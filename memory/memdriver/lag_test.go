@@ -7,11 +7,10 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/memory/memtest"
 )
 
 // keyed returns n messages of topic with keys k0..k(n-1), spread over the

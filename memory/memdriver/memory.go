@@ -34,6 +34,10 @@
 // the partitions it owns that its group has not acknowledged, exactly and
 // at once (an Ack shows in the next Lag). Broker.Backlog counts a whole
 // group.
+//
+// Dead letters. Broker.DeadLetters is a dlq.Store over the broker's
+// dead-letter topics, so a service's tests can list and redrive them as
+// they would on Kafka or Redis.
 package memdriver
 
 import (
@@ -283,6 +287,9 @@ type partition struct {
 	end     uint64            // next offset to write
 	cursors []*cursor         // one per group
 	space   chan struct{}     // closed when space frees; nil while no writer waits
+	// redriven marks the offsets a dead-letter Store has redriven
+	// (DeadLetters); nil until the first mark.
+	redriven map[uint64]bool
 }
 
 // cursor is one group's position in one partition. Guarded by partition.mu.

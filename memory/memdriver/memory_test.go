@@ -7,21 +7,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/memory/memtest"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newDriver(t *testing.T) herald.Driver {
-	b := memtest.Broker(t)
-	t.Cleanup(func() { _ = b.Close() })
-	return b
-}
+func newDriver(t *testing.T) herald.Driver { return memtest.Broker(t) }
 
 func TestConformance(t *testing.T) {
 	drivertest.Run(t, drivertest.Config{

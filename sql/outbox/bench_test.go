@@ -14,10 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/memory/memtest"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 

@@ -4,9 +4,8 @@ import (
 	"context"
 	"testing"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/memory/memtest"
 	"github.com/heraldbus/herald/sql/outbox"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"

@@ -10,12 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldbus/herald/memory/memtest"
-
 	"github.com/jackc/pgx/v5"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
+	"github.com/heraldbus/herald/memory/memtest"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
