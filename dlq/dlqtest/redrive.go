@@ -1,0 +1,207 @@
+package dlqtest
+
+import (
+	"errors"
+	"maps"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dlq"
+	"github.com/heraldbus/herald/drivertest"
+)
+
+func testRedriveAll(t *testing.T, cfg Config) {
+	d, s := cfg.NewDriver(t)
+	ctx := testContext(t, cfg)
+	const n = 7
+	dl := deadLetter(t, cfg, d, s, n)
+
+	var progress []dlq.Progress
+	res, err := dlq.Redrive(ctx, s, d, dl.dlqTopic, dlq.RedriveOptions{
+		BatchSize: 3,
+		Progress:  func(p dlq.Progress) { progress = append(progress, p) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Redriven != n || len(res.Skipped) != 0 || res.Deferred != 0 || len(res.NotFound) != 0 {
+		t.Errorf("result %+v", res)
+	}
+	var done []int
+	for _, p := range progress {
+		done = append(done, p.Done)
+		if len(p.Batch) > 3 || p.Total != 0 {
+			t.Errorf("progress %d: batch of %d, total %d", p.Done, len(p.Batch), p.Total)
+		}
+	}
+	if len(done) < 3 || done[len(done)-1] != n {
+		t.Errorf("progress reported %v, want batches of at most 3 up to %d", done, n)
+	}
+	if left := listAll(t, s, dl.dlqTopic, 100); len(left) != 0 {
+		t.Errorf("%d entries left after the redrive: %v", len(left), positions(left))
+	}
+
+	// The group that gave up, fixed, receives every message again, as
+	// published, without the dead-letter headers.
+	got := consume(t, cfg, d, dl, n)
+	for id, m := range got {
+		sent := dl.sent[id]
+		if sent == nil {
+			t.Errorf("unexpected message %s", id)
+			continue
+		}
+		if m.Key != sent.Key || string(m.Data) != string(sent.Data) || m.ContentType != sent.ContentType ||
+			!m.Time.Truncate(time.Millisecond).Equal(sent.Time.Truncate(time.Millisecond)) { // Kafka keeps milliseconds
+			t.Errorf("message %s: got %+v, sent %+v", id, m, sent)
+		}
+		want := maps.Clone(sent.Headers)
+		want[herald.HeaderRedriveGroup], want[herald.HeaderRedriveCount] = dl.group, "1"
+		if !maps.Equal(m.Headers, want) {
+			t.Errorf("message %s: headers %v, want those sent and the redrive's %v", id, m.Headers, want)
+		}
+	}
+
+	// A second run finds nothing and writes nothing.
+	before := len(listAll(t, s, dl.topic, 100))
+	res, err = dlq.Redrive(ctx, s, d, dl.dlqTopic, dlq.RedriveOptions{})
+	if err != nil || res.Redriven != 0 {
+		t.Errorf("second redrive: %+v, %v", res, err)
+	}
+	if after := len(listAll(t, s, dl.topic, 100)); before != 2*n || after != before {
+		t.Errorf("original topic holds %d messages before the second redrive and %d after, want %d", before, after, 2*n)
+	}
+	if _, err := s.Get(ctx, dl.dlqTopic, dl.ids[0]); !errors.Is(err, dlq.ErrNotFound) {
+		t.Errorf("Get of a redriven entry: %v, want ErrNotFound", err)
+	}
+}
+
+func testRedriveSelected(t *testing.T, cfg Config) {
+	d, s := cfg.NewDriver(t)
+	ctx := testContext(t, cfg)
+	dl := deadLetter(t, cfg, d, s, 4)
+	entries := listAll(t, s, dl.dlqTopic, 100)
+
+	res, err := dlq.Redrive(ctx, s, d, dl.dlqTopic, dlq.RedriveOptions{Select: []string{dl.ids[1]}})
+	if err != nil || res.Redriven != 1 {
+		t.Fatalf("redrive by ID: %+v, %v", res, err)
+	}
+	left := listAll(t, s, dl.dlqTopic, 100)
+	if len(left) != 3 || slices.ContainsFunc(left, func(e dlq.Entry) bool { return e.Message.ID == dl.ids[1] }) {
+		t.Errorf("after redriving %s: %d entries left", dl.ids[1], len(left))
+	}
+
+	// By position, twice (once by ID), with one unknown name.
+	var pos string
+	for _, e := range entries {
+		if e.Message.ID == dl.ids[2] {
+			pos = e.Position
+		}
+	}
+	var total []int
+	res, err = dlq.Redrive(ctx, s, d, dl.dlqTopic, dlq.RedriveOptions{
+		Select:   []string{pos, dl.ids[2], "no-such-id", dl.ids[1]},
+		Progress: func(p dlq.Progress) { total = append(total, p.Done, p.Total) },
+	})
+	if err != nil || res.Redriven != 1 || !slices.Equal(res.NotFound, []string{"no-such-id", dl.ids[1]}) {
+		t.Fatalf("redrive by position: %+v, %v", res, err)
+	}
+	if !slices.Equal(total, []int{1, 1}) {
+		t.Errorf("progress (done, total): %v", total)
+	}
+	if left := listAll(t, s, dl.dlqTopic, 100); len(left) != 2 {
+		t.Errorf("%d entries left, want 2", len(left))
+	}
+	got := consume(t, cfg, d, dl, 2)
+	if got[dl.ids[1]] == nil || got[dl.ids[2]] == nil {
+		t.Errorf("redriven %v, want %s and %s", slices.Collect(maps.Keys(got)), dl.ids[1], dl.ids[2])
+	}
+}
+
+// testLeftBehind writes entries straight to a dead-letter topic: some
+// cannot go back, one was dead-lettered after the redrive started.
+func testLeftBehind(t *testing.T, cfg Config) {
+	d, s := cfg.NewDriver(t)
+	ctx := testContext(t, cfg)
+	topic := drivertest.Name(t, "t")
+	dlqTopic := herald.DeadLetterTopic(topic)
+	now := time.Now().UTC()
+	entry := func(id, origin string, at time.Time) *herald.Message {
+		h := herald.Headers{herald.HeaderDeadLetterReason: "boom", herald.HeaderDeadLetterTime: at.Format(time.RFC3339Nano)}
+		if origin != "" {
+			h[herald.HeaderDeadLetterTopic] = origin
+		}
+		return &herald.Message{ID: id, Topic: dlqTopic, Key: "k", Headers: h, Data: []byte(id), Time: now}
+	}
+	err := d.Write(ctx, []*herald.Message{
+		entry("no-origin", "", now),
+		entry("bad-origin", "no spaces allowed", now),
+		entry("loop", dlqTopic, now),
+		entry("later", topic, now.Add(time.Hour)),
+		entry("good", topic, now.Add(-time.Hour)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, cfg, "5 entries", func() bool { return len(listAll(t, s, dlqTopic, 100)) == 5 })
+
+	var batches [][]string
+	res, err := dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{DryRun: true, Progress: func(p dlq.Progress) {
+		batches = append(batches, ids(p.Batch))
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Redriven != 1 || res.Deferred != 1 || len(res.Skipped) != 3 || len(batches) != 1 || !slices.Equal(batches[0], []string{"good"}) {
+		t.Errorf("dry run: %+v, batches %v", res, batches)
+	}
+	if n := len(listAll(t, s, topic, 100)); n != 0 {
+		t.Errorf("dry run wrote %d messages", n)
+	}
+
+	res, err = dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	skipped := make(map[string]error)
+	for _, sk := range res.Skipped {
+		skipped[sk.Entry.Message.ID] = sk.Err
+	}
+	if res.Redriven != 1 || res.Deferred != 1 || len(skipped) != 3 ||
+		!errors.Is(skipped["no-origin"], dlq.ErrNoOriginalTopic) ||
+		!errors.Is(skipped["bad-origin"], herald.ErrInvalidName) || !errors.Is(skipped["loop"], herald.ErrInvalidName) {
+		t.Errorf("redrive: %+v", res)
+	}
+	if left := ids(listAll(t, s, dlqTopic, 100)); !slices.Equal(sorted(left), []string{"bad-origin", "later", "loop", "no-origin"}) {
+		t.Errorf("left in the dead-letter topic: %v", left)
+	}
+	back := listAll(t, s, topic, 100)
+	if len(back) != 1 || back[0].Message.ID != "good" || len(back[0].Message.Headers) != 0 {
+		t.Errorf("written back: %+v", back)
+	}
+	// Selecting an entry that was dead-lettered "later" redrives it.
+	res, err = dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{Select: []string{"later"}})
+	if err != nil || res.Redriven != 1 {
+		t.Errorf("redrive of the later entry: %+v, %v", res, err)
+	}
+}
+
+func testFailedWrite(t *testing.T, cfg Config) {
+	if cfg.RejectingWriter == nil {
+		t.Skip("no RejectingWriter")
+	}
+	d, s := cfg.NewDriver(t)
+	ctx := testContext(t, cfg)
+	dl := deadLetter(t, cfg, d, s, 3)
+	res, err := dlq.Redrive(ctx, s, cfg.RejectingWriter(t), dl.dlqTopic, dlq.RedriveOptions{})
+	if err == nil || res.Redriven != 0 {
+		t.Fatalf("redrive through a rejecting writer: %+v, %v", res, err)
+	}
+	if n := len(listAll(t, s, dl.dlqTopic, 100)); n != 3 {
+		t.Errorf("%d entries listed after the failed redrive, want all 3", n)
+	}
+	if res, err := dlq.Redrive(ctx, s, d, dl.dlqTopic, dlq.RedriveOptions{}); err != nil || res.Redriven != 3 {
+		t.Errorf("redrive after the failure: %+v, %v", res, err)
+	}
+}
