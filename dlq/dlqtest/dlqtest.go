@@ -35,6 +35,15 @@ type Config struct {
 	// (the driver's own, such as redisdedup for Redis; default: a
 	// memdedup store).
 	Dedup func(t *testing.T) dedup.Storage
+	// MissingPosition is a position in the store's own form (the form of
+	// dlq.Entry.Position: a Redis stream entry ID, a Kafka
+	// "partition:offset") that holds no entry in the suite's dead-letter
+	// topics: well formed, on a partition every topic has (for a form
+	// with partitions), at an offset or entry ID never written. Get of
+	// it must report dlq.ErrNotFound, not the entry nearest to it. The
+	// suite cannot make one up, since only the driver knows its form;
+	// when empty, that one check is skipped and says so.
+	MissingPosition string
 }
 
 func (c Config) dedup(t *testing.T) dedup.Storage {

@@ -21,6 +21,9 @@ func TestDeadLetters(t *testing.T) {
 		RejectingWriter: func(t *testing.T) herald.Writer {
 			return memtest.Broker(t, memdriver.WithMaxMessageBytes(1))
 		},
+		// Partition 0, which every topic has, at an offset the suite
+		// never writes.
+		MissingPosition: "0:999999",
 	})
 }
 
