@@ -136,6 +136,30 @@ func deadLetter(t *testing.T, cfg Config, d herald.Driver, s dlq.Store, n int) d
 	return dl
 }
 
+// step is one named part of a scenario.
+type step struct {
+	name string
+	fn   func(t *testing.T)
+}
+
+// runSteps runs a scenario's steps in order, each as a subtest. Each step
+// starts from what the steps before it left in the broker, so a step that
+// stops (t.Fatal) ends the scenario; one that only reports errors does
+// not, and the steps after it still run.
+func runSteps(t *testing.T, steps ...step) {
+	t.Helper()
+	for _, s := range steps {
+		finished := false
+		t.Run(s.name, func(t *testing.T) {
+			s.fn(t)
+			finished = true
+		})
+		if !finished {
+			return
+		}
+	}
+}
+
 // consume subscribes dl's group again with a handler that succeeds and
 // returns the first n messages it receives, by ID.
 func consume(t *testing.T, cfg Config, d herald.Driver, dl deadLettered, n int) map[string]*herald.Message {

@@ -1,6 +1,7 @@
 package dlqtest
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"slices"
@@ -12,67 +13,106 @@ import (
 	"github.com/heraldbus/herald/drivertest"
 )
 
+// redriveAll is the RedriveAll scenario: messages dead-lettered by one
+// group are all redriven in small batches, that group receives them again
+// as they were published, and a second redrive finds nothing.
+type redriveAll struct {
+	cfg Config
+	ctx context.Context
+	d   herald.Driver
+	s   dlq.Store
+	n   int
+	dl  deadLettered
+}
+
 func testRedriveAll(t *testing.T, cfg Config) {
 	d, s := cfg.NewDriver(t)
-	ctx := testContext(t, cfg)
-	const n = 7
-	dl := deadLetter(t, cfg, d, s, n)
+	sc := &redriveAll{cfg: cfg, ctx: testContext(t, cfg), d: d, s: s, n: 7}
+	sc.dl = deadLetter(t, cfg, d, s, sc.n)
+	runSteps(t,
+		step{"RedrivesEveryEntryInBatches", sc.redriveInBatches},
+		step{"GroupThatGaveUpReceivesEachAsPublished", sc.receiveAsPublished},
+		step{"SecondRedriveWritesNothing", sc.redriveAgain},
+	)
+}
 
+// redriveInBatches redrives every entry in batches of three and checks
+// the result, the progress reports and that no entry is left.
+func (sc *redriveAll) redriveInBatches(t *testing.T) {
 	var progress []dlq.Progress
-	res, err := dlq.Redrive(ctx, s, d, dl.dlqTopic, dlq.RedriveOptions{
+	res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dl.dlqTopic, dlq.RedriveOptions{
 		BatchSize: 3,
 		Progress:  func(p dlq.Progress) { progress = append(progress, p) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Redriven != n || len(res.Skipped) != 0 || res.Deferred != 0 || len(res.NotFound) != 0 {
+	if res.Redriven != sc.n || len(res.Skipped) != 0 || res.Deferred != 0 || len(res.NotFound) != 0 {
 		t.Errorf("result %+v", res)
 	}
+	checkBatches(t, progress, 3, sc.n)
+	if left := listAll(t, sc.s, sc.dl.dlqTopic, 100); len(left) != 0 {
+		t.Errorf("%d entries left after the redrive: %v", len(left), positions(left))
+	}
+}
+
+// checkBatches checks the progress of a redrive of all n entries in
+// batches of size: no total (nothing was selected), no batch larger than
+// size, as many batches as that takes at least, and n done at the end.
+func checkBatches(t *testing.T, progress []dlq.Progress, size, n int) {
+	t.Helper()
 	var done []int
 	for _, p := range progress {
 		done = append(done, p.Done)
-		if len(p.Batch) > 3 || p.Total != 0 {
+		if len(p.Batch) > size || p.Total != 0 {
 			t.Errorf("progress %d: batch of %d, total %d", p.Done, len(p.Batch), p.Total)
 		}
 	}
-	if len(done) < 3 || done[len(done)-1] != n {
-		t.Errorf("progress reported %v, want batches of at most 3 up to %d", done, n)
+	if len(done) < (n+size-1)/size || done[len(done)-1] != n {
+		t.Errorf("progress reported %v, want batches of at most %d up to %d", done, size, n)
 	}
-	if left := listAll(t, s, dl.dlqTopic, 100); len(left) != 0 {
-		t.Errorf("%d entries left after the redrive: %v", len(left), positions(left))
-	}
+}
 
-	// The group that gave up, fixed, receives every message again, as
-	// published, without the dead-letter headers.
-	got := consume(t, cfg, d, dl, n)
-	for id, m := range got {
-		sent := dl.sent[id]
-		if sent == nil {
-			t.Errorf("unexpected message %s", id)
-			continue
-		}
-		if m.Key != sent.Key || string(m.Data) != string(sent.Data) || m.ContentType != sent.ContentType ||
-			!m.Time.Truncate(time.Millisecond).Equal(sent.Time.Truncate(time.Millisecond)) { // Kafka keeps milliseconds
-			t.Errorf("message %s: got %+v, sent %+v", id, m, sent)
-		}
-		want := maps.Clone(sent.Headers)
-		want[herald.HeaderRedriveGroup], want[herald.HeaderRedriveCount] = dl.group, "1"
-		if !maps.Equal(m.Headers, want) {
-			t.Errorf("message %s: headers %v, want those sent and the redrive's %v", id, m.Headers, want)
-		}
+// receiveAsPublished checks the group that gave up, fixed, receives
+// every message again, as published, without the dead-letter headers.
+func (sc *redriveAll) receiveAsPublished(t *testing.T) {
+	for id, m := range consume(t, sc.cfg, sc.d, sc.dl, sc.n) {
+		sc.checkRedriven(t, id, m)
 	}
+}
 
-	// A second run finds nothing and writes nothing.
-	before := len(listAll(t, s, dl.topic, 100))
-	res, err = dlq.Redrive(ctx, s, d, dl.dlqTopic, dlq.RedriveOptions{})
+// checkRedriven checks m, received after the redrive, is the message sent
+// as id with the redrive's headers instead of the dead-letter ones.
+func (sc *redriveAll) checkRedriven(t *testing.T, id string, m *herald.Message) {
+	t.Helper()
+	sent := sc.dl.sent[id]
+	if sent == nil {
+		t.Errorf("unexpected message %s", id)
+		return
+	}
+	if m.Key != sent.Key || string(m.Data) != string(sent.Data) || m.ContentType != sent.ContentType ||
+		!m.Time.Truncate(time.Millisecond).Equal(sent.Time.Truncate(time.Millisecond)) { // Kafka keeps milliseconds
+		t.Errorf("message %s: got %+v, sent %+v", id, m, sent)
+	}
+	want := maps.Clone(sent.Headers)
+	want[herald.HeaderRedriveGroup], want[herald.HeaderRedriveCount] = sc.dl.group, "1"
+	if !maps.Equal(m.Headers, want) {
+		t.Errorf("message %s: headers %v, want those sent and the redrive's %v", id, m.Headers, want)
+	}
+}
+
+// redriveAgain checks a second redrive finds nothing and writes nothing,
+// and a redriven entry is no longer found.
+func (sc *redriveAll) redriveAgain(t *testing.T) {
+	before := len(listAll(t, sc.s, sc.dl.topic, 100))
+	res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dl.dlqTopic, dlq.RedriveOptions{})
 	if err != nil || res.Redriven != 0 {
 		t.Errorf("second redrive: %+v, %v", res, err)
 	}
-	if after := len(listAll(t, s, dl.topic, 100)); before != 2*n || after != before {
-		t.Errorf("original topic holds %d messages before the second redrive and %d after, want %d", before, after, 2*n)
+	if after := len(listAll(t, sc.s, sc.dl.topic, 100)); before != 2*sc.n || after != before {
+		t.Errorf("original topic holds %d messages before the second redrive and %d after, want %d", before, after, 2*sc.n)
 	}
-	if _, err := s.Get(ctx, dl.dlqTopic, dl.ids[0]); !errors.Is(err, dlq.ErrNotFound) {
+	if _, err := sc.s.Get(sc.ctx, sc.dl.dlqTopic, sc.dl.ids[0]); !errors.Is(err, dlq.ErrNotFound) {
 		t.Errorf("Get of a redriven entry: %v, want ErrNotFound", err)
 	}
 }
