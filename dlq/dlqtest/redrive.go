@@ -159,35 +159,61 @@ func testRedriveSelected(t *testing.T, cfg Config) {
 	}
 }
 
-// testLeftBehind writes entries straight to a dead-letter topic: some
-// cannot go back, one was dead-lettered after the redrive started.
+// leftBehind is the RedriveLeavesWhatCannotGoBack scenario: entries
+// written straight to a dead-letter topic, three of which cannot go back
+// (no original topic, an invalid one, the dead-letter topic itself), one
+// dead-lettered after the redrive started, and one good.
+type leftBehind struct {
+	cfg             Config
+	ctx             context.Context
+	d               herald.Driver
+	s               dlq.Store
+	topic, dlqTopic string
+}
+
 func testLeftBehind(t *testing.T, cfg Config) {
 	d, s := cfg.NewDriver(t)
-	ctx := testContext(t, cfg)
 	topic := drivertest.Name(t, "t")
-	dlqTopic := herald.DeadLetterTopic(topic)
+	sc := &leftBehind{cfg: cfg, ctx: testContext(t, cfg), d: d, s: s, topic: topic, dlqTopic: herald.DeadLetterTopic(topic)}
+	sc.writeEntries(t)
+	runSteps(t,
+		step{"DryRunCountsAndWritesNothing", sc.dryRun},
+		step{"RedriveSkipsWhatCannotGoBackAndDefersTheLater", sc.redrive},
+		step{"SkippedAndDeferredStayListed", sc.checkLeft},
+		step{"OnlyTheGoodEntryGoesBackWithoutDeadLetterHeaders", sc.checkWrittenBack},
+		step{"SelectingTheLaterEntryRedrivesIt", sc.redriveLater},
+	)
+}
+
+// writeEntries writes the five entries and waits for them to be listed.
+func (sc *leftBehind) writeEntries(t *testing.T) {
+	t.Helper()
 	now := time.Now().UTC()
 	entry := func(id, origin string, at time.Time) *herald.Message {
 		h := herald.Headers{herald.HeaderDeadLetterReason: "boom", herald.HeaderDeadLetterTime: at.Format(time.RFC3339Nano)}
 		if origin != "" {
 			h[herald.HeaderDeadLetterTopic] = origin
 		}
-		return &herald.Message{ID: id, Topic: dlqTopic, Key: "k", Headers: h, Data: []byte(id), Time: now}
+		return &herald.Message{ID: id, Topic: sc.dlqTopic, Key: "k", Headers: h, Data: []byte(id), Time: now}
 	}
-	err := d.Write(ctx, []*herald.Message{
+	err := sc.d.Write(sc.ctx, []*herald.Message{
 		entry("no-origin", "", now),
 		entry("bad-origin", "no spaces allowed", now),
-		entry("loop", dlqTopic, now),
-		entry("later", topic, now.Add(time.Hour)),
-		entry("good", topic, now.Add(-time.Hour)),
+		entry("loop", sc.dlqTopic, now),
+		entry("later", sc.topic, now.Add(time.Hour)),
+		entry("good", sc.topic, now.Add(-time.Hour)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, cfg, "5 entries", func() bool { return len(listAll(t, s, dlqTopic, 100)) == 5 })
+	waitFor(t, sc.cfg, "5 entries", func() bool { return len(listAll(t, sc.s, sc.dlqTopic, 100)) == 5 })
+}
 
+// dryRun checks a dry run reports what a redrive would do, with the good
+// entry as its one batch, and writes nothing.
+func (sc *leftBehind) dryRun(t *testing.T) {
 	var batches [][]string
-	res, err := dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{DryRun: true, Progress: func(p dlq.Progress) {
+	res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dlqTopic, dlq.RedriveOptions{DryRun: true, Progress: func(p dlq.Progress) {
 		batches = append(batches, ids(p.Batch))
 	}})
 	if err != nil {
@@ -196,11 +222,15 @@ func testLeftBehind(t *testing.T, cfg Config) {
 	if res.Redriven != 1 || res.Deferred != 1 || len(res.Skipped) != 3 || len(batches) != 1 || !slices.Equal(batches[0], []string{"good"}) {
 		t.Errorf("dry run: %+v, batches %v", res, batches)
 	}
-	if n := len(listAll(t, s, topic, 100)); n != 0 {
+	if n := len(listAll(t, sc.s, sc.topic, 100)); n != 0 {
 		t.Errorf("dry run wrote %d messages", n)
 	}
+}
 
-	res, err = dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{})
+// redrive redrives the topic and checks each entry that cannot go back is
+// skipped with the reason why, and the later one deferred.
+func (sc *leftBehind) redrive(t *testing.T) {
+	res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dlqTopic, dlq.RedriveOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,15 +243,28 @@ func testLeftBehind(t *testing.T, cfg Config) {
 		!errors.Is(skipped["bad-origin"], herald.ErrInvalidName) || !errors.Is(skipped["loop"], herald.ErrInvalidName) {
 		t.Errorf("redrive: %+v", res)
 	}
-	if left := ids(listAll(t, s, dlqTopic, 100)); !slices.Equal(sorted(left), []string{"bad-origin", "later", "loop", "no-origin"}) {
+}
+
+// checkLeft checks the skipped and deferred entries are still listed.
+func (sc *leftBehind) checkLeft(t *testing.T) {
+	if left := ids(listAll(t, sc.s, sc.dlqTopic, 100)); !slices.Equal(sorted(left), []string{"bad-origin", "later", "loop", "no-origin"}) {
 		t.Errorf("left in the dead-letter topic: %v", left)
 	}
-	back := listAll(t, s, topic, 100)
+}
+
+// checkWrittenBack checks the original topic received the good entry
+// alone, without the dead-letter headers.
+func (sc *leftBehind) checkWrittenBack(t *testing.T) {
+	back := listAll(t, sc.s, sc.topic, 100)
 	if len(back) != 1 || back[0].Message.ID != "good" || len(back[0].Message.Headers) != 0 {
 		t.Errorf("written back: %+v", back)
 	}
-	// Selecting an entry that was dead-lettered "later" redrives it.
-	res, err = dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{Select: []string{"later"}})
+}
+
+// redriveLater checks selecting the entry dead-lettered "later" than the
+// redrive's start redrives it.
+func (sc *leftBehind) redriveLater(t *testing.T) {
+	res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dlqTopic, dlq.RedriveOptions{Select: []string{"later"}})
 	if err != nil || res.Redriven != 1 {
 		t.Errorf("redrive of the later entry: %+v, %v", res, err)
 	}
