@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"reflect"
 	"sync"
 
@@ -46,6 +45,7 @@ type route struct {
 	cfg          SchedulerConfig
 	schedSet     bool // cfg came from WithScheduler
 	sched        *scheduler
+	obs          *observer
 }
 
 // NewBus returns a Bus that publishes to and subscribes through d. It
@@ -275,61 +275,28 @@ func decodeHandler[E any](codecs *codec.Registry, def codec.Codec, et *EventType
 }
 
 func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOption) error {
-	if h == nil {
-		return fmt.Errorf("herald: handle topic %q group %q: %w", topic, group, ErrNilHandler)
-	}
-	if err := errors.Join(ValidateName("topic", topic), ValidateName("group", group)); err != nil {
-		return err
-	}
-	var o subscribeOptions
-	for _, opt := range opts {
-		if opt == nil {
-			return &OptionError{Option: "SubscribeOption", Value: nil, Reason: "nil option"}
-		}
-		opt(&o)
-	}
-	if err := o.validate(); err != nil {
-		return err
-	}
-	chain, err := b.chain(topic, group, h, &o)
+	o, err := subscribeOptionsOf(topic, group, h, opts)
 	if err != nil {
 		return err
 	}
-
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return ErrClosed
 	}
-	key := routeKey{topic, group}
-	r := b.routes[key]
-	if r == nil {
-		r = &route{topic: topic, group: group, handlers: make(map[string]HandlerFunc)}
-	} else if r.sched != nil {
-		return fmt.Errorf("%w: topic %q group %q", ErrSubscriptionRunning, topic, group)
+	r, err := b.routeFor(topic, group)
+	if err != nil {
+		return err
 	}
-	switch {
-	case event == "" && (r.raw != nil || len(r.handlers) > 0),
-		event != "" && r.raw != nil:
-		return fmt.Errorf("%w: topic %q group %q mixes raw and typed handlers or has two raw ones", ErrDuplicateHandler, topic, group)
-	case event != "" && r.handlers[event] != nil:
-		return fmt.Errorf("%w: event %q group %q", ErrDuplicateHandler, event, group)
+	chain, err := b.chain(r, h, o)
+	if err != nil {
+		return err
 	}
-	if event == "" {
-		r.raw = chain
-	} else {
-		r.handlers[event] = chain
+	if err := r.add(event, chain, o); err != nil {
+		return err
 	}
-	if o.schedSet {
-		if r.schedSet && !r.cfg.same(o.sched) {
-			return &OptionError{Option: "WithScheduler", Value: o.sched,
-				Reason: fmt.Sprintf("topic %q group %q has other scheduler settings from an earlier Subscribe; its handlers share one scheduler", topic, group)}
-		}
-		r.cfg, r.schedSet = o.sched, true
-	}
-	r.cfg.Concurrency = max(r.cfg.Concurrency, o.concurrency)
-	if b.routes[key] == nil {
-		b.routes[key] = r
+	if b.routes[routeKey{topic, group}] == nil {
+		b.routes[routeKey{topic, group}] = r
 		b.order = append(b.order, r)
 	}
 	if b.started {
@@ -338,95 +305,122 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 	return nil
 }
 
-// chain assembles the middleware of one handler that run inside the
-// route's dispatch, in the canonical order (middleware.go): dedup, dead
-// letter, retry, recover, the user's, and h.
-func (b *Bus) chain(topic, group string, h HandlerFunc, o *subscribeOptions) (HandlerFunc, error) {
-	var mws []Middleware
-	logger := b.opts.logger
+// subscribeOptionsOf checks a Subscribe or Handle call and applies its
+// options.
+func subscribeOptionsOf(topic, group string, h HandlerFunc, opts []SubscribeOption) (*subscribeOptions, error) {
+	if h == nil {
+		return nil, fmt.Errorf("herald: handle topic %q group %q: %w", topic, group, ErrNilHandler)
+	}
+	if err := errors.Join(ValidateName("topic", topic), ValidateName("group", group)); err != nil {
+		return nil, err
+	}
+	var o subscribeOptions
+	for _, opt := range opts {
+		if opt == nil {
+			return nil, &OptionError{Option: "SubscribeOption", Value: nil, Reason: "nil option"}
+		}
+		opt(&o)
+	}
+	return &o, o.validate()
+}
+
+// routeFor returns the route of (topic, group), or a new one not yet
+// registered; b.mu held. A route already consuming takes no handler.
+func (b *Bus) routeFor(topic, group string) (*route, error) {
+	if r := b.routes[routeKey{topic, group}]; r != nil {
+		if r.sched != nil {
+			return nil, fmt.Errorf("%w: topic %q group %q", ErrSubscriptionRunning, topic, group)
+		}
+		return r, nil
+	}
 	var tel *subscriptionTelemetry
 	if b.tel != nil {
 		tel = b.tel.subscription(topic, group)
 	}
-	if o.dedup != nil {
-		cfg := *o.dedup
-		if cfg.OnError == nil {
-			cfg.OnError = b.opts.onError
-		}
-		if cfg.OnDuplicate == nil {
-			cfg.OnDuplicate = func(m *Message) {
-				logger.LogAttrs(context.Background(), slog.LevelDebug, "herald: duplicate skipped",
-					slog.String("topic", topic), slog.String("group", group), slog.String("message_id", m.ID))
-			}
-		}
-		if tel != nil {
-			onDuplicate := cfg.OnDuplicate
-			cfg.OnDuplicate = func(m *Message) {
-				tel.count(context.Background(), deduplicated)
-				onDuplicate(m)
-			}
-		}
-		mws = append(mws, deduplicate(cfg, group))
+	return &route{
+		topic: topic, group: group,
+		handlers: make(map[string]HandlerFunc),
+		obs:      newObserver(topic, group, b.opts.logger, b.opts.onHandled, tel),
+	}, nil
+}
+
+// add gives r the handler chain of event ("" for a raw handler) and the
+// subscription's scheduler settings. It changes nothing when it fails.
+func (r *route) add(event string, chain HandlerFunc, o *subscribeOptions) error {
+	switch {
+	case event == "" && (r.raw != nil || len(r.handlers) > 0),
+		event != "" && r.raw != nil:
+		return fmt.Errorf("%w: topic %q group %q mixes raw and typed handlers or has two raw ones", ErrDuplicateHandler, r.topic, r.group)
+	case event != "" && r.handlers[event] != nil:
+		return fmt.Errorf("%w: event %q group %q", ErrDuplicateHandler, event, r.group)
+	case o.schedSet && r.schedSet && !r.cfg.same(o.sched):
+		return &OptionError{Option: "WithScheduler", Value: o.sched,
+			Reason: fmt.Sprintf("topic %q group %q has other scheduler settings from an earlier Subscribe; its handlers share one scheduler", r.topic, r.group)}
 	}
-	dl := deadLetterSettings{group: group, onlyUndecodable: true}
-	if o.deadLetter != nil {
-		dl.DeadLetterConfig, dl.onlyUndecodable = *o.deadLetter, false
+	if event == "" {
+		r.raw = chain
+	} else {
+		r.handlers[event] = chain
 	}
-	if dl.Writer == nil {
-		dl.Writer = b.driver
+	if o.schedSet {
+		r.cfg, r.schedSet = o.sched, true
 	}
-	dlTopic := DeadLetterTopic(topic)
-	if dl.Topic != nil {
-		dlTopic = dl.Topic(topic)
-	}
-	if err := ValidateName("dead-letter topic", dlTopic); err != nil {
+	r.cfg.Concurrency = max(r.cfg.Concurrency, o.concurrency)
+	return nil
+}
+
+// chain wraps h in the middleware that run inside the route's dispatch,
+// in the canonical order (see "Middleware order" in the package doc); the
+// route's observer is outermost, around the dispatch (routeHandler).
+func (b *Bus) chain(r *route, h HandlerFunc, o *subscribeOptions) (HandlerFunc, error) {
+	dl, err := b.deadLetterSettings(r, o)
+	if err != nil {
 		return nil, err
 	}
-	if dl.OnDeadLetter == nil {
-		dl.OnDeadLetter = func(m *Message, reason error) {
-			logger.LogAttrs(context.Background(), slog.LevelWarn, "herald: dead-lettered",
-				slog.String("topic", topic), slog.String("group", group), slog.String("message_id", m.ID),
-				slog.String("dead_letter_topic", dlTopic), slog.Any("reason", reason))
-		}
-	}
-	if tel != nil {
-		onDeadLetter := dl.OnDeadLetter
-		dl.OnDeadLetter = func(m *Message, reason error) {
-			tel.count(context.Background(), deadLettered)
-			onDeadLetter(m, reason)
-		}
+	var mws []Middleware
+	if o.dedup != nil {
+		mws = append(mws, deduplicate(b.dedupConfig(*o.dedup), r.group, r.obs.report))
 	}
 	mws = append(mws, deadLetter(dl))
 	if o.retry != nil {
-		rc := *o.retry
-		if tel != nil {
-			onRetry := rc.OnRetry
-			rc.OnRetry = func(ctx context.Context, m *Message, attempt int, err error) {
-				tel.count(ctx, retried)
-				if onRetry != nil {
-					onRetry(ctx, m, attempt, err)
-				}
-			}
-		}
-		mws = append(mws, retry(rc))
+		mws = append(mws, retry(*o.retry, r.obs.report))
 	}
 	mws = append(mws, recoverPanics())
 	mws = append(mws, o.middleware...)
 	return Chain(h, mws...), nil
 }
 
-// routeHandler is what r's scheduler runs: telemetry and Observe around
-// r.dispatch, the outermost layers of the canonical order, so that they
-// see every delivery, skipped ones included.
+// dedupConfig is cfg with the Bus's defaults.
+func (b *Bus) dedupConfig(cfg DedupConfig) DedupConfig {
+	if cfg.OnError == nil {
+		cfg.OnError = b.opts.onError
+	}
+	return cfg
+}
+
+// deadLetterSettings is the dead-letter middleware's configuration for a
+// handler of r: the subscription's, or without WithDeadLetter one that
+// takes only undecodable payloads; the driver writes by default.
+func (b *Bus) deadLetterSettings(r *route, o *subscribeOptions) (deadLetterSettings, error) {
+	dl := deadLetterSettings{group: r.group, onlyUndecodable: true, report: r.obs.report}
+	if o.deadLetter != nil {
+		dl.DeadLetterConfig, dl.onlyUndecodable = *o.deadLetter, false
+	}
+	if dl.Writer == nil {
+		dl.Writer = b.driver
+	}
+	topic := DeadLetterTopic(r.topic)
+	if dl.Topic != nil {
+		topic = dl.Topic(r.topic)
+	}
+	return dl, ValidateName("dead-letter topic", topic)
+}
+
+// routeHandler is what r's scheduler runs: the observer around
+// r.dispatch, outermost in the canonical order, so that it sees every
+// delivery, skipped ones included.
 func (b *Bus) routeHandler(r *route) HandlerFunc {
-	var mws []Middleware
-	if b.tel != nil {
-		mws = append(mws, b.tel.subscription(r.topic, r.group).middleware())
-	}
-	if logger := b.opts.logger; b.opts.onHandled != nil || logger.Enabled(context.Background(), slog.LevelDebug) {
-		mws = append(mws, observe(r.topic, r.group, logger, b.opts.onHandled))
-	}
-	h := Chain(r.dispatch, mws...)
+	h := r.obs.middleware()(r.dispatch)
 	return func(ctx context.Context, m *Message) error {
 		if err := h(withDelivered(ctx, m), m); err != errSkipped {
 			return err

@@ -53,20 +53,20 @@
 // The Subscribe options install the built-in middleware in one fixed
 // order, outermost first, so that no option can silently defeat another:
 //
-//  0. Telemetry (unless WithoutTelemetry): the "process <topic>" span, a
-//     child of and linked to the sender's span, and the duration and
-//     outcome metrics. Everything inside runs with the span in its
-//     context, so retries, duplicates and dead letters become span events
-//     and logs can carry the trace id.
-//
-//  1. Observe: debug logs, and WithHandleHook with every delivery's result,
-//     skipped ones included.
+//  1. Observer: the "process <topic>" span (unless WithoutTelemetry), a
+//     child of and linked to the sender's span; the duration and outcome
+//     metrics; a log line per delivery (a failure left for redelivery at
+//     warn level, the rest at debug); and WithHandleHook's result for
+//     every delivery, skipped ones included. Everything inside runs with
+//     the span in its context, and reports retries, duplicates and dead
+//     letters to the observer, which makes each a span event, a counter
+//     and a log line (a dead letter at warn level) in that context.
 //
 //     Then the subscription dispatches by event type: a message the group
 //     does not handle (another event type on a shared topic, a redrive
 //     addressed to another group by HeaderRedriveGroup) is acknowledged
-//     here without running anything, with outcome "skipped". Layers 0 and
-//     1 wrap this dispatch once per topic and group; the layers below wrap
+//     here without running anything, with outcome "skipped". The observer
+//     wraps this dispatch once per topic and group; the layers below wrap
 //     each handler.
 //
 //  2. Dedup (WithDedup): claims (group, message ID) before anything runs,

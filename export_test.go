@@ -1,6 +1,9 @@
 package herald
 
-import "time"
+import (
+	"log/slog"
+	"time"
+)
 
 // The built-in middleware and the scheduler are unexported: the Bus
 // installs them in the canonical order. The tests of package herald_test
@@ -10,13 +13,18 @@ type Scheduler = scheduler
 
 var (
 	NewScheduler = newScheduler
-	Retry        = retry
 	Recover      = recoverPanics
-	Observe      = observe
 	Timeout      = attemptTimeout
 )
 
-func Deduplicate(cfg DedupConfig, group string) Middleware { return deduplicate(cfg, group) }
+func Retry(cfg RetryConfig) Middleware { return retry(cfg, nil) }
+
+func Deduplicate(cfg DedupConfig, group string) Middleware { return deduplicate(cfg, group, nil) }
+
+// Observe is the observer middleware of a subscription without telemetry.
+func Observe(topic, group string, logger *slog.Logger, hook func(HandleResult)) Middleware {
+	return newObserver(topic, group, logger, hook, nil).middleware()
+}
 
 // DeadLetterMiddleware is the dead-letter middleware of group, with clock now (nil:
 // time.Now); onlyUndecodable is the Bus's setting without WithDeadLetter.

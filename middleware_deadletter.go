@@ -8,11 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/heraldbus/herald/internal/telemetry"
-	"go.opentelemetry.io/otel/attribute"
-	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // DeadLetterConfig configures the dead-letter middleware (WithDeadLetter,
@@ -46,6 +41,7 @@ type deadLetterSettings struct {
 	// dead-letter option was given, so a poison payload never blocks a key.
 	onlyUndecodable bool
 	now             func() time.Time // default time.Now
+	report          reporter         // nil: nobody
 }
 
 // DeadLetterTopic is the default dead-letter topic naming: topic + ".dlq".
@@ -59,7 +55,8 @@ func DeadLetterTopic(topic string) string { return topic + ".dlq" }
 //
 // Errors that are not a give-up pass through: ErrInProgress (dedup) and any
 // error after the delivery's context ended (shutdown), so a message is
-// never dead-lettered because the service was stopping.
+// never dead-lettered because the service was stopping. Each dead letter
+// written is reported to cfg.report.
 func deadLetter(cfg deadLetterSettings) Middleware {
 	if cfg.Topic == nil {
 		cfg.Topic = DeadLetterTopic
@@ -67,6 +64,7 @@ func deadLetter(cfg deadLetterSettings) Middleware {
 	if cfg.now == nil {
 		cfg.now = time.Now
 	}
+	report := cfg.report.orNop()
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) error {
 			var err error
@@ -83,12 +81,7 @@ func deadLetter(cfg deadLetterSettings) Middleware {
 			if werr := cfg.Writer.Write(ctx, []*Message{dl}); werr != nil {
 				return errors.Join(err, fmt.Errorf("herald: write to dead-letter topic %q: %w", dl.Topic, werr))
 			}
-			if span := trace.SpanFromContext(ctx); span.IsRecording() {
-				span.AddEvent("herald.dead_letter", trace.WithAttributes(
-					attribute.String("herald.dead_letter.topic", dl.Topic),
-					attribute.String("herald.dead_letter.reason", err.Error()),
-					semconv.ErrorTypeKey.String(telemetry.ErrorType(err))))
-			}
+			report(ctx, event{kind: eventDeadLetter, msg: m, err: err, topic: dl.Topic})
 			if cfg.OnDeadLetter != nil {
 				cfg.OnDeadLetter(m, err)
 			}

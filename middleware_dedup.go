@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald/dedup"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // DedupConfig configures deduplication (WithDedup, WithDedupConfig). The
@@ -52,8 +51,9 @@ func (c DedupConfig) validate() error {
 // redrive addressed to this group (HeaderRedriveGroup, HeaderRedriveCount)
 // is keyed by its ID and its redrive count: it runs once more although its
 // dead-lettering marked the ID done, and a second copy of the same redrive
-// is skipped.
-func deduplicate(cfg DedupConfig, group string) Middleware {
+// is skipped. A skipped duplicate is reported to report (nil: nobody).
+func deduplicate(cfg DedupConfig, group string, report reporter) Middleware {
+	report = report.orNop()
 	if cfg.Lease <= 0 {
 		cfg.Lease = 5 * time.Minute
 	}
@@ -81,9 +81,7 @@ func deduplicate(cfg DedupConfig, group string) Middleware {
 			}
 			switch claim.State {
 			case dedup.Done:
-				if span := trace.SpanFromContext(ctx); span.IsRecording() {
-					span.AddEvent("herald.duplicate")
-				}
+				report(ctx, event{kind: eventDuplicate, msg: m})
 				if cfg.OnDuplicate != nil {
 					cfg.OnDuplicate(m)
 				}

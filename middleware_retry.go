@@ -7,10 +7,6 @@ import (
 	"time"
 
 	"github.com/eapache/go-resiliency/retrier"
-	"github.com/heraldbus/herald/internal/telemetry"
-	"go.opentelemetry.io/otel/attribute"
-	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // RetryConfig configures retries (WithRetry). The zero value of a field
@@ -97,8 +93,10 @@ func (c retryClassifier) Classify(err error) retrier.Action {
 // exponential backoff and jitter between attempts (eapache/go-resiliency's
 // retrier). Attempt(ctx) tells the handler which attempt it runs. A
 // permanent error, or the end of the delivery's context, stops at once.
-// When it gives up it returns a *RetryError.
-func retry(cfg RetryConfig) Middleware {
+// When it gives up it returns a *RetryError. Each attempt after the first
+// is reported to report (nil: nobody) before it runs.
+func retry(cfg RetryConfig, report reporter) Middleware {
+	report = report.orNop()
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3
 	}
@@ -146,12 +144,7 @@ func retry(cfg RetryConfig) Middleware {
 					return err
 				}
 				attempts = retries + 1
-				if span := trace.SpanFromContext(ctx); span.IsRecording() {
-					span.AddEvent("herald.retry", trace.WithAttributes(
-						telemetry.AttemptKey.Int(attempts),
-						semconv.ErrorTypeKey.String(telemetry.ErrorType(last)),
-						attribute.String("herald.previous_error", last.Error())))
-				}
+				report(ctx, event{kind: eventRetry, msg: m, attempt: attempts, err: last})
 				if cfg.OnRetry != nil {
 					cfg.OnRetry(ctx, m, attempts, last)
 				}

@@ -3,7 +3,6 @@ package herald
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/heraldbus/herald/internal/telemetry"
 	"go.opentelemetry.io/otel/attribute"
@@ -245,84 +244,6 @@ func (t *consumerTelemetry) subscription(topic, group string) *subscriptionTelem
 		group:             group,
 	}
 }
-
-// middleware starts the consumer span of each delivery, as a child of the
-// span that sent the message and linked to it, and measures the chain.
-// Without a tracer it only passes the sender's span context on to the
-// handler; without a meter provider it measures nothing.
-func (t *subscriptionTelemetry) middleware() Middleware {
-	return func(next HandlerFunc) HandlerFunc {
-		return func(ctx context.Context, m *Message) error {
-			ctx, remote := t.Extract(ctx, m.Headers)
-			var span trace.Span
-			if tracer := t.Tracer(); tracer != nil {
-				opts := t.dst.Start
-				if remote.IsValid() {
-					opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: remote}))
-				}
-				ctx, span = tracer.Start(ctx, t.dst.SpanName, opts...)
-				if span.IsRecording() {
-					t.describe(span, ctx, m)
-				}
-			}
-			in, measuring := t.metrics.Get()
-			var start time.Time
-			if measuring {
-				start = time.Now()
-			}
-			err := next(ctx, m)
-			if err == errSkipped {
-				if measuring {
-					in.processed.Add(ctx, 1, t.skipped.Add...)
-				}
-				if span != nil {
-					span.SetAttributes(telemetry.OutcomeKey.String("skipped"))
-					span.End()
-				}
-				return err
-			}
-			if measuring {
-				t.record(ctx, in, time.Since(start), err)
-			}
-			telemetry.EndSpan(span, err)
-			return err
-		}
-	}
-}
-
-// record measures one run of the chain.
-func (t *subscriptionTelemetry) record(ctx context.Context, in *consumerInstruments, took time.Duration, err error) {
-	dst, outcome := t.dst.OK, t.ok
-	if err != nil {
-		dst, outcome = t.dst.Failed, t.failed
-	}
-	in.duration.Record(ctx, took.Seconds(), dst.Record...)
-	in.processed.Add(ctx, 1, outcome.Add...)
-}
-
-// describe sets the attributes of a recording consumer span that vary by
-// message.
-func (t *subscriptionTelemetry) describe(span trace.Span, ctx context.Context, m *Message) {
-	span.SetAttributes(semconv.MessagingMessageID(m.ID), semconv.MessagingMessageBodySize(len(m.Data)),
-		telemetry.DeliveryCountKey.Int(DeliveryCount(ctx)))
-	if e := m.Event(); e != "" {
-		span.SetAttributes(telemetry.EventKey.String(e))
-	}
-	if id := m.Headers.Get(HeaderCorrelationID); id != "" {
-		span.SetAttributes(semconv.MessagingMessageConversationID(id))
-	}
-}
-
-// count adds one to the counter which picks, when measuring.
-func (t *subscriptionTelemetry) count(ctx context.Context, which func(*consumerInstruments) metric.Int64Counter) {
-	if in, ok := t.metrics.Get(); ok {
-		which(in).Add(ctx, 1, t.plain.Add...)
-	}
-}
-
-func retried(in *consumerInstruments) metric.Int64Counter      { return in.retried }
-func deduplicated(in *consumerInstruments) metric.Int64Counter { return in.deduplicated }
-func deadLettered(in *consumerInstruments) metric.Int64Counter { return in.deadLettered }
 
 // observeLag registers the callback of the lag gauge: at each collection
 // it asks the running subscriptions whose driver knows its lag.

@@ -60,6 +60,29 @@ func (h *otelHarness) span(t *testing.T, name string) tracetest.SpanStub {
 	return found[0]
 }
 
+// exemplarTraces returns the trace IDs of the exemplars of the counter
+// name: the traces whose context its measurements were made in.
+func (h *otelHarness) exemplarTraces(t *testing.T, name string) []trace.TraceID {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := h.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var ids []trace.TraceID
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if data, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == name {
+				for _, dp := range data.DataPoints {
+					for _, e := range dp.Exemplars {
+						ids = append(ids, trace.TraceID(e.TraceID))
+					}
+				}
+			}
+		}
+	}
+	return ids
+}
+
 func spanNames(spans tracetest.SpanStubs) []string {
 	var names []string
 	for _, s := range spans {
@@ -277,6 +300,23 @@ func TestTelemetryDeadLetterAndDuplicate(t *testing.T) {
 	}
 	if got := h.sum(t, "herald.messages.processed", attribute.String("herald.outcome", "ok")); got != 3 {
 		t.Errorf("processed ok = %d, want 3", got)
+	}
+	// The counters are recorded in the delivery's context: their
+	// exemplars point at the process spans' traces.
+	traces := map[trace.TraceID]bool{}
+	for _, s := range h.spans.GetSpans() {
+		traces[s.SpanContext.TraceID()] = true
+	}
+	for _, name := range []string{"herald.messages.deduplicated", "herald.messages.dead_lettered"} {
+		ids := h.exemplarTraces(t, name)
+		if len(ids) == 0 {
+			t.Errorf("%s has no exemplar: recorded outside the delivery's trace", name)
+		}
+		for _, id := range ids {
+			if !traces[id] {
+				t.Errorf("%s exemplar in trace %s, which no recorded span has", name, id)
+			}
+		}
 	}
 }
 

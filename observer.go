@@ -1,0 +1,252 @@
+package herald
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/heraldbus/herald/internal/telemetry"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// HandleResult describes one run of a subscription's chain for a message.
+type HandleResult struct {
+	Topic    string
+	Group    string
+	Message  *Message
+	Duration time.Duration
+	// Err is what the chain returned: nil for handled, skipped duplicates
+	// and dead-lettered messages alike (use the dedup and dead-letter
+	// callbacks to tell those apart).
+	Err error
+	// Skipped says the group does not handle this message and acknowledged
+	// it without running a handler: an event type the group has no handler
+	// for on a shared topic, or a redrive addressed to another group.
+	Skipped bool
+}
+
+// eventKind is what a built-in middleware reports about a delivery.
+type eventKind uint8
+
+const (
+	eventRetry      eventKind = iota // an attempt is about to run again
+	eventDuplicate                   // the delivery was skipped: already handled
+	eventDeadLetter                  // the message was written to a dead-letter topic
+)
+
+// event is one report of a built-in middleware. Attempt and Err describe
+// a retry (the attempt about to run, the error of the one before) and a
+// dead letter (Err is the reason); Topic is the dead-letter topic.
+type event struct {
+	kind    eventKind
+	msg     *Message
+	attempt int
+	err     error
+	topic   string
+}
+
+// reporter receives the events of the middleware of one subscription,
+// with the delivery's context (its span, its deadline). The middleware
+// know nothing of telemetry or logs: the observer does.
+type reporter func(ctx context.Context, e event)
+
+// orNop returns r, or a reporter that drops everything when r is nil.
+func (r reporter) orNop() reporter {
+	if r == nil {
+		return func(context.Context, event) {}
+	}
+	return r
+}
+
+// observer owns what one subscription (topic, group) tells the outside
+// world about its deliveries: the consumer span, the metrics, the log
+// lines and the handle hook. middleware is the outermost layer of the
+// subscription's chain and settles each delivery's outcome; report turns
+// the events of the middleware inside (retry, duplicate, dead letter)
+// into span events, counters and log lines.
+type observer struct {
+	topic, group string
+	logger       *slog.Logger
+	hook         func(HandleResult)     // nil: none
+	tel          *subscriptionTelemetry // nil: telemetry off
+}
+
+func newObserver(topic, group string, logger *slog.Logger, hook func(HandleResult), tel *subscriptionTelemetry) *observer {
+	return &observer{topic: topic, group: group, logger: logger, hook: hook, tel: tel}
+}
+
+// middleware starts the consumer span of each delivery (a child of the
+// span that sent the message, and linked to it), runs the chain, and
+// records the outcome: duration and outcome metrics, a log line (a failure
+// at warn level, the rest at debug) and the hook's HandleResult.
+func (o *observer) middleware() Middleware {
+	return func(next HandlerFunc) HandlerFunc {
+		return func(ctx context.Context, m *Message) error {
+			ctx, span := o.tel.startSpan(ctx, m)
+			start := time.Now()
+			err := next(ctx, m)
+			took := time.Since(start)
+			skipped := err == errSkipped
+			o.tel.settle(ctx, span, took, err, skipped)
+			o.log(ctx, m, took, err, skipped)
+			if o.hook != nil {
+				r := HandleResult{Topic: o.topic, Group: o.group, Message: m, Duration: took, Err: err, Skipped: skipped}
+				if skipped {
+					r.Err = nil
+				}
+				o.hook(r)
+			}
+			return err
+		}
+	}
+}
+
+// log writes the line of one settled delivery. A failure is a warning
+// unless it is no news: the delivery's context ended (shutdown) or
+// another delivery of the message holds its dedup claim.
+func (o *observer) log(ctx context.Context, m *Message, took time.Duration, err error, skipped bool) {
+	level := slog.LevelDebug
+	if err != nil && !skipped && ctx.Err() == nil && !errors.Is(err, ErrInProgress) {
+		level = slog.LevelWarn
+	}
+	if !o.logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{slog.String("topic", o.topic), slog.String("group", o.group),
+		slog.String("message_id", m.ID), slog.String("event", m.Event())}
+	switch {
+	case skipped:
+		o.logger.LogAttrs(ctx, level, "herald: skipped, not for this group", attrs...)
+	case err != nil:
+		attempts := 1
+		var re *RetryError
+		if errors.As(err, &re) {
+			attempts = re.Attempts
+		}
+		o.logger.LogAttrs(ctx, level, "herald: handler failed", append(attrs,
+			slog.Int("delivery", DeliveryCount(ctx)), slog.Int("attempts", attempts),
+			slog.Duration("took", took), slog.Any("error", err))...)
+	default:
+		o.logger.LogAttrs(ctx, level, "herald: handled", append(attrs, slog.Duration("took", took))...)
+	}
+}
+
+// report is the subscription's reporter: each event becomes a span event
+// on the delivery's span, a counter and a log line.
+func (o *observer) report(ctx context.Context, e event) {
+	span := trace.SpanFromContext(ctx)
+	recording := span.IsRecording()
+	attrs := []slog.Attr{slog.String("topic", o.topic), slog.String("group", o.group), slog.String("message_id", e.msg.ID)}
+	switch e.kind {
+	case eventRetry:
+		if recording {
+			span.AddEvent("herald.retry", trace.WithAttributes(
+				telemetry.AttemptKey.Int(e.attempt),
+				semconv.ErrorTypeKey.String(telemetry.ErrorType(e.err)),
+				attribute.String("herald.previous_error", e.err.Error())))
+		}
+		o.tel.count(ctx, retried)
+		o.logger.LogAttrs(ctx, slog.LevelDebug, "herald: retrying", append(attrs,
+			slog.Int("attempt", e.attempt), slog.Any("error", e.err))...)
+	case eventDuplicate:
+		if recording {
+			span.AddEvent("herald.duplicate")
+		}
+		o.tel.count(ctx, deduplicated)
+		o.logger.LogAttrs(ctx, slog.LevelDebug, "herald: duplicate skipped", attrs...)
+	case eventDeadLetter:
+		if recording {
+			span.AddEvent("herald.dead_letter", trace.WithAttributes(
+				attribute.String("herald.dead_letter.topic", e.topic),
+				attribute.String("herald.dead_letter.reason", e.err.Error()),
+				semconv.ErrorTypeKey.String(telemetry.ErrorType(e.err))))
+		}
+		o.tel.count(ctx, deadLettered)
+		o.logger.LogAttrs(ctx, slog.LevelWarn, "herald: dead-lettered", append(attrs,
+			slog.String("dead_letter_topic", e.topic), slog.Any("reason", e.err))...)
+	}
+}
+
+// startSpan starts the consumer span of a delivery. Without a tracer it
+// only passes the sender's span context on (span is nil); t may be nil
+// (telemetry off).
+func (t *subscriptionTelemetry) startSpan(ctx context.Context, m *Message) (context.Context, trace.Span) {
+	if t == nil {
+		return ctx, nil
+	}
+	ctx, remote := t.Extract(ctx, m.Headers)
+	tracer := t.Tracer()
+	if tracer == nil {
+		return ctx, nil
+	}
+	opts := t.dst.Start
+	if remote.IsValid() {
+		opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: remote}))
+	}
+	ctx, span := tracer.Start(ctx, t.dst.SpanName, opts...)
+	if span.IsRecording() {
+		t.describe(span, ctx, m)
+	}
+	return ctx, span
+}
+
+// settle ends a delivery's span and records its duration and outcome. A
+// delivery skipped as not for the group counts as "skipped", without a
+// duration. t may be nil.
+func (t *subscriptionTelemetry) settle(ctx context.Context, span trace.Span, took time.Duration, err error, skipped bool) {
+	if t == nil {
+		return
+	}
+	in, measuring := t.metrics.Get()
+	if skipped {
+		if measuring {
+			in.processed.Add(ctx, 1, t.skipped.Add...)
+		}
+		if span != nil {
+			span.SetAttributes(telemetry.OutcomeKey.String("skipped"))
+			span.End()
+		}
+		return
+	}
+	if measuring {
+		dst, outcome := t.dst.OK, t.ok
+		if err != nil {
+			dst, outcome = t.dst.Failed, t.failed
+		}
+		in.duration.Record(ctx, took.Seconds(), dst.Record...)
+		in.processed.Add(ctx, 1, outcome.Add...)
+	}
+	telemetry.EndSpan(span, err)
+}
+
+// describe sets the attributes of a recording consumer span that vary by
+// message.
+func (t *subscriptionTelemetry) describe(span trace.Span, ctx context.Context, m *Message) {
+	span.SetAttributes(semconv.MessagingMessageID(m.ID), semconv.MessagingMessageBodySize(len(m.Data)),
+		telemetry.DeliveryCountKey.Int(DeliveryCount(ctx)))
+	if e := m.Event(); e != "" {
+		span.SetAttributes(telemetry.EventKey.String(e))
+	}
+	if id := m.Headers.Get(HeaderCorrelationID); id != "" {
+		span.SetAttributes(semconv.MessagingMessageConversationID(id))
+	}
+}
+
+// count adds one to the counter which picks, when measuring. t may be
+// nil.
+func (t *subscriptionTelemetry) count(ctx context.Context, which func(*consumerInstruments) metric.Int64Counter) {
+	if t == nil {
+		return
+	}
+	if in, ok := t.metrics.Get(); ok {
+		which(in).Add(ctx, 1, t.plain.Add...)
+	}
+}
+
+func retried(in *consumerInstruments) metric.Int64Counter      { return in.retried }
+func deduplicated(in *consumerInstruments) metric.Int64Counter { return in.deduplicated }
+func deadLettered(in *consumerInstruments) metric.Int64Counter { return in.deadLettered }

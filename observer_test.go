@@ -1,0 +1,96 @@
+package herald_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/heraldbus/herald"
+)
+
+// syncBuffer is a log sink safe for the subscriber goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// records returns the JSON log records written so far.
+func (s *syncBuffer) records(t *testing.T) []map[string]any {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+// TestFailuresAreLoggedAtTheDefaultLevel checks that what an operator
+// must see reaches a logger at info level, with no hook installed: a
+// handler failure left for redelivery (warn) and a dead letter (warn, also
+// when the subscription has its own OnDeadLetter), while successes log
+// nothing.
+func TestFailuresAreLoggedAtTheDefaultLevel(t *testing.T) {
+	var logs syncBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	bus, _ := newTestBus(t, herald.WithLogger(logger))
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var calls, deadLettered atomic.Int32
+	// billing has no dead-letter topic: its failure is redelivered.
+	must(t, herald.Subscribe(bus, "billing", func(_ context.Context, e OrderPlaced, _ *herald.Message) error {
+		if calls.Add(1) == 1 {
+			return errors.New("card service timed out")
+		}
+		return nil
+	}))
+	// audit dead-letters what it gives up on, with a callback of its own.
+	must(t, herald.Subscribe(bus, "audit", func(_ context.Context, e OrderPlaced, _ *herald.Message) error {
+		return herald.Permanent(errors.New("negative amount"))
+	}, herald.WithDeadLetterConfig(herald.DeadLetterConfig{
+		OnDeadLetter: func(*herald.Message, error) { deadLettered.Add(1) },
+	})))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, OrderPlaced{ID: "o-1"}))
+	eventually(t, "the redelivery and the dead letter", func() bool { return calls.Load() == 2 && deadLettered.Load() == 1 })
+	must(t, bus.Shutdown(ctx))
+
+	byMsg := map[string][]map[string]any{}
+	for _, rec := range logs.records(t) {
+		msg, _ := rec["msg"].(string)
+		byMsg[msg] = append(byMsg[msg], rec)
+	}
+	failed := byMsg["herald: handler failed"]
+	if len(failed) != 1 || failed[0]["level"] != "WARN" || failed[0]["topic"] != "orders" ||
+		failed[0]["group"] != "billing" || !strings.Contains(failed[0]["error"].(string), "card service timed out") {
+		t.Errorf("handler failed logged %v, want one WARN line for billing's first attempt; all: %v", failed, byMsg)
+	}
+	dl := byMsg["herald: dead-lettered"]
+	if len(dl) != 1 || dl[0]["level"] != "WARN" || dl[0]["group"] != "audit" || dl[0]["dead_letter_topic"] != "orders.dlq" {
+		t.Errorf("dead-lettered logged %v, want one WARN line naming orders.dlq; all: %v", dl, byMsg)
+	}
+	for msg := range byMsg {
+		if msg != "herald: handler failed" && msg != "herald: dead-lettered" {
+			t.Errorf("unexpected log line at info level: %q %v", msg, byMsg[msg])
+		}
+	}
+}
