@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"sync"
 
-	"github.com/heraldbus/herald/codec"
 	"github.com/heraldbus/herald/dedup"
 	"github.com/heraldbus/herald/internal/parallel"
 )
@@ -243,7 +242,7 @@ func Subscribe[E any](b *Bus, group string, h func(ctx context.Context, e E, m *
 	if err != nil {
 		return err
 	}
-	return b.add(et.Topic, group, et.Name, decodeHandler(b.pub.codecs, b.opts.pub.codec, et, h), opts)
+	return b.add(et.Topic, group, et.Name, decodeHandler(b.pub, et, h), opts)
 }
 
 // Handle runs h for every message published to topic, as a member of
@@ -253,16 +252,16 @@ func (b *Bus) Handle(topic, group string, h HandlerFunc, opts ...SubscribeOption
 	return b.add(topic, group, "", h, opts)
 }
 
-func decodeHandler[E any](codecs *codec.Registry, def codec.Codec, et *EventType, h func(context.Context, E, *Message) error) HandlerFunc {
-	preferred := et.Codec
-	if preferred == nil {
-		preferred = def
-	}
+// decodeHandler decodes each message for h with the codec of its content
+// type: the one p encodes et with (codecFor) when it matches, else the
+// one p knows for it.
+func decodeHandler[E any](p *Publisher, et *EventType, h func(context.Context, E, *Message) error) HandlerFunc {
+	preferred := p.codecFor(et)
 	return func(ctx context.Context, m *Message) error {
 		c := preferred
 		if m.ContentType != c.ContentType() {
 			var err error
-			if c, err = codecs.Lookup(m.ContentType); err != nil {
+			if c, err = p.codecs.Lookup(m.ContentType); err != nil {
 				return &DecodeError{Topic: m.Topic, MessageID: m.ID, Event: m.Event(), ContentType: m.ContentType, Err: err}
 			}
 		}

@@ -178,6 +178,15 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 	return msgs, nil
 }
 
+// codecFor is the codec that encodes et: the type's own (WithCodec), else
+// the publisher's default. Decoding prefers it too (decodeHandler).
+func (p *Publisher) codecFor(et *EventType) codec.Codec {
+	if et.Codec != nil {
+		return et.Codec
+	}
+	return p.opts.codec
+}
+
 func (p *Publisher) encode(m *Message, e any, now time.Time, lin lineage) error {
 	if e == nil {
 		return ErrNilEvent
@@ -190,10 +199,7 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, lin lineage) error 
 	if err != nil {
 		return err
 	}
-	c := et.Codec
-	if c == nil {
-		c = p.opts.codec
-	}
+	c := p.codecFor(et)
 	data, err := c.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("herald: encode %s for topic %q: %w", et.Name, et.Topic, err)
