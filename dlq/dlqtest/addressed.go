@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dedup"
 	"github.com/heraldbus/herald/dlq"
 	"github.com/heraldbus/herald/drivertest"
 )
@@ -34,126 +35,188 @@ func (g *groupTally) handle(group, id string) {
 	g.handled[group][id]++
 }
 
+// handleHook is a Bus's HandleHook: it counts the deliveries a group
+// skipped as not meant for it.
+func (g *groupTally) handleHook(r herald.HandleResult) {
+	if !r.Skipped {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.skipped[r.Group]++
+}
+
+func (g *groupTally) duplicate(group string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.dups[group]++
+}
+
 func (g *groupTally) read(f func(g *groupTally) bool) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return f(g)
 }
 
-// testRedriveAddressed is the redrive a team runs after a bad deploy: a
+// addressedRedrive is the redrive a team runs after a bad deploy: a
 // group that deduplicates dead-letters every message while two other
 // groups of the topic (one deduplicating, one not) handle them all; the
 // entries are redriven and the handler fixed. The group that gave up
 // handles each message exactly once more; the others run none again; a
 // second redrive writes nothing, and a second copy of the redriven
 // messages (a crash between write and mark) is skipped by dedup.
+type addressedRedrive struct {
+	cfg                  Config
+	ctx                  context.Context
+	d                    herald.Driver
+	s                    dlq.Store
+	dedup                dedup.Storage
+	topic, dlqTopic      string
+	failing, done, plain string      // the groups
+	n                    int         // messages published
+	broken               atomic.Bool // the failing group's handler is not fixed yet
+	tally                *groupTally
+	redriven             []*herald.Message // what the redrive wrote
+	fixed                *herald.Bus       // the bus after the fix
+}
+
 func testRedriveAddressed(t *testing.T, cfg Config) {
 	d, s := cfg.NewDriver(t)
-	ctx := testContext(t, cfg)
-	store := cfg.dedup(t)
 	topic := drivertest.Name(t, "t")
-	failing, done, plain := drivertest.Name(t, "failing"), drivertest.Name(t, "done"), drivertest.Name(t, "plain")
-	const n = 20
-	var broken atomic.Bool
-	broken.Store(true)
-	tally := newGroupTally()
-	newBus := func() *herald.Bus {
-		bus, err := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)),
-			herald.WithHandleHook(func(r herald.HandleResult) {
-				if r.Skipped {
-					tally.mu.Lock()
-					tally.skipped[r.Group]++
-					tally.mu.Unlock()
-				}
-			}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := herald.Register[drivertest.Event](bus, topic, herald.WithKey(func(e drivertest.Event) string { return e.Key })); err != nil {
-			t.Fatal(err)
-		}
-		dedupIn := func(group string) herald.SubscribeOption {
-			return herald.WithDedupConfig(herald.DedupConfig{Storage: store, OnDuplicate: func(*herald.Message) {
-				tally.mu.Lock()
-				tally.dups[group]++
-				tally.mu.Unlock()
-			}})
-		}
-		for _, g := range []struct {
-			name string
-			opts []herald.SubscribeOption
-		}{
-			{failing, []herald.SubscribeOption{dedupIn(failing), herald.WithDeadLetter()}},
-			{done, []herald.SubscribeOption{dedupIn(done)}},
-			{plain, nil},
-		} {
-			err := herald.Subscribe(bus, g.name, func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
-				if g.name == failing && broken.Load() {
-					return herald.Permanent(fmt.Errorf("order %d: bad deploy", e.Seq))
-				}
-				tally.handle(g.name, m.ID)
-				return nil
-			}, g.opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := bus.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return bus
+	sc := &addressedRedrive{
+		cfg: cfg, ctx: testContext(t, cfg), d: d, s: s, dedup: cfg.dedup(t),
+		topic: topic, dlqTopic: herald.DeadLetterTopic(topic),
+		failing: drivertest.Name(t, "failing"), done: drivertest.Name(t, "done"), plain: drivertest.Name(t, "plain"),
+		n: 20, tally: newGroupTally(),
 	}
+	sc.broken.Store(true)
+	defer sc.shutdownFixed(t)
+	runSteps(t,
+		step{"OneGroupDeadLettersWhatTheOthersHandle", sc.deadLetterInOneGroup},
+		step{"RedriveWritesEveryEntryBack", sc.redrive},
+		step{"OnlyTheGroupThatGaveUpRunsThemAgain", sc.handleAfterTheFix},
+		step{"SecondRedriveWritesNothing", sc.redriveAgain},
+		step{"RedriveWrittenTwiceIsSkippedAsDuplicate", sc.writeRedriveAgain},
+		step{"EachGroupRanEachMessageOnce", sc.checkEachRanOnce},
+	)
+}
 
-	bus := newBus()
-	events := make([]any, n)
+// newBus starts a Bus on the scenario's topic with its three groups: the
+// failing one deduplicates and dead-letters, done only deduplicates,
+// plain does neither.
+func (sc *addressedRedrive) newBus(t *testing.T) *herald.Bus {
+	t.Helper()
+	bus, err := herald.NewBus(sc.d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)),
+		herald.WithHandleHook(sc.tally.handleHook))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := herald.Register[drivertest.Event](bus, sc.topic, herald.WithKey(func(e drivertest.Event) string { return e.Key })); err != nil {
+		t.Fatal(err)
+	}
+	sc.subscribe(t, bus, sc.failing, sc.dedupIn(sc.failing), herald.WithDeadLetter())
+	sc.subscribe(t, bus, sc.done, sc.dedupIn(sc.done))
+	sc.subscribe(t, bus, sc.plain)
+	if err := bus.Start(sc.ctx); err != nil {
+		t.Fatal(err)
+	}
+	return bus
+}
+
+// dedupIn deduplicates group's deliveries in the scenario's storage and
+// counts the duplicates.
+func (sc *addressedRedrive) dedupIn(group string) herald.SubscribeOption {
+	return herald.WithDedupConfig(herald.DedupConfig{Storage: sc.dedup, OnDuplicate: func(*herald.Message) {
+		sc.tally.duplicate(group)
+	}})
+}
+
+// subscribe subscribes group with a handler that fails permanently in
+// the failing group until the fix, and otherwise counts the run.
+func (sc *addressedRedrive) subscribe(t *testing.T, bus *herald.Bus, group string, opts ...herald.SubscribeOption) {
+	t.Helper()
+	err := herald.Subscribe(bus, group, func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
+		if group == sc.failing && sc.broken.Load() {
+			return herald.Permanent(fmt.Errorf("order %d: bad deploy", e.Seq))
+		}
+		sc.tally.handle(group, m.ID)
+		return nil
+	}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deadLetterInOneGroup publishes the messages and waits for the failing
+// group to dead-letter them all and the others to handle them all.
+func (sc *addressedRedrive) deadLetterInOneGroup(t *testing.T) {
+	bus := sc.newBus(t)
+	defer drivertest.Shutdown(t, bus)
+	events := make([]any, sc.n)
 	for i := range events {
 		events[i] = drivertest.Event{Key: fmt.Sprintf("k%d", i%4), Seq: i}
 	}
-	if err := bus.Publish(ctx, events...); err != nil {
+	if err := bus.Publish(sc.ctx, events...); err != nil {
 		t.Fatal(err)
 	}
-	dlqTopic := herald.DeadLetterTopic(topic)
-	waitFor(t, cfg, "every message dead-lettered by one group and handled by the others", func() bool {
-		return len(listAll(t, s, dlqTopic, 100)) == n && tally.read(func(g *groupTally) bool {
-			return len(g.handled[done]) == n && len(g.handled[plain]) == n
+	waitFor(t, sc.cfg, "every message dead-lettered by one group and handled by the others", func() bool {
+		return len(listAll(t, sc.s, sc.dlqTopic, 100)) == sc.n && sc.tally.read(func(g *groupTally) bool {
+			return len(g.handled[sc.done]) == sc.n && len(g.handled[sc.plain]) == sc.n
 		})
 	})
-	drivertest.Shutdown(t, bus)
+}
 
-	var redriven []*herald.Message
-	res, err := dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{Progress: func(p dlq.Progress) {
+// redrive redrives every entry and keeps the messages it wrote.
+func (sc *addressedRedrive) redrive(t *testing.T) {
+	res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dlqTopic, dlq.RedriveOptions{Progress: func(p dlq.Progress) {
 		for _, e := range p.Batch {
-			redriven = append(redriven, e.Redriven())
+			sc.redriven = append(sc.redriven, e.Redriven())
 		}
 	}})
-	if err != nil || res.Redriven != n {
-		t.Fatalf("redrive: %+v, %v; want %d redriven", res, err, n)
+	if err != nil || res.Redriven != sc.n {
+		t.Fatalf("redrive: %+v, %v; want %d redriven", res, err, sc.n)
 	}
-	broken.Store(false) // the fix is deployed
-	bus = newBus()
-	defer drivertest.Shutdown(t, bus)
-	waitFor(t, cfg, "the redriven messages handled by the group that gave up, skipped by the others", func() bool {
-		return tally.read(func(g *groupTally) bool {
-			return len(g.handled[failing]) == n && g.skipped[done] == n && g.skipped[plain] == n
+}
+
+// handleAfterTheFix deploys the fix and waits for the group that gave up
+// to handle every redriven message and the others to skip them.
+func (sc *addressedRedrive) handleAfterTheFix(t *testing.T) {
+	sc.broken.Store(false)
+	sc.fixed = sc.newBus(t)
+	waitFor(t, sc.cfg, "the redriven messages handled by the group that gave up, skipped by the others", func() bool {
+		return sc.tally.read(func(g *groupTally) bool {
+			return len(g.handled[sc.failing]) == sc.n && g.skipped[sc.done] == sc.n && g.skipped[sc.plain] == sc.n
 		})
 	})
-	if res, err := dlq.Redrive(ctx, s, d, dlqTopic, dlq.RedriveOptions{}); err != nil || res.Redriven != 0 {
+}
+
+func (sc *addressedRedrive) redriveAgain(t *testing.T) {
+	if res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dlqTopic, dlq.RedriveOptions{}); err != nil || res.Redriven != 0 {
 		t.Errorf("second redrive: %+v, %v; want nothing redriven", res, err)
 	}
-	// The same redrive written again, as after a crash between the write
-	// and the mark: the group that gave up skips it as a duplicate.
-	if err := d.Write(ctx, redriven); err != nil {
+}
+
+// writeRedriveAgain writes the redrive again, as after a crash between
+// the write and the mark, and waits for the group that gave up to skip
+// it as a duplicate and the others to skip it as not theirs.
+func (sc *addressedRedrive) writeRedriveAgain(t *testing.T) {
+	if err := sc.d.Write(sc.ctx, sc.redriven); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, cfg, "the second copy of the redrive skipped", func() bool {
-		return tally.read(func(g *groupTally) bool {
-			return g.dups[failing] == n && g.skipped[done] == 2*n && g.skipped[plain] == 2*n
+	waitFor(t, sc.cfg, "the second copy of the redrive skipped", func() bool {
+		return sc.tally.read(func(g *groupTally) bool {
+			return g.dups[sc.failing] == sc.n && g.skipped[sc.done] == 2*sc.n && g.skipped[sc.plain] == 2*sc.n
 		})
 	})
-	tally.read(func(g *groupTally) bool {
-		for group, want := range map[string]int{failing: n, done: n, plain: n} {
-			if len(g.handled[group]) != want {
-				t.Errorf("group %s handled %d messages, want %d", group, len(g.handled[group]), want)
+}
+
+// checkEachRanOnce checks every group handled every message, and none
+// more than once.
+func (sc *addressedRedrive) checkEachRanOnce(t *testing.T) {
+	sc.tally.read(func(g *groupTally) bool {
+		for _, group := range []string{sc.failing, sc.done, sc.plain} {
+			if len(g.handled[group]) != sc.n {
+				t.Errorf("group %s handled %d messages, want %d", group, len(g.handled[group]), sc.n)
 			}
 			for id, runs := range g.handled[group] {
 				if runs != 1 {
@@ -163,4 +226,10 @@ func testRedriveAddressed(t *testing.T, cfg Config) {
 		}
 		return true
 	})
+}
+
+func (sc *addressedRedrive) shutdownFixed(t *testing.T) {
+	if sc.fixed != nil {
+		drivertest.Shutdown(t, sc.fixed)
+	}
 }
