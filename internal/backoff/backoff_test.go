@@ -23,6 +23,27 @@ func TestBackoffDoublesWithJitterUpToMax(t *testing.T) {
 	}
 }
 
+func TestExponential(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		lo, hi time.Duration
+		n      int
+		want   time.Duration
+	}{
+		{100 * ms, time.Second, 1, 100 * ms},
+		{100 * ms, time.Second, 0, 100 * ms},
+		{100 * ms, time.Second, 2, 200 * ms},
+		{100 * ms, time.Second, 4, 800 * ms},
+		{100 * ms, time.Second, 5, time.Second},
+		{100 * ms, time.Second, 1 << 30, time.Second}, // no overflow
+		{time.Second, ms, 3, time.Second},             // hi below lo counts as lo
+	} {
+		if got := Exponential(c.lo, c.hi, c.n); got != c.want {
+			t.Errorf("Exponential(%v, %v, %d) = %v, want %v", c.lo, c.hi, c.n, got, c.want)
+		}
+	}
+}
+
 func TestSleep(t *testing.T) {
 	if !Sleep(context.Background(), time.Millisecond) {
 		t.Error("Sleep with a live context did not wait in full")

@@ -261,7 +261,7 @@ func (d *Driver) topicInfo(ctx context.Context, topic string) (*topicMeta, error
 		return tm, nil
 	}
 	deadline := time.Now().Add(d.cfg.requestTimeout)
-	wait := 50 * time.Millisecond
+	retry := backoff.New(50*time.Millisecond, time.Second)
 	for {
 		tm, err := d.lookupTopic(ctx, topic, d.cfg.autoCreate)
 		if err == nil {
@@ -271,13 +271,13 @@ func (d *Driver) topicInfo(ctx context.Context, topic string) (*topicMeta, error
 			return tm, nil
 		}
 		var ke kafkago.Error
+		wait := retry.Next()
 		if !errors.As(err, &ke) || !ke.Temporary() || time.Now().Add(wait).After(deadline) {
 			return nil, fmt.Errorf("kafkadriver: metadata of topic %q: %w", topic, err)
 		}
 		if !backoff.Sleep(ctx, wait) {
 			return nil, ctx.Err()
 		}
-		wait = min(2*wait, time.Second)
 	}
 }
 

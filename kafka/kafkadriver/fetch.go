@@ -125,7 +125,7 @@ func (s *subscription) consume(ctx context.Context, p *partition) {
 	offset := p.start
 	failures := 0
 	for ctx.Err() == nil {
-		if failures > 0 && !backoff.Sleep(ctx, retryDelay(failures)) {
+		if failures > 0 && !backoff.Sleep(ctx, backoff.Exponential(100*time.Millisecond, 5*time.Second, failures)) {
 			return
 		}
 		var progressed bool
@@ -146,11 +146,6 @@ func (s *subscription) consume(ctx context.Context, p *partition) {
 			s.report(fmt.Errorf("kafkadriver: fetch topic %q partition %d at offset %d: %w", s.topic, p.id, offset, err))
 		}
 	}
-}
-
-// retryDelay doubles from 100 ms to 5 s.
-func retryDelay(failures int) time.Duration {
-	return min(100*time.Millisecond<<min(failures-1, 6), 5*time.Second)
 }
 
 func (s *subscription) dialLeader(ctx context.Context, partition int) (*kafkago.Conn, error) {

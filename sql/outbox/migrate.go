@@ -37,12 +37,13 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 		return fmt.Errorf("outbox: migrate %s: nil *sql.DB", table)
 	}
 	deadline := time.Now().Add(sqliteBusyWait)
-	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+	retry := backoff.New(time.Millisecond, 100*time.Millisecond)
+	for {
 		err = migrateOnce(ctx, db, t)
 		if err == nil || d != SQLite || !isSQLiteBusy(err) || time.Now().After(deadline) {
 			return err
 		}
-		if !backoff.Sleep(ctx, wait) {
+		if !backoff.Sleep(ctx, retry.Next()) {
 			return err
 		}
 	}
