@@ -11,19 +11,18 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/examples/internal/shopdb"
 	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/outbox"
 	"go.opentelemetry.io/otel/attribute"
@@ -32,7 +31,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite", pure Go
 )
 
 // OrderPlaced is the event the checkout publishes.
@@ -64,19 +62,11 @@ func run(out io.Writer) error {
 	defer func() { _ = tp.Shutdown(context.Background()); _ = mp.Shutdown(context.Background()) }()
 	quiet := slog.New(slog.DiscardHandler)
 
-	dir, err := os.MkdirTemp("", "herald-observability")
+	db, closeDB, err := shopdb.Open(ctx)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "shop.db")+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_txlock=immediate")
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	if _, err := db.ExecContext(ctx, `CREATE TABLE orders (id TEXT PRIMARY KEY, amount INTEGER)`); err != nil {
-		return err
-	}
+	defer closeDB()
 	if err := outbox.Migrate(ctx, db, outbox.SQLite, "outbox"); err != nil {
 		return err
 	}
@@ -126,7 +116,7 @@ func run(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(txCtx, `INSERT INTO orders VALUES ('o-1', 42)`); err != nil {
+	if err := shopdb.InsertOrder(txCtx, tx, "o-1", 42); err != nil {
 		_ = tx.Rollback()
 		return err
 	}

@@ -11,21 +11,19 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/examples/internal/shopdb"
 	"github.com/heraldbus/herald/memory/memdedup"
 	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/outbox"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite", pure Go
 )
 
 // OrderPlaced is the event this service publishes.
@@ -62,20 +60,11 @@ func run(w io.Writer) error {
 	defer cancel()
 
 	// The service's own database, with the outbox table beside its data.
-	dir, err := os.MkdirTemp("", "herald-quickstart")
+	db, closeDB, err := shopdb.Open(ctx)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "shop.db")+
-		"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_txlock=immediate")
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	if _, err := db.ExecContext(ctx, `CREATE TABLE orders (id TEXT PRIMARY KEY, amount INTEGER)`); err != nil {
-		return err
-	}
+	defer closeDB()
 	if err := outbox.Migrate(ctx, db, outbox.SQLite, "outbox"); err != nil {
 		return err
 	}
@@ -166,7 +155,7 @@ func run(w io.Writer) error {
 			return err
 		}
 		defer tx.Rollback()
-		if _, err := tx.ExecContext(ctx, `INSERT INTO orders VALUES (?, ?)`, id, amount); err != nil {
+		if err := shopdb.InsertOrder(ctx, tx, id, amount); err != nil {
 			return err
 		}
 		if err := bus.Publish(outbox.WithTx(ctx, tx), OrderPlaced{ID: id, Amount: amount}); err != nil {
@@ -201,7 +190,7 @@ func run(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO orders VALUES (?, ?)`, "o-6", 5); err != nil {
+	if err := shopdb.InsertOrder(ctx, tx, "o-6", 5); err != nil {
 		return err
 	}
 	if err := outboxWriter.WriteTx(ctx, tx, []*herald.Message{dup[0], dup[0].Clone()}); err != nil {
