@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,18 +90,8 @@ func run(out io.Writer) error {
 	}
 	herald.MustRegister[OrderPlaced](bus, "orders")
 	handled := make(chan struct{})
-	err = herald.Subscribe(bus, "billing", func(ctx context.Context, o OrderPlaced, m *herald.Message) error {
-		if herald.Attempt(ctx) == 1 {
-			return errors.New("payment service busy")
-		}
-		// The handler's context carries its span: its own calls join the
-		// trace (a child span here).
-		_, span := tp.Tracer("billing").Start(ctx, "charge card")
-		span.SetAttributes(attribute.String("order.id", o.ID))
-		span.End()
-		close(handled)
-		return nil
-	}, herald.WithRetry(herald.RetryConfig{InitialBackoff: 10 * time.Millisecond}), herald.WithDeadLetter())
+	err = herald.Subscribe(bus, "billing", charge(tp, handled),
+		herald.WithRetry(herald.RetryConfig{InitialBackoff: 10 * time.Millisecond}), herald.WithDeadLetter())
 	if err != nil {
 		return err
 	}
@@ -109,25 +100,10 @@ func run(out io.Writer) error {
 	}
 	defer bus.Shutdown(context.Background())
 
-	// Service A's side: the checkout writes the order and its event in one
-	// transaction, inside a span of its own.
-	txCtx, txSpan := tp.Tracer("checkout").Start(ctx, "checkout transaction")
-	tx, err := db.BeginTx(txCtx, nil)
-	if err != nil {
+	// Service A's side.
+	if err := checkout(ctx, tp, db, bus, OrderPlaced{ID: "o-1", Amount: 42}); err != nil {
 		return err
 	}
-	if err := shopdb.InsertOrder(txCtx, tx, "o-1", 42); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := bus.Publish(outbox.WithTx(txCtx, tx), OrderPlaced{ID: "o-1", Amount: 42}); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	txSpan.End()
 
 	// The relay, as it would run next to service A or as `herald relay`.
 	relay, err := outbox.NewRelay(db, outbox.SQLite, "outbox", broker,
@@ -150,11 +126,7 @@ func run(out io.Writer) error {
 	for !relay.Active() {
 		time.Sleep(5 * time.Millisecond)
 	}
-	fmt.Fprintln(out, "Readiness:")
-	for _, c := range []herald.HealthChecker{bus, relay} {
-		st := c.CheckHealth(ctx)
-		fmt.Fprintf(out, "  %-22s ready=%v %s\n", st.Name, st.Ready, strings.Join(st.Problems, "; "))
-	}
+	printReadiness(ctx, out, bus, relay)
 
 	// Collect the metrics while everything runs: the gauges (lag, outbox
 	// backlog) are read at collection from running components.
@@ -178,6 +150,52 @@ func run(out io.Writer) error {
 	fmt.Fprintln(out, "\nMetrics:")
 	printMetrics(out, rm)
 	return nil
+}
+
+// charge is service B's handler: it fails once and succeeds on the retry,
+// then closes handled.
+func charge(tp trace.TracerProvider, handled chan<- struct{}) func(context.Context, OrderPlaced, *herald.Message) error {
+	return func(ctx context.Context, o OrderPlaced, m *herald.Message) error {
+		if herald.Attempt(ctx) == 1 {
+			return errors.New("payment service busy")
+		}
+		// The handler's context carries its span: its own calls join the
+		// trace (a child span here).
+		_, span := tp.Tracer("billing").Start(ctx, "charge card")
+		span.SetAttributes(attribute.String("order.id", o.ID))
+		span.End()
+		close(handled)
+		return nil
+	}
+}
+
+// checkout is service A's side: it writes the order and its event in one
+// transaction, inside a span of its own.
+func checkout(ctx context.Context, tp trace.TracerProvider, db *sql.DB, bus *herald.Bus, o OrderPlaced) error {
+	ctx, span := tp.Tracer("checkout").Start(ctx, "checkout transaction")
+	defer span.End()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := shopdb.InsertOrder(ctx, tx, o.ID, o.Amount); err != nil {
+		return err
+	}
+	if err := bus.Publish(outbox.WithTx(ctx, tx), o); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// printReadiness prints what a /ready endpoint (herald.HealthHandler)
+// would report of each component.
+func printReadiness(ctx context.Context, out io.Writer, components ...herald.HealthChecker) {
+	fmt.Fprintln(out, "Readiness:")
+	for _, c := range components {
+		st := c.CheckHealth(ctx)
+		fmt.Fprintf(out, "  %-22s ready=%v %s\n", st.Name, st.Ready, strings.Join(st.Problems, "; "))
+	}
 }
 
 // printTree prints spans as trees, children under their parent in start
