@@ -21,12 +21,12 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/examples/internal/tally"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
 )
 
@@ -58,18 +58,11 @@ func run(w io.Writer, brokerList string, embedded bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	brokers := strings.Split(brokerList, ",")
-	if embedded {
-		cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(4))
-		if err != nil {
-			return fmt.Errorf("start the embedded broker: %w", err)
-		}
-		defer cluster.Close()
-		brokers = cluster.ListenAddrs()
-		fmt.Fprintf(w, "embedded broker at %s\n", brokers[0])
-	} else if brokerList == "" {
-		return errors.New("no brokers: give -brokers host:port, set HERALD_KAFKA_BROKERS, or use -embedded")
+	brokers, stopBroker, err := startBrokers(w, brokerList, embedded)
+	if err != nil {
+		return err
 	}
+	defer stopBroker()
 
 	quiet := slog.New(slog.DiscardHandler)
 	driver, err := kafkadriver.New(brokers,
@@ -90,89 +83,20 @@ func run(w io.Writer, brokerList string, embedded bool) error {
 	if err != nil {
 		return err
 	}
-
-	// Handlers run on several goroutines: one lock for w and the tallies.
-	runID := herald.NewKSUID()
-	var mu sync.Mutex
-	say := func(format string, args ...any) {
-		mu.Lock()
-		fmt.Fprintf(w, format, args...)
-		mu.Unlock()
-	}
-	charged := map[int]bool{}
-	var deadLetters []string
-	changed := make(chan struct{}, 1)
-	note := func(f func()) {
-		mu.Lock()
-		f()
-		mu.Unlock()
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	}
-
-	// Billing: order 3's payment provider times out once; order 7 has a
-	// negative amount, which no retry can fix.
-	err = herald.Subscribe(bus, "billing", func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
-		if e.Run != runID {
-			return nil // from an earlier run of the example on the same cluster
-		}
-		if e.Amount < 0 {
-			return herald.Permanent(fmt.Errorf("order %d: negative amount %d", e.Order, e.Amount))
-		}
-		if e.Order == 3 && herald.Attempt(ctx) == 1 {
-			say("billing: order %d: payment provider timed out, retrying\n", e.Order)
-			return errors.New("payment provider timed out")
-		}
-		note(func() { charged[e.Order] = true })
-		say("billing: charged order %2d of %s: %d\n", e.Order, e.Customer, e.Amount)
-		return nil
-	},
-		herald.WithConcurrency(8),
-		herald.WithRetry(herald.RetryConfig{MaxAttempts: 3, InitialBackoff: 50 * time.Millisecond}),
-		herald.WithDeadLetter(),
-	)
-	if err != nil {
-		return err
-	}
-	err = bus.Handle(herald.DeadLetterTopic(topic), "operations", func(ctx context.Context, m *herald.Message) error {
-		if !strings.Contains(string(m.Data), runID) {
-			return nil
-		}
-		reason := m.Headers.Get(herald.HeaderDeadLetterReason)
-		note(func() { deadLetters = append(deadLetters, reason) })
-		say("operations: dead letter from %s (group %s): %s\n",
-			m.Headers.Get(herald.HeaderDeadLetterTopic), m.Headers.Get(herald.HeaderDeadLetterGroup), reason)
-		return nil
-	})
-	if err != nil {
+	b := &billing{Tally: tally.New(), w: w, runID: herald.NewKSUID(), charged: map[int]bool{}}
+	if err := b.subscribe(bus); err != nil {
 		return err
 	}
 	if err := bus.Start(ctx); err != nil {
 		return err
 	}
 
-	for i := range orders {
-		e := OrderPlaced{Run: runID, Order: i, Customer: fmt.Sprintf("customer-%d", i%customers), Amount: 10 * (i + 1)}
-		if i == 7 {
-			e.Amount = -5
-		}
-		if err := bus.Publish(ctx, e); err != nil {
-			return fmt.Errorf("publish order %d: %w", i, err)
-		}
+	if err := publishOrders(ctx, bus, b.runID); err != nil {
+		return err
 	}
-	say("shop: published %d orders to %q\n", orders, topic)
-
-	for done := false; !done; {
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the orders to be handled: %w", ctx.Err())
-		}
-		mu.Lock()
-		done = len(charged) == orders-1 && len(deadLetters) == 1
-		mu.Unlock()
+	b.say("shop: published %d orders to %q\n", orders, topic)
+	if err := b.Wait(ctx, b.done); err != nil {
+		return fmt.Errorf("waiting for the orders to be handled: %w", err)
 	}
 
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 30*time.Second)
@@ -182,4 +106,103 @@ func run(w io.Writer, brokerList string, embedded bool) error {
 	}
 	fmt.Fprintf(w, "done: %d orders charged, %d dead-lettered; offsets committed\n", orders-1, 1)
 	return nil
+}
+
+// startBrokers returns the brokers of brokerList or, when embedded, of an
+// in-process broker it starts; stop closes that one.
+func startBrokers(w io.Writer, brokerList string, embedded bool) (brokers []string, stop func(), err error) {
+	if !embedded {
+		if brokerList == "" {
+			return nil, nil, errors.New("no brokers: give -brokers host:port, set HERALD_KAFKA_BROKERS, or use -embedded")
+		}
+		return strings.Split(brokerList, ","), func() {}, nil
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(4))
+	if err != nil {
+		return nil, nil, fmt.Errorf("start the embedded broker: %w", err)
+	}
+	brokers = cluster.ListenAddrs()
+	fmt.Fprintf(w, "embedded broker at %s\n", brokers[0])
+	return brokers, cluster.Close, nil
+}
+
+// publishOrders publishes this run's orders; order 7 has a negative amount.
+func publishOrders(ctx context.Context, bus *herald.Bus, runID string) error {
+	for i := range orders {
+		e := OrderPlaced{Run: runID, Order: i, Customer: fmt.Sprintf("customer-%d", i%customers), Amount: 10 * (i + 1)}
+		if i == 7 {
+			e.Amount = -5
+		}
+		if err := bus.Publish(ctx, e); err != nil {
+			return fmt.Errorf("publish order %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// billing is what the billing and operations handlers of this run did.
+// They run on several goroutines: the Tally's lock guards w and the counts.
+type billing struct {
+	*tally.Tally
+	w           io.Writer
+	runID       string // the Run of this run's events
+	charged     map[int]bool
+	deadLetters []string
+}
+
+// subscribe has billing charge the orders, 8 at a time, with retry and a
+// dead-letter topic, and operations read that topic.
+func (b *billing) subscribe(bus *herald.Bus) error {
+	err := herald.Subscribe(bus, "billing", b.charge,
+		herald.WithConcurrency(8),
+		herald.WithRetry(herald.RetryConfig{MaxAttempts: 3, InitialBackoff: 50 * time.Millisecond}),
+		herald.WithDeadLetter(),
+	)
+	if err != nil {
+		return err
+	}
+	return bus.Handle(herald.DeadLetterTopic(topic), "operations", b.readDeadLetter)
+}
+
+// charge is billing's handler: order 3's payment provider times out once;
+// order 7 has a negative amount, which no retry can fix.
+func (b *billing) charge(ctx context.Context, e OrderPlaced, m *herald.Message) error {
+	if e.Run != b.runID {
+		return nil // from an earlier run of the example on the same cluster
+	}
+	if e.Amount < 0 {
+		return herald.Permanent(fmt.Errorf("order %d: negative amount %d", e.Order, e.Amount))
+	}
+	if e.Order == 3 && herald.Attempt(ctx) == 1 {
+		b.say("billing: order %d: payment provider timed out, retrying\n", e.Order)
+		return errors.New("payment provider timed out")
+	}
+	b.Note(func() { b.charged[e.Order] = true })
+	b.say("billing: charged order %2d of %s: %d\n", e.Order, e.Customer, e.Amount)
+	return nil
+}
+
+// readDeadLetter is operations' handler on the dead-letter topic.
+func (b *billing) readDeadLetter(ctx context.Context, m *herald.Message) error {
+	if !strings.Contains(string(m.Data), b.runID) {
+		return nil
+	}
+	reason := m.Headers.Get(herald.HeaderDeadLetterReason)
+	b.Note(func() { b.deadLetters = append(b.deadLetters, reason) })
+	b.say("operations: dead letter from %s (group %s): %s\n",
+		m.Headers.Get(herald.HeaderDeadLetterTopic), m.Headers.Get(herald.HeaderDeadLetterGroup), reason)
+	return nil
+}
+
+// done reports whether every order of this run was charged or
+// dead-lettered; call it under the lock.
+func (b *billing) done() bool {
+	return len(b.charged) == orders-1 && len(b.deadLetters) == 1
+}
+
+// say writes one line of output.
+func (b *billing) say(format string, args ...any) {
+	b.Lock()
+	fmt.Fprintf(b.w, format, args...)
+	b.Unlock()
 }

@@ -18,12 +18,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/examples/internal/tally"
 	"github.com/heraldbus/herald/redis/redisdedup"
 	"github.com/heraldbus/herald/redis/redisdriver"
 )
@@ -57,31 +57,6 @@ func main() {
 	}
 }
 
-// billing counts what the instances did.
-type billing struct {
-	mu      sync.Mutex
-	charged map[string]int // order ID -> times charged
-	by      map[string]int // instance -> orders charged
-	skipped map[string]int // instance -> duplicates skipped
-	changed chan struct{}  // capacity 1: something was counted
-}
-
-func (b *billing) note(f func()) {
-	b.mu.Lock()
-	f()
-	b.mu.Unlock()
-	select {
-	case b.changed <- struct{}{}:
-	default:
-	}
-}
-
-func (b *billing) done() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.charged) == orders && b.skipped["a"]+b.skipped["b"] == copies
-}
-
 func run(w io.Writer, addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -101,47 +76,45 @@ func run(w io.Writer, addr string) error {
 	}()
 	processed := redisdedup.New(client, redisdedup.WithKeyPrefix(prefix+"dedup:"))
 
-	b := &billing{charged: map[string]int{}, by: map[string]int{}, skipped: map[string]int{}, changed: make(chan struct{}, 1)}
-	quiet := slog.New(slog.DiscardHandler)
-	newInstance := func(name string) (*herald.Bus, error) {
-		bus, err := herald.NewBus(drv, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
-		if err != nil {
-			return nil, err
-		}
-		if err := herald.Register[OrderPlaced](bus, topic); err != nil {
-			return nil, err
-		}
-		err = herald.Subscribe(bus, group, func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
-			b.note(func() { b.charged[e.ID]++; b.by[name]++ })
-			return nil
-		},
-			herald.WithConcurrency(4),
-			herald.WithRetry(herald.RetryConfig{MaxAttempts: 3}),
-			herald.WithDeadLetter(),
-			herald.WithDedupConfig(herald.DedupConfig{
-				Storage:     processed,
-				Window:      time.Hour,
-				OnDuplicate: func(*herald.Message) { b.note(func() { b.skipped[name]++ }) },
-			}),
-		)
-		if err != nil {
-			return nil, err
-		}
-		return bus, bus.Start(ctx)
-	}
+	b := &billing{Tally: tally.New(), charged: map[string]int{}, by: map[string]int{}, skipped: map[string]int{}}
 	var instances []*herald.Bus
 	for _, name := range []string{"a", "b"} {
-		bus, err := newInstance(name)
+		bus, err := b.startInstance(ctx, drv, processed, name)
 		if err != nil {
 			return err
 		}
 		instances = append(instances, bus)
 	}
 
-	// The shop publishes the orders one by one, then some of them again in
-	// one batch (one pipelined round trip): a producer retry after a
-	// timeout looks like this, the same message IDs a second time.
-	publisher := instances[0]
+	if err := publishOrders(ctx, instances[0]); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "published %d orders, then %d of them again\n", orders, copies)
+
+	if err := b.Wait(ctx, b.done); err != nil {
+		return fmt.Errorf("not every order was handled: %w", err)
+	}
+	var errs []error
+	for _, bus := range instances {
+		errs = append(errs, bus.Shutdown(ctx))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+
+	b.report(w)
+	stats, err := drv.GroupStats(ctx, topic, group)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "group %q: %d pending, %d unread\n", group, stats.Pending, stats.Lag)
+	return nil
+}
+
+// publishOrders publishes the orders one by one, then some of them again
+// in one batch (one pipelined round trip): a producer retry after a
+// timeout looks like this, the same message IDs a second time.
+func publishOrders(ctx context.Context, publisher *herald.Bus) error {
 	var again []*herald.Message
 	for i := range orders {
 		msgs, err := publisher.Publisher().Encode(ctx, OrderPlaced{ID: fmt.Sprintf("o-%02d", i), Amount: 10 + i})
@@ -155,28 +128,59 @@ func run(w io.Writer, addr string) error {
 			return err
 		}
 	}
-	if err := publisher.PublishMessages(ctx, again...); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "published %d orders, then %d of them again\n", orders, copies)
+	return publisher.PublishMessages(ctx, again...)
+}
 
-	for !b.done() {
-		select {
-		case <-b.changed:
-		case <-ctx.Done():
-			return fmt.Errorf("not every order was handled: %w", ctx.Err())
-		}
-	}
-	var errs []error
-	for _, bus := range instances {
-		errs = append(errs, bus.Shutdown(ctx))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
+// billing counts what the instances did. The Tally's lock guards the counts.
+type billing struct {
+	*tally.Tally
+	charged map[string]int // order ID -> times charged
+	by      map[string]int // instance -> orders charged
+	skipped map[string]int // instance -> duplicates skipped
+}
 
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// startInstance starts one instance of the billing service, named name: a
+// bus on the shared driver whose subscriber, in the shared group, skips
+// the messages the shared processed set has seen.
+func (b *billing) startInstance(ctx context.Context, drv *redisdriver.Driver, processed *redisdedup.Storage, name string) (*herald.Bus, error) {
+	quiet := slog.New(slog.DiscardHandler)
+	bus, err := herald.NewBus(drv, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+	if err != nil {
+		return nil, err
+	}
+	if err := herald.Register[OrderPlaced](bus, topic); err != nil {
+		return nil, err
+	}
+	err = herald.Subscribe(bus, group, func(ctx context.Context, e OrderPlaced, m *herald.Message) error {
+		b.Note(func() { b.charged[e.ID]++; b.by[name]++ })
+		return nil
+	},
+		herald.WithConcurrency(4),
+		herald.WithRetry(herald.RetryConfig{MaxAttempts: 3}),
+		herald.WithDeadLetter(),
+		herald.WithDedupConfig(herald.DedupConfig{
+			Storage:     processed,
+			Window:      time.Hour,
+			OnDuplicate: func(*herald.Message) { b.Note(func() { b.skipped[name]++ }) },
+		}),
+	)
+	if err != nil {
+		return nil, err
+	}
+	return bus, bus.Start(ctx)
+}
+
+// done reports whether every order was charged and every copy skipped;
+// call it under the lock.
+func (b *billing) done() bool {
+	return len(b.charged) == orders && b.skipped["a"]+b.skipped["b"] == copies
+}
+
+// report prints how often the orders were charged and the duplicates
+// skipped, by instance.
+func (b *billing) report(w io.Writer) {
+	b.Lock()
+	defer b.Unlock()
 	once := 0
 	for _, n := range b.charged {
 		if n == 1 {
@@ -187,10 +191,4 @@ func run(w io.Writer, addr string) error {
 		len(b.charged), once, b.by["a"], b.by["b"])
 	fmt.Fprintf(w, "skipped %d duplicate deliveries (instance a: %d, instance b: %d)\n",
 		b.skipped["a"]+b.skipped["b"], b.skipped["a"], b.skipped["b"])
-	stats, err := drv.GroupStats(ctx, topic, group)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "group %q: %d pending, %d unread\n", group, stats.Pending, stats.Lag)
-	return nil
 }
