@@ -52,9 +52,86 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
+	cfg, opts, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if opts.child != "" {
+		spec, err := parseChildSpec(opts.child)
+		if err != nil {
+			return err
+		}
+		return runChild(ctx, cfg, spec, stdout)
+	}
+
+	chosen, err := selectScenarios(opts.scenarios)
+	if err != nil {
+		return err
+	}
+	if opts.list {
+		listScenarios(stdout, cfg)
+		return nil
+	}
+	// In-process servers start before the cases are built, which capture
+	// their addresses.
+	stopLocal, err := startLocalServers(chosen, &cfg)
+	defer stopLocal()
+	if err != nil {
+		return err
+	}
+	plan, err := planCases(chosen, cfg, opts.cases)
+	if err != nil {
+		return err
+	}
+	if cfg.isolate && opts.profiling() {
+		fmt.Fprintln(stderr, "bench: profiling this process, so every run happens in it (-isolate=false)")
+		cfg.isolate = false
+	}
+
+	env := readEnvironment()
+	if env.servers, err = describeServers(ctx, cfg, plan); err != nil {
+		return err
+	}
+	stopProfile, err := startCPUProfile(opts.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
+	results, err := runPlan(ctx, cfg, plan, measurer(cfg, args), stderr)
+	if err != nil {
+		return err
+	}
+	if opts.memProfile != "" {
+		if err := writeAllocProfile(opts.memProfile); err != nil {
+			return err
+		}
+	}
+	writeReport(stdout, env, cfg, args, plan, results)
+	return nil
+}
+
+// options are the flags that say what to run and what to do besides, as
+// opposed to config, the shape of every run.
+type options struct {
+	scenarios  string // -scenario
+	cases      string // -case
+	list       bool   // -list
+	cpuProfile string // -cpuprofile
+	memProfile string // -memprofile
+	child      string // -child
+}
+
+func (o options) profiling() bool { return o.cpuProfile != "" || o.memProfile != "" }
+
+// parseFlags reads the command line and the environment, and checks the
+// result.
+func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := config{shutdownTimeout: 30 * time.Second}
+	var opts options
 	fs.IntVar(&cfg.messages, "n", 200_000, "messages per run")
 	fs.IntVar(&cfg.runs, "runs", 3, "runs per case; the table shows the median")
 	fs.IntVar(&cfg.publishers, "publishers", 16, "publishing goroutines")
@@ -70,141 +147,143 @@ func run(args []string, stdout, stderr io.Writer) error {
 		"key prefix of every stream the redis scenario creates (on the server at HERALD_REDIS_ADDR, default "+defaultRedisAddr+")")
 	kafkaBrokers := fs.String("kafka-brokers", os.Getenv("HERALD_KAFKA_BROKERS"),
 		"comma-separated brokers of the kafka scenario (default HERALD_KAFKA_BROKERS; when empty, an in-process kfake cluster)")
-	scenarioFlag := fs.String("scenario", "memory", `scenarios to run, comma-separated, or "all"`)
-	caseFlag := fs.String("case", "", "case ids to run, comma-separated (default: every case of the scenarios)")
-	list := fs.Bool("list", false, "list scenarios and their case ids, and exit")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file (implies -isolate=false)")
-	memProfile := fs.String("memprofile", "", "write an allocation profile to this file at the end (implies -isolate=false)")
+	fs.StringVar(&opts.scenarios, "scenario", "memory", `scenarios to run, comma-separated, or "all"`)
+	fs.StringVar(&opts.cases, "case", "", "case ids to run, comma-separated (default: every case of the scenarios)")
+	fs.BoolVar(&opts.list, "list", false, "list scenarios and their case ids, and exit")
+	fs.StringVar(&opts.cpuProfile, "cpuprofile", "", "write a CPU profile of the runs to this file (implies -isolate=false)")
+	fs.StringVar(&opts.memProfile, "memprofile", "", "write an allocation profile to this file at the end (implies -isolate=false)")
 	fs.BoolVar(&cfg.isolate, "isolate", true, "run every measured run in a fresh child process")
-	child := fs.String("child", "", "internal: perform one run, scenario:case:messages:topic, and print its result (what -isolate starts)")
+	fs.StringVar(&opts.child, "child", "", "internal: perform one run, scenario:case:messages:topic, and print its result (what -isolate starts)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return config{}, options{}, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return config{}, options{}, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	cfg.redisAddr = os.Getenv("HERALD_REDIS_ADDR")
-	if cfg.redisAddr == "" {
-		cfg.redisAddr = defaultRedisAddr
-	}
-	cfg.postgresDSN = os.Getenv("HERALD_POSTGRES_DSN")
-	if cfg.postgresDSN == "" {
-		cfg.postgresDSN = defaultPostgresDSN
-	}
+	cfg.redisAddr = envOr("HERALD_REDIS_ADDR", defaultRedisAddr)
+	cfg.postgresDSN = envOr("HERALD_POSTGRES_DSN", defaultPostgresDSN)
 	if *kafkaBrokers != "" {
 		cfg.kafkaBrokers = strings.Split(*kafkaBrokers, ",")
 	}
 	if err := cfg.validate(); err != nil {
-		return err
+		return config{}, options{}, err
 	}
+	return cfg, opts, nil
+}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-
-	if *child != "" {
-		spec, err := parseChildSpec(*child)
-		if err != nil {
-			return err
-		}
-		return runChild(ctx, cfg, spec, stdout)
+// envOr is the environment variable key, or def when it is unset or empty.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
 	}
+	return def
+}
 
-	chosen, err := selectScenarios(*scenarioFlag)
-	if err != nil {
-		return err
-	}
-	if *list {
-		for _, s := range scenarios() {
-			fmt.Fprintf(stdout, "%s: %s\n", s.name, s.about)
-			for _, c := range s.cases(cfg) {
-				table := ""
-				if c.table != "" {
-					table = c.table + ": "
-				}
-				fmt.Fprintf(stdout, "  %-24s %s%s, %s (%s messages)\n", c.id, table, c.system, c.label, thousands(c.messages(cfg)))
+// listScenarios prints every scenario with its cases (-list).
+func listScenarios(w io.Writer, cfg config) {
+	for _, s := range scenarios() {
+		fmt.Fprintf(w, "%s: %s\n", s.name, s.about)
+		for _, c := range s.cases(cfg) {
+			table := ""
+			if c.table != "" {
+				table = c.table + ": "
 			}
+			fmt.Fprintf(w, "  %-24s %s%s, %s (%s messages)\n", c.id, table, c.system, c.label, thousands(c.messages(cfg)))
 		}
-		return nil
 	}
-	// In-process servers start before the cases are built, which capture
-	// their addresses.
+}
+
+// startLocalServers starts the in-process servers of the chosen scenarios
+// that have one (see scenario.local). stop shuts down those that started,
+// the last first; call it even when err is not nil.
+func startLocalServers(chosen []scenario, cfg *config) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
 	for _, sc := range chosen {
 		if sc.local == nil {
 			continue
 		}
-		stopLocal, err := sc.local(&cfg)
+		stopOne, err := sc.local(cfg)
 		if err != nil {
-			return fmt.Errorf("scenario %s: %w", sc.name, err)
+			return stop, fmt.Errorf("scenario %s: %w", sc.name, err)
 		}
-		defer stopLocal()
+		stops = append(stops, stopOne)
 	}
-	plan, err := planCases(chosen, cfg, *caseFlag)
-	if err != nil {
-		return err
-	}
+	return stop, nil
+}
 
-	if cfg.isolate && (*cpuProfile != "" || *memProfile != "") {
-		fmt.Fprintln(stderr, "bench: profiling this process, so every run happens in it (-isolate=false)")
-		cfg.isolate = false
-	}
-
-	// Children get the address of a server this process started.
-	childArgs := slices.Clone(args)
-	if cfg.kafkaLocal {
-		childArgs = append(childArgs, "-kafka-brokers="+strings.Join(cfg.kafkaBrokers, ","))
-	}
-
-	env := readEnvironment()
+// describeServers contacts the server of every scenario of plan that
+// needs one and returns their descriptions for the header. Cases that use
+// no server (the ceiling rows) alone need not reach it: they run where it
+// is down or not installed.
+func describeServers(ctx context.Context, cfg config, plan []scenarioPlan) ([]string, error) {
+	var servers []string
 	for _, p := range plan {
-		// Cases that use no server (the ceiling rows) alone need not reach
-		// it: they run where it is down or not installed.
 		if p.scenario.server == nil || !needsServer(p.cases) {
 			continue
 		}
 		desc, err := p.scenario.server(ctx, cfg)
 		if err != nil {
-			return fmt.Errorf("scenario %s: %w", p.scenario.name, err)
+			return nil, fmt.Errorf("scenario %s: %w", p.scenario.name, err)
 		}
-		env.servers = append(env.servers, desc)
+		servers = append(servers, desc)
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
+	return servers, nil
+}
 
-	measureRun := func(ctx context.Context, s scenario, c benchCase, n int, topic string) (result, error) {
-		if cfg.isolate {
-			return measureInChild(ctx, childArgs, childSpec{scenario: s.name, caseID: c.id, n: n, topic: topic})
-		}
-		return measure(ctx, cfg, c, n, topic)
+// startCPUProfile starts a CPU profile into path (none when path is
+// empty); stop ends it and closes the file.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
 	}
-	results, err := runPlan(ctx, cfg, plan, measureRun, stderr)
+	f, err := os.Create(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
 
-	if *memProfile != "" {
-		if err := writeAllocProfile(*memProfile); err != nil {
-			return err
+// measurer performs each run in a child process started with args (plus
+// the address of a server this process started) when cfg.isolate, else in
+// this process.
+func measurer(cfg config, args []string) measureFunc {
+	if !cfg.isolate {
+		return func(ctx context.Context, _ scenario, c benchCase, n int, topic string) (result, error) {
+			return measure(ctx, cfg, c, n, topic)
 		}
 	}
+	childArgs := slices.Clone(args)
+	if cfg.kafkaLocal {
+		childArgs = append(childArgs, "-kafka-brokers="+strings.Join(cfg.kafkaBrokers, ","))
+	}
+	return func(ctx context.Context, s scenario, c benchCase, n int, topic string) (result, error) {
+		return measureInChild(ctx, childArgs, childSpec{scenario: s.name, caseID: c.id, n: n, topic: topic})
+	}
+}
 
-	writeHeader(stdout, env, cfg, args)
+// writeReport writes the header and the tables of every scenario of plan,
+// each row the summary of its case's results.
+func writeReport(w io.Writer, env environment, cfg config, args []string, plan []scenarioPlan, results [][][]result) {
+	writeHeader(w, env, cfg, args)
 	for i, p := range plan {
 		sums := make([]summary, len(p.cases))
 		for j, c := range p.cases {
 			sums[j] = summarize(c, results[i][j])
 		}
-		writeTables(stdout, cfg, p.scenario, sums)
+		writeTables(w, cfg, p.scenario, sums)
 	}
-	return nil
 }
 
 // validate reports every bad setting at once.
