@@ -150,101 +150,132 @@ func writeTables(w io.Writer, cfg config, s scenario, sums []summary) {
 // nominal one (concurrency / work) and the msgs/s of the table's
 // bare-sleeper row of the same concurrency.
 func writeTable(w io.Writer, cfg config, sums []summary) {
-	var base, ref float64
-	hasRef, hasWork := false, false
-	var work time.Duration
-	ceilings := make(map[int]float64) // concurrency -> msgs/s of its ceiling row
-	for _, sm := range sums {
-		if sm.c.baseline {
-			base = sm.msgsPerSec
-		}
-		if sm.c.reference {
-			ref, hasRef = sm.msgsPerSec, true
-		}
-		if sm.c.ceiling {
-			ceilings[sm.c.concurrency] = sm.msgsPerSec
-		}
-		if sm.c.work > 0 {
-			hasWork, work = true, sm.c.work
-		}
-	}
+	cols := columnsOf(sums)
 	first := sums[0].c
 	if first.table != "" {
 		fmt.Fprintf(w, "#### %s\n\n", first.table)
 	}
 	fmt.Fprintf(w, "%s\n\n", first.mode.timed())
-	if hasWork {
-		sleep := fmt.Sprintf("%g ms", float64(work)/float64(time.Millisecond))
+	if cols.hasWork {
+		sleep := fmt.Sprintf("%g ms", float64(cols.work)/float64(time.Millisecond))
 		fmt.Fprintf(w, "Ceiling rows (bare goroutines): N goroutines that each call time.Sleep(%s) in a loop, no broker and "+
 			"no library, timed like the other rows until the run's count of sleeps has completed: what N handlers sleeping %s "+
 			"reach in a Go process on this machine, the overshoot of time.Sleep included. Of bare-sleeper ceiling: msgs/s "+
 			"over the msgs/s of the ceiling row of the same concurrency; of nominal ceiling: over concurrency / %s.\n\n",
 			sleep, sleep, sleep)
 	}
+	header, align := cols.header()
+	fmt.Fprintln(w, header)
+	fmt.Fprintln(w, align)
+	for _, sm := range sums {
+		fmt.Fprintln(w, cols.row(cfg, sm))
+	}
+	fmt.Fprintln(w)
+}
 
-	header := "| system | configuration | msgs/s (median) | min - max | CPU µs/msg | vs baseline |"
-	align := "|---|---|--:|--:|--:|--:|"
-	if hasRef {
+// tableColumns is what the rows of one table share: the rates the ratio
+// columns divide by, and the optional columns the table has.
+type tableColumns struct {
+	base     float64         // msgs/s of the baseline row
+	ref      float64         // msgs/s of the reference row
+	hasRef   bool            // a reference row, so a "vs reference" column
+	hasWork  bool            // rows that do work per message, so the ceiling columns
+	work     time.Duration   // that work
+	paced    bool            // a paced table, so the latency columns
+	ceilings map[int]float64 // concurrency -> msgs/s of its ceiling row
+}
+
+func columnsOf(sums []summary) tableColumns {
+	cols := tableColumns{paced: sums[0].c.mode == paced, ceilings: make(map[int]float64)}
+	for _, sm := range sums {
+		if sm.c.baseline {
+			cols.base = sm.msgsPerSec
+		}
+		if sm.c.reference {
+			cols.ref, cols.hasRef = sm.msgsPerSec, true
+		}
+		if sm.c.ceiling {
+			cols.ceilings[sm.c.concurrency] = sm.msgsPerSec
+		}
+		if sm.c.work > 0 {
+			cols.hasWork, cols.work = true, sm.c.work
+		}
+	}
+	return cols
+}
+
+// header returns the table's header line and its alignment line.
+func (t tableColumns) header() (header, align string) {
+	header = "| system | configuration | msgs/s (median) | min - max | CPU µs/msg | vs baseline |"
+	align = "|---|---|--:|--:|--:|--:|"
+	if t.hasRef {
 		header += " vs reference |"
 		align += "--:|"
 	}
-	if hasWork {
+	if t.hasWork {
 		header += " handler time (mean) | of nominal ceiling | of bare-sleeper ceiling |"
 		align += "--:|--:|--:|"
 	}
-	isPaced := first.mode == paced
-	if isPaced {
+	if t.paced {
 		header += " latency p50 | latency p99 |"
 		align += "--:|--:|"
 	}
 	header += " allocs/msg | B/msg | peak heap | peak Sys | peak goroutines |"
 	align += "--:|--:|--:|--:|--:|"
-	fmt.Fprintln(w, header)
-	fmt.Fprintln(w, align)
+	return header, align
+}
 
-	ratio := func(v, of float64) string {
-		if of <= 0 {
-			return "-"
-		}
-		return fmt.Sprintf("%.2fx", v/of)
+// row formats the row of sm.
+func (t tableColumns) row(cfg config, sm summary) string {
+	c := sm.c
+	row := fmt.Sprintf("| %s | %s | %s | %s - %s | %s | %s |",
+		c.system, rowLabel(cfg, sm), rate(sm.msgsPerSec), rate(sm.minRate), rate(sm.maxRate), micros(sm.cpuPerMsg),
+		ratio(sm.msgsPerSec, t.base))
+	if t.hasRef {
+		row += fmt.Sprintf(" %s |", percentOf(sm.msgsPerSec, t.ref))
 	}
-	for _, sm := range sums {
-		c := sm.c
-		label := c.label
-		switch {
-		case c.baseline:
-			label += " (baseline)"
-		case c.reference:
-			label += " (reference)"
+	if t.hasWork {
+		if c.work > 0 {
+			row += fmt.Sprintf(" %.2f ms | %.0f%% | %s |", sm.handlerTime/1e6, 100*sm.nominalShare,
+				percentOf(sm.msgsPerSec, t.ceilings[c.concurrency]))
+		} else {
+			row += " - | - | - |"
 		}
-		switch {
-		case c.maxMessages > 0 && sm.messages == c.maxMessages:
-			label += fmt.Sprintf(" (capped at %s messages)", thousands(sm.messages))
-		case sm.messages != cfg.messages:
-			label += fmt.Sprintf(" (%s messages)", thousands(sm.messages))
-		}
-		row := fmt.Sprintf("| %s | %s | %s | %s - %s | %s | %s |",
-			c.system, label, rate(sm.msgsPerSec), rate(sm.minRate), rate(sm.maxRate), micros(sm.cpuPerMsg), ratio(sm.msgsPerSec, base))
-		if hasRef {
-			row += fmt.Sprintf(" %s |", percentOf(sm.msgsPerSec, ref))
-		}
-		if hasWork {
-			if c.work > 0 {
-				row += fmt.Sprintf(" %.2f ms | %.0f%% | %s |", sm.handlerTime/1e6, 100*sm.nominalShare,
-					percentOf(sm.msgsPerSec, ceilings[c.concurrency]))
-			} else {
-				row += " - | - | - |"
-			}
-		}
-		if isPaced {
-			row += fmt.Sprintf(" %.2f ms | %.2f ms |", sm.latP50/1e6, sm.latP99/1e6)
-		}
-		row += fmt.Sprintf(" %.1f | %s | %.1f MiB | %.1f MiB | %s |",
-			sm.allocsPerMsg, thousands(int(sm.bytesPerMsg+0.5)), sm.peakHeap/(1<<20), sm.peakSys/(1<<20),
-			thousands(int(sm.peakGoroutines)))
-		fmt.Fprintln(w, row)
 	}
-	fmt.Fprintln(w)
+	if t.paced {
+		row += fmt.Sprintf(" %.2f ms | %.2f ms |", sm.latP50/1e6, sm.latP99/1e6)
+	}
+	return row + fmt.Sprintf(" %.1f | %s | %.1f MiB | %.1f MiB | %s |",
+		sm.allocsPerMsg, thousands(int(sm.bytesPerMsg+0.5)), sm.peakHeap/(1<<20), sm.peakSys/(1<<20),
+		thousands(int(sm.peakGoroutines)))
+}
+
+// rowLabel is the configuration column of sm: the case's label, its role
+// in the table, and its message count where that is not -n.
+func rowLabel(cfg config, sm summary) string {
+	c := sm.c
+	label := c.label
+	switch {
+	case c.baseline:
+		label += " (baseline)"
+	case c.reference:
+		label += " (reference)"
+	}
+	switch {
+	case c.maxMessages > 0 && sm.messages == c.maxMessages:
+		label += fmt.Sprintf(" (capped at %s messages)", thousands(sm.messages))
+	case sm.messages != cfg.messages:
+		label += fmt.Sprintf(" (%s messages)", thousands(sm.messages))
+	}
+	return label
+}
+
+// ratio formats v as a multiple of of ("-" without a baseline).
+func ratio(v, of float64) string {
+	if of <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", v/of)
 }
 
 // percentOf formats v as a percentage of of ("-" without a reference).
