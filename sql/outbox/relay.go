@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/backoff"
 )
 
 // Relay forwards the committed rows of an outbox table to a target
@@ -173,7 +174,7 @@ func (r *Relay) Active() bool { return r.active.Load() }
 // stopped. Every error is retried: a failed lease ends, its connection is
 // closed, and the relay competes for the lock again after a backoff.
 func (r *Relay) loop(ctx context.Context) {
-	backoff := r.cfg.MinBackoff
+	retry := backoff.New(r.cfg.MinBackoff, r.cfg.MaxBackoff)
 	for !r.stopping(ctx) {
 		r.tel.follow()
 		conn, err := r.acquire(ctx)
@@ -182,18 +183,18 @@ func (r *Relay) loop(ctx context.Context) {
 			err = r.lead(ctx, conn)
 			discard(conn)
 			if time.Since(started) > r.cfg.MaxBackoff {
-				backoff = r.cfg.MinBackoff // it worked for a while: not a crash loop
+				retry.Reset() // it worked for a while: not a crash loop
 			}
 		}
 		if err == nil || r.stopping(ctx) {
 			continue
 		}
+		wait := retry.Next()
 		r.event(RelayEvent{Kind: LeaseLost, Err: err})
-		r.log.Warn("outbox relay: database error; retrying", slog.Any("error", err), slog.Duration("backoff", backoff))
-		if !r.sleep(ctx, backoff) {
+		r.log.Warn("outbox relay: database error; retrying", slog.Any("error", err), slog.Duration("backoff", wait))
+		if !r.sleep(ctx, wait) {
 			return
 		}
-		backoff = min(2*backoff, r.cfg.MaxBackoff)
 	}
 }
 
@@ -297,84 +298,139 @@ func (r *Relay) lead(ctx context.Context, conn *sql.Conn) error {
 	defer r.active.Store(false)
 	r.log.Info("outbox relay: active")
 	r.event(RelayEvent{Kind: Active})
-
-	var l *listener
-	defer func() { l.close() }()
-	listen := r.t.dialect == Postgres && r.cfg.Listen
-	var listenTried time.Time
-	s := newKeyState()
-	poll := r.cfg.MinPollInterval
-	var lastPurge time.Time
+	l := r.newLease(conn)
+	defer func() { l.listener.close() }() // keepListening replaces it
 	for !r.stopping(ctx) {
 		r.tel.follow()
-		if listen && !l.alive() && time.Since(listenTried) >= r.cfg.MaxPollInterval {
-			// (Re)start listening before reading, so that a commit after
-			// the read below wakes the wait that follows it.
-			listenTried = time.Now()
-			l.close()
-			var err error
-			if l, err = r.listen(ctx); err != nil {
-				switch {
-				case errors.Is(err, errNotPgx):
-					listen = false
-					r.log.Info("outbox relay: the *sql.DB does not use the pgx driver; polling without LISTEN")
-				case errors.Is(err, errNoListenConn):
-					listen = false
-					r.log.Warn("outbox relay: polling without LISTEN; allow the *sql.DB two connections for an active relay", slog.Any("error", err))
-				default:
-					r.log.Warn("outbox relay: cannot LISTEN; polling until it works", slog.Any("error", err))
-				}
-			}
+		r.keepListening(ctx, l)
+		if err := r.purgeWhenDue(ctx, l); err != nil {
+			return err
 		}
-		if r.cfg.Retention > 0 && time.Since(lastPurge) >= r.purgeInterval() {
-			lastPurge = time.Now()
-			if err := r.purge(ctx, conn); err != nil {
-				return fmt.Errorf("purge sent rows: %w", err)
-			}
-		}
-
-		now := time.Now()
-		s.expire(now)
-		rows, err := r.read(ctx, conn, s)
+		rows, err := r.deliverable(ctx, l)
 		if err != nil {
-			return fmt.Errorf("read: %w", err)
+			return err
 		}
-		rows = s.deliverable(rows, now)
 		if len(rows) == 0 {
-			// Poll soon after activity even while listening: writers
-			// notify in only some transactions (WithNotifyPause).
-			wait := poll
-			if next, ok := s.nextExpiry(); ok {
-				wait = max(min(wait, time.Until(next)), time.Millisecond)
-			}
-			woke, ok := r.wait(ctx, wait, l.wakeC())
-			if !ok {
+			if !r.idle(ctx, l) {
 				return nil
-			}
-			if woke {
-				poll = r.cfg.MinPollInterval
-			} else {
-				poll = min(2*poll, r.cfg.MaxPollInterval)
 			}
 			continue
 		}
-		poll = r.cfg.MinPollInterval
-
-		rd := r.deliver(ctx, rows, s)
-		if err := r.settle(ctx, conn, rd, s); err != nil {
+		l.poll.Reset()
+		if err := r.round(ctx, l, rows); err != nil || r.stopping(ctx) {
 			return err
 		}
-		if rd.outage() {
-			d := s.outageBackoff(r.cfg.MinBackoff, r.cfg.MaxBackoff)
-			r.log.Warn("outbox relay: target unavailable; backing off",
-				slog.Any("error", rd.firstError()), slog.Duration("backoff", d))
-			if !r.sleep(ctx, d) {
-				return nil
-			}
-		} else {
-			s.outage = 0
-		}
 	}
+	return nil
+}
+
+// lease is what one spell as the active relay keeps: the locked
+// connection, the keys held back, the LISTEN connection, and the paces of
+// polling and of backing off from an unavailable target.
+type lease struct {
+	conn        *sql.Conn
+	keys        *keyState
+	listener    *listener // nil while not listening
+	listen      bool      // LISTEN is worth trying (PostgreSQL, Listen on)
+	listenTried time.Time
+	poll        backoff.Backoff // idle polls, from MinPollInterval to MaxPollInterval
+	outage      backoff.Backoff // outage rounds, from MinBackoff to MaxBackoff
+	lastPurge   time.Time
+}
+
+func (r *Relay) newLease(conn *sql.Conn) *lease {
+	return &lease{
+		conn:   conn,
+		keys:   newKeyState(),
+		listen: r.t.dialect == Postgres && r.cfg.Listen,
+		poll:   backoff.New(r.cfg.MinPollInterval, r.cfg.MaxPollInterval),
+		outage: backoff.New(r.cfg.MinBackoff, r.cfg.MaxBackoff),
+	}
+}
+
+// keepListening (re)starts LISTEN when it is worth trying and the last
+// try is a poll interval old, before the read, so that a commit after the
+// read wakes the wait that follows it. A *sql.DB that cannot LISTEN makes
+// the lease poll for good.
+func (r *Relay) keepListening(ctx context.Context, l *lease) {
+	if !l.listen || l.listener.alive() || time.Since(l.listenTried) < r.cfg.MaxPollInterval {
+		return
+	}
+	l.listenTried = time.Now()
+	l.listener.close()
+	var err error
+	if l.listener, err = r.listen(ctx); err == nil {
+		return
+	}
+	switch {
+	case errors.Is(err, errNotPgx):
+		l.listen = false
+		r.log.Info("outbox relay: the *sql.DB does not use the pgx driver; polling without LISTEN")
+	case errors.Is(err, errNoListenConn):
+		l.listen = false
+		r.log.Warn("outbox relay: polling without LISTEN; allow the *sql.DB two connections for an active relay", slog.Any("error", err))
+	default:
+		r.log.Warn("outbox relay: cannot LISTEN; polling until it works", slog.Any("error", err))
+	}
+}
+
+// purgeWhenDue deletes sent rows past their retention, at most every
+// purgeInterval.
+func (r *Relay) purgeWhenDue(ctx context.Context, l *lease) error {
+	if r.cfg.Retention <= 0 || time.Since(l.lastPurge) < r.purgeInterval() {
+		return nil
+	}
+	l.lastPurge = time.Now()
+	if err := r.purge(ctx, l.conn); err != nil {
+		return fmt.Errorf("purge sent rows: %w", err)
+	}
+	return nil
+}
+
+// deliverable reads the next rows and leaves out those of keys held
+// back.
+func (r *Relay) deliverable(ctx context.Context, l *lease) ([]*row, error) {
+	now := time.Now()
+	l.keys.expire(now)
+	rows, err := r.read(ctx, l.conn, l.keys)
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	return l.keys.deliverable(rows, now), nil
+}
+
+// idle waits after a read that found nothing to deliver: the next poll
+// interval (doubling while nothing comes), a notification, or the expiry
+// of a key held back, whichever is first. Polling goes on soon after
+// activity even while listening: writers notify in only some transactions
+// (WithNotifyPause). It returns false when the relay is stopping.
+func (r *Relay) idle(ctx context.Context, l *lease) bool {
+	wait := l.poll.Next()
+	if next, ok := l.keys.nextExpiry(); ok {
+		wait = max(min(wait, time.Until(next)), time.Millisecond)
+	}
+	woke, ok := r.wait(ctx, wait, l.listener.wakeC())
+	if woke {
+		l.poll.Reset()
+	}
+	return ok
+}
+
+// round delivers rows, settles the outcome in the table, and backs off
+// when the round points at an unavailable target rather than at rows.
+func (r *Relay) round(ctx context.Context, l *lease, rows []*row) error {
+	rd := r.deliver(ctx, rows, l.keys)
+	if err := r.settle(ctx, l.conn, rd, l.keys); err != nil {
+		return err
+	}
+	if !rd.outage() {
+		l.outage.Reset()
+		return nil
+	}
+	wait := l.outage.Next()
+	r.log.Warn("outbox relay: target unavailable; backing off",
+		slog.Any("error", rd.firstError()), slog.Duration("backoff", wait))
+	r.sleep(ctx, wait)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/backoff"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -46,13 +47,12 @@ func (rw *row) blockKey() blockKey {
 const maxTracked = 10000
 
 // keyState is what the active relay remembers between rounds: keys held
-// back after a charged failure, keys suspected after an outage round, and
-// the current outage backoff. It lives for one lease; a new active relay
-// starts afresh and relies on the attempts column.
+// back after a charged failure and keys suspected after an outage round.
+// It lives for one lease; a new active relay starts afresh and relies on
+// the attempts column.
 type keyState struct {
 	blocked  map[blockKey]time.Time // held back until then
 	suspects map[blockKey]struct{}  // failed in a round where nothing succeeded
-	outage   time.Duration          // last outage backoff; 0 when healthy
 }
 
 func newKeyState() *keyState {
@@ -115,10 +115,18 @@ func (s *keyState) suspect(k blockKey) {
 	s.suspects[k] = struct{}{}
 }
 
-// outageBackoff doubles the relay-wide backoff and returns it.
-func (s *keyState) outageBackoff(minDelay, maxDelay time.Duration) time.Duration {
-	s.outage = min(max(2*s.outage, minDelay), maxDelay)
-	return s.outage
+// excluded returns the keys and, for rows without a key, the ids the
+// relay holds back (at most maxExcluded of each; the rest are skipped
+// after the read, by deliverable).
+func (s *keyState) excluded() (keys []string, ids []int64) {
+	for k := range s.blocked {
+		if k.key != "" && len(keys) < maxExcluded {
+			keys = append(keys, k.key)
+		} else if k.key == "" && len(ids) < maxExcluded {
+			ids = append(ids, k.id)
+		}
+	}
+	return keys, ids
 }
 
 // probeLimit is how many keys may fail, each written alone with an error
@@ -360,8 +368,7 @@ func (r *Relay) settle(ctx context.Context, conn *sql.Conn, rd *round, s *keySta
 			return err
 		}
 		charged++
-		delay := min(r.cfg.MinBackoff<<min(attempts-1, 30), r.cfg.MaxBackoff)
-		s.block(k, now.Add(delay))
+		s.block(k, now.Add(backoff.Exponential(r.cfg.MinBackoff, r.cfg.MaxBackoff, attempts)))
 	}
 	if charged > 0 {
 		r.log.Warn("outbox relay: rows failed; their keys wait for a retry",

@@ -73,21 +73,24 @@ func inList(n int) string {
 // read starts at the smallest id left, so a row whose transaction commits
 // after rows with larger ids were read is found by the next read.
 func (r *Relay) read(ctx context.Context, conn *sql.Conn, s *keyState) ([]*row, error) {
-	var keys []string
-	var ids []int64
-	for k := range s.blocked {
-		if k.key != "" && len(keys) < maxExcluded {
-			keys = append(keys, k.key)
-		} else if k.key == "" && len(ids) < maxExcluded {
-			ids = append(ids, k.id)
-		}
+	keys, ids := s.excluded()
+	query, args := r.readQuery(keys, ids)
+	r.reads.Add(1)
+	rs, err := conn.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
 	}
+	defer rs.Close()
+	return r.scanRows(rs)
+}
+
+// readQuery is the query of one read that leaves out keys and ids, with
+// its arguments.
+func (r *Relay) readQuery(keys []string, ids []int64) (string, []any) {
 	limit := r.cfg.BatchSize
-	var query string
-	var args []any
 	switch {
 	case len(keys)+len(ids) == 0:
-		query, args = r.q.read, []any{limit}
+		return r.q.read, []any{limit}
 	case r.t.dialect == Postgres:
 		if keys == nil {
 			keys = []string{}
@@ -95,37 +98,36 @@ func (r *Relay) read(ctx context.Context, conn *sql.Conn, s *keyState) ([]*row, 
 		if ids == nil {
 			ids = []int64{}
 		}
-		query, args = r.q.readExcl, []any{limit, keys, ids}
-	default:
-		var b strings.Builder
-		b.WriteString("SELECT " + r.q.cols + " FROM " + r.t.main + " WHERE ")
+		return r.q.readExcl, []any{limit, keys, ids}
+	}
+	var b strings.Builder
+	var args []any
+	b.WriteString("SELECT " + r.q.cols + " FROM " + r.t.main + " WHERE ")
+	if len(keys) > 0 {
+		b.WriteString("msg_key NOT IN " + inList(len(keys)))
+		for _, k := range keys {
+			args = append(args, k)
+		}
+	}
+	if len(ids) > 0 {
 		if len(keys) > 0 {
-			b.WriteString("msg_key NOT IN " + inList(len(keys)))
-			for _, k := range keys {
-				args = append(args, k)
-			}
+			b.WriteString(" AND ")
 		}
-		if len(ids) > 0 {
-			if len(keys) > 0 {
-				b.WriteString(" AND ")
-			}
-			b.WriteString("id NOT IN " + inList(len(ids)))
-			for _, id := range ids {
-				args = append(args, id)
-			}
+		b.WriteString("id NOT IN " + inList(len(ids)))
+		for _, id := range ids {
+			args = append(args, id)
 		}
-		b.WriteString(" ORDER BY id LIMIT ?")
-		query, args = b.String(), append(args, limit)
 	}
-	r.reads.Add(1)
-	rs, err := conn.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-	// Rows are allocated in small chunks as they arrive: a read that finds
-	// a few rows allocates a few, and a message a target keeps holds only
-	// its chunk alive, not a batch-sized array.
+	b.WriteString(" ORDER BY id LIMIT ?")
+	return b.String(), append(args, limit)
+}
+
+// scanRows reads up to one batch of rows. Rows are allocated in small
+// chunks as they arrive: a read that finds a few rows allocates a few,
+// and a message a target keeps holds only its chunk alive, not a
+// batch-sized array.
+func (r *Relay) scanRows(rs *sql.Rows) ([]*row, error) {
+	limit := r.cfg.BatchSize
 	var slab []row
 	var out []*row
 	var headers []byte
@@ -151,19 +153,21 @@ func (r *Relay) read(ctx context.Context, conn *sql.Conn, s *keyState) ([]*row, 
 			m.Data = []byte{}
 		}
 		if len(headers) > 0 {
-			if err := json.Unmarshal(headers, &m.Headers); err != nil {
-				// Only a row written by hand gets here; it is a poison row
-				// like any other (see deliver), not a reason to stop.
-				rw.bad = herald.Permanent(fmt.Errorf("outbox: headers of row %d are not a JSON object of strings: %w", rw.id, err))
-				m.Headers = nil
-			}
+			rw.decodeHeaders(headers)
 		}
 		out = append(out, rw)
 	}
-	if err := rs.Err(); err != nil {
-		return nil, err
+	return out, rs.Err()
+}
+
+// decodeHeaders sets the message's headers from their JSON column. Only a
+// row written by hand fails here; it is a poison row like any other (see
+// deliver), not a reason to stop.
+func (rw *row) decodeHeaders(headers []byte) {
+	if err := json.Unmarshal(headers, &rw.msg.Headers); err != nil {
+		rw.bad = herald.Permanent(fmt.Errorf("outbox: headers of row %d are not a JSON object of strings: %w", rw.id, err))
+		rw.msg.Headers = nil
 	}
-	return out, nil
 }
 
 // removeSent deletes the sent rows, or moves them to the sent table when
