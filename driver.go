@@ -2,6 +2,7 @@ package herald
 
 import (
 	"context"
+	"fmt"
 	"unicode/utf8"
 )
 
@@ -126,6 +127,34 @@ type ErrorReporter interface {
 type LagReporter interface {
 	Lag(ctx context.Context) (int64, error)
 }
+
+// StartPosition is where a consumer group that has no position in a
+// topic yet (a new group, or nothing committed for a partition) starts
+// reading it. Every driver takes it the same way, as its
+// WithStartPosition option; the position a group resolves to is then its
+// own, so a restart neither rereads nor skips.
+type StartPosition int
+
+const (
+	// StartEarliest reads everything the topic still holds (the default).
+	StartEarliest StartPosition = iota
+	// StartLatest reads only what is written after the group first joins.
+	StartLatest
+)
+
+// String returns "earliest" or "latest".
+func (p StartPosition) String() string {
+	switch p {
+	case StartEarliest:
+		return "earliest"
+	case StartLatest:
+		return "latest"
+	}
+	return fmt.Sprintf("StartPosition(%d)", int(p))
+}
+
+// Valid reports whether p is StartEarliest or StartLatest.
+func (p StartPosition) Valid() bool { return p == StartEarliest || p == StartLatest }
 
 // Pinger is an optional interface of a Writer or Reader that can tell
 // whether its broker answers: one round trip, no side effect. The outbox

@@ -483,7 +483,7 @@ func TestRelayCommandKafka(t *testing.T) {
 		t.Errorf("exit %d; logs:\n%s", code, logs.String())
 	}
 
-	d, err := kafkadriver.New(brokers, kafkadriver.WithStartOffset(kafkadriver.StartEarliest), kafkadriver.WithHeartbeatInterval(100*time.Millisecond),
+	d, err := kafkadriver.New(brokers, kafkadriver.WithStartPosition(herald.StartEarliest), kafkadriver.WithHeartbeatInterval(100*time.Millisecond),
 		kafkadriver.WithSessionTimeout(time.Second), kafkadriver.WithRevokeTimeout(500*time.Millisecond), kafkadriver.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatal(err)

@@ -69,7 +69,7 @@
 // message whose handler fails is never committed past, however far the
 // other keys of its partition have moved. Commits are batched every
 // WithCommitInterval, at a rebalance and at Close. A group's start
-// position for a partition without a committed offset (WithStartOffset:
+// position for a partition without a committed offset (WithStartPosition:
 // earliest or latest) is committed as soon as it is resolved, so a restart
 // does not skip what was written in between. A committed offset that is
 // out of range (retention, a re-created topic) is reset the same way and

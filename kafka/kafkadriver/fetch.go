@@ -214,7 +214,7 @@ func (s *subscription) seek(conn *kafkago.Conn, p *partition, offset int64) (int
 		return offset, err
 	}
 	reset := first
-	if s.d.cfg.startOffset == StartLatest {
+	if s.d.cfg.start == herald.StartLatest {
 		reset = last
 	}
 	want := offset

@@ -28,7 +28,7 @@ type lagState struct {
 	// the broker holds it until the partition grows, then answers at once,
 	// so the high watermark it started from is still the partition's end.
 	waiting atomic.Bool
-	// origin is the group's start position (WithStartOffset) as resolved
+	// origin is the group's start position (WithStartPosition) as resolved
 	// for a partition without a committed offset; -1 until resolved.
 	origin atomic.Int64
 }
@@ -100,7 +100,7 @@ func (p *partition) lagFrom() int64 {
 // Lag returns how many messages of the partitions this member owns the
 // group has not committed (herald.LagReporter): per partition, the high
 // watermark minus the committed offset, or minus the group's start
-// position (WithStartOffset) where nothing is committed yet.
+// position (WithStartPosition) where nothing is committed yet.
 //
 // Acknowledgments are committed every WithCommitInterval, so an Ack shows
 // in Lag after the next commit: Lag counts what a new owner of the

@@ -117,7 +117,7 @@ func TestLagCountsUncommitted(t *testing.T) {
 // written after.
 func TestLagStartLatest(t *testing.T) {
 	brokers, real := cluster(t)
-	d := newDriver(t, brokers, real, kafkadriver.WithStartOffset(kafkadriver.StartLatest))
+	d := newDriver(t, brokers, real, kafkadriver.WithStartPosition(herald.StartLatest))
 	topic := newTopic(t, d)
 	writeSpread(t, d, topic, 0, 10)
 	group := name("g")

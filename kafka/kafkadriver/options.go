@@ -126,17 +126,6 @@ func (c Compression) String() string {
 	return fmt.Sprintf("Compression(%d)", int(c))
 }
 
-// StartOffset is where a group that has no committed offset for a
-// partition starts reading it.
-type StartOffset int
-
-const (
-	// StartEarliest reads everything the partition still holds (default).
-	StartEarliest StartOffset = iota
-	// StartLatest reads only what is written after the group first joins.
-	StartLatest
-)
-
 // SCRAM names a SCRAM hash for WithSASLSCRAM.
 type SCRAM int
 
@@ -167,7 +156,7 @@ type config struct {
 	saslErr  error
 	clientID string
 
-	startOffset            StartOffset
+	start                  herald.StartPosition
 	commitInterval         time.Duration
 	heartbeatInterval      time.Duration
 	sessionTimeout         time.Duration
@@ -271,8 +260,8 @@ func (c *config) validate() error {
 	if c.compression < CompressionNone || c.compression > CompressionZstd {
 		bad("unknown compression codec %d", int(c.compression))
 	}
-	if c.startOffset != StartEarliest && c.startOffset != StartLatest {
-		bad("unknown start offset %d", int(c.startOffset))
+	if !c.start.Valid() {
+		bad("unknown start position %d", int(c.start))
 	}
 	if c.saslErr != nil {
 		errs = append(errs, c.saslErr)
@@ -352,10 +341,11 @@ func WithSASLSCRAM(alg SCRAM, user, password string) Option {
 // WithClientID sets the client id the brokers see (default "herald").
 func WithClientID(id string) Option { return func(c *config) { c.clientID = id } }
 
-// WithStartOffset sets where a group without a committed offset starts
-// (default StartEarliest). The position it resolves to is committed at
-// once, so a restart does not skip what was written in between.
-func WithStartOffset(s StartOffset) Option { return func(c *config) { c.startOffset = s } }
+// WithStartPosition sets where a group without a committed offset for a
+// partition starts (default herald.StartEarliest). The offset it resolves
+// to is committed at once, so a restart does not skip what was written in
+// between.
+func WithStartPosition(p herald.StartPosition) Option { return func(c *config) { c.start = p } }
 
 // WithCommitInterval sets how often acknowledged offsets are committed
 // (default DefaultCommitInterval). Offsets are also committed when a member

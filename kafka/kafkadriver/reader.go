@@ -74,7 +74,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		SASLMechanism: cfg.sasl,
 	}
 	start := kafkago.FirstOffset
-	if cfg.startOffset == StartLatest {
+	if cfg.start == herald.StartLatest {
 		start = kafkago.LastOffset
 	}
 	var kafkaLog kafkago.Logger

@@ -541,7 +541,7 @@ func TestPoisonGoesToDeadLetterAndPartitionMovesOn(t *testing.T) {
 // first joined, and reads what comes after.
 func TestStartLatest(t *testing.T) {
 	brokers, real := cluster(t)
-	d := newDriver(t, brokers, real, kafkadriver.WithStartOffset(kafkadriver.StartLatest))
+	d := newDriver(t, brokers, real, kafkadriver.WithStartPosition(herald.StartLatest))
 	topic := newTopic(t, d)
 	ctx := testContext(t)
 	old := &herald.Message{ID: "old", Topic: topic, Key: "k", Data: []byte("old")}

@@ -452,11 +452,15 @@ func TestNewReportsEveryInvalidOption(t *testing.T) {
 		kafkadriver.WithRevokeTimeout(time.Hour),
 		kafkadriver.WithCompression(kafkadriver.Compression(42)),
 		kafkadriver.WithSASLSCRAM(kafkadriver.SCRAMSHA256, "", "pw"),
+		kafkadriver.WithStartPosition(herald.StartPosition(7)),
 	)
 	if err == nil {
 		t.Fatal("New accepted an invalid configuration")
 	}
-	for _, want := range []string{"no broker addresses", "batch size", "heartbeat interval", "revoke timeout", "compression", "SCRAM needs a user"} {
+	if !errors.Is(err, herald.ErrInvalidOption) {
+		t.Errorf("New = %v, want it to wrap herald.ErrInvalidOption", err)
+	}
+	for _, want := range []string{"no broker addresses", "batch size", "heartbeat interval", "revoke timeout", "compression", "SCRAM needs a user", "start position 7"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q: %v", want, err)
 		}

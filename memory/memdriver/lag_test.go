@@ -137,7 +137,7 @@ func TestLagPerMemberAddsUpToBacklog(t *testing.T) {
 }
 
 func TestLagStartLatest(t *testing.T) {
-	b := memtest.Broker(t, memdriver.WithStartLatest())
+	b := memtest.Broker(t, memdriver.WithStartPosition(herald.StartLatest))
 	defer b.Close()
 	ctx := context.Background()
 	_ = b.Write(ctx, keyed("t", 5))

@@ -8,7 +8,7 @@
 // round robin.
 //
 // Groups. Every group gets every message written after it was created, plus
-// what the ring still holds at that moment (WithStartLatest changes that).
+// what the ring still holds at that moment (WithStartPosition changes that).
 // Groups are durable for the life of the Broker: when the last member
 // leaves, the group keeps its position and a later member resumes there.
 // Members of one group share the partitions like Kafka consumers do: each
@@ -64,7 +64,7 @@ type config struct {
 	partitions      int
 	capacity        int
 	maxMessageBytes int
-	startLatest     bool
+	start           herald.StartPosition
 }
 
 // WithPartitions sets the number of partitions of each topic (default
@@ -82,9 +82,10 @@ func WithCapacity(n int) Option { return func(c *config) { c.capacity = n } }
 // combine.
 func WithMaxMessageBytes(n int) Option { return func(c *config) { c.maxMessageBytes = n } }
 
-// WithStartLatest makes new groups start after the messages already in the
-// ring instead of at the oldest one.
-func WithStartLatest() Option { return func(c *config) { c.startLatest = true } }
+// WithStartPosition sets where a new group starts (default
+// herald.StartEarliest: the oldest message the ring holds);
+// herald.StartLatest starts it after the messages already there.
+func WithStartPosition(p herald.StartPosition) Option { return func(c *config) { c.start = p } }
 
 func (c config) validate() error {
 	bad := func(cond bool, option string, value int, reason string) error {
@@ -96,7 +97,8 @@ func (c config) validate() error {
 	return errors.Join(
 		bad(c.partitions < 1, "WithPartitions", c.partitions, "want at least 1"),
 		bad(c.capacity < 1, "WithCapacity", c.capacity, "want at least 1"),
-		bad(c.maxMessageBytes < 0, "WithMaxMessageBytes", c.maxMessageBytes, "want 0 (no limit) or more"))
+		bad(c.maxMessageBytes < 0, "WithMaxMessageBytes", c.maxMessageBytes, "want 0 (no limit) or more"),
+		bad(!c.start.Valid(), "WithStartPosition", int(c.start), "want herald.StartEarliest or herald.StartLatest"))
 }
 
 // Broker is an in-process message broker; it implements herald.Driver.
@@ -247,7 +249,7 @@ func (b *Broker) Subscribe(ctx context.Context, topicName, groupName string) (he
 	if g == nil {
 		g = &group{name: groupName, topic: t, cursors: make([]*cursor, len(t.parts))}
 		for i, p := range t.parts {
-			g.cursors[i] = p.addCursor(b.cfg.capacity, b.cfg.startLatest)
+			g.cursors[i] = p.addCursor(b.cfg.capacity, b.cfg.start == herald.StartLatest)
 		}
 		t.groups[groupName] = g
 	}

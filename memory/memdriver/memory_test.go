@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -184,15 +185,28 @@ func TestRetentionForLateGroups(t *testing.T) {
 	if got := fetch(t, late, 10); len(got) != 3 {
 		t.Fatalf("a group joining after the ack got %d, want 3", len(got))
 	}
-	latest := memtest.Broker(t, memdriver.WithStartLatest())
+	latest := memtest.Broker(t, memdriver.WithStartPosition(herald.StartLatest))
 	defer latest.Close()
 	_ = latest.Write(ctx, msgs("t", "old"))
 	sub, _ := latest.Subscribe(ctx, "t", "g")
 	_ = latest.Write(ctx, msgs("t", "new"))
 	if got := fetch(t, sub, 10); len(got) != 1 || got[0].Message.Key != "new" {
-		t.Fatalf("WithStartLatest delivered %v", got)
+		t.Fatalf("WithStartPosition(StartLatest) delivered %v", got)
 	}
 	_ = early.Close(ctx)
 	_ = late.Close(ctx)
 	_ = sub.Close(ctx)
+}
+
+func TestNewReportsEveryInvalidOption(t *testing.T) {
+	_, err := memdriver.New(memdriver.WithPartitions(0), memdriver.WithCapacity(-1),
+		memdriver.WithMaxMessageBytes(-2), memdriver.WithStartPosition(herald.StartPosition(7)))
+	if !errors.Is(err, herald.ErrInvalidOption) {
+		t.Fatalf("New = %v, want herald.ErrInvalidOption", err)
+	}
+	for _, want := range []string{"WithPartitions", "WithCapacity", "WithMaxMessageBytes", "WithStartPosition"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
 }

@@ -183,7 +183,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		return nil, fmt.Errorf("redisdriver: subscribe to topic %q group %q: %w", topic, group, herald.ErrClosed)
 	}
 	s := newSubscription(d, topic, group, consumerName())
-	if err := s.createGroup(ctx, s.cfg.start.id()); err != nil {
+	if err := s.createGroup(ctx, startID(s.cfg.start)); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

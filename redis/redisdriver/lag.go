@@ -15,7 +15,7 @@ import (
 // between the group's last delivered entry and the end of the stream (it
 // clears when the group reads past them), nor for a group created by other
 // means at an arbitrary ID or at the end of a stream that is not empty
-// (the driver creates StartLatest groups with the count set).
+// (the driver creates herald.StartLatest groups with the count set).
 var ErrLagUnknown = errors.New("redisdriver: Redis cannot tell how many entries the group has not read")
 
 // createAtEndScript creates group ARGV[1] of stream KEYS[1] at the end of

@@ -133,7 +133,7 @@ func TestLagCountsTheWholeGroup(t *testing.T) {
 
 func TestLagStartLatest(t *testing.T) {
 	env := newEnv(t)
-	d := env.driver(t, redisdriver.WithStartPosition(redisdriver.StartLatest))
+	d := env.driver(t, redisdriver.WithStartPosition(herald.StartLatest))
 	ctx := context.Background()
 	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
 	writeN(t, d, topic, 0, 5)

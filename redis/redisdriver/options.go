@@ -33,21 +33,10 @@ const (
 	DefaultConsumerIdle = 30 * time.Minute
 )
 
-// StartPosition says where a consumer group that does not exist yet starts
-// reading its topic.
-type StartPosition int
-
-const (
-	// StartEarliest makes a new group read every entry the stream still
-	// holds (XGROUP CREATE ... 0). The default.
-	StartEarliest StartPosition = iota
-	// StartLatest makes a new group read only entries added after it was
-	// created (XGROUP CREATE ... $).
-	StartLatest
-)
-
-func (p StartPosition) id() string {
-	if p == StartLatest {
+// startID is the XGROUP CREATE start of a new group: "0" (every entry
+// the stream still holds) or "$" (only entries added after it).
+func startID(p herald.StartPosition) string {
+	if p == herald.StartLatest {
 		return "$"
 	}
 	return "0"
@@ -61,7 +50,7 @@ type config struct {
 	maxMessageBytes int
 	trimMaxLen      int64
 	trimMaxAge      time.Duration
-	start           StartPosition
+	start           herald.StartPosition
 	block           time.Duration
 	claimMinIdle    time.Duration
 	reclaimInterval time.Duration
@@ -110,7 +99,7 @@ func (c config) validate() error {
 	if c.trimMaxLen > 0 && c.trimMaxAge > 0 {
 		bad("WithTrimMaxLen and WithTrimMaxAge exclude each other (XADD takes one of MAXLEN and MINID)")
 	}
-	if c.start != StartEarliest && c.start != StartLatest {
+	if !c.start.Valid() {
 		bad("unknown start position %d", c.start)
 	}
 	if c.block < time.Millisecond {
@@ -156,11 +145,11 @@ func WithTrimMaxLen(n int64) Option { return func(c *config) { c.trimMaxLen = n 
 func WithTrimMaxAge(age time.Duration) Option { return func(c *config) { c.trimMaxAge = age } }
 
 // WithStartPosition sets where a group that does not exist yet starts
-// (default StartEarliest). It matters only when Subscribe creates the
+// (default herald.StartEarliest). It matters only when Subscribe creates the
 // group. A group that vanishes under a running consumer (a Redis restart
 // without persistence, a deleted stream) is recreated at the beginning of
 // the stream whatever this says, so that nothing written since is skipped.
-func WithStartPosition(p StartPosition) Option { return func(c *config) { c.start = p } }
+func WithStartPosition(p herald.StartPosition) Option { return func(c *config) { c.start = p } }
 
 // WithBlock sets how long one XREADGROUP blocks waiting for entries
 // (default DefaultBlock). A Fetch whose context is cancelled, and a Close

@@ -102,7 +102,7 @@ func TestNewReportsEveryInvalidOption(t *testing.T) {
 		redisdriver.WithClaimMinIdle(time.Millisecond),
 		redisdriver.WithReclaimInterval(-1),
 		redisdriver.WithConsumerIdle(-time.Second),
-		redisdriver.WithStartPosition(7),
+		redisdriver.WithStartPosition(herald.StartPosition(7)),
 	)
 	if err == nil {
 		t.Fatal("New accepted invalid options")

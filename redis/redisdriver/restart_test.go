@@ -249,7 +249,7 @@ func TestServerKilledMidStreamLosesNothing(t *testing.T) {
 // created at StartLatest.
 func TestGroupRecreatedWhenStreamVanishes(t *testing.T) {
 	env := newEnv(t)
-	d := env.driver(t, redisdriver.WithBlock(20*time.Millisecond), redisdriver.WithStartPosition(redisdriver.StartLatest))
+	d := env.driver(t, redisdriver.WithBlock(20*time.Millisecond), redisdriver.WithStartPosition(herald.StartLatest))
 	ctx := context.Background()
 	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
 	sub, err := d.Subscribe(ctx, topic, group)
@@ -294,7 +294,7 @@ func TestStartPosition(t *testing.T) {
 	env := newEnv(t)
 	ctx := context.Background()
 	topic := drivertest.Name(t, "t")
-	early, late := env.driver(t), env.driver(t, redisdriver.WithStartPosition(redisdriver.StartLatest))
+	early, late := env.driver(t), env.driver(t, redisdriver.WithStartPosition(herald.StartLatest))
 	if err := early.Write(ctx, []*herald.Message{message(topic, "old", "")}); err != nil {
 		t.Fatal(err)
 	}
