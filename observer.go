@@ -87,11 +87,14 @@ func (o *observer) middleware() Middleware {
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) error {
 			ctx, span := o.tel.startSpan(ctx, m)
+			// The instruments are taken before the chain runs: a Shutdown
+			// that closes them while it runs must not lose its outcome.
+			in := o.tel.instruments()
 			start := time.Now()
 			err := next(ctx, m)
 			took := time.Since(start)
 			skipped := err == errSkipped
-			o.tel.settle(ctx, span, took, err, skipped)
+			o.tel.settle(ctx, span, in, took, err, skipped)
 			o.log(ctx, m, took, err, skipped)
 			if o.hook != nil {
 				r := HandleResult{Topic: o.topic, Group: o.group, Message: m, Duration: took, Err: err, Skipped: skipped}
@@ -194,14 +197,24 @@ func (t *subscriptionTelemetry) startSpan(ctx context.Context, m *Message) (cont
 	return ctx, span
 }
 
-// settle ends a delivery's span and records its duration and outcome. A
-// delivery skipped as not for the group counts as "skipped", without a
-// duration. t may be nil.
-func (t *subscriptionTelemetry) settle(ctx context.Context, span trace.Span, took time.Duration, err error, skipped bool) {
+// instruments returns the instruments to record a delivery with, nil
+// when not measuring; t may be nil.
+func (t *subscriptionTelemetry) instruments() *consumerInstruments {
+	if t == nil {
+		return nil
+	}
+	in, _ := t.metrics.Get()
+	return in
+}
+
+// settle ends a delivery's span and records its duration and outcome with
+// in (nil: not measuring). A delivery skipped as not for the group counts
+// as "skipped", without a duration. t may be nil.
+func (t *subscriptionTelemetry) settle(ctx context.Context, span trace.Span, in *consumerInstruments, took time.Duration, err error, skipped bool) {
 	if t == nil {
 		return
 	}
-	in, measuring := t.metrics.Get()
+	measuring := in != nil
 	if skipped {
 		if measuring {
 			in.processed.Add(ctx, 1, t.skipped.Add...)
