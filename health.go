@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -99,29 +100,75 @@ type SubscriptionHealth struct {
 	LagKnown bool  `json:"lag_known"`
 }
 
+// healthState is what a scheduler's intake records for its health
+// report, as it happens: driver failures in a row and the last one, when
+// a fetch last brought deliveries, since when the in-flight window has
+// been full. It is safe for concurrent use; the zero value is ready.
+type healthState struct {
+	driverErrors atomic.Int32
+	lastError    atomic.Pointer[string]
+	lastErrorAt  atomic.Int64 // unix ns
+	lastFetch    atomic.Int64 // unix ns; 0: never
+	fullSince    atomic.Int64 // unix ns since every slot is taken; 0: not full
+}
+
+// driverFailed records a failed Subscribe or Fetch.
+func (h *healthState) driverFailed(err error) {
+	h.driverErrors.Add(1)
+	text := err.Error()
+	h.lastError.Store(&text)
+	h.lastErrorAt.Store(time.Now().UnixNano())
+}
+
+// driverOK records a Subscribe or Fetch that worked: the failures in a
+// row are over (the last error stays on record).
+func (h *healthState) driverOK() {
+	if h.driverErrors.Load() != 0 {
+		h.driverErrors.Store(0)
+	}
+}
+
+// fetched records a fetch that brought deliveries.
+func (h *healthState) fetched() { h.lastFetch.Store(time.Now().UnixNano()) }
+
+// windowFull records that every in-flight slot is taken (full) or that
+// one came free.
+func (h *healthState) windowFull(full bool) {
+	if full {
+		h.fullSince.Store(time.Now().UnixNano())
+	} else {
+		h.fullSince.Store(0)
+	}
+}
+
+// fill copies the recorded state into r.
+func (h *healthState) fill(r *SubscriptionHealth) {
+	r.DriverErrors = int(h.driverErrors.Load())
+	if ns := h.fullSince.Load(); ns != 0 {
+		r.WindowFullSince = time.Unix(0, ns)
+	}
+	if e := h.lastError.Load(); e != nil {
+		r.LastError = *e
+		r.LastErrorAt = time.Unix(0, h.lastErrorAt.Load())
+	}
+	if ns := h.lastFetch.Load(); ns != 0 {
+		r.LastFetch = time.Unix(0, ns)
+	}
+}
+
 // Health reports the scheduler's state; it makes no call to the driver.
 func (s *scheduler) Health() SubscriptionHealth {
 	s.subMu.Lock()
 	subscribed := s.sub != nil
 	s.subMu.Unlock()
 	h := SubscriptionHealth{
-		Topic:        s.topic,
-		Group:        s.group,
-		Running:      s.started.Load() && !s.stopping.Load(),
-		Subscribed:   subscribed,
-		MaxInFlight:  s.cfg.MaxInFlight,
-		DriverErrors: int(s.driverErrors.Load()),
+		Topic:       s.topic,
+		Group:       s.group,
+		Running:     s.started.Load() && !s.stopping.Load(),
+		Subscribed:  subscribed,
+		MaxInFlight: s.cfg.MaxInFlight,
 	}
-	if ns := s.fullSince.Load(); ns != 0 {
-		h.WindowFullSince = time.Unix(0, ns)
-	}
-	if e := s.lastError.Load(); e != nil {
-		h.LastError = *e
-		h.LastErrorAt = time.Unix(0, s.lastErrorAt.Load())
-	}
-	if ns := s.lastFetch.Load(); ns != 0 {
-		h.LastFetch = time.Unix(0, ns)
-	}
+	s.health.fill(&h)
 	return h
 }
 

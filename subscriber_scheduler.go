@@ -135,13 +135,7 @@ type scheduler struct {
 	shutdownOnce   sync.Once
 	shutdownErr    error
 
-	// Health: consecutive failed Subscribe and Fetch calls, the last
-	// driver error, and when Fetch last returned deliveries (unix ns).
-	driverErrors atomic.Int32
-	lastError    atomic.Pointer[string]
-	lastErrorAt  atomic.Int64
-	lastFetch    atomic.Int64
-	fullSince    atomic.Int64 // unix ns since when every slot is taken; 0: not full
+	health healthState // what intake records for Health
 }
 
 // keyQueue holds the deliveries of one key that wait for the running one.
@@ -308,86 +302,105 @@ func (s *scheduler) adopt(sub Subscription) {
 
 func (s *scheduler) report(op, msgID string, err error) {
 	if op == "subscribe" || op == "fetch" {
-		s.driverErrors.Add(1)
-		text := err.Error()
-		s.lastError.Store(&text)
-		s.lastErrorAt.Store(time.Now().UnixNano())
+		s.health.driverFailed(err)
 	}
 	s.cfg.OnError(&SubscriptionError{Topic: s.topic, Group: s.group, Op: op, MsgID: msgID, Err: err})
 }
 
-// intake subscribes, then fetches as long as there are free slots.
+// intake subscribes, then fetches as long as there are free slots: it
+// takes the free slots (waiting for one if need be), fetches that many
+// deliveries at most, hands back the slots it did not use and dispatches
+// what came, and backs off after a driver error.
 func (s *scheduler) intake(ctx context.Context) {
 	defer close(s.intakeDone)
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
-	sub := s.sub // set by Start when its Subscribe succeeded
-	for sub == nil {
-		var err error
-		if sub, err = s.reader.Subscribe(ctx, s.topic, s.group); err != nil {
-			sub = nil
-			if ctx.Err() != nil {
-				return
-			}
-			s.report("subscribe", "", err)
-			if !backoff.Sleep(ctx, retry.Next()) {
-				return
-			}
-		}
+	sub, ok := s.subscribe(ctx, &retry)
+	if !ok {
+		return
 	}
-	if s.sub == nil {
-		s.adopt(sub)
-	}
-	s.driverErrors.Store(0)
-	retry.Reset()
-
 	buf := make([]Delivery, s.cfg.FetchBatch)
 	for {
-		// Take one slot (waiting if need be), then as many more as are free.
+		n, ok := s.takeSlots(ctx, len(buf))
+		if !ok {
+			return
+		}
+		got, err := sub.Fetch(ctx, buf[:n])
+		s.accept(buf[:n], got)
+		if err == nil {
+			s.health.driverOK()
+			retry.Reset()
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.report("fetch", "", err)
+		if !backoff.Sleep(ctx, retry.Next()) {
+			return
+		}
+	}
+}
+
+// subscribe returns the subscription Start made, or subscribes until it
+// works; ok is false when ctx ended first.
+func (s *scheduler) subscribe(ctx context.Context, retry *backoff.Backoff) (sub Subscription, ok bool) {
+	defer retry.Reset()
+	if s.sub != nil { // set by Start when its Subscribe succeeded
+		s.health.driverOK()
+		return s.sub, true
+	}
+	for {
+		sub, err := s.reader.Subscribe(ctx, s.topic, s.group)
+		if err == nil {
+			s.adopt(sub)
+			s.health.driverOK()
+			return sub, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		s.report("subscribe", "", err)
+		if !backoff.Sleep(ctx, retry.Next()) {
+			return nil, false
+		}
+	}
+}
+
+// takeSlots takes one slot, waiting while every slot is held by a
+// delivery not yet settled (the window is full), then up to most-1 more
+// that are free. ok is false when ctx ended while waiting.
+func (s *scheduler) takeSlots(ctx context.Context, most int) (n int, ok bool) {
+	select {
+	case <-s.slots:
+	default:
+		s.health.windowFull(true)
+		select {
+		case <-s.slots:
+			s.health.windowFull(false)
+		case <-ctx.Done():
+			return 0, false
+		}
+	}
+	for n = 1; n < most; n++ {
 		select {
 		case <-s.slots:
 		default:
-			// Every slot is held by a delivery not yet settled.
-			s.fullSince.Store(time.Now().UnixNano())
-			select {
-			case <-s.slots:
-				s.fullSince.Store(0)
-			case <-ctx.Done():
-				return
-			}
+			return n, true
 		}
-		n := 1
-	more:
-		for n < len(buf) {
-			select {
-			case <-s.slots:
-				n++
-			default:
-				break more
-			}
-		}
-		got, err := sub.Fetch(ctx, buf[:n])
-		for range n - got {
-			s.slots <- struct{}{}
-		}
-		if got > 0 {
-			s.lastFetch.Store(time.Now().UnixNano())
-			s.dispatch(buf[:got])
-			clear(buf[:got])
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			s.report("fetch", "", err)
-			if !backoff.Sleep(ctx, retry.Next()) {
-				return
-			}
-			continue
-		}
-		if s.driverErrors.Load() != 0 {
-			s.driverErrors.Store(0)
-		}
-		retry.Reset()
+	}
+	return n, true
+}
+
+// accept hands back the slots of buf a fetch did not fill and dispatches
+// the got deliveries it did.
+func (s *scheduler) accept(buf []Delivery, got int) {
+	for range len(buf) - got {
+		s.slots <- struct{}{}
+	}
+	if got > 0 {
+		s.health.fetched()
+		s.dispatch(buf[:got])
+		clear(buf[:got])
 	}
 }
 
