@@ -35,6 +35,15 @@ type config struct {
 	postgresDSN     string        // PostgreSQL of the outbox scenario (HERALD_POSTGRES_DSN)
 }
 
+// perCall is the messages per publish call of a row: cfg.batch when it is
+// batched, else 1.
+func (c config) perCall(batched bool) int {
+	if batched {
+		return c.batch
+	}
+	return 1
+}
+
 // result is what one timed run measured.
 type result struct {
 	messages       int
@@ -187,13 +196,15 @@ func (s *sampler) stop() peaks {
 
 // counter is the subscriber side's bookkeeping: it does the handler's
 // simulated work, counts handled messages, closes done when the target is
-// reached, and keeps the first problem a handler or a library reported.
+// reached, signals warm when the handler saw a warm-up message, and keeps
+// the first problem a handler or a library reported.
 type counter struct {
 	target  int64
 	work    time.Duration
 	handled atomic.Int64
 	busy    atomic.Int64 // nanoseconds the work really took, summed
 	done    chan struct{}
+	warm    *signalOnce
 	errOnce sync.Once
 	err     error
 	failed  atomic.Bool
@@ -251,7 +262,23 @@ func (c *counter) latencies() (p50, p99 time.Duration) {
 }
 
 func newCounter(target int, work time.Duration) *counter {
-	return &counter{target: int64(target), work: work, done: make(chan struct{})}
+	return &counter{target: int64(target), work: work, done: make(chan struct{}), warm: newSignalOnce()}
+}
+
+// receive is the handler's part for one message with a size-byte payload
+// in a run whose payloads have want bytes: an empty payload is a warm-up
+// message, which it signals; one of want bytes it handles; any other size
+// fails the run, and counts, so that the run still ends.
+func (c *counter) receive(size, want int) {
+	switch size {
+	case 0:
+		c.warm.fire()
+	case want:
+		c.handle()
+	default:
+		c.fail(fmt.Errorf("handler got a %d-byte payload, want %d", size, want))
+		c.add()
+	}
 }
 
 // handle is the handler's part for one message of the right size: the
@@ -465,10 +492,9 @@ type stages struct {
 	// unused in publishOnly.
 	subscribe func() error
 	start     func(ctx context.Context) error
-	// counter is the handler's bookkeeping, warmed is closed when the
-	// handler saw a warm-up message.
+	// counter is the handler's bookkeeping; the handler tells it of the
+	// warm-up message (counter.receive).
 	counter *counter
-	warmed  <-chan struct{}
 	// stored counts the messages the topic holds, for the publish-only
 	// check; nil skips the check.
 	stored func(ctx context.Context) (int, error)
@@ -490,8 +516,21 @@ func assemble(ctx context.Context, p runParams, s stages) (*pipeline, error) {
 	publishN := func(ctx context.Context, batch int) error {
 		return publishBounded(ctx, p.n, cfg.publishers, batch, s.publish)
 	}
-	consumed := func(ctx context.Context) error {
-		return errors.Join(s.teardown(ctx), s.counter.check())
+	// consuming is the pipeline of a mode whose timed part does first,
+	// then waits until the handler has seen every message.
+	consuming := func(first func(ctx context.Context) error) *pipeline {
+		return &pipeline{
+			run: func(ctx context.Context) error {
+				if err := first(ctx); err != nil {
+					return err
+				}
+				return s.counter.wait(ctx)
+			},
+			close: func(ctx context.Context) error {
+				return errors.Join(s.teardown(ctx), s.counter.check())
+			},
+			counter: s.counter,
+		}
 	}
 
 	switch s.mode {
@@ -515,65 +554,37 @@ func assemble(ctx context.Context, p runParams, s stages) (*pipeline, error) {
 		if err := publishN(ctx, fillBatch); err != nil {
 			return abandon(fmt.Errorf("fill the topic: %w", err))
 		}
-		return &pipeline{
-			run: func(ctx context.Context) error {
-				if err := s.start(ctx); err != nil {
-					return err
-				}
-				return s.counter.wait(ctx)
-			},
-			close:   consumed,
-			counter: s.counter,
-		}, nil
+		return consuming(s.start), nil
 
 	case paced:
 		s.counter.trackLatency()
-		err := s.subscribe()
-		if err == nil {
-			err = s.start(ctx)
-		}
-		if err == nil {
-			err = warmUp(ctx, s.warmUp, s.warmed)
-		}
-		if err != nil {
+		if err := subscribeAndWarm(ctx, s); err != nil {
 			return abandon(err)
 		}
-		return &pipeline{
-			run: func(ctx context.Context) error {
-				if err := publishPaced(ctx, p.n, s.rate, s.publish, s.counter); err != nil {
-					return err
-				}
-				return s.counter.wait(ctx)
-			},
-			close:   consumed,
-			counter: s.counter,
-		}, nil
+		return consuming(func(ctx context.Context) error {
+			return publishPaced(ctx, p.n, s.rate, s.publish, s.counter)
+		}), nil
 
 	case endToEnd:
-		err := s.subscribe()
-		if err == nil {
-			err = s.start(ctx)
-		}
-		if err == nil {
-			err = warmUp(ctx, s.warmUp, s.warmed)
-		}
-		if err != nil {
+		if err := subscribeAndWarm(ctx, s); err != nil {
 			return abandon(err)
 		}
-		return &pipeline{
-			run: func(ctx context.Context) error {
-				if err := publishN(ctx, s.batch); err != nil {
-					return err
-				}
-				return s.counter.wait(ctx)
-			},
-			close:   consumed,
-			counter: s.counter,
-		}, nil
+		return consuming(func(ctx context.Context) error { return publishN(ctx, s.batch) }), nil
 
 	default:
 		return abandon(fmt.Errorf("unknown mode %d", s.mode))
 	}
+}
+
+// subscribeAndWarm subscribes, starts the subscriber and warms it up.
+func subscribeAndWarm(ctx context.Context, s stages) error {
+	if err := s.subscribe(); err != nil {
+		return err
+	}
+	if err := s.start(ctx); err != nil {
+		return err
+	}
+	return warmUp(ctx, s.warmUp, s.counter.warm.ch)
 }
 
 // publishBounded is publishAll bounded by ctx even when a publish call does

@@ -83,7 +83,6 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 	if err != nil {
 		return nil, err
 	}
-	warm := newSignalOnce()
 	busOpts := []herald.Option{
 		herald.WithLogger(slog.New(slog.DiscardHandler)),
 		herald.WithErrorHandler(func(err error) { cnt.fail(fmt.Errorf("bus reported: %w", err)) }),
@@ -100,9 +99,8 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 	}
 	s := stages{
 		mode:    v.mode,
-		batch:   1,
+		batch:   cfg.perCall(v.batched),
 		counter: cnt,
-		warmed:  warm.ch,
 		stored:  be.stored,
 		// The subscriber outlives the timed part's context (a consume-only
 		// run starts it there); the teardown stops it.
@@ -111,32 +109,18 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 			return errors.Join(bus.Shutdown(ctx), be.release(ctx), stopTelemetry(ctx))
 		},
 	}
-	if v.batched {
-		s.batch = cfg.batch
-	}
 	opts := []herald.SubscribeOption{herald.WithConcurrency(max(v.concurrency, 1))}
 	keys := benchKeys(cfg, v.keyed)
-	// handle is the handler's part once the payload size is known.
-	handle := func(size int) {
-		switch size {
-		case 0:
-			warm.fire()
-		case cfg.payloadBytes:
-			cnt.handle()
-		default:
-			cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", size, cfg.payloadBytes))
-			cnt.add()
-		}
-	}
+	size := cfg.payloadBytes
 
 	if v.typed {
-		body := string(payload(cfg.payloadBytes))
+		body := string(payload(size))
 		if err := herald.Register[benchEvent](bus, p.topic, herald.WithKey(func(e benchEvent) string { return e.Key })); err != nil {
 			return nil, errors.Join(err, be.release(ctx))
 		}
 		s.subscribe = func() error {
 			return herald.Subscribe(bus, benchGroup, func(_ context.Context, e benchEvent, _ *herald.Message) error {
-				handle(len(e.Body))
+				cnt.receive(len(e.Body), size)
 				return nil
 			}, opts...)
 		}
@@ -154,11 +138,11 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 		return assemble(ctx, p, s)
 	}
 
-	data := payload(cfg.payloadBytes)
+	data := payload(size)
 	topic := p.topic
 	s.subscribe = func() error {
 		return bus.Handle(topic, benchGroup, func(_ context.Context, m *herald.Message) error {
-			handle(len(m.Data))
+			cnt.receive(len(m.Data), size)
 			return nil
 		}, opts...)
 	}

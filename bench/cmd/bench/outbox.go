@@ -211,17 +211,15 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 	}
 	topic := p.topic
 	data := payload(cfg.payloadBytes)
-	warm := newSignalOnce()
 	var (
 		started  bool
 		relayEnd = make(chan error, 1)
 	)
 	s := stages{
 		mode:    v.mode,
-		batch:   1,
+		batch:   cfg.perCall(v.batched),
 		rate:    v.rate,
 		counter: cnt,
-		warmed:  warm.ch,
 		stored:  countRows(db, `"`+table+`"`),
 		publish: func(ctx context.Context, first, count int) error {
 			msgs := make([]*herald.Message, count)
@@ -241,16 +239,8 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 		},
 		subscribe: func() error {
 			return bus.Handle(topic, benchGroup, func(_ context.Context, m *herald.Message) error {
-				switch len(m.Data) {
-				case 0:
-					warm.fire()
-				case cfg.payloadBytes:
-					cnt.seenID(m.ID)
-					cnt.handle()
-				default:
-					cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", len(m.Data), cfg.payloadBytes))
-					cnt.add()
-				}
+				cnt.seenID(m.ID)
+				cnt.receive(len(m.Data), cfg.payloadBytes)
 				return nil
 			})
 		},
@@ -276,9 +266,6 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 			errs = append(errs, bus.Shutdown(ctx), broker.Close(), release(ctx))
 			return errors.Join(errs...)
 		},
-	}
-	if v.batched {
-		s.batch = cfg.batch
 	}
 	return assemble(ctx, p, s)
 }

@@ -85,7 +85,6 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 		topic = p.topic
 	}
 	cnt := newCounter(p.n, v.work)
-	warm := newSignalOnce()
 	size := cfg.payloadBytes
 
 	// The router exists once subscribe ran (a publish-only run has none)
@@ -98,14 +97,10 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 	)
 	s := stages{
 		mode:    v.mode,
-		batch:   1,
+		batch:   cfg.perCall(v.batched),
 		rate:    v.rate,
 		counter: cnt,
-		warmed:  warm.ch,
 		stored:  be.stored,
-	}
-	if v.batched {
-		s.batch = cfg.batch
 	}
 	s.subscribe = func() error {
 		r, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.shutdownTimeout}, watermill.NopLogger{})
@@ -123,16 +118,8 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 				}
 				got = len(e.Body)
 			}
-			switch got {
-			case 0:
-				warm.fire()
-			case size:
-				cnt.seenID(msg.UUID)
-				cnt.handle()
-			default:
-				cnt.fail(fmt.Errorf("handler got a %d-byte payload, want %d", got, size))
-				cnt.add()
-			}
+			cnt.seenID(msg.UUID)
+			cnt.receive(got, size)
 			return nil
 		})
 		return nil
