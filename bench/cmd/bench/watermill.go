@@ -85,113 +85,158 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 		topic = p.topic
 	}
 	cnt := newCounter(p.n, v.work)
-	size := cfg.payloadBytes
-
-	// The router exists once subscribe ran (a publish-only run has none)
-	// and runs once start launched it. Set-up, run and teardown follow one
-	// another, so plain variables do.
-	var (
-		router   *message.Router
-		launched bool
-		runDone  = make(chan error, 1)
-	)
-	s := stages{
+	rt := &watermillRouter{closeTimeout: cfg.shutdownTimeout}
+	send := newWatermillSender(be.pub, topic, v, payload(cfg.payloadBytes))
+	return assemble(ctx, p, stages{
 		mode:    v.mode,
 		batch:   cfg.perCall(v.batched),
 		rate:    v.rate,
 		counter: cnt,
 		stored:  be.stored,
+		subscribe: func() error {
+			return rt.subscribe(topic, be.sub, watermillHandler(cnt, cfg.payloadBytes, v.json))
+		},
+		start: rt.start,
+		teardown: func(ctx context.Context) error {
+			return errors.Join(rt.stop(ctx), be.release(ctx))
+		},
+		publish: send.publish,
+		warmUp:  send.warmUp,
+	})
+}
+
+// watermillHandler is the consumer handler of a run whose payloads have
+// size bytes, encoded as benchEvent when asJSON is set. A paced run's
+// messages carry their index as UUID, for the latency.
+func watermillHandler(cnt *counter, size int, asJSON bool) message.NoPublishHandlerFunc {
+	return func(msg *message.Message) error {
+		got := len(msg.Payload)
+		if asJSON {
+			var e benchEvent
+			if err := json.Unmarshal(msg.Payload, &e); err != nil {
+				cnt.fail(fmt.Errorf("decode message %s: %w", msg.UUID, err))
+				return nil
+			}
+			got = len(e.Body)
+		}
+		cnt.seenID(msg.UUID)
+		cnt.receive(got, size)
+		return nil
 	}
-	s.subscribe = func() error {
-		r, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.shutdownTimeout}, watermill.NopLogger{})
+}
+
+// watermillRouter is the Router of one run. It exists once subscribe ran
+// (a publish-only run has none) and runs once start launched it. Set-up,
+// run and teardown follow one another, so plain fields do.
+type watermillRouter struct {
+	closeTimeout time.Duration
+	router       *message.Router
+	launched     bool
+	runDone      chan error
+}
+
+// subscribe makes the Router with one consumer handler on topic.
+func (r *watermillRouter) subscribe(topic string, sub message.Subscriber, handler message.NoPublishHandlerFunc) error {
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.closeTimeout}, watermill.NopLogger{})
+	if err != nil {
+		return err
+	}
+	r.router = router
+	r.runDone = make(chan error, 1)
+	router.AddConsumerHandler(benchGroup, topic, sub, handler)
+	return nil
+}
+
+// start runs the Router, past the end of ctx (the teardown stops it), and
+// returns once it is running.
+func (r *watermillRouter) start(ctx context.Context) error {
+	r.launched = true
+	go func() { r.runDone <- r.router.Run(context.WithoutCancel(ctx)) }()
+	select {
+	case <-r.router.Running():
+		return nil
+	case err := <-r.runDone:
+		r.runDone <- err // for stop
+		return fmt.Errorf("router stopped before running: %w", err)
+	case <-ctx.Done():
+		return fmt.Errorf("router did not start: %w", ctx.Err())
+	}
+}
+
+// stop closes the Router, if there is one, and waits for Run to return,
+// if it was launched.
+func (r *watermillRouter) stop(ctx context.Context) error {
+	var err error
+	if r.router != nil {
+		err = r.router.Close()
+	}
+	if r.launched {
+		select {
+		case runErr := <-r.runDone:
+			err = errors.Join(err, runErr)
+		case <-ctx.Done():
+			err = errors.Join(err, fmt.Errorf("router did not stop: %w", ctx.Err()))
+		}
+	}
+	return err
+}
+
+// watermillSender publishes a run's messages: the payload, or for a JSON
+// row a benchEvent whose Body it is, encoded per message as a user's code
+// would.
+type watermillSender struct {
+	pub    message.Publisher
+	topic  string
+	asJSON bool
+	paced  bool // a paced run: a single message carries its index as UUID
+	encode func() ([]byte, error)
+}
+
+func newWatermillSender(pub message.Publisher, topic string, v watermillVariant, data []byte) watermillSender {
+	s := watermillSender{pub: pub, topic: topic, asJSON: v.json, paced: v.mode == paced}
+	s.encode = func() ([]byte, error) { return data, nil }
+	if v.json {
+		body := string(data)
+		s.encode = func() ([]byte, error) { return json.Marshal(benchEvent{Body: body}) }
+	}
+	return s
+}
+
+// publish publishes messages first..first+count-1 in one Publish call.
+func (s watermillSender) publish(_ context.Context, first, count int) error {
+	if count == 1 {
+		b, err := s.encode()
 		if err != nil {
 			return err
 		}
-		router = r
-		router.AddConsumerHandler(benchGroup, topic, be.sub, func(msg *message.Message) error {
-			got := len(msg.Payload)
-			if v.json {
-				var e benchEvent
-				if err := json.Unmarshal(msg.Payload, &e); err != nil {
-					cnt.fail(fmt.Errorf("decode message %s: %w", msg.UUID, err))
-					return nil
-				}
-				got = len(e.Body)
-			}
-			cnt.seenID(msg.UUID)
-			cnt.receive(got, size)
-			return nil
-		})
-		return nil
-	}
-	s.start = func(ctx context.Context) error {
-		launched = true
-		go func() { runDone <- router.Run(context.WithoutCancel(ctx)) }()
-		select {
-		case <-router.Running():
-			return nil
-		case err := <-runDone:
-			runDone <- err // for the teardown
-			return fmt.Errorf("router stopped before running: %w", err)
-		case <-ctx.Done():
-			return fmt.Errorf("router did not start: %w", ctx.Err())
+		id := watermill.NewUUID()
+		if s.paced {
+			id = strconv.Itoa(first)
 		}
+		return s.pub.Publish(s.topic, message.NewMessage(id, b))
 	}
-	s.teardown = func(ctx context.Context) error {
-		var stopErr error
-		if router != nil {
-			stopErr = router.Close()
+	msgs := make([]*message.Message, count)
+	for i := range msgs {
+		b, err := s.encode()
+		if err != nil {
+			return err
 		}
-		if launched {
-			select {
-			case err := <-runDone:
-				stopErr = errors.Join(stopErr, err)
-			case <-ctx.Done():
-				stopErr = errors.Join(stopErr, fmt.Errorf("router did not stop: %w", ctx.Err()))
-			}
-		}
-		return errors.Join(stopErr, be.release(ctx))
+		msgs[i] = message.NewMessage(watermill.NewUUID(), b)
 	}
+	return s.pub.Publish(s.topic, msgs...)
+}
 
-	data := payload(size)
-	encode := func() ([]byte, error) { return data, nil }
-	if v.json {
-		body := string(data)
-		encode = func() ([]byte, error) { return json.Marshal(benchEvent{Body: body}) }
-	}
-	s.publish = func(_ context.Context, first, count int) error {
-		if count == 1 {
-			b, err := encode()
-			if err != nil {
-				return err
-			}
-			id := watermill.NewUUID()
-			if v.mode == paced {
-				id = strconv.Itoa(first)
-			}
-			return be.pub.Publish(topic, message.NewMessage(id, b))
+// warmUp publishes one warm-up message: an empty payload, or an empty
+// benchEvent for a JSON row.
+func (s watermillSender) warmUp(context.Context) error {
+	var empty []byte
+	if s.asJSON {
+		var err error
+		if empty, err = json.Marshal(benchEvent{}); err != nil {
+			return err
 		}
-		msgs := make([]*message.Message, count)
-		for i := range msgs {
-			b, err := encode()
-			if err != nil {
-				return err
-			}
-			msgs[i] = message.NewMessage(watermill.NewUUID(), b)
-		}
-		return be.pub.Publish(topic, msgs...)
 	}
-	s.warmUp = func(context.Context) error {
-		var empty []byte
-		if v.json {
-			var err error
-			if empty, err = json.Marshal(benchEvent{}); err != nil {
-				return err
-			}
-		}
-		return be.pub.Publish(topic, message.NewMessage(watermill.NewUUID(), empty))
-	}
-	return assemble(ctx, p, s)
+	return s.pub.Publish(s.topic, message.NewMessage(watermill.NewUUID(), empty))
 }
 
 // closeOnce makes a Watermill subscriber's Close run once, however many
