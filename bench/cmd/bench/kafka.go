@@ -272,18 +272,48 @@ func watermillKafka(cfg config) watermillPubSubFunc {
 	}
 }
 
-// newKafkaGoWriter is kafka-go's Writer with the batch settings herald's
-// driver gets: at most kafkaBatchSize messages or DefaultBatchBytes per
-// partition batch, acks from all in-sync replicas, keys placed by murmur2
-// as herald places them, on a transport of its own.
-func newKafkaGoWriter(cfg config, topic string) (*kafkago.Writer, *kafkago.Transport) {
+// kafkaGoProducer is kafka-go's Writer used by hand on a run's new topic,
+// one WriteMessages call per publish call, with the batch settings
+// herald's driver gets: at most kafkaBatchSize messages or
+// DefaultBatchBytes per partition batch, acks from all in-sync replicas,
+// keys placed by murmur2 as herald places them, on a transport of its own.
+type kafkaGoProducer struct {
+	admin *kafkaAdmin
+	w     *kafkago.Writer
+	tr    *kafkago.Transport
+	data  []byte // the payload
+}
+
+// newKafkaGoProducer creates the run's topic and a Writer on it.
+func newKafkaGoProducer(ctx context.Context, cfg config, topic string) (*kafkaGoProducer, error) {
+	admin, err := newKafkaTopic(ctx, cfg, topic)
+	if err != nil {
+		return nil, err
+	}
 	tr := &kafkago.Transport{}
-	return &kafkago.Writer{
+	w := &kafkago.Writer{
 		Addr: kafkago.TCP(cfg.kafkaBrokers...), Topic: topic, Transport: tr,
 		Balancer:  &kafkago.Murmur2Balancer{},
 		BatchSize: kafkaBatchSize, BatchBytes: kafkadriver.DefaultBatchBytes, BatchTimeout: kafkaGoLinger,
 		RequiredAcks: kafkago.RequireAll,
-	}, tr
+	}
+	return &kafkaGoProducer{admin: admin, w: w, tr: tr, data: payload(cfg.payloadBytes)}, nil
+}
+
+// publish writes count messages in one WriteMessages call.
+func (k *kafkaGoProducer) publish(ctx context.Context, _, count int) error {
+	msgs, err := kafkaGoMessages(count, k.data)
+	if err != nil {
+		return err
+	}
+	return k.w.WriteMessages(ctx, msgs...)
+}
+
+// close closes the Writer and its connections and deletes the topic.
+func (k *kafkaGoProducer) close(ctx context.Context) error {
+	err := k.w.Close()
+	k.tr.CloseIdleConnections()
+	return errors.Join(err, k.admin.release(ctx))
 }
 
 // kafkaGoMessages builds count records carrying what herald's Writer
@@ -309,41 +339,21 @@ func kafkaGoMessages(count int, data []byte) ([]kafkago.Message, error) {
 // kafkaGoWriterCase is the publish reference: kafka-go's Writer used by
 // hand, one WriteMessages call per publish call.
 func kafkaGoWriterCase(id, label string, cfg config) benchCase {
-	return benchCase{
-		id:          id,
-		system:      "kafka-go",
-		label:       label,
-		mode:        publishOnly,
-		reference:   true,
-		concurrency: 1,
-		setup: func(ctx context.Context, p runParams) (*pipeline, error) {
-			admin, err := newKafkaTopic(ctx, cfg, p.topic)
-			if err != nil {
-				return nil, err
-			}
-			w, tr := newKafkaGoWriter(cfg, p.topic)
-			data := payload(cfg.payloadBytes)
-			return assemble(ctx, p, stages{
-				mode:    publishOnly,
-				batch:   cfg.batch,
-				counter: newCounter(p.n, 0),
-				publish: func(ctx context.Context, _, count int) error {
-					msgs, err := kafkaGoMessages(count, data)
-					if err != nil {
-						return err
-					}
-					return w.WriteMessages(ctx, msgs...)
-				},
-				warmUp: func(ctx context.Context) error { return w.WriteMessages(ctx, kafkago.Message{}) },
-				stored: admin.stored,
-				teardown: func(ctx context.Context) error {
-					err := w.Close()
-					tr.CloseIdleConnections()
-					return errors.Join(err, admin.release(ctx))
-				},
-			})
-		},
-	}
+	return referenceCase(id, "kafka-go", label, publishOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
+		prod, err := newKafkaGoProducer(ctx, cfg, p.topic)
+		if err != nil {
+			return nil, err
+		}
+		return assemble(ctx, p, stages{
+			mode:     publishOnly,
+			batch:    cfg.batch,
+			counter:  newCounter(p.n, 0),
+			publish:  prod.publish,
+			warmUp:   func(ctx context.Context) error { return prod.w.WriteMessages(ctx, kafkago.Message{}) },
+			stored:   prod.admin.stored,
+			teardown: prod.close,
+		})
+	})
 }
 
 // kafkaGoReaderCase is the consume reference: kafka-go's group Reader used
@@ -351,62 +361,44 @@ func kafkaGoWriterCase(id, label string, cfg config) benchCase {
 // kafkaReaderCommitEvery messages, with herald's fetch settings. The topic
 // is filled by kafka-go's Writer.
 func kafkaGoReaderCase(id, label string, cfg config) benchCase {
-	return benchCase{
-		id:          id,
-		system:      "kafka-go",
-		label:       label,
-		mode:        consumeOnly,
-		reference:   true,
-		concurrency: 1,
-		setup: func(ctx context.Context, p runParams) (*pipeline, error) {
-			admin, err := newKafkaTopic(ctx, cfg, p.topic)
-			if err != nil {
-				return nil, err
-			}
-			w, tr := newKafkaGoWriter(cfg, p.topic)
-			data := payload(cfg.payloadBytes)
-			cnt := newCounter(p.n, 0)
-			var (
-				reader   *kafkago.Reader
-				stopRead context.CancelFunc
-				wg       sync.WaitGroup
-			)
-			return assemble(ctx, p, stages{
-				mode:    consumeOnly,
-				counter: cnt,
-				publish: func(ctx context.Context, _, count int) error {
-					msgs, err := kafkaGoMessages(count, data)
-					if err != nil {
-						return err
-					}
-					return w.WriteMessages(ctx, msgs...)
-				},
-				subscribe: func() error { return nil },
-				start: func(ctx context.Context) error {
-					reader = kafkago.NewReader(kafkago.ReaderConfig{
-						Brokers: cfg.kafkaBrokers, GroupID: benchGroup, Topic: p.topic,
-						StartOffset: kafkago.FirstOffset,
-						MaxWait:     kafkadriver.DefaultFetchMaxWait, MaxBytes: kafkadriver.DefaultFetchMaxBytes,
-					})
-					readCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-					stopRead = cancel
-					wg.Go(func() { readAll(readCtx, reader, cnt, cfg.payloadBytes) })
-					return nil
-				},
-				teardown: func(ctx context.Context) error {
-					var errs []error
-					if reader != nil {
-						stopRead()
-						wg.Wait()
-						errs = append(errs, reader.Close())
-					}
-					errs = append(errs, w.Close())
-					tr.CloseIdleConnections()
-					return errors.Join(append(errs, admin.release(ctx))...)
-				},
-			})
-		},
-	}
+	return referenceCase(id, "kafka-go", label, consumeOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
+		prod, err := newKafkaGoProducer(ctx, cfg, p.topic)
+		if err != nil {
+			return nil, err
+		}
+		cnt := newCounter(p.n, 0)
+		var (
+			reader   *kafkago.Reader
+			stopRead context.CancelFunc
+			wg       sync.WaitGroup
+		)
+		return assemble(ctx, p, stages{
+			mode:      consumeOnly,
+			counter:   cnt,
+			publish:   prod.publish,
+			subscribe: func() error { return nil },
+			start: func(ctx context.Context) error {
+				reader = kafkago.NewReader(kafkago.ReaderConfig{
+					Brokers: cfg.kafkaBrokers, GroupID: benchGroup, Topic: p.topic,
+					StartOffset: kafkago.FirstOffset,
+					MaxWait:     kafkadriver.DefaultFetchMaxWait, MaxBytes: kafkadriver.DefaultFetchMaxBytes,
+				})
+				readCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+				stopRead = cancel
+				wg.Go(func() { readAll(readCtx, reader, cnt, cfg.payloadBytes) })
+				return nil
+			},
+			teardown: func(ctx context.Context) error {
+				var errs []error
+				if reader != nil {
+					stopRead()
+					wg.Wait()
+					errs = append(errs, reader.Close())
+				}
+				return errors.Join(append(errs, prod.close(ctx))...)
+			},
+		})
+	})
 }
 
 // readAll fetches until the counter reached its target or ctx ends,

@@ -140,9 +140,39 @@ func countRows(db *sql.DB, quoted string) func(ctx context.Context) (int, error)
 	}
 }
 
-// outboxTables are the tables outbox.Migrate creates for table, quoted.
-func outboxTables(table string) []string {
-	return []string{`"` + table + `"`, `"` + table + `_quarantine"`, `"` + table + `_sent"`}
+// outboxTable is a run's outbox table, which outbox.Migrate made, on a
+// pool of the run's own.
+type outboxTable struct {
+	db   *sql.DB
+	name string
+}
+
+// migrateOutboxTable opens a pool and migrates an outbox table named after
+// the run's topic.
+func migrateOutboxTable(ctx context.Context, cfg config, topic string) (outboxTable, error) {
+	db, err := openPostgres(cfg)
+	if err != nil {
+		return outboxTable{}, err
+	}
+	t := outboxTable{db: db, name: outboxTableName(topic)}
+	if err := outbox.Migrate(ctx, db, outbox.Postgres, t.name); err != nil {
+		return outboxTable{}, errors.Join(fmt.Errorf("migrate outbox table %s: %w", t.name, err), t.release(ctx))
+	}
+	return t, nil
+}
+
+// quoted is the table's name as an SQL identifier.
+func (t outboxTable) quoted() string { return `"` + t.name + `"` }
+
+// stored counts the rows of the table.
+func (t outboxTable) stored(ctx context.Context) (int, error) {
+	return countRows(t.db, t.quoted())(ctx)
+}
+
+// release drops the tables outbox.Migrate made and closes the pool.
+func (t outboxTable) release(ctx context.Context) error {
+	quoted := []string{t.quoted(), `"` + t.name + `_quarantine"`, `"` + t.name + `_sent"`}
+	return errors.Join(dropTables(ctx, t.db, quoted...), t.db.Close())
 }
 
 // inTx runs f in a transaction and commits it.
@@ -176,18 +206,12 @@ func heraldOutboxCase(id, label string, v heraldVariant) benchCase {
 
 func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipeline, error) {
 	cfg := p.cfg
-	db, err := openPostgres(cfg)
+	t, err := migrateOutboxTable(ctx, cfg, p.topic)
 	if err != nil {
 		return nil, err
 	}
-	table := outboxTableName(p.topic)
-	release := func(ctx context.Context) error {
-		return errors.Join(dropTables(ctx, db, outboxTables(table)...), db.Close())
-	}
-	if err := outbox.Migrate(ctx, db, outbox.Postgres, table); err != nil {
-		return nil, errors.Join(fmt.Errorf("migrate outbox table %s: %w", table, err), release(ctx))
-	}
-	w, err := outbox.NewWriter(outbox.Postgres, table)
+	db, release := t.db, t.release
+	w, err := outbox.NewWriter(outbox.Postgres, t.name)
 	if err != nil {
 		return nil, errors.Join(err, release(ctx))
 	}
@@ -204,7 +228,7 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 	if err != nil {
 		return nil, errors.Join(err, broker.Close(), release(ctx))
 	}
-	relay, err := outbox.NewRelay(db, outbox.Postgres, table, broker,
+	relay, err := outbox.NewRelay(db, outbox.Postgres, t.name, broker,
 		outbox.WithLogger(slog.New(reportingHandler{report: func(err error) { cnt.fail(fmt.Errorf("relay reported: %w", err)) }})))
 	if err != nil {
 		return nil, errors.Join(err, bus.Shutdown(ctx), broker.Close(), release(ctx))
@@ -220,7 +244,7 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 		batch:   cfg.perCall(v.batched),
 		rate:    v.rate,
 		counter: cnt,
-		stored:  countRows(db, `"`+table+`"`),
+		stored:  t.stored,
 		publish: func(ctx context.Context, first, count int) error {
 			msgs := make([]*herald.Message, count)
 			for i := range msgs {
@@ -274,49 +298,34 @@ func setupHeraldOutbox(ctx context.Context, p runParams, v heraldVariant) (*pipe
 // single-row INSERT of the columns herald's Writer fills, into a table
 // outbox.Migrate made; what a commit costs on this server.
 func bareInsertCase(id, label string) benchCase {
-	return benchCase{
-		id:          id,
-		system:      "PostgreSQL",
-		label:       label,
-		mode:        publishOnly,
-		reference:   true,
-		concurrency: 1,
-		setup: func(ctx context.Context, p runParams) (*pipeline, error) {
-			cfg := p.cfg
-			db, err := openPostgres(cfg)
-			if err != nil {
-				return nil, err
-			}
-			table := outboxTableName(p.topic)
-			release := func(ctx context.Context) error {
-				return errors.Join(dropTables(ctx, db, outboxTables(table)...), db.Close())
-			}
-			if err := outbox.Migrate(ctx, db, outbox.Postgres, table); err != nil {
-				return nil, errors.Join(fmt.Errorf("migrate table %s: %w", table, err), release(ctx))
-			}
-			insert := `INSERT INTO "` + table + `" (message_id, topic, msg_key, content_type, payload, created_at) VALUES ($1, $2, '', '', $3, $4)`
-			data := payload(cfg.payloadBytes)
-			write := func(ctx context.Context, count int, data []byte) error {
-				return inTx(ctx, db, func(tx *sql.Tx) error {
-					for range count {
-						if _, err := tx.ExecContext(ctx, insert, herald.NewKSUID(), p.topic, data, time.Now().UTC()); err != nil {
-							return err
-						}
+	return referenceCase(id, "PostgreSQL", label, publishOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
+		cfg := p.cfg
+		t, err := migrateOutboxTable(ctx, cfg, p.topic)
+		if err != nil {
+			return nil, err
+		}
+		insert := `INSERT INTO ` + t.quoted() + ` (message_id, topic, msg_key, content_type, payload, created_at) VALUES ($1, $2, '', '', $3, $4)`
+		data := payload(cfg.payloadBytes)
+		write := func(ctx context.Context, count int, data []byte) error {
+			return inTx(ctx, t.db, func(tx *sql.Tx) error {
+				for range count {
+					if _, err := tx.ExecContext(ctx, insert, herald.NewKSUID(), p.topic, data, time.Now().UTC()); err != nil {
+						return err
 					}
-					return nil
-				})
-			}
-			return assemble(ctx, p, stages{
-				mode:     publishOnly,
-				batch:    1,
-				counter:  newCounter(p.n, 0),
-				publish:  func(ctx context.Context, _, count int) error { return write(ctx, count, data) },
-				warmUp:   func(ctx context.Context) error { return write(ctx, 1, nil) },
-				stored:   countRows(db, `"`+table+`"`),
-				teardown: release,
+				}
+				return nil
 			})
-		},
-	}
+		}
+		return assemble(ctx, p, stages{
+			mode:     publishOnly,
+			batch:    1,
+			counter:  newCounter(p.n, 0),
+			publish:  func(ctx context.Context, _, count int) error { return write(ctx, count, data) },
+			warmUp:   func(ctx context.Context) error { return write(ctx, 1, nil) },
+			stored:   t.stored,
+			teardown: t.release,
+		})
+	})
 }
 
 // txPublisher is how a Watermill user publishes in a transaction: a

@@ -217,48 +217,40 @@ func watermillRedis(cfg config) watermillPubSubFunc {
 // KSUID, the time in Unix nanoseconds, the payload), so the two send the
 // same bytes.
 func goRedisPipelineCase(id, label string, cfg config) benchCase {
-	return benchCase{
-		id:          id,
-		system:      "go-redis",
-		label:       label,
-		mode:        publishOnly,
-		reference:   true,
-		concurrency: 1,
-		setup: func(ctx context.Context, p runParams) (*pipeline, error) {
-			client := newRedisClient(cfg)
-			key := cfg.redisPrefix + p.topic
-			if err := prepareStream(ctx, client, key); err != nil {
-				return nil, errors.Join(err, client.Close())
-			}
-			data := payload(cfg.payloadBytes)
-			return assemble(ctx, p, stages{
-				mode:    publishOnly,
-				batch:   cfg.batch,
-				counter: newCounter(p.n, 0),
-				publish: func(ctx context.Context, _, count int) error {
-					// One seed per call: a KSUID sequence hands out the
-					// call's IDs without a random read each.
-					ids := ksuid.Sequence{Seed: ksuid.New()}
-					now := strconv.FormatInt(time.Now().UnixNano(), 10)
-					pipe := client.Pipeline()
-					for range count {
-						id, err := ids.Next()
-						if err != nil {
-							return err
-						}
-						pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{"id", id.String(), "time", now, "data", data}})
+	return referenceCase(id, "go-redis", label, publishOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
+		client := newRedisClient(cfg)
+		key := cfg.redisPrefix + p.topic
+		if err := prepareStream(ctx, client, key); err != nil {
+			return nil, errors.Join(err, client.Close())
+		}
+		data := payload(cfg.payloadBytes)
+		return assemble(ctx, p, stages{
+			mode:    publishOnly,
+			batch:   cfg.batch,
+			counter: newCounter(p.n, 0),
+			publish: func(ctx context.Context, _, count int) error {
+				// One seed per call: a KSUID sequence hands out the
+				// call's IDs without a random read each.
+				ids := ksuid.Sequence{Seed: ksuid.New()}
+				now := strconv.FormatInt(time.Now().UnixNano(), 10)
+				pipe := client.Pipeline()
+				for range count {
+					id, err := ids.Next()
+					if err != nil {
+						return err
 					}
-					_, err := pipe.Exec(ctx)
-					return err
-				},
-				warmUp: func(ctx context.Context) error {
-					return client.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{"data", ""}}).Err()
-				},
-				stored: streamLen(client, key),
-				teardown: func(ctx context.Context) error {
-					return errors.Join(deleteStream(ctx, client, key), client.Close())
-				},
-			})
-		},
-	}
+					pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{"id", id.String(), "time", now, "data", data}})
+				}
+				_, err := pipe.Exec(ctx)
+				return err
+			},
+			warmUp: func(ctx context.Context) error {
+				return client.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{"data", ""}}).Err()
+			},
+			stored: streamLen(client, key),
+			teardown: func(ctx context.Context) error {
+				return errors.Join(deleteStream(ctx, client, key), client.Close())
+			},
+		})
+	})
 }

@@ -127,6 +127,13 @@ type benchCase struct {
 	setup func(ctx context.Context, p runParams) (*pipeline, error)
 }
 
+// referenceCase is a row of a broker's own client used by hand, one
+// handler at most: what a library on that client could reach at best. The
+// "vs reference" column divides by its msgs/s.
+func referenceCase(id, system, label string, m mode, setup func(ctx context.Context, p runParams) (*pipeline, error)) benchCase {
+	return benchCase{id: id, system: system, label: label, mode: m, reference: true, concurrency: 1, setup: setup}
+}
+
 // messages is how many messages one run of c handles.
 func (c benchCase) messages(cfg config) int {
 	n := cfg.messages
