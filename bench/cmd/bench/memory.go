@@ -22,13 +22,6 @@ func memoryScenario() scenario {
 }
 
 func memoryCases(cfg config) []benchCase {
-	newBroker := func(context.Context, string, func(error)) (heraldBackend, error) {
-		b, err := memdriver.New()
-		if err != nil {
-			return heraldBackend{}, err
-		}
-		return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
-	}
 	blocking := goChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true})
 	c, b, k := cfg.concurrency, cfg.batch, cfg.keys
 
@@ -38,19 +31,19 @@ func memoryCases(cfg config) []benchCase {
 
 	return []benchCase{
 		heraldCase("herald-raw", "raw messages, 1 per call, concurrency 1",
-			newBroker, heraldVariant{}),
+			memoryDriver, heraldVariant{}),
 		heraldCase("herald-raw-keyed", fmt.Sprintf("raw messages, 1 per call, concurrency %d, %d keys", c, k),
-			newBroker, heraldVariant{concurrency: c, keyed: true}),
+			memoryDriver, heraldVariant{concurrency: c, keyed: true}),
 		heraldCase("herald-raw-unkeyed", fmt.Sprintf("raw messages, 1 per call, concurrency %d, no key", c),
-			newBroker, heraldVariant{concurrency: c}),
+			memoryDriver, heraldVariant{concurrency: c}),
 		heraldCase("herald-batch", fmt.Sprintf("raw messages, %d per call, concurrency 1", b),
-			newBroker, heraldVariant{batched: true}),
+			memoryDriver, heraldVariant{batched: true}),
 		heraldCase("herald-batch-keyed", fmt.Sprintf("raw messages, %d per call, concurrency %d, %d keys", b, c, k),
-			newBroker, heraldVariant{batched: true, concurrency: c, keyed: true}),
+			memoryDriver, heraldVariant{batched: true, concurrency: c, keyed: true}),
 		heraldCase("herald-typed", "typed event (JSON), 1 per call, concurrency 1",
-			newBroker, heraldVariant{typed: true}),
+			memoryDriver, heraldVariant{typed: true}),
 		heraldCase("herald-typed-keyed", fmt.Sprintf("typed event (JSON), 1 per call, concurrency %d, %d keys", c, k),
-			newBroker, heraldVariant{typed: true, concurrency: c, keyed: true}),
+			memoryDriver, heraldVariant{typed: true, concurrency: c, keyed: true}),
 		watermillCase("watermill", "GoChannel BlockPublishUntilSubscriberAck, 1 msg per call",
 			blocking, watermillVariant{}, true),
 		watermillCase("watermill-batch", fmt.Sprintf("GoChannel BlockPublishUntilSubscriberAck, %d msgs per call", b),
@@ -59,6 +52,16 @@ func memoryCases(cfg config) []benchCase {
 			blocking, watermillVariant{json: true}, false),
 		unbounded,
 	}
+}
+
+// memoryDriver gives each herald run a fresh memory driver, with its
+// default settings.
+func memoryDriver(context.Context, string, func(error)) (heraldBackend, error) {
+	b, err := memdriver.New()
+	if err != nil {
+		return heraldBackend{}, err
+	}
+	return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
 }
 
 // goChannel returns a fresh GoChannel per run; it is both the publisher and

@@ -5,7 +5,6 @@ import (
 	"errors"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/memory/memdriver"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -28,13 +27,6 @@ func otelScenario() scenario {
 }
 
 func otelCases(config) []benchCase {
-	newBroker := func(context.Context, string, func(error)) (heraldBackend, error) {
-		b, err := memdriver.New()
-		if err != nil {
-			return heraldBackend{}, err
-		}
-		return heraldBackend{driver: b, release: func(context.Context) error { return b.Close() }}, nil
-	}
 	none := func(context.Context) error { return nil }
 	off := func() ([]herald.Option, func(context.Context) error) {
 		return []herald.Option{herald.WithoutTelemetry()}, none
@@ -53,13 +45,13 @@ func otelCases(config) []benchCase {
 		}
 		cases = append(cases,
 			heraldCase("herald-"+kind+"-off", what+", 1 per call, telemetry off (WithoutTelemetry)",
-				newBroker, heraldVariant{typed: typed, telemetry: off}),
+				memoryDriver, heraldVariant{typed: typed, telemetry: off}),
 			heraldCase("herald-"+kind+"-global", what+", 1 per call, default: global providers, none installed",
-				newBroker, heraldVariant{typed: typed}),
+				memoryDriver, heraldVariant{typed: typed}),
 			heraldCase("herald-"+kind+"-noop", what+", 1 per call, no-op tracer and meter providers",
-				newBroker, heraldVariant{typed: typed, telemetry: noop}),
+				memoryDriver, heraldVariant{typed: typed, telemetry: noop}),
 			heraldCase("herald-"+kind+"-sdk", what+", 1 per call, SDK: every span sampled and exported, metrics aggregated",
-				newBroker, heraldVariant{typed: typed, telemetry: sdkOptions}),
+				memoryDriver, heraldVariant{typed: typed, telemetry: sdkOptions}),
 		)
 	}
 	return cases
