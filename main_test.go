@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/drivertest"
 	"go.uber.org/goleak"
 )
 
@@ -70,19 +71,11 @@ func (writeError) Error() string { return "write failed" }
 
 var errWrite error = writeError{}
 
+// eventually and testContext are the toolkit's, with this package's
+// bounds.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	drivertest.Eventually(t, 20*time.Second, what, cond)
 }
 
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testContext(t *testing.T) context.Context { return drivertest.Context(t, time.Minute) }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,15 +67,10 @@ func Shutdown(t testing.TB, bus *herald.Bus) {
 	}
 }
 
+// waitFor is Eventually bounded by the suite's timeout.
 func waitFor(t *testing.T, cfg Config, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(cfg.Timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", cfg.Timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	Eventually(t, cfg.Timeout, what, cond)
 }
 
 func testBusRoundTrip(t *testing.T, cfg Config) {
@@ -159,43 +155,22 @@ func testBusRedelivery(t *testing.T, cfg Config) {
 	}
 }
 
+// testBusPerKeyOrder runs 16 handlers over 40 keys, each handler taking a
+// random short while, with events published by 4 publishers in batches
+// that mix keys (each publisher owns its keys, so a key's publish order is
+// defined), and checks with KeyOrder that every key's events run one at a
+// time and in publish order while handlers do run in parallel.
 func testBusPerKeyOrder(t *testing.T, cfg Config) {
 	d := cfg.NewDriver(t)
 	ctx := context4(t, cfg)
 	topic := Name(t, "t")
 	bus := NewBus(t, d, topic)
-	const keys, perKey = 20, 40
-	var mu sync.Mutex
-	last := map[string]int{}
-	running := map[string]bool{}
-	var handled, overlap atomic.Int32
-	var maxParallel, parallel atomic.Int32
+	const keys, perKey, publishers = 40, 50, 4
+	order := NewKeyOrder(t)
 	err := herald.Subscribe(bus, Name(t, "g"), func(ctx context.Context, e Event, m *herald.Message) error {
-		mu.Lock()
-		if running[e.Key] {
-			overlap.Add(1)
-		}
-		running[e.Key] = true
-		if prev, ok := last[e.Key]; (ok && e.Seq != prev+1) || (!ok && e.Seq != 0) {
-			t.Errorf("key %s: %d after %d", e.Key, e.Seq, prev)
-		}
-		last[e.Key] = e.Seq
-		mu.Unlock()
-		p := parallel.Add(1)
-		for {
-			old := maxParallel.Load()
-			if p <= old || maxParallel.CompareAndSwap(old, p) {
-				break
-			}
-		}
-		time.Sleep(200 * time.Microsecond)
-		parallel.Add(-1)
-		mu.Lock()
-		running[e.Key] = false
-		mu.Unlock()
-		handled.Add(1)
+		order.Run(e, func() { time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond) })
 		return nil
-	}, herald.WithConcurrency(8))
+	}, herald.WithConcurrency(16))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,10 +179,14 @@ func testBusPerKeyOrder(t *testing.T, cfg Config) {
 	}
 	defer Shutdown(t, bus)
 	var wg sync.WaitGroup
-	for k := range keys {
+	for p := range publishers {
 		wg.Go(func() {
 			for i := range perKey {
-				if err := bus.Publish(ctx, Event{Key: fmt.Sprintf("k%d", k), Seq: i}); err != nil {
+				var batch []any
+				for k := p; k < keys; k += publishers {
+					batch = append(batch, Event{Key: fmt.Sprintf("k%02d", k), Seq: i})
+				}
+				if err := bus.Publish(ctx, batch...); err != nil {
 					t.Error(err)
 					return
 				}
@@ -215,12 +194,9 @@ func testBusPerKeyOrder(t *testing.T, cfg Config) {
 		})
 	}
 	wg.Wait()
-	waitFor(t, cfg, "every event", func() bool { return handled.Load() == keys*perKey })
-	if overlap.Load() != 0 {
-		t.Fatalf("%d times a key ran concurrently with itself", overlap.Load())
-	}
-	if maxParallel.Load() < 2 {
-		t.Errorf("handlers never ran in parallel (max %d) with concurrency 8", maxParallel.Load())
+	waitFor(t, cfg, "every event", func() bool { return order.Handled() == keys*perKey })
+	if order.MaxParallel() < 2 {
+		t.Errorf("handlers never ran in parallel (max %d) with concurrency 16", order.MaxParallel())
 	}
 }
 

@@ -114,11 +114,8 @@ func Name(t testing.TB, suffix string) string {
 	return "dt." + base + "." + suffix + "." + hex.EncodeToString(b[:])
 }
 
-func context4(t *testing.T, cfg Config) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.Timeout)
-	t.Cleanup(cancel)
-	return ctx
-}
+// context4 bounds a whole case: four times the suite's timeout.
+func context4(t *testing.T, cfg Config) context.Context { return Context(t, 4*cfg.Timeout) }
 
 func subscribe(t *testing.T, ctx context.Context, d herald.Driver, topic, group string) herald.Subscription {
 	t.Helper()

@@ -34,6 +34,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/cmd/herald/internal/shutdown"
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
 	"github.com/heraldbus/herald/memory/memtest"
@@ -288,15 +289,10 @@ func countRows(t *testing.T, db *sql.DB, quoted string) int {
 	return n
 }
 
+// eventually is the toolkit's, bounded by liveness.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(liveness)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	drivertest.Eventually(t, liveness, what, cond)
 }
 
 func writeRows(t *testing.T, db *sql.DB, d outbox.Dialect, table string, n int) {

@@ -233,19 +233,13 @@ func sorted(s []string) []string {
 	return s
 }
 
+// waitFor and testContext are the toolkit's, bounded by the suite's
+// timeout.
 func waitFor(t *testing.T, cfg Config, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(cfg.Timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", cfg.Timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	drivertest.Eventually(t, cfg.Timeout, what, cond)
 }
 
 func testContext(t *testing.T, cfg Config) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.Timeout)
-	t.Cleanup(cancel)
-	return ctx
+	return drivertest.Context(t, 4*cfg.Timeout)
 }

@@ -20,6 +20,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/sql/outbox"
 )
@@ -239,16 +240,10 @@ func checkKeyOrder(t testing.TB, got []*herald.Message, first int) map[string]in
 	return counts
 }
 
-// eventually waits for cond, polling; liveness bounds the wait.
+// eventually is the toolkit's, bounded by liveness.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(liveness)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", liveness, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	drivertest.Eventually(t, liveness, what, cond)
 }
 
 // testLogger logs warnings and errors to t, for failing tests.

@@ -1,0 +1,86 @@
+package drivertest
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The toolkit: the helpers herald's suites and a driver's own tests share,
+// so that each is written once. Name (drivertest.go) gives unique topic and
+// group names.
+
+// Eventually polls cond every few milliseconds until it holds and fails t
+// when within has passed first. within is a liveness bound, never a
+// performance target: make it generous.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Context returns a context that ends after within, or when t ends.
+func Context(t testing.TB, within time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// KeyOrder checks, from inside handlers, the Bus's per-key guarantee:
+// the events of one key (Event.Key) run one at a time and in publish
+// order (Event.Seq 0, 1, 2, ...), while events of different keys may run
+// at once. It reports a violation to t as it happens and counts how many
+// handlers ran at the same time. It is safe for concurrent use.
+type KeyOrder struct {
+	t           testing.TB
+	mu          sync.Mutex
+	next        map[string]int
+	running     map[string]bool
+	handled     atomic.Int32
+	parallel    atomic.Int32
+	maxParallel atomic.Int32
+}
+
+// NewKeyOrder returns a checker that reports to t.
+func NewKeyOrder(t testing.TB) *KeyOrder {
+	return &KeyOrder{t: t, next: make(map[string]int), running: make(map[string]bool)}
+}
+
+// Run records that e's handler started, runs work (the handler's body),
+// and records that it ended.
+func (o *KeyOrder) Run(e Event, work func()) {
+	o.mu.Lock()
+	if o.running[e.Key] {
+		o.t.Errorf("key %s: event %d runs while another event of the key runs", e.Key, e.Seq)
+	}
+	o.running[e.Key] = true
+	if want := o.next[e.Key]; e.Seq != want {
+		o.t.Errorf("key %s: event %d, want %d", e.Key, e.Seq, want)
+	}
+	o.next[e.Key] = e.Seq + 1
+	o.mu.Unlock()
+
+	p := o.parallel.Add(1)
+	for old := o.maxParallel.Load(); p > old && !o.maxParallel.CompareAndSwap(old, p); old = o.maxParallel.Load() {
+	}
+	work()
+	o.parallel.Add(-1)
+
+	o.mu.Lock()
+	o.running[e.Key] = false
+	o.mu.Unlock()
+	o.handled.Add(1)
+}
+
+// Handled returns how many events ran to the end.
+func (o *KeyOrder) Handled() int { return int(o.handled.Load()) }
+
+// MaxParallel returns the most handlers that ran at once.
+func (o *KeyOrder) MaxParallel() int { return int(o.maxParallel.Load()) }
