@@ -2,6 +2,7 @@ package memdriver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -50,10 +51,10 @@ func parsePosition(s string, n int) (position, bool) {
 // check validates the topic and the broker's state for operation op.
 func (s *deadLetters) check(op, topic string) error {
 	if err := herald.ValidateName("topic", topic); err != nil {
-		return fmt.Errorf("memdriver: %s: %w", op, err)
+		return fail(op, topic, "", "", err)
 	}
 	if s.b.closed.Load() {
-		return fmt.Errorf("memdriver: %s: %w", op, herald.ErrClosed)
+		return fail(op, topic, "", "", herald.ErrClosed)
 	}
 	return nil
 }
@@ -100,7 +101,7 @@ func (s *deadLetters) List(ctx context.Context, topicName, cursor string, limit 
 		return nil, "", err
 	}
 	if limit <= 0 {
-		return nil, "", fmt.Errorf("memdriver: list dead letters of %q: limit %d: want at least 1", topicName, limit)
+		return nil, "", fail("list dead letters", topicName, "", fmt.Sprintf("limit %d", limit), errors.New("want at least 1"))
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, "", err
@@ -109,7 +110,7 @@ func (s *deadLetters) List(ctx context.Context, topicName, cursor string, limit 
 	if cursor != "" {
 		c, ok := parsePosition(cursor, s.b.cfg.partitions)
 		if !ok {
-			return nil, "", fmt.Errorf("memdriver: list dead letters of %q: cursor %q is not a position (partition:offset)", topicName, cursor)
+			return nil, "", fail("list dead letters", topicName, "", fmt.Sprintf("cursor %q", cursor), errors.New("not a position (partition:offset)"))
 		}
 		from = position{c.part, c.off + 1}
 	}
@@ -142,7 +143,7 @@ func (s *deadLetters) Get(ctx context.Context, topicName, positionOrID string) (
 	if err := ctx.Err(); err != nil {
 		return dlq.Entry{}, err
 	}
-	notFound := fmt.Errorf("memdriver: get dead letter %s of %q: %w", positionOrID, topicName, dlq.ErrNotFound)
+	notFound := fail("get dead letter", topicName, "", "entry "+positionOrID, dlq.ErrNotFound)
 	t := s.b.existing(topicName)
 	if t == nil {
 		return dlq.Entry{}, notFound
@@ -187,7 +188,7 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topicName string, entrie
 	for i, e := range entries {
 		pos, ok := parsePosition(e.Position, s.b.cfg.partitions)
 		if !ok || t == nil {
-			return fmt.Errorf("memdriver: mark dead letters of %q redriven: position %q is not one of the topic's", topicName, e.Position)
+			return fail("mark dead letters redriven", topicName, "", fmt.Sprintf("position %q", e.Position), errors.New("not one of the topic's"))
 		}
 		positions[i] = pos
 	}

@@ -38,6 +38,14 @@
 // Dead letters. Broker.DeadLetters is a dlq.Store over the broker's
 // dead-letter topics, so a service's tests can list and redrive them as
 // they would on Kafka or Redis.
+//
+// Errors. What the Broker, its subscriptions and its dead-letter Store
+// return is a *herald.DriverError (Driver "memdriver") naming the
+// operation, topic and group, and wrapping the cause: herald.ErrClosed,
+// herald.ErrNilEvent, herald.ErrMessageTooLarge, herald.ErrInvalidName,
+// dlq.ErrNotFound, or the context's error when it ends while Write waits
+// for room. A call made with an ended context, and a Fetch whose context
+// ends, return the context's error itself.
 package memdriver
 
 import (
@@ -56,6 +64,12 @@ const (
 	DefaultCapacity        = 4096
 	DefaultMaxMessageBytes = 1 << 20
 )
+
+// fail builds the driver's errors: op on topic and group ("" when none),
+// detail saying more, err the cause.
+func fail(op, topic, group, detail string, err error) error {
+	return &herald.DriverError{Driver: "memdriver", Op: op, Topic: topic, Group: group, Detail: detail, Err: err}
+}
 
 // Option configures a Broker.
 type Option func(*config)
@@ -161,7 +175,7 @@ func (b *Broker) Backlog(topicName, groupName string) int {
 // Ping reports whether the Broker is open (herald.Pinger).
 func (b *Broker) Ping(ctx context.Context) error {
 	if b.closed.Load() {
-		return fmt.Errorf("memdriver: ping: %w", herald.ErrClosed)
+		return fail("ping", "", "", "", herald.ErrClosed)
 	}
 	return ctx.Err()
 }
@@ -199,33 +213,33 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 		return err
 	}
 	valid := "" // the last topic checked: batches usually share one
-	for _, m := range msgs {
+	for i, m := range msgs {
 		if m == nil {
-			return fmt.Errorf("memdriver: write: %w", herald.ErrNilEvent)
+			return fail("write", "", "", fmt.Sprintf("message %d", i), herald.ErrNilEvent)
 		}
 		if m.Topic != valid || valid == "" {
 			if err := herald.ValidateName("topic", m.Topic); err != nil {
-				return fmt.Errorf("memdriver: write message %s: %w", m.ID, err)
+				return fail("write", m.Topic, "", "message "+m.ID, err)
 			}
 			valid = m.Topic
 		}
 		if b.cfg.maxMessageBytes > 0 {
 			if n := m.Size(); n > b.cfg.maxMessageBytes {
-				return fmt.Errorf("memdriver: write message %s to %q: %d bytes with key and headers, limit %d: %w",
-					m.ID, m.Topic, n, b.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+				return fail("write", m.Topic, "", fmt.Sprintf("message %s: %d bytes with key and headers, limit %d",
+					m.ID, n, b.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
 			}
 		}
 	}
 	var t *topic
 	for _, m := range msgs {
 		if b.closed.Load() {
-			return fmt.Errorf("memdriver: write: %w", herald.ErrClosed)
+			return fail("write", m.Topic, "", "message "+m.ID, herald.ErrClosed)
 		}
 		if t == nil || t.name != m.Topic {
 			t = b.topic(m.Topic)
 		}
 		if err := t.partitionFor(m.Key).append(ctx, b.done, m); err != nil {
-			return fmt.Errorf("memdriver: write message %s to %q: %w", m.ID, m.Topic, err)
+			return fail("write", m.Topic, "", "message "+m.ID, err)
 		}
 	}
 	return nil
@@ -234,10 +248,10 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 // Subscribe joins group on topic and returns the new member.
 func (b *Broker) Subscribe(ctx context.Context, topicName, groupName string) (herald.Subscription, error) {
 	if err := errors.Join(herald.ValidateName("topic", topicName), herald.ValidateName("group", groupName)); err != nil {
-		return nil, fmt.Errorf("memdriver: subscribe: %w", err)
+		return nil, fail("subscribe", topicName, groupName, "", err)
 	}
 	if b.closed.Load() {
-		return nil, fmt.Errorf("memdriver: subscribe: %w", herald.ErrClosed)
+		return nil, fail("subscribe", topicName, groupName, "", herald.ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -445,7 +459,7 @@ func (m *member) Fetch(ctx context.Context, dst []herald.Delivery) (int, error) 
 			return 0, err
 		}
 		if m.closed.Load() || m.broker.closed.Load() {
-			return 0, fmt.Errorf("memdriver: fetch: %w", herald.ErrClosed)
+			return 0, fail("fetch", m.group.topic.name, m.group.name, "", herald.ErrClosed)
 		}
 		if n := m.collect(dst); n > 0 {
 			return n, nil
@@ -500,15 +514,15 @@ func (m *member) collect(dst []herald.Delivery) int {
 // returns herald.ErrClosed: its message was handed back to the group.
 func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 	if d.Ref != m {
-		return fmt.Errorf("memdriver: ack: delivery %d belongs to another subscription", d.Seq)
+		return fail("ack", m.group.topic.name, m.group.name, fmt.Sprintf("delivery %d", d.Seq), errors.New("belongs to another subscription"))
 	}
 	if m.closed.Load() {
-		return fmt.Errorf("memdriver: ack: %w", herald.ErrClosed)
+		return fail("ack", m.group.topic.name, m.group.name, fmt.Sprintf("delivery %d", d.Seq), herald.ErrClosed)
 	}
 	cursors := m.group.cursors
 	idx := int(d.Seq >> offsetBits)
 	if idx >= len(cursors) {
-		return fmt.Errorf("memdriver: ack: bad delivery %d", d.Seq)
+		return fail("ack", m.group.topic.name, m.group.name, fmt.Sprintf("delivery %d", d.Seq), errors.New("no such partition"))
 	}
 	off := d.Seq & (1<<offsetBits - 1)
 	c := cursors[idx]
@@ -516,7 +530,7 @@ func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c.owner != m || off < c.low || off >= c.next {
-		return fmt.Errorf("memdriver: ack: delivery %d is no longer owned: %w", d.Seq, herald.ErrClosed)
+		return fail("ack", m.group.topic.name, m.group.name, fmt.Sprintf("delivery %d is no longer owned", d.Seq), herald.ErrClosed)
 	}
 	capacity := uint64(len(c.acked))
 	if c.acked[off%capacity] {
@@ -570,7 +584,7 @@ func (m *member) Lag(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	if m.closed.Load() || m.broker.closed.Load() {
-		return 0, fmt.Errorf("memdriver: lag: %w", herald.ErrClosed)
+		return 0, fail("lag", m.group.topic.name, m.group.name, "", herald.ErrClosed)
 	}
 	var n int64
 	for _, c := range m.group.cursors {
