@@ -94,3 +94,38 @@ func TestFailuresAreLoggedAtTheDefaultLevel(t *testing.T) {
 		}
 	}
 }
+
+func TestObserve(t *testing.T) {
+	var got []herald.HandleResult
+	h := herald.Observe("orders", "g", quiet, func(r herald.HandleResult) { got = append(got, r) })(
+		func(_ context.Context, m *herald.Message) error {
+			if m.ID == "bad" {
+				return errors.New("x")
+			}
+			return nil
+		})
+	_ = h(context.Background(), msg("ok"))
+	_ = h(context.Background(), msg("bad"))
+	if len(got) != 2 || got[0].Err != nil || got[1].Err == nil || got[0].Topic != "orders" || got[1].Message.ID != "bad" {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+func TestObserveLogsFailureAttributes(t *testing.T) {
+	var buf strings.Builder
+	logger := slog.New(slog.NewJSONHandler(&buf, nil))
+	h := herald.Chain(func(context.Context, *herald.Message) error { return errors.New("boom") },
+		herald.Observe("orders", "billing", logger, nil), herald.Retry(fastRetry(2)))
+	if err := h(context.Background(), &herald.Message{ID: "m-1", Topic: "orders"}); err == nil {
+		t.Fatal("want the error")
+	}
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(buf.String()), &rec); err != nil {
+		t.Fatalf("log %q: %v", buf.String(), err)
+	}
+	for k, want := range map[string]any{"topic": "orders", "group": "billing", "message_id": "m-1", "attempts": 2.0, "delivery": 1.0, "level": "WARN"} {
+		if rec[k] != want {
+			t.Errorf("log %s = %v, want %v (%s)", k, rec[k], want, buf.String())
+		}
+	}
+}
