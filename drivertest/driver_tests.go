@@ -359,44 +359,6 @@ func testRedeliveryAfterClose(t *testing.T, cfg Config) {
 	}
 }
 
-// testReleasedNotCounted plays three members that each fetch one message,
-// release it (the scheduler does that for deliveries it never started)
-// and close: the fourth still sees it as a first delivery. A member that
-// closes holding it, unreleased, may have run a handler: that counts.
-func testReleasedNotCounted(t *testing.T, cfg Config) {
-	if !cfg.DeliveryCounts {
-		t.Skip("driver reports no delivery counts")
-	}
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
-	sub := subscribe(t, ctx, d, topic, group)
-	write(t, ctx, d, newMessages(topic, 1, sameKey)...)
-	for member := 1; member <= 3; member++ {
-		got := FetchExactly(t, sub, 1)
-		if c := got[0].Count; c > 1 {
-			t.Errorf("member %d: Count %d after %d released hand-backs, want 1 (or 0, unknown)", member, c, member-1)
-		}
-		r, ok := sub.(herald.Releaser)
-		if !ok {
-			t.Fatalf("a driver with DeliveryCounts has subscriptions that are herald.Releasers; %T is not", sub)
-		}
-		r.Release(got)
-		closeSub(t, sub)
-		sub = subscribe(t, ctx, d, topic, group)
-	}
-	held := FetchExactly(t, sub, 1)
-	closeSub(t, sub) // closed holding it, not released
-	sub = subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
-	got := FetchExactly(t, sub, 1)
-	if got[0].Message.ID != held[0].Message.ID || got[0].Count != 2 {
-		t.Errorf("after a member closed holding %s: got %s with Count %d, want Count 2",
-			held[0].Message.ID, got[0].Message.ID, got[0].Count)
-	}
-	Ack(t, sub, got...)
-}
-
 func testTwoGroups(t *testing.T, cfg Config) {
 	d := cfg.NewDriver(t)
 	ctx := context4(t, cfg)

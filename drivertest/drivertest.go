@@ -40,11 +40,28 @@ type Config struct {
 	// TimePrecision is how precisely the driver keeps Message.Time
 	// (default 1 ms, what Kafka keeps).
 	TimePrecision time.Duration
-	// DeliveryCounts says the driver reports Delivery.Count for
-	// redeliveries; its subscriptions must then be herald.Releasers, and
-	// the suite checks that a hand-back of released deliveries does not
-	// count while one of held deliveries does.
+
+	// The capabilities the driver declares: the optional interfaces its
+	// subscriptions implement. RunOptional checks the contract of each one
+	// declared, and fails when a subscription implements an interface
+	// that is not declared or lacks one that is, so that a new driver
+	// learns the whole contract from one call.
+
+	// DeliveryCounts: the driver reports Delivery.Count for redeliveries;
+	// its subscriptions are herald.Releasers, and a hand-back of released
+	// deliveries does not count while one of held deliveries does.
 	DeliveryCounts bool
+	// Lag: subscriptions are herald.LagReporters, counting what the group
+	// has not acknowledged.
+	Lag bool
+	// Revocation: subscriptions are herald.Revokers: a delivery whose
+	// partition moved to another member reports Revoked before that
+	// member's copy can run.
+	Revocation bool
+	// ErrorReporting: subscriptions are herald.ErrorReporters. (Provoking
+	// a background error is the driver's own test; the suite checks the
+	// declaration.)
+	ErrorReporting bool
 }
 
 func (c Config) withDefaults() Config {
@@ -63,10 +80,12 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Run runs the whole suite.
+// Run runs the whole suite: the driver contract, the optional
+// interfaces the driver declares, and the Bus on the driver.
 func Run(t *testing.T, cfg Config) {
 	cfg = cfg.withDefaults()
 	t.Run("Driver", func(t *testing.T) { RunDriver(t, cfg) })
+	t.Run("Optional", func(t *testing.T) { RunOptional(t, cfg) })
 	t.Run("Bus", func(t *testing.T) { RunBus(t, cfg) })
 }
 
@@ -89,7 +108,6 @@ func RunDriver(t *testing.T, cfg Config) {
 		{"CancelledContexts", testCancelledContexts},
 		{"FetchWaitsForPublish", testFetchWaits},
 		{"UnackedRedeliveredAfterClose", testRedeliveryAfterClose},
-		{"ReleasedHandBackIsNotADelivery", testReleasedNotCounted},
 		{"TwoGroupsEachGetAll", testTwoGroups},
 		{"CompetingConsumersShareWithoutLoss", testCompetingConsumers},
 		{"PerKeyOrder", testPerKeyOrder},

@@ -24,6 +24,7 @@ func TestConformance(t *testing.T) {
 		NewDriver:       newDriver,
 		MaxMessageBytes: memdriver.DefaultMaxMessageBytes,
 		DeliveryCounts:  true,
+		Lag:             true,
 		TimePrecision:   1, // the memory driver keeps the Time it was given
 	})
 }

@@ -1,0 +1,215 @@
+package drivertest
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/heraldbus/herald"
+)
+
+// RunOptional runs the checks of the optional interfaces: that the
+// driver's subscriptions implement exactly the ones Config declares, and
+// the contract of each declared one. A case for a capability the driver
+// does not declare is skipped and says so.
+func RunOptional(t *testing.T, cfg Config) {
+	cfg = cfg.withDefaults()
+	tests := []struct {
+		name string
+		fn   func(*testing.T, Config)
+	}{
+		{"DeclaredInterfaces", testDeclared},
+		{"ReleasedHandBackIsNotADelivery", testReleasedNotCounted},
+		{"LagCountsUnacknowledged", testLag},
+		{"RevokedDeliveriesBelongToTheNewOwner", testRevocation},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+	}
+}
+
+func implements[I any](v any) bool {
+	_, ok := v.(I)
+	return ok
+}
+
+// testDeclared checks that a subscription implements the optional
+// interfaces Config declares, and no other.
+func testDeclared(t *testing.T, cfg Config) {
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	sub := subscribe(t, ctx, d, Name(t, "t"), Name(t, "g"))
+	defer closeSub(t, sub)
+	for _, c := range []struct {
+		iface, field  string
+		declared, has bool
+	}{
+		{"herald.Releaser", "DeliveryCounts", cfg.DeliveryCounts, implements[herald.Releaser](sub)},
+		{"herald.LagReporter", "Lag", cfg.Lag, implements[herald.LagReporter](sub)},
+		{"herald.Revoker", "Revocation", cfg.Revocation, implements[herald.Revoker](sub)},
+		{"herald.ErrorReporter", "ErrorReporting", cfg.ErrorReporting, implements[herald.ErrorReporter](sub)},
+	} {
+		switch {
+		case c.declared && !c.has:
+			t.Errorf("Config.%s is declared but %T is not a %s", c.field, sub, c.iface)
+		case !c.declared && c.has:
+			t.Errorf("%T is a %s: declare Config.%s so the suite checks it", sub, c.iface, c.field)
+		}
+	}
+}
+
+// testReleasedNotCounted plays three members that each fetch one message,
+// release it (the scheduler does that for deliveries it never started)
+// and close: the fourth still sees it as a first delivery. A member that
+// closes holding it, unreleased, may have run a handler: that counts.
+func testReleasedNotCounted(t *testing.T, cfg Config) {
+	if !cfg.DeliveryCounts {
+		t.Skip("Config.DeliveryCounts not declared")
+	}
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	sub := subscribe(t, ctx, d, topic, group)
+	write(t, ctx, d, newMessages(topic, 1, sameKey)...)
+	for member := 1; member <= 3; member++ {
+		got := FetchExactly(t, sub, 1)
+		if c := got[0].Count; c > 1 {
+			t.Errorf("member %d: Count %d after %d released hand-backs, want 1 (or 0, unknown)", member, c, member-1)
+		}
+		r, ok := sub.(herald.Releaser)
+		if !ok {
+			t.Fatalf("a driver with DeliveryCounts has subscriptions that are herald.Releasers; %T is not", sub)
+		}
+		r.Release(got)
+		closeSub(t, sub)
+		sub = subscribe(t, ctx, d, topic, group)
+	}
+	held := FetchExactly(t, sub, 1)
+	closeSub(t, sub) // closed holding it, not released
+	sub = subscribe(t, ctx, d, topic, group)
+	defer closeSub(t, sub)
+	got := FetchExactly(t, sub, 1)
+	if got[0].Message.ID != held[0].Message.ID || got[0].Count != 2 {
+		t.Errorf("after a member closed holding %s: got %s with Count %d, want Count 2",
+			held[0].Message.ID, got[0].Message.ID, got[0].Count)
+	}
+	Ack(t, sub, got...)
+}
+
+// testLag checks that Lag counts what the group has not acknowledged:
+// everything for a fresh group, deliveries in flight included, less what
+// was acknowledged (a driver that commits in the background may take a
+// while to show it, never less than the truth), and that a closed
+// subscription's Lag fails.
+func testLag(t *testing.T, cfg Config) {
+	if !cfg.Lag {
+		t.Skip("Config.Lag not declared")
+	}
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	const n, k = 20, 7
+	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 5) })...)
+	sub := subscribe(t, ctx, d, topic, group)
+	first := FetchExactly(t, sub, k)
+	waitLag(t, cfg, sub, n, "with deliveries in flight, none acknowledged")
+	Ack(t, sub, first...)
+	waitLag(t, cfg, sub, n-k, "after acknowledging some")
+	rest := FetchExactly(t, sub, n-k)
+	Ack(t, sub, rest...)
+	waitLag(t, cfg, sub, 0, "after acknowledging everything")
+
+	other := subscribe(t, ctx, d, topic, Name(t, "other"))
+	defer closeSub(t, other)
+	FetchExactly(t, other, 1)
+	waitLag(t, cfg, other, n, "of a second group holding one delivery")
+
+	closeSub(t, sub)
+	if _, err := sub.(herald.LagReporter).Lag(ctx); err == nil {
+		t.Error("Lag of a closed subscription succeeded")
+	}
+}
+
+// waitLag waits until sub's lag is want, failing at once if it reads less
+// (a lag below what is unacknowledged would hide a backlog).
+func waitLag(t *testing.T, cfg Config, sub herald.Subscription, want int64, when string) {
+	t.Helper()
+	lr, ok := sub.(herald.LagReporter)
+	if !ok {
+		t.Fatalf("Config.Lag is declared but %T is not a herald.LagReporter", sub)
+	}
+	Eventually(t, cfg.Timeout, "lag "+strconv.FormatInt(want, 10)+" "+when, func() bool {
+		n, err := lr.Lag(context.Background())
+		if err != nil {
+			t.Fatalf("Lag %s: %v", when, err)
+		}
+		if n < want {
+			t.Fatalf("Lag %s = %d, below the %d not acknowledged", when, n, want)
+		}
+		return n == want
+	})
+}
+
+// testRevocation has member a fetch every message and hold them, then
+// member b join the group. Whatever b receives must already be revoked
+// for a (so no delivery is owned by two members at once), and between
+// them they own every message once a's revoked copies are set aside.
+func testRevocation(t *testing.T, cfg Config) {
+	if !cfg.Revocation {
+		t.Skip("Config.Revocation not declared")
+	}
+	d := cfg.NewDriver(t)
+	ctx := context4(t, cfg)
+	topic, group := Name(t, "t"), Name(t, "g")
+	const n = 200
+	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 40) })...)
+	a := subscribe(t, ctx, d, topic, group)
+	defer closeSub(t, a)
+	revoker, ok := a.(herald.Revoker)
+	if !ok {
+		t.Fatalf("Config.Revocation is declared but %T is not a herald.Revoker", a)
+	}
+	held := map[string]herald.Delivery{}
+	for _, dl := range fetchN(t, cfg, a, n) {
+		held[dl.Message.ID] = dl
+	}
+	b := subscribe(t, ctx, d, topic, group)
+	defer closeSub(t, b)
+
+	owned := map[string]bool{} // by b
+	buf := make([]herald.Delivery, 64)
+	deadline := time.Now().Add(4 * cfg.Timeout)
+	for {
+		kept := 0
+		for id, dl := range held {
+			if !owned[id] && !revoker.Revoked(dl) {
+				kept++
+			}
+		}
+		if kept+len(owned) == n && len(owned) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: b owns %d, a keeps %d of %d", 4*cfg.Timeout, len(owned), kept, n)
+		}
+		fctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		got, err := b.Fetch(fctx, buf)
+		cancel()
+		if err != nil && fctx.Err() == nil {
+			t.Fatalf("b's Fetch: %v", err)
+		}
+		for _, dl := range buf[:got] {
+			if copyA, ok := held[dl.Message.ID]; ok && !revoker.Revoked(copyA) {
+				t.Fatalf("b received %s while a's delivery of it is not revoked: two members own it", dl.Message.ID)
+			}
+			owned[dl.Message.ID] = true
+		}
+		Ack(t, b, buf[:got]...)
+	}
+	for id, dl := range held {
+		if !owned[id] && !revoker.Revoked(dl) {
+			Ack(t, a, dl)
+		}
+	}
+}
