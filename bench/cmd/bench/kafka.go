@@ -258,15 +258,12 @@ func watermillKafka(cfg config) watermillPubSubFunc {
 		if err != nil {
 			return watermillBackend{}, errors.Join(err, pub.Close(), admin.release(ctx))
 		}
-		shared := &closeOnce{Subscriber: sub}
 		return watermillBackend{
 			pub:    pub,
-			sub:    shared,
+			sub:    sub,
 			stored: admin.stored,
 			release: func(ctx context.Context) error {
-				// The router closed the subscriber if it ran; closeOnce
-				// makes this Close a no-op then.
-				return errors.Join(pub.Close(), shared.Close(), admin.release(ctx))
+				return errors.Join(pub.Close(), admin.release(ctx))
 			},
 		}, nil
 	}

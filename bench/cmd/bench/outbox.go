@@ -383,15 +383,14 @@ func watermillSQLPolling(cfg config, poll time.Duration) watermillPubSubFunc {
 			return watermillBackend{}, errors.Join(fmt.Errorf("create the tables of topic %s: %w", short, err), sub.Close(), release(ctx))
 		}
 		var releaseOnce sync.Once
-		shared := &closeOnce{Subscriber: sub}
 		return watermillBackend{
 			pub:    txPublisher{db: db, config: wmsql.PublisherConfig{SchemaAdapter: schema}},
-			sub:    shared,
+			sub:    sub,
 			topic:  short,
 			stored: countRows(db, schema.MessagesTable(short)),
 			release: func(ctx context.Context) error {
 				var err error
-				releaseOnce.Do(func() { err = errors.Join(shared.Close(), release(ctx)) })
+				releaseOnce.Do(func() { err = release(ctx) })
 				return err
 			},
 		}, nil

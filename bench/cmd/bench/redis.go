@@ -195,17 +195,14 @@ func watermillRedis(cfg config) watermillPubSubFunc {
 		if err != nil {
 			return closeClients(errors.Join(err, deleteStream(ctx, pubClient, key)))
 		}
-		shared := &closeOnce{Subscriber: sub}
 		return watermillBackend{
 			pub:    pub,
-			sub:    shared,
+			sub:    sub,
 			topic:  key,
 			stored: streamLen(pubClient, key),
 			release: func(ctx context.Context) error {
 				// Delete first: closing the publisher closes its client.
-				// The router closed the subscriber if it ran; closeOnce
-				// makes this Close a no-op then.
-				return errors.Join(deleteStream(ctx, pubClient, key), pub.Close(), shared.Close())
+				return errors.Join(deleteStream(ctx, pubClient, key), pub.Close())
 			},
 		}, nil
 	}

@@ -16,6 +16,8 @@ import (
 // watermillBackend is a scenario's broker as Watermill sees it in one run.
 type watermillBackend struct {
 	pub message.Publisher
+	// sub is the subscriber; the run closes it (see closeOnce) before it
+	// calls release.
 	sub message.Subscriber
 	// topic is the name to publish and subscribe under; empty means the
 	// run's topic. (Watermill's Redis Streams use it as the stream key, so
@@ -24,9 +26,9 @@ type watermillBackend struct {
 	// stored counts the messages the topic holds (the publish-only check);
 	// nil skips the check.
 	stored func(ctx context.Context) (int, error)
-	// release frees what the run used once the router has stopped: it
-	// closes the publisher and the subscriber and deletes the run's topic
-	// where the broker outlives the run.
+	// release frees what the run used once the router has stopped and the
+	// subscriber is closed: it closes the publisher and deletes the run's
+	// topic where the broker outlives the run.
 	release func(ctx context.Context) error
 }
 
@@ -84,6 +86,7 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 	if topic == "" {
 		topic = p.topic
 	}
+	sub := &closeOnce{Subscriber: be.sub}
 	cnt := newCounter(p.n, v.work)
 	rt := &watermillRouter{closeTimeout: cfg.shutdownTimeout}
 	send := newWatermillSender(be.pub, topic, v, payload(cfg.payloadBytes))
@@ -94,11 +97,11 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 		counter: cnt,
 		stored:  be.stored,
 		subscribe: func() error {
-			return rt.subscribe(topic, be.sub, watermillHandler(cnt, cfg.payloadBytes, v.json))
+			return rt.subscribe(topic, sub, watermillHandler(cnt, cfg.payloadBytes, v.json))
 		},
 		start: rt.start,
 		teardown: func(ctx context.Context) error {
-			return errors.Join(rt.stop(ctx), be.release(ctx))
+			return errors.Join(rt.stop(ctx), sub.Close(), be.release(ctx))
 		},
 		publish: send.publish,
 		warmUp:  send.warmUp,
@@ -241,9 +244,9 @@ func (s watermillSender) warmUp(context.Context) error {
 
 // closeOnce makes a Watermill subscriber's Close run once, however many
 // callers close it: the Router closes its handlers' subscribers from a
-// goroutine of its own that can outlive Run, and the run's release closes
-// them too, and some subscribers (watermill-sql's) are not safe to close
-// concurrently. The sync.Once also orders the two calls for the race
+// goroutine of its own that can outlive Run, the run's teardown closes
+// them too (a run without a Router has only that), and some subscribers
+// (watermill-sql's) are not safe to close concurrently. The sync.Once also orders the two calls for the race
 // detector.
 type closeOnce struct {
 	message.Subscriber
