@@ -16,5 +16,8 @@ func TestConformance(t *testing.T) {
 		},
 		MaxMessageBytes: kafkadriver.DefaultMaxMessageBytes,
 		DeliveryCounts:  true,
+		Lag:             true,
+		Revocation:      true,
+		ErrorReporting:  true,
 	})
 }

@@ -87,6 +87,8 @@ func TestConformance(t *testing.T) {
 		},
 		MaxMessageBytes: redisdriver.DefaultMaxMessageBytes,
 		DeliveryCounts:  true,
+		Lag:             true,
+		ErrorReporting:  true,
 		// Message.Time travels as Unix nanoseconds.
 		TimePrecision: time.Nanosecond,
 	})
