@@ -96,25 +96,25 @@ func parsePosition(s string) (position, bool) {
 // List implements dlq.Store.
 func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int) ([]dlq.Entry, string, error) {
 	if err := s.check(topic); err != nil {
-		return nil, "", fmt.Errorf("kafkadriver: list dead letters: %w", err)
+		return nil, "", fail("list dead letters", topic, "", "", err)
 	}
 	if limit <= 0 {
-		return nil, "", fmt.Errorf("kafkadriver: list dead letters of %q: limit %d: want at least 1", topic, limit)
+		return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("limit %d", limit), errors.New("want at least 1"))
 	}
 	start := position{}
 	if cursor != "" {
 		var ok bool
 		if start, ok = parsePosition(cursor); !ok {
-			return nil, "", fmt.Errorf("kafkadriver: list dead letters of %q: malformed cursor %q", topic, cursor)
+			return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("cursor %q", cursor), errors.New("malformed"))
 		}
 	}
 	marks, err := s.redriven(ctx, topic)
 	if err != nil {
-		return nil, "", fmt.Errorf("kafkadriver: list dead letters of %q: %w", topic, err)
+		return nil, "", fail("list dead letters", topic, "", "", err)
 	}
 	partitions, err := s.partitions(ctx, topic)
 	if err != nil {
-		return nil, "", fmt.Errorf("kafkadriver: list dead letters of %q: %w", topic, err)
+		return nil, "", fail("list dead letters", topic, "", "", err)
 	}
 	dec := &subscription{topic: topic}
 	names := make(interner)
@@ -139,7 +139,7 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 			return true
 		})
 		if err != nil {
-			return nil, "", fmt.Errorf("kafkadriver: list dead letters of %q partition %d: %w", topic, p, err)
+			return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("partition %d", p), err)
 		}
 	}
 	return entries, next, nil
@@ -148,15 +148,15 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 // Get implements dlq.Store.
 func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.Entry, error) {
 	if err := s.check(topic); err != nil {
-		return dlq.Entry{}, fmt.Errorf("kafkadriver: get dead letter: %w", err)
+		return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, err)
 	}
 	marks, err := s.redriven(ctx, topic)
 	if err != nil {
-		return dlq.Entry{}, fmt.Errorf("kafkadriver: get dead letter %s of %q: %w", positionOrID, topic, err)
+		return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, err)
 	}
 	partitions, err := s.partitions(ctx, topic)
 	if err != nil {
-		return dlq.Entry{}, fmt.Errorf("kafkadriver: get dead letter %s of %q: %w", positionOrID, topic, err)
+		return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, err)
 	}
 	dec := &subscription{topic: topic}
 	names := make(interner)
@@ -174,7 +174,7 @@ func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.
 			return false
 		})
 		if err != nil {
-			return dlq.Entry{}, fmt.Errorf("kafkadriver: get dead letter %s of %q: %w", positionOrID, topic, err)
+			return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, err)
 		}
 		if found != nil {
 			return *found, nil
@@ -190,11 +190,11 @@ func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.
 			return false
 		})
 		if err != nil {
-			return dlq.Entry{}, fmt.Errorf("kafkadriver: get dead letter %s of %q partition %d: %w", positionOrID, topic, p, err)
+			return dlq.Entry{}, fail("get dead letter", topic, "", fmt.Sprintf("entry %s partition %d", positionOrID, p), err)
 		}
 	}
 	if found == nil {
-		return dlq.Entry{}, fmt.Errorf("kafkadriver: get dead letter %s of %q: %w", positionOrID, topic, dlq.ErrNotFound)
+		return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, dlq.ErrNotFound)
 	}
 	return *found, nil
 }
@@ -215,7 +215,7 @@ func hasID(m *kafkago.Message, id string) bool {
 // the sidecar topic, creating the topic first if it does not exist.
 func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []dlq.Entry) error {
 	if err := s.check(topic); err != nil {
-		return fmt.Errorf("kafkadriver: mark dead letters redriven: %w", err)
+		return fail("mark dead letters redriven", topic, "", "", err)
 	}
 	if len(entries) == 0 {
 		return nil
@@ -227,7 +227,7 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []
 	for i, e := range entries {
 		pos, ok := parsePosition(e.Position)
 		if !ok {
-			return fmt.Errorf("kafkadriver: mark dead letters of %q redriven: malformed position %q", topic, e.Position)
+			return fail("mark dead letters redriven", topic, "", fmt.Sprintf("position %q", e.Position), errors.New("malformed"))
 		}
 		positions[i] = pos
 		// The ID is there for whoever reads the sidecar; the key is
@@ -239,12 +239,12 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []
 	defer r.mu.Unlock()
 	if !r.created {
 		if err := s.createSidecar(ctx, sidecar); err != nil {
-			return fmt.Errorf("kafkadriver: mark dead letters of %q redriven: %w", topic, err)
+			return fail("mark dead letters redriven", topic, "", "", err)
 		}
 		r.created = true
 	}
 	if err := s.d.Write(ctx, msgs); err != nil {
-		return fmt.Errorf("kafkadriver: mark %d dead letters of %q redriven: %w", len(msgs), topic, err)
+		return fail("mark dead letters redriven", topic, "", fmt.Sprintf("%d entries", len(msgs)), err)
 	}
 	for _, pos := range positions {
 		r.set[pos] = true
@@ -266,7 +266,7 @@ func (s *deadLetters) check(topic string) error {
 		return err
 	}
 	if err := validateTopic(topic + RedrivenSuffix); err != nil {
-		return fmt.Errorf("topic %q leaves no room for its %s sidecar: %w", topic, RedrivenSuffix, err)
+		return fmt.Errorf("no room for its %s sidecar: %w", RedrivenSuffix, err)
 	}
 	s.d.mu.RLock()
 	closed := s.d.closed

@@ -46,11 +46,11 @@
 // until only the message that is too large by itself fails. Retriable
 // broker errors (a leader moving, a topic being created) are retried with
 // backoff, up to WithMaxAttempts; a retried request can write a message
-// twice. When some messages fail, Write returns a *WriteError naming each
-// one with its topic, partition and cause; after a failure the rest of that
-// Write is not sent (ErrNotSent), so what a Write wrote to a partition is a
-// prefix of its messages there. If ctx ends first, messages not yet sent
-// are withdrawn.
+// twice. When some messages fail, Write returns a *herald.WriteError
+// naming each one with its topic, partition and cause; after a failure the
+// rest of that Write is not sent (ErrNotSent), so what a Write wrote to a
+// partition is a prefix of its messages there. If ctx ends first, messages
+// not yet sent are withdrawn.
 //
 // # Reading
 //
@@ -125,6 +125,13 @@
 //   - kafka-go speaks the classic consumer group protocol with eager
 //     rebalancing: every rebalance revokes all of a member's partitions.
 //   - SASL/SCRAM credentials are not SASLprep-normalized.
+//
+// Errors. Besides Write's *herald.WriteError, what the Driver, its
+// subscriptions and its dead-letter Store return, and report to an error
+// handler, is a *herald.DriverError (Driver "kafkadriver") naming the
+// operation, topic and group, and wrapping the cause: ErrClosed (which
+// wraps herald.ErrClosed), ErrRevoked, ErrRebalancing, herald's sentinels,
+// or kafka-go's errors.
 //
 // Operations: a subscription reports its lag (herald.LagReporter): for the
 // partitions assigned to the member, the high watermark minus the group's

@@ -38,6 +38,12 @@ var (
 	ErrTopicExists = errors.New("kafkadriver: topic already exists")
 )
 
+// fail builds the driver's errors: op on topic and group ("" when none),
+// detail saying more, err the cause.
+func fail(op, topic, group, detail string, err error) error {
+	return &herald.DriverError{Driver: "kafkadriver", Op: op, Topic: topic, Group: group, Detail: detail, Err: err}
+}
+
 // Driver is a herald.Driver on Apache Kafka. It is safe for concurrent use.
 // Close it after the subscriptions' owners (a herald.Bus) have shut down.
 type Driver struct {
@@ -141,10 +147,10 @@ func (d *Driver) Ping(ctx context.Context) error {
 	closed := d.closed
 	d.mu.RUnlock()
 	if closed {
-		return fmt.Errorf("kafkadriver: ping: %w", ErrClosed)
+		return fail("ping", "", "", "", ErrClosed)
 	}
 	if _, err := d.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {
-		return fmt.Errorf("kafkadriver: ping %v: %w", d.cfg.brokers, err)
+		return fail("ping", "", "", fmt.Sprint(d.cfg.brokers), err)
 	}
 	return nil
 }
@@ -154,10 +160,10 @@ func (d *Driver) Ping(ctx context.Context) error {
 // wrapping ErrTopicExists when the topic exists, whatever its settings.
 func (d *Driver) CreateTopic(ctx context.Context, topic string, partitions, replicationFactor int) error {
 	if err := validateTopic(topic); err != nil {
-		return err
+		return fail("create", topic, "", "", err)
 	}
 	if partitions <= 0 {
-		return fmt.Errorf("kafkadriver: create topic %q: partitions must be positive, got %d", topic, partitions)
+		return fail("create", topic, "", fmt.Sprintf("partitions %d", partitions), errors.New("must be positive"))
 	}
 	if replicationFactor <= 0 {
 		replicationFactor = -1
@@ -170,9 +176,9 @@ func (d *Driver) CreateTopic(ctx context.Context, topic string, partitions, repl
 	}
 	switch {
 	case errors.Is(err, kafkago.TopicAlreadyExists):
-		return fmt.Errorf("kafkadriver: create topic %q: %w", topic, ErrTopicExists)
+		return fail("create", topic, "", "", ErrTopicExists)
 	case err != nil:
-		return fmt.Errorf("kafkadriver: create topic %q: %w", topic, err)
+		return fail("create", topic, "", "", err)
 	}
 	d.forgetTopic(topic)
 	return nil
@@ -273,7 +279,7 @@ func (d *Driver) topicInfo(ctx context.Context, topic string) (*topicMeta, error
 		var ke kafkago.Error
 		wait := retry.Next()
 		if !errors.As(err, &ke) || !ke.Temporary() || time.Now().Add(wait).After(deadline) {
-			return nil, fmt.Errorf("kafkadriver: metadata of topic %q: %w", topic, err)
+			return nil, fail("metadata", topic, "", "", err)
 		}
 		if !backoff.Sleep(ctx, wait) {
 			return nil, ctx.Err()

@@ -143,7 +143,7 @@ func (s *subscription) consume(ctx context.Context, p *partition) {
 		s.log.Warn("kafkadriver: fetching failed; reconnecting", "partition", p.id, "offset", offset, "failures", failures, "error", err)
 		var ke kafkago.Error
 		if failures >= reportAfter || (errors.As(err, &ke) && !ke.Temporary()) {
-			s.report(fmt.Errorf("kafkadriver: fetch topic %q partition %d at offset %d: %w", s.topic, p.id, offset, err))
+			s.report(fail("fetch", s.topic, s.group, fmt.Sprintf("partition %d at offset %d", p.id, offset), err))
 		}
 	}
 }

@@ -116,11 +116,11 @@ func (s *subscription) Lag(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	if closed(s.closing) {
-		return 0, fmt.Errorf("kafkadriver: lag of topic %q group %q: %w", s.topic, s.group, ErrClosed)
+		return 0, fail("lag", s.topic, s.group, "", ErrClosed)
 	}
 	g := s.current.Load()
 	if g == nil {
-		return 0, fmt.Errorf("kafkadriver: lag of topic %q group %q: %w", s.topic, s.group, ErrRebalancing)
+		return 0, fail("lag", s.topic, s.group, "", ErrRebalancing)
 	}
 	now, window := s.clock(), int64(s.d.cfg.fetchMaxWait)
 	var total int64
@@ -166,13 +166,13 @@ func (s *subscription) listLag(ctx context.Context, parts []partitionFrom) (int6
 	s.d.mu.RLock()
 	defer s.d.mu.RUnlock()
 	if s.d.closed {
-		return 0, fmt.Errorf("kafkadriver: lag of topic %q group %q: %w", s.topic, s.group, ErrClosed)
+		return 0, fail("lag", s.topic, s.group, "", ErrClosed)
 	}
 	res, err := s.d.client.ListOffsets(ctx, &kafkago.ListOffsetsRequest{
 		Topics: map[string][]kafkago.OffsetRequest{s.topic: reqs},
 	})
 	if err != nil {
-		return 0, fmt.Errorf("kafkadriver: lag of topic %q group %q: %w", s.topic, s.group, err)
+		return 0, fail("lag", s.topic, s.group, "", err)
 	}
 	offsets := make(map[int]kafkago.PartitionOffsets, len(parts))
 	for _, po := range res.Topics[s.topic] {
@@ -190,7 +190,7 @@ func (s *subscription) listLag(ctx context.Context, parts []partitionFrom) (int6
 			err = fmt.Errorf("offsets %d to %d in the response", po.FirstOffset, po.LastOffset)
 		}
 		if err != nil {
-			return 0, fmt.Errorf("kafkadriver: lag of topic %q partition %d group %q: %w", s.topic, pf.partition, s.group, err)
+			return 0, fail("lag", s.topic, s.group, fmt.Sprintf("partition %d", pf.partition), err)
 		}
 		from := pf.from
 		if from == kafkago.FirstOffset {

@@ -35,7 +35,7 @@ const (
 // does with deliveries in flight, and what Close guarantees.
 func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
 	if err := errors.Join(validateTopic(topic), herald.ValidateName("group", group)); err != nil {
-		return nil, err
+		return nil, fail("subscribe", topic, group, "", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -44,11 +44,11 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 	closed := d.closed
 	d.mu.RUnlock()
 	if closed {
-		return nil, fmt.Errorf("kafkadriver: subscribe to topic %q group %q: %w", topic, group, ErrClosed)
+		return nil, fail("subscribe", topic, group, "", ErrClosed)
 	}
 	if d.cfg.autoCreate {
 		if _, err := d.topicInfo(ctx, topic); err != nil {
-			return nil, fmt.Errorf("kafkadriver: subscribe to topic %q group %q: %w", topic, group, err)
+			return nil, fail("subscribe", topic, group, "", err)
 		}
 	}
 
@@ -100,7 +100,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		Timeout:                cfg.requestTimeout,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kafkadriver: subscribe to topic %q group %q: %w", topic, group, err)
+		return nil, fail("subscribe", topic, group, "", err)
 	}
 	s.cg = cg
 
@@ -108,7 +108,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 	if d.closed {
 		d.mu.Unlock()
 		_ = cg.Close()
-		return nil, fmt.Errorf("kafkadriver: subscribe to topic %q group %q: %w", topic, group, ErrClosed)
+		return nil, fail("subscribe", topic, group, "", ErrClosed)
 	}
 	d.subs[s] = struct{}{}
 	d.mu.Unlock()
@@ -176,7 +176,7 @@ func (s *subscription) run() {
 			// kafka-go joins again at once.
 		default:
 			s.log.Warn("kafkadriver: joining the group failed; retrying", "error", err)
-			s.report(fmt.Errorf("kafkadriver: join group %q on topic %q: %w", s.group, s.topic, err))
+			s.report(fail("join group", s.topic, s.group, "", err))
 		}
 	}
 }
@@ -235,7 +235,7 @@ func (s *subscription) manage(ctx context.Context, g *generation) {
 		case <-t.C:
 			if err := s.commit(g, false); err != nil {
 				s.log.Warn("kafkadriver: commit failed", "error", err)
-				s.report(err)
+				s.report(fail("commit", s.topic, s.group, "", err))
 			}
 		case <-ctx.Done():
 			s.endGeneration(g)
@@ -308,13 +308,18 @@ func (s *subscription) endGeneration(g *generation) {
 	case closing && err != nil && groupMovedOn(err):
 		// The group rebalanced without this member: the partitions' new
 		// owners receive what was not committed, as after a revoked Ack.
-		s.reportBackground(fmt.Errorf("kafkadriver: final commit of topic %q group %q not taken, the group moved on without this member; its new owners receive the uncommitted messages: %w", s.topic, s.group, err))
+		s.reportBackground(fail("commit", s.topic, s.group,
+			"at close not taken, the group moved on without this member (its new owners receive the uncommitted messages)", err))
 	case closing:
+		if err != nil {
+			err = fail("commit", s.topic, s.group, "at close", err)
+		}
 		s.mu.Lock()
 		s.flushErr = err
 		s.mu.Unlock()
 	case err != nil:
-		s.reportBackground(fmt.Errorf("kafkadriver: commit at the end of a generation of topic %q group %q failed; uncommitted messages are delivered again: %w", s.topic, s.group, err))
+		s.reportBackground(fail("commit", s.topic, s.group,
+			"at the end of a generation (uncommitted messages are delivered again)", err))
 	}
 	s.log.Debug("kafkadriver: generation ended", "generation", g.gen.ID)
 }
@@ -358,7 +363,8 @@ func closed(c <-chan struct{}) bool {
 // commit commits, for each partition of g, the offset of its lowest
 // unacknowledged message (or the next offset to fetch when all are
 // acknowledged). final marks the partitions revoked, in the same critical
-// section, so no later Ack is taken for them.
+// section, so no later Ack is taken for them. Its error names the offsets;
+// the caller makes it a DriverError that says when the commit was made.
 func (s *subscription) commit(g *generation, final bool) error {
 	var offsets map[int]int64
 	for _, p := range g.parts {
@@ -379,7 +385,7 @@ func (s *subscription) commit(g *generation, final bool) error {
 		return nil
 	}
 	if err := g.gen.CommitOffsets(map[string]map[int]int64{s.topic: offsets}); err != nil {
-		return fmt.Errorf("kafkadriver: commit offsets (partition: offset) %v of topic %q group %q: %w", offsets, s.topic, s.group, err)
+		return fmt.Errorf("offsets (partition: offset) %v: %w", offsets, err)
 	}
 	for _, p := range g.parts {
 		if off, ok := offsets[p.id]; ok {
@@ -404,7 +410,7 @@ func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, e
 	}
 	for {
 		if closed(s.closing) {
-			return 0, fmt.Errorf("kafkadriver: fetch from topic %q group %q: %w", s.topic, s.group, ErrClosed)
+			return 0, fail("fetch", s.topic, s.group, "", ErrClosed)
 		}
 		if n := s.take(dst); n > 0 {
 			return n, nil
@@ -449,7 +455,7 @@ func (s *subscription) take(dst []herald.Delivery) int {
 func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	p, ok := d.Ref.(*partition)
 	if !ok || p.g.s != s {
-		return fmt.Errorf("kafkadriver: ack on topic %q group %q: the delivery is not from this subscription", s.topic, s.group)
+		return fail("ack", s.topic, s.group, "", errors.New("the delivery is not from this subscription"))
 	}
 	first, revoked := p.ack(d.Seq, s.d.cfg.maxUncommitted)
 	if !first {
@@ -463,7 +469,7 @@ func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 		}
 	}
 	if revoked {
-		return fmt.Errorf("kafkadriver: ack message %s of topic %q partition %d group %q: %w", d.Message.ID, s.topic, p.id, s.group, ErrRevoked)
+		return fail("ack", s.topic, s.group, fmt.Sprintf("message %s partition %d", d.Message.ID, p.id), ErrRevoked)
 	}
 	return nil
 }
@@ -517,7 +523,7 @@ func (s *subscription) Close(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			s.abandon.Store(true)
 			s.conns.closeAll()
-			s.closeErr = fmt.Errorf("kafkadriver: close topic %q group %q without committing: %w", s.topic, s.group, err)
+			s.closeErr = fail("close", s.topic, s.group, "without committing", err)
 		}
 		close(s.closing)
 		done := make(chan struct{})
@@ -534,7 +540,7 @@ func (s *subscription) Close(ctx context.Context) error {
 			s.conns.closeAll()
 			<-done
 			if s.closeErr == nil {
-				s.closeErr = fmt.Errorf("kafkadriver: close topic %q group %q: %w", s.topic, s.group, ctx.Err())
+				s.closeErr = fail("close", s.topic, s.group, "", ctx.Err())
 			}
 		}
 		s.conns.closeAll()

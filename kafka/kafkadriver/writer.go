@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,16 +38,19 @@ const recordOverhead = 24
 // (herald.ErrMessageTooLarge) fails the whole Write and nothing is sent.
 //
 // Partial failure: when the broker rejects a batch after retries, Write
-// returns a *WriteError that lists each message not written, with its
-// topic, partition, ID and cause; the others were written. After the first
+// returns a *herald.WriteError that lists each message not written, with
+// its topic, partition, ID and cause; the others were written. A message
+// the broker refused for its size wraps herald.ErrMessageTooLarge besides
+// the broker's error. After the first
 // failure the rest of the call's messages are not sent (their cause is
 // ErrNotSent), so what a Write wrote to each partition is a prefix of its
 // messages there. Retrying the whole slice is safe when consumers
 // deduplicate by Message.ID; a retried request can also write a message
 // twice (kafka-go has no idempotent producer).
 //
-// When ctx ends first, Write returns an error wrapping ctx.Err(): messages
-// not yet sent are withdrawn, those already in a request may be written.
+// When ctx ends first, Write returns a *herald.DriverError wrapping
+// ctx.Err(): messages not yet sent are withdrawn, those already in a
+// request may be written. Its other errors are *herald.DriverError too.
 func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -75,8 +77,8 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	case <-call.done:
 	case <-ctx.Done():
 		call.stopped.Store(true)
-		return fmt.Errorf("kafkadriver: write of %d messages to %q interrupted (messages already sent may be written): %w",
-			len(msgs), msgs[0].Topic, ctx.Err())
+		return fail("write", msgs[0].Topic, "",
+			fmt.Sprintf("interrupted (%d messages; those already sent may be written)", len(msgs)), ctx.Err())
 	}
 	return call.result(recs)
 }
@@ -84,14 +86,14 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 func (d *Driver) checkMessages(msgs []*herald.Message) error {
 	for i, m := range msgs {
 		if m == nil {
-			return fmt.Errorf("kafkadriver: write: message %d is nil: %w", i, herald.ErrNilEvent)
+			return fail("write", "", "", fmt.Sprintf("message %d is nil", i), herald.ErrNilEvent)
 		}
 		if err := validateTopic(m.Topic); err != nil {
-			return fmt.Errorf("kafkadriver: write message %s: %w", m.ID, err)
+			return fail("write", m.Topic, "", "message "+m.ID, err)
 		}
 		if n := messageSize(m); n > d.cfg.maxMessageBytes {
-			return fmt.Errorf("kafkadriver: write message %s to %q: %d bytes with key and headers, limit %d: %w",
-				m.ID, m.Topic, n, d.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+			return fail("write", m.Topic, "", fmt.Sprintf("message %s: %d bytes with key and headers, limit %d",
+				m.ID, n, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
 		}
 	}
 	return nil
@@ -146,18 +148,21 @@ func (c *writeCall) settle(index int, err error) {
 }
 
 func (c *writeCall) result(recs []record) error {
-	var failed []*MessageError
+	var failed []*herald.MessageError
 	for i, err := range c.errs {
 		if err == nil {
 			continue
 		}
+		if errors.Is(err, kafkago.MessageSizeTooLarge) || errors.Is(err, kafkago.RecordListTooLarge) {
+			err = fmt.Errorf("%w: %w", herald.ErrMessageTooLarge, err)
+		}
 		r := &recs[i]
-		failed = append(failed, &MessageError{Index: i, ID: r.msg.ID, Topic: r.msg.Topic, Partition: r.partition, Err: err})
+		failed = append(failed, &herald.MessageError{Index: i, ID: r.msg.ID, Topic: r.msg.Topic, Partition: r.partition, Err: err})
 	}
 	if len(failed) == 0 {
 		return nil
 	}
-	return &WriteError{Messages: len(recs), Failed: failed}
+	return &herald.WriteError{Driver: "kafkadriver", Messages: len(recs), Failed: failed}
 }
 
 // records converts msgs, placing each on a partition. Keys and header
@@ -223,7 +228,7 @@ func (d *Driver) enqueue(recs []record) error {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if d.closed {
-		return fmt.Errorf("kafkadriver: write: %w", ErrClosed)
+		return fail("write", recs[0].msg.Topic, "", "", ErrClosed)
 	}
 	for i := 0; i < len(recs); {
 		tp := topicPartition{recs[i].msg.Topic, recs[i].partition}
@@ -495,7 +500,7 @@ func partitionResult(res protocol.Message, tp topicPartition) error {
 			return kafkago.Error(p.ErrorCode)
 		}
 	}
-	return fmt.Errorf("kafkadriver: partition missing from the produce response: %w", protocol.ErrNoPartition)
+	return fmt.Errorf("partition missing from the produce response: %w", protocol.ErrNoPartition)
 }
 
 // settle completes a batch, or puts it back for another attempt: after a
@@ -605,81 +610,3 @@ func (r *recordReader) ReadRecord() (*kafkago.Record, error) {
 type bytesReader struct{ bytes.Reader }
 
 func (*bytesReader) Close() error { return nil }
-
-// MessageError is one message that a Write did not write.
-type MessageError struct {
-	Index     int    // position in the slice given to Write
-	ID        string // Message.ID
-	Topic     string
-	Partition int
-	Err       error // the broker's or the network's error, or ErrNotSent
-}
-
-func (e *MessageError) Error() string {
-	return fmt.Sprintf("kafkadriver: message %s (index %d) to topic %q partition %d: %v", e.ID, e.Index, e.Topic, e.Partition, e.Err)
-}
-
-// Unwrap returns the cause, and herald.ErrMessageTooLarge too when the
-// broker refused the message for its size.
-func (e *MessageError) Unwrap() []error {
-	if errors.Is(e.Err, kafkago.MessageSizeTooLarge) || errors.Is(e.Err, kafkago.RecordListTooLarge) {
-		return []error{e.Err, herald.ErrMessageTooLarge}
-	}
-	return []error{e.Err}
-}
-
-// WriteError reports a Write of which some or all messages were not
-// written; messages not listed in Failed were written.
-type WriteError struct {
-	Messages int             // how many messages the Write had
-	Failed   []*MessageError // in slice order
-}
-
-// Error summarises the failures by topic, partition and cause.
-func (e *WriteError) Error() string {
-	type group struct {
-		topic     string
-		partition int
-		cause     string
-		ids       []string
-	}
-	var groups []*group
-	for _, f := range e.Failed {
-		cause := f.Err.Error()
-		var g *group
-		for _, x := range groups {
-			if x.topic == f.Topic && x.partition == f.Partition && x.cause == cause {
-				g = x
-				break
-			}
-		}
-		if g == nil {
-			g = &group{topic: f.Topic, partition: f.Partition, cause: cause}
-			groups = append(groups, g)
-		}
-		g.ids = append(g.ids, f.ID)
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "kafkadriver: %d of %d messages not written", len(e.Failed), e.Messages)
-	for _, g := range groups {
-		fmt.Fprintf(&b, "; topic %q partition %d: ", g.topic, g.partition)
-		const shown = 3
-		b.WriteString(strings.Join(g.ids[:min(len(g.ids), shown)], ", "))
-		if len(g.ids) > shown {
-			fmt.Fprintf(&b, " and %d more", len(g.ids)-shown)
-		}
-		b.WriteString(": ")
-		b.WriteString(g.cause)
-	}
-	return b.String()
-}
-
-// Unwrap returns every *MessageError, so errors.Is and errors.As see the
-// causes (herald.ErrMessageTooLarge, ErrNotSent, kafka-go's error codes).
-func (e *WriteError) Unwrap() []error {
-	errs := make([]error, len(e.Failed))
-	for i, f := range e.Failed {
-		errs[i] = f
-	}
-	return errs
-}

@@ -222,9 +222,9 @@ func TestWriteErrorNamesTopicPartitionAndMessages(t *testing.T) {
 		}
 	}
 	err := d.Write(ctx, msgs)
-	var we *kafkadriver.WriteError
+	var we *herald.WriteError
 	if !errors.As(err, &we) {
-		t.Fatalf("Write = %v, want a *kafkadriver.WriteError", err)
+		t.Fatalf("Write = %v, want a *herald.WriteError", err)
 	}
 	if !errors.Is(err, kafkago.InvalidRecord) {
 		t.Errorf("the broker's error is not reachable with errors.Is: %v", err)
@@ -283,9 +283,9 @@ func TestBrokerSizeLimitSplitsBatchesAndStopsAtTheFailure(t *testing.T) {
 		msgs = append(msgs, &herald.Message{ID: id, Topic: topic, Key: "one-key", Data: bytes.Repeat([]byte{'x'}, size)})
 	}
 	err := d.Write(ctx, msgs)
-	var we *kafkadriver.WriteError
+	var we *herald.WriteError
 	if !errors.As(err, &we) {
-		t.Fatalf("Write = %v, want a *kafkadriver.WriteError", err)
+		t.Fatalf("Write = %v, want a *herald.WriteError", err)
 	}
 	for _, f := range we.Failed {
 		switch {
