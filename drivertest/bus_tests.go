@@ -311,96 +311,134 @@ func testBusPoison(t *testing.T, cfg Config) {
 // driver that counted hand-backs would dead-letter never-handled messages
 // on routine restarts).
 func testBusRollingRestarts(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
+	r := &rollingRestarts{t: t, cfg: cfg, d: cfg.NewDriver(t), topic: Name(t, "t"), group: Name(t, "g"),
+		handled: map[int]int{}, all: make(chan struct{}), dead: make(chan struct{})}
 	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
-	const n, perInstance = 40, 6
-	var mu sync.Mutex
-	handled := map[int]int{}
-	all, dead := make(chan struct{}), make(chan struct{})
-	var deadLettered atomic.Int32
-	events := make([]any, n)
-	for i := range events {
-		events[i] = Event{Key: "k", Seq: i}
-	}
-	for instance := 0; ; instance++ {
-		mu.Lock()
-		remaining := n - len(handled)
-		mu.Unlock()
-		if remaining == 0 {
-			break
+	for instance := 0; r.remaining() > 0; instance++ {
+		if instance > rollingEvents/rollingPerInstance+2 {
+			t.Fatalf("%d of %d messages never handled after %d restarts", r.remaining(), rollingEvents, instance)
 		}
-		if instance > n/perInstance+2 {
-			t.Fatalf("%d of %d messages never handled after %d restarts", remaining, n, instance)
-		}
-		bus := NewBus(t, d, topic)
-		hold, release := make(chan struct{}), make(chan struct{})
-		var ran atomic.Int32
-		err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
-			if c := herald.DeliveryCount(ctx); c > 1 {
-				t.Errorf("instance %d: event %d arrived with delivery count %d; no handler had run it before", instance, e.Seq, c)
-			}
-			mu.Lock()
-			handled[e.Seq]++
-			if len(handled) == n && handled[e.Seq] == 1 {
-				close(all)
-			}
-			mu.Unlock()
-			if ran.Add(1) == perInstance {
-				close(hold)
-				<-release // held across the shutdown, then acknowledged
-			}
-			return nil
-		}, herald.WithDeadLetterConfig(herald.DeadLetterConfig{
-			MaxDeliveries: 1,
-			OnDeadLetter: func(*herald.Message, error) {
-				if deadLettered.Add(1) == 1 {
-					close(dead)
-				}
-			},
-		}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := bus.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		in := r.start(ctx, instance)
 		if instance == 0 {
-			if err := bus.Publish(ctx, events...); err != nil {
-				t.Fatal(err)
-			}
+			r.publish(ctx, in.bus)
 		}
-		select {
-		case <-hold:
-			stopped := make(chan error, 1)
-			go func() {
-				sctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
-				defer cancel()
-				stopped <- bus.Shutdown(sctx)
-			}()
-			time.Sleep(20 * time.Millisecond) // let the shutdown begin
-			close(release)
-			if err := <-stopped; err != nil {
-				t.Fatalf("Shutdown: %v", err)
-			}
-		case <-all: // the last instance had fewer than perInstance left
-			close(release)
-			Shutdown(t, bus)
-		case <-dead:
-			close(release)
-			Shutdown(t, bus)
-			t.Fatalf("instance %d dead-lettered a message for too many deliveries; no handler had run it more than once", instance)
-		case <-time.After(cfg.Timeout):
-			t.Fatalf("instance %d handled %d messages, then nothing for %v", instance, ran.Load(), cfg.Timeout)
-		}
+		r.stop(in)
 	}
-	if c := deadLettered.Load(); c != 0 {
+	if c := r.deadLettered.Load(); c != 0 {
 		t.Errorf("%d never-failed messages dead-lettered for too many deliveries", c)
 	}
-	for seq, c := range handled {
+	for seq, c := range r.handled {
 		if c != 1 {
 			t.Errorf("event %d handled %d times", seq, c)
 		}
+	}
+}
+
+const (
+	rollingEvents      = 40 // all on one key
+	rollingPerInstance = 6  // handled by each instance before it restarts
+)
+
+// rollingRestarts is the state of testBusRollingRestarts across the
+// instances of the group's only member.
+type rollingRestarts struct {
+	t            *testing.T
+	cfg          Config
+	d            herald.Driver
+	topic, group string
+	mu           sync.Mutex
+	handled      map[int]int   // by Seq
+	all          chan struct{} // closed when every event was handled
+	dead         chan struct{} // closed at the first dead letter
+	deadLettered atomic.Int32
+}
+
+// instance is one run of the member: its bus, and the handler that holds
+// the instance's last event across the shutdown.
+type instance struct {
+	n             int
+	bus           *herald.Bus
+	hold, release chan struct{}
+	ran           atomic.Int32
+}
+
+func (r *rollingRestarts) remaining() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return rollingEvents - len(r.handled)
+}
+
+func (r *rollingRestarts) publish(ctx context.Context, bus *herald.Bus) {
+	events := make([]any, rollingEvents)
+	for i := range events {
+		events[i] = Event{Key: "k", Seq: i}
+	}
+	if err := bus.Publish(ctx, events...); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// start runs instance n: its handler counts each event and, at its
+// rollingPerInstance-th, signals hold and waits for release.
+func (r *rollingRestarts) start(ctx context.Context, n int) *instance {
+	in := &instance{n: n, bus: NewBus(r.t, r.d, r.topic), hold: make(chan struct{}), release: make(chan struct{})}
+	err := herald.Subscribe(in.bus, r.group, func(ctx context.Context, e Event, m *herald.Message) error {
+		if c := herald.DeliveryCount(ctx); c > 1 {
+			r.t.Errorf("instance %d: event %d arrived with delivery count %d; no handler had run it before", n, e.Seq, c)
+		}
+		r.mu.Lock()
+		r.handled[e.Seq]++
+		if len(r.handled) == rollingEvents && r.handled[e.Seq] == 1 {
+			close(r.all)
+		}
+		r.mu.Unlock()
+		if in.ran.Add(1) == rollingPerInstance {
+			close(in.hold)
+			<-in.release // held across the shutdown, then acknowledged
+		}
+		return nil
+	}, herald.WithDeadLetterConfig(herald.DeadLetterConfig{
+		MaxDeliveries: 1,
+		OnDeadLetter: func(*herald.Message, error) {
+			if r.deadLettered.Add(1) == 1 {
+				close(r.dead)
+			}
+		},
+	}))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := in.bus.Start(ctx); err != nil {
+		r.t.Fatal(err)
+	}
+	return in
+}
+
+// stop shuts in down while its handler holds an event (which it then
+// acknowledges), or once every event was handled.
+func (r *rollingRestarts) stop(in *instance) {
+	select {
+	case <-in.hold:
+		stopped := make(chan error, 1)
+		go func() {
+			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
+			defer cancel()
+			stopped <- in.bus.Shutdown(sctx)
+		}()
+		time.Sleep(20 * time.Millisecond) // let the shutdown begin
+		close(in.release)
+		if err := <-stopped; err != nil {
+			r.t.Fatalf("Shutdown: %v", err)
+		}
+	case <-r.all: // the last instance had fewer than rollingPerInstance left
+		close(in.release)
+		Shutdown(r.t, in.bus)
+	case <-r.dead:
+		close(in.release)
+		Shutdown(r.t, in.bus)
+		r.t.Fatalf("instance %d dead-lettered a message for too many deliveries; no handler had run it more than once", in.n)
+	case <-time.After(r.cfg.Timeout):
+		r.t.Fatalf("instance %d handled %d messages, then nothing for %v", in.n, in.ran.Load(), r.cfg.Timeout)
 	}
 }
 
