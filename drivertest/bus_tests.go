@@ -38,7 +38,10 @@ func RunBus(t *testing.T, cfg Config) {
 		{"ConcurrencyIsHonoured", testBusConcurrency},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // every case has a driver, topics and groups of its own
+			tc.fn(t, cfg)
+		})
 	}
 }
 

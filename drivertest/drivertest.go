@@ -114,7 +114,10 @@ func RunDriver(t *testing.T, cfg Config) {
 		{"ConcurrentPublishers", testConcurrentPublishers},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // every case has a driver, topics and groups of its own
+			tc.fn(t, cfg)
+		})
 	}
 }
 

@@ -77,7 +77,10 @@ func Run(t *testing.T, cfg Config) {
 		{"BadInput", testBadInput},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // every case has a driver, topics and groups of its own
+			tc.fn(t, cfg)
+		})
 	}
 }
 
