@@ -2,6 +2,7 @@ package redisdriver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -31,22 +32,22 @@ type deadLetters struct{ d *Driver }
 // List implements dlq.Store.
 func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int) ([]dlq.Entry, string, error) {
 	if err := herald.ValidateName("topic", topic); err != nil {
-		return nil, "", fmt.Errorf("redisdriver: list dead letters: %w", err)
+		return nil, "", fail("list dead letters", topic, "", "", err)
 	}
 	if limit <= 0 {
-		return nil, "", fmt.Errorf("redisdriver: list dead letters of %q: limit %d: want at least 1", topic, limit)
+		return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("limit %d", limit), errors.New("want at least 1"))
 	}
 	start := "-"
 	if cursor != "" {
 		if !isEntryID(cursor) {
-			return nil, "", fmt.Errorf("redisdriver: list dead letters of %q: cursor %q is not a stream entry ID", topic, cursor)
+			return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("cursor %q", cursor), errors.New("not a stream entry ID"))
 		}
 		start = "(" + cursor
 	}
 	// One entry more than asked tells whether another page follows.
 	xs, err := s.d.client.XRangeN(ctx, s.d.StreamKey(topic), start, "+", int64(limit)+1).Result()
 	if err != nil {
-		return nil, "", fmt.Errorf("redisdriver: list dead letters of %q: %w", topic, err)
+		return nil, "", fail("list dead letters", topic, "", "", err)
 	}
 	next := ""
 	if len(xs) > limit {
@@ -63,13 +64,13 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 // Get implements dlq.Store.
 func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.Entry, error) {
 	if err := herald.ValidateName("topic", topic); err != nil {
-		return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter: %w", err)
+		return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, err)
 	}
 	key := s.d.StreamKey(topic)
 	if isEntryID(positionOrID) {
 		xs, err := s.d.client.XRangeN(ctx, key, positionOrID, positionOrID, 1).Result()
 		if err != nil {
-			return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter %s of %q: %w", positionOrID, topic, err)
+			return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, err)
 		}
 		if len(xs) == 1 {
 			return dlq.NewEntry(xs[0].ID, decodeEntry(topic, xs[0].ID, xs[0].Values)), nil
@@ -79,7 +80,7 @@ func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.
 	for {
 		xs, err := s.d.client.XRangeN(ctx, key, start, "+", dlqScanPage).Result()
 		if err != nil {
-			return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter %s of %q: %w", positionOrID, topic, err)
+			return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, err)
 		}
 		for _, x := range xs {
 			// An entry without an id field takes its entry ID as message
@@ -89,7 +90,7 @@ func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.
 			}
 		}
 		if len(xs) < dlqScanPage {
-			return dlq.Entry{}, fmt.Errorf("redisdriver: get dead letter %s of %q: %w", positionOrID, topic, dlq.ErrNotFound)
+			return dlq.Entry{}, fail("get dead letter", topic, "", "entry "+positionOrID, dlq.ErrNotFound)
 		}
 		start = "(" + xs[len(xs)-1].ID
 	}
@@ -98,7 +99,7 @@ func (s *deadLetters) Get(ctx context.Context, topic, positionOrID string) (dlq.
 // MarkRedriven implements dlq.Store: it deletes the entries (XDEL).
 func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []dlq.Entry) error {
 	if err := herald.ValidateName("topic", topic); err != nil {
-		return fmt.Errorf("redisdriver: mark dead letters redriven: %w", err)
+		return fail("mark dead letters redriven", topic, "", "", err)
 	}
 	if len(entries) == 0 {
 		return nil
@@ -106,12 +107,12 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []
 	ids := make([]string, len(entries))
 	for i, e := range entries {
 		if !isEntryID(e.Position) {
-			return fmt.Errorf("redisdriver: mark dead letters of %q redriven: position %q is not a stream entry ID", topic, e.Position)
+			return fail("mark dead letters redriven", topic, "", fmt.Sprintf("position %q", e.Position), errors.New("not a stream entry ID"))
 		}
 		ids[i] = e.Position
 	}
 	if err := s.d.client.XDel(ctx, s.d.StreamKey(topic), ids...).Err(); err != nil {
-		return fmt.Errorf("redisdriver: mark %d dead letters of %q redriven: %w", len(ids), topic, err)
+		return fail("mark dead letters redriven", topic, "", fmt.Sprintf("%d entries", len(ids)), err)
 	}
 	return nil
 }

@@ -39,14 +39,15 @@
 // # Writing
 //
 // Write sends one XADD per message in a single pipelined round trip per
-// call. The XADDs are not a transaction: after an error, part of the batch
-// may be stored (see Driver.Write); retry it and deduplicate by ID. An
-// entry above the size limit (WithMaxMessageBytes, default 1 MiB for the
-// whole entry) fails with herald.ErrMessageTooLarge before anything is
-// sent. Redis acknowledges an XADD once the entry is in memory; whether it
-// survives a crash of the server depends on the server's persistence
-// (appendonly yes with appendfsync always or everysec) and, with replicas,
-// on WAIT, which this driver does not issue.
+// call. The XADDs are not a transaction: when some fail, Write returns a
+// *herald.WriteError listing them, and the others were stored (see
+// Driver.Write); retry and deduplicate by ID. An entry above the size
+// limit (WithMaxMessageBytes, default 1 MiB for the whole entry) fails
+// with herald.ErrMessageTooLarge before anything is sent. Redis
+// acknowledges an XADD once the entry is in memory; whether it survives a
+// crash of the server depends on the server's persistence (appendonly yes
+// with appendfsync always or everysec) and, with replicas, on WAIT, which
+// this driver does not issue.
 //
 // # Reading and acknowledging
 //
@@ -134,6 +135,13 @@
 // the start position, so that nothing written since is skipped, and goes
 // on; what the server lost is lost. A server with persistence loses nothing it acknowledged (an
 // XADD, an XACK, the pending list), within its fsync policy.
+//
+// Errors. Besides Write's *herald.WriteError and the EntriesError above,
+// what the Driver, its subscriptions and its dead-letter Store return, and
+// report to the error handler, is a *herald.DriverError (Driver
+// "redisdriver") naming the operation, topic and group, and wrapping the
+// cause: herald.ErrClosed, ErrNoGroup, ErrLagUnknown, herald's sentinels,
+// dlq.ErrNotFound, or go-redis's error.
 //
 // # Operations
 //

@@ -70,6 +70,12 @@ func (d *Driver) Close() error {
 	})
 }
 
+// fail builds the driver's errors: op on topic and group ("" when none),
+// detail saying more, err the cause.
+func fail(op, topic, group, detail string, err error) error {
+	return &herald.DriverError{Driver: "redisdriver", Op: op, Topic: topic, Group: group, Detail: detail, Err: err}
+}
+
 // isClosed reports whether Close was called.
 func (d *Driver) isClosed() bool {
 	d.mu.Lock()
@@ -93,11 +99,14 @@ func (d *Driver) StreamKey(topic string) string { return d.cfg.prefix + topic }
 // fails it before anything is sent too; once sent, the round trip runs to
 // the end.
 //
-// Partial writes: the XADDs of a batch are not a transaction. When Write
-// returns an error after sending (a connection dropped, a Redis error on
-// one entry), any prefix of the batch, and with Redis Cluster any subset,
-// may have been stored. Retry the whole batch; consumers deduplicate by
-// Message.ID (herald.WithDedup).
+// Partial writes: the XADDs of a batch are not a transaction. When some of
+// them fail, Write returns a *herald.WriteError listing each failed
+// message (index, ID, topic, partition -1, the command's error); every
+// message it does not list was stored. A listed message may have been
+// stored too when the connection dropped after Redis received it. Retry
+// the failed messages, or the whole batch; consumers deduplicate by
+// Message.ID (herald.WithDedup). Write's other errors, a single message's
+// failure included, are *herald.DriverError.
 func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -106,7 +115,7 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		return err
 	}
 	if d.isClosed() {
-		return fmt.Errorf("redisdriver: write: %w", herald.ErrClosed)
+		return fail("write", "", "", "", herald.ErrClosed)
 	}
 	args := make([]goredis.XAddArgs, len(msgs))
 	minID := ""
@@ -117,24 +126,24 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	var entries entryBuilder
 	for i, m := range msgs {
 		if m == nil {
-			return fmt.Errorf("redisdriver: write message %d of %d: %w", i+1, len(msgs), herald.ErrNilEvent)
+			return fail("write", "", "", fmt.Sprintf("message %d of %d", i+1, len(msgs)), herald.ErrNilEvent)
 		}
 		if m.Topic != topic || key == "" {
 			if err := herald.ValidateName("topic", m.Topic); err != nil {
-				return fmt.Errorf("redisdriver: write message %s: %w", m.ID, err)
+				return fail("write", m.Topic, "", "message "+m.ID, err)
 			}
 			topic, key = m.Topic, d.StreamKey(m.Topic)
 		}
 		vals, size := entries.values(m)
 		if d.cfg.maxMessageBytes > 0 && size > d.cfg.maxMessageBytes {
-			return fmt.Errorf("redisdriver: write message %s to topic %q: entry of %d bytes, limit %d: %w",
-				m.ID, m.Topic, size, d.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
+			return fail("write", m.Topic, "", fmt.Sprintf("message %s: entry of %d bytes, limit %d",
+				m.ID, size, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
 		}
 		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
 	}
 	if len(msgs) == 1 {
 		if err := d.client.XAdd(ctx, &args[0]).Err(); err != nil {
-			return fmt.Errorf("redisdriver: write message %s to topic %q: %w", msgs[0].ID, msgs[0].Topic, err)
+			return fail("write", msgs[0].Topic, "", "message "+msgs[0].ID, err)
 		}
 		return nil
 	}
@@ -144,15 +153,26 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		cmds[i] = pipe.XAdd(ctx, &args[i])
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		for i, c := range cmds {
-			if cerr := c.Err(); cerr != nil {
-				return fmt.Errorf("redisdriver: write message %s to topic %q (%d of %d in the batch; others may be stored): %w",
-					msgs[i].ID, msgs[i].Topic, i+1, len(msgs), cerr)
-			}
-		}
-		return fmt.Errorf("redisdriver: write %d messages: %w", len(msgs), err)
+		return batchError(msgs, cmds, err)
 	}
 	return nil
+}
+
+// batchError is what a pipelined Write whose Exec returned err did not
+// store: a *herald.WriteError listing every message whose XADD failed.
+func batchError(msgs []*herald.Message, cmds []*goredis.StringCmd, err error) error {
+	var failed []*herald.MessageError
+	for i, c := range cmds {
+		if cerr := c.Err(); cerr != nil {
+			failed = append(failed, &herald.MessageError{Index: i, ID: msgs[i].ID, Topic: msgs[i].Topic, Partition: -1, Err: cerr})
+		}
+	}
+	if len(failed) == 0 {
+		// Not one command failed, yet the pipeline did: nothing says what
+		// was stored.
+		return fail("write", "", "", fmt.Sprintf("%d messages", len(msgs)), err)
+	}
+	return &herald.WriteError{Driver: "redisdriver", Messages: len(msgs), Failed: failed}
 }
 
 // Ping sends PING on the client, which on a new connection first runs
@@ -160,10 +180,10 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 // (herald.Pinger).
 func (d *Driver) Ping(ctx context.Context) error {
 	if d.isClosed() {
-		return fmt.Errorf("redisdriver: ping: %w", herald.ErrClosed)
+		return fail("ping", "", "", "", herald.ErrClosed)
 	}
 	if err := d.client.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redisdriver: ping: %w", err)
+		return fail("ping", "", "", "", err)
 	}
 	return nil
 }
@@ -174,13 +194,13 @@ func (d *Driver) Ping(ctx context.Context) error {
 // goroutine until Close.
 func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
 	if err := errors.Join(herald.ValidateName("topic", topic), herald.ValidateName("group", group)); err != nil {
-		return nil, fmt.Errorf("redisdriver: subscribe: %w", err)
+		return nil, fail("subscribe", topic, group, "", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if d.isClosed() {
-		return nil, fmt.Errorf("redisdriver: subscribe to topic %q group %q: %w", topic, group, herald.ErrClosed)
+		return nil, fail("subscribe", topic, group, "", herald.ErrClosed)
 	}
 	s := newSubscription(d, topic, group, consumerName())
 	if err := s.createGroup(ctx, startID(s.cfg.start)); err != nil {
@@ -189,7 +209,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
-		return nil, fmt.Errorf("redisdriver: subscribe to topic %q group %q: %w", topic, group, herald.ErrClosed)
+		return nil, fail("subscribe", topic, group, "", herald.ErrClosed)
 	}
 	d.subs[s] = struct{}{}
 	d.mu.Unlock()
@@ -220,21 +240,21 @@ var ErrNoGroup = errors.New("redisdriver: no such stream or consumer group")
 // that nears the trim limit means the group is about to lose entries.
 func (d *Driver) GroupStats(ctx context.Context, topic, group string) (GroupStats, error) {
 	if err := errors.Join(herald.ValidateName("topic", topic), herald.ValidateName("group", group)); err != nil {
-		return GroupStats{}, fmt.Errorf("redisdriver: group stats: %w", err)
+		return GroupStats{}, fail("group stats", topic, group, "", err)
 	}
 	groups, err := d.client.XInfoGroups(ctx, d.StreamKey(topic)).Result()
 	if err != nil {
 		if isNoGroup(err) || strings.Contains(err.Error(), "no such key") {
-			return GroupStats{}, fmt.Errorf("redisdriver: group stats of topic %q group %q: %w", topic, group, ErrNoGroup)
+			return GroupStats{}, fail("group stats", topic, group, "", ErrNoGroup)
 		}
-		return GroupStats{}, fmt.Errorf("redisdriver: group stats of topic %q group %q: %w", topic, group, err)
+		return GroupStats{}, fail("group stats", topic, group, "", err)
 	}
 	for _, g := range groups {
 		if g.Name == group {
 			return GroupStats{Consumers: g.Consumers, Pending: g.Pending, Lag: g.Lag, LastDeliveredID: g.LastDeliveredID}, nil
 		}
 	}
-	return GroupStats{}, fmt.Errorf("redisdriver: group stats of topic %q group %q: %w", topic, group, ErrNoGroup)
+	return GroupStats{}, fail("group stats", topic, group, "", ErrNoGroup)
 }
 
 // ErrTrimmed marks pending entries that were deleted from the stream

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/heraldbus/herald"
 )
 
 // ErrLagUnknown is returned by a Subscription's Lag when Redis does not
@@ -55,47 +57,47 @@ func (s *subscription) Lag(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	if s.isClosing() {
-		return 0, s.closedErr("lag of")
+		return 0, fail("lag", s.topic, s.group, "", herald.ErrClosed)
 	}
 	// The reply is parsed here rather than by go-redis's XInfoGroups, which
 	// reports a lag Redis left out (before 7.0) as 0.
 	reply, err := s.client.Do(ctx, "xinfo", "groups", s.stream).Result()
 	if err != nil {
 		if isNoGroup(err) || strings.Contains(err.Error(), "no such key") {
-			return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: %w", s.topic, s.group, ErrNoGroup)
+			return 0, fail("lag", s.topic, s.group, "", ErrNoGroup)
 		}
-		return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: %w", s.topic, s.group, err)
+		return 0, fail("lag", s.topic, s.group, "", err)
 	}
 	groups, ok := reply.([]any)
 	if !ok {
-		return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: XINFO GROUPS replied %T", s.topic, s.group, reply)
+		return 0, fail("lag", s.topic, s.group, "", fmt.Errorf("XINFO GROUPS replied %T", reply))
 	}
 	for _, g := range groups {
 		fields, err := replyFields(g)
 		if err != nil {
-			return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: %w", s.topic, s.group, err)
+			return 0, fail("lag", s.topic, s.group, "", err)
 		}
 		if name, _ := fields["name"].(string); name != s.group {
 			continue
 		}
 		pending, ok := fields["pending"].(int64)
 		if !ok {
-			return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: XINFO GROUPS gave pending %v", s.topic, s.group, fields["pending"])
+			return 0, fail("lag", s.topic, s.group, "", fmt.Errorf("XINFO GROUPS gave pending %v", fields["pending"]))
 		}
 		lagField, reported := fields["lag"]
 		if !reported {
-			return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: Redis 7 or later is needed: %w", s.topic, s.group, ErrLagUnknown)
+			return 0, fail("lag", s.topic, s.group, "(Redis 7 or later is needed)", ErrLagUnknown)
 		}
 		if lagField == nil {
-			return 0, fmt.Errorf("redisdriver: lag of topic %q group %q (entries were deleted ahead of the group): %w", s.topic, s.group, ErrLagUnknown)
+			return 0, fail("lag", s.topic, s.group, "(entries were deleted ahead of the group)", ErrLagUnknown)
 		}
 		lag, ok := lagField.(int64)
 		if !ok || lag < 0 || pending < 0 {
-			return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: XINFO GROUPS gave lag %v, pending %d", s.topic, s.group, lagField, pending)
+			return 0, fail("lag", s.topic, s.group, "", fmt.Errorf("XINFO GROUPS gave lag %v, pending %d", lagField, pending))
 		}
 		return lag + pending, nil
 	}
-	return 0, fmt.Errorf("redisdriver: lag of topic %q group %q: %w", s.topic, s.group, ErrNoGroup)
+	return 0, fail("lag", s.topic, s.group, "", ErrNoGroup)
 }
 
 // replyFields reads one group of an XINFO GROUPS reply: a map under RESP3,

@@ -98,7 +98,7 @@ func (s *subscription) createGroup(ctx context.Context, start string) error {
 		err = s.client.XGroupCreateMkStream(ctx, s.stream, s.group, start).Err()
 	}
 	if err != nil && !goredis.HasErrorPrefix(err, "BUSYGROUP") {
-		return fmt.Errorf("redisdriver: create group %q of topic %q (stream %q): %w", s.group, s.topic, s.stream, err)
+		return fail("create group", s.topic, s.group, fmt.Sprintf("(stream %q)", s.stream), err)
 	}
 	return nil
 }
@@ -129,7 +129,7 @@ func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, e
 			return 0, err
 		}
 		if s.isClosing() {
-			return 0, s.closedErr("fetch")
+			return 0, fail("fetch", s.topic, s.group, "", herald.ErrClosed)
 		}
 		now := time.Now()
 		if !now.Before(s.nextReclaim) {
@@ -166,7 +166,7 @@ func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, e
 			}
 			continue
 		case err != nil:
-			return 0, fmt.Errorf("redisdriver: read topic %q group %q: %w", s.topic, s.group, err)
+			return 0, fail("read", s.topic, s.group, "", err)
 		}
 		if len(streams) == 0 || len(streams[0].Messages) == 0 {
 			continue
@@ -195,7 +195,7 @@ func (s *subscription) reclaim(ctx context.Context, dst []herald.Delivery) (int,
 			s.reclaimCursor = "0-0"
 			return 0, s.recreateGroup(ctx)
 		}
-		return 0, fmt.Errorf("redisdriver: reclaim pending entries of topic %q group %q: %w", s.topic, s.group, err)
+		return 0, fail("reclaim", s.topic, s.group, "", err)
 	}
 	s.reclaimCursor = next
 	if next == "0-0" {
@@ -236,7 +236,7 @@ func (s *subscription) reclaim(ctx context.Context, dst []herald.Delivery) (int,
 	if len(gone) > 0 {
 		s.onError(&EntriesError{Topic: s.topic, Group: s.group, IDs: gone, Err: ErrTrimmed})
 		if err := s.client.XAck(ctx, s.stream, s.group, gone...).Err(); err != nil {
-			s.onError(fmt.Errorf("redisdriver: acknowledge %d deleted entries of topic %q group %q: %w", len(gone), s.topic, s.group, err))
+			s.onError(fail("ack", s.topic, s.group, fmt.Sprintf("(%d deleted entries)", len(gone)), err))
 		}
 	}
 	if len(live) == 0 {
@@ -254,8 +254,8 @@ func (s *subscription) reclaim(ctx context.Context, dst []herald.Delivery) (int,
 		})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		s.onError(fmt.Errorf("redisdriver: read delivery counts of %d reclaimed entries of topic %q group %q (delivering them with count unknown): %w",
-			len(live), s.topic, s.group, err))
+		s.onError(fail("reclaim", s.topic, s.group,
+			fmt.Sprintf("delivery counts of %d entries (delivering them with count unknown)", len(live)), err))
 	}
 	for i, c := range cmds {
 		counts[i] = 0 // unknown
@@ -282,7 +282,7 @@ func (s *subscription) deliver(msgs []goredis.XMessage, counts []int, dst []hera
 	defer s.mu.Unlock()
 	if s.closed {
 		clear(dst[:n])
-		return 0, s.closedErr("fetch")
+		return 0, fail("fetch", s.topic, s.group, "", herald.ErrClosed)
 	}
 	for i := range n {
 		s.seq++
@@ -300,7 +300,7 @@ func (s *subscription) removeDeparted(ctx context.Context) {
 	consumers, err := s.client.XInfoConsumers(ctx, s.stream, s.group).Result()
 	if err != nil {
 		if !isGroupGone(err) && ctx.Err() == nil {
-			s.onError(fmt.Errorf("redisdriver: list consumers of topic %q group %q: %w", s.topic, s.group, err))
+			s.onError(fail("list consumers", s.topic, s.group, "", err))
 		}
 		return
 	}
@@ -309,7 +309,7 @@ func (s *subscription) removeDeparted(ctx context.Context) {
 			continue
 		}
 		if err := deleteConsumerScript.Run(ctx, s.client, []string{s.stream}, s.group, c.Name).Err(); err != nil {
-			s.onError(fmt.Errorf("redisdriver: remove departed consumer %q of topic %q group %q: %w", c.Name, s.topic, s.group, err))
+			s.onError(fail("remove departed consumer", s.topic, s.group, fmt.Sprintf("%q", c.Name), err))
 			return
 		}
 	}
@@ -321,17 +321,17 @@ func (s *subscription) removeDeparted(ctx context.Context) {
 // the entry is delivered again (at-least-once).
 func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	if d.Ref != any(s) {
-		return fmt.Errorf("redisdriver: ack message %s: the delivery belongs to another subscription", messageID(d))
+		return fail("ack", s.topic, s.group, "message "+messageID(d), errors.New("the delivery belongs to another subscription"))
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return s.closedErr("ack")
+		return fail("ack", s.topic, s.group, "message "+messageID(d), herald.ErrClosed)
 	}
 	e, ok := s.inflight[d.Seq]
 	if !ok {
 		s.mu.Unlock()
-		return fmt.Errorf("redisdriver: ack message %s of topic %q group %q: not in flight (acknowledged twice?)", messageID(d), s.topic, s.group)
+		return fail("ack", s.topic, s.group, "message "+messageID(d), errors.New("not in flight (acknowledged twice?)"))
 	}
 	delete(s.inflight, d.Seq)
 	s.acks = append(s.acks, e.id)
@@ -402,12 +402,12 @@ func (s *subscription) flush(ctx context.Context) error {
 			s.mu.Lock()
 			s.acks = append(rest, s.acks...)
 			s.mu.Unlock()
-			return fmt.Errorf("redisdriver: acknowledge %d entries of topic %q group %q: %w", len(rest), s.topic, s.group, err)
+			return fail("ack", s.topic, s.group, fmt.Sprintf("(%d entries)", len(rest)), err)
 		}
 		if err != nil {
 			// The group vanished (a restart without persistence, a deleted
 			// stream): there is nothing left to acknowledge.
-			s.onError(fmt.Errorf("redisdriver: acknowledge %d entries of topic %q group %q: dropped, the group is gone: %w", len(rest), s.topic, s.group, err))
+			s.onError(fail("ack", s.topic, s.group, fmt.Sprintf("(%d entries) dropped, the group is gone", len(rest)), err))
 			break
 		}
 		rest = rest[len(chunk):]
@@ -443,7 +443,7 @@ func (s *subscription) touch(ctx context.Context) {
 		res, err := touchScript.Run(ctx, s.client, []string{s.stream}, args...).StringSlice()
 		if err != nil {
 			if !isGroupGone(err) && ctx.Err() == nil {
-				s.onError(fmt.Errorf("redisdriver: keep %d in-flight entries of topic %q group %q claimed: %w", len(chunk), s.topic, s.group, err))
+				s.onError(fail("claim keep-alive", s.topic, s.group, fmt.Sprintf("(%d in-flight entries)", len(chunk)), err))
 			}
 			return
 		}
@@ -543,7 +543,7 @@ func (s *subscription) handBack(ctx context.Context) error {
 			if isGroupGone(err) {
 				return nil // nothing of the group is left to hand back
 			}
-			return fmt.Errorf("redisdriver: list pending entries of topic %q group %q to hand them back: %w", s.topic, s.group, err)
+			return fail("hand back", s.topic, s.group, "(listing the pending entries)", err)
 		}
 		if len(pending) == 0 {
 			break
@@ -567,7 +567,7 @@ func (s *subscription) handBack(ctx context.Context) error {
 			}
 			args = append(args, "JUSTID")
 			if err := s.client.Do(ctx, args...).Err(); err != nil {
-				return fmt.Errorf("redisdriver: hand back %d pending entries of topic %q group %q: %w", len(ids), s.topic, s.group, err)
+				return fail("hand back", s.topic, s.group, fmt.Sprintf("(%d pending entries)", len(ids)), err)
 			}
 		}
 		if len(pending) < ackChunk {
@@ -576,7 +576,7 @@ func (s *subscription) handBack(ctx context.Context) error {
 		start = "(" + pending[len(pending)-1].ID
 	}
 	if err := deleteConsumerScript.Run(ctx, s.client, []string{s.stream}, s.group, s.consumer).Err(); err != nil && !isGroupGone(err) {
-		return fmt.Errorf("redisdriver: leave group %q of topic %q: %w", s.group, s.topic, err)
+		return fail("leave group", s.topic, s.group, "", err)
 	}
 	return nil
 }
@@ -588,10 +588,6 @@ func (s *subscription) isClosing() bool {
 	default:
 		return false
 	}
-}
-
-func (s *subscription) closedErr(op string) error {
-	return fmt.Errorf("redisdriver: %s topic %q group %q: %w", op, s.topic, s.group, herald.ErrClosed)
 }
 
 // ReportErrorsTo sends the errors the subscription meets in the background
