@@ -337,57 +337,39 @@ func testWrongToken(t *testing.T, s dedup.Storage, _ Options) {
 }
 
 func testStaleToken(t *testing.T, s dedup.Storage, _ Options) {
-	ctx := context.Background()
 	key := keyFor(t, "k")
 
 	old := claim(t, s, key, longLease, dedup.Claimed)
 	release(t, s, key, old.Token)
 	cur := claim(t, s, key, longLease, dedup.Claimed)
 
-	if err := s.Commit(ctx, key, old.Token, longWindow); !errors.Is(err, dedup.ErrNotHeld) {
-		t.Errorf("Commit(%q) with a released token = %v, want ErrNotHeld", key, err)
-	}
-	if err := s.Release(ctx, key, old.Token); !errors.Is(err, dedup.ErrNotHeld) {
-		t.Errorf("Release(%q) with a released token = %v, want ErrNotHeld", key, err)
-	}
+	refused(t, s, key, old.Token, "with a released token")
 	claim(t, s, key, longLease, dedup.Busy)
 	commit(t, s, key, cur.Token, longWindow)
 	claim(t, s, key, longLease, dedup.Done)
 }
 
 func testCommitAfterReclaim(t *testing.T, s dedup.Storage, _ Options) {
-	ctx := context.Background()
 	key := keyFor(t, "k")
 
 	before := time.Now()
 	late := claim(t, s, key, shortLease, dedup.Claimed)
 	cur := waitClaimable(t, s, key, before, shortLease, dedup.Busy)
 
-	if err := s.Commit(ctx, key, late.Token, longWindow); !errors.Is(err, dedup.ErrNotHeld) {
-		t.Errorf("Commit(%q) by the holder whose lease ran out = %v, want ErrNotHeld", key, err)
-	}
-	if err := s.Release(ctx, key, late.Token); !errors.Is(err, dedup.ErrNotHeld) {
-		t.Errorf("Release(%q) by the holder whose lease ran out = %v, want ErrNotHeld", key, err)
-	}
+	refused(t, s, key, late.Token, "by the holder whose lease ran out")
 	claim(t, s, key, longLease, dedup.Busy)
 	commit(t, s, key, cur.Token, longWindow)
 	claim(t, s, key, longLease, dedup.Done)
 }
 
 func testCommitAfterExpiry(t *testing.T, s dedup.Storage, _ Options) {
-	ctx := context.Background()
 	key := keyFor(t, "k")
 
 	before := time.Now()
 	late := claim(t, s, key, shortLease, dedup.Claimed)
 	time.Sleep(time.Until(before.Add(shortLease + 100*time.Millisecond)))
 
-	if err := s.Commit(ctx, key, late.Token, longWindow); !errors.Is(err, dedup.ErrNotHeld) {
-		t.Errorf("Commit(%q) after the lease ran out = %v, want ErrNotHeld", key, err)
-	}
-	if err := s.Release(ctx, key, late.Token); !errors.Is(err, dedup.ErrNotHeld) {
-		t.Errorf("Release(%q) after the lease ran out = %v, want ErrNotHeld", key, err)
-	}
+	refused(t, s, key, late.Token, "after the lease ran out")
 	// The late Commit must not have marked the key done.
 	claim(t, s, key, longLease, dedup.Claimed)
 }
@@ -522,5 +504,18 @@ func waitClaimable(t *testing.T, s dedup.Storage, key string, before time.Time, 
 			t.Fatalf("Claim(%q) still %v %v after a %v lease or window began", key, c.State, elapsed, d)
 		}
 		time.Sleep(pollEvery)
+	}
+}
+
+// refused checks that Commit and Release with token, which no longer
+// holds key (why says how it lost it), both fail with ErrNotHeld.
+func refused(t *testing.T, s dedup.Storage, key, token, why string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := s.Commit(ctx, key, token, longWindow); !errors.Is(err, dedup.ErrNotHeld) {
+		t.Errorf("Commit(%q) %s = %v, want ErrNotHeld", key, why, err)
+	}
+	if err := s.Release(ctx, key, token); !errors.Is(err, dedup.ErrNotHeld) {
+		t.Errorf("Release(%q) %s = %v, want ErrNotHeld", key, why, err)
 	}
 }
