@@ -51,12 +51,8 @@ func RunBus(t *testing.T, cfg Config) {
 func NewBus(t testing.TB, d herald.Driver, topic string) *herald.Bus {
 	t.Helper()
 	bus, err := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := herald.Register[Event](bus, topic, herald.WithKey(func(e Event) string { return e.Key })); err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
+	must(t, herald.Register[Event](bus, topic, herald.WithKey(func(e Event) string { return e.Key })))
 	return bus
 }
 
@@ -88,16 +84,10 @@ func testBusRoundTrip(t *testing.T, cfg Config) {
 		got <- e
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
+	must(t, bus.Start(ctx))
 	defer Shutdown(t, bus)
-	if err := bus.Publish(herald.WithCorrelationID(ctx, "corr-1"), Event{Key: "k", Seq: 7}); err != nil {
-		t.Fatal(err)
-	}
+	must(t, bus.Publish(herald.WithCorrelationID(ctx, "corr-1"), Event{Key: "k", Seq: 7}))
 	select {
 	case e := <-got:
 		if e != (Event{Key: "k", Seq: 7}) {
@@ -128,15 +118,9 @@ func testBusRedelivery(t *testing.T, cfg Config) {
 		done.Add(1)
 		return nil
 	}, herald.WithScheduler(herald.SchedulerConfig{RedeliveryBackoff: 10 * time.Millisecond}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Publish(ctx, Event{Key: "k"}); err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, Event{Key: "k"}))
 	waitFor(t, cfg, "the redelivery to succeed", func() bool { return done.Load() == 1 })
 	Shutdown(t, bus)
 
@@ -148,9 +132,7 @@ func testBusRedelivery(t *testing.T, cfg Config) {
 		return nil
 	})
 	_ = again.Start(ctx)
-	if err := again.Publish(ctx, Event{Key: "marker", Seq: 1}); err != nil {
-		t.Fatal(err)
-	}
+	must(t, again.Publish(ctx, Event{Key: "marker", Seq: 1}))
 	waitFor(t, cfg, "the marker", func() bool { return extra.Load() >= 1 })
 	Shutdown(t, again)
 	if n := extra.Load(); n != 1 {
@@ -174,12 +156,8 @@ func testBusPerKeyOrder(t *testing.T, cfg Config) {
 		order.Run(e, func() { time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond) })
 		return nil
 	}, herald.WithConcurrency(16))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
+	must(t, bus.Start(ctx))
 	defer Shutdown(t, bus)
 	var wg sync.WaitGroup
 	for p := range publishers {
@@ -223,13 +201,9 @@ func testBusShutdownInFlight(t *testing.T, cfg Config) {
 		mu.Unlock()
 		return nil
 	}, herald.WithConcurrency(4))
-	if err := first.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	must(t, first.Start(ctx))
 	for i := range n {
-		if err := first.Publish(ctx, Event{Key: fmt.Sprintf("k%d", i%16), Seq: i}); err != nil {
-			t.Fatal(err)
-		}
+		must(t, first.Publish(ctx, Event{Key: fmt.Sprintf("k%d", i%16), Seq: i}))
 	}
 	waitFor(t, cfg, "handlers in flight", func() bool { return started.Load() > 20 })
 	stopped := make(chan error, 1)
@@ -251,9 +225,7 @@ func testBusShutdownInFlight(t *testing.T, cfg Config) {
 		mu.Unlock()
 		return nil
 	}, herald.WithConcurrency(4))
-	if err := second.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	must(t, second.Start(ctx))
 	defer Shutdown(t, second)
 	waitFor(t, cfg, "every event after the restart", func() bool {
 		mu.Lock()
@@ -279,22 +251,16 @@ func testBusPoison(t *testing.T, cfg Config) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	must(t, bus.Start(ctx))
 	defer Shutdown(t, bus)
 	et, _ := bus.Registry().ByName(eventName(t, bus))
 	poison := &herald.Message{
 		Topic: topic, Key: "k", ContentType: "application/json", Data: []byte("{not json"),
 		Headers: herald.Headers{herald.HeaderEvent: et.Name},
 	}
-	if err := bus.PublishMessages(ctx, poison); err != nil {
-		t.Fatal(err)
-	}
+	must(t, bus.PublishMessages(ctx, poison))
 	// The key is not blocked: the next event of the same key is handled.
-	if err := bus.Publish(ctx, Event{Key: "k", Seq: 1}); err != nil {
-		t.Fatal(err)
-	}
+	must(t, bus.Publish(ctx, Event{Key: "k", Seq: 1}))
 	select {
 	case m := <-dlq:
 		if m.ID != poison.ID || m.Headers[herald.HeaderDeadLetterReason] == "" ||
@@ -460,15 +426,9 @@ func testBusAckAfterReturn(t *testing.T, cfg Config) {
 		<-release
 		return errors.New("failed as the service stopped")
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Publish(ctx, Event{Key: "k", Seq: 0}); err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
+	must(t, first.Start(ctx))
+	must(t, first.Publish(ctx, Event{Key: "k", Seq: 0}))
 	select {
 	case <-started:
 	case <-time.After(cfg.Timeout):
@@ -495,16 +455,10 @@ func testBusAckAfterReturn(t *testing.T, cfg Config) {
 		got <- e.Seq
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := second.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
+	must(t, second.Start(ctx))
 	defer Shutdown(t, second)
-	if err := second.Publish(ctx, Event{Key: "k", Seq: 1}); err != nil {
-		t.Fatal(err)
-	}
+	must(t, second.Publish(ctx, Event{Key: "k", Seq: 1}))
 	select {
 	case seq := <-got:
 		if seq != 0 {
@@ -536,16 +490,10 @@ func testBusShutdownWaits(t *testing.T, cfg Config) {
 		returned.Add(1)
 		return nil
 	}, herald.WithConcurrency(n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
+	must(t, bus.Start(ctx))
 	for i := range n {
-		if err := bus.Publish(ctx, Event{Key: fmt.Sprintf("k%d", i), Seq: i}); err != nil {
-			t.Fatal(err)
-		}
+		must(t, bus.Publish(ctx, Event{Key: fmt.Sprintf("k%d", i), Seq: i}))
 	}
 	waitFor(t, cfg, "every handler running", func() bool { return running.Load() == n })
 	stopped := make(chan error, 1)
@@ -594,21 +542,15 @@ func testBusConcurrency(t *testing.T, cfg Config) {
 				handled.Add(1)
 				return nil
 			}, herald.WithConcurrency(n))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := bus.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
+			must(t, err)
+			must(t, bus.Start(ctx))
 			defer Shutdown(t, bus)
 			defer releaseAll()
 			events := make([]any, 4*n)
 			for i := range events {
 				events[i] = Event{Key: fmt.Sprintf("k%d", i), Seq: i}
 			}
-			if err := bus.Publish(ctx, events...); err != nil {
-				t.Fatal(err)
-			}
+			must(t, bus.Publish(ctx, events...))
 			waitFor(t, cfg, fmt.Sprintf("%d handlers running at once", n), func() bool { return running.Load() >= int32(n) })
 			// Room for a scheduler with more workers than n to start more.
 			time.Sleep(100 * time.Millisecond)
@@ -624,8 +566,6 @@ func testBusConcurrency(t *testing.T, cfg Config) {
 func eventName(t *testing.T, bus *herald.Bus) string {
 	t.Helper()
 	msgs, err := bus.Publisher().Encode(context.Background(), Event{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	must(t, err)
 	return msgs[0].Event()
 }

@@ -84,3 +84,11 @@ func (o *KeyOrder) Handled() int { return int(o.handled.Load()) }
 
 // MaxParallel returns the most handlers that ran at once.
 func (o *KeyOrder) MaxParallel() int { return int(o.maxParallel.Load()) }
+
+// must fails t at once when err is not nil.
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
