@@ -103,9 +103,7 @@ func testBusRoundTrip(t *testing.T, cfg Config) {
 }
 
 func testBusRedelivery(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	bus := NewBus(t, d, topic)
 	var calls, done atomic.Int32
 	err := herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
@@ -182,9 +180,7 @@ func testBusPerKeyOrder(t *testing.T, cfg Config) {
 }
 
 func testBusShutdownInFlight(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	const n = 200
 	var mu sync.Mutex
 	handled := map[int]bool{}
@@ -235,9 +231,7 @@ func testBusShutdownInFlight(t *testing.T, cfg Config) {
 }
 
 func testBusPoison(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	bus := NewBus(t, d, topic)
 	var good atomic.Int32
 	_ = herald.Subscribe(bus, group, func(ctx context.Context, e Event, m *herald.Message) error {
@@ -416,9 +410,7 @@ func (r *rollingRestarts) stop(in *instance) {
 // message before the handler returned, so the group's next member gets it,
 // before the marker published after it on the same key.
 func testBusAckAfterReturn(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	started, release := make(chan struct{}), make(chan struct{})
 	first := NewBus(t, d, topic)
 	err := herald.Subscribe(first, group, func(ctx context.Context, e Event, m *herald.Message) error {
@@ -473,9 +465,7 @@ func testBusAckAfterReturn(t *testing.T, cfg Config) {
 // the handlers it found running have returned, and does not cancel their
 // context while its own has time left.
 func testBusShutdownWaits(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	bus := NewBus(t, d, topic)
 	const n = 3
 	var running atomic.Int32

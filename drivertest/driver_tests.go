@@ -15,9 +15,7 @@ import (
 )
 
 func testRoundTrip(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 
@@ -81,9 +79,7 @@ func testEmptyWrite(t *testing.T, cfg Config) {
 }
 
 func testLargeBatch(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 	const n = 2000
@@ -92,9 +88,7 @@ func testLargeBatch(t *testing.T, cfg Config) {
 }
 
 func testLargeMessage(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 	m := newMessages(topic, 1, noKey)[0]
@@ -114,9 +108,7 @@ func testOversized(t *testing.T, cfg Config) {
 	if cfg.MaxMessageBytes <= 0 {
 		t.Skip("driver declares no payload limit")
 	}
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 	huge := string(make([]byte, cfg.MaxMessageBytes+1))
@@ -210,9 +202,7 @@ func testPing(t *testing.T, cfg Config) {
 // written" for a batch with one bad message in it, wherever it sits:
 // drivers validate the whole batch before storing any of it.
 func testBadMessageFailsWholeBatch(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 	bad := []struct {
@@ -270,9 +260,7 @@ func testInvalidNames(t *testing.T, cfg Config) {
 }
 
 func testCancelledContexts(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 
@@ -304,9 +292,7 @@ func testCancelledContexts(t *testing.T, cfg Config) {
 }
 
 func testFetchWaits(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 	got := make(chan []herald.Delivery, 1)
@@ -327,9 +313,7 @@ func testFetchWaits(t *testing.T, cfg Config) {
 }
 
 func testRedeliveryAfterClose(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	first := subscribe(t, ctx, d, topic, group)
 	const n = 40
 	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 4) })...)
@@ -388,9 +372,7 @@ func drain(t *testing.T, cfg Config, sub herald.Subscription, n int) {
 }
 
 func testCompetingConsumers(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	const members, n = 3, 600
 	subs := make([]herald.Subscription, members)
 	for i := range subs {
@@ -445,9 +427,7 @@ func testCompetingConsumers(t *testing.T, cfg Config) {
 }
 
 func testPerKeyOrder(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 	const keys, perKey = 10, 50
@@ -486,9 +466,7 @@ func testPerKeyOrder(t *testing.T, cfg Config) {
 func nil2(key string) func(int) string { return func(int) string { return key } }
 
 func testConcurrentPublishers(t *testing.T, cfg Config) {
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	defer closeSub(t, sub)
 	const publishers, each = 16, 100

@@ -135,6 +135,12 @@ func Name(t testing.TB, suffix string) string {
 	return "dt." + base + "." + suffix + "." + hex.EncodeToString(b[:])
 }
 
+// setUp returns what most cases start from: a driver, the case's context
+// and a topic and a group of its own.
+func setUp(t *testing.T, cfg Config) (d herald.Driver, ctx context.Context, topic, group string) {
+	return cfg.NewDriver(t), context4(t, cfg), Name(t, "t"), Name(t, "g")
+}
+
 // context4 bounds a whole case: four times the suite's timeout.
 func context4(t *testing.T, cfg Config) context.Context { return Context(t, 4*cfg.Timeout) }
 

@@ -70,9 +70,7 @@ func testReleasedNotCounted(t *testing.T, cfg Config) {
 	if !cfg.DeliveryCounts {
 		t.Skip("Config.DeliveryCounts not declared")
 	}
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
 	write(t, ctx, d, newMessages(topic, 1, sameKey)...)
 	for member := 1; member <= 3; member++ {
@@ -109,9 +107,7 @@ func testLag(t *testing.T, cfg Config) {
 	if !cfg.Lag {
 		t.Skip("Config.Lag not declared")
 	}
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	const n, k = 20, 7
 	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 5) })...)
 	sub := subscribe(t, ctx, d, topic, group)
@@ -164,9 +160,7 @@ func testRevocation(t *testing.T, cfg Config) {
 	if !cfg.Revocation {
 		t.Skip("Config.Revocation not declared")
 	}
-	d := cfg.NewDriver(t)
-	ctx := context4(t, cfg)
-	topic, group := Name(t, "t"), Name(t, "g")
+	d, ctx, topic, group := setUp(t, cfg)
 	const n = 200
 	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 40) })...)
 	a := subscribe(t, ctx, d, topic, group)
