@@ -134,9 +134,7 @@ func testRelease(t *testing.T, s dedup.Storage, _ Options) {
 	if second.Token == first.Token {
 		t.Errorf("Claim(%q) after Release reused token %q", key, first.Token)
 	}
-	claim(t, s, key, longLease, dedup.Busy)
-	commit(t, s, key, second.Token, longWindow)
-	claim(t, s, key, longLease, dedup.Done)
+	stillHeldThenDone(t, s, key, second.Token)
 }
 
 func testNonPositiveDurations(t *testing.T, s dedup.Storage, _ Options) {
@@ -298,9 +296,7 @@ func testLeaseExpiry(t *testing.T, s dedup.Storage, _ Options) {
 	if c.Token == old.Token {
 		t.Errorf("Claim(%q) after the lease ran out reused token %q", key, old.Token)
 	}
-	claim(t, s, key, longLease, dedup.Busy)
-	commit(t, s, key, c.Token, longWindow)
-	claim(t, s, key, longLease, dedup.Done)
+	stillHeldThenDone(t, s, key, c.Token)
 }
 
 func testWrongToken(t *testing.T, s dedup.Storage, _ Options) {
@@ -331,9 +327,7 @@ func testWrongToken(t *testing.T, s dedup.Storage, _ Options) {
 			t.Errorf("Release(%q, %q) = %v, want ErrNotHeld", key, token, err)
 		}
 	}
-	claim(t, s, key, longLease, dedup.Busy)
-	commit(t, s, key, c.Token, longWindow)
-	claim(t, s, key, longLease, dedup.Done)
+	stillHeldThenDone(t, s, key, c.Token)
 }
 
 func testStaleToken(t *testing.T, s dedup.Storage, _ Options) {
@@ -344,9 +338,7 @@ func testStaleToken(t *testing.T, s dedup.Storage, _ Options) {
 	cur := claim(t, s, key, longLease, dedup.Claimed)
 
 	refused(t, s, key, old.Token, "with a released token")
-	claim(t, s, key, longLease, dedup.Busy)
-	commit(t, s, key, cur.Token, longWindow)
-	claim(t, s, key, longLease, dedup.Done)
+	stillHeldThenDone(t, s, key, cur.Token)
 }
 
 func testCommitAfterReclaim(t *testing.T, s dedup.Storage, _ Options) {
@@ -357,9 +349,7 @@ func testCommitAfterReclaim(t *testing.T, s dedup.Storage, _ Options) {
 	cur := waitClaimable(t, s, key, before, shortLease, dedup.Busy)
 
 	refused(t, s, key, late.Token, "by the holder whose lease ran out")
-	claim(t, s, key, longLease, dedup.Busy)
-	commit(t, s, key, cur.Token, longWindow)
-	claim(t, s, key, longLease, dedup.Done)
+	stillHeldThenDone(t, s, key, cur.Token)
 }
 
 func testCommitAfterExpiry(t *testing.T, s dedup.Storage, _ Options) {
@@ -518,4 +508,13 @@ func refused(t *testing.T, s dedup.Storage, key, token, why string) {
 	if err := s.Release(ctx, key, token); !errors.Is(err, dedup.ErrNotHeld) {
 		t.Errorf("Release(%q) %s = %v, want ErrNotHeld", key, why, err)
 	}
+}
+
+// stillHeldThenDone checks that token's claim on key still keeps others
+// out (Busy), and that committing it marks the key done.
+func stillHeldThenDone(t *testing.T, s dedup.Storage, key, token string) {
+	t.Helper()
+	claim(t, s, key, longLease, dedup.Busy)
+	commit(t, s, key, token, longWindow)
+	claim(t, s, key, longLease, dedup.Done)
 }
