@@ -261,27 +261,22 @@ func zeroOf(t reflect.Type) (value, pointer any) {
 	return p.Elem().Interface(), p.Interface()
 }
 
-func topicMethod(t reflect.Type) string {
+// optional returns what t's optional method m returns, called on a zero
+// value of t or, failing that, of *t; "" when t has no such method.
+func optional[I any](t reflect.Type, m func(I) string) string {
 	v, p := zeroOf(t)
-	if x, ok := v.(Topicer); ok {
-		return x.Topic()
+	if x, ok := v.(I); ok {
+		return m(x)
 	}
-	if x, ok := p.(Topicer); ok {
-		return x.Topic()
+	if x, ok := p.(I); ok {
+		return m(x)
 	}
 	return ""
 }
 
-func namerMethod(t reflect.Type) string {
-	v, p := zeroOf(t)
-	if x, ok := v.(EventNamer); ok {
-		return x.EventName()
-	}
-	if x, ok := p.(EventNamer); ok {
-		return x.EventName()
-	}
-	return ""
-}
+func topicMethod(t reflect.Type) string { return optional(t, Topicer.Topic) }
+
+func namerMethod(t reflect.Type) string { return optional(t, EventNamer.EventName) }
 
 func keyMethod(t reflect.Type) func(any) string {
 	if !t.Implements(reflect.TypeFor[Keyer]()) && !reflect.PointerTo(t).Implements(reflect.TypeFor[Keyer]()) {
