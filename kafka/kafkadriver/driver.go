@@ -24,9 +24,10 @@ const metadataTTL = 3 * time.Second
 
 // Sentinel errors of the driver, besides herald's own.
 var (
-	// ErrClosed is returned by calls on a closed Driver or Subscription;
-	// it wraps herald.ErrClosed.
-	ErrClosed = fmt.Errorf("kafkadriver: %w", herald.ErrClosed)
+	// ErrClosed is returned (inside a *herald.DriverError) by calls on a
+	// closed Driver or Subscription. It is herald.ErrClosed, so that the
+	// error's text names the driver once.
+	ErrClosed = herald.ErrClosed
 	// ErrRevoked is returned by Ack for a delivery whose partition this
 	// member no longer owns: its offset is not committed and the message
 	// is delivered again to the partition's next owner.
