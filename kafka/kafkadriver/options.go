@@ -2,7 +2,6 @@ package kafkadriver
 
 import (
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/segmentio/kafka-go/sasl/plain"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/optcheck"
 )
 
 // Defaults of every setting, in one place. Each has an Option below.
@@ -203,73 +203,55 @@ func newConfig(brokers []string, opts []Option) config {
 
 // validate reports every problem of c at once.
 func (c *config) validate() error {
-	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("kafkadriver: "+format+": %w", append(args, herald.ErrInvalidOption)...))
-	}
-	if len(c.brokers) == 0 {
-		bad("no broker addresses")
-	}
-	for _, b := range c.brokers {
-		if strings.TrimSpace(b) == "" || strings.ContainsAny(b, ", \t") {
-			bad("broker address %q is not host:port", b)
-		}
-	}
-	positive := func(name string, v int) {
-		if v <= 0 {
-			bad("%s must be positive, got %d", name, v)
-		}
-	}
-	positiveDuration := func(name string, d time.Duration) {
-		if d <= 0 {
-			bad("%s must be positive, got %v", name, d)
-		}
-	}
-	positive("batch size", c.batchSize)
-	positive("batch bytes", c.batchBytes)
-	positive("max message bytes", c.maxMessageBytes)
-	positive("max attempts", c.maxAttempts)
-	positive("fetch max bytes", c.fetchMaxBytes)
-	positive("max uncommitted", c.maxUncommitted)
-	if c.batchTimeout < 0 {
-		bad("batch timeout must not be negative, got %v", c.batchTimeout)
-	}
-	positiveDuration("request timeout", c.requestTimeout)
-	positiveDuration("commit interval", c.commitInterval)
-	positiveDuration("heartbeat interval", c.heartbeatInterval)
-	positiveDuration("session timeout", c.sessionTimeout)
-	positiveDuration("rebalance timeout", c.rebalanceTimeout)
-	positiveDuration("revoke timeout", c.revokeTimeout)
-	positiveDuration("join group backoff", c.joinGroupBackoff)
-	positiveDuration("partition watch interval", c.partitionWatchInterval)
-	positiveDuration("fetch max wait", c.fetchMaxWait)
-	if c.heartbeatInterval > 0 && c.sessionTimeout > 0 && c.heartbeatInterval >= c.sessionTimeout {
-		bad("heartbeat interval (%v) must be shorter than the session timeout (%v)", c.heartbeatInterval, c.sessionTimeout)
-	}
-	// kafka-go stops heartbeating once a rebalance starts, so a member that
-	// drains longer than either timeout is dropped by the coordinator.
-	if c.revokeTimeout > 0 && c.sessionTimeout > 0 && c.revokeTimeout >= c.sessionTimeout {
-		bad("revoke timeout (%v) must be shorter than the session timeout (%v)", c.revokeTimeout, c.sessionTimeout)
-	}
-	if c.revokeTimeout > 0 && c.rebalanceTimeout > 0 && c.revokeTimeout >= c.rebalanceTimeout {
-		bad("revoke timeout (%v) must be shorter than the rebalance timeout (%v)", c.revokeTimeout, c.rebalanceTimeout)
-	}
-	if c.acks < AcksAll || c.acks > AcksNone {
-		bad("unknown acks setting %d", int(c.acks))
-	}
-	if c.compression < CompressionNone || c.compression > CompressionZstd {
-		bad("unknown compression codec %d", int(c.compression))
-	}
-	if !c.start.Valid() {
-		bad("unknown start position %d", int(c.start))
-	}
-	if c.saslErr != nil {
-		errs = append(errs, c.saslErr)
-	}
-	if err := errors.Join(errs...); err != nil {
+	p := optcheck.New("kafkadriver")
+	c.checkBrokers(p)
+	c.checkSizes(p)
+	c.checkTimes(p)
+	p.If(c.acks < AcksAll || c.acks > AcksNone, "unknown acks setting %d", int(c.acks))
+	p.If(c.compression < CompressionNone || c.compression > CompressionZstd, "unknown compression codec %d", int(c.compression))
+	p.If(!c.start.Valid(), "unknown start position %d", int(c.start))
+	p.Add(c.saslErr)
+	if err := p.Err(); err != nil {
 		return fmt.Errorf("kafkadriver: invalid configuration: %w", err)
 	}
 	return nil
+}
+
+func (c *config) checkBrokers(p *optcheck.Problems) {
+	p.If(len(c.brokers) == 0, "no broker addresses")
+	for _, b := range c.brokers {
+		p.If(strings.TrimSpace(b) == "" || strings.ContainsAny(b, ", \t"), "broker address %q is not host:port", b)
+	}
+}
+
+func (c *config) checkSizes(p *optcheck.Problems) {
+	optcheck.Positive(p, "batch size", c.batchSize)
+	optcheck.Positive(p, "batch bytes", c.batchBytes)
+	optcheck.Positive(p, "max message bytes", c.maxMessageBytes)
+	optcheck.Positive(p, "max attempts", c.maxAttempts)
+	optcheck.Positive(p, "fetch max bytes", c.fetchMaxBytes)
+	optcheck.Positive(p, "max uncommitted", c.maxUncommitted)
+}
+
+func (c *config) checkTimes(p *optcheck.Problems) {
+	p.If(c.batchTimeout < 0, "batch timeout must not be negative, got %v", c.batchTimeout)
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"request timeout", c.requestTimeout}, {"commit interval", c.commitInterval},
+		{"heartbeat interval", c.heartbeatInterval}, {"session timeout", c.sessionTimeout},
+		{"rebalance timeout", c.rebalanceTimeout}, {"revoke timeout", c.revokeTimeout},
+		{"join group backoff", c.joinGroupBackoff}, {"partition watch interval", c.partitionWatchInterval},
+		{"fetch max wait", c.fetchMaxWait},
+	} {
+		optcheck.Positive(p, d.name, d.v)
+	}
+	optcheck.Shorter(p, "heartbeat interval", c.heartbeatInterval, "session timeout", c.sessionTimeout)
+	// kafka-go stops heartbeating once a rebalance starts, so a member that
+	// drains longer than either timeout is dropped by the coordinator.
+	optcheck.Shorter(p, "revoke timeout", c.revokeTimeout, "session timeout", c.sessionTimeout)
+	optcheck.Shorter(p, "revoke timeout", c.revokeTimeout, "rebalance timeout", c.rebalanceTimeout)
 }
 
 // WithBatchSize bounds the messages of one produce request (default

@@ -1,12 +1,11 @@
 package redisdriver
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/optcheck"
 )
 
 // Defaults of every option, in one place. Each option below documents what
@@ -80,44 +79,19 @@ func newConfig(opts []Option) config {
 
 // validate reports every problem of c at once.
 func (c config) validate() error {
-	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("redisdriver: "+format+": %w", append(args, herald.ErrInvalidOption)...))
-	}
-	if c.maxMessageBytes < 0 {
-		bad("max message bytes %d: want 0 (no limit) or more", c.maxMessageBytes)
-	}
-	if c.trimMaxLen < 0 {
-		bad("trim max length %d is negative", c.trimMaxLen)
-	}
-	if c.trimMaxAge < 0 {
-		bad("trim max age %v is negative", c.trimMaxAge)
-	}
-	if c.trimMaxAge > 0 && c.trimMaxAge < time.Millisecond {
-		bad("trim max age %v is below the 1 ms resolution of stream IDs", c.trimMaxAge)
-	}
-	if c.trimMaxLen > 0 && c.trimMaxAge > 0 {
-		bad("WithTrimMaxLen and WithTrimMaxAge exclude each other (XADD takes one of MAXLEN and MINID)")
-	}
-	if !c.start.Valid() {
-		bad("unknown start position %d", c.start)
-	}
-	if c.block < time.Millisecond {
-		bad("block %v is below 1 ms (Redis would read 0 as: block forever)", c.block)
-	}
-	if c.claimMinIdle < 3*time.Millisecond {
-		bad("claim min idle %v is below 3 ms (in-flight entries are refreshed every third of it)", c.claimMinIdle)
-	}
-	if c.reclaimInterval <= 0 {
-		bad("reclaim interval %v is not positive", c.reclaimInterval)
-	}
-	if c.consumerIdle <= 0 {
-		bad("consumer idle %v is not positive", c.consumerIdle)
-	}
-	if c.consumerIdle > 0 && c.consumerIdle <= c.block {
-		bad("consumer idle %v must exceed the block time %v, or live consumers would look departed", c.consumerIdle, c.block)
-	}
-	return errors.Join(errs...)
+	p := optcheck.New("redisdriver")
+	p.If(c.maxMessageBytes < 0, "max message bytes %d: want 0 (no limit) or more", c.maxMessageBytes)
+	p.If(c.trimMaxLen < 0, "trim max length %d is negative", c.trimMaxLen)
+	p.If(c.trimMaxAge < 0, "trim max age %v is negative", c.trimMaxAge)
+	p.If(c.trimMaxAge > 0 && c.trimMaxAge < time.Millisecond, "trim max age %v is below the 1 ms resolution of stream IDs", c.trimMaxAge)
+	p.If(c.trimMaxLen > 0 && c.trimMaxAge > 0, "WithTrimMaxLen and WithTrimMaxAge exclude each other (XADD takes one of MAXLEN and MINID)")
+	p.If(!c.start.Valid(), "unknown start position %d", c.start)
+	p.If(c.block < time.Millisecond, "block %v is below 1 ms (Redis would read 0 as: block forever)", c.block)
+	p.If(c.claimMinIdle < 3*time.Millisecond, "claim min idle %v is below 3 ms (in-flight entries are refreshed every third of it)", c.claimMinIdle)
+	p.If(c.reclaimInterval <= 0, "reclaim interval %v is not positive", c.reclaimInterval)
+	p.If(c.consumerIdle <= 0, "consumer idle %v is not positive", c.consumerIdle)
+	p.If(c.consumerIdle > 0 && c.consumerIdle <= c.block, "consumer idle %v must exceed the block time %v, or live consumers would look departed", c.consumerIdle, c.block)
+	return p.Err()
 }
 
 // WithKeyPrefix sets the prefix of stream keys (default DefaultKeyPrefix):

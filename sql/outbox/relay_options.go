@@ -1,14 +1,11 @@
 package outbox
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/heraldbus/herald/internal/optcheck"
 	"github.com/heraldbus/herald/internal/telemetry"
-
-	"github.com/heraldbus/herald"
 )
 
 // Relay defaults. Every RelayOption documents the setting it changes; this
@@ -108,44 +105,19 @@ func ValidateRelayOptions(opts ...RelayOption) error {
 
 // validate reports every problem of c at once.
 func (c relayConfig) validate() error {
-	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("outbox: relay: "+format+": %w", append(args, herald.ErrInvalidOption)...))
-	}
-	if c.BatchSize < 1 || c.BatchSize > maxBatchSize {
-		bad("batch size %d: want 1 to %d", c.BatchSize, maxBatchSize)
-	}
-	if c.Lanes < 1 || c.Lanes > 256 {
-		bad("lanes %d: want 1 to 256", c.Lanes)
-	}
-	if c.MaxAttempts < 0 {
-		bad("max attempts %d: want 0 (never quarantine) or more", c.MaxAttempts)
-	}
-	if c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff {
-		bad("backoff %v to %v: want 0 < min <= max", c.MinBackoff, c.MaxBackoff)
-	}
-	if c.MinPollInterval <= 0 || c.MaxPollInterval < c.MinPollInterval {
-		bad("poll interval %v to %v: want 0 < min <= max", c.MinPollInterval, c.MaxPollInterval)
-	}
-	if c.LockRetryInterval <= 0 {
-		bad("lock retry interval %v: want > 0", c.LockRetryInterval)
-	}
-	if c.WriteTimeout <= 0 {
-		bad("write timeout %v: want > 0", c.WriteTimeout)
-	}
-	if c.Retention < 0 {
-		bad("retention %v: want >= 0", c.Retention)
-	}
-	if c.PurgeBatch < 1 || c.PurgeBatch > maxBatchSize {
-		bad("purge batch %d: want 1 to %d", c.PurgeBatch, maxBatchSize)
-	}
-	if c.HealthMaxAge <= 0 {
-		bad("health max age %v: want > 0", c.HealthMaxAge)
-	}
-	if c.StatsHook != nil && c.StatsInterval <= 0 {
-		bad("stats interval %v: want > 0", c.StatsInterval)
-	}
-	return errors.Join(errs...)
+	p := optcheck.New("outbox: relay")
+	p.If(c.BatchSize < 1 || c.BatchSize > maxBatchSize, "batch size %d: want 1 to %d", c.BatchSize, maxBatchSize)
+	p.If(c.Lanes < 1 || c.Lanes > 256, "lanes %d: want 1 to 256", c.Lanes)
+	p.If(c.MaxAttempts < 0, "max attempts %d: want 0 (never quarantine) or more", c.MaxAttempts)
+	p.If(c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff, "backoff %v to %v: want 0 < min <= max", c.MinBackoff, c.MaxBackoff)
+	p.If(c.MinPollInterval <= 0 || c.MaxPollInterval < c.MinPollInterval, "poll interval %v to %v: want 0 < min <= max", c.MinPollInterval, c.MaxPollInterval)
+	p.If(c.LockRetryInterval <= 0, "lock retry interval %v: want > 0", c.LockRetryInterval)
+	p.If(c.WriteTimeout <= 0, "write timeout %v: want > 0", c.WriteTimeout)
+	p.If(c.Retention < 0, "retention %v: want >= 0", c.Retention)
+	p.If(c.PurgeBatch < 1 || c.PurgeBatch > maxBatchSize, "purge batch %d: want 1 to %d", c.PurgeBatch, maxBatchSize)
+	p.If(c.HealthMaxAge <= 0, "health max age %v: want > 0", c.HealthMaxAge)
+	p.If(c.StatsHook != nil && c.StatsInterval <= 0, "stats interval %v: want > 0", c.StatsInterval)
+	return p.Err()
 }
 
 // WithBatchSize sets how many rows a round reads and writes (1 to 10000).

@@ -3,7 +3,6 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/optcheck"
 )
 
 // Column limits the Writer checks, so a message fails with a clear error
@@ -64,14 +64,10 @@ func WithMaxMessageBytes(n int) WriterOption {
 }
 
 func (c writerConfig) validate() error {
-	var errs []error
-	if c.maxMessageBytes < 0 {
-		errs = append(errs, fmt.Errorf("outbox: writer: max message bytes %d: want 0 (no check) or more: %w", c.maxMessageBytes, herald.ErrInvalidOption))
-	}
-	if c.notifyPause < 0 {
-		errs = append(errs, fmt.Errorf("outbox: writer: notify pause %v: want 0 or more: %w", c.notifyPause, herald.ErrInvalidOption))
-	}
-	return errors.Join(errs...)
+	p := optcheck.New("outbox: writer")
+	p.If(c.maxMessageBytes < 0, "max message bytes %d: want 0 (no check) or more", c.maxMessageBytes)
+	p.If(c.notifyPause < 0, "notify pause %v: want 0 or more", c.notifyPause)
+	return p.Err()
 }
 
 // WithNotifyPause makes the PostgreSQL Writer call pg_notify only in a
