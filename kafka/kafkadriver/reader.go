@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/errsink"
 	kafkago "github.com/segmentio/kafka-go"
 )
 
@@ -142,7 +143,7 @@ type subscription struct {
 	mu       sync.Mutex
 	flushErr error // the final commit made while closing
 
-	background atomic.Pointer[func(error)] // set by ReportErrorsTo; nil: log only
+	background errsink.Sink // ReportErrorsTo's function; before it, the log
 
 	current atomic.Pointer[generation] // the generation running; nil while joining
 	epoch   time.Time                  // origin of clock
@@ -341,14 +342,10 @@ func groupMovedOn(err error) bool {
 // and Ack (a failed commit at the end of a generation, a final commit the
 // group no longer takes) to report instead of the driver's log
 // (herald.ErrorReporter).
-func (s *subscription) ReportErrorsTo(report func(error)) { s.background.Store(&report) }
+func (s *subscription) ReportErrorsTo(report func(error)) { s.background.Set(report) }
 
 func (s *subscription) reportBackground(err error) {
-	if f := s.background.Load(); f != nil {
-		(*f)(err)
-		return
-	}
-	s.log.Warn("kafkadriver: background error", "error", err)
+	s.background.Report(err, func(err error) { s.log.Warn("kafkadriver: background error", "error", err) })
 }
 
 func closed(c <-chan struct{}) bool {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -26,8 +27,8 @@ type Driver struct {
 	client goredis.UniversalClient
 	cfg    config
 
-	mu     sync.Mutex
-	closed bool
+	closed atomic.Bool
+	mu     sync.Mutex // subs; Subscribe checks closed under it
 	subs   map[*subscription]struct{}
 }
 
@@ -55,12 +56,12 @@ func New(client goredis.UniversalClient, opts ...Option) (*Driver, error) {
 // It does not close the client, which stays the caller's. Close is
 // idempotent.
 func (d *Driver) Close() error {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	if !d.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	d.closed = true
+	// A Subscribe that added its subscription before is in subs; one
+	// after finds closed set.
+	d.mu.Lock()
 	subs := slices.Collect(maps.Keys(d.subs))
 	d.mu.Unlock()
 	return parallel.Each(subs, func(s *subscription) error {
@@ -77,11 +78,7 @@ func fail(op, topic, group, detail string, err error) error {
 }
 
 // isClosed reports whether Close was called.
-func (d *Driver) isClosed() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.closed
-}
+func (d *Driver) isClosed() bool { return d.closed.Load() }
 
 func (d *Driver) forget(s *subscription) {
 	d.mu.Lock()
@@ -207,7 +204,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		return nil, err
 	}
 	d.mu.Lock()
-	if d.closed {
+	if d.closed.Load() {
 		d.mu.Unlock()
 		return nil, fail("subscribe", topic, group, "", herald.ErrClosed)
 	}

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/backoff"
+	"github.com/heraldbus/herald/internal/errsink"
 )
 
 // handBackTime is the delivery time (ms since the epoch) Close gives the
@@ -37,7 +37,7 @@ type subscription struct {
 	group    string
 	stream   string
 	consumer string
-	report   atomic.Pointer[func(error)] // set by ReportErrorsTo; nil: cfg.onError
+	report   errsink.Sink // ReportErrorsTo's function; before it, cfg.onError
 
 	fetchMu       sync.Mutex // held by Fetch; Close takes it to wait for a Fetch to end
 	readArgs      goredis.XReadGroupArgs
@@ -593,12 +593,6 @@ func (s *subscription) isClosing() bool {
 // ReportErrorsTo sends the errors the subscription meets in the background
 // to report instead of the driver's error handler (herald.ErrorReporter):
 // the herald scheduler passes its own, so they reach the Bus's handler.
-func (s *subscription) ReportErrorsTo(report func(error)) { s.report.Store(&report) }
+func (s *subscription) ReportErrorsTo(report func(error)) { s.report.Set(report) }
 
-func (s *subscription) onError(err error) {
-	if f := s.report.Load(); f != nil {
-		(*f)(err)
-		return
-	}
-	s.cfg.onError(err)
-}
+func (s *subscription) onError(err error) { s.report.Report(err, s.cfg.onError) }
