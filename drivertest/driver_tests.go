@@ -17,7 +17,7 @@ import (
 func testRoundTrip(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 
 	sent := &herald.Message{
 		ID:          "id-1",
@@ -81,7 +81,7 @@ func testEmptyWrite(t *testing.T, cfg Config) {
 func testLargeBatch(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 	const n = 2000
 	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 37) })...)
 	drain(t, cfg, sub, n)
@@ -90,7 +90,7 @@ func testLargeBatch(t *testing.T, cfg Config) {
 func testLargeMessage(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 	m := newMessages(topic, 1, noKey)[0]
 	m.Data = bytes.Repeat([]byte("0123456789abcdef"), cfg.LargeMessageBytes/16)
 	write(t, ctx, d, m.Clone())
@@ -110,7 +110,7 @@ func testOversized(t *testing.T, cfg Config) {
 	}
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 	huge := string(make([]byte, cfg.MaxMessageBytes+1))
 	for _, c := range []struct {
 		name  string
@@ -204,7 +204,7 @@ func testPing(t *testing.T, cfg Config) {
 func testBadMessageFailsWholeBatch(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 	bad := []struct {
 		name string
 		want error
@@ -262,7 +262,7 @@ func testInvalidNames(t *testing.T, cfg Config) {
 func testCancelledContexts(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -294,7 +294,7 @@ func testCancelledContexts(t *testing.T, cfg Config) {
 func testFetchWaits(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 	got := make(chan []herald.Delivery, 1)
 	go func() {
 		buf := make([]herald.Delivery, 4)
@@ -326,10 +326,10 @@ func testRedeliveryAfterClose(t *testing.T, cfg Config) {
 			unacked[dl.Message.ID] = true
 		}
 	}
-	closeSub(t, first)
+	CloseSub(t, first)
 
 	second := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, second)
+	defer CloseSub(t, second)
 	// Every unacknowledged message comes back; acknowledged ones may (a
 	// driver that commits offsets redelivers above the lowest gap).
 	for len(unacked) > 0 {
@@ -348,9 +348,9 @@ func testTwoGroups(t *testing.T, cfg Config) {
 	ctx := context4(t, cfg)
 	topic := Name(t, "t")
 	a := subscribe(t, ctx, d, topic, Name(t, "a"))
-	defer closeSub(t, a)
+	defer CloseSub(t, a)
 	b := subscribe(t, ctx, d, topic, Name(t, "b"))
-	defer closeSub(t, b)
+	defer CloseSub(t, b)
 	const n = 100
 	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 10) })...)
 	for _, sub := range []herald.Subscription{a, b} {
@@ -419,7 +419,7 @@ func testCompetingConsumers(t *testing.T, cfg Config) {
 	cancel()
 	wg.Wait()
 	for _, sub := range subs {
-		closeSub(t, sub)
+		CloseSub(t, sub)
 	}
 	if len(seen) != n {
 		t.Fatalf("the group received %d distinct messages of %d", len(seen), n)
@@ -429,7 +429,7 @@ func testCompetingConsumers(t *testing.T, cfg Config) {
 func testPerKeyOrder(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 	const keys, perKey = 10, 50
 	var msgs []*herald.Message
 	for i := range perKey {
@@ -468,7 +468,7 @@ func nil2(key string) func(int) string { return func(int) string { return key } 
 func testConcurrentPublishers(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	sub := subscribe(t, ctx, d, topic, group)
-	defer closeSub(t, sub)
+	defer CloseSub(t, sub)
 	const publishers, each = 16, 100
 	var wg sync.WaitGroup
 	for p := range publishers {

@@ -153,7 +153,8 @@ func subscribe(t *testing.T, ctx context.Context, d herald.Driver, topic, group 
 	return sub
 }
 
-func closeSub(t *testing.T, sub herald.Subscription) {
+// CloseSub closes sub, bounded by 30 s, and reports a failure to t.
+func CloseSub(t testing.TB, sub herald.Subscription) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

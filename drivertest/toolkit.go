@@ -2,10 +2,13 @@ package drivertest
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/heraldbus/herald"
 )
 
 // The toolkit: the helpers herald's suites and a driver's own tests share,
@@ -84,6 +87,29 @@ func (o *KeyOrder) Handled() int { return int(o.handled.Load()) }
 
 // MaxParallel returns the most handlers that ran at once.
 func (o *KeyOrder) MaxParallel() int { return int(o.maxParallel.Load()) }
+
+// WaitLag polls lr until its lag is want, within the liveness bound, and
+// fails t at once when a reading falls outside [lo, hi] (a lag below what
+// is unacknowledged hides a backlog; one above counts acknowledged
+// messages). An error for which again reports true (nil: none) means
+// "not known yet" and is asked again; any other fails t.
+func WaitLag(t testing.TB, within time.Duration, lr herald.LagReporter, want, lo, hi int64, again func(error) bool) {
+	t.Helper()
+	var last int64
+	var lastErr error
+	Eventually(t, within, fmt.Sprintf("lag %d", want), func() bool {
+		last, lastErr = lr.Lag(context.Background())
+		switch {
+		case lastErr != nil && again != nil && again(lastErr):
+			return false
+		case lastErr != nil:
+			t.Fatalf("Lag while waiting for %d: %v", want, lastErr)
+		case last < lo || last > hi:
+			t.Fatalf("lag %d outside [%d, %d] while waiting for %d", last, lo, hi, want)
+		}
+		return last == want
+	})
+}
 
 // must fails t at once when err is not nil.
 func must(t testing.TB, err error) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
 	kafkago "github.com/segmentio/kafka-go"
 )
@@ -97,7 +98,7 @@ func BenchmarkPublish(b *testing.B) {
 }
 
 func benchTopic(b *testing.B, d *kafkadriver.Driver) string {
-	topic := name("bench")
+	topic := drivertest.Name(b, "bench")
 	if err := d.CreateTopic(context.Background(), topic, partitions, 1); err != nil {
 		b.Fatal(err)
 	}
@@ -167,7 +168,7 @@ func BenchmarkConsume(b *testing.B) {
 		d := newDriver(b, brokers, real)
 		topic := fill(b, d, b.N)
 		r := kafkago.NewReader(kafkago.ReaderConfig{
-			Brokers: brokers, GroupID: name("g"), Topic: topic, StartOffset: kafkago.FirstOffset,
+			Brokers: brokers, GroupID: drivertest.Name(b, "g"), Topic: topic, StartOffset: kafkago.FirstOffset,
 			MaxWait: kafkadriver.DefaultFetchMaxWait, MaxBytes: kafkadriver.DefaultFetchMaxBytes,
 			HeartbeatInterval: time.Second, SessionTimeout: 6 * time.Second,
 		})
@@ -239,7 +240,7 @@ func consumeThroughBus(b *testing.B, d *kafkadriver.Driver, concurrency int, wor
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := bus.Handle(topic, name("g"), func(ctx context.Context, m *herald.Message) error {
+	if err := bus.Handle(topic, drivertest.Name(b, "g"), func(ctx context.Context, m *herald.Message) error {
 		work()
 		if handled.Add(1) == int64(b.N) {
 			close(done)

@@ -24,31 +24,12 @@ func lagReporter(t *testing.T, sub herald.Subscription) herald.LagReporter {
 	return lr
 }
 
-// waitLag polls Lag until it reads want: the member joins its group in the
-// background (ErrRebalancing until then) and commits on an interval. Every
-// reading must lie in [lo, hi]. The minute is a liveness bound.
+// waitLag is the toolkit's, within a minute: the member joins its group
+// in the background (ErrRebalancing until then) and commits on an
+// interval.
 func waitLag(t *testing.T, lr herald.LagReporter, want, lo, hi int64) {
 	t.Helper()
-	ctx := testContext(t)
-	var last int64
-	var lastErr error
-	deadline := time.Now().Add(time.Minute)
-	for {
-		last, lastErr = lr.Lag(ctx)
-		switch {
-		case errors.Is(lastErr, kafkadriver.ErrRebalancing):
-		case lastErr != nil:
-			t.Fatalf("Lag: %v", lastErr)
-		case last < lo || last > hi:
-			t.Fatalf("lag %d outside [%d, %d] while waiting for %d", last, lo, hi, want)
-		case last == want:
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lag %d (%v), want %d", last, lastErr, want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	drivertest.WaitLag(t, time.Minute, lr, want, lo, hi, func(err error) bool { return errors.Is(err, kafkadriver.ErrRebalancing) })
 }
 
 // writeSpread writes messages from..to-1 with keys that cover every
@@ -80,38 +61,6 @@ func subscribe(t *testing.T, d *kafkadriver.Driver, topic, group string) herald.
 	return sub
 }
 
-// A fresh group lags by everything written; deliveries count until their
-// offsets are committed; acknowledging everything brings the lag to 0.
-func TestLagCountsUncommitted(t *testing.T) {
-	const n, k = 40, 15
-	brokers, real := cluster(t)
-	d := newDriver(t, brokers, real)
-	topic := newTopic(t, d)
-	writeSpread(t, d, topic, 0, n)
-
-	sub := subscribe(t, d, topic, name("g"))
-	lr := lagReporter(t, sub)
-	waitLag(t, lr, n, n, n)
-
-	first := drivertest.FetchExactly(t, sub, k)
-	waitLag(t, lr, n, n, n) // fetched is not acknowledged
-	drivertest.Ack(t, sub, first...)
-	waitLag(t, lr, n-k, n-k, n)
-
-	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, n-k)...)
-	waitLag(t, lr, 0, 0, n-k)
-
-	other := subscribe(t, d, topic, name("g"))
-	waitLag(t, lagReporter(t, other), n, n, n)
-
-	if err := sub.Close(testContext(t)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lr.Lag(testContext(t)); !errors.Is(err, herald.ErrClosed) {
-		t.Fatalf("Lag after Close = %v, want ErrClosed", err)
-	}
-}
-
 // A group that starts at the end lags by nothing at first, whether or not
 // its start position has been resolved and committed yet, then by what is
 // written after.
@@ -120,7 +69,7 @@ func TestLagStartLatest(t *testing.T) {
 	d := newDriver(t, brokers, real, kafkadriver.WithStartPosition(herald.StartLatest))
 	topic := newTopic(t, d)
 	writeSpread(t, d, topic, 0, 10)
-	group := name("g")
+	group := drivertest.Name(t, "g")
 	sub := subscribe(t, d, topic, group)
 	lr := lagReporter(t, sub)
 	waitLag(t, lr, 0, 0, 0)
@@ -157,12 +106,12 @@ func TestLagOfAPartitionHeldBack(t *testing.T) {
 		return nil, nil, false
 	})
 	d := newDriver(t, brokers, false, kafkadriver.WithMaxUncommitted(5))
-	topic := name("t")
+	topic := drivertest.Name(t, "t")
 	if err := d.CreateTopic(testContext(t), topic, 1, 1); err != nil {
 		t.Fatal(err)
 	}
 	writeSpread(t, d, topic, 0, 20)
-	sub := subscribe(t, d, topic, name("g"))
+	sub := subscribe(t, d, topic, drivertest.Name(t, "g"))
 	lr := lagReporter(t, sub)
 	held := drivertest.FetchExactly(t, sub, 5) // the fetcher now waits for room
 	waitLag(t, lr, 20, 20, 20)
@@ -194,7 +143,7 @@ func TestLagOfACaughtUpMemberSendsNoRequest(t *testing.T) {
 	d := newDriver(t, brokers, false)
 	topic := newTopic(t, d)
 	writeSpread(t, d, topic, 0, 20)
-	sub := subscribe(t, d, topic, name("g"))
+	sub := subscribe(t, d, topic, drivertest.Name(t, "g"))
 	lr := lagReporter(t, sub)
 	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 20)...)
 	waitLag(t, lr, 0, 0, 20)
@@ -226,7 +175,7 @@ func TestLagAcrossARebalance(t *testing.T) {
 	const n = 40
 	brokers, real := cluster(t)
 	da, db := newDriver(t, brokers, real), newDriver(t, brokers, real)
-	topic, group := newTopic(t, da), name("g")
+	topic, group := newTopic(t, da), drivertest.Name(t, "g")
 	writeSpread(t, da, topic, 0, n)
 	a := subscribe(t, da, topic, group)
 	la := lagReporter(t, a)

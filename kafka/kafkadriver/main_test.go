@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
 	kafkago "github.com/segmentio/kafka-go"
@@ -93,8 +94,4 @@ func adminClient(t testing.TB, brokers []string) *kafkago.Client {
 	return &kafkago.Client{Addr: kafkago.TCP(brokers...), Transport: tr}
 }
 
-func testContext(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testContext(t testing.TB) context.Context { return drivertest.Context(t, 2*time.Minute) }

@@ -2,8 +2,6 @@ package kafkadriver_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -24,34 +22,20 @@ import (
 
 const partitions = 4
 
-// name returns a topic or group name unique to this run.
-func name(prefix string) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return prefix + "." + hex.EncodeToString(b[:])
-}
-
 // newTopic creates a topic with the test's partition count.
 func newTopic(t *testing.T, d *kafkadriver.Driver) string {
 	t.Helper()
-	topic := name("t")
+	topic := drivertest.Name(t, "t")
 	if err := d.CreateTopic(testContext(t), topic, partitions, 1); err != nil {
 		t.Fatal(err)
 	}
 	return topic
 }
 
-// eventually fails the test when cond stays false for a minute: a liveness
-// bound, not a performance target.
+// eventually is the toolkit's, bounded by a minute.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	drivertest.Eventually(t, time.Minute, what, cond)
 }
 
 // seen is a concurrency-safe record of handled events.
@@ -98,7 +82,7 @@ func publishRange(t *testing.T, bus *herald.Bus, from, to int) {
 func TestRebalanceLosesNothing(t *testing.T) {
 	brokers, real := cluster(t)
 	da, db := newDriver(t, brokers, real), newDriver(t, brokers, real)
-	topic, group := newTopic(t, da), name("g")
+	topic, group := newTopic(t, da), drivertest.Name(t, "g")
 	got := newSeen()
 	var byA, byB atomic.Int32
 	handler := func(member *atomic.Int32) func(context.Context, drivertest.Event, *herald.Message) error {
@@ -201,7 +185,7 @@ func keyFor(p int, prefix string) string {
 func TestCrashedMemberResumesFromLowestUnacked(t *testing.T) {
 	brokers, real := cluster(t)
 	d1 := newDriver(t, brokers, real)
-	topic, group := newTopic(t, d1), name("g")
+	topic, group := newTopic(t, d1), drivertest.Name(t, "g")
 	ctx := testContext(t)
 
 	const perPartition = 40
@@ -299,65 +283,6 @@ func committed(t *testing.T, c *kafkago.Client, group, topic string) [partitions
 	return out
 }
 
-// Through the Bus with concurrency 16: messages of one key are handled one
-// at a time and in order, while keys run in parallel.
-func TestPerKeyOrderWithConcurrency16(t *testing.T) {
-	brokers, real := cluster(t)
-	d := newDriver(t, brokers, real)
-	topic := newTopic(t, d)
-	bus := drivertest.NewBus(t, d, topic)
-	const keys, perKey = 64, 40
-	var mu sync.Mutex
-	last := map[string]int{}
-	running := map[string]bool{}
-	var handled, parallel, maxParallel atomic.Int32
-	err := herald.Subscribe(bus, name("g"), func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
-		mu.Lock()
-		if running[e.Key] {
-			t.Errorf("key %s runs twice at once", e.Key)
-		}
-		running[e.Key] = true
-		if prev, ok := last[e.Key]; (ok && e.Seq != prev+1) || (!ok && e.Seq != 0) {
-			t.Errorf("key %s: %d after %d", e.Key, e.Seq, prev)
-		}
-		last[e.Key] = e.Seq
-		mu.Unlock()
-		p := parallel.Add(1)
-		for old := maxParallel.Load(); p > old && !maxParallel.CompareAndSwap(old, p); old = maxParallel.Load() {
-		}
-		time.Sleep(200 * time.Microsecond)
-		parallel.Add(-1)
-		mu.Lock()
-		running[e.Key] = false
-		mu.Unlock()
-		handled.Add(1)
-		return nil
-	}, herald.WithConcurrency(16))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(testContext(t)); err != nil {
-		t.Fatal(err)
-	}
-	defer drivertest.Shutdown(t, bus)
-	var wg sync.WaitGroup
-	for k := range keys {
-		wg.Go(func() {
-			for i := range perKey {
-				if err := bus.Publish(testContext(t), drivertest.Event{Key: "key" + strconv.Itoa(k), Seq: i}); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	eventually(t, "every event", func() bool { return handled.Load() == keys*perKey })
-	if maxParallel.Load() < 2 {
-		t.Errorf("handlers never ran in parallel (max %d) with concurrency 16", maxParallel.Load())
-	}
-}
-
 // A handler that keeps failing for one key holds back only that key: the
 // messages after it on the same partition are handled meanwhile; the
 // failing message is redelivered until it succeeds, before its key's next
@@ -366,7 +291,7 @@ func TestPerKeyOrderWithConcurrency16(t *testing.T) {
 func TestFailingKeyBlocksOnlyItself(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
-	topic, group := newTopic(t, d), name("g")
+	topic, group := newTopic(t, d), drivertest.Name(t, "g")
 	bad := keyFor(1, "bad")
 	var good atomic.Int32
 	var mu sync.Mutex
@@ -467,7 +392,7 @@ func TestFailingKeyBlocksOnlyItself(t *testing.T) {
 func TestPoisonGoesToDeadLetterAndPartitionMovesOn(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
-	topic, group := newTopic(t, d), name("g")
+	topic, group := newTopic(t, d), drivertest.Name(t, "g")
 	bus := drivertest.NewBus(t, d, topic)
 	var good atomic.Int32
 	var dead atomic.Int32
@@ -477,7 +402,7 @@ func TestPoisonGoesToDeadLetterAndPartitionMovesOn(t *testing.T) {
 	}, herald.WithConcurrency(4), herald.WithDeadLetter()); err != nil {
 		t.Fatal(err)
 	}
-	if err := bus.Handle(herald.DeadLetterTopic(topic), name("dlq"), func(ctx context.Context, m *herald.Message) error {
+	if err := bus.Handle(herald.DeadLetterTopic(topic), drivertest.Name(t, "dlq"), func(ctx context.Context, m *herald.Message) error {
 		dead.Add(1)
 		return nil
 	}); err != nil {
@@ -548,7 +473,7 @@ func TestStartLatest(t *testing.T) {
 	if err := d.Write(ctx, []*herald.Message{old}); err != nil {
 		t.Fatal(err)
 	}
-	group := name("g")
+	group := drivertest.Name(t, "g")
 	sub, err := d.Subscribe(ctx, topic, group)
 	if err != nil {
 		t.Fatal(err)
@@ -584,7 +509,7 @@ func TestStartLatest(t *testing.T) {
 func TestDeliveryCount(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
-	topic, group := newTopic(t, d), name("g")
+	topic, group := newTopic(t, d), drivertest.Name(t, "g")
 	ctx := testContext(t)
 	if err := d.Write(ctx, []*herald.Message{{ID: "m", Topic: topic, Key: "k", Data: []byte("x")}}); err != nil {
 		t.Fatal(err)
@@ -613,7 +538,7 @@ func TestDeliveryCount(t *testing.T) {
 func TestClosedSubscription(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
-	topic, group := newTopic(t, d), name("g")
+	topic, group := newTopic(t, d), drivertest.Name(t, "g")
 	ctx := testContext(t)
 	if err := d.Write(ctx, []*herald.Message{{ID: "m", Topic: topic, Key: "k", Data: []byte("x")}}); err != nil {
 		t.Fatal(err)
@@ -664,8 +589,8 @@ func TestMissingTopicWithoutAutoCreation(t *testing.T) {
 	}
 	defer d.Close()
 	ctx := testContext(t)
-	topic := name("t")
-	sub, err := d.Subscribe(ctx, topic, name("g"))
+	topic := drivertest.Name(t, "t")
+	sub, err := d.Subscribe(ctx, topic, drivertest.Name(t, "g"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -698,7 +623,7 @@ func TestMissingTopicWithoutAutoCreation(t *testing.T) {
 func TestForeignRecordsGetStableIDs(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
-	topic, group := newTopic(t, d), name("g")
+	topic, group := newTopic(t, d), drivertest.Name(t, "g")
 	ctx := testContext(t)
 	tr := &kafkago.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -777,7 +702,7 @@ func TestCloseAfterTheGroupMovedOn(t *testing.T) {
 			t.Cleanup(cl.Close)
 			// Only Close commits, so that is the commit that fails.
 			d := newDriver(t, cl.ListenAddrs(), false, kafkadriver.WithCommitInterval(time.Hour))
-			topic, group := newTopic(t, d), name("g")
+			topic, group := newTopic(t, d), drivertest.Name(t, "g")
 			ctx := testContext(t)
 			const n = 3
 			for i := range n {

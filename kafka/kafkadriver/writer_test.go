@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -76,7 +77,7 @@ func TestKeyedMessagesLandOnJavaPartition(t *testing.T) {
 	brokers, real := cluster(t)
 	d := newDriver(t, brokers, real)
 	ctx := testContext(t)
-	topic := name("t")
+	topic := drivertest.Name(t, "t")
 	const n = 7
 	if err := d.CreateTopic(ctx, topic, n, 1); err != nil {
 		t.Fatal(err)
@@ -340,7 +341,7 @@ func TestCompressionRoundTrip(t *testing.T) {
 func roundTrip(t *testing.T, d *kafkadriver.Driver, topic string) {
 	t.Helper()
 	ctx := testContext(t)
-	sub, err := d.Subscribe(ctx, topic, name("g"))
+	sub, err := d.Subscribe(ctx, topic, drivertest.Name(t, "g"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +408,7 @@ func TestTLSAndSASL(t *testing.T) {
 	t.Run("wrong password", func(t *testing.T) {
 		d := newDriver(t, brokers, false, kafkadriver.WithTLS(clientTLS),
 			kafkadriver.WithSASLSCRAM(kafkadriver.SCRAMSHA256, "scram256-user", "wrong"), kafkadriver.WithRequestTimeout(2*time.Second))
-		err := d.Write(testContext(t), []*herald.Message{{ID: "x", Topic: name("t"), Data: []byte("x")}})
+		err := d.Write(testContext(t), []*herald.Message{{ID: "x", Topic: drivertest.Name(t, "t"), Data: []byte("x")}})
 		if err == nil {
 			t.Fatal("Write with a wrong password succeeded")
 		}
@@ -477,7 +478,7 @@ func TestDriverClose(t *testing.T) {
 	}
 	ctx := testContext(t)
 	topic := newTopic(t, d)
-	sub, err := d.Subscribe(ctx, topic, name("g"))
+	sub, err := d.Subscribe(ctx, topic, drivertest.Name(t, "g"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +494,7 @@ func TestDriverClose(t *testing.T) {
 	if err := d.Write(ctx, []*herald.Message{{ID: "y", Topic: topic, Data: []byte("y")}}); !errors.Is(err, herald.ErrClosed) {
 		t.Errorf("Write after Close = %v, want ErrClosed", err)
 	}
-	if _, err := d.Subscribe(ctx, topic, name("g")); !errors.Is(err, herald.ErrClosed) {
+	if _, err := d.Subscribe(ctx, topic, drivertest.Name(t, "g")); !errors.Is(err, herald.ErrClosed) {
 		t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
 	}
 	if err := d.Close(); err != nil {
