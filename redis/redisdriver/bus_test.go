@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,73 +16,6 @@ import (
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/redis/redisdriver"
 )
-
-// TestPerKeyOrderConcurrency16 runs 16 handlers over 40 keys, each handler
-// taking a random short while, and checks that every key's events arrive
-// one at a time and in publish order, while handlers do run in parallel.
-func TestPerKeyOrderConcurrency16(t *testing.T) {
-	d := newEnv(t).driver(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	topic := drivertest.Name(t, "t")
-	bus := drivertest.NewBus(t, d, topic)
-	const keys, perKey = 40, 50
-	var mu sync.Mutex
-	next := map[string]int{}
-	running := map[string]bool{}
-	var handled, parallel, maxParallel atomic.Int32
-	err := herald.Subscribe(bus, drivertest.Name(t, "g"), func(ctx context.Context, e drivertest.Event, m *herald.Message) error {
-		mu.Lock()
-		if running[e.Key] {
-			t.Errorf("key %s handled concurrently with itself", e.Key)
-		}
-		running[e.Key] = true
-		if e.Seq != next[e.Key] {
-			t.Errorf("key %s: event %d, want %d", e.Key, e.Seq, next[e.Key])
-		}
-		next[e.Key] = e.Seq + 1
-		mu.Unlock()
-		p := parallel.Add(1)
-		for old := maxParallel.Load(); p > old && !maxParallel.CompareAndSwap(old, p); old = maxParallel.Load() {
-		}
-		time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond)
-		parallel.Add(-1)
-		mu.Lock()
-		running[e.Key] = false
-		mu.Unlock()
-		handled.Add(1)
-		return nil
-	}, herald.WithConcurrency(16))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer drivertest.Shutdown(t, bus)
-	// Batches that mix keys, from several publishers, each owning some
-	// keys so that the publish order of a key is defined.
-	var wg sync.WaitGroup
-	for p := range 4 {
-		wg.Go(func() {
-			for i := range perKey {
-				var batch []any
-				for k := p; k < keys; k += 4 {
-					batch = append(batch, drivertest.Event{Key: fmt.Sprintf("k%02d", k), Seq: i})
-				}
-				if err := bus.Publish(ctx, batch...); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	waitUntil(t, time.Minute, "every event", func() bool { return handled.Load() == keys*perKey })
-	if maxParallel.Load() < 2 {
-		t.Errorf("handlers never ran in parallel (max %d) with concurrency 16", maxParallel.Load())
-	}
-}
 
 // TestPoisonGoesToDeadLetterAfterMaxDeliveries: a message whose handler
 // never finishes (it hangs until its consumer is stopped, as a crashing
@@ -204,7 +136,7 @@ func TestInFlightEntriesStayClaimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, holder)
+	defer drivertest.CloseSub(t, holder)
 	var msgs []*herald.Message
 	for i := range 10 {
 		msgs = append(msgs, message(topic, fmt.Sprint("m", i), ""))
@@ -218,7 +150,7 @@ func TestInFlightEntriesStayClaimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, other)
+	defer drivertest.CloseSub(t, other)
 	if got := fetchFor(t, other, 3*time.Second); len(got) != 0 {
 		t.Fatalf("another member took over %d in-flight entries", len(got))
 	}
@@ -230,7 +162,7 @@ func TestInFlightEntriesStayClaimed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, 30*time.Second, "the acknowledgments", func() bool {
+	drivertest.Eventually(t, 30*time.Second, "the acknowledgments", func() bool {
 		st, err := holderDriver.GroupStats(ctx, topic, group)
 		return err == nil && st.Pending == 0
 	})
@@ -254,7 +186,7 @@ func TestTouchDoesNotStealBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	if err := d.Write(ctx, []*herald.Message{message(topic, "a", ""), message(topic, "b", "")}); err != nil {
 		t.Fatal(err)
 	}

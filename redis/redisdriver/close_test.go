@@ -50,7 +50,7 @@ func TestCloseHandsBackAndLeavesCleanly(t *testing.T) {
 	if err := first.Ack(ctx, got[0]); err != nil {
 		t.Fatal(err)
 	}
-	closeSub(t, first)
+	drivertest.CloseSub(t, first)
 	if err := first.Ack(ctx, got[1]); err == nil {
 		t.Error("Ack after Close succeeded")
 	}
@@ -79,7 +79,7 @@ func TestCloseHandsBackAndLeavesCleanly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	closeSub(t, second)
+	drivertest.CloseSub(t, second)
 	if cs := consumers(); len(cs) != 1 || cs[departed] != 0 {
 		t.Fatalf("after the second Close: consumers %v, want only %s, holding nothing", cs, departed)
 	}
@@ -89,12 +89,12 @@ func TestCloseHandsBackAndLeavesCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "the removal of the departed consumer", func() bool {
+	drivertest.Eventually(t, 30*time.Second, "the removal of the departed consumer", func() bool {
 		fetchFor(t, third, 20*time.Millisecond)
 		_, present := consumers()[departed]
 		return !present
 	})
-	closeSub(t, third)
+	drivertest.CloseSub(t, third)
 	if cs := consumers(); len(cs) != 0 {
 		t.Fatalf("after the last Close: consumers %v, want none", cs)
 	}

@@ -175,7 +175,7 @@ func TestCrashedConsumerEntriesAreTakenOver(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	closeSub(t, observer)
+	drivertest.CloseSub(t, observer)
 	consumers, err = env.client.XInfoConsumers(ctx, stream, group).Result()
 	if err != nil || len(consumers) != 1 || consumers[0].Name != dead || consumers[0].Pending != fetched-acked {
 		t.Fatalf("the dead consumer holding entries was not kept alone: %+v, %v", consumers, err)
@@ -189,7 +189,7 @@ func TestCrashedConsumerEntriesAreTakenOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, rescuer)
+	defer drivertest.CloseSub(t, rescuer)
 	got := fetchUntil(t, rescuer, 30*time.Second, func(ds []herald.Delivery) bool { return len(ds) >= fetched-acked })
 	seen := map[string]bool{}
 	for _, dl := range got {
@@ -210,7 +210,7 @@ func TestCrashedConsumerEntriesAreTakenOver(t *testing.T) {
 		}
 	}
 	// Once the dead consumer holds nothing, a later scan removes it.
-	waitUntil(t, 30*time.Second, "the dead consumer's removal and every acknowledgment", func() bool {
+	drivertest.Eventually(t, 30*time.Second, "the dead consumer's removal and every acknowledgment", func() bool {
 		fetchFor(t, rescuer, 20*time.Millisecond)
 		consumers, err := env.client.XInfoConsumers(ctx, stream, group).Result()
 		if err != nil {

@@ -58,7 +58,7 @@ func TestForeignEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	stream := d.StreamKey(topic)
 	id1, err := env.client.XAdd(ctx, &goredis.XAddArgs{Stream: stream, Values: []any{"data", "hello", "h:lang", "python", "extra", "x"}}).Result()
 	if err != nil {
@@ -190,7 +190,7 @@ func TestTrimmedPendingEntriesAreReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	got := fetchUntil(t, sub, 30*time.Second, func(ds []herald.Delivery) bool { return len(ds) == 2 })
 	for _, dl := range got {
 		if dl.Message.ID != "3" && dl.Message.ID != "4" || dl.Count != 2 {
@@ -223,7 +223,7 @@ func TestBinaryPayload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	m := message(topic, "bin", "")
 	m.Data = make([]byte, 512)
 	for i := range m.Data {

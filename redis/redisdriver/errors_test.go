@@ -124,7 +124,7 @@ func TestErrorsAreDriverErrors(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				closeSub(t, sub)
+				drivertest.CloseSub(t, sub)
 				_, err = sub.Fetch(ctx, make([]herald.Delivery, 1))
 				return err
 			},

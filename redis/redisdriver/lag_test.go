@@ -32,19 +32,11 @@ func lagNow(t *testing.T, lr herald.LagReporter) int64 {
 	return n
 }
 
-// waitLag polls Lag until it reads want (acknowledgments reach Redis in a
-// background flush), failing when a reading falls outside [lo, hi] or when
-// want is not reached within the liveness bound.
+// waitLag is the toolkit's, within 30 s: acknowledgments reach Redis in
+// a background flush.
 func waitLag(t *testing.T, lr herald.LagReporter, want, lo, hi int64) {
 	t.Helper()
-	var last int64
-	waitUntil(t, 30*time.Second, "lag "+strconv.FormatInt(want, 10), func() bool {
-		last = lagNow(t, lr)
-		if last < lo || last > hi {
-			t.Fatalf("lag %d outside [%d, %d] while waiting for %d", last, lo, hi, want)
-		}
-		return last == want
-	})
+	drivertest.WaitLag(t, 30*time.Second, lr, want, lo, hi, nil)
 }
 
 func writeN(t *testing.T, d *redisdriver.Driver, topic string, from, to int) {
@@ -58,51 +50,28 @@ func writeN(t *testing.T, d *redisdriver.Driver, topic string, from, to int) {
 	}
 }
 
-// Lag counts entries not read plus entries read and not acknowledged, for
-// both reply formats of XINFO GROUPS.
-func TestLagCountsUnacknowledged(t *testing.T) {
+// The optional interfaces, Lag included, hold for both reply formats of
+// XINFO GROUPS and XAUTOCLAIM: the conformance suite's Optional section
+// on a RESP2 and a RESP3 client.
+func TestOptionalInterfacesOnBothProtocols(t *testing.T) {
 	for _, protocol := range []int{2, 3} {
 		t.Run("RESP"+strconv.Itoa(protocol), func(t *testing.T) {
-			env := newEnv(t)
-			client := goredis.NewClient(&goredis.Options{Addr: env.addr, Protocol: protocol})
-			t.Cleanup(func() { _ = client.Close() })
-			d, err := redisdriver.New(client, redisdriver.WithKeyPrefix(env.prefix), redisdriver.WithErrorHandler(testErrors(t)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			const n, k = 20, 7
-			topic := drivertest.Name(t, "t")
-			writeN(t, d, topic, 0, n)
-			ctx := context.Background()
-			sub, err := d.Subscribe(ctx, topic, drivertest.Name(t, "g"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer closeSub(t, sub)
-			lr := lagReporter(t, sub)
-			if got := lagNow(t, lr); got != n {
-				t.Fatalf("lag of a fresh group = %d, want %d", got, n)
-			}
-
-			first := drivertest.FetchExactly(t, sub, k)
-			if got := lagNow(t, lr); got != n {
-				t.Fatalf("lag with %d read and not acknowledged = %d, want %d", k, got, n)
-			}
-			drivertest.Ack(t, sub, first...)
-			waitLag(t, lr, n-k, n-k, n)
-
-			rest := drivertest.FetchExactly(t, sub, n-k)
-			drivertest.Ack(t, sub, rest...)
-			waitLag(t, lr, 0, 0, n-k)
-
-			other, err := d.Subscribe(ctx, topic, drivertest.Name(t, "other"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer closeSub(t, other)
-			if got := lagNow(t, lagReporter(t, other)); got != n {
-				t.Fatalf("lag of a second fresh group = %d, want %d", got, n)
-			}
+			drivertest.RunOptional(t, drivertest.Config{
+				NewDriver: func(t *testing.T) herald.Driver {
+					env := newEnv(t)
+					client := goredis.NewClient(&goredis.Options{Addr: env.addr, Protocol: protocol})
+					t.Cleanup(func() { _ = client.Close() })
+					d, err := redisdriver.New(client, redisdriver.WithKeyPrefix(env.prefix), redisdriver.WithErrorHandler(testErrors(t)))
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { _ = d.Close() })
+					return d
+				},
+				DeliveryCounts: true,
+				Lag:            true,
+				ErrorReporting: true,
+			})
 		})
 	}
 }
@@ -118,12 +87,12 @@ func TestLagCountsTheWholeGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, a)
+	defer drivertest.CloseSub(t, a)
 	b, err := d.Subscribe(ctx, topic, group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, b)
+	defer drivertest.CloseSub(t, b)
 	drivertest.Ack(t, a, drivertest.FetchExactly(t, a, 4)...)
 	waitLag(t, lagReporter(t, a), 6, 6, 10)
 	if got := lagNow(t, lagReporter(t, b)); got != 6 {
@@ -141,7 +110,7 @@ func TestLagStartLatest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	lr := lagReporter(t, sub)
 	if got := lagNow(t, lr); got != 0 {
 		t.Fatalf("lag of a group created at the end = %d, want 0", got)
@@ -166,7 +135,7 @@ func TestLagStartLatest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, second)
+	defer drivertest.CloseSub(t, second)
 	if got := lagNow(t, lagReporter(t, second)); got != 2 {
 		t.Fatalf("lag seen by a second member = %d, want 2", got)
 	}
@@ -177,7 +146,7 @@ func TestLagStartLatest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	if got := lagNow(t, lagReporter(t, sub)); got != 0 {
 		t.Fatalf("lag on a new stream = %d, want 0", got)
 	}
@@ -199,7 +168,7 @@ func TestLagUnknownAfterDeletion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	lr := lagReporter(t, sub)
 	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 2)...)
 	entries, err := env.client.XRange(ctx, d.StreamKey(topic), "-", "+").Result()
@@ -239,7 +208,7 @@ func TestLagErrors(t *testing.T) {
 	if _, err := lr.Lag(cancelled); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Lag with a cancelled context = %v", err)
 	}
-	closeSub(t, sub)
+	drivertest.CloseSub(t, sub)
 	if _, err := lr.Lag(ctx); !errors.Is(err, herald.ErrClosed) {
 		t.Fatalf("Lag after Close = %v, want ErrClosed", err)
 	}

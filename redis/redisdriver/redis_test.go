@@ -173,28 +173,6 @@ func fetchFor(t *testing.T, sub herald.Subscription, d time.Duration) []herald.D
 	}
 }
 
-func closeSub(t *testing.T, sub herald.Subscription) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := sub.Close(ctx); err != nil {
-		t.Errorf("Close: %v", err)
-	}
-}
-
-// waitUntil polls cond until it holds, failing the test after timeout (a
-// liveness bound, never a performance target).
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func message(topic, id, key string) *herald.Message {
 	return &herald.Message{
 		ID: id, Topic: topic, Key: key,

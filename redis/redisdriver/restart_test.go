@@ -189,7 +189,7 @@ func TestServerKilledMidStreamLosesNothing(t *testing.T) {
 	if err := <-published; err != nil {
 		t.Fatalf("publishing: %v", err)
 	}
-	waitUntil(t, time.Minute, "every written message handled", func() bool {
+	drivertest.Eventually(t, time.Minute, "every written message handled", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(handled) == n
@@ -227,7 +227,7 @@ func TestServerKilledMidStreamLosesNothing(t *testing.T) {
 	if err := again.Publish(ctx, drivertest.Event{Key: "marker", Seq: n}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, time.Minute, "the marker", func() bool {
+	drivertest.Eventually(t, time.Minute, "the marker", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return handled[n] > 0
@@ -256,7 +256,7 @@ func TestGroupRecreatedWhenStreamVanishes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeSub(t, sub)
+	defer drivertest.CloseSub(t, sub)
 	if err := d.Write(ctx, []*herald.Message{message(topic, "before", "k")}); err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +282,7 @@ func TestGroupRecreatedWhenStreamVanishes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, 30*time.Second, "the acknowledgments", func() bool {
+	drivertest.Eventually(t, 30*time.Second, "the acknowledgments", func() bool {
 		st, err := d.GroupStats(ctx, topic, group)
 		return err == nil && st.Pending == 0
 	})
@@ -304,7 +304,7 @@ func TestStartPosition(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer closeSub(t, sub)
+		defer drivertest.CloseSub(t, sub)
 		subs[name] = sub
 	}
 	if err := early.Write(ctx, []*herald.Message{message(topic, "new", "")}); err != nil {
