@@ -107,5 +107,8 @@
 // ErrNilEvent, *UnregisteredError (ErrUnregisteredEvent), *NameError
 // (ErrInvalidName), ErrMessageTooLarge, *DecodeError (ErrUndecodable),
 // *RetryError, *PanicError, *SubscriptionError, *OptionError
-// (ErrInvalidOption), ErrClosed. There is no package-level mutable state.
+// (ErrInvalidOption), ErrClosed. Every driver's errors are a *DriverError
+// (driver, operation, topic, group, cause) or, for a batch Write that was
+// partly written, a *WriteError listing each *MessageError. There is no
+// package-level mutable state.
 package herald
