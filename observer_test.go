@@ -6,43 +6,12 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/drivertest"
 )
-
-// syncBuffer is a log sink safe for the subscriber goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// records returns the JSON log records written so far.
-func (s *syncBuffer) records(t *testing.T) []map[string]any {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var rec map[string]any
-		if err := json.Unmarshal([]byte(line), &rec); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		out = append(out, rec)
-	}
-	return out
-}
 
 // TestFailuresAreLoggedAtTheDefaultLevel checks that what an operator
 // must see reaches a logger at info level, with no hook installed: a
@@ -50,7 +19,7 @@ func (s *syncBuffer) records(t *testing.T) []map[string]any {
 // when the subscription has its own OnDeadLetter), while successes log
 // nothing.
 func TestFailuresAreLoggedAtTheDefaultLevel(t *testing.T) {
-	var logs syncBuffer
+	var logs drivertest.LogBuffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	bus, _ := newTestBus(t, herald.WithLogger(logger))
 	herald.MustRegister[OrderPlaced](bus, "orders")
@@ -75,7 +44,7 @@ func TestFailuresAreLoggedAtTheDefaultLevel(t *testing.T) {
 	must(t, bus.Shutdown(ctx))
 
 	byMsg := map[string][]map[string]any{}
-	for _, rec := range logs.records(t) {
+	for _, rec := range logs.Records(t) {
 		msg, _ := rec["msg"].(string)
 		byMsg[msg] = append(byMsg[msg], rec)
 	}

@@ -2,7 +2,10 @@ package drivertest
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -109,6 +112,61 @@ func WaitLag(t testing.TB, within time.Duration, lr herald.LagReporter, want, lo
 		}
 		return last == want
 	})
+}
+
+// CheckDriverError checks that err is a *herald.DriverError from driver
+// for operation op on topic and group ("" where none), reports to t what
+// differs, and returns it (nil when err is not one).
+func CheckDriverError(t testing.TB, err error, driver, op, topic, group string) *herald.DriverError {
+	t.Helper()
+	var de *herald.DriverError
+	if !errors.As(err, &de) {
+		t.Errorf("error %v (%T) is not a *herald.DriverError", err, err)
+		return nil
+	}
+	if de.Driver != driver || de.Op != op || de.Topic != topic || de.Group != group {
+		t.Errorf("DriverError{Driver: %q, Op: %q, Topic: %q, Group: %q}, want {%q, %q, %q, %q}",
+			de.Driver, de.Op, de.Topic, de.Group, driver, op, topic, group)
+	}
+	return de
+}
+
+// LogBuffer is a log sink that handlers and background goroutines may
+// write to while the test reads it.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Records parses what was written as JSON log lines (slog's
+// JSONHandler), failing t on a line that is not one.
+func (b *LogBuffer) Records(t testing.TB) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		out = append(out, rec)
+	}
+	return out
 }
 
 // must fails t at once when err is not nil.

@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"database/sql"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -215,39 +214,6 @@ func TestBadFlagsAndEnvironment(t *testing.T) {
 	}
 }
 
-// syncBuffer collects the command's log lines while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// logLines parses the JSON log lines; every line must be JSON.
-func logLines(t *testing.T, s string) []map[string]any {
-	t.Helper()
-	var lines []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("log line is not JSON: %q", sc.Text())
-		}
-		lines = append(lines, m)
-	}
-	return lines
-}
-
 func hasLog(lines []map[string]any, msg string) bool {
 	for _, l := range lines {
 		if l["msg"] == msg {
@@ -332,7 +298,7 @@ func runCommand(args []string, vars map[string]string, stderr io.Writer) (stop f
 func TestRelayCommandSQLite(t *testing.T) {
 	dsn := "file:" + filepath.Join(t.TempDir(), "app.db") + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)"
 	table := newTableName()
-	var logs syncBuffer
+	var logs drivertest.LogBuffer
 	stop, status := runCommand(nil, map[string]string{
 		"HERALD_OUTBOX_DSN": dsn, "HERALD_OUTBOX_TABLE": table, "HERALD_OUTBOX_MIGRATE": "true",
 		"HERALD_RELAY_TARGET": "memory", "HERALD_RELAY_STATS_INTERVAL": "20ms",
@@ -344,10 +310,10 @@ func TestRelayCommandSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	eventually(t, "the migration", func() bool { return hasLog(logLines(t, logs.String()), "herald relay: tables ready") })
+	eventually(t, "the migration", func() bool { return hasLog(logs.Records(t), "herald relay: tables ready") })
 	writeRows(t, db, outbox.SQLite, table, 25)
 	eventually(t, "the outbox to drain", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
-	eventually(t, "a stats line", func() bool { return hasLog(logLines(t, logs.String()), "herald relay: stats") })
+	eventually(t, "a stats line", func() bool { return hasLog(logs.Records(t), "herald relay: stats") })
 	stop()
 	select {
 	case code := <-status:
@@ -357,7 +323,7 @@ func TestRelayCommandSQLite(t *testing.T) {
 	case <-time.After(liveness):
 		t.Fatal("the command did not stop")
 	}
-	lines := logLines(t, logs.String())
+	lines := logs.Records(t)
 	for _, msg := range []string{"herald relay: starting", "outbox relay: active", "herald relay: stopped"} {
 		if !hasLog(lines, msg) {
 			t.Errorf("no %q in the logs:\n%s", msg, logs.String())
@@ -432,7 +398,7 @@ func TestRelayCommandRedis(t *testing.T) {
 	stream := prefix + "cmd.test"
 	t.Cleanup(func() { client.Del(context.Background(), stream) })
 
-	var logs syncBuffer
+	var logs drivertest.LogBuffer
 	stop, status := runCommand([]string{"-dsn", dsn, "-table", table, "-redis-addr", addr, "-redis-key-prefix", prefix}, nil, &logs)
 	defer stop()
 	eventually(t, "the stream to fill", func() bool {
@@ -469,7 +435,7 @@ func TestRelayCommandKafka(t *testing.T) {
 	}
 	dsn, db, table := sqliteOutbox(t, 9)
 
-	var logs syncBuffer
+	var logs drivertest.LogBuffer
 	stop, status := runCommand([]string{"-dsn", dsn, "-table", table, "-kafka-brokers", strings.Join(brokers, ","),
 		"-kafka-auto-create-topics", "-log-level", "debug"}, nil, &logs)
 	defer stop()
@@ -547,7 +513,7 @@ func TestRelayFailsFast(t *testing.T) {
 		{"unreachable kafka", []string{"-dsn", migrated, "-kafka-brokers", "127.0.0.1:1", "-startup-timeout", "3s"}, 1, "target"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs drivertest.LogBuffer
 			stop, status := runCommand(c.args, nil, &logs)
 			defer stop()
 			select {
@@ -748,7 +714,7 @@ func sqliteOutbox(t *testing.T, rows int) (dsn string, db *sql.DB, table string)
 // cleanly.
 func wrongThenRight(t *testing.T, args []string, bad, good map[string]string, db *sql.DB, table string) {
 	t.Helper()
-	var badLogs syncBuffer
+	var badLogs drivertest.LogBuffer
 	_, status := runCommand(args, bad, &badLogs)
 	select {
 	case code := <-status:
@@ -758,7 +724,7 @@ func wrongThenRight(t *testing.T, args []string, bad, good map[string]string, db
 	case <-time.After(liveness):
 		t.Fatal("a relay with bad credentials kept running")
 	}
-	var logs syncBuffer
+	var logs drivertest.LogBuffer
 	stop, status := runCommand(args, good, &logs)
 	defer stop()
 	eventually(t, "the outbox to drain", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })

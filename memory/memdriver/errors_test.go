@@ -78,17 +78,13 @@ func TestErrorsAreDriverErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
 			err := c.provoke(t, topic, group)
-			var de *herald.DriverError
-			if !errors.As(err, &de) {
-				t.Fatalf("error %v (%T) is not a *herald.DriverError", err, err)
-			}
 			wantGroup := ""
 			if c.group {
 				wantGroup = group
 			}
-			if de.Driver != "memdriver" || de.Op != c.op || de.Topic != topic || de.Group != wantGroup {
-				t.Errorf("DriverError{Driver: %q, Op: %q, Topic: %q, Group: %q}, want {memdriver, %q, %q, %q}",
-					de.Driver, de.Op, de.Topic, de.Group, c.op, topic, wantGroup)
+			de := drivertest.CheckDriverError(t, err, "memdriver", c.op, topic, wantGroup)
+			if de == nil {
+				return
 			}
 			if !strings.HasPrefix(de.Detail, c.detail) {
 				t.Errorf("Detail = %q, want it to start with %q", de.Detail, c.detail)

@@ -145,17 +145,13 @@ func TestErrorsAreDriverErrors(t *testing.T) {
 			t.Cleanup(func() { _ = d.Close() })
 			topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
 			err := c.provoke(t, d, topic, group)
-			var de *herald.DriverError
-			if !errors.As(err, &de) {
-				t.Fatalf("error %v (%T) is not a *herald.DriverError", err, err)
-			}
 			wantGroup := ""
 			if c.group {
 				wantGroup = group
 			}
-			if de.Driver != "redisdriver" || de.Op != c.op || de.Topic != topic || de.Group != wantGroup {
-				t.Errorf("DriverError{Driver: %q, Op: %q, Topic: %q, Group: %q}, want {redisdriver, %q, %q, %q}",
-					de.Driver, de.Op, de.Topic, de.Group, c.op, topic, wantGroup)
+			de := drivertest.CheckDriverError(t, err, "redisdriver", c.op, topic, wantGroup)
+			if de == nil {
+				return
 			}
 			if c.detail != "" && de.Detail != c.detail {
 				t.Errorf("Detail = %q, want %q", de.Detail, c.detail)
