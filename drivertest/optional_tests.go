@@ -134,11 +134,7 @@ func testLag(t *testing.T, cfg Config) {
 // suite's timeout, every reading in [want, hi].
 func waitLag(t *testing.T, cfg Config, sub herald.Subscription, want, hi int64, when string) {
 	t.Helper()
-	lr, ok := sub.(herald.LagReporter)
-	if !ok {
-		t.Fatalf("Config.Lag is declared but %T is not a herald.LagReporter", sub)
-	}
-	WaitLag(t, cfg.Timeout, lr, want, want, hi, nil)
+	WaitLag(t, cfg.Timeout, LagReporter(t, sub), want, want, hi, nil)
 }
 
 // testRevocation has member a fetch every message and hold them, then

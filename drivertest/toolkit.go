@@ -91,6 +91,17 @@ func (o *KeyOrder) Handled() int { return int(o.handled.Load()) }
 // MaxParallel returns the most handlers that ran at once.
 func (o *KeyOrder) MaxParallel() int { return int(o.maxParallel.Load()) }
 
+// LagReporter returns sub as a herald.LagReporter, failing t when it is
+// not one.
+func LagReporter(t testing.TB, sub herald.Subscription) herald.LagReporter {
+	t.Helper()
+	lr, ok := sub.(herald.LagReporter)
+	if !ok {
+		t.Fatalf("%T is not a herald.LagReporter", sub)
+	}
+	return lr
+}
+
 // WaitLag polls lr until its lag is want, within the liveness bound, and
 // fails t at once when a reading falls outside [lo, hi] (a lag below what
 // is unacknowledged hides a backlog; one above counts acknowledged

@@ -15,15 +15,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-func lagReporter(t *testing.T, sub herald.Subscription) herald.LagReporter {
-	t.Helper()
-	lr, ok := sub.(herald.LagReporter)
-	if !ok {
-		t.Fatalf("%T is not a herald.LagReporter", sub)
-	}
-	return lr
-}
-
 // waitLag is the toolkit's, within a minute: the member joins its group
 // in the background (ErrRebalancing until then) and commits on an
 // interval.
@@ -71,7 +62,7 @@ func TestLagStartLatest(t *testing.T) {
 	writeSpread(t, d, topic, 0, 10)
 	group := drivertest.Name(t, "g")
 	sub := subscribe(t, d, topic, group)
-	lr := lagReporter(t, sub)
+	lr := drivertest.LagReporter(t, sub)
 	waitLag(t, lr, 0, 0, 0)
 
 	// Messages written before the group resolves its start position are
@@ -112,7 +103,7 @@ func TestLagOfAPartitionHeldBack(t *testing.T) {
 	}
 	writeSpread(t, d, topic, 0, 20)
 	sub := subscribe(t, d, topic, drivertest.Name(t, "g"))
-	lr := lagReporter(t, sub)
+	lr := drivertest.LagReporter(t, sub)
 	held := drivertest.FetchExactly(t, sub, 5) // the fetcher now waits for room
 	waitLag(t, lr, 20, 20, 20)
 
@@ -144,7 +135,7 @@ func TestLagOfACaughtUpMemberSendsNoRequest(t *testing.T) {
 	topic := newTopic(t, d)
 	writeSpread(t, d, topic, 0, 20)
 	sub := subscribe(t, d, topic, drivertest.Name(t, "g"))
-	lr := lagReporter(t, sub)
+	lr := drivertest.LagReporter(t, sub)
 	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 20)...)
 	waitLag(t, lr, 0, 0, 20)
 
@@ -178,7 +169,7 @@ func TestLagAcrossARebalance(t *testing.T) {
 	topic, group := newTopic(t, da), drivertest.Name(t, "g")
 	writeSpread(t, da, topic, 0, n)
 	a := subscribe(t, da, topic, group)
-	la := lagReporter(t, a)
+	la := drivertest.LagReporter(t, a)
 	waitLag(t, la, n, n, n)
 
 	stop := make(chan struct{})
@@ -201,7 +192,7 @@ func TestLagAcrossARebalance(t *testing.T) {
 	}
 	hammerLag(la)
 	b := subscribe(t, db, topic, group)
-	lb := lagReporter(t, b)
+	lb := drivertest.LagReporter(t, b)
 	hammerLag(lb)
 
 	ctx := testContext(t)

@@ -162,10 +162,7 @@ func TestInFlightEntriesStayClaimed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	drivertest.Eventually(t, 30*time.Second, "the acknowledgments", func() bool {
-		st, err := holderDriver.GroupStats(ctx, topic, group)
-		return err == nil && st.Pending == 0
-	})
+	waitNothingPending(t, holderDriver, topic, group)
 }
 
 // TestTouchDoesNotStealBack: when another consumer has taken an entry over

@@ -14,15 +14,6 @@ import (
 	"github.com/heraldbus/herald/redis/redisdriver"
 )
 
-func lagReporter(t *testing.T, sub herald.Subscription) herald.LagReporter {
-	t.Helper()
-	lr, ok := sub.(herald.LagReporter)
-	if !ok {
-		t.Fatalf("%T is not a herald.LagReporter", sub)
-	}
-	return lr
-}
-
 func lagNow(t *testing.T, lr herald.LagReporter) int64 {
 	t.Helper()
 	n, err := lr.Lag(context.Background())
@@ -94,8 +85,8 @@ func TestLagCountsTheWholeGroup(t *testing.T) {
 	}
 	defer drivertest.CloseSub(t, b)
 	drivertest.Ack(t, a, drivertest.FetchExactly(t, a, 4)...)
-	waitLag(t, lagReporter(t, a), 6, 6, 10)
-	if got := lagNow(t, lagReporter(t, b)); got != 6 {
+	waitLag(t, drivertest.LagReporter(t, a), 6, 6, 10)
+	if got := lagNow(t, drivertest.LagReporter(t, b)); got != 6 {
 		t.Fatalf("the other member's lag = %d, want the group's 6", got)
 	}
 }
@@ -111,7 +102,7 @@ func TestLagStartLatest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer drivertest.CloseSub(t, sub)
-	lr := lagReporter(t, sub)
+	lr := drivertest.LagReporter(t, sub)
 	if got := lagNow(t, lr); got != 0 {
 		t.Fatalf("lag of a group created at the end = %d, want 0", got)
 	}
@@ -136,7 +127,7 @@ func TestLagStartLatest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer drivertest.CloseSub(t, second)
-	if got := lagNow(t, lagReporter(t, second)); got != 2 {
+	if got := lagNow(t, drivertest.LagReporter(t, second)); got != 2 {
 		t.Fatalf("lag seen by a second member = %d, want 2", got)
 	}
 
@@ -147,11 +138,11 @@ func TestLagStartLatest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer drivertest.CloseSub(t, sub)
-	if got := lagNow(t, lagReporter(t, sub)); got != 0 {
+	if got := lagNow(t, drivertest.LagReporter(t, sub)); got != 0 {
 		t.Fatalf("lag on a new stream = %d, want 0", got)
 	}
 	writeN(t, d, fresh, 0, 2)
-	if got := lagNow(t, lagReporter(t, sub)); got != 2 {
+	if got := lagNow(t, drivertest.LagReporter(t, sub)); got != 2 {
 		t.Fatalf("lag on a new stream after 2 = %d, want 2", got)
 	}
 }
@@ -169,7 +160,7 @@ func TestLagUnknownAfterDeletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer drivertest.CloseSub(t, sub)
-	lr := lagReporter(t, sub)
+	lr := drivertest.LagReporter(t, sub)
 	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 2)...)
 	entries, err := env.client.XRange(ctx, d.StreamKey(topic), "-", "+").Result()
 	if err != nil || len(entries) != 5 {
@@ -196,7 +187,7 @@ func TestLagErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lr := lagReporter(t, sub)
+	lr := drivertest.LagReporter(t, sub)
 	if err := env.client.Del(ctx, d.StreamKey(topic)).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -180,3 +180,13 @@ func message(topic, id, key string) *herald.Message {
 		Headers: herald.Headers{"h": id},
 	}
 }
+
+// waitNothingPending waits until group has no pending entry on topic: every
+// acknowledgment reached Redis.
+func waitNothingPending(t *testing.T, d *redisdriver.Driver, topic, group string) {
+	t.Helper()
+	drivertest.Eventually(t, 30*time.Second, "the acknowledgments", func() bool {
+		st, err := d.GroupStats(context.Background(), topic, group)
+		return err == nil && st.Pending == 0
+	})
+}

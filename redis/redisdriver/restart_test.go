@@ -282,10 +282,7 @@ func TestGroupRecreatedWhenStreamVanishes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	drivertest.Eventually(t, 30*time.Second, "the acknowledgments", func() bool {
-		st, err := d.GroupStats(ctx, topic, group)
-		return err == nil && st.Pending == 0
-	})
+	waitNothingPending(t, d, topic, group)
 }
 
 // TestStartPosition: a new group starts at the beginning of the stream or
