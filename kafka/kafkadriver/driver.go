@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldbus/herald/internal/keyhash"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/backoff"
 	"github.com/heraldbus/herald/internal/parallel"
@@ -191,46 +193,7 @@ func (d *Driver) CreateTopic(ctx context.Context, topic string, partitions, repl
 // count. herald places every keyed message with it, so producers in other
 // languages that use that partitioner agree with it.
 func Partition(key string, partitions int) int {
-	if partitions <= 0 {
-		return 0
-	}
-	return int((murmur2(key) & 0x7fffffff) % uint32(partitions))
-}
-
-// murmur2 is the 32-bit MurmurHash2 variant of Kafka's
-// org.apache.kafka.common.utils.Utils.murmur2 (seed 0x9747b28c).
-func murmur2(key string) uint32 {
-	const (
-		seed uint32 = 0x9747b28c
-		m    uint32 = 0x5bd1e995
-		r           = 24
-	)
-	n := len(key)
-	h := seed ^ uint32(n)
-	i := 0
-	for ; i+4 <= n; i += 4 {
-		k := uint32(key[i]) | uint32(key[i+1])<<8 | uint32(key[i+2])<<16 | uint32(key[i+3])<<24
-		k *= m
-		k ^= k >> r
-		k *= m
-		h *= m
-		h ^= k
-	}
-	switch n - i {
-	case 3:
-		h ^= uint32(key[i+2]) << 16
-		fallthrough
-	case 2:
-		h ^= uint32(key[i+1]) << 8
-		fallthrough
-	case 1:
-		h ^= uint32(key[i])
-		h *= m
-	}
-	h ^= h >> 13
-	h *= m
-	h ^= h >> 15
-	return h
+	return keyhash.Partition(key, partitions)
 }
 
 // maxTopicLength is Kafka's limit on topic names.

@@ -41,26 +41,10 @@ func fakeCluster(t *testing.T, opts ...kfake.Opt) (*kfake.Cluster, []string) {
 	return c, c.ListenAddrs()
 }
 
-// The Java client's murmur2 of these keys, from Kafka's own UtilsTest.
-func TestPartitionMatchesJavaClient(t *testing.T) {
-	javaMurmur2 := map[string]int32{
-		"21":                         -973932308,
-		"foobar":                     -790332482,
-		"a-little-bit-long-string":   -985981536,
-		"a-little-bit-longer-string": -1486304829,
-		"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
-		"abc": 479470107,
-	}
-	for key, hash := range javaMurmur2 {
-		for _, n := range []int{1, 3, 7, 100, 1 << 20} {
-			want := int(uint32(hash)&0x7fffffff) % n
-			if got := kafkadriver.Partition(key, n); got != want {
-				t.Errorf("Partition(%q, %d) = %d, want %d (Java murmur2 %d)", key, n, got, want, hash)
-			}
-		}
-	}
-	// And kafka-go's murmur2 balancer, which claims the same, agrees on
-	// keys of every length.
+// Partition is internal/keyhash's murmur2 (tested there against Kafka's
+// own values); kafka-go's murmur2 balancer, which claims the same, agrees
+// on keys of every length.
+func TestPartitionMatchesKafkaGo(t *testing.T) {
 	balancer := kafkago.Murmur2Balancer{Consistent: true}
 	parts := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
 	for i := range 500 {

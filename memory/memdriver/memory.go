@@ -3,8 +3,9 @@
 //
 // Model. A topic is a fixed number of partitions (WithPartitions, default 8).
 // Each partition is a bounded ring log (WithCapacity messages, default 4096).
-// A message with a Key always goes to the partition its key hashes to (FNV-1a),
-// so messages with one key keep publish order; a message without a key goes
+// A message with a Key always goes to the partition its key hashes to
+// (Kafka's murmur2, as every partitioned herald driver places keys), so
+// messages with one key keep publish order; a message without a key goes
 // round robin.
 //
 // Groups. Every group gets every message written after it was created, plus
@@ -56,6 +57,7 @@ import (
 	"sync/atomic"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/keyhash"
 )
 
 // Default settings.
@@ -286,13 +288,7 @@ func (t *topic) partitionFor(key string) *partition {
 	if key == "" {
 		return t.parts[int(t.rr.Add(1)-1)%len(t.parts)]
 	}
-	// FNV-1a, inline so that hashing a key allocates nothing.
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
-	}
-	return t.parts[h%uint32(len(t.parts))]
+	return t.parts[keyhash.Partition(key, len(t.parts))]
 }
 
 type partition struct {
