@@ -1,6 +1,10 @@
 package outbox
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
+)
 
 // Sentinel errors of the package; errors returned by its functions wrap
 // them (and the herald sentinels where one fits), so errors.Is works.
@@ -13,7 +17,7 @@ var (
 
 	// ErrUnknownDialect is returned for a Dialect value or name that is not
 	// Postgres, MySQL or SQLite.
-	ErrUnknownDialect = errors.New("outbox: unknown dialect")
+	ErrUnknownDialect = sqlcore.ErrUnknownDialect
 
 	// ErrDialectMismatch is returned when a pgx.Tx is given to a Writer
 	// whose dialect is not Postgres.
@@ -22,7 +26,7 @@ var (
 	// ErrInvalidMessage is returned for a message the outbox cannot store
 	// faithfully: an ID, key or content type that is not valid UTF-8,
 	// contains a NUL byte, or is too long for its column.
-	ErrInvalidMessage = errors.New("outbox: invalid message")
+	ErrInvalidMessage = sqlcore.ErrInvalidMessage
 
 	// ErrNoTable is wrapped by Relay.Check when the database answers but
 	// one of the relay's tables cannot be read: it does not exist (run

@@ -3,9 +3,10 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
+
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
 
 	"github.com/heraldbus/herald/internal/backoff"
 )
@@ -40,7 +41,7 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 	retry := backoff.New(time.Millisecond, 100*time.Millisecond)
 	for {
 		err = migrateOnce(ctx, db, t)
-		if err == nil || d != SQLite || !isSQLiteBusy(err) || time.Now().After(deadline) {
+		if err == nil || d != SQLite || !sqlcore.IsSQLiteBusy(err) || time.Now().After(deadline) {
 			return err
 		}
 		if !backoff.Sleep(ctx, retry.Next()) {
@@ -51,13 +52,6 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 
 // sqliteBusyWait bounds how long Migrate retries SQLITE_BUSY on SQLite.
 const sqliteBusyWait = 30 * time.Second
-
-// isSQLiteBusy reports whether err is SQLite's SQLITE_BUSY (primary code
-// 5, any extended code), as modernc.org/sqlite reports it.
-func isSQLiteBusy(err error) bool {
-	var coded interface{ Code() int }
-	return errors.As(err, &coded) && coded.Code()&0xff == 5
-}
 
 func migrateOnce(ctx context.Context, db *sql.DB, t table) error {
 	conn, err := db.Conn(ctx)
@@ -98,18 +92,18 @@ func migrate(ctx context.Context, conn *sql.Conn, t table) error {
 		if err := conn.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schemaName); err != nil {
 			return err
 		}
-		return inTx(ctx, conn, t.dialect, func(tx execer) error {
+		return sqlcore.InTx(ctx, conn, t.dialect, func(tx sqlcore.Execer) error {
 			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(schemaName, t.name+"\x00migrate")); err != nil {
 				return err
 			}
 			return execAll(ctx, tx, stmts)
 		})
 	default: // SQLite: BEGIN IMMEDIATE takes the write lock first
-		return inTx(ctx, conn, t.dialect, func(tx execer) error { return execAll(ctx, tx, stmts) })
+		return sqlcore.InTx(ctx, conn, t.dialect, func(tx sqlcore.Execer) error { return execAll(ctx, tx, stmts) })
 	}
 }
 
-func execAll(ctx context.Context, x execer, stmts []string) error {
+func execAll(ctx context.Context, x sqlcore.Execer, stmts []string) error {
 	for _, s := range stmts {
 		if _, err := x.ExecContext(ctx, s); err != nil {
 			return err

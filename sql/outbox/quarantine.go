@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
+
 	"github.com/heraldbus/herald"
 )
 
@@ -83,7 +85,7 @@ func (q *Quarantine) List(ctx context.Context, after int64, limit int) ([]Quaran
 		var headers []byte
 		var lastError sql.NullString
 		if err := rs.Scan(&qm.ID, &qm.OutboxID, &m.ID, &m.Topic, &m.Key, &headers, &m.ContentType, &m.Data,
-			timeDest{&m.Time}, &qm.Attempts, &lastError, timeDest{&qm.QuarantinedAt}); err != nil {
+			sqlcore.TimeDest{T: &m.Time}, &qm.Attempts, &lastError, sqlcore.TimeDest{T: &qm.QuarantinedAt}); err != nil {
 			return nil, fmt.Errorf("outbox: list %s_quarantine: %w", q.t.name, err)
 		}
 		if len(headers) > 0 && json.Unmarshal(headers, &m.Headers) != nil {

@@ -3,13 +3,14 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/backoff"
@@ -181,7 +182,7 @@ func (r *Relay) loop(ctx context.Context) {
 		if err == nil {
 			started := time.Now()
 			err = r.lead(ctx, conn)
-			discard(conn)
+			sqlcore.Discard(conn)
 			if time.Since(started) > r.cfg.MaxBackoff {
 				retry.Reset() // it worked for a while: not a crash loop
 			}
@@ -233,7 +234,7 @@ func (r *Relay) acquire(ctx context.Context) (*sql.Conn, error) {
 		}
 		ok, err := r.tryLock(ctx, conn)
 		if err != nil {
-			discard(conn)
+			sqlcore.Discard(conn)
 			return nil, fmt.Errorf("lock: %w", err)
 		}
 		if ok {
@@ -284,13 +285,6 @@ func (r *Relay) tryLock(ctx context.Context, conn *sql.Conn) (bool, error) {
 	}
 }
 
-// discard closes conn's session instead of returning it to the pool, so
-// that its session lock and LISTEN registration end with it.
-func discard(conn *sql.Conn) {
-	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-	_ = conn.Close()
-}
-
 // lead delivers rounds on conn, which holds the lock, until the relay stops
 // (nil) or a database error ends the lease.
 func (r *Relay) lead(ctx context.Context, conn *sql.Conn) error {
@@ -299,7 +293,7 @@ func (r *Relay) lead(ctx context.Context, conn *sql.Conn) error {
 	r.log.Info("outbox relay: active")
 	r.event(RelayEvent{Kind: Active})
 	l := r.newLease(conn)
-	defer func() { l.listener.close() }() // keepListening replaces it
+	defer func() { l.listener.Close() }() // keepListening replaces it
 	for !r.stopping(ctx) {
 		r.tel.follow()
 		r.keepListening(ctx, l)
@@ -330,8 +324,8 @@ func (r *Relay) lead(ctx context.Context, conn *sql.Conn) error {
 type lease struct {
 	conn        *sql.Conn
 	keys        *keyState
-	listener    *listener // nil while not listening
-	listen      bool      // LISTEN is worth trying (PostgreSQL, Listen on)
+	listener    *sqlcore.Listener // nil while not listening
+	listen      bool              // LISTEN is worth trying (PostgreSQL, Listen on)
 	listenTried time.Time
 	poll        backoff.Backoff // idle polls, from MinPollInterval to MaxPollInterval
 	outage      backoff.Backoff // outage rounds, from MinBackoff to MaxBackoff
@@ -353,20 +347,20 @@ func (r *Relay) newLease(conn *sql.Conn) *lease {
 // read wakes the wait that follows it. A *sql.DB that cannot LISTEN makes
 // the lease poll for good.
 func (r *Relay) keepListening(ctx context.Context, l *lease) {
-	if !l.listen || l.listener.alive() || time.Since(l.listenTried) < r.cfg.MaxPollInterval {
+	if !l.listen || l.listener.Alive() || time.Since(l.listenTried) < r.cfg.MaxPollInterval {
 		return
 	}
 	l.listenTried = time.Now()
-	l.listener.close()
+	l.listener.Close()
 	var err error
-	if l.listener, err = r.listen(ctx); err == nil {
+	if l.listener, err = sqlcore.Listen(ctx, r.db, r.t.channel); err == nil {
 		return
 	}
 	switch {
-	case errors.Is(err, errNotPgx):
+	case errors.Is(err, sqlcore.ErrNotPgx):
 		l.listen = false
 		r.log.Info("outbox relay: the *sql.DB does not use the pgx driver; polling without LISTEN")
-	case errors.Is(err, errNoListenConn):
+	case errors.Is(err, sqlcore.ErrNoListenConn):
 		l.listen = false
 		r.log.Warn("outbox relay: polling without LISTEN; allow the *sql.DB two connections for an active relay", slog.Any("error", err))
 	default:
@@ -409,7 +403,7 @@ func (r *Relay) idle(ctx context.Context, l *lease) bool {
 	if next, ok := l.keys.nextExpiry(); ok {
 		wait = max(min(wait, time.Until(next)), time.Millisecond)
 	}
-	woke, ok := r.wait(ctx, wait, l.listener.wakeC())
+	woke, ok := r.wait(ctx, wait, l.listener.Wake(r.t.channel))
 	if woke {
 		l.poll.Reset()
 	}

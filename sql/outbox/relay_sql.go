@@ -3,11 +3,11 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
 
 	"github.com/heraldbus/herald"
 )
@@ -26,9 +26,6 @@ const copyColumns = insertColumns
 // maxExcluded bounds the keys and ids one read query excludes; rows of
 // further blocked keys are read and skipped in Go.
 const maxExcluded = 1000
-
-// maxErrorText bounds last_error.
-const maxErrorText = 4000
 
 // queries holds the relay's fixed statements; the ones with id lists are
 // built per call on MySQL and SQLite.
@@ -145,7 +142,7 @@ func (r *Relay) scanRows(rs *sql.Rows) ([]*row, error) {
 		m := &rw.msg
 		headers = nil
 		dest[0], dest[1], dest[2], dest[3], dest[4] = &rw.id, &m.ID, &m.Topic, &m.Key, &headers
-		dest[5], dest[6], dest[7], dest[8] = &m.ContentType, &m.Data, timeDest{&m.Time}, &rw.attempts
+		dest[5], dest[6], dest[7], dest[8] = &m.ContentType, &m.Data, sqlcore.TimeDest{T: &m.Time}, &rw.attempts
 		if err := rs.Scan(dest...); err != nil {
 			return nil, err
 		}
@@ -164,7 +161,9 @@ func (r *Relay) scanRows(rs *sql.Rows) ([]*row, error) {
 // row written by hand fails here; it is a poison row like any other (see
 // deliver), not a reason to stop.
 func (rw *row) decodeHeaders(headers []byte) {
-	if err := json.Unmarshal(headers, &rw.msg.Headers); err != nil {
+	h, err := sqlcore.DecodeHeaders(headers)
+	rw.msg.Headers = h
+	if err != nil {
 		rw.bad = herald.Permanent(fmt.Errorf("outbox: headers of row %d are not a JSON object of strings: %w", rw.id, err))
 		rw.msg.Headers = nil
 	}
@@ -177,7 +176,7 @@ func (r *Relay) removeSent(ctx context.Context, conn *sql.Conn, rows []*row) err
 	for i, rw := range rows {
 		ids[i] = rw.id
 	}
-	now := r.t.dialect.timeArg(time.Now())
+	now := r.t.dialect.TimeArg(time.Now())
 	if r.t.dialect == Postgres {
 		var err error
 		if r.cfg.Retention > 0 {
@@ -205,7 +204,7 @@ func (r *Relay) removeSent(ctx context.Context, conn *sql.Conn, rows []*row) err
 			}
 			continue
 		}
-		err := inTx(ctx, conn, r.t.dialect, func(tx execer) error {
+		err := sqlcore.InTx(ctx, conn, r.t.dialect, func(tx sqlcore.Execer) error {
 			if _, err := tx.ExecContext(ctx, "INSERT INTO "+r.t.sent+" (outbox_id, "+copyColumns+", attempts, last_error, sent_at) "+
 				"SELECT id, "+copyColumns+", attempts, last_error, ? FROM "+r.t.main+" WHERE id IN "+in+" ORDER BY id",
 				append([]any{now}, args...)...); err != nil {
@@ -223,7 +222,7 @@ func (r *Relay) removeSent(ctx context.Context, conn *sql.Conn, rows []*row) err
 
 // charge counts a failed delivery against a row.
 func (r *Relay) charge(ctx context.Context, conn *sql.Conn, rw *row, cause error) error {
-	if _, err := conn.ExecContext(ctx, r.q.charge, errorText(cause), rw.id); err != nil {
+	if _, err := conn.ExecContext(ctx, r.q.charge, sqlcore.ErrorText(cause), rw.id); err != nil {
 		return fmt.Errorf("record failure of row %d: %w", rw.id, err)
 	}
 	return nil
@@ -231,15 +230,15 @@ func (r *Relay) charge(ctx context.Context, conn *sql.Conn, rw *row, cause error
 
 // quarantine moves a row to the quarantine table, atomically.
 func (r *Relay) quarantine(ctx context.Context, conn *sql.Conn, rw *row, attempts int, cause error, now time.Time) error {
-	ts := r.t.dialect.timeArg(now)
-	text := errorText(cause)
+	ts := r.t.dialect.TimeArg(now)
+	text := sqlcore.ErrorText(cause)
 	var err error
 	if r.t.dialect == Postgres {
 		_, err = conn.ExecContext(ctx, "WITH moved AS (DELETE FROM "+r.t.main+" WHERE id = $1 RETURNING id, "+copyColumns+") "+
 			"INSERT INTO "+r.t.quarantine+" (outbox_id, "+copyColumns+", attempts, last_error, quarantined_at) "+
 			"SELECT id, "+copyColumns+", $2, $3, $4 FROM moved", rw.id, attempts, text, ts)
 	} else {
-		err = inTx(ctx, conn, r.t.dialect, func(tx execer) error {
+		err = sqlcore.InTx(ctx, conn, r.t.dialect, func(tx sqlcore.Execer) error {
 			if _, err := tx.ExecContext(ctx, "INSERT INTO "+r.t.quarantine+" (outbox_id, "+copyColumns+", attempts, last_error, quarantined_at) "+
 				"SELECT id, "+copyColumns+", ?, ?, ? FROM "+r.t.main+" WHERE id = ?", attempts, text, ts, rw.id); err != nil {
 				return err
@@ -257,7 +256,7 @@ func (r *Relay) quarantine(ctx context.Context, conn *sql.Conn, rw *row, attempt
 // purge deletes sent rows older than the retention, a batch at a time, at
 // most ten batches per call so that delivery is not held up.
 func (r *Relay) purge(ctx context.Context, conn *sql.Conn) error {
-	cutoff := r.t.dialect.timeArg(time.Now().Add(-r.cfg.Retention))
+	cutoff := r.t.dialect.TimeArg(time.Now().Add(-r.cfg.Retention))
 	var query string
 	switch r.t.dialect {
 	case Postgres:
@@ -276,88 +275,5 @@ func (r *Relay) purge(ctx context.Context, conn *sql.Conn) error {
 			return err
 		}
 	}
-	return nil
-}
-
-// execer is what inTx hands its function: a *sql.Tx, or the *sql.Conn
-// itself inside an SQLite BEGIN IMMEDIATE.
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-// inTx runs f in a transaction on conn. SQLite gets BEGIN IMMEDIATE: a
-// deferred transaction that reads before it writes fails at once with
-// SQLITE_BUSY when another connection committed in between, whatever the
-// busy timeout.
-func inTx(ctx context.Context, conn *sql.Conn, d Dialect, f func(execer) error) error {
-	if d == SQLite {
-		if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-			return err
-		}
-		if err := f(conn); err != nil {
-			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
-			return err
-		}
-		if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
-			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
-			return err
-		}
-		return nil
-	}
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := f(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	return tx.Commit()
-}
-
-// errorText makes an error storable in last_error: valid UTF-8, no NUL
-// (PostgreSQL text refuses it), bounded.
-func errorText(err error) string {
-	s := strings.ToValidUTF8(err.Error(), "\uFFFD")
-	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
-	if len(s) > maxErrorText {
-		s = s[:maxErrorText]
-		for !utf8.ValidString(s) {
-			s = s[:len(s)-1]
-		}
-	}
-	return s
-}
-
-// timeDest scans created_at, sent_at and quarantined_at whatever the
-// driver returns: time.Time (pgx, go-sql-driver with parseTime=true),
-// text (go-sql-driver without parseTime; read as UTC) or Unix
-// microseconds (the SQLite schema). NULL gives the zero time.
-type timeDest struct{ t *time.Time }
-
-func (d timeDest) Scan(src any) error {
-	switch v := src.(type) {
-	case nil:
-		*d.t = time.Time{}
-	case time.Time:
-		*d.t = v.UTC()
-	case int64:
-		*d.t = time.UnixMicro(v).UTC()
-	case []byte:
-		return d.parse(string(v))
-	case string:
-		return d.parse(v)
-	default:
-		return fmt.Errorf("outbox: cannot scan %T into a time", src)
-	}
-	return nil
-}
-
-func (d timeDest) parse(s string) error {
-	t, err := time.ParseInLocation("2006-01-02 15:04:05.999999999", s, time.UTC)
-	if err != nil {
-		return fmt.Errorf("outbox: parse time %q: %w", s, err)
-	}
-	*d.t = t
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
+
 	"github.com/heraldbus/herald"
 )
 
@@ -47,7 +49,7 @@ func (r *Relay) Stats(ctx context.Context) (Stats, error) {
 		Reads:       r.reads.Load(),
 	}
 	var oldest time.Time
-	if err := r.db.QueryRowContext(ctx, r.q.stats).Scan(&st.Backlog, timeDest{&oldest}); err != nil {
+	if err := r.db.QueryRowContext(ctx, r.q.stats).Scan(&st.Backlog, sqlcore.TimeDest{T: &oldest}); err != nil {
 		return st, fmt.Errorf("outbox: stats of %s: %w", r.t.name, err)
 	}
 	if !oldest.IsZero() {

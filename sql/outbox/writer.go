@@ -4,30 +4,16 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
+
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/optcheck"
-)
-
-// Column limits the Writer checks, so a message fails with a clear error
-// before it reaches the database instead of being truncated by it.
-const (
-	maxIDBytes          = 255
-	maxContentTypeBytes = 255
-	maxKeyBytes         = 65535 // MySQL TEXT
-	// maxStatementBytes bounds the data of one INSERT, well below MySQL's
-	// default max_allowed_packet (16 MiB on MariaDB); a batch above it is
-	// split into several INSERTs in the same transaction.
-	maxStatementBytes = 4 << 20
 )
 
 // insertColumns are the columns the Writer fills; the database fills id,
@@ -159,44 +145,17 @@ func (w *Writer) Table() string { return w.t.name }
 // Dialect returns the Writer's dialect.
 func (w *Writer) Dialect() Dialect { return w.t.dialect }
 
-type txKey struct{}
-
-// txExecer runs one statement in the caller's transaction.
-type txExecer interface {
-	exec(ctx context.Context, query string, args []any) error
-}
-
-type sqlTx struct{ tx *sql.Tx }
-
-func (s sqlTx) exec(ctx context.Context, query string, args []any) error {
-	_, err := s.tx.ExecContext(ctx, query, args...)
-	return err
-}
-
-type pgxTx struct{ tx pgx.Tx }
-
-func (p pgxTx) exec(ctx context.Context, query string, args []any) error {
-	_, err := p.tx.Exec(ctx, query, args...)
-	return err
-}
-
 // WithTx returns a context that carries tx, for Writer.Write (and so for a
 // herald.Bus or Publisher whose writer is an outbox Writer). The context
 // must not outlive the transaction. A nil tx carries nothing.
 func WithTx(ctx context.Context, tx *sql.Tx) context.Context {
-	if tx == nil {
-		return ctx
-	}
-	return context.WithValue(ctx, txKey{}, txExecer(sqlTx{tx}))
+	return sqlcore.WithTx(ctx, tx)
 }
 
 // WithPgxTx is WithTx for a native pgx transaction (pgx.Conn.Begin,
 // pgxpool.Pool.Begin); only a Postgres Writer accepts it.
 func WithPgxTx(ctx context.Context, tx pgx.Tx) context.Context {
-	if tx == nil {
-		return ctx
-	}
-	return context.WithValue(ctx, txKey{}, txExecer(pgxTx{tx}))
+	return sqlcore.WithPgxTx(ctx, tx)
 }
 
 // Write inserts msgs in the transaction that ctx carries (WithTx,
@@ -206,7 +165,7 @@ func (w *Writer) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	x, _ := ctx.Value(txKey{}).(txExecer)
+	x := sqlcore.TxFrom(ctx)
 	if x == nil {
 		return fmt.Errorf("outbox: write %d messages to %s: %w", len(msgs), w.t.name, ErrNoTransaction)
 	}
@@ -217,7 +176,7 @@ func (w *Writer) Write(ctx context.Context, msgs []*herald.Message) error {
 // (WithTx, WithPgxTx): what herald.WithOutbox asks to choose between this
 // Writer and the driver (herald.TransactionalWriter).
 func (w *Writer) InTransaction(ctx context.Context) bool {
-	x, _ := ctx.Value(txKey{}).(txExecer)
+	x := sqlcore.TxFrom(ctx)
 	return x != nil
 }
 
@@ -231,7 +190,7 @@ func (w *Writer) WriteTx(ctx context.Context, tx *sql.Tx, msgs []*herald.Message
 	if tx == nil {
 		return fmt.Errorf("outbox: write %d messages to %s: %w", len(msgs), w.t.name, ErrNoTransaction)
 	}
-	return w.write(ctx, sqlTx{tx}, msgs)
+	return w.write(ctx, sqlcore.SQLTx(tx), msgs)
 }
 
 // WritePgxTx inserts msgs in a native pgx transaction; see Write.
@@ -242,19 +201,19 @@ func (w *Writer) WritePgxTx(ctx context.Context, tx pgx.Tx, msgs []*herald.Messa
 	if tx == nil {
 		return fmt.Errorf("outbox: write %d messages to %s: %w", len(msgs), w.t.name, ErrNoTransaction)
 	}
-	return w.write(ctx, pgxTx{tx}, msgs)
+	return w.write(ctx, sqlcore.PgxTx(tx), msgs)
 }
 
-func (w *Writer) write(ctx context.Context, x txExecer, msgs []*herald.Message) error {
+func (w *Writer) write(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, ok := x.(pgxTx); ok && w.t.dialect != Postgres {
+	if x.Pgx() && w.t.dialect != Postgres {
 		return fmt.Errorf("outbox: write to %s: pgx.Tx with dialect %v: %w", w.t.name, w.t.dialect, ErrDialectMismatch)
 	}
 	sizes := make([]int, len(msgs))
 	for i, m := range msgs {
-		n, err := w.check(m)
+		n, err := sqlcore.CheckMessage(m, w.t.name, w.cfg.maxMessageBytes)
 		if err != nil {
 			return err
 		}
@@ -262,10 +221,10 @@ func (w *Writer) write(ctx context.Context, x txExecer, msgs []*herald.Message) 
 	}
 	now := time.Now()
 	notify := w.shouldNotify(now)
-	perStmt := w.t.dialect.maxParams() / insertParams
+	perStmt := w.t.dialect.MaxParams() / insertParams
 	for start := 0; start < len(msgs); {
 		end, bytes := start, 0
-		for end < len(msgs) && end-start < perStmt && (end == start || bytes+sizes[end] <= maxStatementBytes) {
+		for end < len(msgs) && end-start < perStmt && (end == start || bytes+sizes[end] <= sqlcore.MaxStatementBytes) {
 			bytes += sizes[end]
 			end++
 		}
@@ -288,48 +247,7 @@ func (w *Writer) shouldNotify(now time.Time) bool {
 	return now.UnixNano()-prev >= int64(w.cfg.notifyPause)
 }
 
-// check validates m and returns roughly how many bytes its row carries.
-func (w *Writer) check(m *herald.Message) (int, error) {
-	if m == nil {
-		return 0, fmt.Errorf("outbox: write to %s: %w", w.t.name, herald.ErrNilEvent)
-	}
-	if err := herald.ValidateName("topic", m.Topic); err != nil {
-		return 0, fmt.Errorf("outbox: write message %s to %s: %w", m.ID, w.t.name, err)
-	}
-	bad := func(field, reason string) error {
-		return fmt.Errorf("outbox: write message %q (topic %q) to %s: %s %s: %w",
-			m.ID, m.Topic, w.t.name, field, reason, ErrInvalidMessage)
-	}
-	for _, f := range [...]struct {
-		name, value string
-		max         int
-	}{{"id", m.ID, maxIDBytes}, {"key", m.Key, maxKeyBytes}, {"content type", m.ContentType, maxContentTypeBytes}} {
-		switch {
-		case len(f.value) > f.max:
-			return 0, bad(f.name, fmt.Sprintf("is longer than %d bytes", f.max))
-		case !utf8.ValidString(f.value):
-			return 0, bad(f.name, "is not valid UTF-8")
-		case strings.IndexByte(f.value, 0) >= 0:
-			return 0, bad(f.name, "contains a NUL byte")
-		}
-	}
-	if w.cfg.maxMessageBytes > 0 {
-		if n := m.Size(); n > w.cfg.maxMessageBytes {
-			return 0, fmt.Errorf("outbox: write message %s (topic %q) to %s: %d bytes with key and headers, limit %d: %w",
-				m.ID, m.Topic, w.t.name, n, w.cfg.maxMessageBytes, herald.ErrMessageTooLarge)
-		}
-	}
-	n := len(m.ID) + len(m.Topic) + len(m.Key) + len(m.ContentType) + len(m.Data) + 64
-	for k, v := range m.Headers {
-		if !utf8.ValidString(k) || !utf8.ValidString(v) {
-			return 0, bad("header "+fmt.Sprintf("%q", k), "is not valid UTF-8 (headers are stored as JSON)")
-		}
-		n += len(k) + len(v) + 6
-	}
-	return n, nil
-}
-
-func (w *Writer) insert(ctx context.Context, x txExecer, msgs []*herald.Message, now time.Time, notify bool) error {
+func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, now time.Time, notify bool) error {
 	var query string
 	switch {
 	case len(msgs) > 1:
@@ -348,7 +266,7 @@ func (w *Writer) insert(ctx context.Context, x txExecer, msgs []*herald.Message,
 		}
 		var headers any
 		if len(m.Headers) > 0 {
-			buf = appendHeadersJSON(buf[:0], m.Headers)
+			buf = sqlcore.AppendHeadersJSON(buf[:0], m.Headers)
 			headers = string(buf)
 		}
 		var payload any
@@ -359,9 +277,9 @@ func (w *Writer) insert(ctx context.Context, x txExecer, msgs []*herald.Message,
 		if ts.IsZero() {
 			ts = now
 		}
-		args = append(args, id, m.Topic, m.Key, headers, m.ContentType, payload, w.t.dialect.timeArg(ts))
+		args = append(args, id, m.Topic, m.Key, headers, m.ContentType, payload, w.t.dialect.TimeArg(ts))
 	}
-	return x.exec(ctx, query, args)
+	return x.Exec(ctx, query, args)
 }
 
 // insertSQL builds the INSERT of n rows, with pg_notify if notify.
@@ -398,70 +316,8 @@ func (w *Writer) insertSQL(n int, notify bool) string {
 	}
 	if notify {
 		b = append(b, ") SELECT pg_notify("...)
-		b = append(b, quoteLiteral(w.t.channel)...)
+		b = append(b, sqlcore.QuoteLiteral(w.t.channel)...)
 		b = append(b, ", '')"...)
 	}
 	return string(b)
-}
-
-// appendHeadersJSON appends h as a JSON object with its keys sorted. check
-// has made sure every string is valid UTF-8, so only quotes, backslashes
-// and control characters need escaping; encoding/json would spend half a
-// dozen allocations per message on the same result.
-func appendHeadersJSON(b []byte, h herald.Headers) []byte {
-	b = append(b, '{')
-	if len(h) == 1 {
-		for k, v := range h {
-			b = appendJSONString(b, k)
-			b = append(b, ':')
-			b = appendJSONString(b, v)
-		}
-		return append(b, '}')
-	}
-	for i, k := range slices.Sorted(maps.Keys(h)) {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, k)
-		b = append(b, ':')
-		b = appendJSONString(b, h[k])
-	}
-	return append(b, '}')
-}
-
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
-
-// timeArg converts a message time into the created_at bind value.
-func (d Dialect) timeArg(t time.Time) any {
-	t = t.UTC().Truncate(time.Microsecond)
-	if d == SQLite {
-		return t.UnixMicro()
-	}
-	return t
 }

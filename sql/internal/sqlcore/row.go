@@ -1,0 +1,187 @@
+package sqlcore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/heraldbus/herald"
+)
+
+// ErrInvalidMessage is returned for a message a table cannot store
+// faithfully: an ID, key or content type that is not valid UTF-8,
+// contains a NUL byte, or is too long for its column.
+var ErrInvalidMessage = errors.New("herald/sql: invalid message")
+
+// Column limits a writer checks, so a message fails with a clear error
+// before it reaches the database instead of being truncated by it.
+const (
+	MaxIDBytes          = 255
+	MaxContentTypeBytes = 255
+	MaxKeyBytes         = 65535 // MySQL TEXT
+	// MaxStatementBytes bounds the data of one INSERT, well below MySQL's
+	// default max_allowed_packet (16 MiB on MariaDB); a batch above it is
+	// split into several INSERTs in the same transaction.
+	MaxStatementBytes = 4 << 20
+)
+
+// maxErrorText bounds a stored error text.
+const maxErrorText = 4000
+
+// CheckMessage validates m for a row of table (named in errors), with a
+// size limit of maxBytes by herald.Message.Size (0: none), and returns
+// roughly how many bytes its row carries.
+func CheckMessage(m *herald.Message, table string, maxBytes int) (int, error) {
+	if m == nil {
+		return 0, fmt.Errorf("herald/sql: write to %s: %w", table, herald.ErrNilEvent)
+	}
+	if err := herald.ValidateName("topic", m.Topic); err != nil {
+		return 0, fmt.Errorf("herald/sql: write message %s to %s: %w", m.ID, table, err)
+	}
+	bad := func(field, reason string) error {
+		return fmt.Errorf("herald/sql: write message %q (topic %q) to %s: %s %s: %w",
+			m.ID, m.Topic, table, field, reason, ErrInvalidMessage)
+	}
+	for _, f := range [...]struct {
+		name, value string
+		max         int
+	}{{"id", m.ID, MaxIDBytes}, {"key", m.Key, MaxKeyBytes}, {"content type", m.ContentType, MaxContentTypeBytes}} {
+		switch {
+		case len(f.value) > f.max:
+			return 0, bad(f.name, fmt.Sprintf("is longer than %d bytes", f.max))
+		case !utf8.ValidString(f.value):
+			return 0, bad(f.name, "is not valid UTF-8")
+		case strings.IndexByte(f.value, 0) >= 0:
+			return 0, bad(f.name, "contains a NUL byte")
+		}
+	}
+	if maxBytes > 0 {
+		if n := m.Size(); n > maxBytes {
+			return 0, fmt.Errorf("herald/sql: write message %s (topic %q) to %s: %d bytes with key and headers, limit %d: %w",
+				m.ID, m.Topic, table, n, maxBytes, herald.ErrMessageTooLarge)
+		}
+	}
+	n := len(m.ID) + len(m.Topic) + len(m.Key) + len(m.ContentType) + len(m.Data) + 64
+	for k, v := range m.Headers {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return 0, bad("header "+fmt.Sprintf("%q", k), "is not valid UTF-8 (headers are stored as JSON)")
+		}
+		n += len(k) + len(v) + 6
+	}
+	return n, nil
+}
+
+// AppendHeadersJSON appends h as a JSON object with its keys sorted. CheckMessage
+// has made sure every string is valid UTF-8, so only quotes, backslashes
+// and control characters need escaping; encoding/json would spend half a
+// dozen allocations per message on the same result.
+func AppendHeadersJSON(b []byte, h herald.Headers) []byte {
+	b = append(b, '{')
+	if len(h) == 1 {
+		for k, v := range h {
+			b = appendJSONString(b, k)
+			b = append(b, ':')
+			b = appendJSONString(b, v)
+		}
+		return append(b, '}')
+	}
+	for i, k := range slices.Sorted(maps.Keys(h)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		b = appendJSONString(b, h[k])
+	}
+	return append(b, '}')
+}
+
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// DecodeHeaders parses a headers column written by AppendHeadersJSON (or
+// by hand: then it may fail).
+func DecodeHeaders(b []byte) (herald.Headers, error) {
+	var h herald.Headers
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// ErrorText makes an error storable in last_error: valid UTF-8, no NUL
+// (PostgreSQL text refuses it), bounded.
+func ErrorText(err error) string {
+	s := strings.ToValidUTF8(err.Error(), "\uFFFD")
+	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
+	if len(s) > maxErrorText {
+		s = s[:maxErrorText]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+	}
+	return s
+}
+
+// TimeDest scans a time column whatever the driver returns: time.Time (pgx, go-sql-driver with parseTime=true),
+// text (go-sql-driver without parseTime; read as UTC) or Unix
+// microseconds (the SQLite schema). NULL gives the zero time.
+type TimeDest struct{ T *time.Time }
+
+// Scan implements sql.Scanner.
+func (d TimeDest) Scan(src any) error {
+	switch v := src.(type) {
+	case nil:
+		*d.T = time.Time{}
+	case time.Time:
+		*d.T = v.UTC()
+	case int64:
+		*d.T = time.UnixMicro(v).UTC()
+	case []byte:
+		return d.parse(string(v))
+	case string:
+		return d.parse(v)
+	default:
+		return fmt.Errorf("herald/sql: cannot scan %T into a time", src)
+	}
+	return nil
+}
+
+func (d TimeDest) parse(s string) error {
+	t, err := time.ParseInLocation("2006-01-02 15:04:05.999999999", s, time.UTC)
+	if err != nil {
+		return fmt.Errorf("herald/sql: parse time %q: %w", s, err)
+	}
+	*d.T = t
+	return nil
+}

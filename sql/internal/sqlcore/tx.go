@@ -1,0 +1,95 @@
+package sqlcore
+
+import (
+	"context"
+	"database/sql"
+
+	"github.com/jackc/pgx/v5"
+)
+
+type txKey struct{}
+
+// TxExecer runs one statement in the caller's transaction: what WithTx and
+// WithPgxTx put in a context.
+type TxExecer interface {
+	Exec(ctx context.Context, query string, args []any) error
+	Query(ctx context.Context, query string, args []any, scan func(Rows) error) error
+	// Pgx reports whether the transaction is a native pgx.Tx.
+	Pgx() bool
+}
+
+// Rows is the part of *sql.Rows and pgx.Rows a scan function uses.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+}
+
+type sqlTx struct{ tx *sql.Tx }
+
+func (s sqlTx) Exec(ctx context.Context, query string, args []any) error {
+	_, err := s.tx.ExecContext(ctx, query, args...)
+	return err
+}
+
+func (s sqlTx) Query(ctx context.Context, query string, args []any, scan func(Rows) error) error {
+	rs, err := s.tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	if err := scan(rs); err != nil {
+		return err
+	}
+	return rs.Err()
+}
+
+func (sqlTx) Pgx() bool { return false }
+
+type pgxTx struct{ tx pgx.Tx }
+
+func (p pgxTx) Exec(ctx context.Context, query string, args []any) error {
+	_, err := p.tx.Exec(ctx, query, args...)
+	return err
+}
+
+func (p pgxTx) Query(ctx context.Context, query string, args []any, scan func(Rows) error) error {
+	rs, err := p.tx.Query(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	if err := scan(rs); err != nil {
+		return err
+	}
+	return rs.Err()
+}
+
+func (pgxTx) Pgx() bool { return true }
+
+// SQLTx wraps a *sql.Tx as a TxExecer.
+func SQLTx(tx *sql.Tx) TxExecer { return sqlTx{tx} }
+
+// PgxTx wraps a pgx.Tx as a TxExecer.
+func PgxTx(tx pgx.Tx) TxExecer { return pgxTx{tx} }
+
+// WithTx returns a context that carries tx; a nil tx carries nothing.
+func WithTx(ctx context.Context, tx *sql.Tx) context.Context {
+	if tx == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, txKey{}, TxExecer(sqlTx{tx}))
+}
+
+// WithPgxTx is WithTx for a native pgx transaction.
+func WithPgxTx(ctx context.Context, tx pgx.Tx) context.Context {
+	if tx == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, txKey{}, TxExecer(pgxTx{tx}))
+}
+
+// TxFrom returns the transaction ctx carries, or nil.
+func TxFrom(ctx context.Context) TxExecer {
+	x, _ := ctx.Value(txKey{}).(TxExecer)
+	return x
+}
