@@ -4,8 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
@@ -108,9 +106,9 @@ func WithoutNotify() WriterOption {
 type Writer struct {
 	t            table
 	cfg          writerConfig
-	single       string       // the one-row statement, the most common one
-	singleNotify string       // the same with pg_notify
-	lastWrite    atomic.Int64 // when the last write started (Unix ns)
+	single       string        // the one-row statement, the most common one
+	singleNotify string        // the same with pg_notify
+	pacer        sqlcore.Pacer // which writes notify
 }
 
 var _ herald.Writer = (*Writer)(nil)
@@ -131,6 +129,7 @@ func NewWriter(d Dialect, table string, opts ...WriterOption) (*Writer, error) {
 	}
 	cfg.notify = cfg.notify && d == Postgres
 	w := &Writer{t: t, cfg: cfg}
+	w.pacer.Pause = cfg.notifyPause
 	w.single = w.insertSQL(1, false)
 	w.singleNotify = w.insertSQL(1, true)
 	return w, nil
@@ -221,20 +220,13 @@ func (w *Writer) write(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.M
 	}
 	now := time.Now()
 	notify := w.shouldNotify(now)
-	perStmt := w.t.dialect.MaxParams() / insertParams
-	for start := 0; start < len(msgs); {
-		end, bytes := start, 0
-		for end < len(msgs) && end-start < perStmt && (end == start || bytes+sizes[end] <= sqlcore.MaxStatementBytes) {
-			bytes += sizes[end]
-			end++
-		}
+	return sqlcore.Batches(sizes, w.t.dialect.MaxParams()/insertParams, func(start, end int) error {
 		if err := w.insert(ctx, x, msgs[start:end], now, notify); err != nil {
 			return fmt.Errorf("outbox: insert %d messages into %s: %w", end-start, w.t.name, err)
 		}
 		notify = false // once per Write is enough
-		start = end
-	}
-	return nil
+		return nil
+	})
 }
 
 // shouldNotify reports whether this write calls pg_notify: on PostgreSQL,
@@ -243,8 +235,7 @@ func (w *Writer) shouldNotify(now time.Time) bool {
 	if !w.cfg.notify {
 		return false
 	}
-	prev := w.lastWrite.Swap(now.UnixNano())
-	return now.UnixNano()-prev >= int64(w.cfg.notifyPause)
+	return w.pacer.Due(now)
 }
 
 func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, now time.Time, notify bool) error {
@@ -284,40 +275,9 @@ func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.
 
 // insertSQL builds the INSERT of n rows, with pg_notify if notify.
 func (w *Writer) insertSQL(n int, notify bool) string {
-	d := w.t.dialect
-	notify = notify && d == Postgres
-	b := make([]byte, 0, 128+len(w.t.main)+n*(insertParams*7+3))
+	channel := ""
 	if notify {
-		// A data-modifying WITH always runs to completion, so the INSERT
-		// and the NOTIFY travel in one statement: one round trip.
-		b = append(b, "WITH ins AS ("...)
+		channel = w.t.channel
 	}
-	b = append(b, "INSERT INTO "...)
-	b = append(b, w.t.main...)
-	b = append(b, " ("+insertColumns+") VALUES "...)
-	p := 1
-	for i := range n {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '(')
-		for j := range insertParams {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			if d == Postgres {
-				b = strconv.AppendInt(append(b, '$'), int64(p), 10)
-			} else {
-				b = append(b, '?')
-			}
-			p++
-		}
-		b = append(b, ')')
-	}
-	if notify {
-		b = append(b, ") SELECT pg_notify("...)
-		b = append(b, sqlcore.QuoteLiteral(w.t.channel)...)
-		b = append(b, ", '')"...)
-	}
-	return string(b)
+	return sqlcore.InsertSQL(w.t.dialect, w.t.main, insertColumns, insertParams, n, channel)
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -184,4 +186,83 @@ func (d TimeDest) parse(s string) error {
 	}
 	*d.T = t
 	return nil
+}
+
+// InsertSQL builds the INSERT of n rows of params values each into table
+// (quoted) with columns (a comma-separated list). A non-empty notify
+// channel (PostgreSQL only) adds pg_notify to the same statement: a
+// data-modifying WITH always runs to completion, so the INSERT and the
+// NOTIFY travel in one round trip, and the notification is delivered when
+// the transaction commits.
+func InsertSQL(d Dialect, table, columns string, params, n int, notify string) string {
+	notify = map[bool]string{true: notify}[d == Postgres]
+	b := make([]byte, 0, 128+len(table)+len(columns)+n*(params*7+3))
+	if notify != "" {
+		b = append(b, "WITH ins AS ("...)
+	}
+	b = append(b, "INSERT INTO "...)
+	b = append(b, table...)
+	b = append(b, " ("...)
+	b = append(b, columns...)
+	b = append(b, ") VALUES "...)
+	p := 1
+	for i := range n {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '(')
+		for j := range params {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			if d == Postgres {
+				b = strconv.AppendInt(append(b, '$'), int64(p), 10)
+			} else {
+				b = append(b, '?')
+			}
+			p++
+		}
+		b = append(b, ')')
+	}
+	if notify != "" {
+		b = append(b, ") SELECT pg_notify("...)
+		b = append(b, QuoteLiteral(notify)...)
+		b = append(b, ", '')"...)
+	}
+	return string(b)
+}
+
+// Batches splits n messages whose rows carry sizes[i] bytes into runs
+// that fit one statement: at most perStmt rows and MaxStatementBytes of
+// data (a single larger row goes alone). f gets each run's bounds.
+func Batches(sizes []int, perStmt int, f func(start, end int) error) error {
+	for start := 0; start < len(sizes); {
+		end, bytes := start, 0
+		for end < len(sizes) && end-start < perStmt && (end == start || bytes+sizes[end] <= MaxStatementBytes) {
+			bytes += sizes[end]
+			end++
+		}
+		if err := f(start, end); err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+// Pacer decides which writes call pg_notify: a write that comes at least
+// Pause after the previous one. The first write after a pause wakes the
+// listeners; the writes of a steady stream do not, because the readers
+// are awake then and poll. PostgreSQL serializes the commits of notifying
+// transactions, so a NOTIFY in every one caps them at about one per WAL
+// flush. The zero Pause notifies every write.
+type Pacer struct {
+	Pause time.Duration
+	last  atomic.Int64 // when the last write started (Unix ns)
+}
+
+// Due reports whether a write starting at now notifies.
+func (p *Pacer) Due(now time.Time) bool {
+	prev := p.last.Swap(now.UnixNano())
+	return now.UnixNano()-prev >= int64(p.Pause)
 }
