@@ -45,6 +45,12 @@ func CheckMessage(m *herald.Message, table string, maxBytes int) (int, error) {
 	if err := herald.ValidateName("topic", m.Topic); err != nil {
 		return 0, fmt.Errorf("herald/sql: write message %s to %s: %w", m.ID, table, err)
 	}
+	if maxBytes > 0 {
+		if n := m.Size(); n > maxBytes {
+			return 0, fmt.Errorf("herald/sql: write message %s (topic %q) to %s: %d bytes with key and headers, limit %d: %w",
+				m.ID, m.Topic, table, n, maxBytes, herald.ErrMessageTooLarge)
+		}
+	}
 	bad := func(field, reason string) error {
 		return fmt.Errorf("herald/sql: write message %q (topic %q) to %s: %s %s: %w",
 			m.ID, m.Topic, table, field, reason, ErrInvalidMessage)
@@ -60,12 +66,6 @@ func CheckMessage(m *herald.Message, table string, maxBytes int) (int, error) {
 			return 0, bad(f.name, "is not valid UTF-8")
 		case strings.IndexByte(f.value, 0) >= 0:
 			return 0, bad(f.name, "contains a NUL byte")
-		}
-	}
-	if maxBytes > 0 {
-		if n := m.Size(); n > maxBytes {
-			return 0, fmt.Errorf("herald/sql: write message %s (topic %q) to %s: %d bytes with key and headers, limit %d: %w",
-				m.ID, m.Topic, table, n, maxBytes, herald.ErrMessageTooLarge)
 		}
 	}
 	n := len(m.ID) + len(m.Topic) + len(m.Key) + len(m.ContentType) + len(m.Data) + 64

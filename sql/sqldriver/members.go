@@ -1,0 +1,196 @@
+package sqldriver
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Membership. Every member of a group keeps a row in the members table
+// that expires a lease after its last heartbeat, and owns partitions
+// through the owner and lease_until columns of the offsets table. Each
+// heartbeat (a third of the lease) a member renews its leases, counts the
+// live members, and moves toward its fair share, ceil(partitions / live):
+// it hands over partitions beyond it (gracefully: no new deliveries start,
+// the running ones finish or a quarter lease passes, the acknowledged
+// position is written, the owner cleared) and claims partitions that are
+// free or whose lease expired. Every lease time is the database's clock.
+// A member's writes of positions are fenced by its owner id, so a member
+// that lost a partition cannot move its position.
+
+// keep runs the heartbeats and the commits until ctx ends.
+func (s *subscription) keep(ctx context.Context) {
+	defer close(s.done)
+	beat := time.NewTicker(s.d.cfg.lease / 3)
+	defer beat.Stop()
+	flush := time.NewTicker(s.d.cfg.commitInterval)
+	defer flush.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-flush.C:
+			if err := s.commit(ctx); err != nil && ctx.Err() == nil {
+				s.report(fail("commit", s.topic, s.group, "", err))
+			}
+		case <-beat.C:
+			if err := s.heartbeat(ctx); err != nil && ctx.Err() == nil {
+				s.report(fail("heartbeat", s.topic, s.group, "", err))
+			}
+		}
+	}
+}
+
+// heartbeat renews this member and its leases and rebalances.
+func (s *subscription) heartbeat(ctx context.Context) error {
+	n := s.d.n
+	now := n.nowMillis()
+	lease := fmt.Sprint(s.d.cfg.lease.Milliseconds())
+	var upsert string
+	switch n.d {
+	case Postgres:
+		upsert = " ON CONFLICT (grp, topic, member) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+	case MySQL:
+		upsert = " ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)"
+	default:
+		upsert = " ON CONFLICT (grp, topic, member) DO UPDATE SET expires_at = excluded.expires_at"
+	}
+	if _, err := s.d.db.ExecContext(ctx, "INSERT INTO "+n.members+" (grp, topic, member, expires_at) VALUES ("+n.ph(1)+", "+n.ph(2)+", "+n.ph(3)+", "+now+" + "+lease+")"+upsert,
+		s.group, s.topic, s.member); err != nil {
+		return err
+	}
+	if _, err := s.d.db.ExecContext(ctx, "UPDATE "+n.offsets+" SET lease_until = "+now+" + "+lease+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND owner = "+n.ph(3),
+		s.group, s.topic, s.member); err != nil {
+		return err
+	}
+	rs, err := s.d.db.QueryContext(ctx, "SELECT part FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND owner = "+n.ph(3), s.group, s.topic, s.member)
+	if err != nil {
+		return err
+	}
+	held, err := scanInts(rs)
+	if err != nil {
+		return err
+	}
+	s.dropLost(held)
+	var live int
+	if err := s.d.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+n.members+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND expires_at > "+now,
+		s.group, s.topic).Scan(&live); err != nil {
+		return err
+	}
+	if _, err := s.d.db.ExecContext(ctx, "DELETE FROM "+n.members+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND expires_at < "+now+" - 10 * "+lease,
+		s.group, s.topic); err != nil {
+		return err
+	}
+	fair := (s.parts + max(live, 1) - 1) / max(live, 1)
+	s.mu.Lock()
+	have := len(s.owned)
+	s.mu.Unlock()
+	switch {
+	case have > fair:
+		return s.handOver(ctx, have-fair)
+	case have < fair:
+		return s.claim(ctx, fair-have)
+	}
+	return nil
+}
+
+// dropLost revokes the partitions this member holds locally that the
+// offsets table no longer gives it.
+func (s *subscription) dropLost(held []int64) {
+	s.mu.Lock()
+	var lost []*partState
+	for p, st := range s.owned {
+		if !slices.Contains(held, int64(p)) {
+			lost = append(lost, st)
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range lost {
+		s.lose(st)
+		s.report(fail("heartbeat", s.topic, s.group, fmt.Sprintf("partition %d", st.part), errLost))
+	}
+}
+
+// claim takes up to k partitions that are free or whose lease expired,
+// and starts them at their committed position.
+func (s *subscription) claim(ctx context.Context, k int) error {
+	n := s.d.n
+	now := n.nowMillis()
+	rs, err := s.d.db.QueryContext(ctx, "SELECT part FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND (owner IS NULL OR lease_until < "+now+") ORDER BY part",
+		s.group, s.topic)
+	if err != nil {
+		return err
+	}
+	free, err := scanInts(rs)
+	if err != nil {
+		return err
+	}
+	lease := fmt.Sprint(s.d.cfg.lease.Milliseconds())
+	take := "UPDATE " + n.offsets + " SET owner = " + n.ph(1) + ", lease_until = " + now + " + " + lease +
+		" WHERE grp = " + n.ph(2) + " AND topic = " + n.ph(3) + " AND part = " + n.ph(4) + " AND (owner IS NULL OR lease_until < " + now + ")"
+	for _, p := range free {
+		if k == 0 {
+			break
+		}
+		res, err := s.d.db.ExecContext(ctx, take, s.member, s.group, s.topic, p)
+		if err != nil {
+			return err
+		}
+		if got, err := res.RowsAffected(); err != nil || got == 0 {
+			continue // someone else was quicker
+		}
+		var pos int64
+		if err := s.d.db.QueryRowContext(ctx, "SELECT pos FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND part = "+n.ph(3),
+			s.group, s.topic, p).Scan(&pos); err != nil {
+			return err
+		}
+		st := &partState{part: int(p), committed: pos, acked: pos, next: pos}
+		s.mu.Lock()
+		s.owned[st.part] = st
+		s.dirty = true
+		s.mu.Unlock()
+		s.poke()
+		k--
+	}
+	return nil
+}
+
+// handOver gives k partitions back (the highest numbered) so that a
+// member with fewer can claim them.
+func (s *subscription) handOver(ctx context.Context, k int) error {
+	s.mu.Lock()
+	parts := make([]int, 0, len(s.owned))
+	for p := range s.owned {
+		parts = append(parts, p)
+	}
+	slices.Sort(parts)
+	var give []*partState
+	for _, p := range parts[len(parts)-k:] {
+		st := s.owned[p]
+		st.revoked.Store(true)
+		delete(s.owned, p)
+		give = append(give, st)
+	}
+	s.mu.Unlock()
+	deadline := time.Now().Add(s.d.cfg.lease / 4)
+	for _, st := range give {
+		for time.Now().Before(deadline) && s.runningOf(st) > 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		err := s.giveBack(ctx, st)
+		s.mu.Lock()
+		st.lost = true
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *subscription) runningOf(st *partState) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return st.running
+}

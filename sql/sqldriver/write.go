@@ -1,0 +1,129 @@
+package sqldriver
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/keyhash"
+	"github.com/heraldbus/herald/sql/internal/sqlcore"
+)
+
+const (
+	writeColumns = "topic, part, message_id, msg_key, headers, content_type, payload, created_at"
+	writeParams  = 8
+)
+
+// Write inserts msgs into the log. When ctx carries a transaction (WithTx,
+// WithPgxTx, or outbox.WithTx) the rows are inserted in it, so they are
+// published if and only if it commits; otherwise Write inserts them in
+// its own transaction. A batch is one multi-row INSERT (split past the
+// dialect's bind-parameter limit or 4 MiB). Every message is checked
+// first: a nil message, an invalid topic, an oversized message or an ID,
+// key or content type its column cannot hold fails the whole Write and
+// nothing is inserted. Keyed messages go to the partition of their key
+// (internal/keyhash, as the memory and Kafka drivers place them), keyless
+// ones round robin. An empty ID is stored as a new KSUID; a zero Time as
+// the time of the Write.
+func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if d.closed.Load() {
+		return fail("write", topicOf(msgs[0]), "", "", herald.ErrClosed)
+	}
+	sizes := make([]int, len(msgs))
+	for i, m := range msgs {
+		n, err := sqlcore.CheckMessage(m, d.n.name, d.cfg.maxMessageBytes)
+		if err != nil {
+			return fail("write", topicOf(m), "", fmt.Sprintf("message %d of %d", i, len(msgs)), err)
+		}
+		sizes[i] = n
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	parts, err := d.partitions(ctx)
+	if err != nil {
+		return fail("write", msgs[0].Topic, "", "", err)
+	}
+	x := sqlcore.TxFrom(ctx)
+	if x != nil && x.Pgx() && d.n.d != sqlcore.Postgres {
+		return fail("write", msgs[0].Topic, "", "a pgx.Tx with dialect "+d.n.d.String(), herald.ErrInvalidOption)
+	}
+	if x != nil {
+		return d.insertAll(ctx, x, msgs, sizes, parts)
+	}
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fail("write", msgs[0].Topic, "", "begin", err)
+	}
+	if err := d.insertAll(ctx, sqlcore.SQLTx(tx), msgs, sizes, parts); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fail("write", msgs[0].Topic, "", "commit", err)
+	}
+	d.wakeLocal()
+	return nil
+}
+
+func topicOf(m *herald.Message) string {
+	if m == nil {
+		return ""
+	}
+	return m.Topic
+}
+
+func (d *Driver) insertAll(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, sizes []int, parts int) error {
+	now := time.Now()
+	notify := d.cfg.notify && d.notify.Due(now)
+	return sqlcore.Batches(sizes, d.n.d.MaxParams()/writeParams, func(start, end int) error {
+		channel := ""
+		if notify {
+			channel = d.n.written
+		}
+		notify = false // once per Write is enough
+		query := sqlcore.InsertSQL(d.n.d, d.n.log, writeColumns, writeParams, end-start, channel)
+		if err := x.Exec(ctx, query, d.rowArgs(msgs[start:end], parts, now)); err != nil {
+			return fail("write", msgs[start].Topic, "", fmt.Sprintf("insert %d rows", end-start), err)
+		}
+		return nil
+	})
+}
+
+func (d *Driver) rowArgs(msgs []*herald.Message, parts int, now time.Time) []any {
+	args := make([]any, 0, len(msgs)*writeParams)
+	var buf []byte
+	for _, m := range msgs {
+		id := m.ID
+		if id == "" {
+			id = herald.NewKSUID()
+		}
+		var headers any
+		if len(m.Headers) > 0 {
+			buf = sqlcore.AppendHeadersJSON(buf[:0], m.Headers)
+			headers = string(buf)
+		}
+		var payload any
+		if m.Data != nil {
+			payload = m.Data
+		}
+		ts := m.Time
+		if ts.IsZero() {
+			ts = now
+		}
+		args = append(args, m.Topic, d.partOf(m.Key, parts), id, m.Key, headers, m.ContentType, payload, d.n.d.TimeArg(ts))
+	}
+	return args
+}
+
+// partOf places a message: its key's partition, or round robin.
+func (d *Driver) partOf(key string, parts int) int {
+	if key == "" {
+		return int(d.rr.Add(1)-1) % parts
+	}
+	return keyhash.Partition(key, parts)
+}
