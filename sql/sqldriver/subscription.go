@@ -54,11 +54,11 @@ var (
 // an earlier hold is recognised as revoked after the partition comes back.
 type partState struct {
 	part      int
-	committed int64   // the position last written to the offsets table
-	acked     int64   // every fetched row at or below it is acknowledged
-	next      int64   // the newest position read
-	fifo      []entry // read and not yet acknowledged in order, oldest first
-	running   int     // deliveries started (Revoked said no) and not acknowledged
+	committed int64       // the position last written to the offsets table
+	acked     int64       // every fetched row at or below it is acknowledged
+	next      int64       // the newest position read
+	fifo      []entry     // read and not yet acknowledged in order, oldest first
+	running   int         // deliveries started (Revoked said no) and not acknowledged
 	revoked   atomic.Bool // no new deliveries start (handed over, lost or closed)
 	lost      bool        // another member may own it: acknowledgments no longer count
 }
