@@ -91,8 +91,10 @@
 // NOTIFYs after each round that stamped rows; each process LISTENs on one
 // connection of its own. Elsewhere (and as a fallback) the log is polled
 // with an adaptive interval (WithPollInterval: 1 ms right after rows
-// arrived, doubling to 1 s while idle): an idle process makes one query a
-// second, and its members none.
+// arrived, doubling to 1 s while idle): an idle process makes one sequencer
+// transaction a second, and each member one read every ten seconds (a
+// safety net; members read when the sequencer's head moves) and a
+// heartbeat every third of the lease (five statements).
 //
 // # Retention
 //

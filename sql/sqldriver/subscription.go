@@ -159,6 +159,11 @@ func (s *subscription) ReportErrorsTo(report func(error)) { s.sink.Set(report) }
 
 func (s *subscription) report(err error) { s.sink.Report(err, s.d.cfg.onError) }
 
+// safetyRead is how many maximum poll intervals an idle member waits for
+// the pump before it reads anyway: the pump's head is what wakes it, the
+// read is a safety net.
+const safetyRead = 10
+
 // Fetch returns rows of the owned partitions past what this member has
 // read, oldest first per partition; it waits for the pump to see new rows.
 func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, error) {
@@ -189,7 +194,7 @@ func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, e
 			}
 			continue
 		}
-		t := time.NewTimer(s.d.cfg.maxPoll)
+		t := time.NewTimer(safetyRead * s.d.cfg.maxPoll)
 		select {
 		case <-ctx.Done():
 		case <-s.wakeC:
