@@ -40,7 +40,7 @@ type Reader interface {
 
 // Driver is a Writer and a Reader, which is what NewBus takes.
 //
-// Who closes what. Every herald driver (memdriver, kafkadriver,
+// Who closes what. Every herald driver (memdriver, kafkadriver, sqldriver,
 // redisdriver) also has Close() error: it closes the subscriptions still
 // open, makes later calls fail with ErrClosed, and is idempotent
 // (drivertest checks it). A driver never closes a client it was given (a
@@ -166,7 +166,7 @@ type Pinger interface {
 
 // MessagingSystem is an optional interface of a Writer or Reader that names
 // its broker for telemetry, as the OpenTelemetry messaging.system attribute
-// ("kafka", "redis", "herald.memory", "herald.outbox"). Without it the
+// ("kafka", "redis", "herald.memory", "herald.sql", "herald.outbox"). Without it the
 // attribute is "herald".
 type MessagingSystem interface {
 	MessagingSystem() string

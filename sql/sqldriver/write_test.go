@@ -207,3 +207,39 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("Write after Close = %v, want ErrClosed", err)
 	}
 }
+
+// Through a Bus: a Publish whose context carries the transaction is part
+// of it.
+func TestBusPublishesInTheTransaction(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		e := &env{tdb: tdb, db: tdb.open(t)}
+		e.table = newLog(t, tdb, e.db)
+		drv := e.driver(t)
+		bus, err := herald.NewBus(drv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		for _, commit := range []bool{false, true} {
+			tx, err := e.db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := map[bool]string{true: "committed", false: "rolled-back"}[commit]
+			if err := bus.PublishMessages(sqldriver.WithTx(ctx, tx), msg("t", "k", id)); err != nil {
+				t.Fatal(err)
+			}
+			if commit {
+				err = tx.Commit()
+			} else {
+				err = tx.Rollback()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := fetchIDs(t, drv, "t", "g", 1); got[0] != "committed" {
+			t.Errorf("delivered %v, want committed", got)
+		}
+	})
+}
