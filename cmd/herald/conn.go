@@ -27,6 +27,7 @@ const (
 	targetKafka  = "kafka"
 	targetRedis  = "redis"
 	targetMemory = "memory"
+	targetSQL    = "sql" // the SQL driver's log (herald dlq only)
 )
 
 // inferBroker sets *kind, when empty, to the broker whose address is
@@ -264,17 +265,28 @@ func (r redisFlags) open() (*redisdriver.Driver, func() error, error) {
 	return d, func() error { return errors.Join(d.Close(), client.Close()) }, nil
 }
 
-// dbFlags name an outbox table in a database.
+// dbFlags name a table in a database: an outbox (-dsn, -dialect, -table)
+// or the log of the SQL driver (-sql-dsn, -sql-dialect, -sql-table).
 type dbFlags struct {
 	DSN     string
 	Dialect string // empty: inferred from DSN
 	Table   string
+	prefix  string // of the flag names: "" or "sql-"
 }
 
+// register registers the outbox's flags.
 func (d *dbFlags) register(f *flagSet) {
-	f.str(&d.DSN, "dsn", "HERALD_OUTBOX_DSN", "", "database of the outbox: postgres://..., user:pass@tcp(host:port)/db?parseTime=true, or file:path.db")
-	f.str(&d.Dialect, "dialect", "HERALD_OUTBOX_DIALECT", "", "postgres, mysql or sqlite (default: inferred from -dsn)")
-	f.str(&d.Table, "table", "HERALD_OUTBOX_TABLE", outbox.DefaultTable, "outbox table")
+	d.registerAs(f, "", "HERALD_OUTBOX_", "the outbox", outbox.DefaultTable)
+}
+
+// registerAs registers the flags -<prefix>dsn, -<prefix>dialect and
+// -<prefix>table with the variables <env>DSN, <env>DIALECT and <env>TABLE,
+// for the tables of what.
+func (d *dbFlags) registerAs(f *flagSet, prefix, env, what, table string) {
+	d.prefix = prefix
+	f.str(&d.DSN, prefix+"dsn", env+"DSN", "", "database of "+what+": postgres://..., user:pass@tcp(host:port)/db?parseTime=true, or file:path.db")
+	f.str(&d.Dialect, prefix+"dialect", env+"DIALECT", "", "postgres, mysql or sqlite (default: inferred from -"+prefix+"dsn)")
+	f.str(&d.Table, prefix+"table", env+"TABLE", table, "table of "+what)
 }
 
 // resolve fills the dialect in from the DSN when it is not set.
@@ -284,21 +296,21 @@ func (d *dbFlags) resolve() {
 	}
 }
 
-// validate checks the flags; dsn says whether -dsn is required.
+// validate checks the flags; dsn says whether the DSN is required.
 func (d dbFlags) validate(dsn bool) []error {
 	var errs []error
 	if dsn && d.DSN == "" {
-		errs = append(errs, errors.New("-dsn is required"))
+		errs = append(errs, fmt.Errorf("-%sdsn is required", d.prefix))
 	}
 	if d.Dialect == "" {
 		if d.DSN != "" || !dsn {
-			errs = append(errs, errors.New("cannot infer the dialect from -dsn: set -dialect"))
+			errs = append(errs, fmt.Errorf("cannot infer the dialect from -%sdsn: set -%sdialect", d.prefix, d.prefix))
 		}
 	} else if _, err := outbox.ParseDialect(d.Dialect); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("-%sdialect: %w", d.prefix, err))
 	}
 	if err := outbox.ValidateTable(d.Table); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("-%stable: %w", d.prefix, err))
 	}
 	return errs
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/dlq"
+	"github.com/heraldbus/herald/sql/sqldriver"
 )
 
 const dlqUsage = `Usage:
@@ -27,14 +28,16 @@ const dlqUsage = `Usage:
 
 A dead-letter topic is where herald.WithDeadLetter parks the messages a
 subscriber gave up on ("<topic>.dlq"). Positions are "partition:offset" on
-Kafka and stream entry IDs on Redis; an ID is the message ID. The memory
-driver keeps nothing outside its process, so only -driver kafka and
--driver redis are supported.
+Kafka, stream entry IDs on Redis and "partition:position" in the log table
+of the SQL driver (github.com/heraldbus/herald/sql/sqldriver); an ID is the
+message ID. The memory driver keeps nothing outside its process, so only
+-driver kafka, redis and sql are supported.
 
 redrive writes each entry to its original topic with the same ID, key,
 payload and headers (the herald-dlq-* headers removed), addressed to the
 group that gave up on it, then marks it redriven: Redis deletes the entry,
-Kafka records its position in the topic "<dead-letter topic>.redriven".
+Kafka records its position in the topic "<dead-letter topic>.redriven",
+the SQL driver in the table "<table>_redriven".
 That group handles the message again, also when it deduplicates; the
 topic's other groups skip it. It is safe to re-run: a run cut short writes
 the last batch again, never loses it, and a second copy of a redrive is
@@ -50,9 +53,10 @@ Run "herald dlq list -h" (or show, redrive) for the flags.
 
 // dlqConfig is what the "herald dlq" subcommands are configured with.
 type dlqConfig struct {
-	Driver string // kafka or redis; empty: inferred from the addresses
+	Driver string // kafka, redis or sql; empty: inferred from the addresses
 	Kafka  kafkaFlags
 	Redis  redisFlags
+	SQL    dbFlags // the SQL driver's log
 	Topic  string
 
 	Limit     int  // list
@@ -60,7 +64,10 @@ type dlqConfig struct {
 	All       bool // redrive
 	DryRun    bool // redrive
 	BatchSize int  // redrive
-	Args      []string
+	// Partitions is the SQL log's partition count, which redrive's writes
+	// must agree with (nil for list and show: they do not write).
+	Partitions *int
+	Args       []string
 }
 
 // dlqStore is an opened dead-letter store and the writer redrive uses.
@@ -88,6 +95,10 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 	s, err := cfg.open(newLogger(stderr, slog.LevelWarn))
 	if err != nil {
 		f.fail(stderr, err)
+		if errors.Is(err, herald.ErrInvalidOption) { // a value only the driver checks, such as a -sql-table too long for its companions
+			fmt.Fprintf(stderr, "Run '%s -h' for usage.\n", f.name)
+			return 2
+		}
 		return 1
 	}
 	defer func() {
@@ -109,6 +120,9 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 	case errors.Is(err, herald.ErrInvalidName):
 		f.fail(stderr, err)
 		return 2
+	case errors.Is(err, sqldriver.ErrPartitions):
+		f.fail(stderr, fmt.Errorf("%w: set -sql-partitions to the log's", err))
+		return 2
 	default:
 		f.fail(stderr, err)
 		return 1
@@ -119,9 +133,10 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 func newDLQFlags(sub string, c *dlqConfig) *flagSet {
 	synopsis := map[string]string{"list": "[flags]", "show": "[flags] POSITION|ID", "redrive": "[flags] (-all | POSITION|ID ...)"}[sub]
 	f := newFlagSet("herald dlq "+sub, synopsis, dlqUsage, sub != "list")
-	f.str(&c.Driver, "driver", "HERALD_DLQ_DRIVER", "", "kafka or redis (default: kafka if -kafka-brokers is set, else redis if -redis-addr is)")
+	f.str(&c.Driver, "driver", "HERALD_DLQ_DRIVER", "", "kafka, redis or sql (default: kafka if -kafka-brokers is set, else redis if -redis-addr is, else sql if -sql-dsn is)")
 	c.Kafka.register(f, "herald-dlq", false)
 	c.Redis.register(f)
+	c.SQL.registerAs(f, "sql-", "HERALD_SQL_", "the SQL driver's log", sqldriver.DefaultTable)
 	f.str(&c.Topic, "topic", "HERALD_DLQ_TOPIC", "", "the dead-letter topic, for example orders.dlq (required)")
 	switch sub {
 	case "list":
@@ -131,20 +146,37 @@ func newDLQFlags(sub string, c *dlqConfig) *flagSet {
 		f.BoolVar(&c.All, "all", false, "redrive every entry")
 		f.BoolVar(&c.DryRun, "dry-run", false, "print what would be redriven; write and mark nothing")
 		f.IntVar(&c.BatchSize, "batch-size", dlq.DefaultBatchSize, "entries written, then marked, at a time")
+		c.Partitions = new(int)
+		f.int(c.Partitions, "sql-partitions", "HERALD_SQL_PARTITIONS", sqldriver.DefaultPartitions,
+			"partition count of the SQL driver's log (its sqldriver.WithPartitions), by which redriven keys are placed")
 	}
 	return f
 }
 
-// resolve infers the driver from the addresses.
+// resolve infers the driver from the addresses, and the SQL dialect from
+// its DSN.
 func (c *dlqConfig) resolve() {
 	inferBroker(&c.Driver, c.Kafka, c.Redis)
+	if c.Driver == "" && c.SQL.DSN != "" {
+		c.Driver = targetSQL
+	}
+	c.SQL.resolve()
 }
 
 // validate reports every problem of c for subcommand sub at once.
 func (c dlqConfig) validate(sub string) error {
 	errs := append(c.Kafka.validate(), c.Redis.validate()...)
-	errs = append(errs, brokerProblems("-driver", c.Driver, c.Kafka, c.Redis,
-		"the memory driver keeps no dead letters outside its own process; use kafka or redis")...)
+	switch c.Driver {
+	case targetSQL:
+		errs = append(errs, c.SQL.validate(true)...)
+	case targetKafka, targetRedis, targetMemory:
+		errs = append(errs, brokerProblems("-driver", c.Driver, c.Kafka, c.Redis,
+			"the memory driver keeps no dead letters outside its own process; use kafka, redis or sql")...)
+	case "":
+		errs = append(errs, errors.New("-driver is required (kafka, redis or sql), or set -kafka-brokers, -redis-addr or -sql-dsn"))
+	default:
+		errs = append(errs, fmt.Errorf("-driver %q: want kafka, redis or sql", c.Driver))
+	}
 	if c.Topic == "" {
 		errs = append(errs, errors.New("-topic is required (the dead-letter topic, for example orders.dlq)"))
 	} else if err := herald.ValidateName("topic", c.Topic); err != nil {
@@ -170,20 +202,45 @@ func (c dlqConfig) validate(sub string) error {
 	return errors.Join(errs...)
 }
 
-// open connects to the broker; it does not contact it yet.
+// open connects to the broker; it does not contact it yet. An option the
+// driver refuses is an error that wraps herald.ErrInvalidOption.
 func (c dlqConfig) open(logger *slog.Logger) (dlqStore, error) {
-	if c.Driver == targetKafka {
+	switch c.Driver {
+	case targetKafka:
 		d, err := c.Kafka.open(logger)
 		if err != nil {
 			return dlqStore{}, err
 		}
 		return dlqStore{store: d.DeadLetters(), writer: d, close: d.Close}, nil
+	case targetSQL:
+		return c.openSQL(logger)
 	}
 	d, closeRedis, err := c.Redis.open()
 	if err != nil {
 		return dlqStore{}, err
 	}
 	return dlqStore{store: d.DeadLetters(), writer: d, close: closeRedis}, nil
+}
+
+// openSQL opens the database and a SQL driver on its log.
+func (c dlqConfig) openSQL(logger *slog.Logger) (dlqStore, error) {
+	opts := []sqldriver.Option{
+		sqldriver.WithTable(c.SQL.Table),
+		sqldriver.WithErrorHandler(func(err error) { logger.Warn("herald dlq", slog.Any("error", err)) }),
+	}
+	if c.Partitions != nil {
+		opts = append(opts, sqldriver.WithPartitions(*c.Partitions))
+	}
+	db, err := c.SQL.open()
+	if err != nil {
+		return dlqStore{}, err
+	}
+	d, err := sqldriver.New(db, c.SQL.dialect(), opts...)
+	if err != nil {
+		_ = db.Close()
+		return dlqStore{}, err
+	}
+	return dlqStore{store: d.DeadLetters(), writer: d, close: func() error { return errors.Join(d.Close(), db.Close()) }}, nil
 }
 
 // listPage is how many entries "list -limit 0" asks for at a time.

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"github.com/heraldbus/herald/kafka/kafkadriver"
 	"github.com/heraldbus/herald/redis/redisdriver"
 	"github.com/heraldbus/herald/redis/redistest"
+	"github.com/heraldbus/herald/sql/sqldriver"
 )
 
 // dlqRun runs "herald dlq args..." and returns its exit status and output.
@@ -99,10 +102,16 @@ func dlqFixture(t *testing.T, w herald.Writer, topic string) map[string]*herald.
 // testDLQCommands runs list, show and redrive against a dead-letter topic
 // filled by dlqFixture; flags reach the broker.
 func testDLQCommands(t *testing.T, flags []string, w herald.Writer, store dlq.Store, topic string) {
+	testDLQCommandsWith(t, func(args ...string) (int, string, string) { return dlqRun(nil, args...) }, flags, w, store, topic)
+}
+
+// testDLQCommandsWith is testDLQCommands with "herald dlq args..." run by
+// dlqCmd: in this process, or as a process of the built command.
+func testDLQCommandsWith(t *testing.T, dlqCmd func(args ...string) (int, string, string), flags []string, w herald.Writer, store dlq.Store, topic string) {
 	dlqTopic := herald.DeadLetterTopic(topic)
 	sent := dlqFixture(t, w, topic)
 	cmd := func(args ...string) (int, string, string) {
-		return dlqRun(nil, append(append(args[:1:1], flags...), append([]string{"-topic", dlqTopic}, args[1:]...)...)...)
+		return dlqCmd(append(append(args[:1:1], flags...), append([]string{"-topic", dlqTopic}, args[1:]...)...)...)
 	}
 
 	code, stdout, stderr := cmd("list")
@@ -283,5 +292,155 @@ func TestParseDLQFlags(t *testing.T) {
 	}
 	if _, err := parseDLQFlags("redrive", []string{"-dry-run", "1:7", "-all"}, vars); err == nil || !strings.Contains(err.Error(), "after the arguments") {
 		t.Errorf("a flag after the arguments: %v", err)
+	}
+}
+
+// TestDLQUsageSQL checks the flags of -driver sql: each bad value is one
+// line on standard error and exit status 2, also when only the driver
+// can tell (a table name too long for its companion tables, a partition
+// count out of range).
+func TestDLQUsageSQL(t *testing.T) {
+	sqlite := []string{"-sql-dsn", "file:" + filepath.Join(t.TempDir(), "log.db")} // never opened: the checks come first
+	for _, c := range []struct {
+		args []string
+		vars map[string]string
+		want string
+	}{
+		{[]string{"list", "-driver", "sql", "-topic", "orders.dlq"}, nil, "-sql-dsn is required"},
+		{append([]string{"list", "-topic", "orders.dlq", "-sql-dialect", "oracle"}, sqlite...), nil, `-sql-dialect: herald/sql: unknown dialect: "oracle"`},
+		{append([]string{"list", "-topic", "orders.dlq"}, sqlite...), map[string]string{"HERALD_SQL_DIALECT": "sybase"}, `unknown dialect: "sybase"`},
+		{[]string{"list", "-topic", "orders.dlq"}, map[string]string{"HERALD_SQL_DSN": "host=db user=app"}, "cannot infer the dialect from -sql-dsn: set -sql-dialect"},
+		{append([]string{"list", "-topic", "orders.dlq", "-sql-table", "Bad-Name"}, sqlite...), nil, `-sql-table: herald: invalid table "Bad-Name"`},
+		{append([]string{"list", "-topic", "orders.dlq"}, sqlite...), map[string]string{"HERALD_SQL_TABLE": strings.Repeat("t", 33)}, "at most 32 bytes"},
+		{append([]string{"show", "-topic", "orders.dlq!"}, append(sqlite, "1:1")...), nil, `-topic: herald: invalid topic "orders.dlq!"`},
+		{append([]string{"redrive", "-topic", "orders.dlq", "-all", "-sql-partitions", "0"}, sqlite...), nil, "partitions 0: want 1 to 4096"},
+		{append([]string{"list", "-topic", "orders.dlq", "-sql-partitions", "4"}, sqlite...), nil, "flag provided but not defined: -sql-partitions"},
+		{[]string{"list", "-driver", "nats", "-topic", "orders.dlq"}, nil, `-driver "nats": want kafka, redis or sql`},
+		{[]string{"list", "-topic", "orders.dlq"}, nil, "-driver is required (kafka, redis or sql), or set -kafka-brokers, -redis-addr or -sql-dsn"},
+		{[]string{"list", "-driver", "memory", "-topic", "orders.dlq"}, nil, "use kafka, redis or sql"},
+	} {
+		code, stdout, stderr := dlqRun(c.vars, c.args...)
+		lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+		if code != 2 || stdout != "" || len(lines) != 2 || !strings.HasPrefix(lines[0], "herald dlq ") ||
+			!strings.Contains(lines[0], c.want) || !strings.HasPrefix(lines[1], "Run 'herald dlq ") {
+			t.Errorf("%q %v: exit %d, stdout %q, stderr:\n%s\nwant exit 2 and one line with %q", c.args, c.vars, code, stdout, stderr, c.want)
+		}
+	}
+}
+
+func TestParseDLQFlagsSQL(t *testing.T) {
+	vars := env(map[string]string{"HERALD_SQL_DSN": "postgres://u@h/db", "HERALD_SQL_TABLE": "env_log", "HERALD_SQL_PARTITIONS": "4",
+		"HERALD_DLQ_TOPIC": "orders.dlq"})
+	c, err := parseDLQFlags("redrive", []string{"-sql-table", "orders_log", "-all"}, vars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Driver != targetSQL || c.SQL.DSN != "postgres://u@h/db" || c.SQL.Dialect != "postgres" || c.SQL.Table != "orders_log" ||
+		c.Partitions == nil || *c.Partitions != 4 || c.Topic != "orders.dlq" || !c.All {
+		t.Errorf("config %+v", c)
+	}
+	if err := c.validate("redrive"); err != nil {
+		t.Error(err)
+	}
+	c, err = parseDLQFlags("list", []string{"-driver", "sql", "-sql-dsn", "root@tcp(db:3306)/app"}, env(nil))
+	if err != nil || c.SQL.Dialect != "mysql" || c.SQL.Table != sqldriver.DefaultTable || c.Partitions != nil {
+		t.Errorf("defaults: %+v, %v", c, err)
+	}
+	if c, _ := parseDLQFlags("redrive", []string{"-sql-dsn", "file:app.db"}, env(nil)); c.Partitions == nil || *c.Partitions != sqldriver.DefaultPartitions {
+		t.Errorf("redrive: partitions %v, want the driver's default %d", c.Partitions, sqldriver.DefaultPartitions)
+	}
+}
+
+// sqlLog is a migrated log of the SQL driver of the test's own in dialect
+// d: its DSN and table, and a driver on it. The tables are dropped when t
+// ends.
+func sqlLog(t *testing.T, d sqldriver.Dialect, opts ...sqldriver.Option) (dsn, table string, drv *sqldriver.Driver) {
+	t.Helper()
+	driver, quote := "pgx", `"`
+	switch d {
+	case sqldriver.Postgres:
+		dsn = testenv.PostgresDSN(t)
+	case sqldriver.MySQL:
+		driver, quote, dsn = "mysql", "`", testenv.MySQLDSN(t)
+	default:
+		driver, dsn = "sqlite", "file:"+filepath.Join(t.TempDir(), "app.db")+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_txlock=immediate"
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table = newTableName()
+	drv, err = sqldriver.New(db, d, append(opts, sqldriver.WithTable(table))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = drv.Close()
+		for _, suffix := range []string{"", "_offsets", "_members", "_meta", sqldriver.RedrivenSuffix} {
+			if _, err := db.Exec("DROP TABLE IF EXISTS " + quote + table + suffix + quote); err != nil {
+				t.Errorf("drop %s%s: %v", table, suffix, err)
+			}
+		}
+		_ = db.Close()
+	})
+	if err := drv.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return dsn, table, drv
+}
+
+// TestDLQCommandsSQL runs list, show and redrive in this process on a log
+// of the SQL driver in each dialect; the SQLite log has 4 partitions,
+// which redrive is told through $HERALD_SQL_PARTITIONS.
+func TestDLQCommandsSQL(t *testing.T) {
+	for _, d := range []sqldriver.Dialect{sqldriver.Postgres, sqldriver.MySQL, sqldriver.SQLite} {
+		t.Run(d.String(), func(t *testing.T) {
+			t.Parallel()
+			var opts []sqldriver.Option
+			vars := map[string]string{}
+			if d == sqldriver.SQLite {
+				opts = append(opts, sqldriver.WithPartitions(4))
+				vars["HERALD_SQL_PARTITIONS"] = "4"
+			}
+			dsn, table, drv := sqlLog(t, d, opts...)
+			flags := []string{"-driver", "sql", "-sql-dsn", dsn, "-sql-table", table}
+			run := func(args ...string) (int, string, string) { return dlqRun(vars, args...) }
+			testDLQCommandsWith(t, run, flags, drv, drv.DeadLetters(), "orders")
+			if d != sqldriver.SQLite {
+				return
+			}
+			// A partition count that is not the log's writes nothing, and
+			// says which flag to set.
+			rec := herald.DeadLetterRecord{Reason: "boom", Topic: "payments", Group: "billing", Time: time.Now()}
+			err := drv.Write(context.Background(), []*herald.Message{rec.Message(&herald.Message{ID: "p1", Topic: "payments"}, "payments.dlq")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, _, stderr := dlqRun(nil, append([]string{"redrive", "-topic", "payments.dlq", "-all"}, flags...)...)
+			if code != 2 || !strings.Contains(stderr, "partition count differs") || !strings.Contains(stderr, "set -sql-partitions") {
+				t.Errorf("redrive with the default partition count: exit %d\n%s", code, stderr)
+			}
+			if entries, _, err := drv.DeadLetters().List(context.Background(), "payments.dlq", "", 10); err != nil || len(entries) != 1 {
+				t.Errorf("after the refused redrive: %d entries, %v", len(entries), err)
+			}
+		})
+	}
+}
+
+// TestProcessDLQSQL runs list, show and redrive as processes of the built
+// command on a SQLite and a PostgreSQL log of the SQL driver; on SQLite
+// -driver is inferred from -sql-dsn.
+func TestProcessDLQSQL(t *testing.T) {
+	for _, d := range []sqldriver.Dialect{sqldriver.SQLite, sqldriver.Postgres} {
+		t.Run(d.String(), func(t *testing.T) {
+			t.Parallel()
+			dsn, table, drv := sqlLog(t, d)
+			flags := []string{"-sql-dsn", dsn, "-sql-table", table}
+			if d != sqldriver.SQLite {
+				flags = append(flags, "-driver", "sql", "-sql-dialect", "postgres")
+			}
+			process := func(args ...string) (int, string, string) { return heraldCmd(t, append([]string{"dlq"}, args...)...) }
+			testDLQCommandsWith(t, process, flags, drv, drv.DeadLetters(), "orders")
+		})
 	}
 }

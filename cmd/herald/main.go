@@ -26,10 +26,10 @@
 // database and Kafka packages initialize. Exit status: 0 after a clean
 // stop, 1 when the relay could not start, 2 for bad flags or environment.
 //
-// "herald dlq" works on the dead-letter topics of Kafka or Redis (the
-// memory driver keeps none outside its process); "herald quarantine" on an
-// outbox's quarantine table; "herald migrate" prints the DDL (-print) or
-// applies it. Exit status: 0 on success, 1 when the database or broker
+// "herald dlq" works on the dead-letter topics of Kafka, Redis or the log
+// table of the SQL driver (sql/sqldriver; the memory driver keeps none
+// outside its process); "herald quarantine" on an outbox's quarantine
+// table; "herald migrate" prints the DDL (-print) or applies it. Exit status: 0 on success, 1 when the database or broker
 // failed or an entry was not found, 2 for bad flags, arguments or names.
 package main
 
@@ -60,7 +60,7 @@ Usage:
 	                                move quarantined rows back into the outbox
 	herald quarantine discard [flags] ID ...
 	                                delete quarantined rows for good
-	herald dlq list [flags]         list the entries of a dead-letter topic (Kafka or Redis)
+	herald dlq list [flags]         list the entries of a dead-letter topic (Kafka, Redis or SQL)
 	herald dlq show [flags] ID      print one dead-letter entry with its headers and payload
 	herald dlq redrive [flags] (-all | ID ...)
 	                                write dead-letter entries back to their original topics

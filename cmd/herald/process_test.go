@@ -73,6 +73,8 @@ func TestProcessStreamsAndExitCodes(t *testing.T) {
 		{[]string{"quarantine", "discard", "-dsn", "file:x.db", "3", "-limit", "1"}, "flag -limit after the arguments"},
 		{[]string{"dlq", "redrive", "-topic", "t.dlq", "-redis-addr", "r:6379", "m1", "-dry-run"}, "flag -dry-run after the arguments"},
 		{[]string{"dlq"}, "missing command"},
+		{[]string{"dlq", "list", "-driver", "sql", "-topic", "t.dlq"}, "-sql-dsn is required"},
+		{[]string{"dlq", "list", "-sql-dsn", "file:x.db", "-sql-table", strings.Repeat("t", 33), "-topic", "t.dlq"}, "at most 32 bytes"},
 		{[]string{"version", "extra"}, "unexpected arguments"},
 	} {
 		code, stdout, stderr := heraldCmd(t, c.args...)

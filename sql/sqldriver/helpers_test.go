@@ -86,7 +86,7 @@ func newLog(t testing.TB, tdb *testDB, db *sql.DB, opts ...sqldriver.Option) str
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		for _, suffix := range []string{"", "_offsets", "_members", "_meta"} {
+		for _, suffix := range []string{"", "_offsets", "_members", "_meta", "_redriven"} {
 			if _, err := db.Exec("DROP TABLE IF EXISTS " + tdb.quote(name+suffix)); err != nil {
 				t.Errorf("drop %s%s: %v", name, suffix, err)
 			}

@@ -116,6 +116,13 @@ func schema(n names, partitions int) []string {
 	last_seq   BIGINT NOT NULL,
 	version    INTEGER NOT NULL
 )`,
+			`CREATE TABLE IF NOT EXISTS ` + n.redriven() + ` (
+	topic       TEXT NOT NULL,
+	part        INTEGER NOT NULL,
+	pos         BIGINT NOT NULL,
+	redriven_at BIGINT NOT NULL,
+	PRIMARY KEY (topic, part, pos)
+)`,
 			`INSERT INTO ` + n.meta + ` (id, partitions, last_seq, version) VALUES (1, ` + p + `, 0, 1), (2, ` + p + `, 0, 1) ON CONFLICT (id) DO NOTHING`,
 		}
 	case sqlcore.MySQL:
@@ -158,6 +165,13 @@ func schema(n names, partitions int) []string {
 	last_seq   BIGINT NOT NULL,
 	version    INT NOT NULL
 )` + opts,
+			`CREATE TABLE IF NOT EXISTS ` + n.redriven() + ` (
+	topic       VARCHAR(200) NOT NULL,
+	part        INT NOT NULL,
+	pos         BIGINT NOT NULL,
+	redriven_at BIGINT NOT NULL,
+	PRIMARY KEY (topic, part, pos)
+)` + opts,
 			`INSERT IGNORE INTO ` + n.meta + ` (id, partitions, last_seq, version) VALUES (1, ` + p + `, 0, 1), (2, ` + p + `, 0, 1)`,
 		}
 	default:
@@ -199,6 +213,13 @@ func schema(n names, partitions int) []string {
 	partitions INTEGER NOT NULL,
 	last_seq   INTEGER NOT NULL,
 	version    INTEGER NOT NULL
+)`,
+			`CREATE TABLE IF NOT EXISTS ` + n.redriven() + ` (
+	topic       TEXT NOT NULL,
+	part        INTEGER NOT NULL,
+	pos         INTEGER NOT NULL,
+	redriven_at INTEGER NOT NULL,
+	PRIMARY KEY (topic, part, pos)
 )`,
 			`INSERT OR IGNORE INTO ` + n.meta + ` (id, partitions, last_seq, version) VALUES (1, ` + p + `, 0, 1), (2, ` + p + `, 0, 1)`,
 		}
