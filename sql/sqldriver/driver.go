@@ -60,9 +60,7 @@ type Driver struct {
 	n   names
 	cfg config
 
-	metaOnce sync.Mutex
-	metaOK   bool
-	parts    int
+	parts atomic.Int32 // the log's partition count, once read
 
 	rr     atomic.Uint32 // round robin of keyless messages
 	notify sqlcore.Pacer // which writes call pg_notify
@@ -127,28 +125,47 @@ func (d *Driver) Ping(ctx context.Context) error {
 
 // partitions returns the log's partition count, read once from its meta
 // table; it fails with ErrNoLog before Migrate and ErrPartitions when the
-// option disagrees.
-func (d *Driver) partitions(ctx context.Context) (int, error) {
-	d.metaOnce.Lock()
-	defer d.metaOnce.Unlock()
-	if d.metaOK {
-		return d.parts, nil
+// option disagrees. It reads on the pool.
+func (d *Driver) partitions(ctx context.Context) (int, error) { return d.partitionsIn(ctx, nil) }
+
+// partitionsIn is partitions reading in the caller's transaction x when
+// x is not nil: a Write inside a transaction must not wait for a second
+// connection of a pool the caller's transactions may have exhausted.
+func (d *Driver) partitionsIn(ctx context.Context, x sqlcore.TxExecer) (int, error) {
+	if n := d.parts.Load(); n > 0 {
+		return int(n), nil
 	}
-	var n int
-	err := d.db.QueryRowContext(ctx, "SELECT partitions FROM "+d.n.meta+" WHERE id = 1").Scan(&n)
-	if err != nil {
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
+	query := "SELECT partitions FROM " + d.n.meta + " WHERE id = 1"
+	n := -1
+	var err error
+	if x != nil {
+		err = x.Query(ctx, query, nil, func(rs sqlcore.Rows) error {
+			for rs.Next() {
+				if err := rs.Scan(&n); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	} else {
+		err = d.db.QueryRowContext(ctx, query).Scan(&n)
+		if errors.Is(err, sql.ErrNoRows) {
+			err = nil
 		}
-		if errors.Is(err, sql.ErrNoRows) || d.db.PingContext(ctx) == nil {
-			return 0, fmt.Errorf("%w: %s: %v", ErrNoLog, d.n.name, err)
-		}
-		return 0, err
 	}
-	if n != d.cfg.partitions {
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return 0, ctx.Err()
+	case err != nil && x == nil && d.db.PingContext(ctx) != nil:
+		return 0, err // the database is down, not the log missing
+	case err != nil || n < 0:
+		// A missing table: on PostgreSQL it also aborts the caller's
+		// transaction, which is the caller's to roll back.
+		return 0, fmt.Errorf("%w: %s: %v", ErrNoLog, d.n.name, err)
+	case n != d.cfg.partitions:
 		return 0, fmt.Errorf("%w: the log %s has %d, WithPartitions says %d", ErrPartitions, d.n.name, n, d.cfg.partitions)
 	}
-	d.parts, d.metaOK = n, true
+	d.parts.Store(int32(n))
 	return n, nil
 }
 

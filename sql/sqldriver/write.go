@@ -2,6 +2,7 @@ package sqldriver
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -17,9 +18,10 @@ const (
 
 // Write inserts msgs into the log. When ctx carries a transaction (WithTx,
 // WithPgxTx, or outbox.WithTx) the rows are inserted in it, so they are
-// published if and only if it commits; otherwise Write inserts them in
-// its own transaction. A batch is one multi-row INSERT (split past the
-// dialect's bind-parameter limit or 4 MiB). Every message is checked
+// published if and only if it commits; otherwise the batch is written
+// atomically on its own: as one statement in autocommit, or in a
+// transaction of its own when it is split. A batch is one multi-row
+// INSERT (split past the dialect's bind-parameter limit or 4 MiB). Every message is checked
 // first: a nil message, an invalid topic, an oversized message or an ID,
 // key or content type its column cannot hold fails the whole Write and
 // nothing is inserted. Keyed messages go to the partition of their key
@@ -44,16 +46,28 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	parts, err := d.partitions(ctx)
-	if err != nil {
-		return fail("write", msgs[0].Topic, "", "", err)
-	}
 	x := sqlcore.TxFrom(ctx)
 	if x != nil && x.Pgx() && d.n.d != sqlcore.Postgres {
 		return fail("write", msgs[0].Topic, "", "a pgx.Tx with dialect "+d.n.d.String(), herald.ErrInvalidOption)
 	}
 	if x != nil {
+		parts, err := d.partitionsIn(ctx, x)
+		if err != nil {
+			return fail("write", msgs[0].Topic, "", "", err)
+		}
 		return d.insertAll(ctx, x, msgs, sizes, parts)
+	}
+	parts, err := d.partitions(ctx)
+	if err != nil {
+		return fail("write", msgs[0].Topic, "", "", err)
+	}
+	if d.oneStatement(sizes) {
+		// One statement is atomic by itself: no BEGIN and COMMIT round trips.
+		if err := d.insertAll(ctx, dbExecer{d.db}, msgs, sizes, parts); err != nil {
+			return err
+		}
+		d.wakeLocal()
+		return nil
 	}
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -127,3 +141,32 @@ func (d *Driver) partOf(key string, parts int) int {
 	}
 	return keyhash.Partition(key, parts)
 }
+
+// oneStatement reports whether a batch of rows of these sizes is one INSERT.
+func (d *Driver) oneStatement(sizes []int) bool {
+	runs := 0
+	_ = sqlcore.Batches(sizes, d.n.d.MaxParams()/writeParams, func(int, int) error { runs++; return nil })
+	return runs == 1
+}
+
+// dbExecer runs a statement on the pool, in autocommit.
+type dbExecer struct{ db *sql.DB }
+
+func (x dbExecer) Exec(ctx context.Context, query string, args []any) error {
+	_, err := x.db.ExecContext(ctx, query, args...)
+	return err
+}
+
+func (x dbExecer) Query(ctx context.Context, query string, args []any, scan func(sqlcore.Rows) error) error {
+	rs, err := x.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	if err := scan(rs); err != nil {
+		return err
+	}
+	return rs.Err()
+}
+
+func (dbExecer) Pgx() bool { return false }
