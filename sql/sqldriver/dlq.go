@@ -230,7 +230,7 @@ func (s *deadLetters) explain(ctx context.Context, err error) error {
 // args), in List order.
 func (s *deadLetters) query(ctx context.Context, topic, where string, limit int, args ...any) ([]dlq.Entry, error) {
 	n := s.d.n
-	query := "SELECT l.part, l." + n.pos + ", l.message_id, l.msg_key, l.headers, l.content_type, l.payload, l.payload IS NULL, l.created_at" +
+	query := "SELECT l.part, l." + n.pos + ", " + messageColumns +
 		" FROM " + n.log + " l WHERE l.topic = " + n.ph(1) + " AND l." + n.pos + " IS NOT NULL AND " + where +
 		" AND NOT EXISTS (SELECT 1 FROM " + n.redriven() + " r WHERE r.topic = l.topic AND r.part = l.part AND r.pos = l." + n.pos + ")" +
 		" ORDER BY l.part, l." + n.pos + " LIMIT " + strconv.Itoa(limit)
@@ -242,21 +242,9 @@ func (s *deadLetters) query(ctx context.Context, topic, where string, limit int,
 	var entries []dlq.Entry
 	for rs.Next() {
 		var p position
-		var headers []byte
-		var payloadNull bool
-		m := &herald.Message{Topic: topic}
-		if err := rs.Scan(&p.part, &p.pos, &m.ID, &m.Key, &headers, &m.ContentType, &m.Data, &payloadNull, sqlcore.TimeDest{T: &m.Time}); err != nil {
+		m, err := scanMessage(rs, topic, &p.part, &p.pos)
+		if err != nil {
 			return nil, err
-		}
-		if m.Data == nil && !payloadNull {
-			m.Data = []byte{}
-		}
-		if len(headers) > 0 {
-			h, err := sqlcore.DecodeHeaders(headers)
-			if err != nil {
-				h = herald.Headers{"herald-sql-bad-headers": err.Error()}
-			}
-			m.Headers = h
 		}
 		entries = append(entries, dlq.NewEntry(p.String(), m))
 	}

@@ -226,8 +226,8 @@ func schema(n names, partitions int) []string {
 	}
 }
 
-// Migrate creates the log, offsets, members and meta tables if they do
-// not exist, and records the partition count for a new log. It is
+// Migrate creates the log and its companion tables (offsets, members,
+// meta, and the dead-letter marks, _redriven) if they do not exist, and records the partition count for a new log. It is
 // idempotent and safe to run from several processes at once (the same
 // locks as outbox.Migrate); run it at deploy or start-up, never inside a
 // business transaction.

@@ -232,6 +232,7 @@ func (s *subscription) read(ctx context.Context, want int, head int64) error {
 	for _, st := range s.owned {
 		states = append(states, st)
 	}
+	slices.SortFunc(states, func(a, b *partState) int { return a.part - b.part })
 	from := make([]int64, len(states))
 	for i, st := range states {
 		from[i] = st.next
@@ -242,10 +243,6 @@ func (s *subscription) read(ctx context.Context, want int, head int64) error {
 		s.readHead = head
 		s.mu.Unlock()
 		return nil
-	}
-	slices.SortFunc(states, func(a, b *partState) int { return a.part - b.part })
-	for i, st := range states {
-		from[i] = st.next
 	}
 	limit := max(want/len(states), 32)
 	query, args := s.readQuery(states, from, limit)
@@ -261,24 +258,11 @@ func (s *subscription) read(ctx context.Context, want int, head int64) error {
 	}
 	var read []herald.Delivery
 	for rs.Next() {
-		m := new(herald.Message)
 		var pos int64
 		var part int
-		var headers []byte
-		var payloadNull bool
-		if err := rs.Scan(&pos, &part, &m.ID, &m.Key, &headers, &m.ContentType, &m.Data, &payloadNull, sqlcore.TimeDest{T: &m.Time}); err != nil {
+		m, err := scanMessage(rs, s.topic, &pos, &part)
+		if err != nil {
 			return err
-		}
-		m.Topic = s.topic
-		if m.Data == nil && !payloadNull {
-			m.Data = []byte{}
-		}
-		if len(headers) > 0 {
-			h, err := sqlcore.DecodeHeaders(headers)
-			if err != nil {
-				h = herald.Headers{"herald-sql-bad-headers": err.Error()}
-			}
-			m.Headers = h
 		}
 		got[part]++
 		read = append(read, herald.Delivery{Message: m, Ref: byPart[part], Seq: uint64(pos)})
@@ -321,7 +305,7 @@ func (s *subscription) readQuery(states []*partState, from []int64, limit int) (
 			b.WriteString(" UNION ALL ")
 		}
 		j := len(args)
-		fmt.Fprintf(&b, "SELECT * FROM (SELECT %[1]s, part, message_id, msg_key, headers, content_type, payload, payload IS NULL, created_at FROM %[2]s WHERE topic = %[3]s AND part = %[4]s AND %[1]s > %[5]s ORDER BY %[1]s LIMIT %[6]d) AS p%[7]d",
+		fmt.Fprintf(&b, "SELECT * FROM (SELECT %[1]s, part, "+messageColumns+" FROM %[2]s WHERE topic = %[3]s AND part = %[4]s AND %[1]s > %[5]s ORDER BY %[1]s LIMIT %[6]d) AS p%[7]d",
 			n.pos, n.log, n.ph(j+1), n.ph(j+2), n.ph(j+3), limit, i)
 		args = append(args, s.topic, st.part, from[i])
 	}
@@ -519,4 +503,36 @@ func scanInts(rs *sql.Rows) ([]int64, error) {
 		out = append(out, v)
 	}
 	return out, rs.Err()
+}
+
+// messageColumns are the columns scanMessage reads, after the caller's.
+const messageColumns = "message_id, msg_key, headers, content_type, payload, payload IS NULL, created_at"
+
+// HeaderBadHeaders is set on a message whose headers column is not a JSON
+// object of strings (a row written by hand): its value is the parse error,
+// and the other headers are lost. Such a message is delivered like any
+// other, so a handler (or the dead-letter middleware) decides.
+const HeaderBadHeaders = "herald-sql-bad-headers"
+
+// scanMessage scans a row of lead columns and then messageColumns into a
+// message of topic.
+func scanMessage(rs *sql.Rows, topic string, lead ...any) (*herald.Message, error) {
+	m := &herald.Message{Topic: topic}
+	var headers []byte
+	var payloadNull bool
+	dest := append(lead, &m.ID, &m.Key, &headers, &m.ContentType, &m.Data, &payloadNull, sqlcore.TimeDest{T: &m.Time})
+	if err := rs.Scan(dest...); err != nil {
+		return nil, err
+	}
+	if m.Data == nil && !payloadNull {
+		m.Data = []byte{}
+	}
+	if len(headers) > 0 {
+		h, err := sqlcore.DecodeHeaders(headers)
+		if err != nil {
+			h = herald.Headers{HeaderBadHeaders: err.Error()}
+		}
+		m.Headers = h
+	}
+	return m, nil
 }
