@@ -103,7 +103,8 @@ func (e Entry) Redriven() *herald.Message {
 type Entry struct {
 	// Position is where the entry sits in the dead-letter topic, in the
 	// driver's own form: "partition:offset" for Kafka ("3:1024"), the
-	// stream entry ID for Redis ("1700000000000-0"). Pass it back to the
+	// stream entry ID for Redis ("1700000000000-0"), "partition:position"
+	// for the SQL log ("3:1042"). Pass it back to the
 	// Store it came from; it means nothing elsewhere.
 	Position string
 	// Message is the dead-lettered message as stored, herald-dlq-* headers
@@ -120,8 +121,9 @@ type Entry struct {
 }
 
 // Store reads a broker's dead-letter topics and marks entries redriven.
-// The Kafka and Redis drivers provide one (kafkadriver.Driver.DeadLetters,
-// redisdriver.Driver.DeadLetters). Implementations are safe for concurrent use.
+// The Kafka, Redis, SQL and memory drivers provide one
+// (kafkadriver.Driver.DeadLetters, redisdriver.Driver.DeadLetters,
+// sqldriver.Driver.DeadLetters, memdriver.Broker.DeadLetters). Implementations are safe for concurrent use.
 type Store interface {
 	// List returns up to limit entries of the dead-letter topic, oldest
 	// first, starting after cursor ("" means from the oldest entry not
