@@ -94,7 +94,9 @@
 // arrived, doubling to 1 s while idle): an idle process makes one sequencer
 // transaction a second, and each member one read every ten seconds (a
 // safety net; members read when the sequencer's head moves) and a
-// heartbeat every third of the lease (five statements).
+// heartbeat every third of the lease: three statements on PostgreSQL and
+// SQLite, four on MySQL (register, renew and list its leases, count the
+// live members).
 //
 // # Retention
 //

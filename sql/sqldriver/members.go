@@ -60,15 +60,7 @@ func (s *subscription) heartbeat(ctx context.Context) error {
 		s.group, s.topic, s.member); err != nil {
 		return err
 	}
-	if _, err := s.d.db.ExecContext(ctx, "UPDATE "+n.offsets+" SET lease_until = "+now+" + "+lease+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND owner = "+n.ph(3),
-		s.group, s.topic, s.member); err != nil {
-		return err
-	}
-	rs, err := s.d.db.QueryContext(ctx, "SELECT part FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND owner = "+n.ph(3), s.group, s.topic, s.member)
-	if err != nil {
-		return err
-	}
-	held, err := scanInts(rs)
+	held, err := s.renew(ctx, now, lease)
 	if err != nil {
 		return err
 	}
@@ -78,9 +70,11 @@ func (s *subscription) heartbeat(ctx context.Context) error {
 		s.group, s.topic).Scan(&live); err != nil {
 		return err
 	}
-	if _, err := s.d.db.ExecContext(ctx, "DELETE FROM "+n.members+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND expires_at < "+now+" - 10 * "+lease,
-		s.group, s.topic); err != nil {
-		return err
+	if s.beats++; s.beats%10 == 0 {
+		if _, err := s.d.db.ExecContext(ctx, "DELETE FROM "+n.members+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND expires_at < "+now+" - 10 * "+lease,
+			s.group, s.topic); err != nil {
+			return err
+		}
 	}
 	fair := (s.parts + max(live, 1) - 1) / max(live, 1)
 	s.mu.Lock()
@@ -93,6 +87,26 @@ func (s *subscription) heartbeat(ctx context.Context) error {
 		return s.claim(ctx, fair-have)
 	}
 	return nil
+}
+
+// renew extends the leases this member holds and returns the partitions
+// the offsets table gives it: one UPDATE ... RETURNING where the database
+// has it (PostgreSQL, SQLite), an UPDATE and a SELECT on MySQL.
+func (s *subscription) renew(ctx context.Context, now, lease string) ([]int64, error) {
+	n := s.d.n
+	update := "UPDATE " + n.offsets + " SET lease_until = " + now + " + " + lease + " WHERE grp = " + n.ph(1) + " AND topic = " + n.ph(2) + " AND owner = " + n.ph(3)
+	query := update + " RETURNING part"
+	if n.d == MySQL {
+		if _, err := s.d.db.ExecContext(ctx, update, s.group, s.topic, s.member); err != nil {
+			return nil, err
+		}
+		query = "SELECT part FROM " + n.offsets + " WHERE grp = " + n.ph(1) + " AND topic = " + n.ph(2) + " AND owner = " + n.ph(3)
+	}
+	rs, err := s.d.db.QueryContext(ctx, query, s.group, s.topic, s.member)
+	if err != nil {
+		return nil, err
+	}
+	return scanInts(rs)
 }
 
 // dropLost revokes the partitions this member holds locally that the

@@ -37,6 +37,7 @@ type subscription struct {
 	readHead int64             // the pump's head when the last read caught up
 	dirty    bool              // read even if the head did not move
 
+	beats  int // heartbeats so far (the keep goroutine's)
 	closed atomic.Bool
 	cancel context.CancelFunc
 	done   chan struct{}
