@@ -32,7 +32,11 @@ type config struct {
 	redisPrefix     string        // key prefix of every stream the redis scenario creates (-redis-prefix)
 	kafkaBrokers    []string      // cluster of the kafka scenario (-kafka-brokers, HERALD_KAFKA_BROKERS)
 	kafkaLocal      bool          // kafkaBrokers is the in-process kfake cluster this process started
-	postgresDSN     string        // PostgreSQL of the outbox scenario (HERALD_POSTGRES_DSN)
+	postgresDSN     string        // PostgreSQL of the outbox and sqldriver scenarios (HERALD_POSTGRES_DSN)
+	sqlBacklogs     []sqlBacklog  // backlogs of the sqldriver scenario's consume tables (-sql-backlogs)
+	sqlIdle         time.Duration // idle window of the sqldriver scenario's latency rows (-sql-idle; 0: not measured)
+	sqlMembers      int           // members of the sqldriver scenario's scale-out row (-sql-members)
+	sqlSQLiteRows   int           // backlog of the sqldriver scenario's SQLite consume row (-sql-sqlite-backlog)
 }
 
 // perCall is the messages per publish call of a row: cfg.batch when it is
@@ -55,7 +59,10 @@ type result struct {
 	peakSys        uint64        // largest memory the Go runtime held from the OS (MemStats.Sys), sampled
 	peakGoroutines uint64        // most goroutines sampled
 	handlerTime    time.Duration // mean time the handler's work took (0 without work)
-	latP50, latP99 time.Duration // publish-return-to-handler latency of a paced run
+	latP50, latP99 time.Duration // publish-to-handler latency of a paced run
+	latMax         time.Duration // the largest of them
+	idleRate       float64       // statements per second per member once idle (rows that count them)
+	violations     int64         // messages the handler saw before an earlier one of their key (rows that check)
 }
 
 func (r result) msgsPerSec() float64   { return float64(r.messages) / r.elapsed.Seconds() }
@@ -119,22 +126,36 @@ func measure(ctx context.Context, cfg config, c benchCase, n int, topic string) 
 		cpu = -1
 	}
 
-	var handlerTime, p50, p99 time.Duration
+	var (
+		handlerTime, p50, p99, pMax time.Duration
+		violations                  int64
+	)
 	if p.counter != nil {
 		handlerTime = p.counter.meanWork()
-		p50, p99 = p.counter.latencies()
+		p50, p99, pMax = p.counter.latencies()
+		violations = p.counter.violations.Load()
+	}
+	// The idle window follows the clock: its statements are counted, not
+	// timed, and nothing else is measured while it lasts.
+	var idle float64
+	var idleErr error
+	if p.idle != nil && runErr == nil {
+		idle, idleErr = p.idle(ctx)
 	}
 
 	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 	closeErr := p.close(closeCtx)
 	cancelClose()
-	if err := errors.Join(runErr, closeErr); err != nil {
+	if err := errors.Join(runErr, idleErr, closeErr); err != nil {
 		return result{}, fmt.Errorf("%s: %w", c.id, err)
 	}
 	return result{
 		handlerTime:    handlerTime,
 		latP50:         p50,
 		latP99:         p99,
+		latMax:         pMax,
+		idleRate:       idle,
+		violations:     violations,
 		messages:       n,
 		elapsed:        elapsed,
 		cpu:            cpu,
@@ -209,8 +230,12 @@ type counter struct {
 	err     error
 	failed  atomic.Bool
 	// sent and seen are, in a paced run, the Unix nanoseconds at which
-	// message i's publish call returned and its handler started.
+	// message i was published (its publish call returned, or, for a row
+	// that marks it, just before its COMMIT) and its handler started.
 	sent, seen []atomic.Int64
+	// violations counts messages a handler started after a later message
+	// of their key (rows that check per-key order).
+	violations atomic.Int64
 }
 
 // trackLatency makes the counter record per-message times (paced runs).
@@ -219,10 +244,12 @@ func (c *counter) trackLatency() {
 	c.seen = make([]atomic.Int64, c.target)
 }
 
-// published records that message i's publish call returned.
+// published records that message i was published: publishPaced calls it
+// when the publish call returned, and a row whose latency starts just
+// before COMMIT calls it there first. The first mark counts.
 func (c *counter) published(i int) {
-	if c.sent != nil {
-		c.sent[i].Store(time.Now().UnixNano())
+	if i >= 0 && i < len(c.sent) {
+		c.sent[i].CompareAndSwap(0, time.Now().UnixNano())
 	}
 }
 
@@ -237,13 +264,13 @@ func (c *counter) seenID(id string) {
 	}
 }
 
-// latencies returns the p50 and p99 of seen - sent over the messages of a
-// paced run (0, 0 otherwise). A handler that starts before the publish call
-// returned (the commit acknowledgment travels while the relay reads)
-// counts as 0.
-func (c *counter) latencies() (p50, p99 time.Duration) {
+// latencies returns the p50, p99 and maximum of seen - sent over the
+// messages of a paced run (zeros otherwise). A handler that starts before
+// the publish call returned (the commit acknowledgment travels while the
+// relay reads) counts as 0.
+func (c *counter) latencies() (p50, p99, most time.Duration) {
 	if c.sent == nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	ds := make([]time.Duration, 0, len(c.sent))
 	for i := range c.sent {
@@ -254,11 +281,11 @@ func (c *counter) latencies() (p50, p99 time.Duration) {
 		ds = append(ds, time.Duration(max(h-s, 0)))
 	}
 	if len(ds) == 0 {
-		return 0, 0
+		return 0, 0, 0
 	}
 	slices.Sort(ds)
 	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
-	return at(0.50), at(0.99)
+	return at(0.50), at(0.99), ds[len(ds)-1]
 }
 
 func newCounter(target int, work time.Duration) *counter {
@@ -412,7 +439,10 @@ type summary struct {
 	peakGoroutines   float64
 	handlerTime      float64 // nanoseconds
 	nominalShare     float64 // msgs/s over concurrency / work
-	latP50, latP99   float64 // nanoseconds, paced runs
+	latP50, latP99   float64 // nanoseconds, paced runs: medians of the runs
+	latMax           float64 // nanoseconds, paced runs: the largest of any run
+	idleRate         float64 // statements per second per member once idle, median
+	violations       int64   // per-key order violations, summed over the runs
 }
 
 func summarize(c benchCase, rs []result) summary {
@@ -443,8 +473,30 @@ func summarize(c benchCase, rs []result) summary {
 		handlerTime:    metric(func(r result) float64 { return float64(r.handlerTime) }),
 		latP50:         metric(func(r result) float64 { return float64(r.latP50) }),
 		latP99:         metric(func(r result) float64 { return float64(r.latP99) }),
+		latMax:         slices.Max(latMaxes(rs)),
+		idleRate:       metric(func(r result) float64 { return r.idleRate }),
+		violations:     totalViolations(rs),
 		nominalShare:   metric(func(r result) float64 { return r.ceilingShare(c.concurrency, c.work) }),
 	}
+}
+
+// latMaxes are the runs' largest latencies in nanoseconds.
+func latMaxes(rs []result) []float64 {
+	vs := make([]float64, len(rs))
+	for i, r := range rs {
+		vs[i] = float64(r.latMax)
+	}
+	return vs
+}
+
+// totalViolations sums the runs' per-key order violations: one in any run
+// is one too many.
+func totalViolations(rs []result) int64 {
+	var n int64
+	for _, r := range rs {
+		n += r.violations
+	}
+	return n
 }
 
 // medianCPUPerMsg is the median CPU time per message of rs in
@@ -498,6 +550,17 @@ type stages struct {
 	// stored counts the messages the topic holds, for the publish-only
 	// check; nil skips the check.
 	stored func(ctx context.Context) (int, error)
+	// afterFill, when set, runs after a consume-only run's fill, untimed:
+	// more rows the handler ignores (empty payloads, so a backlog larger
+	// than the messages counted), or background work the row wants done
+	// before the clock starts.
+	afterFill func(ctx context.Context) error
+	// statements, when set, counts the statements the subscriber's
+	// connections have sent so far (see countingConnector); the run then
+	// measures the idle rate per member after its timed part, over
+	// cfg.sqlIdle, members being how many subscribers share the count.
+	statements func() int64
+	members    int
 	// teardown stops what was started and releases the run's resources
 	// (connections, the topic); it must work at any stage of the set-up.
 	teardown func(ctx context.Context) error
@@ -554,26 +617,72 @@ func assemble(ctx context.Context, p runParams, s stages) (*pipeline, error) {
 		if err := publishN(ctx, fillBatch); err != nil {
 			return abandon(fmt.Errorf("fill the topic: %w", err))
 		}
-		return consuming(s.start), nil
+		if s.afterFill != nil {
+			if err := s.afterFill(ctx); err != nil {
+				return abandon(fmt.Errorf("after the fill: %w", err))
+			}
+		}
+		return withIdle(consuming(s.start), cfg, s), nil
 
 	case paced:
 		s.counter.trackLatency()
 		if err := subscribeAndWarm(ctx, s); err != nil {
 			return abandon(err)
 		}
-		return consuming(func(ctx context.Context) error {
+		return withIdle(consuming(func(ctx context.Context) error {
 			return publishPaced(ctx, p.n, s.rate, s.publish, s.counter)
-		}), nil
+		}), cfg, s), nil
 
 	case endToEnd:
 		if err := subscribeAndWarm(ctx, s); err != nil {
 			return abandon(err)
 		}
-		return consuming(func(ctx context.Context) error { return publishN(ctx, s.batch) }), nil
+		return withIdle(consuming(func(ctx context.Context) error { return publishN(ctx, s.batch) }), cfg, s), nil
 
 	default:
 		return abandon(fmt.Errorf("unknown mode %d", s.mode))
 	}
+}
+
+// idleSettle is how long a run waits after its timed part before the idle
+// window opens: long enough for adaptive polls to back off to their
+// slowest and for the last positions to be committed.
+const idleSettle = 2 * time.Second
+
+// withIdle gives p the idle measurement when the stages count statements
+// and cfg.sqlIdle asks for one.
+func withIdle(p *pipeline, cfg config, s stages) *pipeline {
+	if s.statements == nil || cfg.sqlIdle <= 0 {
+		return p
+	}
+	members := max(s.members, 1)
+	p.idle = func(ctx context.Context) (float64, error) {
+		return idleRate(ctx, idleSettle, cfg.sqlIdle, s.statements, members)
+	}
+	return p
+}
+
+// idleRate waits settle, then counts the statements sent during window,
+// per second and per member.
+func idleRate(ctx context.Context, settle, window time.Duration, statements func() int64, members int) (float64, error) {
+	wait := func(d time.Duration) error {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("idle window: %w", ctx.Err())
+		}
+	}
+	if err := wait(settle); err != nil {
+		return 0, err
+	}
+	before := statements()
+	if err := wait(window); err != nil {
+		return 0, err
+	}
+	return float64(statements()-before) / window.Seconds() / float64(members), nil
 }
 
 // subscribeAndWarm subscribes, starts the subscriber and warms it up.

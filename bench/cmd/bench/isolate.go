@@ -49,17 +49,20 @@ func parseChildSpec(v string) (childSpec, error) {
 // wireResult is a result as a child prints it for its parent. CPUNS is
 // always present: -1 (not measured) must not read as 0.
 type wireResult struct {
-	Messages       int    `json:"messages"`
-	ElapsedNS      int64  `json:"elapsed_ns"`
-	CPUNS          int64  `json:"cpu_ns"`
-	Allocs         uint64 `json:"allocs"`
-	AllocBytes     uint64 `json:"alloc_bytes"`
-	PeakHeap       uint64 `json:"peak_heap"`
-	PeakSys        uint64 `json:"peak_sys"`
-	PeakGoroutines uint64 `json:"peak_goroutines"`
-	HandlerNS      int64  `json:"handler_ns,omitempty"`
-	LatP50NS       int64  `json:"lat_p50_ns,omitempty"`
-	LatP99NS       int64  `json:"lat_p99_ns,omitempty"`
+	Messages       int     `json:"messages"`
+	ElapsedNS      int64   `json:"elapsed_ns"`
+	CPUNS          int64   `json:"cpu_ns"`
+	Allocs         uint64  `json:"allocs"`
+	AllocBytes     uint64  `json:"alloc_bytes"`
+	PeakHeap       uint64  `json:"peak_heap"`
+	PeakSys        uint64  `json:"peak_sys"`
+	PeakGoroutines uint64  `json:"peak_goroutines"`
+	HandlerNS      int64   `json:"handler_ns,omitempty"`
+	LatP50NS       int64   `json:"lat_p50_ns,omitempty"`
+	LatP99NS       int64   `json:"lat_p99_ns,omitempty"`
+	LatMaxNS       int64   `json:"lat_max_ns,omitempty"`
+	IdleRate       float64 `json:"idle_per_s,omitempty"`
+	Violations     int64   `json:"violations,omitempty"`
 }
 
 // toWire encodes r for the parent.
@@ -76,6 +79,9 @@ func toWire(r result) wireResult {
 		HandlerNS:      int64(r.handlerTime),
 		LatP50NS:       int64(r.latP50),
 		LatP99NS:       int64(r.latP99),
+		LatMaxNS:       int64(r.latMax),
+		IdleRate:       r.idleRate,
+		Violations:     r.violations,
 	}
 }
 
@@ -93,6 +99,9 @@ func (w wireResult) result() result {
 		handlerTime:    time.Duration(w.HandlerNS),
 		latP50:         time.Duration(w.LatP50NS),
 		latP99:         time.Duration(w.LatP99NS),
+		latMax:         time.Duration(w.LatMaxNS),
+		idleRate:       w.IdleRate,
+		violations:     w.Violations,
 	}
 }
 

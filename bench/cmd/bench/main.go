@@ -19,9 +19,11 @@
 // scenario talks to the cluster at HERALD_KAFKA_BROKERS (or -kafka-brokers)
 // or, when neither is set, to an in-process kfake cluster this process
 // starts and shares with its child processes, on topics each run deletes.
-// The outbox scenario talks to the PostgreSQL at HERALD_POSTGRES_DSN
-// (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable), on
-// tables each run creates and drops.
+// The outbox and sqldriver scenarios talk to the PostgreSQL at
+// HERALD_POSTGRES_DSN (default
+// postgres://postgres@127.0.0.1:5432/test?sslmode=disable), on tables each
+// run creates and drops; the sqldriver scenario's SQLite rows use a file
+// in a temporary directory of their own.
 package main
 
 import (
@@ -147,6 +149,11 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 		"key prefix of every stream the redis scenario creates (on the server at HERALD_REDIS_ADDR, default "+defaultRedisAddr+")")
 	kafkaBrokers := fs.String("kafka-brokers", os.Getenv("HERALD_KAFKA_BROKERS"),
 		"comma-separated brokers of the kafka scenario (default HERALD_KAFKA_BROKERS; when empty, an in-process kfake cluster)")
+	sqlBacklogs := fs.String("sql-backlogs", defaultSQLBacklogs,
+		"backlogs of the sqldriver scenario's consume tables, comma-separated rows[:k], k the rows Watermill reads of it (default all)")
+	fs.DurationVar(&cfg.sqlIdle, "sql-idle", 5*time.Second, "idle window of the sqldriver scenario's latency rows (0: not measured)")
+	fs.IntVar(&cfg.sqlMembers, "sql-members", 4, "members of the sqldriver scenario's scale-out row")
+	fs.IntVar(&cfg.sqlSQLiteRows, "sql-sqlite-backlog", 100_000, "backlog of the sqldriver scenario's SQLite consume row")
 	fs.StringVar(&opts.scenarios, "scenario", "memory", `scenarios to run, comma-separated, or "all"`)
 	fs.StringVar(&opts.cases, "case", "", "case ids to run, comma-separated (default: every case of the scenarios)")
 	fs.BoolVar(&opts.list, "list", false, "list scenarios and their case ids, and exit")
@@ -165,7 +172,9 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	if *kafkaBrokers != "" {
 		cfg.kafkaBrokers = strings.Split(*kafkaBrokers, ",")
 	}
-	if err := cfg.validate(); err != nil {
+	backlogs, backlogErr := parseSQLBacklogs(*sqlBacklogs)
+	cfg.sqlBacklogs = backlogs
+	if err := errors.Join(backlogErr, cfg.validate()); err != nil {
 		return config{}, options{}, err
 	}
 	return cfg, opts, nil
@@ -304,6 +313,11 @@ func (c config) validate() error {
 	positive("unbounded-max", c.unboundedMax)
 	if c.sampleEvery <= 0 {
 		errs = append(errs, fmt.Errorf("-sample must be positive, got %s", c.sampleEvery))
+	}
+	positive("sql-members", c.sqlMembers)
+	positive("sql-sqlite-backlog", c.sqlSQLiteRows)
+	if c.sqlIdle < 0 {
+		errs = append(errs, fmt.Errorf("-sql-idle must not be negative, got %s", c.sqlIdle))
 	}
 	if c.runTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-timeout must be positive, got %s", c.runTimeout))

@@ -164,6 +164,8 @@ func TestFlagErrors(t *testing.T) {
 		{"unknown case", []string{"-case", "herald-raw,nope,zap"}, []string{"no case nope, zap in scenarios memory"}},
 		{"stray argument", []string{"extra"}, []string{"unexpected arguments"}},
 		{"bad child spec", []string{"-child", "memory:herald-raw:many:t"}, []string{"message count"}},
+		{"bad sqldriver settings", []string{"-sql-backlogs", "100:200,x", "-sql-members", "0", "-sql-idle", "-1s"},
+			[]string{"Watermill reads 1 to 100", `"x"`, "-sql-members must be positive", "-sql-idle must not be negative"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,6 +213,7 @@ func TestWireResultRoundTrip(t *testing.T) {
 		messages: 3000, elapsed: 1500 * time.Millisecond, cpu: 2100 * time.Millisecond,
 		allocs: 45_000, allocBytes: 3 << 20, peakHeap: 4 << 20, peakSys: 12 << 20, peakGoroutines: 81,
 		handlerTime: 1660 * time.Microsecond, latP50: 2 * time.Millisecond, latP99: 7 * time.Millisecond,
+		latMax: 31 * time.Millisecond, idleRate: 7.5, violations: 2,
 	}
 	for _, r := range []result{in, {messages: 10, elapsed: time.Second, cpu: -1}} {
 		var buf bytes.Buffer

@@ -95,6 +95,18 @@ func openPostgres(cfg config) (*sql.DB, error) {
 	return db, nil
 }
 
+// openPostgresCounted is openPostgres on a pool that counts the
+// statements it sends (see openCounted).
+func openPostgresCounted(cfg config) (*sql.DB, func() int64, error) {
+	db, n, err := openCounted("pgx", cfg.postgresDSN)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open postgres (HERALD_POSTGRES_DSN): %w", err)
+	}
+	db.SetMaxOpenConns(cfg.publishers + 4)
+	db.SetMaxIdleConns(cfg.publishers + 4)
+	return db, n.Load, nil
+}
+
 // postgresServer checks that PostgreSQL answers and names its version.
 func postgresServer(ctx context.Context, cfg config) (string, error) {
 	db, err := openPostgres(cfg)
@@ -334,19 +346,33 @@ func bareInsertCase(id, label string) benchCase {
 type txPublisher struct {
 	db     *sql.DB
 	config wmsql.PublisherConfig
+	// beforeCommit, when set, is called with each call's messages right
+	// before its COMMIT (see commitMarker).
+	beforeCommit func(msgs []*message.Message)
 }
 
-func (p txPublisher) Publish(topic string, msgs ...*message.Message) error {
-	return inTx(context.Background(), p.db, func(tx *sql.Tx) error {
-		pub, err := wmsql.NewPublisher(tx, p.config, watermill.NopLogger{})
-		if err != nil {
-			return err
-		}
-		return pub.Publish(topic, msgs...)
-	})
+func (p *txPublisher) Publish(topic string, msgs ...*message.Message) error {
+	ctx := context.Background()
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	pub, err := wmsql.NewPublisher(tx, p.config, watermill.NopLogger{})
+	if err == nil {
+		err = pub.Publish(topic, msgs...)
+	}
+	if err != nil {
+		return errors.Join(err, tx.Rollback())
+	}
+	if p.beforeCommit != nil {
+		p.beforeCommit(msgs)
+	}
+	return tx.Commit()
 }
 
-func (p txPublisher) Close() error { return nil }
+func (p *txPublisher) Close() error { return nil }
+
+func (p *txPublisher) markBeforeCommit(f func(msgs []*message.Message)) { p.beforeCommit = f }
 
 // watermillSQL gives each Watermill run a publisher that publishes in a
 // transaction per call and a subscriber, on a short topic (its tables are
@@ -358,8 +384,23 @@ func watermillSQL(cfg config) watermillPubSubFunc { return watermillSQLPolling(c
 // watermillSQLPolling is watermillSQL with the subscriber's PollInterval
 // (0: Watermill's default, 1 s).
 func watermillSQLPolling(cfg config, poll time.Duration) watermillPubSubFunc {
+	return watermillSQLBackend(cfg, poll, false)
+}
+
+// watermillSQLBackend is watermillSQLPolling whose pool counts its
+// statements when counted is set (the idle rows).
+func watermillSQLBackend(cfg config, poll time.Duration, counted bool) watermillPubSubFunc {
 	return func(ctx context.Context, topic string) (watermillBackend, error) {
-		db, err := openPostgres(cfg)
+		var (
+			db         *sql.DB
+			statements func() int64
+			err        error
+		)
+		if counted {
+			db, statements, err = openPostgresCounted(cfg)
+		} else {
+			db, err = openPostgres(cfg)
+		}
 		if err != nil {
 			return watermillBackend{}, err
 		}
@@ -384,10 +425,11 @@ func watermillSQLPolling(cfg config, poll time.Duration) watermillPubSubFunc {
 		}
 		var releaseOnce sync.Once
 		return watermillBackend{
-			pub:    txPublisher{db: db, config: wmsql.PublisherConfig{SchemaAdapter: schema}},
-			sub:    sub,
-			topic:  short,
-			stored: countRows(db, schema.MessagesTable(short)),
+			pub:        &txPublisher{db: db, config: wmsql.PublisherConfig{SchemaAdapter: schema}},
+			sub:        sub,
+			topic:      short,
+			statements: statements,
+			stored:     countRows(db, schema.MessagesTable(short)),
 			release: func(ctx context.Context) error {
 				var err error
 				releaseOnce.Do(func() { err = release(ctx) })

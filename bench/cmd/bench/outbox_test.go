@@ -16,6 +16,13 @@ import (
 // small counts and checks that every run dropped its tables.
 func outboxRun(t *testing.T, extra ...string) (table, progress string) {
 	t.Helper()
+	return postgresRun(t, slices.Concat([]string{"-scenario", "outbox"}, small, extra))
+}
+
+// postgresRun runs the command with args against the test PostgreSQL and
+// checks that every run dropped its tables.
+func postgresRun(t *testing.T, args []string) (table, progress string) {
+	t.Helper()
 	dsn := testenv.PostgresDSN(t)
 	t.Setenv("HERALD_POSTGRES_DSN", dsn)
 	db, err := sql.Open("pgx", dsn)
@@ -26,7 +33,6 @@ func outboxRun(t *testing.T, extra ...string) (table, progress string) {
 	before := benchTables(t, db)
 
 	var out, prog bytes.Buffer
-	args := slices.Concat([]string{"-scenario", "outbox"}, small, extra)
 	if err := run(args, &out, &prog); err != nil {
 		t.Fatalf("run: %v\nprogress:\n%s", err, prog.String())
 	}

@@ -155,7 +155,18 @@ func writeTable(w io.Writer, cfg config, sums []summary) {
 	if first.table != "" {
 		fmt.Fprintf(w, "#### %s\n\n", first.table)
 	}
-	fmt.Fprintf(w, "%s\n\n", first.mode.timed())
+	fmt.Fprintf(w, "%s\n\n", first.timed())
+	if cols.idle {
+		fmt.Fprintf(w, "Idle statements/s per member: after the timed part and %s of quiet, the statements the subscriber's "+
+			"connection pool sent (every Exec and Query, BEGIN, COMMIT, ROLLBACK and Ping, counted by a wrapping "+
+			"database/sql connector) over %s, per second and per member; the median of the runs.\n\n",
+			idleSettle, cfg.sqlIdle)
+	}
+	if cols.order {
+		fmt.Fprintln(w, "Order violations: messages whose handler started after that of a later message of their key "+
+			"(each key is published by one goroutine, in order), summed over the runs.")
+		fmt.Fprintln(w)
+	}
 	if cols.hasWork {
 		sleep := fmt.Sprintf("%g ms", float64(cols.work)/float64(time.Millisecond))
 		fmt.Fprintf(w, "Ceiling rows (bare goroutines): N goroutines that each call time.Sleep(%s) in a loop, no broker and "+
@@ -182,6 +193,8 @@ type tableColumns struct {
 	hasWork  bool            // rows that do work per message, so the ceiling columns
 	work     time.Duration   // that work
 	paced    bool            // a paced table, so the latency columns
+	idle     bool            // rows that measure the idle statement rate, so its column
+	order    bool            // rows that check per-key order, so the violations column
 	ceilings map[int]float64 // concurrency -> msgs/s of its ceiling row
 }
 
@@ -200,6 +213,8 @@ func columnsOf(sums []summary) tableColumns {
 		if sm.c.work > 0 {
 			cols.hasWork, cols.work = true, sm.c.work
 		}
+		cols.idle = cols.idle || sm.c.idle
+		cols.order = cols.order || sm.c.order
 	}
 	return cols
 }
@@ -217,8 +232,16 @@ func (t tableColumns) header() (header, align string) {
 		align += "--:|--:|--:|"
 	}
 	if t.paced {
-		header += " latency p50 | latency p99 |"
-		align += "--:|--:|"
+		header += " latency p50 | latency p99 | latency max |"
+		align += "--:|--:|--:|"
+	}
+	if t.idle {
+		header += " idle statements/s per member |"
+		align += "--:|"
+	}
+	if t.order {
+		header += " order violations |"
+		align += "--:|"
 	}
 	header += " allocs/msg | B/msg | peak heap | peak Sys | peak goroutines |"
 	align += "--:|--:|--:|--:|--:|"
@@ -243,7 +266,21 @@ func (t tableColumns) row(cfg config, sm summary) string {
 		}
 	}
 	if t.paced {
-		row += fmt.Sprintf(" %.2f ms | %.2f ms |", sm.latP50/1e6, sm.latP99/1e6)
+		row += fmt.Sprintf(" %.2f ms | %.2f ms | %.2f ms |", sm.latP50/1e6, sm.latP99/1e6, sm.latMax/1e6)
+	}
+	if t.idle {
+		if c.idle && cfg.sqlIdle > 0 {
+			row += fmt.Sprintf(" %.1f |", sm.idleRate)
+		} else {
+			row += " - |"
+		}
+	}
+	if t.order {
+		if c.order {
+			row += fmt.Sprintf(" %d |", sm.violations)
+		} else {
+			row += " - |"
+		}
 	}
 	return row + fmt.Sprintf(" %.1f | %s | %.1f MiB | %.1f MiB | %s |",
 		sm.allocsPerMsg, thousands(int(sm.bytesPerMsg+0.5)), sm.peakHeap/(1<<20), sm.peakSys/(1<<20),

@@ -36,6 +36,7 @@ func scenarios() []scenario {
 		redisScenario(),
 		kafkaScenario(),
 		outboxScenario(),
+		sqldriverScenario(),
 		otelScenario(),
 	}
 }
@@ -71,13 +72,23 @@ func (m mode) timed() string {
 	case paced:
 		return "Timed: one publisher at a fixed rate, one event per call (one transaction), and the subscriber at once, " +
 			"until the handler has seen every message. Latency: from the return of the publish call (after COMMIT) " +
-			"to the start of the handler, per message; the median run's p50 and p99."
+			"to the start of the handler, per message; the medians of the runs' p50 and p99, and the largest of any run."
 	case consumeOnly:
 		return "Timed: the subscriber, from its start (group creation included) until the handler has seen every message " +
 			"of a topic filled before the clock started."
 	default:
 		return "Timed: end to end, publishers and subscriber at once, until the handler has seen every message."
 	}
+}
+
+// timed says in a sentence what the clock of c's table measures.
+func (c benchCase) timed() string {
+	if c.mode == paced && c.beforeCommit {
+		return "Timed: one publisher at a fixed rate, one event per call (one transaction), and the subscriber at once, " +
+			"until the handler has seen every message. Latency: from just before the publishing transaction's COMMIT " +
+			"to the start of the handler, per message; the medians of the runs' p50 and p99, and the largest of any run."
+	}
+	return c.mode.timed()
 }
 
 // benchCase is one row of a scenario's table: one system in one
@@ -116,6 +127,19 @@ type benchCase struct {
 	// configuration that cannot run the full count without exhausting
 	// memory); the table shows the count used.
 	maxMessages int
+	// fixed, when above 0, is the message count of this case whatever -n
+	// says (a backlog size given by a flag of its own).
+	fixed int
+	// beforeCommit marks a paced row whose latency starts just before the
+	// COMMIT of the publishing transaction rather than when the publish
+	// call returned; the rows of one table agree on it.
+	beforeCommit bool
+	// idle marks a row that measures the statements its subscriber sends
+	// per second once idle: the table gets that column.
+	idle bool
+	// order marks a row that counts per-key order violations: the table
+	// gets that column.
+	order bool
 	// concurrency is how many handlers the row runs at once (0 means 1);
 	// with work it gives the ceiling columns.
 	concurrency int
@@ -136,6 +160,9 @@ func referenceCase(id, system, label string, m mode, setup func(ctx context.Cont
 
 // messages is how many messages one run of c handles.
 func (c benchCase) messages(cfg config) int {
+	if c.fixed > 0 {
+		return c.fixed
+	}
 	n := cfg.messages
 	if c.scale > 0 {
 		n = max(1, int(float64(n)*c.scale))
@@ -157,6 +184,12 @@ func (c benchCase) in(table string) benchCase { c.table = table; return c }
 // scaled sets c's share of -n.
 func (c benchCase) scaled(share float64) benchCase { c.scale = share; return c }
 
+// fixedAt sets c's message count whatever -n says.
+func (c benchCase) fixedAt(n int) benchCase { c.fixed = n; return c }
+
+// asBaseline makes c its table's baseline row.
+func (c benchCase) asBaseline() benchCase { c.baseline = true; return c }
+
 // runParams is what one run of a case needs to know.
 type runParams struct {
 	cfg   config
@@ -174,6 +207,9 @@ type pipeline struct {
 	close func(ctx context.Context) error
 	// counter is the subscriber's bookkeeping; nil when nothing consumes.
 	counter *counter
+	// idle, when set, runs after the timed part (untimed) and returns the
+	// statements per second per member the subscriber sends while idle.
+	idle func(ctx context.Context) (float64, error)
 }
 
 // selectScenarios resolves the -scenario flag: a comma-separated list of

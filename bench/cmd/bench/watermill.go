@@ -30,6 +30,17 @@ type watermillBackend struct {
 	// subscriber is closed: it closes the publisher and deletes the run's
 	// topic where the broker outlives the run.
 	release func(ctx context.Context) error
+	// statements, when set, counts the statements the subscriber's pool
+	// has sent (see openCounted), for the idle rate.
+	statements func() int64
+}
+
+// commitMarker is a publisher that publishes in a transaction of its own
+// per call and can call a function just before each COMMIT, with the
+// messages it carries: a paced row marked beforeCommit starts its latency
+// there.
+type commitMarker interface {
+	markBeforeCommit(f func(msgs []*message.Message))
 }
 
 // watermillPubSubFunc returns a fresh backend for one run on topic.
@@ -54,6 +65,14 @@ type watermillVariant struct {
 	// rate is the messages per second of a paced row; its messages carry
 	// their index as UUID, which the handler reports for the latency.
 	rate float64
+	// beforeCommit starts a paced row's latency just before the COMMIT of
+	// each publishing transaction (the publisher must be a commitMarker).
+	beforeCommit bool
+	// backlog, when above the run's message count, is how many rows a
+	// consume-only run's topic holds: the rows past the counted ones are
+	// published after them with empty payloads, which the handler ignores
+	// (the subscriber reads the first n of a larger backlog).
+	backlog int
 }
 
 // watermillCase measures a Watermill Router with one consumer handler over
@@ -90,12 +109,33 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 	cnt := newCounter(p.n, v.work)
 	rt := &watermillRouter{closeTimeout: cfg.shutdownTimeout}
 	send := newWatermillSender(be.pub, topic, v, payload(cfg.payloadBytes))
+	if v.beforeCommit {
+		m, ok := be.pub.(commitMarker)
+		if !ok {
+			return nil, errors.Join(fmt.Errorf("publisher %T cannot mark its commits", be.pub), sub.Close(), be.release(ctx))
+		}
+		m.markBeforeCommit(func(msgs []*message.Message) {
+			for _, msg := range msgs {
+				if i, err := strconv.Atoi(msg.UUID); err == nil {
+					cnt.published(i)
+				}
+			}
+		})
+	}
+	var afterFill func(ctx context.Context) error
+	if extra := v.backlog - p.n; extra > 0 {
+		afterFill = func(ctx context.Context) error {
+			return publishBounded(ctx, extra, cfg.publishers, fillBatch, send.padding)
+		}
+	}
 	return assemble(ctx, p, stages{
-		mode:    v.mode,
-		batch:   cfg.perCall(v.batched),
-		rate:    v.rate,
-		counter: cnt,
-		stored:  be.stored,
+		mode:       v.mode,
+		batch:      cfg.perCall(v.batched),
+		rate:       v.rate,
+		counter:    cnt,
+		stored:     be.stored,
+		afterFill:  afterFill,
+		statements: be.statements,
 		subscribe: func() error {
 			return rt.subscribe(topic, sub, watermillHandler(cnt, cfg.payloadBytes, v.json))
 		},
@@ -225,6 +265,16 @@ func (s watermillSender) publish(_ context.Context, first, count int) error {
 			return err
 		}
 		msgs[i] = message.NewMessage(watermill.NewUUID(), b)
+	}
+	return s.pub.Publish(s.topic, msgs...)
+}
+
+// padding publishes count messages with empty payloads in one call: rows
+// of a backlog the handler does not count.
+func (s watermillSender) padding(_ context.Context, _, count int) error {
+	msgs := make([]*message.Message, count)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(watermill.NewUUID(), nil)
 	}
 	return s.pub.Publish(s.topic, msgs...)
 }
