@@ -58,10 +58,13 @@
 // from its first insert to its commit, so ids are allocated in commit
 // order already: readers follow id and there is no sequencer.
 //
-// The cost of the sequencer is one UPDATE of each row (one statement per
-// run of consecutive ids, up to 5,000 rows a round) and one hop of
-// latency: a commit wakes the sequencer (NOTIFY on PostgreSQL, a poll on
-// MySQL), whose commit wakes the readers.
+// The cost of the sequencer is one UPDATE of each row (on PostgreSQL one
+// statement a round, up to 5,000 rows; on MySQL one statement per run of
+// consecutive ids) and one hop of latency: a commit wakes the sequencer
+// (NOTIFY on PostgreSQL, a poll on MySQL), whose commit wakes the readers.
+// An idle round is one query (is anything unstamped?). On PostgreSQL a
+// row so leaves two dead tuples, the stamp and the delete: the log needs
+// autovacuum, which is on by default (see Retention).
 //
 // # Partitions, groups and members
 //
@@ -90,8 +93,9 @@
 // does not serialize its commits on NOTIFY's lock) and the sequencer
 // NOTIFYs after each round that stamped rows; each process LISTENs on one
 // connection of its own. Elsewhere (and as a fallback) the log is polled
-// with an adaptive interval (WithPollInterval: 1 ms right after rows
-// arrived, doubling to 1 s while idle): an idle process makes one sequencer
+// with an adaptive interval (WithPollInterval: an eighth of the time since
+// rows last arrived, between 1 ms and 1 s, so a steady stream is polled
+// several times per gap between its rows): an idle process makes one sequencer
 // transaction a second, and each member one read every ten seconds (a
 // safety net; members read when the sequencer's head moves) and a
 // heartbeat every third of the lease: three statements on PostgreSQL and
@@ -103,8 +107,12 @@
 // Rows older than WithRetention (24 h) that every group of their topic
 // has acknowledged are deleted in batches of 2,000, by every process with
 // subscriptions, every tenth of the retention (between 1 s and 1 min).
-// Rows of a topic no group reads go by age alone; rows not sequenced yet
-// are never deleted.
+// Rows of a topic no group reads go by age alone (every tenth pass: it
+// scans the table in id order); rows not sequenced yet are never deleted.
+// On PostgreSQL, deleted and stamped rows are dead tuples until VACUUM:
+// with autovacuum on (the default) the table's size levels off, with it
+// off it grows with every message, so run VACUUM on the log yourself
+// then.
 //
 // # What it does not do
 //

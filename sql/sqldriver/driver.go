@@ -60,7 +60,8 @@ type Driver struct {
 	n   names
 	cfg config
 
-	parts atomic.Int32 // the log's partition count, once read
+	parts  atomic.Int32 // the log's partition count, once read
+	purges int          // retention passes so far (the pump's)
 
 	rr     atomic.Uint32 // round robin of keyless messages
 	notify sqlcore.Pacer // which writes call pg_notify

@@ -65,6 +65,9 @@ func (s *subscription) heartbeat(ctx context.Context) error {
 		return err
 	}
 	s.dropLost(held)
+	if err := s.releaseStrays(ctx, held); err != nil {
+		return err
+	}
 	var live int
 	if err := s.d.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+n.members+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND expires_at > "+now,
 		s.group, s.topic).Scan(&live); err != nil {
@@ -100,13 +103,37 @@ func (s *subscription) renew(ctx context.Context, now, lease string) ([]int64, e
 		if _, err := s.d.db.ExecContext(ctx, update, s.group, s.topic, s.member); err != nil {
 			return nil, err
 		}
-		query = "SELECT part FROM " + n.offsets + " WHERE grp = " + n.ph(1) + " AND topic = " + n.ph(2) + " AND owner = " + n.ph(3)
+		return s.ownedInTable(ctx)
 	}
 	rs, err := s.d.db.QueryContext(ctx, query, s.group, s.topic, s.member)
 	if err != nil {
 		return nil, err
 	}
 	return scanInts(rs)
+}
+
+// releaseStrays gives back the partitions the offsets table gives this
+// member although it does not hold them (a hand-over whose giveBack
+// failed, a claim whose position read failed): the heartbeat renews every
+// lease naming the member, so nobody would read them again. What was
+// acknowledged there and not committed is delivered again.
+func (s *subscription) releaseStrays(ctx context.Context, held []int64) error {
+	s.mu.Lock()
+	var strays []int64
+	for _, p := range held {
+		if _, ok := s.owned[int(p)]; !ok {
+			strays = append(strays, p)
+		}
+	}
+	s.mu.Unlock()
+	n := s.d.n
+	for _, p := range strays {
+		if _, err := s.d.db.ExecContext(ctx, "UPDATE "+n.offsets+" SET owner = NULL, lease_until = 0 WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND part = "+n.ph(3)+" AND owner = "+n.ph(4),
+			s.group, s.topic, p, s.member); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dropLost revokes the partitions this member holds locally that the
@@ -127,47 +154,89 @@ func (s *subscription) dropLost(held []int64) {
 }
 
 // claim takes up to k partitions that are free or whose lease expired,
-// and starts them at their committed position.
+// and starts them at their committed position: one UPDATE ... RETURNING
+// on PostgreSQL and SQLite, an UPDATE and a SELECT per partition on MySQL.
 func (s *subscription) claim(ctx context.Context, k int) error {
 	n := s.d.n
 	now := n.nowMillis()
-	rs, err := s.d.db.QueryContext(ctx, "SELECT part FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND (owner IS NULL OR lease_until < "+now+") ORDER BY part",
-		s.group, s.topic)
-	if err != nil {
-		return err
-	}
-	free, err := scanInts(rs)
-	if err != nil {
-		return err
-	}
 	lease := fmt.Sprint(s.d.cfg.lease.Milliseconds())
+	free := "(owner IS NULL OR lease_until < " + now + ")"
 	take := "UPDATE " + n.offsets + " SET owner = " + n.ph(1) + ", lease_until = " + now + " + " + lease +
-		" WHERE grp = " + n.ph(2) + " AND topic = " + n.ph(3) + " AND part = " + n.ph(4) + " AND (owner IS NULL OR lease_until < " + now + ")"
-	for _, p := range free {
-		if k == 0 {
+		" WHERE grp = " + n.ph(2) + " AND topic = " + n.ph(3) + " AND " + free
+	var got [][2]int64 // part, pos
+	if n.d != MySQL {
+		lock := ""
+		if n.d == Postgres {
+			lock = " FOR UPDATE SKIP LOCKED"
+		}
+		rs, err := s.d.db.QueryContext(ctx, take+" AND part IN (SELECT part FROM "+n.offsets+" WHERE grp = "+n.ph(2)+" AND topic = "+n.ph(3)+" AND "+free+
+			" ORDER BY part LIMIT "+fmt.Sprint(k)+lock+") RETURNING part, pos", s.member, s.group, s.topic)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var pp [2]int64
+			if err := rs.Scan(&pp[0], &pp[1]); err != nil {
+				return err
+			}
+			got = append(got, pp)
+		}
+		if err := rs.Err(); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if got, err = s.claimEach(ctx, take+" AND part = "+n.ph(4), free, k); err != nil {
+			return err
+		}
+	}
+	for _, pp := range got {
+		st := &partState{part: int(pp[0]), committed: pp[1], acked: pp[1], next: pp[1]}
+		s.mu.Lock()
+		s.owned[st.part] = st
+		s.dirty = true
+		s.mu.Unlock()
+	}
+	if len(got) > 0 {
+		s.poke()
+	}
+	return nil
+}
+
+// claimEach is claim on MySQL, whose UPDATE neither returns rows nor
+// reads the table it updates in a subquery: the free partitions, then an
+// UPDATE (fenced again) and a SELECT of the position for each.
+func (s *subscription) claimEach(ctx context.Context, take, free string, k int) ([][2]int64, error) {
+	n := s.d.n
+	rs, err := s.d.db.QueryContext(ctx, "SELECT part FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND "+free+" ORDER BY part", s.group, s.topic)
+	if err != nil {
+		return nil, err
+	}
+	parts, err := scanInts(rs)
+	if err != nil {
+		return nil, err
+	}
+	var got [][2]int64
+	for _, p := range parts {
+		if len(got) == k {
 			break
 		}
 		res, err := s.d.db.ExecContext(ctx, take, s.member, s.group, s.topic, p)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if got, err := res.RowsAffected(); err != nil || got == 0 {
+		if c, err := res.RowsAffected(); err != nil || c == 0 {
 			continue // someone else was quicker
 		}
 		var pos int64
 		if err := s.d.db.QueryRowContext(ctx, "SELECT pos FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND part = "+n.ph(3),
 			s.group, s.topic, p).Scan(&pos); err != nil {
-			return err
+			return nil, err
 		}
-		st := &partState{part: int(p), committed: pos, acked: pos, next: pos}
-		s.mu.Lock()
-		s.owned[st.part] = st
-		s.dirty = true
-		s.mu.Unlock()
-		s.poke()
-		k--
+		got = append(got, [2]int64{p, pos})
 	}
-	return nil
+	return got, nil
 }
 
 // handOver gives k partitions back (the highest numbered) so that a

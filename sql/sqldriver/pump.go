@@ -68,7 +68,8 @@ func (p *pump) run(ctx context.Context) {
 	var l *sqlcore.Listener
 	defer func() { l.Close() }()
 	var listenTried time.Time
-	idle := 0
+	var lastRows time.Time // when a round last found rows
+	errs := 0
 	nextPurge := time.Now().Add(d.purgeEvery())
 	for ctx.Err() == nil {
 		if d.cfg.notify && !l.Alive() && time.Since(listenTried) >= d.cfg.maxPoll {
@@ -86,10 +87,12 @@ func (p *pump) run(ctx context.Context) {
 		switch {
 		case err != nil && ctx.Err() == nil:
 			d.report(fail("sequence", "", "", "", err))
-			idle = max(idle, 4)
+			errs++
 		case more:
-			idle = 0
+			lastRows, errs = time.Now(), 0
 			continue
+		default:
+			errs = 0
 		}
 		if time.Now().After(nextPurge) {
 			if err := d.purge(ctx); err != nil && ctx.Err() == nil {
@@ -97,21 +100,29 @@ func (p *pump) run(ctx context.Context) {
 			}
 			nextPurge = time.Now().Add(d.purgeEvery())
 		}
-		wait := backoff.Exponential(d.cfg.minPoll, d.cfg.maxPoll, idle)
-		idle++
+		wait := d.pollWait(time.Since(lastRows))
+		if errs > 0 {
+			wait = max(wait, backoff.Exponential(10*time.Millisecond, d.cfg.maxPoll, errs-1))
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 		case <-p.pokeC:
-			idle = 0
 		case <-l.Wake(d.n.written):
-			idle = 0
 		case <-l.Wake(d.n.sequenced):
-			idle = 0
 		case <-t.C:
 		}
 		t.Stop()
 	}
+}
+
+// pollWait is how long the pump waits for a wake-up before it polls: an
+// eighth of the time since rows last arrived, within the poll bounds. So
+// a steady stream is polled about eight times per gap between its rows
+// (the latency stays a fraction of the gap), and an idle log once per
+// maximum interval.
+func (d *Driver) pollWait(sinceRows time.Duration) time.Duration {
+	return min(max(sinceRows/8, d.cfg.minPoll), d.cfg.maxPoll)
 }
 
 // round sequences what it can and publishes the head; more reports that
@@ -171,6 +182,11 @@ func (d *Driver) maxID(ctx context.Context) (int64, error) {
 // head, and whether it stamped a full batch. When another process holds
 // the lock it only reads the head.
 func (d *Driver) sequence(ctx context.Context) (head int64, full bool, err error) {
+	// One statement when there is nothing to stamp (the idle round).
+	var waiting bool
+	if err := d.db.QueryRowContext(ctx, "SELECT last_seq, EXISTS (SELECT 1 FROM "+d.n.log+" WHERE seq IS NULL) FROM "+d.n.meta+" WHERE id = 1").Scan(&head, &waiting); err != nil || !waiting {
+		return head, false, err
+	}
 	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
 		return 0, false, err
@@ -179,12 +195,13 @@ func (d *Driver) sequence(ctx context.Context) (head int64, full bool, err error
 	var base int64
 	err = tx.QueryRowContext(ctx, "SELECT last_seq FROM "+d.n.meta+" WHERE id = 1 FOR UPDATE SKIP LOCKED").Scan(&base)
 	if errors.Is(err, sql.ErrNoRows) {
-		_ = tx.Rollback()
-		err = d.db.QueryRowContext(ctx, "SELECT last_seq FROM "+d.n.meta+" WHERE id = 1").Scan(&head)
-		return head, false, err
+		return head, false, nil // another process is stamping
 	}
 	if err != nil {
 		return 0, false, err
+	}
+	if d.n.d == sqlcore.Postgres {
+		return d.stampPostgres(ctx, tx, base)
 	}
 	ids, err := d.unstamped(ctx, tx)
 	if err != nil || len(ids) == 0 {
@@ -207,6 +224,30 @@ func (d *Driver) sequence(ctx context.Context) (head int64, full bool, err error
 		return 0, false, err
 	}
 	return head, len(ids) == stampBatch, nil
+}
+
+// stampPostgres is a round's work on PostgreSQL in one statement, inside
+// the transaction that holds the meta row's lock: this statement's
+// snapshot is taken after the lock, so it sees every earlier round's
+// stamps (a statement that took the lock itself would not).
+func (d *Driver) stampPostgres(ctx context.Context, tx *sql.Tx, base int64) (int64, bool, error) {
+	n := d.n
+	notify := ""
+	if d.cfg.notify {
+		notify = " LEFT JOIN LATERAL (SELECT pg_notify(" + sqlcore.QuoteLiteral(n.sequenced) + ", '') WHERE m.last_seq > $1) x ON true"
+	}
+	query := "WITH ids AS (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM " + n.log + " WHERE seq IS NULL ORDER BY id LIMIT " + fmt.Sprint(stampBatch) + "), " +
+		"upd AS (UPDATE " + n.log + " l SET seq = $1 + ids.rn FROM ids WHERE l.id = ids.id RETURNING 1), " +
+		"m AS (UPDATE " + n.meta + " SET last_seq = $1 + (SELECT COUNT(*) FROM upd) WHERE id = 1 RETURNING last_seq) " +
+		"SELECT m.last_seq FROM m" + notify
+	var head int64
+	if err := tx.QueryRowContext(ctx, query, base).Scan(&head); err != nil {
+		return 0, false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, false, err
+	}
+	return head, head-base == stampBatch, nil
 }
 
 // unstamped reads the ids of committed rows without a seq, oldest first.
@@ -290,20 +331,26 @@ func (d *Driver) purge(ctx context.Context) error {
 	n := d.n
 	for _, f := range floors {
 		where := "topic = " + n.ph(1) + " AND part = " + n.ph(2) + " AND " + n.pos + " <= " + n.ph(3) + " AND created_at < " + n.ph(4)
-		if err := d.deleteBatches(ctx, where, f.topic, f.part, f.pos, cutoff); err != nil {
+		if err := d.deleteBatches(ctx, where, n.pos, f.topic, f.part, f.pos, cutoff); err != nil {
 			return err
 		}
 	}
+	// Topics no group reads: a scan in id order (oldest first), so only
+	// every tenth purge.
+	if d.purges++; d.purges%10 != 1 {
+		return nil
+	}
 	where := n.pos + " IS NOT NULL AND created_at < " + n.ph(1) + " AND topic NOT IN (SELECT topic FROM " + n.offsets + ")"
-	return d.deleteBatches(ctx, where, cutoff)
+	return d.deleteBatches(ctx, where, "id", cutoff)
 }
 
-func (d *Driver) deleteBatches(ctx context.Context, where string, args ...any) error {
+// deleteBatches deletes the rows where says, oldest by order first.
+func (d *Driver) deleteBatches(ctx context.Context, where, order string, args ...any) error {
 	var query string
 	if d.n.d == sqlcore.MySQL {
-		query = "DELETE FROM " + d.n.log + " WHERE " + where + " ORDER BY id LIMIT " + fmt.Sprint(purgeBatch)
+		query = "DELETE FROM " + d.n.log + " WHERE " + where + " ORDER BY " + order + " LIMIT " + fmt.Sprint(purgeBatch)
 	} else {
-		query = "DELETE FROM " + d.n.log + " WHERE id IN (SELECT id FROM " + d.n.log + " WHERE " + where + " ORDER BY id LIMIT " + fmt.Sprint(purgeBatch) + ")"
+		query = "DELETE FROM " + d.n.log + " WHERE id IN (SELECT id FROM " + d.n.log + " WHERE " + where + " ORDER BY " + order + " LIMIT " + fmt.Sprint(purgeBatch) + ")"
 	}
 	for range 100 {
 		res, err := d.db.ExecContext(ctx, query, args...)

@@ -24,7 +24,6 @@ type names struct {
 	meta      string
 	readIdx   string // (topic, part, position)
 	stampIdx  string // unsequenced rows
-	ageIdx    string // created_at, for retention
 	written   string // NOTIFY channel: rows were written (PostgreSQL)
 	sequenced string // NOTIFY channel: rows were sequenced (PostgreSQL)
 	// pos is the column a group's position counts in: seq where a
@@ -37,7 +36,7 @@ func newNames(d sqlcore.Dialect, table string) names {
 	n := names{
 		d: d, name: table,
 		log: q(table), offsets: q(table + "_offsets"), members: q(table + "_members"), meta: q(table + "_meta"),
-		readIdx: q(table + "_read_idx"), stampIdx: q(table + "_stamp_idx"), ageIdx: q(table + "_age_idx"),
+		readIdx: q(table + "_read_idx"), stampIdx: q(table + "_stamp_idx"),
 		written: "herald_log_w_" + table, sequenced: "herald_log_s_" + table,
 		pos: "seq",
 	}
@@ -60,10 +59,15 @@ func (n names) nowMillis() string {
 	}
 }
 
-// ph returns the i-th (1-based) bind placeholder.
+// ph returns the i-th (1-based) bind placeholder. PostgreSQL and SQLite
+// number them, so a statement may use one twice; MySQL's are positional
+// (a statement there passes each use its own argument).
 func (n names) ph(i int) string {
-	if n.d == sqlcore.Postgres {
+	switch n.d {
+	case sqlcore.Postgres:
 		return "$" + strconv.Itoa(i)
+	case sqlcore.SQLite:
+		return "?" + strconv.Itoa(i)
 	}
 	return "?"
 }
@@ -93,7 +97,6 @@ func schema(n names, partitions int) []string {
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + n.readIdx + ` ON ` + n.log + ` (topic, part, seq) WHERE seq IS NOT NULL`,
 			`CREATE INDEX IF NOT EXISTS ` + n.stampIdx + ` ON ` + n.log + ` (id) WHERE seq IS NULL`,
-			`CREATE INDEX IF NOT EXISTS ` + n.ageIdx + ` ON ` + n.log + ` (created_at)`,
 			`CREATE TABLE IF NOT EXISTS ` + n.offsets + ` (
 	grp         TEXT NOT NULL,
 	topic       TEXT NOT NULL,
@@ -140,8 +143,7 @@ func schema(n names, partitions int) []string {
 	payload      LONGBLOB NULL,
 	created_at   DATETIME(6) NOT NULL,
 	INDEX ` + n.readIdx + ` (topic, part, seq),
-	INDEX ` + n.stampIdx + ` (seq, id),
-	INDEX ` + n.ageIdx + ` (created_at)
+	INDEX ` + n.stampIdx + ` (seq, id)
 )` + opts,
 			`CREATE TABLE IF NOT EXISTS ` + n.offsets + ` (
 	grp         VARCHAR(200) NOT NULL,
@@ -191,7 +193,6 @@ func schema(n names, partitions int) []string {
 	created_at   INTEGER NOT NULL
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + n.readIdx + ` ON ` + n.log + ` (topic, part, id)`,
-			`CREATE INDEX IF NOT EXISTS ` + n.ageIdx + ` ON ` + n.log + ` (created_at)`,
 			`CREATE TABLE IF NOT EXISTS ` + n.offsets + ` (
 	grp         TEXT NOT NULL,
 	topic       TEXT NOT NULL,

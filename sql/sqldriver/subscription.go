@@ -447,8 +447,9 @@ func (s *subscription) giveBack(ctx context.Context, st *partState) error {
 
 var errLost = errors.New("lease lost")
 
-// commit writes the acknowledged positions that moved; a partition whose
-// row no longer names this member was lost and is revoked.
+// commit writes the acknowledged positions that moved, in one statement
+// fenced by the owner; a partition whose row no longer names this member
+// was lost and is revoked.
 func (s *subscription) commit(ctx context.Context) error {
 	type c struct {
 		st  *partState
@@ -462,14 +463,52 @@ func (s *subscription) commit(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
 	n := s.d.n
-	query := "UPDATE " + n.offsets + " SET pos = " + n.ph(1) + " WHERE grp = " + n.ph(2) + " AND topic = " + n.ph(3) + " AND part = " + n.ph(4) + " AND owner = " + n.ph(5)
+	var b strings.Builder
+	args := make([]any, 0, 3*len(todo)+3)
+	b.WriteString("UPDATE " + n.offsets + " SET pos = CASE part")
 	for _, x := range todo {
-		res, err := s.d.db.ExecContext(ctx, query, x.pos, s.group, s.topic, x.st.part, s.member)
+		fmt.Fprintf(&b, " WHEN %s THEN %s", n.ph(len(args)+1), n.ph(len(args)+2))
+		args = append(args, x.st.part, x.pos)
+	}
+	i := len(args)
+	fmt.Fprintf(&b, " ELSE pos END WHERE grp = %s AND topic = %s AND owner = %s AND part IN (", n.ph(i+1), n.ph(i+2), n.ph(i+3))
+	args = append(args, s.group, s.topic, s.member)
+	for j, x := range todo {
+		if j > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(n.ph(len(args) + 1))
+		args = append(args, x.st.part)
+	}
+	b.WriteByte(')')
+	var written []int64
+	if n.d == MySQL {
+		res, err := s.d.db.ExecContext(ctx, b.String(), args...)
 		if err != nil {
 			return err
 		}
-		if k, err := res.RowsAffected(); err == nil && k == 0 {
+		if k, err := res.RowsAffected(); err == nil && int(k) == len(todo) {
+			for _, x := range todo {
+				written = append(written, int64(x.st.part))
+			}
+		} else if written, err = s.ownedInTable(ctx); err != nil {
+			return err
+		}
+	} else {
+		rs, err := s.d.db.QueryContext(ctx, b.String()+" RETURNING part", args...)
+		if err != nil {
+			return err
+		}
+		if written, err = scanInts(rs); err != nil {
+			return err
+		}
+	}
+	for _, x := range todo {
+		if !slices.Contains(written, int64(x.st.part)) {
 			s.lose(x.st)
 			s.report(fail("commit", s.topic, s.group, fmt.Sprintf("partition %d", x.st.part), errLost))
 			continue
@@ -479,6 +518,16 @@ func (s *subscription) commit(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 	return nil
+}
+
+// ownedInTable lists the partitions the offsets table gives this member.
+func (s *subscription) ownedInTable(ctx context.Context) ([]int64, error) {
+	n := s.d.n
+	rs, err := s.d.db.QueryContext(ctx, "SELECT part FROM "+n.offsets+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND owner = "+n.ph(3), s.group, s.topic, s.member)
+	if err != nil {
+		return nil, err
+	}
+	return scanInts(rs)
 }
 
 // lose forgets a partition another member took over.
