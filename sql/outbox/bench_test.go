@@ -49,7 +49,7 @@ func benchMsg(seq int) *herald.Message {
 func benchDB(b *testing.B) (*testDB, *sql.DB, string) {
 	b.Helper()
 	tdb := newTestDB(b, outbox.Postgres)
-	db := tdb.open(b)
+	db := tdb.Open(b)
 	db.SetMaxOpenConns(benchPublishers)
 	db.SetMaxIdleConns(benchPublishers)
 	return tdb, db, migrateTable(b, tdb, db)

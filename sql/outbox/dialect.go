@@ -1,10 +1,6 @@
 package outbox
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"hash/fnv"
-
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
 )
 
@@ -73,24 +69,4 @@ func newTable(d Dialect, name string) (table, error) {
 		sentIndex:  d.Quote(name + "_sent_sent_at_idx"),
 		channel:    "herald_outbox_" + name,
 	}, nil
-}
-
-// lockKey is the PostgreSQL advisory-lock key of the outbox table in the
-// given schema. Advisory locks are per database; the schema is part of the
-// key so that outboxes of one name in two schemas do not exclude each other.
-func lockKey(schema, name string) int64 {
-	h := fnv.New64a()
-	h.Write([]byte("herald-outbox\x00" + schema + "\x00" + name))
-	return int64(h.Sum64())
-}
-
-// lockName is the MySQL GET_LOCK name of the outbox table in the given
-// database. GET_LOCK names are server-wide and at most 64 characters.
-func lockName(database, name string) string {
-	n := "herald-outbox:" + database + "." + name
-	if len(n) <= 64 {
-		return n
-	}
-	sum := sha256.Sum256([]byte(n))
-	return "herald-outbox:" + hex.EncodeToString(sum[:20])
 }

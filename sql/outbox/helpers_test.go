@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/heraldbus/herald/sql/internal/sqltest"
 
 	_ "github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -21,7 +22,6 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
-	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
@@ -30,49 +30,17 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // liveness bounds every wait; it is never a performance target.
 const liveness = 60 * time.Second
 
-// testDB is one database under test: a real PostgreSQL or MariaDB server,
-// or an SQLite file in the test's temporary directory.
-type testDB struct {
-	d      outbox.Dialect
-	driver string
-	dsn    string
-}
+// testDB is one database under test (sqltest.DB; pools of 4 connections).
+type testDB = sqltest.DB
 
 func newTestDB(t testing.TB, d outbox.Dialect) *testDB {
 	t.Helper()
-	switch d {
-	case outbox.Postgres:
-		return &testDB{d, "pgx", testenv.PostgresDSN(t)}
-	case outbox.MySQL:
-		return &testDB{d, "mysql", testenv.MySQLDSN(t)}
-	default:
-		path := filepath.Join(t.TempDir(), "outbox.db")
-		return &testDB{d, "sqlite", "file:" + path + "?_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_txlock=immediate"}
-	}
+	tdb := sqltest.New(t, d)
+	tdb.MaxOpen = 4
+	return tdb
 }
 
-// open returns a new *sql.DB on the database, closed when t ends. Tests
-// that play several processes open one each.
-func (tdb *testDB) open(t testing.TB) *sql.DB {
-	t.Helper()
-	db, err := sql.Open(tdb.driver, tdb.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.SetMaxOpenConns(4)
-	t.Cleanup(func() { _ = db.Close() })
-	return db
-}
-
-// quote quotes a table name the test generated.
-func (tdb *testDB) quote(name string) string {
-	if tdb.d == outbox.MySQL {
-		return "`" + name + "`"
-	}
-	return `"` + name + `"`
-}
-
-var allDialects = [...]outbox.Dialect{outbox.Postgres, outbox.MySQL, outbox.SQLite}
+var allDialects = sqltest.Dialects
 
 func forEachDialect(t *testing.T, f func(t *testing.T, tdb *testDB)) {
 	for _, d := range allDialects {
@@ -86,7 +54,7 @@ func forEachDialect(t *testing.T, f func(t *testing.T, tdb *testDB)) {
 func migrateTable(t testing.TB, tdb *testDB, db *sql.DB) string {
 	t.Helper()
 	name := tableName(t, tdb, db)
-	if err := outbox.Migrate(context.Background(), db, tdb.d, name); err != nil {
+	if err := outbox.Migrate(context.Background(), db, tdb.D, name); err != nil {
 		t.Fatal(err)
 	}
 	return name
@@ -98,7 +66,7 @@ func tableName(t testing.TB, tdb *testDB, db *sql.DB) string {
 	name := "hx_" + strings.ToLower(rand.Text()[:12])
 	t.Cleanup(func() {
 		for _, suffix := range []string{"", "_quarantine", "_sent"} {
-			if _, err := db.Exec("DROP TABLE IF EXISTS " + tdb.quote(name+suffix)); err != nil {
+			if _, err := db.Exec("DROP TABLE IF EXISTS " + tdb.Quote(name+suffix)); err != nil {
 				t.Errorf("drop %s%s: %v", name, suffix, err)
 			}
 		}
@@ -109,7 +77,7 @@ func tableName(t testing.TB, tdb *testDB, db *sql.DB) string {
 func countRows(t testing.TB, tdb *testDB, db *sql.DB, table string) int {
 	t.Helper()
 	var n int
-	if err := db.QueryRow("SELECT COUNT(*) FROM " + tdb.quote(table)).Scan(&n); err != nil {
+	if err := db.QueryRow("SELECT COUNT(*) FROM " + tdb.Quote(table)).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -66,50 +66,7 @@ func migrateOnce(ctx context.Context, db *sql.DB, t table) error {
 }
 
 func migrate(ctx context.Context, conn *sql.Conn, t table) error {
-	stmts := schema(t)
-	switch t.dialect {
-	case MySQL:
-		// DDL commits implicitly in MySQL, so a session lock serializes
-		// concurrent migrations instead of a transaction.
-		var schemaName sql.NullString
-		if err := conn.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&schemaName); err != nil {
-			return err
-		}
-		name := lockName(schemaName.String, t.name+":migrate")
-		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", name).Scan(&got); err != nil {
-			return err
-		}
-		if got.Int64 != 1 {
-			return fmt.Errorf("could not take migration lock %q within 60s", name)
-		}
-		// The lock also ends with the session; releasing it early lets a
-		// concurrent migration go on without waiting for the pool.
-		defer func() { _, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(?)", name) }()
-		return execAll(ctx, conn, stmts)
-	case Postgres:
-		var schemaName string
-		if err := conn.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schemaName); err != nil {
-			return err
-		}
-		return sqlcore.InTx(ctx, conn, t.dialect, func(tx sqlcore.Execer) error {
-			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(schemaName, t.name+"\x00migrate")); err != nil {
-				return err
-			}
-			return execAll(ctx, tx, stmts)
-		})
-	default: // SQLite: BEGIN IMMEDIATE takes the write lock first
-		return sqlcore.InTx(ctx, conn, t.dialect, func(tx sqlcore.Execer) error { return execAll(ctx, tx, stmts) })
-	}
-}
-
-func execAll(ctx context.Context, x sqlcore.Execer, stmts []string) error {
-	for _, s := range stmts {
-		if _, err := x.ExecContext(ctx, s); err != nil {
-			return err
-		}
-	}
-	return nil
+	return sqlcore.MigrateLocked(ctx, conn, t.dialect, t.name, schema(t))
 }
 
 // SchemaVersion is the version of the tables Schema and Migrate create.

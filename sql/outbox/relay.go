@@ -266,7 +266,7 @@ func (r *Relay) tryLock(ctx context.Context, conn *sql.Conn) (bool, error) {
 			return false, err
 		}
 		var ok bool
-		err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", lockKey(schema, r.t.name)).Scan(&ok)
+		err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", sqlcore.LockKey(schema, r.t.name)).Scan(&ok)
 		return ok, err
 	case MySQL:
 		var database sql.NullString
@@ -274,7 +274,7 @@ func (r *Relay) tryLock(ctx context.Context, conn *sql.Conn) (bool, error) {
 			return false, err
 		}
 		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", lockName(database.String, r.t.name)).Scan(&got); err != nil {
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", sqlcore.LockName(database.String, r.t.name)).Scan(&got); err != nil {
 			return false, err
 		}
 		return got.Valid && got.Int64 == 1, nil

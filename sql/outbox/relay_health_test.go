@@ -14,9 +14,9 @@ import (
 
 func TestRelayCheckHealth(t *testing.T) {
 	tdb := newTestDB(t, outbox.SQLite)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
-	w := newWriter(t, tdb.d, table)
+	w := newWriter(t, tdb.D, table)
 	var down atomic.Bool
 	target := &recorder{fail: func([]*herald.Message) error {
 		if down.Load() {
@@ -26,7 +26,7 @@ func TestRelayCheckHealth(t *testing.T) {
 	}}
 	ctx := context.Background()
 
-	idle, err := outbox.NewRelay(db, tdb.d, table, target)
+	idle, err := outbox.NewRelay(db, tdb.D, table, target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func TestRelayCheckHealth(t *testing.T) {
 		t.Fatalf("relay before Run: %+v", st)
 	}
 
-	rr := startRelay(t, db, tdb.d, table, target, outbox.WithHealthMaxAge(time.Nanosecond), outbox.WithMaxAttempts(0))
+	rr := startRelay(t, db, tdb.D, table, target, outbox.WithHealthMaxAge(time.Nanosecond), outbox.WithMaxAttempts(0))
 	writeTx(t, db, w, seqMsg("orders", "k", 1))
 	eventually(t, "row relayed", func() bool { return len(target.messages()) == 1 })
 	eventually(t, "drained relay ready", func() bool { return rr.CheckHealth(ctx).Ready })

@@ -24,7 +24,7 @@ import (
 // which has no sessions.
 func killSession(t testing.TB, tdb *testDB, admin *sql.DB, table string) bool {
 	t.Helper()
-	switch tdb.d {
+	switch tdb.D {
 	case outbox.Postgres:
 		var schema string
 		if err := admin.QueryRow("SELECT current_schema()").Scan(&schema); err != nil {
@@ -72,10 +72,10 @@ func killSession(t testing.TB, tdb *testDB, admin *sql.DB, table string) bool {
 // (a duplicate), nothing is lost, and per-key order holds.
 func TestCrashBetweenWriteAndDelete(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
-		admin := tdb.open(t)
+		db := tdb.Open(t)
+		admin := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		var msgs []*herald.Message
 		for seq := range 5 {
 			for _, k := range []string{"a", "b", "c", "d"} {
@@ -97,7 +97,7 @@ func TestCrashBetweenWriteAndDelete(t *testing.T) {
 				}
 			}
 		}
-		r, err := outbox.NewRelay(db, tdb.d, table, rec, append(fastOptions(t), outbox.WithBatchSize(batch))...)
+		r, err := outbox.NewRelay(db, tdb.D, table, rec, append(fastOptions(t), outbox.WithBatchSize(batch))...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +105,7 @@ func TestCrashBetweenWriteAndDelete(t *testing.T) {
 		go func() { runErr <- r.Run(ctx) }()
 		defer crash()
 
-		if tdb.d == outbox.SQLite {
+		if tdb.D == outbox.SQLite {
 			eventually(t, "the crash", crashed.Load)
 			if err := <-runErr; err != nil {
 				t.Fatal(err)
@@ -113,7 +113,7 @@ func TestCrashBetweenWriteAndDelete(t *testing.T) {
 			if n := countRows(t, tdb, db, table); n != len(msgs) {
 				t.Fatalf("%d rows left after the crash, want all %d (none deleted)", n, len(msgs))
 			}
-			startRelay(t, tdb.open(t), tdb.d, table, rec, outbox.WithBatchSize(batch))
+			startRelay(t, tdb.Open(t), tdb.D, table, rec, outbox.WithBatchSize(batch))
 		}
 		// On the servers the same relay finds its session gone, and
 		// starts over on a new one.
@@ -149,7 +149,7 @@ func TestThreeRelaysOneTable(t *testing.T) {
 	for _, d := range []outbox.Dialect{outbox.Postgres, outbox.MySQL} {
 		t.Run(d.String(), func(t *testing.T) {
 			tdb := newTestDB(t, d)
-			db := tdb.open(t)
+			db := tdb.Open(t)
 			table := migrateTable(t, tdb, db)
 			w := newWriter(t, d, table)
 
@@ -173,7 +173,7 @@ func TestThreeRelaysOneTable(t *testing.T) {
 			}
 			mu.Lock()
 			for i := range 3 {
-				relays = append(relays, startRelay(t, tdb.open(t), d, table, rec,
+				relays = append(relays, startRelay(t, tdb.Open(t), d, table, rec,
 					outbox.WithBatchSize(250), outbox.WithLanes(1+i)))
 			}
 			mu.Unlock()
@@ -235,9 +235,9 @@ func TestThreeRelaysOneTable(t *testing.T) {
 // replayed.
 func TestPoisonRowQuarantined(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		poison := seqMsg("orders", "a", 1)
 		poison.ID = "poison"
 		writeTx(t, db, w,
@@ -257,9 +257,9 @@ func TestPoisonRowQuarantined(t *testing.T) {
 			return nil
 		}}
 		const maxAttempts = 4
-		startRelay(t, db, tdb.d, table, rec, outbox.WithMaxAttempts(maxAttempts))
+		startRelay(t, db, tdb.D, table, rec, outbox.WithMaxAttempts(maxAttempts))
 
-		q, err := outbox.NewQuarantine(db, tdb.d, table)
+		q, err := outbox.NewQuarantine(db, tdb.D, table)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,9 +328,9 @@ func TestPoisonRowQuarantined(t *testing.T) {
 // TestQuarantineReplayAllAndDiscard exercises the operator functions.
 func TestQuarantineReplayAllAndDiscard(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		var msgs []*herald.Message
 		for i := range 5 {
 			msgs = append(msgs, seqMsg("orders", fmt.Sprintf("k%d", i), 0))
@@ -343,8 +343,8 @@ func TestQuarantineReplayAllAndDiscard(t *testing.T) {
 			}
 			return herald.Permanent(errors.New("no such topic"))
 		}}
-		r := startRelay(t, db, tdb.d, table, rec, outbox.WithMaxAttempts(1))
-		q, err := outbox.NewQuarantine(db, tdb.d, table)
+		r := startRelay(t, db, tdb.D, table, rec, outbox.WithMaxAttempts(1))
+		q, err := outbox.NewQuarantine(db, tdb.D, table)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -390,9 +390,9 @@ func TestOutageChargesNothing(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
 		for name, outage := range outages {
 			t.Run(name, func(t *testing.T) {
-				db := tdb.open(t)
+				db := tdb.Open(t)
 				table := migrateTable(t, tdb, db)
-				w := newWriter(t, tdb.d, table)
+				w := newWriter(t, tdb.D, table)
 				var msgs []*herald.Message
 				for seq := range 3 {
 					for k := range 6 {
@@ -410,12 +410,12 @@ func TestOutageChargesNothing(t *testing.T) {
 					}
 					return nil
 				}}
-				startRelay(t, db, tdb.d, table, rec, outbox.WithMaxAttempts(1))
+				startRelay(t, db, tdb.D, table, rec, outbox.WithMaxAttempts(1))
 				eventually(t, "several refused writes", func() bool { return refused.Load() >= 12 })
 				down.Store(false)
 				eventually(t, "every row", func() bool { return rec.distinct() == len(msgs) })
 				checkKeyOrder(t, rec.messages(), 0)
-				q, err := outbox.NewQuarantine(db, tdb.d, table)
+				q, err := outbox.NewQuarantine(db, tdb.D, table)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -432,11 +432,11 @@ func TestOutageChargesNothing(t *testing.T) {
 // one delivered, in order.
 func TestPicksUpRowsWrittenWhileDown(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		rec := &recorder{}
-		first := startRelay(t, db, tdb.d, table, rec)
+		first := startRelay(t, db, tdb.D, table, rec)
 		for seq := range 3 {
 			writeTx(t, db, w, seqMsg("orders", "a", seq), seqMsg("orders", "b", seq))
 		}
@@ -448,7 +448,7 @@ func TestPicksUpRowsWrittenWhileDown(t *testing.T) {
 		if n := countRows(t, tdb, db, table); n != 14 {
 			t.Fatalf("%d rows waiting, want 14", n)
 		}
-		startRelay(t, db, tdb.d, table, rec)
+		startRelay(t, db, tdb.D, table, rec)
 		eventually(t, "the rows written while down", func() bool { return rec.distinct() == 20 })
 		checkKeyOrder(t, rec.messages(), 0)
 	})
@@ -459,7 +459,7 @@ func TestPicksUpRowsWrittenWhileDown(t *testing.T) {
 // the NOTIFY that the writer issued in the transaction.
 func TestNotifyWakesRelay(t *testing.T) {
 	tdb := newTestDB(t, outbox.Postgres)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
 	// Every transaction notifies: by default a write soon after another
 	// would count on a poll that this test pushes an hour away.
@@ -490,14 +490,14 @@ func TestNotifyWakesRelay(t *testing.T) {
 // TestRetention keeps sent rows in the _sent table, then purges them.
 func TestRetention(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		for seq := range 10 {
 			writeTx(t, db, w, seqMsg("orders", "k", seq))
 		}
 		rec := &recorder{}
-		keep := startRelay(t, db, tdb.d, table, rec, outbox.WithRetention(time.Hour))
+		keep := startRelay(t, db, tdb.D, table, rec, outbox.WithRetention(time.Hour))
 		eventually(t, "every row", func() bool { return rec.distinct() == 10 })
 		eventually(t, "the rows moved to _sent", func() bool {
 			return countRows(t, tdb, db, table) == 0 && countRows(t, tdb, db, table+"_sent") == 10
@@ -505,14 +505,14 @@ func TestRetention(t *testing.T) {
 		keep.shutdown(t)
 		var id int64
 		var msgID string
-		if err := db.QueryRow("SELECT outbox_id, message_id FROM "+tdb.quote(table+"_sent")+" ORDER BY id LIMIT 1").Scan(&id, &msgID); err != nil {
+		if err := db.QueryRow("SELECT outbox_id, message_id FROM "+tdb.Quote(table+"_sent")+" ORDER BY id LIMIT 1").Scan(&id, &msgID); err != nil {
 			t.Fatal(err)
 		}
 		if id <= 0 || msgID != "k-0" {
 			t.Errorf("first sent row: outbox_id %d, message_id %q", id, msgID)
 		}
 
-		startRelay(t, db, tdb.d, table, rec, outbox.WithRetention(time.Millisecond), outbox.WithPurgeBatch(3))
+		startRelay(t, db, tdb.D, table, rec, outbox.WithRetention(time.Millisecond), outbox.WithPurgeBatch(3))
 		eventually(t, "the purge", func() bool { return countRows(t, tdb, db, table+"_sent") == 0 })
 	})
 }
@@ -520,7 +520,7 @@ func TestRetention(t *testing.T) {
 // TestStatsHook checks what the stats report.
 func TestStatsHook(t *testing.T) {
 	tdb := newTestDB(t, outbox.SQLite)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
 	w := newWriter(t, outbox.SQLite, table)
 	old := seqMsg("orders", "k", 0)
@@ -564,7 +564,7 @@ func TestStatsHook(t *testing.T) {
 // TestRunOnceAndShutdown checks the lifecycle rules.
 func TestRunOnceAndShutdown(t *testing.T) {
 	tdb := newTestDB(t, outbox.SQLite)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
 	ctx := context.Background()
 
@@ -598,7 +598,7 @@ func TestRunOnceAndShutdown(t *testing.T) {
 // delivered twice.
 func TestGracefulShutdownFinishesTheRound(t *testing.T) {
 	tdb := newTestDB(t, outbox.SQLite)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
 	w := newWriter(t, outbox.SQLite, table)
 	writeTx(t, db, w, seqMsg("orders", "k", 0), seqMsg("orders", "k", 1))
@@ -651,18 +651,18 @@ func TestRelayOptionsValidated(t *testing.T) {
 // the ones after it wait for it, and other keys flow.
 func TestUndecodableRowQuarantined(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		bad := seqMsg("orders", "a", 1)
 		bad.ID = "bad"
 		writeTx(t, db, w, seqMsg("orders", "a", 0), bad, seqMsg("orders", "a", 2), seqMsg("orders", "b", 0))
-		if _, err := db.Exec("UPDATE " + tdb.quote(table) + " SET headers = '[1]' WHERE message_id = 'bad'"); err != nil {
+		if _, err := db.Exec("UPDATE " + tdb.Quote(table) + " SET headers = '[1]' WHERE message_id = 'bad'"); err != nil {
 			t.Fatal(err)
 		}
 		rec := &recorder{}
-		startRelay(t, db, tdb.d, table, rec, outbox.WithMaxAttempts(2))
-		q, err := outbox.NewQuarantine(db, tdb.d, table)
+		startRelay(t, db, tdb.D, table, rec, outbox.WithMaxAttempts(2))
+		q, err := outbox.NewQuarantine(db, tdb.D, table)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -691,10 +691,10 @@ func TestUndecodableRowQuarantined(t *testing.T) {
 // cannot spare one for LISTEN, and polls instead of hanging.
 func TestSmallPool(t *testing.T) {
 	tdb := newTestDB(t, outbox.Postgres)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
 	w := newWriter(t, outbox.Postgres, table)
-	small := tdb.open(t)
+	small := tdb.Open(t)
 	small.SetMaxOpenConns(1)
 	rec := &recorder{}
 	startRelay(t, small, outbox.Postgres, table, rec)
@@ -718,11 +718,11 @@ func (p *pingingTarget) Ping(context.Context) error { return p.err }
 // database that does not.
 func TestRelayCheck(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
 		ctx := context.Background()
 		check := func(table string, target herald.Writer, opts ...outbox.RelayOption) error {
-			r, err := outbox.NewRelay(db, tdb.d, table, target, opts...)
+			r, err := outbox.NewRelay(db, tdb.D, table, target, opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -742,9 +742,9 @@ func TestRelayCheck(t *testing.T) {
 		if err := check(table, &pingingTarget{err: down}); !errors.Is(err, down) {
 			t.Errorf("Check with a target that does not answer = %v, want %v", err, down)
 		}
-		closed := tdb.open(t)
+		closed := tdb.Open(t)
 		_ = closed.Close()
-		r, err := outbox.NewRelay(closed, tdb.d, table, &recorder{})
+		r, err := outbox.NewRelay(closed, tdb.D, table, &recorder{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -795,14 +795,14 @@ func TestRelayEvents(t *testing.T) {
 	for _, d := range []outbox.Dialect{outbox.Postgres, outbox.MySQL} {
 		t.Run(d.String(), func(t *testing.T) {
 			tdb := newTestDB(t, d)
-			db := tdb.open(t)
+			db := tdb.Open(t)
 			table := migrateTable(t, tdb, db)
 			var first, second eventLog
-			a := startRelay(t, tdb.open(t), d, table, &recorder{}, outbox.WithEventHook(first.add))
+			a := startRelay(t, tdb.Open(t), d, table, &recorder{}, outbox.WithEventHook(first.add))
 			eventually(t, "the first relay active", func() bool { return first.has(outbox.Active) && a.Active() })
-			startRelay(t, tdb.open(t), d, table, &recorder{}, outbox.WithEventHook(second.add))
+			startRelay(t, tdb.Open(t), d, table, &recorder{}, outbox.WithEventHook(second.add))
 			eventually(t, "the second relay on standby", func() bool { return second.has(outbox.Standby) })
-			killSession(t, tdb, tdb.open(t), table)
+			killSession(t, tdb, tdb.Open(t), table)
 			eventually(t, "the first relay's lease lost", func() bool { return first.has(outbox.LeaseLost) })
 			eventually(t, "a relay active again", func() bool { return second.has(outbox.Active) || first.last() == outbox.Active })
 			first.mu.Lock()
@@ -816,7 +816,7 @@ func TestRelayEvents(t *testing.T) {
 	}
 	t.Run("round failed", func(t *testing.T) {
 		tdb := newTestDB(t, outbox.SQLite)
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
 		writeTx(t, db, newWriter(t, outbox.SQLite, table), seqMsg("orders", "k", 0))
 		down := &recorder{fail: func([]*herald.Message) error { return errors.New("connection refused") }}

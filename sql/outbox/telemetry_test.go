@@ -33,11 +33,11 @@ func TestTraceThroughOutbox(t *testing.T) {
 		defer func() { _ = tp.Shutdown(context.Background()); _ = mp.Shutdown(context.Background()) }()
 		ctx := context.Background()
 
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
 		broker := memtest.Broker(t)
 		defer broker.Close()
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		bus, err := herald.NewBus(broker, herald.WithPublishWriter(w), herald.WithTracerProvider(tp), herald.WithMeterProvider(mp))
 		if err != nil {
 			t.Fatal(err)
@@ -68,7 +68,7 @@ func TestTraceThroughOutbox(t *testing.T) {
 		}
 		txSpan.End()
 
-		rr := startRelay(t, db, tdb.d, table, broker, outbox.WithTracerProvider(tp), outbox.WithMeterProvider(mp))
+		rr := startRelay(t, db, tdb.D, table, broker, outbox.WithTracerProvider(tp), outbox.WithMeterProvider(mp))
 		select {
 		case <-handled:
 		case <-waitCtx(t).Done():

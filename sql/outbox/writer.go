@@ -251,24 +251,9 @@ func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.
 	args := make([]any, 0, len(msgs)*insertParams)
 	var buf []byte
 	for _, m := range msgs {
-		id := m.ID
-		if id == "" {
-			id = herald.NewKSUID()
-		}
-		var headers any
-		if len(m.Headers) > 0 {
-			buf = sqlcore.AppendHeadersJSON(buf[:0], m.Headers)
-			headers = string(buf)
-		}
-		var payload any
-		if m.Data != nil {
-			payload = m.Data
-		}
-		ts := m.Time
-		if ts.IsZero() {
-			ts = now
-		}
-		args = append(args, id, m.Topic, m.Key, headers, m.ContentType, payload, w.t.dialect.TimeArg(ts))
+		var v sqlcore.Values
+		v, buf = w.t.dialect.MessageValues(m, now, buf)
+		args = append(args, v.ID, m.Topic, m.Key, v.Headers, m.ContentType, v.Payload, v.Time)
 	}
 	return x.Exec(ctx, query, args)
 }

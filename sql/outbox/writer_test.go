@@ -38,7 +38,7 @@ func TestValidateTable(t *testing.T) {
 
 func TestInvalidTableRejectedEverywhere(t *testing.T) {
 	tdb := newTestDB(t, outbox.SQLite)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	const bad = `x"; DROP TABLE y; --`
 	if err := outbox.Migrate(context.Background(), db, outbox.SQLite, bad); !errors.Is(err, herald.ErrInvalidName) {
 		t.Errorf("Migrate: %v", err)
@@ -79,7 +79,7 @@ func TestParseDialect(t *testing.T) {
 // nothing, and that no transaction means no insert at all.
 func TestWriterRejectsBadInput(t *testing.T) {
 	tdb := newTestDB(t, outbox.SQLite)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
 	w := newWriter(t, outbox.SQLite, table, outbox.WithMaxMessageBytes(16))
 	ctx := context.Background()
@@ -134,9 +134,9 @@ func TestWriterRejectsBadInput(t *testing.T) {
 // them to the memory driver and checks that every field survives.
 func TestRoundTrip(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		ctx := context.Background()
 		at := time.Date(2026, 11, 23, 10, 11, 12, 345678901, time.UTC)
 		want := []*herald.Message{
@@ -171,7 +171,7 @@ func TestRoundTrip(t *testing.T) {
 			defer sub.Close(ctx)
 			subs[topic] = sub
 		}
-		startRelay(t, db, tdb.d, table, broker)
+		startRelay(t, db, tdb.D, table, broker)
 
 		got := map[string]*herald.Message{}
 		fctx, cancel := context.WithTimeout(ctx, liveness)
@@ -215,9 +215,9 @@ func TestRoundTrip(t *testing.T) {
 // nothing to relay, while a committed one next to it is relayed.
 func TestRollbackSendsNothing(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		ctx := context.Background()
 
 		tx, err := db.BeginTx(ctx, nil)
@@ -234,7 +234,7 @@ func TestRollbackSendsNothing(t *testing.T) {
 		writeTx(t, db, w, committed)
 
 		rec := &recorder{}
-		startRelay(t, db, tdb.d, table, rec)
+		startRelay(t, db, tdb.D, table, rec)
 		eventually(t, "the committed message", func() bool { return rec.distinct() == 1 })
 		eventually(t, "the outbox to empty", func() bool { return countRows(t, tdb, db, table) == 0 })
 		for _, m := range rec.messages() {
@@ -249,11 +249,11 @@ func TestRollbackSendsNothing(t *testing.T) {
 // as an argument.
 func TestPgxTx(t *testing.T) {
 	tdb := newTestDB(t, outbox.Postgres)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	table := migrateTable(t, tdb, db)
 	w := newWriter(t, outbox.Postgres, table)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, tdb.dsn)
+	conn, err := pgx.Connect(ctx, tdb.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,9 +305,9 @@ func TestPgxTx(t *testing.T) {
 // relay started afterwards delivers them all, in order.
 func TestLargeBatch(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		const n = 10000 // above 65535/7 and 32766/7 rows
 		msgs := make([]*herald.Message, n)
 		for i := range msgs {
@@ -318,7 +318,7 @@ func TestLargeBatch(t *testing.T) {
 			t.Fatalf("%d rows, want %d", got, n)
 		}
 		rec := &recorder{}
-		startRelay(t, db, tdb.d, table, rec)
+		startRelay(t, db, tdb.D, table, rec)
 		eventually(t, "every row", func() bool { return rec.distinct() == n })
 		checkKeyOrder(t, rec.messages(), 0)
 	})
@@ -333,15 +333,15 @@ func TestLargeBatch(t *testing.T) {
 // out. Run it with -count=200 after touching Migrate.
 func TestMigrateConcurrentlyAndTwice(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := tableName(t, tdb, db)
-		w := newWriter(t, tdb.d, table)
-		pools := []*sql.DB{db, db, tdb.open(t), tdb.open(t)}
+		w := newWriter(t, tdb.D, table)
+		pools := []*sql.DB{db, db, tdb.Open(t), tdb.Open(t)}
 		var wg sync.WaitGroup
 		errs := make([]error, len(pools))
 		for i, pool := range pools {
 			wg.Go(func() {
-				if errs[i] = outbox.Migrate(context.Background(), pool, tdb.d, table); errs[i] != nil {
+				if errs[i] = outbox.Migrate(context.Background(), pool, tdb.D, table); errs[i] != nil {
 					return
 				}
 				errs[i] = writeInTx(pool, w, seqMsg("first", "k", i))
@@ -353,7 +353,7 @@ func TestMigrateConcurrentlyAndTwice(t *testing.T) {
 				t.Error(err)
 			}
 		}
-		if err := outbox.Migrate(context.Background(), db, tdb.d, table); err != nil {
+		if err := outbox.Migrate(context.Background(), db, tdb.D, table); err != nil {
 			t.Error(err)
 		}
 		if n := countRows(t, tdb, db, table); n != len(pools) {
@@ -371,10 +371,10 @@ func TestMigrateConcurrentlyAndTwice(t *testing.T) {
 // outside one.
 func TestBusPublishesBothWays(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := migrateTable(t, tdb, db)
 		broker := memtest.Broker(t)
-		bus, err := herald.NewBus(broker, herald.WithOutbox(newWriter(t, tdb.d, table)))
+		bus, err := herald.NewBus(broker, herald.WithOutbox(newWriter(t, tdb.D, table)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -416,9 +416,9 @@ func TestBusPublishesBothWays(t *testing.T) {
 // migration tool would), make tables the Writer and the Relay use.
 func TestSchemaIsWhatMigrateRuns(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.open(t)
+		db := tdb.Open(t)
 		table := tableName(t, tdb, db)
-		stmts, err := outbox.Schema(tdb.d, table)
+		stmts, err := outbox.Schema(tdb.D, table)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -427,12 +427,12 @@ func TestSchemaIsWhatMigrateRuns(t *testing.T) {
 				t.Fatalf("%s: %v", st, err)
 			}
 		}
-		w := newWriter(t, tdb.d, table)
+		w := newWriter(t, tdb.D, table)
 		writeTx(t, db, w, seqMsg("orders", "k", 0))
 		rec := &recorder{}
-		startRelay(t, db, tdb.d, table, rec)
+		startRelay(t, db, tdb.D, table, rec)
 		eventually(t, "the row relayed", func() bool { return rec.distinct() == 1 })
-		if _, err := outbox.Schema(tdb.d, "no spaces"); !errors.Is(err, herald.ErrInvalidName) {
+		if _, err := outbox.Schema(tdb.D, "no spaces"); !errors.Is(err, herald.ErrInvalidName) {
 			t.Errorf("Schema of a bad table name: %v", err)
 		}
 	})

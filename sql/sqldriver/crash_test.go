@@ -101,7 +101,7 @@ func testCrashMembers(t *testing.T, tdb *testDB) {
 	dups := verifyDeliveries(t, written, rolledBack, handled)
 	checkRedelivered(t, handled)
 	t.Logf("%s: %d messages written (and %d rolled back), %d handlings: %d duplicates; %d members killed (%s), taken over after %v",
-		tdb.d, len(written), len(rolledBack), len(handled), dups, crashKills, strings.Join(r.killNotes, ", "), r.takeovers)
+		tdb.D, len(written), len(rolledBack), len(handled), dups, crashKills, strings.Join(r.killNotes, ", "), r.takeovers)
 }
 
 // checkRedelivered checks that each message a child recorded just before
@@ -133,14 +133,14 @@ type crashRun struct {
 }
 
 func newCrashRun(t *testing.T, tdb *testDB) *crashRun {
-	g := newGroupView(t, tdb, tdb.open(t))
+	g := newGroupView(t, tdb, tdb.Open(t))
 	dir := t.TempDir()
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	return &crashRun{
 		groupView: g, dir: dir, rng: rand.New(rand.NewPCG(uint64(seed), 1)),
 		base: crashChildConfig{
-			Dialect: tdb.d, Driver: tdb.driver, DSN: tdb.dsn, Table: g.table, Results: filepath.Join(dir, "handled"),
+			Dialect: tdb.D, Driver: tdb.Driver, DSN: tdb.DSN, Table: g.table, Results: filepath.Join(dir, "handled"),
 			Topic: g.topic, Group: g.group,
 		},
 	}
@@ -149,7 +149,7 @@ func newCrashRun(t *testing.T, tdb *testDB) *crashRun {
 // startProducers starts two producers with half of the keys each, paced
 // so that they write while members are killed.
 func (r *crashRun) startProducers() <-chan producerResult {
-	drv := newDriver(r.t, r.db, r.tdb.d, sqldriver.WithTable(r.table))
+	drv := newDriver(r.t, r.db, r.tdb.D, sqldriver.WithTable(r.table))
 	var ps []*producer
 	for i := range 2 {
 		var keys []string
@@ -754,7 +754,7 @@ func (g groupView) owners() map[int]string {
 			out[p] = owner.String
 		}
 		return nil
-	}, "SELECT part, owner FROM "+g.tdb.quote(g.table+"_offsets")+" WHERE grp = "+ph(g.tdb.d, 1)+" AND topic = "+ph(g.tdb.d, 2), g.group, g.topic)
+	}, "SELECT part, owner FROM "+g.tdb.Quote(g.table+"_offsets")+" WHERE grp = "+ph(g.tdb.D, 1)+" AND topic = "+ph(g.tdb.D, 2), g.group, g.topic)
 	return out
 }
 
@@ -768,14 +768,14 @@ func (g groupView) positions() map[int]int64 {
 		err := rs.Scan(&p, &pos)
 		out[p] = pos
 		return err
-	}, "SELECT part, pos FROM "+g.tdb.quote(g.table+"_offsets")+" WHERE grp = "+ph(g.tdb.d, 1)+" AND topic = "+ph(g.tdb.d, 2), g.group, g.topic)
+	}, "SELECT part, pos FROM "+g.tdb.Quote(g.table+"_offsets")+" WHERE grp = "+ph(g.tdb.D, 1)+" AND topic = "+ph(g.tdb.D, 2), g.group, g.topic)
 	return out
 }
 
 // heads returns the newest readable position of each partition.
 func (g groupView) heads() map[int]int64 {
 	g.t.Helper()
-	pos := posColumn(g.tdb.d)
+	pos := posColumn(g.tdb.D)
 	out := map[int]int64{}
 	g.query(func(rs *sql.Rows) error {
 		var p int
@@ -783,17 +783,17 @@ func (g groupView) heads() map[int]int64 {
 		err := rs.Scan(&p, &head)
 		out[p] = head
 		return err
-	}, "SELECT part, MAX("+pos+") FROM "+g.tdb.quote(g.table)+" WHERE topic = "+ph(g.tdb.d, 1)+" AND "+pos+" IS NOT NULL GROUP BY part", g.topic)
+	}, "SELECT part, MAX("+pos+") FROM "+g.tdb.Quote(g.table)+" WHERE topic = "+ph(g.tdb.D, 1)+" AND "+pos+" IS NOT NULL GROUP BY part", g.topic)
 	return out
 }
 
 // lag counts the rows the group has not committed past, and the rows
 // not sequenced yet; -1 when the database cannot tell.
 func (g groupView) lag() int64 {
-	pos := posColumn(g.tdb.d)
+	pos := posColumn(g.tdb.D)
 	var n int64
-	err := g.db.QueryRow("SELECT COUNT(*) FROM "+g.tdb.quote(g.table)+" l JOIN "+g.tdb.quote(g.table+"_offsets")+" o ON o.grp = "+ph(g.tdb.d, 1)+
-		" AND o.topic = l.topic AND o.part = l.part WHERE l.topic = "+ph(g.tdb.d, 2)+" AND (l."+pos+" IS NULL OR l."+pos+" > o.pos)",
+	err := g.db.QueryRow("SELECT COUNT(*) FROM "+g.tdb.Quote(g.table)+" l JOIN "+g.tdb.Quote(g.table+"_offsets")+" o ON o.grp = "+ph(g.tdb.D, 1)+
+		" AND o.topic = l.topic AND o.part = l.part WHERE l.topic = "+ph(g.tdb.D, 2)+" AND (l."+pos+" IS NULL OR l."+pos+" > o.pos)",
 		g.group, g.topic).Scan(&n)
 	if err != nil {
 		return -1

@@ -263,14 +263,8 @@ func (s *deadLetters) mark(ctx context.Context, topic string, positions []positi
 	for start := 0; start < len(positions); start += markChunk {
 		chunk := positions[start:min(start+markChunk, len(positions))]
 		var b strings.Builder
-		switch n.d {
-		case sqlcore.MySQL:
-			b.WriteString("INSERT IGNORE INTO ")
-		case sqlcore.SQLite:
-			b.WriteString("INSERT OR IGNORE INTO ")
-		default:
-			b.WriteString("INSERT INTO ")
-		}
+		head, tail := n.insertIgnore()
+		b.WriteString(head)
 		b.WriteString(n.redriven() + " (topic, part, pos, redriven_at) VALUES ")
 		args := make([]any, 0, 3*len(chunk))
 		for i, p := range chunk {
@@ -281,9 +275,7 @@ func (s *deadLetters) mark(ctx context.Context, topic string, positions []positi
 			fmt.Fprintf(&b, "(%s, %s, %s, %s)", n.ph(j+1), n.ph(j+2), n.ph(j+3), n.nowMillis())
 			args = append(args, topic, p.part, p.pos)
 		}
-		if n.d == sqlcore.Postgres {
-			b.WriteString(" ON CONFLICT DO NOTHING")
-		}
+		b.WriteString(tail)
 		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
 			return err
 		}

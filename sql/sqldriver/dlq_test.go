@@ -75,7 +75,7 @@ func listIDs(t *testing.T, s dlq.Store) []string {
 // does not list what one redrove.
 func TestDeadLetterPositionsAndDurableMarks(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		e := newEnv(t, tdb.d)
+		e := newEnv(t, tdb.D)
 		db, d := e.db, e.driver(t)
 		ctx := drivertest.Context(t, time.Minute)
 		writeDeadLetters(t, d, "a", "b", "c", "d")
@@ -84,12 +84,12 @@ func TestDeadLetterPositionsAndDurableMarks(t *testing.T) {
 			t.Fatalf("List right after the write: %d entries, %v", len(entries), err)
 		}
 		pos := "seq"
-		if tdb.d == sqldriver.SQLite {
+		if tdb.D == sqldriver.SQLite {
 			pos = "id"
 		}
 		for _, entry := range entries {
 			var part, at int64
-			err := db.QueryRowContext(ctx, "SELECT part, "+pos+" FROM "+tdb.quote(e.table)+" WHERE message_id = '"+entry.Message.ID+"'").Scan(&part, &at)
+			err := db.QueryRowContext(ctx, "SELECT part, "+pos+" FROM "+tdb.Quote(e.table)+" WHERE message_id = '"+entry.Message.ID+"'").Scan(&part, &at)
 			if err != nil || entry.Position != fmt.Sprintf("%d:%d", part, at) {
 				t.Errorf("entry %s at %q, its row at %d:%d (%v)", entry.Message.ID, entry.Position, part, at, err)
 			}
@@ -103,7 +103,7 @@ func TestDeadLetterPositionsAndDurableMarks(t *testing.T) {
 			t.Errorf("another process lists %v, want [a c]", got)
 		}
 		var marks int
-		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+tdb.quote(e.table+sqldriver.RedrivenSuffix)).Scan(&marks); err != nil || marks != 2 {
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+tdb.Quote(e.table+sqldriver.RedrivenSuffix)).Scan(&marks); err != nil || marks != 2 {
 			t.Errorf("%d marks (%v), want 2", marks, err)
 		}
 		if _, err := d.DeadLetters().Get(ctx, "orders.dlq", "b"); !errors.Is(err, dlq.ErrNotFound) {
@@ -117,7 +117,7 @@ func TestDeadLetterPositionsAndDurableMarks(t *testing.T) {
 // the others are kept.
 func TestDeadLetterMarksOfDeletedRowsGo(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		e := newEnv(t, tdb.d)
+		e := newEnv(t, tdb.D)
 		db, d := e.db, e.driver(t)
 		ctx := drivertest.Context(t, time.Minute)
 		writeDeadLetters(t, d, "a", "b", "c")
@@ -130,14 +130,14 @@ func TestDeadLetterMarksOfDeletedRowsGo(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Retention deletes the first entry's row.
-		if _, err := db.ExecContext(ctx, "DELETE FROM "+tdb.quote(e.table)+" WHERE message_id = '"+entries[0].Message.ID+"'"); err != nil {
+		if _, err := db.ExecContext(ctx, "DELETE FROM "+tdb.Quote(e.table)+" WHERE message_id = '"+entries[0].Message.ID+"'"); err != nil {
 			t.Fatal(err)
 		}
 		// A fresh store sweeps at its first mark.
 		if err := e.driver(t).DeadLetters().MarkRedriven(ctx, "orders.dlq", entries[2:]); err != nil {
 			t.Fatal(err)
 		}
-		rs, err := db.QueryContext(ctx, "SELECT part, pos FROM "+tdb.quote(e.table+sqldriver.RedrivenSuffix)+" ORDER BY part, pos")
+		rs, err := db.QueryContext(ctx, "SELECT part, pos FROM "+tdb.Quote(e.table+sqldriver.RedrivenSuffix)+" ORDER BY part, pos")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +167,7 @@ func TestDeadLetterMarksOfDeletedRowsGo(t *testing.T) {
 // log that was never migrated.
 func TestDeadLetterErrors(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		e := newEnv(t, tdb.d)
+		e := newEnv(t, tdb.D)
 		db, d := e.db, e.driver(t)
 		s := d.DeadLetters()
 		ctx := drivertest.Context(t, time.Minute)
@@ -187,7 +187,7 @@ func TestDeadLetterErrors(t *testing.T) {
 		_, err = s.Get(ctx, "orders.dlq!", "a")
 		checkError(t, "Get on an invalid topic", err, herald.ErrInvalidName, "get dead letter")
 
-		unmigrated := newDriver(t, db, tdb.d, sqldriver.WithTable(e.table+"_none")).DeadLetters()
+		unmigrated := newDriver(t, db, tdb.D, sqldriver.WithTable(e.table+"_none")).DeadLetters()
 		_, _, err = unmigrated.List(ctx, "orders.dlq", "", 10)
 		checkError(t, "List before Migrate", err, sqldriver.ErrNoLog, "list dead letters")
 		_, err = unmigrated.Get(ctx, "orders.dlq", "a")

@@ -4,10 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/heraldbus/herald/sql/internal/sqltest"
 
 	_ "github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -15,57 +16,19 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/sql/sqldriver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var allDialects = [...]sqldriver.Dialect{sqldriver.Postgres, sqldriver.MySQL, sqldriver.SQLite}
+var allDialects = sqltest.Dialects
 
-// testDB is one database under test: the real PostgreSQL or MariaDB
-// server, or an SQLite file in the test's temporary directory.
-type testDB struct {
-	d      sqldriver.Dialect
-	driver string
-	dsn    string
-}
+// testDB is one database under test.
+type testDB = sqltest.DB
 
-func newTestDB(t testing.TB, d sqldriver.Dialect) *testDB {
-	t.Helper()
-	switch d {
-	case sqldriver.Postgres:
-		return &testDB{d, "pgx", testenv.PostgresDSN(t)}
-	case sqldriver.MySQL:
-		return &testDB{d, "mysql", testenv.MySQLDSN(t)}
-	default:
-		path := filepath.Join(t.TempDir(), "log.db")
-		return &testDB{d, "sqlite", sqliteDSN(path)}
-	}
-}
+func newTestDB(t testing.TB, d sqldriver.Dialect) *testDB { return sqltest.New(t, d) }
 
-func sqliteDSN(path string) string {
-	return "file:" + path + "?_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_txlock=immediate"
-}
-
-// open returns a new *sql.DB on the database, closed when t ends.
-func (tdb *testDB) open(t testing.TB) *sql.DB {
-	t.Helper()
-	db, err := sql.Open(tdb.driver, tdb.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.SetMaxOpenConns(8)
-	t.Cleanup(func() { _ = db.Close() })
-	return db
-}
-
-func (tdb *testDB) quote(name string) string {
-	if tdb.d == sqldriver.MySQL {
-		return "`" + name + "`"
-	}
-	return `"` + name + `"`
-}
+func sqliteDSN(path string) string { return sqltest.SQLiteDSN(path) }
 
 func forEachDialect(t *testing.T, f func(t *testing.T, tdb *testDB)) {
 	for _, d := range allDialects {
@@ -81,13 +44,13 @@ func forEachDialect(t *testing.T, f func(t *testing.T, tdb *testDB)) {
 func newLog(t testing.TB, tdb *testDB, db *sql.DB, opts ...sqldriver.Option) string {
 	t.Helper()
 	name := "hl_" + strings.ToLower(rand.Text()[:10])
-	drv := newDriver(t, db, tdb.d, append(opts, sqldriver.WithTable(name))...)
+	drv := newDriver(t, db, tdb.D, append(opts, sqldriver.WithTable(name))...)
 	if err := drv.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		for _, suffix := range []string{"", "_offsets", "_members", "_meta", "_redriven"} {
-			if _, err := db.Exec("DROP TABLE IF EXISTS " + tdb.quote(name+suffix)); err != nil {
+			if _, err := db.Exec("DROP TABLE IF EXISTS " + tdb.Quote(name+suffix)); err != nil {
 				t.Errorf("drop %s%s: %v", name, suffix, err)
 			}
 		}
@@ -118,13 +81,13 @@ type env struct {
 
 func newEnv(t testing.TB, d sqldriver.Dialect, opts ...sqldriver.Option) *env {
 	tdb := newTestDB(t, d)
-	db := tdb.open(t)
+	db := tdb.Open(t)
 	return &env{tdb: tdb, db: db, table: newLog(t, tdb, db, opts...)}
 }
 
 // driver returns another driver on the env's log ("another process").
 func (e *env) driver(t testing.TB, opts ...sqldriver.Option) *sqldriver.Driver {
-	return newDriver(t, e.db, e.tdb.d, append(opts, sqldriver.WithTable(e.table))...)
+	return newDriver(t, e.db, e.tdb.D, append(opts, sqldriver.WithTable(e.table))...)
 }
 
 func msg(topic, key, id string) *herald.Message {

@@ -2,6 +2,7 @@ package sqldriver
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"slices"
 	"time"
@@ -47,30 +48,12 @@ func (s *subscription) heartbeat(ctx context.Context) error {
 	n := s.d.n
 	now := n.nowMillis()
 	lease := fmt.Sprint(s.d.cfg.lease.Milliseconds())
-	var upsert string
-	switch n.d {
-	case Postgres:
-		upsert = " ON CONFLICT (grp, topic, member) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-	case MySQL:
-		upsert = " ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)"
-	default:
-		upsert = " ON CONFLICT (grp, topic, member) DO UPDATE SET expires_at = excluded.expires_at"
-	}
-	if _, err := s.d.db.ExecContext(ctx, "INSERT INTO "+n.members+" (grp, topic, member, expires_at) VALUES ("+n.ph(1)+", "+n.ph(2)+", "+n.ph(3)+", "+now+" + "+lease+")"+upsert,
-		s.group, s.topic, s.member); err != nil {
-		return err
-	}
-	held, err := s.renew(ctx, now, lease)
+	held, live, err := s.beat(ctx, now, lease)
 	if err != nil {
 		return err
 	}
 	s.dropLost(held)
 	if err := s.releaseStrays(ctx, held); err != nil {
-		return err
-	}
-	var live int
-	if err := s.d.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+n.members+" WHERE grp = "+n.ph(1)+" AND topic = "+n.ph(2)+" AND expires_at > "+now,
-		s.group, s.topic).Scan(&live); err != nil {
 		return err
 	}
 	if s.beats++; s.beats%10 == 0 {
@@ -90,6 +73,49 @@ func (s *subscription) heartbeat(ctx context.Context) error {
 		return s.claim(ctx, fair-have)
 	}
 	return nil
+}
+
+// beat registers this member, renews its leases and counts the live
+// members: one statement on PostgreSQL, three elsewhere. It returns the
+// partitions the offsets table gives this member.
+func (s *subscription) beat(ctx context.Context, now, lease string) (held []int64, live int, err error) {
+	n := s.d.n
+	register := "INSERT INTO " + n.members + " (grp, topic, member, expires_at) VALUES (" + n.ph(1) + ", " + n.ph(2) + ", " + n.ph(3) + ", " + now + " + " + lease + ")"
+	count := "SELECT COUNT(*) FROM " + n.members + " WHERE grp = " + n.ph(1) + " AND topic = " + n.ph(2) + " AND expires_at > " + now
+	switch n.d {
+	case Postgres:
+		// The statement's snapshot does not see its own upsert: count the
+		// others and add this member.
+		rs, err := s.d.db.QueryContext(ctx, "WITH m AS ("+register+" ON CONFLICT (grp, topic, member) DO UPDATE SET expires_at = EXCLUDED.expires_at RETURNING 1), "+
+			"r AS (UPDATE "+n.offsets+" SET lease_until = "+now+" + "+lease+" WHERE grp = $1 AND topic = $2 AND owner = $3 RETURNING part) "+
+			"SELECT c.live, r.part FROM ("+count+" AND member <> $3) c(live) LEFT JOIN r ON true", s.group, s.topic, s.member)
+		if err != nil {
+			return nil, 0, err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var part sql.NullInt64
+			if err := rs.Scan(&live, &part); err != nil {
+				return nil, 0, err
+			}
+			if part.Valid {
+				held = append(held, part.Int64)
+			}
+		}
+		return held, live + 1, rs.Err()
+	case MySQL:
+		register += " ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)"
+	default:
+		register += " ON CONFLICT (grp, topic, member) DO UPDATE SET expires_at = excluded.expires_at"
+	}
+	if _, err := s.d.db.ExecContext(ctx, register, s.group, s.topic, s.member); err != nil {
+		return nil, 0, err
+	}
+	if held, err = s.renew(ctx, now, lease); err != nil {
+		return nil, 0, err
+	}
+	err = s.d.db.QueryRowContext(ctx, count, s.group, s.topic).Scan(&live)
+	return held, live, err
 }
 
 // renew extends the leases this member holds and returns the partitions

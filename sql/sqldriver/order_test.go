@@ -23,7 +23,7 @@ import (
 // key's order) must first arrive in order.
 func TestConcurrentWritersNeitherSkipNorReorder(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		e := &env{tdb: tdb, db: tdb.open(t)}
+		e := &env{tdb: tdb, db: tdb.Open(t)}
 		e.table = newLog(t, tdb, e.db)
 		const writers, perWriter = 8, 40
 		topic := "orders"

@@ -68,7 +68,7 @@ func (p *pump) run(ctx context.Context) {
 	var l *sqlcore.Listener
 	defer func() { l.Close() }()
 	var listenTried time.Time
-	var lastRows time.Time // when a round last found rows
+	lastRows := time.Now() // when a round last found rows, or a write was poked
 	errs := 0
 	nextPurge := time.Now().Add(d.purgeEvery())
 	for ctx.Err() == nil {
@@ -108,6 +108,9 @@ func (p *pump) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 		case <-p.pokeC:
+			// A write of this process: committed, or about to commit in
+			// its caller's transaction. Poll briskly for a while.
+			lastRows = time.Now()
 		case <-l.Wake(d.n.written):
 		case <-l.Wake(d.n.sequenced):
 		case <-t.C:

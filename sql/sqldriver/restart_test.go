@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/sql/internal/sqltest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/internal/backoff"
@@ -50,7 +52,7 @@ func TestRestartPostgresMidStream(t *testing.T) {
 	for k := range keys {
 		ks = append(ks, fmt.Sprintf("k%02d", k))
 	}
-	p := newProducer("p", newDriver(t, e.db, e.tdb.d, sqldriver.WithTable(e.table)), e.db, e.topic, ks, uint64(time.Now().UnixNano()))
+	p := newProducer("p", newDriver(t, e.db, e.tdb.D, sqldriver.WithTable(e.table)), e.db, e.topic, ks, uint64(time.Now().UnixNano()))
 	p.retry = true
 	producers := runProducers(t, []*producer{p}, total, 10*time.Millisecond)
 
@@ -115,7 +117,7 @@ func TestRestartPostgresDuringHandOver(t *testing.T) {
 	// long a hand-over waits for running handlers.
 	lease := sqldriver.WithLease(sqldriver.DefaultLease)
 	e.startMember(handle, lease)
-	writer := newDriver(t, e.db, e.tdb.d, sqldriver.WithTable(e.table))
+	writer := newDriver(t, e.db, e.tdb.D, sqldriver.WithTable(e.table))
 	written := map[string]sent{}
 	write := func(seq int) {
 		t.Helper()
@@ -178,14 +180,14 @@ type restartEnv struct {
 
 func newRestartEnv(t *testing.T) *restartEnv {
 	srv := privatepg.Start(t)
-	tdb := &testDB{d: sqldriver.Postgres, driver: "pgx", dsn: srv.DSN()}
-	return &restartEnv{groupView: newGroupView(t, tdb, tdb.open(t)), srv: srv}
+	tdb := sqltest.Postgres(srv.DSN())
+	return &restartEnv{groupView: newGroupView(t, tdb, tdb.Open(t)), srv: srv}
 }
 
 // startMember starts a member of the group: a Bus on a driver of its own.
 func (e *restartEnv) startMember(h herald.HandlerFunc, opts ...sqldriver.Option) *herald.Bus {
 	e.t.Helper()
-	drv := newDriver(e.t, e.db, e.tdb.d, append([]sqldriver.Option{sqldriver.WithTable(e.table)}, opts...)...)
+	drv := newDriver(e.t, e.db, e.tdb.D, append([]sqldriver.Option{sqldriver.WithTable(e.table)}, opts...)...)
 	bus, err := herald.NewBus(drv, herald.WithLogger(slog.New(slog.DiscardHandler)), herald.WithErrorHandler(e.errs.add))
 	if err != nil {
 		e.t.Fatal(err)
@@ -261,7 +263,7 @@ func (e *restartEnv) shutdown() {
 func (e *restartEnv) memberExpiry(member string) int64 {
 	e.t.Helper()
 	var at int64
-	if err := e.db.QueryRow("SELECT expires_at FROM "+e.tdb.quote(e.table+"_members")+" WHERE grp = $1 AND topic = $2 AND member = $3",
+	if err := e.db.QueryRow("SELECT expires_at FROM "+e.tdb.Quote(e.table+"_members")+" WHERE grp = $1 AND topic = $2 AND member = $3",
 		e.group, e.topic, member).Scan(&at); err != nil {
 		e.t.Fatal(err)
 	}

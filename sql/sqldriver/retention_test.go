@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldbus/herald/sql/internal/sqltest"
+
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/sql/internal/privatepg"
@@ -17,7 +19,7 @@ import (
 func countLog(t testing.TB, e *env, topic string) int {
 	t.Helper()
 	var n int
-	if err := e.db.QueryRow("SELECT COUNT(*) FROM " + e.tdb.quote(e.table) + " WHERE topic = '" + topic + "'").Scan(&n); err != nil {
+	if err := e.db.QueryRow("SELECT COUNT(*) FROM " + e.tdb.Quote(e.table) + " WHERE topic = '" + topic + "'").Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -27,7 +29,7 @@ func countLog(t testing.TB, e *env, topic string) int {
 // acknowledged them; a group that has not read them keeps them.
 func TestRetentionDeletesOnlyWhatEveryGroupAcknowledged(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		e := &env{tdb: tdb, db: tdb.open(t)}
+		e := &env{tdb: tdb, db: tdb.Open(t)}
 		e.table = newLog(t, tdb, e.db)
 		drv := e.driver(t, sqldriver.WithRetention(time.Millisecond))
 		ctx := context.Background()
@@ -80,8 +82,8 @@ func TestRetentionKeepsTheTableBounded(t *testing.T) {
 	}
 	retention := min(run/4, 30*time.Second)
 	srv := privatepg.Start(t)
-	tdb := &testDB{d: sqldriver.Postgres, driver: "pgx", dsn: srv.DSN()}
-	e := &env{tdb: tdb, db: tdb.open(t)}
+	tdb := sqltest.Postgres(srv.DSN())
+	e := &env{tdb: tdb, db: tdb.Open(t)}
 	e.table = newLog(t, tdb, e.db)
 	drv := e.driver(t, sqldriver.WithRetention(retention))
 	bus, err := herald.NewBus(drv)
@@ -121,7 +123,7 @@ func TestRetentionKeepsTheTableBounded(t *testing.T) {
 		case <-sample.C:
 			var size, dead, vacuums int64
 			var rows int
-			if err := e.db.QueryRow("SELECT pg_total_relation_size($1::text::regclass), (SELECT COUNT(*) FROM "+e.tdb.quote(e.table)+"), n_dead_tup, autovacuum_count FROM pg_stat_user_tables WHERE relname = $1::text",
+			if err := e.db.QueryRow("SELECT pg_total_relation_size($1::text::regclass), (SELECT COUNT(*) FROM "+e.tdb.Quote(e.table)+"), n_dead_tup, autovacuum_count FROM pg_stat_user_tables WHERE relname = $1::text",
 				e.table).Scan(&size, &rows, &dead, &vacuums); err != nil {
 				t.Fatal(err)
 			}

@@ -2,8 +2,6 @@ package sqldriver
 
 import (
 	"context"
-	"database/sql"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -70,6 +68,18 @@ func (n names) ph(i int) string {
 		return "?" + strconv.Itoa(i)
 	}
 	return "?"
+}
+
+// insertIgnore returns what goes before and after an INSERT's table and
+// rows so that rows whose key exists are left as they are.
+func (n names) insertIgnore() (head, tail string) {
+	switch n.d {
+	case sqlcore.MySQL:
+		return "INSERT IGNORE INTO ", ""
+	case sqlcore.SQLite:
+		return "INSERT OR IGNORE INTO ", ""
+	}
+	return "INSERT INTO ", " ON CONFLICT DO NOTHING"
 }
 
 // Schema returns the statements Migrate runs, for teams whose migrations
@@ -255,38 +265,5 @@ func (d *Driver) migrateOnce(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
-	stmts := d.Schema()
-	switch d.n.d {
-	case sqlcore.MySQL:
-		var got sql.NullInt64
-		name := "herald-log:" + d.n.name + ":migrate"
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(CONCAT(DATABASE(), ?), 60)", name).Scan(&got); err != nil {
-			return err
-		}
-		if got.Int64 != 1 {
-			return fmt.Errorf("could not take migration lock %q within 60s", name)
-		}
-		defer func() {
-			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(CONCAT(DATABASE(), ?))", name)
-		}()
-		return execAll(ctx, conn, stmts)
-	case sqlcore.Postgres:
-		return sqlcore.InTx(ctx, conn, d.n.d, func(tx sqlcore.Execer) error {
-			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(hashtext(current_schema() || $1))", "herald-log:"+d.n.name); err != nil {
-				return err
-			}
-			return execAll(ctx, tx, stmts)
-		})
-	default:
-		return sqlcore.InTx(ctx, conn, d.n.d, func(tx sqlcore.Execer) error { return execAll(ctx, tx, stmts) })
-	}
-}
-
-func execAll(ctx context.Context, x sqlcore.Execer, stmts []string) error {
-	for _, s := range stmts {
-		if _, err := x.ExecContext(ctx, s); err != nil {
-			return fmt.Errorf("%w (in %.60q)", err, s)
-		}
-	}
-	return nil
+	return sqlcore.MigrateLocked(ctx, conn, d.n.d, "log:"+d.n.name, d.Schema())
 }

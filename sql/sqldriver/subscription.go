@@ -123,14 +123,8 @@ func (d *Driver) createGroup(ctx context.Context, topic, group string, parts int
 		}
 	}
 	var b strings.Builder
-	switch d.n.d {
-	case sqlcore.MySQL:
-		b.WriteString("INSERT IGNORE INTO ")
-	case sqlcore.SQLite:
-		b.WriteString("INSERT OR IGNORE INTO ")
-	default:
-		b.WriteString("INSERT INTO ")
-	}
+	head, tail := d.n.insertIgnore()
+	b.WriteString(head)
 	b.WriteString(d.n.offsets + " (grp, topic, part, pos) VALUES ")
 	args := make([]any, 0, 4*parts)
 	for p := range parts {
@@ -141,9 +135,7 @@ func (d *Driver) createGroup(ctx context.Context, topic, group string, parts int
 		fmt.Fprintf(&b, "(%s, %s, %s, %s)", d.n.ph(i+1), d.n.ph(i+2), d.n.ph(i+3), d.n.ph(i+4))
 		args = append(args, group, topic, p, start)
 	}
-	if d.n.d == sqlcore.Postgres {
-		b.WriteString(" ON CONFLICT DO NOTHING")
-	}
+	b.WriteString(tail)
 	_, err := d.db.ExecContext(ctx, b.String(), args...)
 	return err
 }

@@ -2,7 +2,6 @@ package sqldriver
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 
@@ -55,7 +54,11 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		if err != nil {
 			return fail("write", msgs[0].Topic, "", "", err)
 		}
-		return d.insertAll(ctx, x, msgs, sizes, parts)
+		if err := d.insertAll(ctx, x, msgs, sizes, parts); err != nil {
+			return err
+		}
+		d.wakeLocal() // the caller commits soon: the pump polls briskly meanwhile
+		return nil
 	}
 	parts, err := d.partitions(ctx)
 	if err != nil {
@@ -63,7 +66,7 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	}
 	if d.oneStatement(sizes) {
 		// One statement is atomic by itself: no BEGIN and COMMIT round trips.
-		if err := d.insertAll(ctx, dbExecer{d.db}, msgs, sizes, parts); err != nil {
+		if err := d.insertAll(ctx, sqlcore.DBExecer(d.db), msgs, sizes, parts); err != nil {
 			return err
 		}
 		d.wakeLocal()
@@ -112,24 +115,9 @@ func (d *Driver) rowArgs(msgs []*herald.Message, parts int, now time.Time) []any
 	args := make([]any, 0, len(msgs)*writeParams)
 	var buf []byte
 	for _, m := range msgs {
-		id := m.ID
-		if id == "" {
-			id = herald.NewKSUID()
-		}
-		var headers any
-		if len(m.Headers) > 0 {
-			buf = sqlcore.AppendHeadersJSON(buf[:0], m.Headers)
-			headers = string(buf)
-		}
-		var payload any
-		if m.Data != nil {
-			payload = m.Data
-		}
-		ts := m.Time
-		if ts.IsZero() {
-			ts = now
-		}
-		args = append(args, m.Topic, d.partOf(m.Key, parts), id, m.Key, headers, m.ContentType, payload, d.n.d.TimeArg(ts))
+		var v sqlcore.Values
+		v, buf = d.n.d.MessageValues(m, now, buf)
+		args = append(args, m.Topic, d.partOf(m.Key, parts), v.ID, m.Key, v.Headers, m.ContentType, v.Payload, v.Time)
 	}
 	return args
 }
@@ -148,25 +136,3 @@ func (d *Driver) oneStatement(sizes []int) bool {
 	_ = sqlcore.Batches(sizes, d.n.d.MaxParams()/writeParams, func(int, int) error { runs++; return nil })
 	return runs == 1
 }
-
-// dbExecer runs a statement on the pool, in autocommit.
-type dbExecer struct{ db *sql.DB }
-
-func (x dbExecer) Exec(ctx context.Context, query string, args []any) error {
-	_, err := x.db.ExecContext(ctx, query, args...)
-	return err
-}
-
-func (x dbExecer) Query(ctx context.Context, query string, args []any, scan func(sqlcore.Rows) error) error {
-	rs, err := x.db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return err
-	}
-	defer rs.Close()
-	if err := scan(rs); err != nil {
-		return err
-	}
-	return rs.Err()
-}
-
-func (dbExecer) Pgx() bool { return false }

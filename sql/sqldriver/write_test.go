@@ -49,7 +49,7 @@ func fetchIDs(t *testing.T, drv *sqldriver.Driver, topic, group string, n int) [
 // transaction commits; outbox.WithTx carries it as well as WithTx.
 func TestWriteTakesPartInTheCallersTransaction(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		e := &env{tdb: tdb, db: tdb.open(t)}
+		e := &env{tdb: tdb, db: tdb.Open(t)}
 		e.table = newLog(t, tdb, e.db)
 		drv := e.driver(t)
 		ctx := context.Background()
@@ -212,7 +212,7 @@ func TestBadInput(t *testing.T) {
 // of it.
 func TestBusPublishesInTheTransaction(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		e := &env{tdb: tdb, db: tdb.open(t)}
+		e := &env{tdb: tdb, db: tdb.Open(t)}
 		e.table = newLog(t, tdb, e.db)
 		drv := e.driver(t)
 		bus, err := herald.NewBus(drv)

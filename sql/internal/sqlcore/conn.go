@@ -2,9 +2,13 @@ package sqlcore
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"hash/fnv"
 )
 
 // Execer is what InTx hands its function: a *sql.Tx, or the *sql.Conn
@@ -55,4 +59,73 @@ func Discard(conn *sql.Conn) {
 func IsSQLiteBusy(err error) bool {
 	var coded interface{ Code() int }
 	return errors.As(err, &coded) && coded.Code()&0xff == 5
+}
+
+// LockKey is the PostgreSQL advisory-lock key of the table in the
+// given schema. Advisory locks are per database; the schema is part of the
+// key so that tables of one name in two schemas do not exclude each other.
+func LockKey(schema, name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("herald-outbox\x00" + schema + "\x00" + name))
+	return int64(h.Sum64())
+}
+
+// LockName is the MySQL GET_LOCK name of the table in the given
+// database. GET_LOCK names are server-wide and at most 64 characters.
+func LockName(database, name string) string {
+	n := "herald-outbox:" + database + "." + name
+	if len(n) <= 64 {
+		return n
+	}
+	sum := sha256.Sum256([]byte(n))
+	return "herald-outbox:" + hex.EncodeToString(sum[:20])
+}
+
+// MigrateLocked runs stmts (idempotent DDL) on conn under the database's
+// own lock for the table name, so that processes migrating at once take
+// turns: GET_LOCK on MySQL (DDL commits implicitly there, so a session
+// lock, not a transaction), an advisory transaction lock on PostgreSQL,
+// the write lock of BEGIN IMMEDIATE on SQLite.
+func MigrateLocked(ctx context.Context, conn *sql.Conn, d Dialect, name string, stmts []string) error {
+	switch d {
+	case MySQL:
+		var schemaName sql.NullString
+		if err := conn.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&schemaName); err != nil {
+			return err
+		}
+		lock := LockName(schemaName.String, name+":migrate")
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", lock).Scan(&got); err != nil {
+			return err
+		}
+		if got.Int64 != 1 {
+			return fmt.Errorf("could not take migration lock %q within 60s", lock)
+		}
+		// The lock also ends with the session; releasing it early lets a
+		// concurrent migration go on without waiting for the pool.
+		defer func() { _, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(?)", lock) }()
+		return execAll(ctx, conn, stmts)
+	case Postgres:
+		var schemaName string
+		if err := conn.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schemaName); err != nil {
+			return err
+		}
+		return InTx(ctx, conn, d, func(tx Execer) error {
+			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", LockKey(schemaName, name+"\x00migrate")); err != nil {
+				return err
+			}
+			return execAll(ctx, tx, stmts)
+		})
+	default:
+		return InTx(ctx, conn, d, func(tx Execer) error { return execAll(ctx, tx, stmts) })
+	}
+}
+
+func execAll(ctx context.Context, x Execer, stmts []string) error {
+	for _, s := range stmts {
+		if _, err := x.ExecContext(ctx, s); err != nil {
+			return err
+		}
+	}
+	return nil
 }

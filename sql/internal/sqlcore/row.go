@@ -45,15 +45,22 @@ func CheckMessage(m *herald.Message, table string, maxBytes int) (int, error) {
 	if err := herald.ValidateName("topic", m.Topic); err != nil {
 		return 0, fmt.Errorf("herald/sql: write message %s to %s: %w", m.ID, table, err)
 	}
+	// A message can break the size limit and a column's limit at once
+	// (a huge key): the error then wraps both sentinels.
+	var tooLarge error
 	if maxBytes > 0 {
 		if n := m.Size(); n > maxBytes {
-			return 0, fmt.Errorf("herald/sql: write message %s (topic %q) to %s: %d bytes with key and headers, limit %d: %w",
+			tooLarge = fmt.Errorf("herald/sql: write message %s (topic %q) to %s: %d bytes with key and headers, limit %d: %w",
 				m.ID, m.Topic, table, n, maxBytes, herald.ErrMessageTooLarge)
 		}
 	}
 	bad := func(field, reason string) error {
-		return fmt.Errorf("herald/sql: write message %q (topic %q) to %s: %s %s: %w",
+		err := fmt.Errorf("herald/sql: write message %q (topic %q) to %s: %s %s: %w",
 			m.ID, m.Topic, table, field, reason, ErrInvalidMessage)
+		if tooLarge != nil {
+			return errors.Join(err, tooLarge)
+		}
+		return err
 	}
 	for _, f := range [...]struct {
 		name, value string
@@ -74,6 +81,9 @@ func CheckMessage(m *herald.Message, table string, maxBytes int) (int, error) {
 			return 0, bad("header "+fmt.Sprintf("%q", k), "is not valid UTF-8 (headers are stored as JSON)")
 		}
 		n += len(k) + len(v) + 6
+	}
+	if tooLarge != nil {
+		return 0, tooLarge
 	}
 	return n, nil
 }
@@ -265,4 +275,34 @@ type Pacer struct {
 func (p *Pacer) Due(now time.Time) bool {
 	prev := p.last.Swap(now.UnixNano())
 	return now.UnixNano()-prev >= int64(p.Pause)
+}
+
+// Values are the bind values of a message's row that need converting.
+type Values struct {
+	ID      string // Message.ID, or a new KSUID when it is empty
+	Headers any    // the headers as a JSON object, nil for none
+	Payload any    // Message.Data, nil (SQL NULL) for nil Data
+	Time    any    // Message.Time (the write's time when zero), see TimeArg
+}
+
+// MessageValues returns m's Values; the headers' JSON is built in buf,
+// which is returned for the next message.
+func (d Dialect) MessageValues(m *herald.Message, now time.Time, buf []byte) (Values, []byte) {
+	v := Values{ID: m.ID}
+	if v.ID == "" {
+		v.ID = herald.NewKSUID()
+	}
+	if len(m.Headers) > 0 {
+		buf = AppendHeadersJSON(buf[:0], m.Headers)
+		v.Headers = string(buf)
+	}
+	if m.Data != nil {
+		v.Payload = m.Data
+	}
+	ts := m.Time
+	if ts.IsZero() {
+		ts = now
+	}
+	v.Time = d.TimeArg(ts)
+	return v, buf
 }

@@ -3,6 +3,7 @@ package sqlcore
 import (
 	"context"
 	"database/sql"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -33,14 +34,7 @@ func (s sqlTx) Exec(ctx context.Context, query string, args []any) error {
 
 func (s sqlTx) Query(ctx context.Context, query string, args []any, scan func(Rows) error) error {
 	rs, err := s.tx.QueryContext(ctx, query, args...)
-	if err != nil {
-		return err
-	}
-	defer rs.Close()
-	if err := scan(rs); err != nil {
-		return err
-	}
-	return rs.Err()
+	return scanSQL(rs, err, scan)
 }
 
 func (sqlTx) Pgx() bool { return false }
@@ -58,13 +52,36 @@ func (p pgxTx) Query(ctx context.Context, query string, args []any, scan func(Ro
 		return err
 	}
 	defer rs.Close()
-	if err := scan(rs); err != nil {
-		return err
-	}
-	return rs.Err()
+	return errors.Join(scan(rs), rs.Err())
 }
 
 func (pgxTx) Pgx() bool { return true }
+
+// scanSQL runs scan over the result of a database/sql query.
+func scanSQL(rs *sql.Rows, err error, scan func(Rows) error) error {
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	return errors.Join(scan(rs), rs.Err())
+}
+
+type dbExecer struct{ db *sql.DB }
+
+func (x dbExecer) Exec(ctx context.Context, query string, args []any) error {
+	_, err := x.db.ExecContext(ctx, query, args...)
+	return err
+}
+
+func (x dbExecer) Query(ctx context.Context, query string, args []any, scan func(Rows) error) error {
+	rs, err := x.db.QueryContext(ctx, query, args...)
+	return scanSQL(rs, err, scan)
+}
+
+func (dbExecer) Pgx() bool { return false }
+
+// DBExecer runs statements on the pool, each in autocommit.
+func DBExecer(db *sql.DB) TxExecer { return dbExecer{db} }
 
 // SQLTx wraps a *sql.Tx as a TxExecer.
 func SQLTx(tx *sql.Tx) TxExecer { return sqlTx{tx} }
