@@ -15,21 +15,16 @@ import (
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
 )
 
-// Dialect is the SQL dialect of the database; the same type as
-// outbox.Dialect.
+// Dialect is the SQL dialect of the database: the type of outbox.Dialect,
+// with the same values (MySQL means MySQL 8 or MariaDB 10.6 or later,
+// for SKIP LOCKED).
 type Dialect = sqlcore.Dialect
 
 // The supported dialects.
 const (
-	// Postgres is PostgreSQL 11 or later through jackc/pgx/v5 (its
-	// database/sql driver "pgx"; a native pgx.Tx for Write through
-	// WithPgxTx).
 	Postgres = sqlcore.Postgres
-	// MySQL is MySQL 8 or MariaDB 10.6 or later (SKIP LOCKED) through
-	// go-sql-driver/mysql.
-	MySQL = sqlcore.MySQL
-	// SQLite is SQLite through modernc.org/sqlite (driver name "sqlite").
-	SQLite = sqlcore.SQLite
+	MySQL    = sqlcore.MySQL
+	SQLite   = sqlcore.SQLite
 )
 
 // Errors of the package; the Driver's errors are *herald.DriverError

@@ -261,16 +261,7 @@ func (d *Driver) unstamped(ctx context.Context, tx *sql.Tx) ([]int64, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rs.Close()
-	ids := make([]int64, 0, 64)
-	for rs.Next() {
-		var id int64
-		if err := rs.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rs.Err()
+	return scanInts(rs)
 }
 
 // stamp gives ids (ascending) the positions base+1, base+2, ... in
