@@ -432,113 +432,40 @@ func setupSQLDriver(ctx context.Context, p runParams, v sqlVariant) (*pipeline, 
 	if err != nil {
 		return nil, err
 	}
-	cl := closers{func(context.Context) error { return st.removeDir() }}
-	abandon := func(err error) (*pipeline, error) {
+	r := &sqlRun{v: v, cfg: cfg, topic: p.topic, data: payload(cfg.payloadBytes), cnt: newCounter(p.n, v.work)}
+	r.cl = closers{func(context.Context) error { return st.removeDir() }}
+	if err := r.newMembers(ctx, st); err != nil {
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 		defer cancel()
-		return nil, errors.Join(err, cl.close(closeCtx))
+		return nil, errors.Join(err, r.cl.close(closeCtx))
 	}
-	cnt := newCounter(p.n, v.work)
-	count := max(v.members, 1)
-	members := make([]sqlMember, count)
-	var statements func() int64
-	for i := range members {
-		var counted func() int64
-		if members[i], counted, err = newSQLMember(ctx, st, &cl, cnt, i == 0, v.counted && i == 0); err != nil {
-			return abandon(fmt.Errorf("member %d: %w", i, err))
-		}
-		if i == 0 {
-			statements = counted
-		}
-	}
-	pub := members[0]
-	if v.publisher {
-		if pub, _, err = newSQLMember(ctx, st, &cl, cnt, false, false); err != nil {
-			return abandon(fmt.Errorf("publisher: %w", err))
-		}
-	}
-
-	topic := p.topic
-	data := payload(cfg.payloadBytes)
-	var keys []string
-	var order *keyOrder
 	if v.keyed {
-		keys, order = publisherKeys(p.n, cfg.publishers, cfg.keys), newKeyOrder()
-	}
-	numbered := v.keyed || v.mode == paced // IDs are indices: for the order check, for the latency
-	messages := func(first, count int) []*herald.Message {
-		msgs := make([]*herald.Message, count)
-		for i := range msgs {
-			m := &herald.Message{Topic: topic, Data: data}
-			if numbered {
-				m.ID = strconv.Itoa(first + i)
-			}
-			if keys != nil {
-				m.Key = keys[first+i]
-			}
-			msgs[i] = m
-		}
-		return msgs
-	}
-	// send publishes msgs in one call: in a transaction of ours when the
-	// row says so, with the paced row's latency starting before COMMIT.
-	send := func(ctx context.Context, first int, msgs []*herald.Message) error {
-		if !v.inTx {
-			return pub.bus.PublishMessages(ctx, msgs...)
-		}
-		tx, err := pub.db.BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if err := pub.bus.PublishMessages(sqldriver.WithTx(ctx, tx), msgs...); err != nil {
-			return errors.Join(err, tx.Rollback())
-		}
-		if v.mode == paced && first >= 0 {
-			for i := range msgs {
-				cnt.published(first + i)
-			}
-		}
-		return tx.Commit()
-	}
-	handler := func(_ context.Context, m *herald.Message) error {
-		cnt.seenID(m.ID)
-		if order != nil && len(m.Data) > 0 {
-			order.see(m.Key, m.ID, cnt)
-		}
-		cnt.receive(len(m.Data), cfg.payloadBytes)
-		return nil
+		r.keys, r.order = publisherKeys(p.n, cfg.publishers, cfg.keys), newKeyOrder()
 	}
 	var afterFill func(ctx context.Context) error
 	if v.presequence {
-		afterFill = func(ctx context.Context) error { return presequence(ctx, st, members[0], topic) }
+		afterFill = func(ctx context.Context) error { return presequence(ctx, st, r.members[0], r.topic) }
 	}
 	return assemble(ctx, p, stages{
 		mode:       v.mode,
 		batch:      cfg.perCall(v.batched),
 		rate:       v.rate,
-		counter:    cnt,
-		stored:     st.stored(pub.db, topic),
+		counter:    r.cnt,
+		stored:     st.stored(r.pub.db, r.topic),
 		afterFill:  afterFill,
-		statements: statements,
-		members:    count,
+		statements: r.statements,
+		members:    len(r.members),
 		publish: func(ctx context.Context, first, count int) error {
-			return send(ctx, first, messages(first, count))
+			return r.send(ctx, first, r.messages(first, count))
 		},
 		warmUp: func(ctx context.Context) error {
-			return send(ctx, -1, []*herald.Message{{Topic: topic}})
+			return r.send(ctx, -1, []*herald.Message{{Topic: r.topic}})
 		},
-		subscribe: func() error {
-			for _, m := range members {
-				if err := m.bus.Handle(topic, benchGroup, handler, herald.WithConcurrency(max(v.concurrency, 1))); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
+		subscribe: r.subscribe,
 		// The subscribers outlive the timed part's context (a consume-only
 		// run starts them there); the teardown stops them.
 		start: func(ctx context.Context) error {
-			for _, m := range members {
+			for _, m := range r.members {
 				if err := m.bus.Start(context.WithoutCancel(ctx)); err != nil {
 					return err
 				}
@@ -546,10 +473,107 @@ func setupSQLDriver(ctx context.Context, p runParams, v sqlVariant) (*pipeline, 
 			if v.mode == consumeOnly {
 				return nil // the clock runs: the balance is the row's business
 			}
-			return waitBalanced(ctx, st, members[0].db, topic, count)
+			return waitBalanced(ctx, st, r.members[0].db, r.topic, len(r.members))
 		},
-		teardown: cl.close,
+		teardown: r.cl.close,
 	})
+}
+
+// sqlRun is one run of a SQL driver row: its members, its publisher and
+// what its messages carry.
+type sqlRun struct {
+	v          sqlVariant
+	cfg        config
+	topic      string
+	data       []byte
+	cnt        *counter
+	cl         closers
+	members    []sqlMember
+	pub        sqlMember
+	statements func() int64 // the first member's statement count, when counted
+	keys       []string
+	order      *keyOrder
+}
+
+// newMembers starts the row's members (and a publisher of its own when
+// the row says so).
+func (r *sqlRun) newMembers(ctx context.Context, st *sqlStore) error {
+	r.members = make([]sqlMember, max(r.v.members, 1))
+	for i := range r.members {
+		var counted func() int64
+		var err error
+		if r.members[i], counted, err = newSQLMember(ctx, st, &r.cl, r.cnt, i == 0, r.v.counted && i == 0); err != nil {
+			return fmt.Errorf("member %d: %w", i, err)
+		}
+		if i == 0 {
+			r.statements = counted
+		}
+	}
+	r.pub = r.members[0]
+	if r.v.publisher {
+		var err error
+		if r.pub, _, err = newSQLMember(ctx, st, &r.cl, r.cnt, false, false); err != nil {
+			return fmt.Errorf("publisher: %w", err)
+		}
+	}
+	return nil
+}
+
+// messages builds count messages from index first; IDs are indices when
+// the row checks order or measures latency.
+func (r *sqlRun) messages(first, count int) []*herald.Message {
+	numbered := r.v.keyed || r.v.mode == paced
+	msgs := make([]*herald.Message, count)
+	for i := range msgs {
+		m := &herald.Message{Topic: r.topic, Data: r.data}
+		if numbered {
+			m.ID = strconv.Itoa(first + i)
+		}
+		if r.keys != nil {
+			m.Key = r.keys[first+i]
+		}
+		msgs[i] = m
+	}
+	return msgs
+}
+
+// send publishes msgs in one call: in a transaction of ours when the row
+// says so, with the paced row's latency starting before COMMIT.
+func (r *sqlRun) send(ctx context.Context, first int, msgs []*herald.Message) error {
+	if !r.v.inTx {
+		return r.pub.bus.PublishMessages(ctx, msgs...)
+	}
+	tx, err := r.pub.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := r.pub.bus.PublishMessages(sqldriver.WithTx(ctx, tx), msgs...); err != nil {
+		return errors.Join(err, tx.Rollback())
+	}
+	if r.v.mode == paced && first >= 0 {
+		for i := range msgs {
+			r.cnt.published(first + i)
+		}
+	}
+	return tx.Commit()
+}
+
+func (r *sqlRun) handle(_ context.Context, m *herald.Message) error {
+	r.cnt.seenID(m.ID)
+	if r.order != nil && len(m.Data) > 0 {
+		r.order.see(m.Key, m.ID, r.cnt)
+	}
+	r.cnt.receive(len(m.Data), r.cfg.payloadBytes)
+	return nil
+}
+
+func (r *sqlRun) subscribe() error {
+	for _, m := range r.members {
+		if err := m.bus.Handle(r.topic, benchGroup, r.handle, herald.WithConcurrency(max(r.v.concurrency, 1))); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // presequence has a member of another group run the driver's sequencer
