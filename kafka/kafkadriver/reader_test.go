@@ -184,8 +184,14 @@ func keyFor(p int, prefix string) string {
 // receives exactly the messages from there on.
 func TestCrashedMemberResumesFromLowestUnacked(t *testing.T) {
 	brokers, real := cluster(t)
+	crashedMemberResumes(t, brokers, real, func(d *kafkadriver.Driver) string { return newTopic(t, d) })
+}
+
+// crashedMemberResumes is TestCrashedMemberResumesFromLowestUnacked on
+// brokers, with a topic of the test's partition count from newTopic.
+func crashedMemberResumes(t *testing.T, brokers []string, real bool, newTopic func(*kafkadriver.Driver) string) {
 	d1 := newDriver(t, brokers, real)
-	topic, group := newTopic(t, d1), drivertest.Name(t, "g")
+	topic, group := newTopic(d1), drivertest.Name(t, "g")
 	ctx := testContext(t)
 
 	const perPartition = 40
