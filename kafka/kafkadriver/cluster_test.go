@@ -208,9 +208,9 @@ func (ch *chaos) run(members int) {
 	lost := ch.waitReceived()
 	ch.stopMembers()
 	ch.members.Wait()
-	written, twice, logReordered := ch.scanLog()
-	t.Logf("in the log: %d records, %d written twice or more, %d after a later record of their key",
-		written, twice, logReordered)
+	written, twice, late, logReordered := ch.scanLog()
+	t.Logf("in the log: %d records, %d written twice or more (%d copies after a later record of their key), %d first copies after a later record of their key",
+		written, twice, late, logReordered)
 	if logReordered != 0 {
 		t.Errorf("%d records are in the log after a later record of their key", logReordered)
 	}
@@ -229,10 +229,13 @@ func (ch *chaos) run(members int) {
 }
 
 // scanLog reads every partition of the topic from the start and counts
-// the records, the IDs written more than once (a retried request that had
-// been applied), and the first copies of a seq below their key's highest
-// seq before them.
-func (ch *chaos) scanLog() (records, twice, reordered int) {
+// the records; the IDs written more than once (a retried request that had
+// been applied), and among those, the extra copies that landed after a
+// later seq of their key (a request applied after its retry succeeded and
+// the key moved on); and the first copies of a seq below their key's
+// highest seq before them, which one request in flight per partition
+// rules out.
+func (ch *chaos) scanLog() (records, twice, late, reordered int) {
 	t := ch.t
 	admin := adminClient(t, ch.c.ListenAddrs())
 	copies := map[string]int{}
@@ -260,6 +263,9 @@ func (ch *chaos) scanLog() (records, twice, reordered int) {
 					twice++
 				}
 				if copies[id] > 1 {
+					if seq < newest[key] {
+						late++
+					}
 					continue
 				}
 				if n, ok := newest[key]; ok && seq < n {
@@ -274,7 +280,7 @@ func (ch *chaos) scanLog() (records, twice, reordered int) {
 			}
 		}
 	}
-	return records, twice, reordered
+	return records, twice, late, reordered
 }
 
 // parseRecord returns a raw record's herald ID, key and seq.

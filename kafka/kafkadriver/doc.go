@@ -116,7 +116,9 @@
 // # Limitations
 //
 //   - No idempotent or transactional producer (kafka-go has none): retried
-//     writes may duplicate; consumers should deduplicate by Message.ID.
+//     writes may duplicate, and a request that timed out but is applied
+//     after its retry leaves its copies behind later messages of the
+//     partition; consumers should deduplicate by Message.ID.
 //   - Reads are read-uncommitted, and kafka-go's batch reader passes
 //     transaction control records through as messages (kafka-go issues
 //     #1332, #1446): on a topic written by transactional producers of other

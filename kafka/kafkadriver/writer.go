@@ -46,7 +46,10 @@ const recordOverhead = 24
 // ErrNotSent), so what a Write wrote to each partition is a prefix of its
 // messages there. Retrying the whole slice is safe when consumers
 // deduplicate by Message.ID; a retried request can also write a message
-// twice (kafka-go has no idempotent producer).
+// twice (kafka-go has no idempotent producer). The first copy of every
+// message is in write order, but a request that timed out and is applied
+// after its retry leaves its copies behind later messages of their
+// partition: a consumer that does not deduplicate can see a key go back.
 //
 // When ctx ends first, Write returns a *herald.DriverError wrapping
 // ctx.Err(): messages not yet sent are withdrawn, those already in a
