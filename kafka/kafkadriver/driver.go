@@ -21,7 +21,9 @@ import (
 )
 
 // metadataTTL bounds how stale the transport's view of topics and leaders
-// gets; kafka-go refreshes it on this period, not on errors.
+// gets; kafka-go refreshes it on this period, not on errors (the writer
+// forces a refresh when a broker says it no longer leads a partition: see
+// relocate).
 const metadataTTL = 3 * time.Second
 
 // Sentinel errors of the driver, besides herald's own.

@@ -536,7 +536,7 @@ func (s *brokerSender) settle(b partitionBatch, err error) {
 		q.mu.Unlock()
 		d.cfg.logger.Warn("kafkadriver: produce failed; retrying", "topic", q.tp.topic, "partition", q.tp.partition,
 			"messages", len(b.recs), "attempt", attempts, "error", err)
-		s.relocate(q)
+		s.relocate(q, err)
 		return
 	}
 	q.attempts, q.maxBatch = 0, d.cfg.batchSize
@@ -547,17 +547,29 @@ func (s *brokerSender) settle(b partitionBatch, err error) {
 }
 
 // relocate moves q to its leader's sender when the metadata says the
-// leader has changed.
-func (s *brokerSender) relocate(q *partitionQueue) {
+// leader has changed. cause is why the batch failed.
+func (s *brokerSender) relocate(q *partitionQueue, cause error) {
 	d := s.d
-	d.forgetTopic(q.tp.topic)
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.requestTimeout)
-	tm, err := d.topicInfo(ctx, q.tp.topic)
-	cancel()
-	if err != nil || q.tp.partition >= len(tm.leaders) {
+	defer cancel()
+	q.mu.Lock()
+	current := q.leader
+	q.mu.Unlock()
+	leader, err := d.leaderOf(ctx, q.tp)
+	if err == nil && leader == current && errors.Is(cause, kafkago.NotLeaderForPartition) {
+		// The broker says it no longer leads the partition, but the
+		// transport, which routes produce requests by its cached metadata
+		// and refreshes that on a timer (up to metadataTTL), not on
+		// errors, still names it: every attempt until then would go to
+		// it again. Dropping the transport's connection pools makes the
+		// next request read the cluster's metadata first; requests in
+		// flight finish on the connections they have.
+		d.transport.CloseIdleConnections()
+		leader, err = d.leaderOf(ctx, q.tp)
+	}
+	if err != nil {
 		return // the next attempt tries the same broker again
 	}
-	leader := tm.leaders[q.tp.partition]
 	q.mu.Lock()
 	moved := leader != q.leader
 	q.leader = leader
@@ -565,6 +577,19 @@ func (s *brokerSender) relocate(q *partitionQueue) {
 	if moved {
 		d.sender(leader).add(q)
 	}
+}
+
+// leaderOf looks up the leader of tp, past the driver's metadata cache.
+func (d *Driver) leaderOf(ctx context.Context, tp topicPartition) (int32, error) {
+	d.forgetTopic(tp.topic)
+	tm, err := d.topicInfo(ctx, tp.topic)
+	if err != nil {
+		return 0, err
+	}
+	if tp.partition >= len(tm.leaders) {
+		return 0, fmt.Errorf("partition %d of %d: %w", tp.partition, len(tm.leaders), protocol.ErrNoPartition)
+	}
+	return tm.leaders[tp.partition], nil
 }
 
 // retriable reports whether a produce error may go away by itself: a
