@@ -109,8 +109,13 @@ func testLag(t *testing.T, cfg Config) {
 	}
 	d, ctx, topic, group := setUp(t, cfg)
 	const n, k = 20, 7
-	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 5) })...)
+	// Both groups exist before the messages are written: a broker whose
+	// groups see only what is published after they are created (a
+	// RabbitMQ queue) counts them too.
 	sub := subscribe(t, ctx, d, topic, group)
+	other := subscribe(t, ctx, d, topic, Name(t, "other"))
+	defer CloseSub(t, other)
+	write(t, ctx, d, newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 5) })...)
 	first := FetchExactly(t, sub, k)
 	waitLag(t, cfg, sub, n, n, "with deliveries in flight, none acknowledged")
 	Ack(t, sub, first...)
@@ -119,8 +124,6 @@ func testLag(t *testing.T, cfg Config) {
 	Ack(t, sub, rest...)
 	waitLag(t, cfg, sub, 0, n-k, "after acknowledging everything")
 
-	other := subscribe(t, ctx, d, topic, Name(t, "other"))
-	defer CloseSub(t, other)
 	FetchExactly(t, other, 1)
 	waitLag(t, cfg, other, n, n, "of a second group holding one delivery")
 
