@@ -1,0 +1,125 @@
+// Package natsdriver is a herald.Driver on NATS JetStream, through
+// nats.go's jetstream package.
+//
+//	nc, _ := nats.Connect(nats.DefaultURL)
+//	js, _ := jetstream.New(nc)
+//	d, err := natsdriver.New(js, natsdriver.WithStreamPrefix("SHOP_"), natsdriver.WithSubjectPrefix("shop"))
+//	...
+//	bus, err := herald.NewBus(d, ...)
+//
+// The driver never closes the connection it was given: stop the Bus, then
+// Close the driver, then close the connection.
+//
+// # Streams, subjects and names
+//
+// Each herald topic is one stream, created on first use (Write or
+// Subscribe) with one subject, the configured storage (file by default),
+// replicas, max age and duplicate window, and limits retention:
+//
+//	topic "orders.placed"  ->  stream HERALD_orders_placed, subject herald.orders_placed
+//
+// Stream names, consumer names and subject tokens cannot hold every
+// character herald names allow, so a name passes through Token: letters,
+// digits, '-' and '_' stay, and '.', ':' and '/' each become '_'. Two
+// names with one token ("a.b" and "a_b") would share a stream or a
+// consumer; the driver writes the herald name into the description of
+// each stream and consumer it creates, and refuses the second name with
+// herald.ErrInvalidName, from any process.
+//
+// With WithSubjects the driver maps topics onto streams the application
+// manages instead: it publishes topic T on subject(T), creates no stream,
+// and puts each group's consumer on the stream that takes that subject,
+// filtered to it, named Token(group)+"_"+Token(topic).
+//
+// # Wire format
+//
+// A herald message is a NATS message: Data is the payload, and the headers
+// carry the rest. Message.ID travels as Nats-Msg-Id, which the server
+// uses to drop a second copy published within the stream's duplicate
+// window; Key as Herald-Key, ContentType as Herald-Content-Type, Time as
+// Herald-Time (RFC 3339 with nanoseconds, UTC); each user and herald-
+// header as a header of its own. Header names beginning with "Nats-", and
+// the driver's own three, are refused in user headers, and so are names
+// and values NATS cannot carry (a ':' or white space in a name, a line
+// break in a value): Write fails with herald.ErrInvalidName. The size
+// limit (WithMaxMessageBytes, default 1 MiB, never above the server's
+// max_payload) counts the payload and the encoded header block.
+//
+// # Groups and consumers
+//
+// Each group is one durable pull consumer on the topic's stream, named
+// Token(group), with explicit acknowledgment, the configured AckWait,
+// MaxDeliver unlimited (herald's dead-letter middleware decides when a
+// message has been tried enough, not the server, which would drop it
+// silently) and no inactivity threshold: a group whose members are all
+// gone keeps its place and its unacknowledged messages for as long as the
+// consumer exists, and DeleteGroup removes it. The members of a group
+// share its consumer and compete for its messages. The consumer's
+// MaxAckPending (the server's default, 1000 on a pull consumer) bounds
+// what the group holds unacknowledged; a member asks for no more than its
+// scheduler has room for.
+//
+// Fetch sends pull requests of len(dst) messages that wait up to the fetch
+// wait on the server and returns as soon as some arrived. Ack sends an
+// acknowledgment and waits for the server to confirm it. A delivery held
+// longer than half the AckWait (a long handler, or a delivery waiting
+// behind its key) is signalled in progress every quarter of the AckWait
+// until it is acknowledged, so the server does not deliver it again while
+// it is worked on. Close hands back the deliveries still held, in stream
+// order, with a negative acknowledgment: the group's next member receives
+// them at once. A member that dies without Close leaves its deliveries to
+// the server, which delivers them again when their AckWait ends.
+//
+// # Order
+//
+// JetStream has no partitions, so what holds for messages of one key is:
+//
+//   - Write publishes a batch in slice order on one connection, and the
+//     server stores it in that order (except that nats.go retries a
+//     publish no stream answered, a stream leader election say, and the
+//     retried one may land after later ones); concurrent Writes interleave.
+//   - A group with one member receives its messages in stream order, so
+//     per key in publish order; a handler error is retried in place by
+//     the scheduler, holding its key, and a graceful hand-back comes back
+//     first, in order.
+//   - A group with several members does NOT keep per-key order: the
+//     server hands the messages of one key to whichever member pulls, and
+//     their handlers run at the same time. Run one member per group where
+//     order matters (or use the Kafka, Redis or SQL drivers, whose
+//     partitions or single reader keep it).
+//   - After a member died (or a pull request was lost with the
+//     connection), its unacknowledged messages come back after the AckWait,
+//     behind later messages of their keys that were delivered meanwhile.
+//
+// # Duplicates
+//
+// Delivery is at least once. The server drops a retried publish with the
+// same Message.ID within the duplicate window (default 2 minutes), so a
+// Write retried after an error does not store twice inside it. A message
+// is delivered again when its member died, when an acknowledgment was lost
+// with the connection, and after a server restart lost acknowledgments the
+// server had not written to its consumer state yet (a SIGKILLed server
+// keeps every acknowledged publish, but may deliver again what was
+// acknowledged shortly before). Deduplicate by Message.ID
+// (herald.WithDedup) where a second run matters.
+//
+// # Delivery counts
+//
+// Delivery.Count is 0 (unknown) and subscriptions are not herald.Releasers.
+// The server counts deliveries (NumDelivered, which NumDelivered returns
+// for a delivery), but it counts every one: a delivery handed back because
+// the scheduler shut down before starting it counts as much as one whose
+// handler ran, and the server has no way to take a count back. Reported as
+// Count, routine restarts would push never-handled messages toward
+// herald.DeadLetterConfig.MaxDeliveries. The retry and dead-letter
+// middleware still count the attempts of one process.
+//
+// # Reconnects and restarts
+//
+// nats.go reconnects by itself. While the server is away Fetch fails (the
+// scheduler calls it again after a backoff), a pull request the server
+// lost is abandoned a second after its expiry, an acknowledgment waits at
+// most the AckWait, and Write waits for the server's acknowledgments until
+// its context ends. With file storage a server restart keeps the streams
+// and the consumers: nothing whose Write returned nil is lost.
+package natsdriver
