@@ -7,7 +7,10 @@
 //	bus, err := herald.NewBus(drv)
 //
 // New takes a goredis.UniversalClient, so a single node, Sentinel and
-// Cluster all work: every command touches one key, the topic's stream.
+// Cluster all work: every command and Lua script touches one key, the
+// topic's stream, so no key needs a hash tag, and a batch that spans
+// topics is split by go-redis across the masters of their slots. The
+// tests run the conformance suite on a six-node cluster.
 // Redis 6.2 or later is required (XAUTOCLAIM); Redis 7 reports pending
 // entries lost to trimming precisely.
 //
@@ -46,8 +49,11 @@
 // with herald.ErrMessageTooLarge before anything is sent. Redis
 // acknowledges an XADD once the entry is in memory; whether it survives a
 // crash of the server depends on the server's persistence (appendonly yes
-// with appendfsync always or everysec) and, with replicas, on WAIT, which
-// this driver does not issue.
+// with appendfsync always or everysec) and, with replicas, on replication,
+// which is asynchronous: a failover can lose entries Write reported
+// stored. WithWait makes Write wait for replicas (WAIT, per master) and
+// fail the messages fewer replicas acknowledged; see WithWait for what it
+// does not promise.
 //
 // # Reading and acknowledging
 //
@@ -135,6 +141,15 @@
 // the start position, so that nothing written since is skipped, and goes
 // on; what the server lost is lost. A server with persistence loses nothing it acknowledged (an
 // XADD, an XACK, the pending list), within its fsync policy.
+//
+// On a cluster, when a master fails its replica takes its slots over
+// (after cluster-node-timeout) and go-redis follows them there: Write and
+// Fetch fail meanwhile, and go on once it has. What the replica had not
+// received when its master died is gone: entries Write reported stored
+// (unless WithWait held Write until a replica had them), and the group's
+// last reads and acknowledgments, so entries come again (duplicates, which
+// consumers deduplicate by Message.ID). The tests measure both with a
+// replica that lags behind its killed master.
 //
 // Errors. Besides Write's *herald.WriteError and the EntriesError above,
 // what the Driver, its subscriptions and its dead-letter Store return, and

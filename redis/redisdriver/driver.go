@@ -40,7 +40,7 @@ var _ herald.Driver = (*Driver)(nil)
 // option, and never contacts Redis itself.
 func New(client goredis.UniversalClient, opts ...Option) (*Driver, error) {
 	cfg := newConfig(opts)
-	err := cfg.validate()
+	err := errors.Join(cfg.validate(), cfg.validateWait(client))
 	if client == nil {
 		err = errors.Join(errors.New("redisdriver: nil client"), err)
 	}
@@ -104,6 +104,10 @@ func (d *Driver) StreamKey(topic string) string { return d.cfg.prefix + topic }
 // the failed messages, or the whole batch; consumers deduplicate by
 // Message.ID (herald.WithDedup). Write's other errors, a single message's
 // failure included, are *herald.DriverError.
+//
+// With WithWait, the XADDs bound for one master are followed by a WAIT on
+// the same connection, and a message fails with ErrNotReplicated when
+// fewer replicas than asked acknowledged it in time.
 func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -137,6 +141,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 				m.ID, size, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
 		}
 		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
+	}
+	if d.cfg.waitReplicas > 0 {
+		return d.writeReplicated(ctx, msgs, args)
 	}
 	if len(msgs) == 1 {
 		if err := d.client.XAdd(ctx, &args[0]).Err(); err != nil {

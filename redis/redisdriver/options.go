@@ -54,6 +54,8 @@ type config struct {
 	claimMinIdle    time.Duration
 	reclaimInterval time.Duration
 	consumerIdle    time.Duration
+	waitReplicas    int
+	waitTimeout     time.Duration
 	onError         func(error)
 }
 
@@ -91,6 +93,8 @@ func (c config) validate() error {
 	p.If(c.reclaimInterval <= 0, "reclaim interval %v is not positive", c.reclaimInterval)
 	p.If(c.consumerIdle <= 0, "consumer idle %v is not positive", c.consumerIdle)
 	p.If(c.consumerIdle > 0 && c.consumerIdle <= c.block, "consumer idle %v must exceed the block time %v, or live consumers would look departed", c.consumerIdle, c.block)
+	p.If(c.waitReplicas < 0, "wait for %d replicas: want 0 (do not wait) or more", c.waitReplicas)
+	p.If(c.waitReplicas > 0 && c.waitTimeout < time.Millisecond, "wait timeout %v is below 1 ms (Redis would read 0 as: wait forever)", c.waitTimeout)
 	return p.Err()
 }
 
@@ -149,6 +153,26 @@ func WithReclaimInterval(d time.Duration) Option { return func(c *config) { c.re
 // (default DefaultConsumerIdle). A consumer that still holds pending entries
 // is never deleted: its entries are taken over first.
 func WithConsumerIdle(d time.Duration) Option { return func(c *config) { c.consumerIdle = d } }
+
+// WithWait makes every Write wait until at least replicas replicas of
+// each master it wrote to acknowledged its entries (WAIT replicas timeout,
+// sent after the XADDs on the connection that carried them: one per
+// master of a cluster), and fail the messages for which fewer did within
+// timeout, with an error wrapping ErrNotReplicated. Off by default (0):
+// Redis replicates asynchronously, so a failover can lose entries that
+// Write reported stored. A failed message may have been stored all the
+// same (on the master, and on some replicas), so a retry can duplicate
+// it; consumers deduplicate by Message.ID. WAIT narrows the window but is
+// no consensus: a promoted replica other than the ones that acknowledged
+// can still lack the entry, and a master left without replicas fails
+// every Write until one is back. timeout must be below the client's
+// ReadTimeout, within which go-redis reads the pipeline's replies; New
+// checks it for a *goredis.Client and a *goredis.ClusterClient, and
+// refuses a *goredis.Ring, whose pipelines split the XADDs from their
+// WAIT.
+func WithWait(replicas int, timeout time.Duration) Option {
+	return func(c *config) { c.waitReplicas, c.waitTimeout = replicas, timeout }
+}
 
 // WithErrorHandler receives the errors the driver meets in the background,
 // where no caller can receive them: acknowledgments that could not be

@@ -1,11 +1,13 @@
 // Package redistest is what herald's tests against a real Redis share: a
 // client on the test server and a key prefix of the test's own, deleted
-// when the test ends. The server's address comes from testenv.RedisAddr.
+// when the test ends, and a private Redis Cluster (StartCluster). The
+// server's address comes from testenv.RedisAddr.
 package redistest
 
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"testing"
 	"time"
 
@@ -32,23 +34,45 @@ func Prefix(t testing.TB, c goredis.UniversalClient, base string) string {
 	return prefix
 }
 
-// DeleteKeys deletes every key under prefix.
+// DeleteKeys deletes every key under prefix, on every master of a
+// *goredis.ClusterClient.
 func DeleteKeys(t testing.TB, c goredis.UniversalClient, prefix string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var err error
+	if cc, ok := c.(*goredis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *goredis.Client) error {
+			return deleteKeys(ctx, node, prefix)
+		})
+	} else {
+		err = deleteKeys(ctx, c, prefix)
+	}
+	if err != nil {
+		t.Errorf("delete the keys under %s: %v", prefix, err)
+	}
+}
+
+// deleteKeys deletes the keys under prefix that SCAN finds on c, one DEL
+// per key: a cluster refuses a DEL of keys in several hash slots.
+func deleteKeys(ctx context.Context, c goredis.Cmdable, prefix string) error {
 	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
 	var keys []string
 	for iter.Next(ctx) {
 		keys = append(keys, iter.Val())
 	}
 	if err := iter.Err(); err != nil {
-		t.Errorf("scan %s*: %v", prefix, err)
-		return
+		return fmt.Errorf("scan %s*: %w", prefix, err)
 	}
-	if len(keys) > 0 {
-		if err := c.Del(ctx, keys...).Err(); err != nil {
-			t.Errorf("delete %d keys under %s: %v", len(keys), prefix, err)
-		}
+	if len(keys) == 0 {
+		return nil
 	}
+	pipe := c.Pipeline()
+	for _, k := range keys {
+		pipe.Del(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("delete %d keys: %w", len(keys), err)
+	}
+	return nil
 }

@@ -1,0 +1,23 @@
+//go:build unix && !linux
+
+package redistest
+
+import (
+	"os"
+	"os/exec"
+	"syscall"
+)
+
+// detach puts the server in a process group of its own, so that a signal
+// meant for the test's group does not reach it and it is stopped only by
+// its pid.
+func detach(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+}
+
+// pause stops p (SIGSTOP) until resume: a node that hangs, as under a long
+// stall of its host, without losing its connections.
+func pause(p *os.Process) error { return p.Signal(syscall.SIGSTOP) }
+
+// resume continues a paused p (SIGCONT).
+func resume(p *os.Process) error { return p.Signal(syscall.SIGCONT) }
