@@ -8,8 +8,11 @@ require github.com/heraldbus/herald/kafka v0.0.0
 
 require github.com/heraldbus/herald/redis v0.0.0
 
+require github.com/heraldbus/herald/rabbitmq v0.0.0
+
 require (
 	github.com/heraldbus/herald/sql v0.0.0
+	github.com/rabbitmq/amqp091-go v1.16.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/twmb/franz-go/pkg/kfake v0.0.0-20260918054303-01f206a7e32c
 	go.opentelemetry.io/otel v1.47.0
@@ -58,3 +61,5 @@ replace github.com/heraldbus/herald/kafka => ../kafka
 replace github.com/heraldbus/herald/redis => ../redis
 
 replace github.com/heraldbus/herald/sql => ../sql
+
+replace github.com/heraldbus/herald/rabbitmq => ../rabbitmq
