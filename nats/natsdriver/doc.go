@@ -105,14 +105,20 @@
 //
 // # Delivery counts
 //
-// Delivery.Count is 0 (unknown) and subscriptions are not herald.Releasers.
-// The server counts deliveries (NumDelivered, which NumDelivered returns
-// for a delivery), but it counts every one: a delivery handed back because
-// the scheduler shut down before starting it counts as much as one whose
-// handler ran, and the server has no way to take a count back. Reported as
-// Count, routine restarts would push never-handled messages toward
-// herald.DeadLetterConfig.MaxDeliveries. The retry and dead-letter
-// middleware still count the attempts of one process.
+// Delivery.Count counts attempts, as herald's dead-letter middleware
+// needs. The server counts every delivery (NumDelivered, which
+// NumDelivered returns for a delivery) and cannot take a count back, so a
+// delivery handed back because the scheduler shut down before starting it
+// would count as much as one whose handler ran. Subscriptions are
+// herald.Releasers: Release, and Close for what a pull request brought
+// after the last Fetch, record each such hand-back in a key-value bucket
+// (WithReleaseBucket), keyed by stream, consumer and stream sequence,
+// before the hand-back; Fetch subtracts the record from NumDelivered for a
+// redelivery (one read, only when NumDelivered is above 1); Ack deletes
+// the record. Counted as attempts all the same: deliveries of a member
+// that died holding them, and messages the server sent for a pull request
+// the connection lost (the driver never saw them). A record that cannot be
+// read leaves Count 0 (unknown) and is reported.
 //
 // # Reconnects and restarts
 //

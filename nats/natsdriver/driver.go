@@ -30,6 +30,9 @@ type Driver struct {
 	// for it; owners maps a stream name back to its topic.
 	streams map[string]string
 	owners  map[string]string
+
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue // release records, once opened
 }
 
 var (
@@ -207,7 +210,8 @@ func (d *Driver) forgetStreams(msgs []*herald.Message) {
 // Subscribe joins group on topic through the group's durable pull
 // consumer, creating the stream and the consumer on first use (explicit
 // acknowledgment, the configured AckWait, unlimited deliveries, the
-// configured start position). The consumer has no inactivity threshold:
+// configured start position), and the bucket of release records (see
+// "Delivery counts" in the package documentation). The consumer has no inactivity threshold:
 // it stays, with its position and its unacknowledged messages, while no
 // member is connected, until someone deletes it (DeleteGroup). The
 // subscription runs one background goroutine until Close.
@@ -229,7 +233,11 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 	if err != nil {
 		return nil, err
 	}
-	s := newSubscription(d, topic, group, cons)
+	kv, err := d.releases(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := newSubscription(d, topic, group, cons, kv)
 	d.mu.Lock()
 	if d.closed.Load() {
 		d.mu.Unlock()

@@ -255,3 +255,52 @@ func TestExistingStreams(t *testing.T) {
 		t.Errorf("the driver created a stream of its own with WithSubjects: %v", err)
 	}
 }
+
+// TestReleaseRecordsOutliveTheDriver hands a delivery back unstarted from
+// one driver and connection and receives it on another, as a restarted
+// process would: the hand-back does not count, and the acknowledgment
+// deletes its record.
+func TestReleaseRecordsOutliveTheDriver(t *testing.T) {
+	e := newEnv(t)
+	ctx := drivertest.Context(t, time.Minute)
+	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
+	first := e.driver(t)
+	sub, err := first.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Write(ctx, []*herald.Message{message(topic, "m", "k")}); err != nil {
+		t.Fatal(err)
+	}
+	got := drivertest.FetchExactly(t, sub, 1)
+	sub.(herald.Releaser).Release(got)
+	drivertest.CloseSub(t, sub)
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	other := envOn(t, e.url, connect(t, e.url))
+	other.streamPrefix, other.subjectPrefix = e.streamPrefix, e.subjectPrefix
+	second := other.driver(t)
+	sub, err = second.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drivertest.CloseSub(t, sub)
+	again := drivertest.FetchExactly(t, sub, 1)
+	if c, n := again[0].Count, natsdriver.NumDelivered(again[0]); c != 1 || n != 2 {
+		t.Errorf("after a released hand-back: Count %d, NumDelivered %d; want 1 and 2", c, n)
+	}
+	drivertest.Ack(t, sub, again...)
+	kv, err := e.js.KeyValue(ctx, e.streamPrefix+"RELEASES")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range keys.Keys() {
+		t.Errorf("release record %s left after the acknowledgment", k)
+	}
+}

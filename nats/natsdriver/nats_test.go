@@ -101,7 +101,7 @@ func (e testEnv) deleteStreams(t testing.TB) {
 	names := e.js.StreamNames(ctx)
 	var mine []string
 	for n := range names.Name() {
-		if strings.HasPrefix(n, e.streamPrefix) {
+		if strings.HasPrefix(n, e.streamPrefix) || strings.HasPrefix(n, "KV_"+e.streamPrefix) {
 			mine = append(mine, n)
 		}
 	}
@@ -152,6 +152,7 @@ func TestConformance(t *testing.T) {
 			return newEnv(t).driver(t, natsdriver.WithAckWait(2*time.Second))
 		},
 		MaxMessageBytes: natsdriver.DefaultMaxMessageBytes,
+		DeliveryCounts:  true,
 		Lag:             true,
 		ErrorReporting:  true,
 		// Message.Time travels as RFC 3339 with nanoseconds.

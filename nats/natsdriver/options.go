@@ -52,6 +52,7 @@ type config struct {
 	ackWait         time.Duration
 	fetchWait       time.Duration
 	start           herald.StartPosition
+	releaseBucket   string
 	onError         func(error)
 }
 
@@ -68,6 +69,9 @@ func newConfig(opts []Option) config {
 	}
 	for _, o := range opts {
 		o(&c)
+	}
+	if c.releaseBucket == "" {
+		c.releaseBucket = c.streamPrefix + "RELEASES"
 	}
 	if c.onError == nil {
 		c.onError = func(err error) {
@@ -93,6 +97,7 @@ func (c config) validate() error {
 	p.If(c.ackWait < 10*time.Millisecond, "ack wait %v is below 10 ms", c.ackWait)
 	p.If(c.fetchWait < 10*time.Millisecond, "fetch wait %v is below 10 ms", c.fetchWait)
 	p.If(!c.start.Valid(), "unknown start position %d", c.start)
+	p.If(!validToken(c.releaseBucket), "release bucket %q: want letters, digits, - and _ only", c.releaseBucket)
 	return p.Err()
 }
 
@@ -163,6 +168,14 @@ func WithFetchWait(d time.Duration) Option { return func(c *config) { c.fetchWai
 // (default herald.StartEarliest: everything the stream holds;
 // herald.StartLatest: what is published after the consumer is created).
 func WithStartPosition(p herald.StartPosition) Option { return func(c *config) { c.start = p } }
+
+// WithReleaseBucket names the key-value bucket in which the driver keeps
+// the hand-backs of deliveries no handler started, so that they do not
+// count in Delivery.Count (default: the stream prefix followed by
+// "RELEASES", HERALD_RELEASES). It is created on the first Subscribe with
+// the configured storage and replicas; every driver of one application
+// must use the same bucket.
+func WithReleaseBucket(name string) Option { return func(c *config) { c.releaseBucket = name } }
 
 // WithErrorHandler receives the errors the driver meets in the
 // background, where no caller can receive them: in-progress signals and

@@ -25,6 +25,9 @@ type subscription struct {
 	d            *Driver
 	topic, group string
 	cons         jetstream.Consumer
+	stream       string
+	consumer     string
+	kv           jetstream.KeyValue // release records
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -50,17 +53,22 @@ type held struct {
 	touched      time.Time // fetched, or last signalled in progress
 	numDelivered uint64
 	seq          uint64 // in the stream
+	key          string // of its release record
+	released     uint64 // hand-backs not counted, as its record says
 }
 
 var (
 	_ herald.Subscription  = (*subscription)(nil)
 	_ herald.LagReporter   = (*subscription)(nil)
 	_ herald.ErrorReporter = (*subscription)(nil)
+	_ herald.Releaser      = (*subscription)(nil)
 )
 
-func newSubscription(d *Driver, topic, group string, cons jetstream.Consumer) *subscription {
+func newSubscription(d *Driver, topic, group string, cons jetstream.Consumer, kv jetstream.KeyValue) *subscription {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &subscription{d: d, topic: topic, group: group, cons: cons, ctx: ctx, cancel: cancel, held: make(map[*held]struct{})}
+	info := cons.CachedInfo()
+	return &subscription{d: d, topic: topic, group: group, cons: cons, stream: info.Stream, consumer: info.Name, kv: kv,
+		ctx: ctx, cancel: cancel, held: make(map[*held]struct{})}
 }
 
 func (s *subscription) fail(op, detail string, err error) error {
@@ -105,9 +113,9 @@ func (s *subscription) touch(now time.Time) {
 
 // Fetch pulls up to len(dst) messages from the group's consumer, waiting
 // until at least one is there, ctx is done or the subscription is closed,
-// and returns as soon as it has some. Delivery.Count is 0 (unknown): see
-// "Delivery counts" in the package documentation; NumDelivered has the
-// server's count.
+// and returns as soon as it has some. Delivery.Count is the server's
+// count less the hand-backs that were not attempts (see "Delivery counts"
+// in the package documentation); NumDelivered has the server's own.
 //
 // A pull request is not cancelled with ctx: the server may have sent its
 // messages already, and a cancelled request would drop them until the
@@ -227,17 +235,23 @@ func (s *subscription) hold(msg jetstream.Msg) (herald.Delivery, bool) {
 		s.onError(s.fail("fetch", "a message without JetStream metadata was dropped", err))
 		return herald.Delivery{}, false
 	}
-	h := &held{msg: msg, touched: time.Now(), numDelivered: meta.NumDelivered, seq: meta.Sequence.Stream}
+	h := s.newHeld(msg, meta)
+	count := s.count(h)
 	s.mu.Lock()
 	s.held[h] = struct{}{}
 	s.mu.Unlock()
-	return herald.Delivery{Message: decode(s.topic, msg.Headers(), msg.Data()), Ref: h, Seq: h.seq}, true
+	return herald.Delivery{Message: decode(s.topic, msg.Headers(), msg.Data()), Count: count, Ref: h, Seq: h.seq}, true
+}
+
+func (s *subscription) newHeld(msg jetstream.Msg, meta *jetstream.MsgMetadata) *held {
+	return &held{msg: msg, touched: time.Now(), numDelivered: meta.NumDelivered, seq: meta.Sequence.Stream,
+		key: releaseKey(s.stream, s.consumer, meta.Sequence.Stream)}
 }
 
 // NumDelivered returns how many times the server has delivered d's
 // message to its group, this time included, or 0 for a delivery of
-// another driver. It counts hand-backs of deliveries no handler started
-// too (see "Delivery counts" in the package documentation).
+// another driver. Unlike Delivery.Count it counts hand-backs of
+// deliveries no handler started too.
 func NumDelivered(d herald.Delivery) uint64 {
 	if h, ok := d.Ref.(*held); ok {
 		return h.numDelivered
@@ -271,6 +285,7 @@ func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	if err := h.msg.DoubleAck(actx); err != nil {
 		return s.fail("ack", messageDetail(d), err)
 	}
+	s.forgetReleases(actx, h)
 	return nil
 }
 
@@ -321,6 +336,7 @@ func (s *subscription) Close(ctx context.Context) error {
 		s.held = make(map[*held]struct{})
 		s.mu.Unlock()
 		slices.SortFunc(back, func(a, b *held) int { return cmp.Compare(a.seq, b.seq) })
+		s.releaseLate(ctx, late)
 		err = s.handBack(ctx, append(msgsOf(back), late...))
 		s.d.forget(s)
 	})
@@ -351,6 +367,22 @@ func (s *subscription) drainBatch(ctx context.Context) []jetstream.Msg {
 			return late
 		case <-ctx.Done():
 			return late
+		}
+	}
+}
+
+// releaseLate records that the messages a pull request brought after the
+// last Fetch are handed back unstarted: the scheduler never saw them.
+func (s *subscription) releaseLate(ctx context.Context, late []jetstream.Msg) {
+	for _, msg := range late {
+		meta, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		h := s.newHeld(msg, meta)
+		if r, err := s.released(h.key, h.numDelivered); err == nil {
+			h.released = r
+			s.release(ctx, h)
 		}
 	}
 }
