@@ -304,3 +304,33 @@ func TestReleaseRecordsOutliveTheDriver(t *testing.T) {
 		t.Errorf("release record %s left after the acknowledgment", k)
 	}
 }
+
+// TestBackgroundErrorsReachTheScheduler makes a release record
+// unwritable (its bucket deleted under the subscription): Release has no
+// caller to return to, so the error goes to the function ReportErrorsTo
+// gave, as a *herald.DriverError.
+func TestBackgroundErrorsReachTheScheduler(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(t, natsdriver.WithErrorHandler(func(err error) { t.Errorf("fallback handler got %v", err) }))
+	ctx := drivertest.Context(t, time.Minute)
+	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
+	sub, err := d.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drivertest.CloseSub(t, sub)
+	var reported []error
+	sub.(herald.ErrorReporter).ReportErrorsTo(func(err error) { reported = append(reported, err) })
+	if err := d.Write(ctx, []*herald.Message{message(topic, "m", "k")}); err != nil {
+		t.Fatal(err)
+	}
+	got := drivertest.FetchExactly(t, sub, 1)
+	if err := e.js.DeleteKeyValue(ctx, e.streamPrefix+"RELEASES"); err != nil {
+		t.Fatal(err)
+	}
+	sub.(herald.Releaser).Release(got)
+	var de *herald.DriverError
+	if len(reported) != 1 || !errors.As(reported[0], &de) || de.Op != "release" || de.Topic != topic || de.Group != group {
+		t.Fatalf("reported %v, want one release DriverError", reported)
+	}
+}
