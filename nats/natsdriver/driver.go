@@ -291,13 +291,18 @@ func (d *Driver) consumer(ctx context.Context, stream, topic, group string) (jet
 
 // DeleteGroup deletes group's consumer on topic: its position and its
 // unacknowledged messages. Members still subscribed fail their next Fetch.
+// Release records of the group's messages expire on their own. It creates
+// nothing: a topic without a stream fails with jetstream.ErrStreamNotFound.
 func (d *Driver) DeleteGroup(ctx context.Context, topic, group string) error {
 	if err := errors.Join(herald.ValidateName("topic", topic), herald.ValidateName("group", group)); err != nil {
 		return fail("delete group", topic, group, "", err)
 	}
-	stream, err := d.stream(ctx, topic)
-	if err != nil {
-		return err
+	stream := d.StreamName(topic)
+	if d.cfg.subjectFor != nil {
+		var err error
+		if stream, err = d.stream(ctx, topic); err != nil {
+			return err
+		}
 	}
 	if err := d.js.DeleteConsumer(ctx, stream, d.consumerName(topic, group)); err != nil {
 		return fail("delete group", topic, group, "", err)

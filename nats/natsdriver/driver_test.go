@@ -334,3 +334,38 @@ func TestBackgroundErrorsReachTheScheduler(t *testing.T) {
 		t.Fatalf("reported %v, want one release DriverError", reported)
 	}
 }
+
+// TestDeleteGroup removes a group's consumer: the group starts over from
+// the start position, and a topic without a stream is not created.
+func TestDeleteGroup(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(t)
+	ctx := drivertest.Context(t, time.Minute)
+	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
+	sub, err := d.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Write(ctx, []*herald.Message{message(topic, "m", "k")}); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Ack(t, sub, drivertest.FetchExactly(t, sub, 1)...)
+	drivertest.CloseSub(t, sub)
+	if err := d.DeleteGroup(ctx, topic, group); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.js.Consumer(ctx, d.StreamName(topic), natsdriver.Token(group)); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Errorf("consumer after DeleteGroup: %v", err)
+	}
+	sub, err = d.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drivertest.CloseSub(t, sub)
+	if got := drivertest.FetchExactly(t, sub, 1); got[0].Message.ID != "m" {
+		t.Errorf("the group made again got %s, want m from the start", got[0].Message.ID)
+	}
+	if err := d.DeleteGroup(ctx, drivertest.Name(t, "none"), group); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("DeleteGroup on a topic without a stream = %v, want ErrStreamNotFound", err)
+	}
+}
