@@ -37,6 +37,9 @@ type config struct {
 	sqlIdle         time.Duration // idle window of the sqldriver scenario's latency rows (-sql-idle; 0: not measured)
 	sqlMembers      int           // members of the sqldriver scenario's scale-out row (-sql-members)
 	sqlSQLiteRows   int           // backlog of the sqldriver scenario's SQLite consume row (-sql-sqlite-backlog)
+	natsURL         string        // NATS server of the nats scenario (HERALD_NATS_URL)
+	amqpURL         string        // RabbitMQ broker of the rabbitmq scenario (HERALD_AMQP_URL)
+	runToken        string        // names the invocation's topics (-run-token; empty: runToken makes one)
 }
 
 // perCall is the messages per publish call of a row: cfg.batch when it is
@@ -311,11 +314,19 @@ func (c *counter) receive(size, want int) {
 // handle is the handler's part for one message of the right size: the
 // work (a sleep, measured, because a sleep takes longer than asked for),
 // then the count.
-func (c *counter) handle() {
+func (c *counter) handle() { c.handleThen(nil) }
+
+// handleThen is handle with a step between the work and the count: a
+// hand-written consumer acknowledges there, after its handler's work and
+// before the message counts, as a library does.
+func (c *counter) handleThen(after func()) {
 	if c.work > 0 {
 		start := time.Now()
 		time.Sleep(c.work)
 		c.busy.Add(int64(time.Since(start)))
+	}
+	if after != nil {
+		after()
 	}
 	c.add()
 }

@@ -23,7 +23,12 @@
 // HERALD_POSTGRES_DSN (default
 // postgres://postgres@127.0.0.1:5432/test?sslmode=disable), on tables each
 // run creates and drops; the sqldriver scenario's SQLite rows use a file
-// in a temporary directory of their own.
+// in a temporary directory of their own. The nats scenario talks to the
+// NATS server (with JetStream) at HERALD_NATS_URL (default
+// nats://127.0.0.1:4222), the rabbitmq scenario to the RabbitMQ broker at
+// HERALD_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/), the
+// variables the drivers' tests read; each run creates its streams, or its
+// exchanges and queues, under names of its own and deletes them.
 package main
 
 import (
@@ -160,6 +165,8 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	fs.StringVar(&opts.cpuProfile, "cpuprofile", "", "write a CPU profile of the runs to this file (implies -isolate=false)")
 	fs.StringVar(&opts.memProfile, "memprofile", "", "write an allocation profile to this file at the end (implies -isolate=false)")
 	fs.BoolVar(&cfg.isolate, "isolate", true, "run every measured run in a fresh child process")
+	fs.StringVar(&cfg.runToken, "run-token", "",
+		"names this invocation's topics, streams and queues, bench.<case>.<token>.<round> (default: the time and random bytes)")
 	fs.StringVar(&opts.child, "child", "", "internal: perform one run, scenario:case:messages:topic, and print its result (what -isolate starts)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, options{}, err
@@ -169,6 +176,8 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	}
 	cfg.redisAddr = envOr("HERALD_REDIS_ADDR", defaultRedisAddr)
 	cfg.postgresDSN = envOr("HERALD_POSTGRES_DSN", defaultPostgresDSN)
+	cfg.natsURL = envOr("HERALD_NATS_URL", defaultNATSURL)
+	cfg.amqpURL = envOr("HERALD_AMQP_URL", defaultAMQPURL)
 	if *kafkaBrokers != "" {
 		cfg.kafkaBrokers = strings.Split(*kafkaBrokers, ",")
 	}
@@ -322,6 +331,9 @@ func (c config) validate() error {
 	if c.runTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-timeout must be positive, got %s", c.runTimeout))
 	}
+	if strings.Trim(c.runToken, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
+		errs = append(errs, fmt.Errorf("-run-token %q: want letters, digits and - only (it goes into topic, stream and queue names)", c.runToken))
+	}
 	if strings.TrimSpace(c.redisPrefix) == "" {
 		errs = append(errs, errors.New("-redis-prefix must not be empty: the benchmark's streams would mix with other keys"))
 	}
@@ -386,9 +398,12 @@ func runPlan(ctx context.Context, cfg config, plan []scenarioPlan, measure measu
 	}
 	// Topics must be unique across invocations too: a Redis or Kafka
 	// server is shared with whoever else runs this at the same time.
-	token, err := runToken()
-	if err != nil {
-		return nil, err
+	token := cfg.runToken
+	if token == "" {
+		var err error
+		if token, err = runToken(); err != nil {
+			return nil, err
+		}
 	}
 	for round := range cfg.runs {
 		for i, p := range plan {

@@ -53,7 +53,11 @@ func readEnvironment() environment {
 				"github.com/segmentio/kafka-go",
 				"github.com/twmb/franz-go/pkg/kfake",
 				"github.com/ThreeDotsLabs/watermill-sql/v3",
-				"github.com/jackc/pgx/v5":
+				"github.com/jackc/pgx/v5",
+				"github.com/ThreeDotsLabs/watermill-nats/v2",
+				"github.com/nats-io/nats.go",
+				"github.com/ThreeDotsLabs/watermill-amqp/v3",
+				"github.com/rabbitmq/amqp091-go":
 				env.modules = append(env.modules, m.Path+" "+m.Version)
 			}
 		}

@@ -35,6 +35,8 @@ func scenarios() []scenario {
 		memoryScenario(),
 		redisScenario(),
 		kafkaScenario(),
+		natsScenario(),
+		rabbitmqScenario(),
 		outboxScenario(),
 		sqldriverScenario(),
 		otelScenario(),

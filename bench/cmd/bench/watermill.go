@@ -33,6 +33,11 @@ type watermillBackend struct {
 	// statements, when set, counts the statements the subscriber's pool
 	// has sent (see openCounted), for the idle rate.
 	statements func() int64
+	// fill, when set, fills the topic of a consume-only run in place of
+	// the publisher (untimed): messages first..first+count-1 as the
+	// publisher would encode them, sent faster than its Publish, which
+	// waits for each message's confirm in turn.
+	fill func(ctx context.Context, first, count int) error
 }
 
 // commitMarker is a publisher that publishes in a transaction of its own
@@ -68,6 +73,11 @@ type watermillVariant struct {
 	// beforeCommit starts a paced row's latency just before the COMMIT of
 	// each publishing transaction (the publisher must be a commitMarker).
 	beforeCommit bool
+	// handlers is how many consumer handlers the Router runs on the
+	// topic, each subscribing once (0 means 1): the way to more than one
+	// message in flight with a subscriber that hands over one message at
+	// a time and waits for its ack (AMQP).
+	handlers int
 	// backlog, when above the run's message count, is how many rows a
 	// consume-only run's topic holds: the rows past the counted ones are
 	// published after them with empty payloads, which the handler ignores
@@ -128,6 +138,10 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 			return publishBounded(ctx, extra, cfg.publishers, fillBatch, send.padding)
 		}
 	}
+	publish := send.publish
+	if v.mode == consumeOnly && be.fill != nil {
+		publish = be.fill
+	}
 	return assemble(ctx, p, stages{
 		mode:       v.mode,
 		batch:      cfg.perCall(v.batched),
@@ -137,13 +151,13 @@ func setupWatermill(ctx context.Context, p runParams, newPubSub watermillPubSubF
 		afterFill:  afterFill,
 		statements: be.statements,
 		subscribe: func() error {
-			return rt.subscribe(topic, sub, watermillHandler(cnt, cfg.payloadBytes, v.json))
+			return rt.subscribe(topic, sub, watermillHandler(cnt, cfg.payloadBytes, v.json), max(v.handlers, 1))
 		},
 		start: rt.start,
 		teardown: func(ctx context.Context) error {
 			return errors.Join(rt.stop(ctx), sub.Close(), be.release(ctx))
 		},
-		publish: send.publish,
+		publish: publish,
 		warmUp:  send.warmUp,
 	})
 }
@@ -178,15 +192,22 @@ type watermillRouter struct {
 	runDone      chan error
 }
 
-// subscribe makes the Router with one consumer handler on topic.
-func (r *watermillRouter) subscribe(topic string, sub message.Subscriber, handler message.NoPublishHandlerFunc) error {
+// subscribe makes the Router with handlers consumer handlers on topic,
+// each subscribing once.
+func (r *watermillRouter) subscribe(topic string, sub message.Subscriber, handler message.NoPublishHandlerFunc, handlers int) error {
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.closeTimeout}, watermill.NopLogger{})
 	if err != nil {
 		return err
 	}
 	r.router = router
 	r.runDone = make(chan error, 1)
-	router.AddConsumerHandler(benchGroup, topic, sub, handler)
+	if handlers == 1 {
+		router.AddConsumerHandler(benchGroup, topic, sub, handler)
+		return nil
+	}
+	for i := range handlers {
+		router.AddConsumerHandler(fmt.Sprintf("%s-%d", benchGroup, i), topic, sub, handler)
+	}
 	return nil
 }
 
