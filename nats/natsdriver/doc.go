@@ -38,8 +38,16 @@
 // uses to drop a second copy published within the stream's duplicate
 // window; Key as Herald-Key, ContentType as Herald-Content-Type, Time as
 // Herald-Time (RFC 3339 with nanoseconds, UTC); each user and herald-
-// header as a header of its own. Header names beginning with "Nats-", and
-// the driver's own three, are refused in user headers, and so are names
+// header as a header of its own. Two kinds of message are kept out of that
+// window, with their ID in Herald-Id instead: a dead-letter entry or a
+// redrive (a herald-dlq-* or herald-redrive-* header) has no Nats-Msg-Id,
+// since it writes an ID the stream may hold already on purpose (two groups
+// dead-lettering one message, a redrive within the window) and the server
+// would drop it while Write reports it stored; a second copy of one is
+// delivered and herald's deduplication skips it. With WithSubjects, where
+// one stream may hold several topics, the Nats-Msg-Id is the topic, a
+// space and the ID. Header names beginning with "Nats-", and the driver's
+// own four, are refused in user headers, and so are names
 // and values NATS cannot carry (a ':' or white space in a name, a line
 // break in a value): Write fails with herald.ErrInvalidName. The size
 // limit (WithMaxMessageBytes, default 1 MiB, never above the server's
@@ -119,6 +127,18 @@
 // that died holding them, and messages the server sent for a pull request
 // the connection lost (the driver never saw them). A record that cannot be
 // read leaves Count 0 (unknown) and is reported.
+//
+// # Dead letters
+//
+// herald.WithDeadLetter writes "<topic>.dlq" through Write like any topic,
+// so it has a stream of its own (or its subject, with WithSubjects).
+// Driver.DeadLetters reads it for package dlq and the herald command: a
+// position is the stream sequence ("1042"); List and Get read with a
+// short-lived consumer of their own, without acknowledgments, deleted when
+// the read ends (with direct gets on a stream without limits retention);
+// MarkRedriven deletes the redriven messages from the stream, so nothing
+// else records marks and every process sees the same. It creates no
+// stream. See DeadLetters for the details.
 //
 // # Reconnects and restarts
 //

@@ -14,6 +14,7 @@ import (
 // in the package documentation.
 const (
 	headerMsgID       = "Nats-Msg-Id" // the server's deduplication key
+	headerID          = "Herald-Id"   // Message.ID, when Nats-Msg-Id is not just that
 	headerKey         = "Herald-Key"
 	headerContentType = "Herald-Content-Type"
 	headerTime        = "Herald-Time"
@@ -24,14 +25,53 @@ const (
 // ownHeader reports whether a header name belongs to the driver or the
 // server, so that a user header must not use it.
 func ownHeader(k string) bool {
-	return strings.HasPrefix(k, natsReserved) || k == headerKey || k == headerContentType || k == headerTime
+	return strings.HasPrefix(k, natsReserved) || k == headerID || k == headerKey || k == headerContentType || k == headerTime
 }
 
-// encode returns the NATS message of m on subject and its size on the
-// wire (payload plus the header block), or an error for a header NATS
-// cannot carry.
-func encode(m *herald.Message, subject string) (*nats.Msg, int, error) {
-	h := make(nats.Header, len(m.Headers)+4)
+// dedupKey returns the Nats-Msg-Id of m, the key of the server's duplicate
+// window, or "" for none. It is m.ID, so that a retried publish is dropped,
+// except where that would drop a message herald writes again on purpose:
+//
+//   - a dead-letter entry or a redrive (a herald-dlq-* or redrive header)
+//     gets none: dead-lettering and redriving write an ID the stream may
+//     hold already (the same message dead-lettered by two groups, redriven
+//     within the window, written to a stream its topic shares), and the
+//     server would drop it while its writer counts it stored. A second
+//     copy of one is delivered, and herald's deduplication (keyed by ID
+//     and redrive count) skips it;
+//   - with WithSubjects (shared is true) the key is the topic, a space and
+//     the ID, since one stream may hold several topics and the window
+//     spans the stream.
+func dedupKey(m *herald.Message, shared bool) string {
+	if m.ID == "" {
+		return ""
+	}
+	for k := range m.Headers {
+		if herald.IsDeadLetterHeader(k) || k == herald.HeaderRedriveGroup || k == herald.HeaderRedriveCount {
+			return ""
+		}
+	}
+	if shared {
+		return m.Topic + " " + m.ID
+	}
+	return m.ID
+}
+
+// messageID returns the herald message ID of a stored message: Herald-Id
+// when the driver set one, else the Nats-Msg-Id (also that of a producer
+// of another kind).
+func messageID(h nats.Header) string {
+	if id := h.Get(headerID); id != "" {
+		return id
+	}
+	return h.Get(headerMsgID)
+}
+
+// encode returns the NATS message of m on subject with the Nats-Msg-Id
+// msgID (its dedupKey; "" for none) and its size on the wire (payload plus
+// the header block), or an error for a header NATS cannot carry.
+func encode(m *herald.Message, subject, msgID string) (*nats.Msg, int, error) {
+	h := make(nats.Header, len(m.Headers)+5)
 	size := len("NATS/1.0\r\n\r\n") + len(m.Data)
 	set := func(k, v string) {
 		h[k] = []string{v}
@@ -43,8 +83,11 @@ func encode(m *herald.Message, subject string) (*nats.Msg, int, error) {
 		}
 		set(k, v)
 	}
-	if m.ID != "" {
-		set(headerMsgID, m.ID)
+	if msgID != "" {
+		set(headerMsgID, msgID)
+	}
+	if m.ID != "" && msgID != m.ID {
+		set(headerID, m.ID)
 	}
 	if m.Key != "" {
 		set(headerKey, m.Key)
@@ -78,7 +121,7 @@ func checkHeader(k, v string) error {
 func decode(topic string, h nats.Header, data []byte) *herald.Message {
 	m := &herald.Message{
 		Topic:       topic,
-		ID:          h.Get(headerMsgID),
+		ID:          messageID(h),
 		Key:         h.Get(headerKey),
 		ContentType: h.Get(headerContentType),
 		Data:        data,

@@ -16,9 +16,10 @@ import (
 // key keep their order), and waits until the server acknowledged each one
 // or ctx is done. Each message carries its ID as Nats-Msg-Id, so that a
 // retried publish within the stream's duplicate window is dropped by the
-// server. A nil message, an invalid topic, a header NATS cannot carry or a
-// message above the size limit fails the whole call before anything is
-// sent, and so does a cancelled ctx. The streams of topics not seen before
+// server; dead-letter entries and redrives do not (see "Wire format" in
+// the package documentation). A nil message, an invalid topic, a header
+// NATS cannot carry or a message above the size limit fails the whole
+// call before anything is sent, and so does a cancelled ctx. The streams of topics not seen before
 // are created first (see Subscribe); with WithSubjects a message whose
 // subject no stream takes fails (no responders).
 //
@@ -77,7 +78,7 @@ func (d *Driver) prepare(msgs []*herald.Message) ([]*nats.Msg, error) {
 		if err := herald.ValidateName("topic", m.Topic); err != nil {
 			return nil, fail("write", m.Topic, "", "message "+m.ID, err)
 		}
-		nm, size, err := encode(m, d.Subject(m.Topic))
+		nm, size, err := encode(m, d.Subject(m.Topic), dedupKey(m, d.cfg.subjectFor != nil))
 		if err != nil {
 			return nil, fail("write", m.Topic, "", "message "+m.ID, err)
 		}
