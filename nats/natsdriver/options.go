@@ -178,8 +178,9 @@ func WithStartPosition(p herald.StartPosition) Option { return func(c *config) {
 func WithReleaseBucket(name string) Option { return func(c *config) { c.releaseBucket = name } }
 
 // WithErrorHandler receives the errors the driver meets in the
-// background, where no caller can receive them: in-progress signals and
-// hand-backs the server did not take. It is called from several
+// background, where no caller can receive them: in-progress signals,
+// hand-backs the server did not take, and the consumer of a dead-letter
+// read that could not be deleted (see DeadLetters). It is called from several
 // goroutines and must not block. Default: log with slog.Default() at
 // error level. A subscription run by a herald scheduler reports to the
 // scheduler's error handler instead (herald.ErrorReporter).
