@@ -160,7 +160,7 @@ func TestFlagErrors(t *testing.T) {
 	}{
 		{"every bad number at once", []string{"-n", "0", "-runs", "-1", "-publishers", "0"},
 			[]string{"-n must be positive", "-runs must be positive", "-publishers must be positive"}},
-		{"unknown scenario", []string{"-scenario", "nats"}, []string{`unknown scenario "nats"`, "memory"}},
+		{"unknown scenario", []string{"-scenario", "nosuch"}, []string{`unknown scenario "nosuch"`, "memory", "nats", "rabbitmq"}},
 		{"unknown case", []string{"-case", "herald-raw,nope,zap"}, []string{"no case nope, zap in scenarios memory"}},
 		{"stray argument", []string{"extra"}, []string{"unexpected arguments"}},
 		{"bad child spec", []string{"-child", "memory:herald-raw:many:t"}, []string{"message count"}},
