@@ -5,6 +5,7 @@ package testenv
 
 import (
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -17,6 +18,8 @@ const (
 	DefaultRedisAddr   = "127.0.0.1:6379"
 	DefaultPostgresDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 	DefaultMySQLDSN    = "root@tcp(127.0.0.1:3306)/test?parseTime=true&multiStatements=true"
+	DefaultNATSURL     = "nats://127.0.0.1:4222"
+	DefaultAMQPURL     = "amqp://guest:guest@127.0.0.1:5672/"
 )
 
 // CI reports whether the tests run under CI, where a missing server is a
@@ -73,6 +76,39 @@ func MySQLDSN(t testing.TB) string {
 	dsn := Getenv("HERALD_MYSQL_DSN", DefaultMySQLDSN)
 	requireTCP(t, "mysql", hostPort(dsn, "127.0.0.1:3306"))
 	return dsn
+}
+
+// NATSURL returns HERALD_NATS_URL (default nats://127.0.0.1:4222) after
+// checking that something listens there.
+func NATSURL(t testing.TB) string {
+	t.Helper()
+	u := Getenv("HERALD_NATS_URL", DefaultNATSURL)
+	requireTCP(t, "nats", urlHost(u, "4222"))
+	return u
+}
+
+// AMQPURL returns HERALD_AMQP_URL (default
+// amqp://guest:guest@127.0.0.1:5672/) after checking that something
+// listens there.
+func AMQPURL(t testing.TB) string {
+	t.Helper()
+	u := Getenv("HERALD_AMQP_URL", DefaultAMQPURL)
+	requireTCP(t, "rabbitmq", urlHost(u, "5672"))
+	return u
+}
+
+// urlHost is the host:port of the first URL in a comma-separated list,
+// with port when the URL has none.
+func urlHost(list, port string) string {
+	first, _, _ := strings.Cut(list, ",")
+	u, err := url.Parse(first)
+	if err != nil || u.Host == "" {
+		return first
+	}
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), port)
+	}
+	return u.Host
 }
 
 // KafkaBrokers returns HERALD_KAFKA_BROKERS split on commas, or nil when it

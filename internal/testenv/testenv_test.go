@@ -13,3 +13,18 @@ func TestCI(t *testing.T) {
 		}
 	}
 }
+
+func TestURLHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":              "127.0.0.1:4222",
+		"nats://a:1,nats://b:2":              "a:1",
+		"nats://h":                           "h:4222",
+		"amqp://guest:secret@rabbit:5673/vh": "rabbit:5673",
+		"amqps://u:p@[::1]/":                 "[::1]:4222",
+		"127.0.0.1:4222":                     "127.0.0.1:4222",
+	} {
+		if got := urlHost(in, "4222"); got != want {
+			t.Errorf("urlHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
