@@ -47,9 +47,12 @@
 // delivered and herald's deduplication skips it. With WithSubjects, where
 // one stream may hold several topics, the Nats-Msg-Id is the topic, a
 // space and the ID. Header names beginning with "Nats-", and the driver's
-// own four, are refused in user headers, and so are names
-// and values NATS cannot carry (a ':' or white space in a name, a line
-// break in a value): Write fails with herald.ErrInvalidName. The size
+// own five, are refused in user headers, and so are names NATS cannot
+// carry (empty, or with a ':' or white space): Write fails with
+// herald.ErrInvalidName. A value with a line break (a dead letter's
+// reason with a stack, say), which the NATS header block cannot carry,
+// travels with '%', CR and LF percent-encoded and its name listed in
+// Herald-Escaped, and comes back as it was written. The size
 // limit (WithMaxMessageBytes, default 1 MiB, never above the server's
 // max_payload) counts the payload and the encoded header block.
 //

@@ -18,6 +18,9 @@ const (
 	headerKey         = "Herald-Key"
 	headerContentType = "Herald-Content-Type"
 	headerTime        = "Herald-Time"
+	// headerEscaped lists, separated by spaces, the headers whose values
+	// were escaped because they held line breaks (see escaper).
+	headerEscaped = "Herald-Escaped"
 	// natsReserved starts the headers the server reads and sets.
 	natsReserved = "Nats-"
 )
@@ -25,8 +28,19 @@ const (
 // ownHeader reports whether a header name belongs to the driver or the
 // server, so that a user header must not use it.
 func ownHeader(k string) bool {
-	return strings.HasPrefix(k, natsReserved) || k == headerID || k == headerKey || k == headerContentType || k == headerTime
+	return strings.HasPrefix(k, natsReserved) || k == headerID || k == headerKey || k == headerContentType || k == headerTime ||
+		k == headerEscaped
 }
+
+// The NATS header block cannot carry a line break in a value, and herald
+// writes some (a dead letter's reason with a panic's stack): such a value
+// travels with '%', CR and LF percent-encoded, its name listed in
+// Herald-Escaped, and is decoded on the way back. Values without line
+// breaks travel as they are.
+var (
+	escaper   = strings.NewReplacer("%", "%25", "\r", "%0D", "\n", "%0A")
+	unescaper = strings.NewReplacer("%25", "%", "%0D", "\r", "%0A", "\n")
+)
 
 // dedupKey returns the Nats-Msg-Id of m, the key of the server's duplicate
 // window, or "" for none. It is m.ID, so that a retried publish is dropped,
@@ -73,7 +87,12 @@ func messageID(h nats.Header) string {
 func encode(m *herald.Message, subject, msgID string) (*nats.Msg, int, error) {
 	h := make(nats.Header, len(m.Headers)+5)
 	size := len("NATS/1.0\r\n\r\n") + len(m.Data)
+	var escaped []string
 	set := func(k, v string) {
+		if strings.ContainsAny(v, "\r\n") {
+			v = escaper.Replace(v)
+			escaped = append(escaped, k)
+		}
 		h[k] = []string{v}
 		size += len(k) + len(v) + len(": \r\n")
 	}
@@ -98,6 +117,9 @@ func encode(m *herald.Message, subject, msgID string) (*nats.Msg, int, error) {
 	if !m.Time.IsZero() {
 		set(headerTime, m.Time.UTC().Format(time.RFC3339Nano))
 	}
+	if len(escaped) > 0 {
+		set(headerEscaped, strings.Join(escaped, " "))
+	}
 	return &nats.Msg{Subject: subject, Header: h, Data: m.Data}, size, nil
 }
 
@@ -107,8 +129,6 @@ func checkHeader(k, v string) error {
 	switch {
 	case k == "" || strings.ContainsAny(k, ": \t\r\n"):
 		return fmt.Errorf("header name %q: NATS header names cannot be empty or hold ':' or white space: %w", k, herald.ErrInvalidName)
-	case strings.ContainsAny(v, "\r\n"):
-		return fmt.Errorf("header %q: NATS header values cannot hold line breaks: %w", k, herald.ErrInvalidName)
 	case ownHeader(k):
 		return fmt.Errorf("header name %q is reserved by NATS or the driver: %w", k, herald.ErrInvalidName)
 	}
@@ -119,6 +139,18 @@ func checkHeader(k, v string) error {
 // Herald-Time that does not parse (a producer of another kind) leaves Time
 // zero rather than failing the delivery.
 func decode(topic string, h nats.Header, data []byte) *herald.Message {
+	if list := h.Get(headerEscaped); list != "" {
+		unescaped := make(nats.Header, len(h))
+		for k, vs := range h {
+			unescaped[k] = vs
+		}
+		for _, k := range strings.Fields(list) {
+			if vs := unescaped[k]; len(vs) > 0 {
+				unescaped[k] = []string{unescaper.Replace(vs[0])}
+			}
+		}
+		h = unescaped
+	}
 	m := &herald.Message{
 		Topic:       topic,
 		ID:          messageID(h),
