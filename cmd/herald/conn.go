@@ -22,55 +22,6 @@ import (
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
-// Broker kinds a command connects to.
-const (
-	targetKafka  = "kafka"
-	targetRedis  = "redis"
-	targetMemory = "memory"
-	targetSQL    = "sql" // the SQL driver's log (herald dlq only)
-)
-
-// inferBroker sets *kind, when empty, to the broker whose address is
-// given (Kafka first).
-func inferBroker(kind *string, k kafkaFlags, r redisFlags) {
-	switch {
-	case *kind != "":
-	case k.Brokers != "":
-		*kind = targetKafka
-	case r.Addr != "":
-		*kind = targetRedis
-	}
-}
-
-// brokerProblems checks the broker flag (named flag, -target or -driver)
-// against the addresses given. noMemory, when not empty, is why the
-// command cannot use the memory broker.
-func brokerProblems(flag, kind string, k kafkaFlags, r redisFlags, noMemory string) []error {
-	kinds := "kafka, redis or memory"
-	if noMemory != "" {
-		kinds = "kafka or redis"
-	}
-	switch kind {
-	case targetKafka:
-		if k.Brokers == "" {
-			return []error{fmt.Errorf("%s kafka needs -kafka-brokers", flag)}
-		}
-	case targetRedis:
-		if r.Addr == "" {
-			return []error{fmt.Errorf("%s redis needs -redis-addr", flag)}
-		}
-	case targetMemory:
-		if noMemory != "" {
-			return []error{fmt.Errorf("%s memory: %s", flag, noMemory)}
-		}
-	case "":
-		return []error{fmt.Errorf("%s is required (%s), or set -kafka-brokers or -redis-addr", flag, kinds)}
-	default:
-		return []error{fmt.Errorf("%s %q: want %s", flag, kind, kinds)}
-	}
-	return nil
-}
-
 // tlsFlags are the TLS settings of one client.
 type tlsFlags struct {
 	Enabled    bool

@@ -28,10 +28,12 @@ const dlqUsage = `Usage:
 
 A dead-letter topic is where herald.WithDeadLetter parks the messages a
 subscriber gave up on ("<topic>.dlq"). Positions are "partition:offset" on
-Kafka, stream entry IDs on Redis and "partition:position" in the log table
-of the SQL driver (github.com/heraldbus/herald/sql/sqldriver); an ID is the
-message ID. The memory driver keeps nothing outside its process, so only
--driver kafka, redis and sql are supported.
+Kafka, stream entry IDs on Redis, stream sequences on NATS JetStream,
+stream offsets on RabbitMQ (whose driver keeps dead-letter topics in a
+stream queue) and "partition:position" in the log table of the SQL driver
+(github.com/heraldbus/herald/sql/sqldriver); an ID is the message ID. The
+memory driver keeps nothing outside its process, so -driver is one of
+kafka, redis, nats, rabbitmq and sql.
 
 redrive writes each entry to its original topic with the same ID, key,
 payload and headers (the herald-dlq-* headers removed), addressed to the
@@ -53,11 +55,10 @@ Run "herald dlq list -h" (or show, redrive) for the flags.
 
 // dlqConfig is what the "herald dlq" subcommands are configured with.
 type dlqConfig struct {
-	Driver string // kafka, redis or sql; empty: inferred from the addresses
-	Kafka  kafkaFlags
-	Redis  redisFlags
-	SQL    dbFlags // the SQL driver's log
-	Topic  string
+	Driver string // a broker or sql; empty: inferred from the addresses
+	brokerFlags
+	SQL   dbFlags // the SQL driver's log
+	Topic string
 
 	Limit     int  // list
 	JSON      bool // list
@@ -133,9 +134,8 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 func newDLQFlags(sub string, c *dlqConfig) *flagSet {
 	synopsis := map[string]string{"list": "[flags]", "show": "[flags] POSITION|ID", "redrive": "[flags] (-all | POSITION|ID ...)"}[sub]
 	f := newFlagSet("herald dlq "+sub, synopsis, dlqUsage, sub != "list")
-	f.str(&c.Driver, "driver", "HERALD_DLQ_DRIVER", "", "kafka, redis or sql (default: kafka if -kafka-brokers is set, else redis if -redis-addr is, else sql if -sql-dsn is)")
-	c.Kafka.register(f, "herald-dlq", false)
-	c.Redis.register(f)
+	f.str(&c.Driver, "driver", "HERALD_DLQ_DRIVER", "", brokerKinds+" or sql (default: the first of "+brokerAddrs+", -sql-dsn that is set)")
+	c.registerBrokers(f, "herald-dlq", false)
 	c.SQL.registerAs(f, "sql-", "HERALD_SQL_", "the SQL driver's log", sqldriver.DefaultTable)
 	f.str(&c.Topic, "topic", "HERALD_DLQ_TOPIC", "", "the dead-letter topic, for example orders.dlq (required)")
 	switch sub {
@@ -156,7 +156,7 @@ func newDLQFlags(sub string, c *dlqConfig) *flagSet {
 // resolve infers the driver from the addresses, and the SQL dialect from
 // its DSN.
 func (c *dlqConfig) resolve() {
-	inferBroker(&c.Driver, c.Kafka, c.Redis)
+	c.inferBroker(&c.Driver)
 	if c.Driver == "" && c.SQL.DSN != "" {
 		c.Driver = targetSQL
 	}
@@ -165,17 +165,20 @@ func (c *dlqConfig) resolve() {
 
 // validate reports every problem of c for subcommand sub at once.
 func (c dlqConfig) validate(sub string) error {
-	errs := append(c.Kafka.validate(), c.Redis.validate()...)
+	errs := c.flagProblems()
 	switch c.Driver {
 	case targetSQL:
 		errs = append(errs, c.SQL.validate(true)...)
-	case targetKafka, targetRedis, targetMemory:
-		errs = append(errs, brokerProblems("-driver", c.Driver, c.Kafka, c.Redis,
-			"the memory driver keeps no dead letters outside its own process; use kafka, redis or sql")...)
+	case targetMemory:
+		errs = append(errs, fmt.Errorf("-driver memory: the memory driver keeps no dead letters outside its own process; use %s or sql", brokerKinds))
 	case "":
-		errs = append(errs, errors.New("-driver is required (kafka, redis or sql), or set -kafka-brokers, -redis-addr or -sql-dsn"))
+		errs = append(errs, fmt.Errorf("-driver is required (%s or sql), or set %s, -sql-dsn", brokerKinds, brokerAddrs))
 	default:
-		errs = append(errs, fmt.Errorf("-driver %q: want kafka, redis or sql", c.Driver))
+		p, known := c.kindProblems("-driver", c.Driver)
+		if !known {
+			p = []error{fmt.Errorf("-driver %q: want %s or sql", c.Driver, brokerKinds)}
+		}
+		errs = append(errs, p...)
 	}
 	if c.Topic == "" {
 		errs = append(errs, errors.New("-topic is required (the dead-letter topic, for example orders.dlq)"))
@@ -202,24 +205,20 @@ func (c dlqConfig) validate(sub string) error {
 	return errors.Join(errs...)
 }
 
-// open connects to the broker; it does not contact it yet. An option the
-// driver refuses is an error that wraps herald.ErrInvalidOption.
+// open connects to the broker. An option the driver refuses is an error
+// that wraps herald.ErrInvalidOption.
 func (c dlqConfig) open(logger *slog.Logger) (dlqStore, error) {
-	switch c.Driver {
-	case targetKafka:
-		d, err := c.Kafka.open(logger)
-		if err != nil {
-			return dlqStore{}, err
-		}
-		return dlqStore{store: d.DeadLetters(), writer: d, close: d.Close}, nil
-	case targetSQL:
+	if c.Driver == targetSQL {
 		return c.openSQL(logger)
 	}
-	d, closeRedis, err := c.Redis.open()
+	b, err := c.openBroker(c.Driver, logger)
 	if err != nil {
 		return dlqStore{}, err
 	}
-	return dlqStore{store: d.DeadLetters(), writer: d, close: closeRedis}, nil
+	if b.deadLetters == nil {
+		return dlqStore{}, errors.Join(fmt.Errorf("-driver %s: the driver has no dead-letter store", c.Driver), b.close())
+	}
+	return dlqStore{store: b.deadLetters, writer: b.writer, close: b.close}, nil
 }
 
 // openSQL opens the database and a SQL driver on its log.

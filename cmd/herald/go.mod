@@ -38,6 +38,8 @@ require (
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
@@ -54,6 +56,7 @@ require (
 	go.opentelemetry.io/otel/sdk v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
@@ -70,3 +73,15 @@ replace github.com/heraldbus/herald/kafka => ../../kafka
 replace github.com/heraldbus/herald/redis => ../../redis
 
 replace github.com/heraldbus/herald/sql => ../../sql
+
+require github.com/heraldbus/herald/nats v0.0.0
+
+require (
+	github.com/heraldbus/herald/rabbitmq v0.0.0
+	github.com/nats-io/nats.go v1.55.0
+	github.com/rabbitmq/amqp091-go v1.16.0
+)
+
+replace github.com/heraldbus/herald/nats => ../../nats
+
+replace github.com/heraldbus/herald/rabbitmq => ../../rabbitmq

@@ -26,7 +26,8 @@
 // database and Kafka packages initialize. Exit status: 0 after a clean
 // stop, 1 when the relay could not start, 2 for bad flags or environment.
 //
-// "herald dlq" works on the dead-letter topics of Kafka, Redis or the log
+// "herald relay" forwards to Kafka, Redis, NATS JetStream or RabbitMQ.
+// "herald dlq" works on the dead-letter topics of the same brokers or the log
 // table of the SQL driver (sql/sqldriver; the memory driver keeps none
 // outside its process); "herald quarantine" on an outbox's quarantine
 // table; "herald migrate" prints the DDL (-print) or applies it. Exit status: 0 on success, 1 when the database or broker
@@ -53,14 +54,14 @@ const usage = `herald is the command-line tool of the herald event bus.
 
 Usage:
 
-	herald relay [flags]            forward the rows of an outbox table to Kafka or Redis
+	herald relay [flags]            forward the rows of an outbox table to a broker
 	herald migrate [flags]          print (-print) or apply the outbox tables' DDL
 	herald quarantine list [flags]  list the rows a relay quarantined
 	herald quarantine replay [flags] (-all | ID ...)
 	                                move quarantined rows back into the outbox
 	herald quarantine discard [flags] ID ...
 	                                delete quarantined rows for good
-	herald dlq list [flags]         list the entries of a dead-letter topic (Kafka, Redis or SQL)
+	herald dlq list [flags]         list the entries of a dead-letter topic
 	herald dlq show [flags] ID      print one dead-letter entry with its headers and payload
 	herald dlq redrive [flags] (-all | ID ...)
 	                                write dead-letter entries back to their original topics

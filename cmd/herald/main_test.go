@@ -37,6 +37,8 @@ import (
 	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/kafka/kafkadriver"
 	"github.com/heraldbus/herald/memory/memtest"
+	"github.com/heraldbus/herald/nats/natsdriver"
+	"github.com/heraldbus/herald/rabbitmq/amqpdriver"
 	"github.com/heraldbus/herald/sql/outbox"
 )
 
@@ -84,7 +86,11 @@ func TestParseRelayFlags(t *testing.T) {
 	}
 	want := relayConfig{
 		DB: dbFlags{DSN: "postgres://u@h/db", Dialect: "postgres", Table: "orders_outbox"}, Target: "memory",
-		Kafka: kafkaFlags{Brokers: "k1:9092,k2:9092", ClientID: "herald-relay"}, Redis: redisFlags{KeyPrefix: "herald:stream:"},
+		brokerFlags: brokerFlags{
+			Kafka: kafkaFlags{Brokers: "k1:9092,k2:9092", ClientID: "herald-relay"}, Redis: redisFlags{KeyPrefix: "herald:stream:"},
+			NATS: natsFlags{StreamPrefix: natsdriver.DefaultStreamPrefix, SubjectPrefix: natsdriver.DefaultSubjectPrefix, clientName: "herald-relay"},
+			AMQP: amqpFlags{NamePrefix: amqpdriver.DefaultNamePrefix, clientName: "herald-relay"},
+		},
 		BatchSize: 50, Lanes: 1, MaxAttempts: 3, MinPoll: outbox.DefaultMinPollInterval, MaxPoll: outbox.DefaultMaxPollInterval,
 		LockRetry: 250 * time.Millisecond, WriteTimeout: outbox.DefaultWriteTimeout, Retention: time.Hour, Listen: false,
 		StatsInterval: 30 * time.Second, StartupTimeout: 10 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: "info",
@@ -164,10 +170,14 @@ func TestRelayTargetFlag(t *testing.T) {
 		{[]string{"-kafka-brokers", "127.0.0.1:9092"}, targetKafka, ""},
 		{[]string{"-redis-addr", "127.0.0.1:6379"}, targetRedis, ""},
 		{[]string{"-target", "memory"}, targetMemory, ""},
-		{nil, "", "-target is required (kafka, redis or memory)"},
+		{[]string{"-nats-url", "nats://127.0.0.1:4222"}, targetNATS, ""},
+		{[]string{"-amqp-url", "amqp://guest:guest@127.0.0.1:5672/"}, targetRabbitMQ, ""},
+		{nil, "", "-target is required (kafka, redis, nats, rabbitmq or memory)"},
 		{[]string{"-target", "redis"}, targetRedis, "-target redis needs -redis-addr"},
 		{[]string{"-target", "kafka"}, targetKafka, "-target kafka needs -kafka-brokers"},
-		{[]string{"-target", "nats"}, "nats", `-target "nats": want kafka, redis or memory`},
+		{[]string{"-target", "nats"}, targetNATS, "-target nats needs -nats-url"},
+		{[]string{"-target", "rabbitmq"}, targetRabbitMQ, "-target rabbitmq needs -amqp-url"},
+		{[]string{"-target", "pigeon"}, "pigeon", `-target "pigeon": want kafka, redis, nats, rabbitmq or memory`},
 	} {
 		cfg, err := parseRelayFlags(append([]string{"-dsn", "file:x.db"}, c.args...), env(nil))
 		if err != nil {
@@ -433,17 +443,7 @@ func TestRelayCommandKafka(t *testing.T) {
 		t.Cleanup(c.Close)
 		brokers = c.ListenAddrs()
 	}
-	dsn, db, table := sqliteOutbox(t, 9)
-
-	var logs drivertest.LogBuffer
-	stop, status := runCommand([]string{"-dsn", dsn, "-table", table, "-kafka-brokers", strings.Join(brokers, ","),
-		"-kafka-auto-create-topics", "-log-level", "debug"}, nil, &logs)
-	defer stop()
-	eventually(t, "the outbox to drain", func() bool { return countRows(t, db, `"`+table+`"`) == 0 })
-	stop()
-	if code := <-status; code != 0 {
-		t.Errorf("exit %d; logs:\n%s", code, logs.String())
-	}
+	relayAndDrain(t, 9, "-kafka-brokers", strings.Join(brokers, ","), "-kafka-auto-create-topics", "-log-level", "debug")
 
 	d, err := kafkadriver.New(brokers, kafkadriver.WithStartPosition(herald.StartEarliest), kafkadriver.WithHeartbeatInterval(100*time.Millisecond),
 		kafkadriver.WithSessionTimeout(time.Second), kafkadriver.WithRevokeTimeout(500*time.Millisecond), kafkadriver.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
@@ -458,25 +458,7 @@ func TestRelayCommandKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close(context.Background())
-	got := map[string]string{}
-	buf := make([]herald.Delivery, 16)
-	for len(got) < 9 {
-		n, err := sub.Fetch(ctx, buf)
-		if err != nil {
-			t.Fatalf("fetch: %v (have %d)", err, len(got))
-		}
-		for _, dl := range buf[:n] {
-			got[dl.Message.ID] = string(dl.Message.Data)
-			if err := sub.Ack(ctx, dl); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	for i := range 9 {
-		if got[fmt.Sprintf("m%d", i)] != fmt.Sprint(i) {
-			t.Errorf("message m%d: %q", i, got[fmt.Sprintf("m%d", i)])
-		}
-	}
+	readBack(t, sub, 9)
 }
 
 // TestRelayFailsFast: a relay that cannot work exits at once with the

@@ -18,7 +18,8 @@ import (
 )
 
 const relayAbout = `Forwards the committed rows of an outbox table (see package
-github.com/heraldbus/herald/sql/outbox) to Kafka or Redis. Run one or
+github.com/heraldbus/herald/sql/outbox) to Kafka, Redis, NATS JetStream
+or RabbitMQ. Run one or
 several: one relay per table delivers at a time, the others stand by and
 one takes over within -lock-retry-interval of the active one dying.
 
@@ -46,9 +47,8 @@ type relayConfig struct {
 	DB      dbFlags
 	Migrate bool
 
-	Target string // empty: kafka if brokers are set, else redis if an address is
-	Kafka  kafkaFlags
-	Redis  redisFlags
+	Target string // empty: the broker whose address is set (Kafka first)
+	brokerFlags
 
 	BatchSize       int
 	Lanes           int
@@ -70,9 +70,8 @@ func newRelayFlags(c *relayConfig) *flagSet {
 	f := newFlagSet("herald relay", "[flags]", relayAbout, false)
 	c.DB.register(f)
 	f.bool(&c.Migrate, "migrate", "HERALD_OUTBOX_MIGRATE", false, "create the outbox tables first if they do not exist")
-	f.str(&c.Target, "target", "HERALD_RELAY_TARGET", "", "kafka, redis, or memory (drops messages; for trying things out) (default: kafka if -kafka-brokers is set, else redis if -redis-addr is)")
-	c.Kafka.register(f, "herald-relay", true)
-	c.Redis.register(f)
+	f.str(&c.Target, "target", "HERALD_RELAY_TARGET", "", brokerKinds+", or memory (drops messages; for trying things out) (default: the first of "+brokerAddrs+" that is set)")
+	c.registerBrokers(f, "herald-relay", true)
 	f.int(&c.BatchSize, "batch-size", "HERALD_RELAY_BATCH_SIZE", outbox.DefaultBatchSize, "rows per round")
 	f.int(&c.Lanes, "lanes", "HERALD_RELAY_LANES", outbox.DefaultLanes, "target writes per round that run at once (by key hash)")
 	f.int(&c.MaxAttempts, "max-attempts", "HERALD_RELAY_MAX_ATTEMPTS", outbox.DefaultMaxAttempts, "failed deliveries before a row is quarantined (0: never)")
@@ -93,7 +92,7 @@ func newRelayFlags(c *relayConfig) *flagSet {
 // resolve fills in what follows from other settings.
 func (c *relayConfig) resolve() {
 	c.DB.resolve()
-	inferBroker(&c.Target, c.Kafka, c.Redis)
+	c.inferBroker(&c.Target)
 }
 
 // relayOptions turns the configuration into relay options.
@@ -115,9 +114,8 @@ func (c relayConfig) relayOptions() []outbox.RelayOption {
 
 // Validate reports every problem of c at once.
 func (c relayConfig) Validate() error {
-	errs := append(c.DB.validate(true), c.Kafka.validate()...)
-	errs = append(errs, c.Redis.validate()...)
-	errs = append(errs, brokerProblems("-target", c.Target, c.Kafka, c.Redis, "")...)
+	errs := append(c.DB.validate(true), c.flagProblems()...)
+	errs = append(errs, c.targetProblems()...)
 	if err := outbox.ValidateRelayOptions(c.relayOptions()...); err != nil {
 		errs = append(errs, err)
 	}
@@ -153,6 +151,9 @@ func runRelay(ctx context.Context, args []string, getenv func(string) string, st
 	target, closeTarget, err := openTarget(cfg, logger)
 	if err != nil {
 		logger.Error("herald relay: cannot start: target", slog.Any("error", err))
+		if errors.Is(err, herald.ErrInvalidOption) { // a value only the driver checks, such as a -nats-stream-prefix
+			return 2
+		}
 		return 1
 	}
 	defer func() {
@@ -173,26 +174,37 @@ func runRelay(ctx context.Context, args []string, getenv func(string) string, st
 	return 0
 }
 
+// targetProblems checks -target against the addresses given.
+func (c relayConfig) targetProblems() []error {
+	switch c.Target {
+	case targetMemory:
+		return nil
+	case "":
+		return []error{fmt.Errorf("-target is required (%s or memory), or set %s", brokerKinds, brokerAddrs)}
+	}
+	errs, known := c.kindProblems("-target", c.Target)
+	if !known {
+		return []error{fmt.Errorf("-target %q: want %s or memory", c.Target, brokerKinds)}
+	}
+	return errs
+}
+
 // openTarget connects the writer the relay forwards to; the returned
 // function releases it.
 func openTarget(cfg relayConfig, logger *slog.Logger) (herald.Writer, func() error, error) {
-	switch cfg.Target {
-	case targetKafka:
-		d, err := cfg.Kafka.open(logger)
+	if cfg.Target != targetMemory {
+		b, err := cfg.openBroker(cfg.Target, logger)
 		if err != nil {
 			return nil, nil, err
 		}
-		return d, d.Close, nil
-	case targetRedis:
-		return cfg.Redis.open()
-	default:
-		logger.Warn("herald relay: target memory keeps messages in this process only, where nothing reads them; use it to try the relay out")
-		b, err := memdriver.New()
-		if err != nil {
-			return nil, nil, err
-		}
-		return b, b.Close, nil
+		return b.writer, b.close, nil
 	}
+	logger.Warn("herald relay: target memory keeps messages in this process only, where nothing reads them; use it to try the relay out")
+	b, err := memdriver.New()
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, b.Close, nil
 }
 
 // relayMain migrates if asked, checks that the relay can work (the
