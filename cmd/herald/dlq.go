@@ -37,7 +37,7 @@ kafka, redis, nats, rabbitmq and sql.
 
 redrive writes each entry to its original topic with the same ID, key,
 payload and headers (the herald-dlq-* headers removed), addressed to the
-group that gave up on it, then marks it redriven: Redis deletes the entry,
+group that gave up on it, then marks it redriven: Redis and NATS delete the entry,
 Kafka records its position in the topic "<dead-letter topic>.redriven",
 the SQL driver in the table "<table>_redriven".
 That group handles the message again, also when it deduplicates; the
