@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -100,7 +101,7 @@ func (b brokerFlags) kindProblems(flag, kind string) (errs []error, known bool) 
 }
 
 // broker is an opened broker: its driver as the writer, its dead-letter
-// store, and what closes both.
+// store (nil for RabbitMQ, which has none), and what closes both.
 type broker struct {
 	writer      herald.Writer
 	deadLetters dlq.Store
@@ -160,7 +161,7 @@ func (n natsFlags) validate() []error {
 			break
 		}
 		if err := checkURL(strings.TrimSpace(s), "nats", "tls", "ws", "wss"); err != nil {
-			errs = append(errs, fmt.Errorf("-nats-url %q: %w", n.URL, err))
+			errs = append(errs, fmt.Errorf("-nats-url %s: %w", redactURL(n.URL), err))
 		}
 	}
 	if n.Creds != "" {
@@ -245,7 +246,7 @@ func (a amqpFlags) validate() []error {
 	var errs []error
 	if a.URL != "" {
 		if _, err := amqp.ParseURI(a.URL); err != nil {
-			errs = append(errs, fmt.Errorf("-amqp-url: %w", err)) // ParseURI's error does not repeat the URL and its password
+			errs = append(errs, fmt.Errorf("-amqp-url %s: %s", redactURL(a.URL), strings.ReplaceAll(err.Error(), a.URL, "the URL")))
 		}
 	}
 	if a.TLS.on() && a.URL != "" && !strings.HasPrefix(a.URL, "amqps://") {
@@ -298,4 +299,21 @@ func checkURL(s string, schemes ...string) error {
 		}
 	}
 	return fmt.Errorf("scheme %q: want %s", u.Scheme, strings.Join(schemes, ", "))
+}
+
+// redactURL quotes s with the password of each URL in it (a comma-separated
+// list) replaced by "xxxxx", for error messages.
+func redactURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		scheme, rest, ok := strings.Cut(p, "://")
+		at := strings.LastIndexByte(rest, '@')
+		if !ok || at < 0 {
+			continue
+		}
+		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
+			parts[i] = scheme + "://" + user + ":xxxxx" + rest[at:]
+		}
+	}
+	return strconv.Quote(strings.Join(parts, ","))
 }

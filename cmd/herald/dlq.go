@@ -28,12 +28,12 @@ const dlqUsage = `Usage:
 
 A dead-letter topic is where herald.WithDeadLetter parks the messages a
 subscriber gave up on ("<topic>.dlq"). Positions are "partition:offset" on
-Kafka, stream entry IDs on Redis, stream sequences on NATS JetStream,
-stream offsets on RabbitMQ (whose driver keeps dead-letter topics in a
-stream queue) and "partition:position" in the log table of the SQL driver
+Kafka, stream entry IDs on Redis, stream sequences on NATS JetStream and
+"partition:position" in the log table of the SQL driver
 (github.com/heraldbus/herald/sql/sqldriver); an ID is the message ID. The
-memory driver keeps nothing outside its process, so -driver is one of
-kafka, redis, nats, rabbitmq and sql.
+memory driver keeps nothing outside its process, and RabbitMQ queues
+cannot be browsed (the RabbitMQ driver has no dead-letter store yet), so
+-driver is one of kafka, redis, nats and sql.
 
 redrive writes each entry to its original topic with the same ID, key,
 payload and headers (the herald-dlq-* headers removed), addressed to the
@@ -171,6 +171,8 @@ func (c dlqConfig) validate(sub string) error {
 		errs = append(errs, c.SQL.validate(true)...)
 	case targetMemory:
 		errs = append(errs, fmt.Errorf("-driver memory: the memory driver keeps no dead letters outside its own process; use %s or sql", brokerKinds))
+	case targetRabbitMQ:
+		errs = append(errs, errors.New("-driver rabbitmq: the RabbitMQ driver has no dead-letter store yet (queues cannot be browsed); consume the dead-letter topic with a group of its own"))
 	case "":
 		errs = append(errs, fmt.Errorf("-driver is required (%s or sql), or set %s, -sql-dsn", brokerKinds, brokerAddrs))
 	default:
@@ -214,9 +216,6 @@ func (c dlqConfig) open(logger *slog.Logger) (dlqStore, error) {
 	b, err := c.openBroker(c.Driver, logger)
 	if err != nil {
 		return dlqStore{}, err
-	}
-	if b.deadLetters == nil {
-		return dlqStore{}, errors.Join(fmt.Errorf("-driver %s: the driver has no dead-letter store", c.Driver), b.close())
 	}
 	return dlqStore{store: b.deadLetters, writer: b.writer, close: b.close}, nil
 }

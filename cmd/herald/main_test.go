@@ -178,6 +178,10 @@ func TestRelayTargetFlag(t *testing.T) {
 		{[]string{"-target", "nats"}, targetNATS, "-target nats needs -nats-url"},
 		{[]string{"-target", "rabbitmq"}, targetRabbitMQ, "-target rabbitmq needs -amqp-url"},
 		{[]string{"-target", "pigeon"}, "pigeon", `-target "pigeon": want kafka, redis, nats, rabbitmq or memory`},
+		{[]string{"-amqp-url", "amqp://guest:secret@h:notaport/"}, targetRabbitMQ, `-amqp-url "amqp://guest:xxxxx@h:notaport/": parse "the URL": invalid port`},
+		{[]string{"-nats-url", "nats://u:secret@h:4222,http://v:secret@h"}, targetNATS, `-nats-url "nats://u:xxxxx@h:4222,http://v:xxxxx@h": scheme "http"`},
+		{[]string{"-amqp-url", "amqp://h/", "-amqp-tls"}, targetRabbitMQ, "-amqp-tls-* need an amqps:// -amqp-url"},
+		{[]string{"-nats-url", "nats://h:4222", "-nats-tls-cert", "c.pem"}, targetNATS, "-nats-tls-cert and -nats-tls-key go together"},
 	} {
 		cfg, err := parseRelayFlags(append([]string{"-dsn", "file:x.db"}, c.args...), env(nil))
 		if err != nil {
