@@ -30,8 +30,9 @@ const crashAckWait = time.Second
 
 // runCrashChild is a consumer that a test kills with SIGKILL in the middle
 // of its work: it fetches `fetch` messages, acknowledges the first `ack` of
-// them (each confirmed by the server), prints "ready" and the acknowledged
-// IDs, and waits to be killed. It exits when its standard input closes, so
+// them, waits until the server has them (Ack does not wait for the
+// confirmation; the group's unacknowledged deliveries drop to fetch-ack),
+// prints "ready" and the acknowledged IDs, and waits to be killed. It exits when its standard input closes, so
 // that it never outlives a test binary that died.
 func runCrashChild() int {
 	fail := func(err error) int {
@@ -83,9 +84,35 @@ func runCrashChild() int {
 		}
 		acked = append(acked, dl.Message.ID)
 	}
+	if err := awaitAckPending(ctx, js, d.StreamName(topic), natsdriver.Token(group), fetch-ack); err != nil {
+		return fail(err)
+	}
 	fmt.Println("ready " + strings.Join(acked, ","))
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
+}
+
+// awaitAckPending waits until consumer on stream has want deliveries
+// unacknowledged.
+func awaitAckPending(ctx context.Context, js jetstream.JetStream, stream, consumer string, want int) error {
+	c, err := js.Consumer(ctx, stream, consumer)
+	if err != nil {
+		return err
+	}
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending == want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d deliveries unacknowledged, want %d: %w", info.NumAckPending, want, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // TestCrashedConsumerMessagesComeBack kills a consumer (SIGKILL, so no

@@ -72,7 +72,15 @@
 //
 // Fetch sends pull requests of len(dst) messages that wait up to the fetch
 // wait on the server and returns as soon as some arrived. Ack sends an
-// acknowledgment and waits for the server to confirm it. A delivery held
+// acknowledgment and returns without waiting for the server: each one
+// carries a reply subject on the subscription's own inbox, and the
+// server's confirmations are collected in the background (a release
+// record is deleted then). An acknowledgment that is lost (with the
+// connection, or with a process that dies right after Ack) is not
+// confirmed; one not confirmed within the AckWait is reported, and its
+// message is delivered again after the AckWait (deduplicate by ID, see
+// "Duplicates"). Close waits for the outstanding confirmations before it
+// hands anything back. A delivery held
 // longer than half the AckWait (a long handler, or a delivery waiting
 // behind its key) is signalled in progress every quarter of the AckWait
 // until it is acknowledged, so the server does not deliver it again while
@@ -107,8 +115,9 @@
 // Delivery is at least once. The server drops a retried publish with the
 // same Message.ID within the duplicate window (default 2 minutes), so a
 // Write retried after an error does not store twice inside it. A message
-// is delivered again when its member died, when an acknowledgment was lost
-// with the connection, and after a server restart lost acknowledgments the
+// is delivered again when its member died (with it, any acknowledgment
+// Ack had sent that the connection had not written yet), when an
+// acknowledgment was lost with the connection, and after a server restart lost acknowledgments the
 // server had not written to its consumer state yet (a SIGKILLed server
 // keeps every acknowledged publish, but may deliver again what was
 // acknowledged shortly before). Deduplicate by Message.ID
@@ -147,8 +156,9 @@
 //
 // nats.go reconnects by itself. While the server is away Fetch fails (the
 // scheduler calls it again after a backoff), a pull request the server
-// lost is abandoned a second after its expiry, an acknowledgment waits at
-// most the AckWait, and Write waits for the server's acknowledgments until
+// lost is abandoned a second after its expiry, an acknowledgment not
+// confirmed within the AckWait is reported (its message comes again),
+// and Write waits for the server's acknowledgments until
 // its context ends. With file storage a server restart keeps the streams
 // and the consumers: nothing whose Write returned nil is lost.
 package natsdriver

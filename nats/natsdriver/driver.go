@@ -245,7 +245,11 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 	}
 	d.subs[s] = struct{}{}
 	d.mu.Unlock()
-	s.start()
+	if err := s.start(); err != nil {
+		s.cancel()
+		d.forget(s)
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -37,6 +37,13 @@ type subscription struct {
 
 	mu   sync.Mutex
 	held map[*held]struct{}
+	// acks are the acknowledgments sent and not yet confirmed, by token
+	// (see acks.go); acksIdle is closed when the last one settles.
+	acks     map[string]pendingAck
+	ackSeq   uint64
+	acksIdle chan struct{}
+	ackInbox string
+	ackSub   *nats.Subscription
 
 	fetchMu sync.Mutex             // Fetch, and Close after it
 	batch   jetstream.MessageBatch // the pull request under way, or nil
@@ -68,15 +75,19 @@ func newSubscription(d *Driver, topic, group string, cons jetstream.Consumer, kv
 	ctx, cancel := context.WithCancel(context.Background())
 	info := cons.CachedInfo()
 	return &subscription{d: d, topic: topic, group: group, cons: cons, stream: info.Stream, consumer: info.Name, kv: kv,
-		ctx: ctx, cancel: cancel, held: make(map[*held]struct{})}
+		ctx: ctx, cancel: cancel, held: make(map[*held]struct{}), acks: make(map[string]pendingAck)}
 }
 
 func (s *subscription) fail(op, detail string, err error) error {
 	return fail(op, s.topic, s.group, detail, err)
 }
 
-// start runs the in-progress ticker until Close.
-func (s *subscription) start() {
+// start listens for acknowledgment confirmations and runs the
+// in-progress ticker until Close.
+func (s *subscription) start() error {
+	if err := s.listenAcks(); err != nil {
+		return err
+	}
 	s.wg.Go(func() {
 		t := time.NewTicker(s.d.cfg.ackWait / 4)
 		defer t.Stop()
@@ -86,9 +97,11 @@ func (s *subscription) start() {
 				return
 			case now := <-t.C:
 				s.touch(now)
+				s.expireAcks(now)
 			}
 		}
 	})
+	return nil
 }
 
 // touch tells the server that deliveries held for more than half the
@@ -259,15 +272,24 @@ func NumDelivered(d herald.Delivery) uint64 {
 	return 0
 }
 
-// Ack acknowledges d and waits until the server confirmed it, at most the
-// AckWait. It fails for a delivery this subscription does not hold (acknowledged
-// already, handed back by Close, or of another subscription).
-func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
+// Ack sends d's acknowledgment and returns without waiting for the
+// server: the confirmation is collected in the background, and then d's
+// release record, if any, is deleted. An acknowledgment the server does
+// not confirm within the AckWait (lost with the connection, or with the
+// process) is reported, and its message is delivered again. Close waits
+// for the confirmations. Ack fails for a delivery this subscription does
+// not hold (acknowledged already, handed back by Close, or of another
+// subscription), and when the connection cannot take the publish.
+func (s *subscription) Ack(_ context.Context, d herald.Delivery) error {
 	h, ok := d.Ref.(*held)
+	var token string
 	s.mu.Lock()
 	if ok {
 		_, ok = s.held[h]
 		delete(s.held, h)
+	}
+	if ok {
+		token = s.registerAck(h)
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -277,15 +299,9 @@ func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 		}
 		return s.fail("ack", messageDetail(d), err)
 	}
-	// An acknowledgment sent just before the connection dropped is never
-	// answered; past the AckWait the server delivers the message again
-	// anyway, so waiting longer only holds the caller.
-	actx, cancel := context.WithTimeout(ctx, s.d.cfg.ackWait)
-	defer cancel()
-	if err := h.msg.DoubleAck(actx); err != nil {
+	if err := s.sendAck(token, h); err != nil {
 		return s.fail("ack", messageDetail(d), err)
 	}
-	s.forgetReleases(actx, h)
 	return nil
 }
 
@@ -312,8 +328,10 @@ func (s *subscription) Lag(ctx context.Context) (int64, error) {
 }
 
 // Close leaves the group: it stops the in-progress signals, waits for a
-// pull request under way to end (at most the fetch wait, bounded by ctx)
-// and hands every delivery it holds back to the server, in stream order
+// pull request under way to end (at most the fetch wait, bounded by ctx),
+// waits for the server to confirm the acknowledgments sent (bounded by
+// ctx and the AckWait; one left unconfirmed is reported, and its message
+// may be delivered again) and hands every delivery it holds back to the server, in stream order
 // (a negative acknowledgment, so that the group's next member receives
 // them at once rather than after the AckWait), waiting for the server to
 // have the hand-backs, bounded by ctx. A hand-back the server does not get
@@ -335,6 +353,7 @@ func (s *subscription) Close(ctx context.Context) error {
 		}
 		s.held = make(map[*held]struct{})
 		s.mu.Unlock()
+		s.awaitAcks(ctx)
 		slices.SortFunc(back, func(a, b *held) int { return cmp.Compare(a.seq, b.seq) })
 		s.releaseLate(ctx, late)
 		err = s.handBack(ctx, append(msgsOf(back), late...))
