@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -34,13 +35,28 @@ func (t *topology) showEmpty(w io.Writer) error {
 	}
 	defer ch.Close()
 	for _, name := range t.queues {
-		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		q, err := settled(ch, name)
 		if err != nil {
 			return fmt.Errorf("queue %s: %w", name, err)
 		}
 		fmt.Fprintf(w, "shutdown: queue %s: %d messages ready, %d consumers\n", name, q.Messages, q.Consumers)
 	}
 	return nil
+}
+
+// settled returns the state of queue name once its consumer count has
+// caught up with the closed channels: a quorum queue's leader learns of a
+// closed consumer a moment after the channel closed, so a count read at
+// once may still include it (waiting at most 5 s).
+func settled(ch *amqp.Channel, name string) (amqp.Queue, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		if err != nil || q.Consumers == 0 || time.Now().After(deadline) {
+			return q, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // remove deletes the queues and exchanges.
