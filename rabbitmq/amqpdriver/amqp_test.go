@@ -134,6 +134,13 @@ func (r *recorder) cleanUp(t testing.TB, u string) {
 	exchanges := map[string]bool{}
 	for topic := range r.topics {
 		exchanges[r.ExchangeName(topic)] = true
+		// The streams of retained topics, and their marks; deleting a
+		// queue that does not exist succeeds.
+		for _, q := range []string{r.StreamName(topic), r.StreamName(topic) + amqpdriver.RedrivenSuffix} {
+			if err := withChannel(conn, func(ch *amqp.Channel) error { _, err := ch.QueueDelete(q, false, false, false); return err }); err != nil {
+				t.Errorf("delete stream %s: %v", q, err)
+			}
+		}
 	}
 	for ex := range exchanges {
 		if err := withChannel(conn, func(ch *amqp.Channel) error { return ch.ExchangeDelete(ex, false, false) }); err != nil {
@@ -205,6 +212,7 @@ func TestNewReportsEveryInvalidOption(t *testing.T) {
 		amqpdriver.WithNamePrefix("has space"),
 		amqpdriver.WithExchange("bad exchange"),
 		amqpdriver.WithConnectionName(""),
+		amqpdriver.WithRetention(1500*time.Millisecond, -1),
 		nil,
 	)
 	if err == nil {
@@ -219,7 +227,7 @@ func TestNewReportsEveryInvalidOption(t *testing.T) {
 	}
 	for _, want := range []string{"WithMaxMessageBytes -1", "WithPrefetch 0", "WithQueueType QueueType(9)",
 		"WithReconnectBackoff 0s", "WithReconnectBackoff -1s", "WithNamePrefix has space", "WithExchange bad exchange",
-		"WithConnectionName", "nil option"} {
+		"WithConnectionName", "WithRetention 1.5s", "WithRetention -1", "nil option"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}

@@ -105,6 +105,21 @@
 // hold, and a delivery on its way from the queue to the member is, for
 // a moment, counted by neither.
 //
+// # Dead letters
+//
+// A queue hands each message to one consumer and keeps no history, so
+// the dead letters of a topic no group consumes would be dropped, and
+// those of one that does could not be listed. The driver therefore keeps
+// every retained topic (WithRetainedTopics; by default the dead-letter
+// topics, "<topic>.dlq") in a stream queue as well (StreamName), declared
+// and bound to the topic's exchange by the first Write to the topic, so
+// that Driver.DeadLetters, a dlq.Store, can list, look up and redrive
+// them, and herald dlq -driver rabbitmq with it. The stream keeps them
+// until its retention drops them (WithRetention: a week and 1 GiB by
+// default). Streams need RabbitMQ 3.9 or later; on an older broker pass
+// WithRetainedTopics(nil), and dead letters reach only the groups
+// subscribed to their topic.
+//
 // # Reserved headers
 //
 // HeaderKey and HeaderTimeNanos (both under herald.HeaderPrefix) carry the

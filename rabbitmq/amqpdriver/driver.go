@@ -23,12 +23,14 @@ import (
 //
 // It owns its connections: one for publishing and one shared by its
 // subscriptions (RabbitMQ throttles a publishing connection as a whole,
-// which must not hold up acknowledgments), each dialled on first use and
-// again after it was lost. Close closes both.
+// which must not hold up acknowledgments), and one for the reads of the
+// dead-letter store, each dialled on first use and again after it was
+// lost. Close closes them.
 type Driver struct {
 	cfg     config
 	publish *connector
 	consume *connector
+	reads   *connector // the dead-letter store's
 
 	closed atomic.Bool
 	// pubSem (capacity 1) guards the publishing channel and the
@@ -68,7 +70,7 @@ func New(url string, opts ...Option) (*Driver, error) {
 			Properties: amqp.Table{"connection_name": cfg.connectionName + " " + suffix},
 		})
 	}
-	return newDriver(cfg, named("publish"), named("consume")), nil
+	return newDriver(cfg, named("publish"), named("consume"), named("dead letters")), nil
 }
 
 // NewDial is New for connections dialled by dial (for TLS set up in code,
@@ -83,14 +85,15 @@ func NewDial(dial DialFunc, opts ...Option) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newDriver(cfg, dial, dial), nil
+	return newDriver(cfg, dial, dial, dial), nil
 }
 
-func newDriver(cfg config, publish, consume DialFunc) *Driver {
+func newDriver(cfg config, publish, consume, reads DialFunc) *Driver {
 	return &Driver{
 		cfg:     cfg,
 		publish: newConnector(publish, cfg),
 		consume: newConnector(consume, cfg),
+		reads:   newConnector(reads, cfg),
 		pubSem:  make(chan struct{}, 1),
 		subs:    make(map[*subscription]struct{}),
 	}
@@ -122,7 +125,7 @@ func (d *Driver) Close() error {
 		defer cancel()
 		return s.Close(ctx)
 	})
-	err = errors.Join(err, d.publish.close(), d.consume.close())
+	err = errors.Join(err, d.publish.close(), d.consume.close(), d.reads.close())
 	if err != nil {
 		return fail("close", "", "", "", err)
 	}
@@ -167,7 +170,12 @@ func (d *Driver) ExchangeName(topic string) string {
 // group ("@" appears in no herald name, so no two pairs share a queue).
 // A name above AMQP's 255 bytes is cut and ends in a hash of the whole.
 func (d *Driver) QueueName(topic, group string) string {
-	name := d.cfg.prefix + topic + "@" + group
+	return shortName(d.cfg.prefix + topic + "@" + group)
+}
+
+// shortName is name when it fits in AMQP's 255 bytes, else name cut to
+// fit and ended in a hash of the whole.
+func shortName(name string) string {
 	if len(name) <= maxKeyBytes {
 		return name
 	}
@@ -254,7 +262,7 @@ func (d *Driver) publishAll(ctx context.Context, msgs []*herald.Message) (*amqp.
 	if err != nil {
 		return nil, nil, nil, fail("write", msgs[0].Topic, "", "publishing channel", err)
 	}
-	if err := d.declareExchanges(ch, msgs); err != nil {
+	if err := d.declareExchanges(ctx, ch, msgs); err != nil {
 		return nil, nil, nil, err
 	}
 	confirms := make([]*amqp.DeferredConfirmation, 0, len(msgs))
@@ -299,18 +307,23 @@ func (d *Driver) pubChannel(ctx context.Context) (*amqp.Channel, error) {
 	return ch, nil
 }
 
-// declareExchanges declares the exchanges of msgs that this channel has
-// not declared yet. Called under pubSem.
-func (d *Driver) declareExchanges(ch *amqp.Channel, msgs []*herald.Message) error {
+// declareExchanges declares the exchanges of msgs, and the streams of
+// the retained topics among them, that this channel has not declared yet.
+// Called under pubSem.
+func (d *Driver) declareExchanges(ctx context.Context, ch *amqp.Channel, msgs []*herald.Message) error {
 	for _, m := range msgs {
 		name := d.ExchangeName(m.Topic)
-		if d.declared[name] {
-			continue
+		if !d.declared[name] {
+			if err := declareExchange(ch, name); err != nil {
+				return fail("write", m.Topic, "", "declare exchange "+name, err)
+			}
+			d.declared[name] = true
 		}
-		if err := declareExchange(ch, name); err != nil {
-			return fail("write", m.Topic, "", "declare exchange "+name, err)
+		if d.cfg.retained(m.Topic) {
+			if err := d.declareRetained(ctx, m.Topic); err != nil {
+				return err
+			}
 		}
-		d.declared[name] = true
 	}
 	return nil
 }

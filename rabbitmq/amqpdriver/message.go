@@ -24,6 +24,9 @@ const (
 	// deliveries; it is removed from the headers (see the package
 	// documentation, "Delivery counts").
 	headerDeliveryCount = "x-delivery-count"
+	// headerStreamOffset is a stream delivery's offset, which the
+	// dead-letter store takes as the entry's position.
+	headerStreamOffset = "x-stream-offset"
 )
 
 // publishing is m in AMQP: persistent, with its ID, content type, time and
@@ -84,7 +87,7 @@ func message(topic string, d *amqp.Delivery) *herald.Message {
 			if ns, err := strconv.ParseInt(headerString(v), 10, 64); err == nil {
 				m.Time = time.Unix(0, ns).UTC()
 			}
-		case headerDeliveryCount:
+		case headerDeliveryCount, headerStreamOffset:
 		default:
 			m.Headers[k] = headerString(v)
 		}

@@ -2,6 +2,7 @@ package amqpdriver
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/heraldbus/herald"
@@ -37,6 +38,12 @@ const (
 	// broker shows for the driver's connections (suffixed " publish" and
 	// " consume").
 	DefaultConnectionName = "herald"
+	// DefaultRetentionAge and DefaultRetentionBytes bound what the stream
+	// of a retained topic keeps (WithRetention): a week, as Kafka keeps a
+	// topic by default, and 1 GiB, so that a storm of dead letters cannot
+	// fill the broker's disk.
+	DefaultRetentionAge   = 7 * 24 * time.Hour
+	DefaultRetentionBytes = 1 << 30
 )
 
 // maxKeyBytes is the longest routing key AMQP carries (a short string).
@@ -79,6 +86,9 @@ type config struct {
 	reconnectMin    time.Duration
 	reconnectMax    time.Duration
 	connectionName  string
+	retained        func(topic string) bool
+	retentionAge    time.Duration
+	retentionBytes  int64
 }
 
 func newConfig(opts []Option) (config, error) {
@@ -89,6 +99,9 @@ func newConfig(opts []Option) (config, error) {
 		reconnectMin:    DefaultReconnectMin,
 		reconnectMax:    DefaultReconnectMax,
 		connectionName:  DefaultConnectionName,
+		retained:        isDeadLetterTopic,
+		retentionAge:    DefaultRetentionAge,
+		retentionBytes:  DefaultRetentionBytes,
 	}
 	p := optcheck.New("amqpdriver")
 	for i, o := range opts {
@@ -124,6 +137,8 @@ func (c config) validate() error {
 		}
 	}
 	bad(c.connectionName == "", "WithConnectionName", c.connectionName, "empty")
+	bad(c.retentionAge < 0 || c.retentionAge%time.Second != 0, "WithRetention", c.retentionAge, "want 0 (no age limit) or a whole number of seconds")
+	bad(c.retentionBytes < 0, "WithRetention", c.retentionBytes, "want 0 (no size limit) or more bytes")
 	return p.Err()
 }
 
@@ -190,3 +205,49 @@ func WithReconnectBackoff(lo, hi time.Duration) Option {
 // list_connections show (default DefaultConnectionName). The publishing
 // connection is named name+" publish", the consuming one name+" consume".
 func WithConnectionName(name string) Option { return func(c *config) { c.connectionName = name } }
+
+// isDeadLetterTopic reports whether topic is named as herald names
+// dead-letter topics (herald.DeadLetterTopic): the default of
+// WithRetainedTopics.
+func isDeadLetterTopic(topic string) bool {
+	return strings.HasSuffix(topic, herald.DeadLetterTopic(""))
+}
+
+// WithRetainedTopics sets which topics the driver keeps in a stream of
+// their own, which Driver.DeadLetters reads (default: the dead-letter
+// topics, whose names end in ".dlq" as herald.DeadLetterTopic makes them).
+// match replaces the default: to keep dead letters and more, match both,
+// as in
+//
+//	amqpdriver.WithRetainedTopics(func(topic string) bool {
+//		return strings.HasSuffix(topic, ".dlq") || topic == "audit"
+//	})
+//
+// A nil match keeps no topic, for brokers without streams (before
+// RabbitMQ 3.9): dead letters then reach only the groups subscribed to
+// their topic, and DeadLetters lists nothing. See the package
+// documentation, "Dead letters".
+func WithRetainedTopics(match func(topic string) bool) Option {
+	return func(c *config) {
+		c.retained = match
+		if match == nil {
+			c.retained = func(string) bool { return false }
+		}
+	}
+}
+
+// WithRetention bounds what the stream of a retained topic keeps
+// (default DefaultRetentionAge and DefaultRetentionBytes): the broker
+// drops its oldest messages once they are older than maxAge (a whole
+// number of seconds; x-max-age) or the stream is larger than maxBytes
+// (x-max-length-bytes). Zero removes that bound. The broker drops whole
+// segments (500 MB by default), so both bounds are approximate and a
+// stream always keeps its newest segment. The retention is set when the
+// stream is declared, by the first driver that writes the topic (or, for
+// a marks stream, marks an entry redriven); a driver that finds the
+// stream declared uses it as it is. Change the retention of a stream
+// that exists with a policy (rabbitmqctl set_policy ... '{"max-age":
+// "14D"}' --apply-to queues).
+func WithRetention(maxAge time.Duration, maxBytes int64) Option {
+	return func(c *config) { c.retentionAge, c.retentionBytes = maxAge, maxBytes }
+}

@@ -119,11 +119,7 @@ func (s *subscription) declareAndConsume(ch *amqp.Channel) (<-chan amqp.Delivery
 	if _, err := ch.QueueDeclare(s.queue, true, false, false, false, args); err != nil {
 		return nil, fmt.Errorf("declare queue (%v): %w", args, err)
 	}
-	binding := "#"
-	if cfg.exchange != "" {
-		binding = s.topic
-	}
-	if err := ch.QueueBind(s.queue, binding, exchange, false, nil); err != nil {
+	if err := ch.QueueBind(s.queue, cfg.bindingKey(s.topic), exchange, false, nil); err != nil {
 		return nil, fmt.Errorf("bind to exchange %s: %w", exchange, err)
 	}
 	return ch.Consume(s.queue, "", false, false, false, false, nil)
