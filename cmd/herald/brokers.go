@@ -101,7 +101,7 @@ func (b brokerFlags) kindProblems(flag, kind string) (errs []error, known bool) 
 }
 
 // broker is an opened broker: its driver as the writer, its dead-letter
-// store (nil for RabbitMQ, which has none), and what closes both.
+// store, and what closes both.
 type broker struct {
 	writer      herald.Writer
 	deadLetters dlq.Store
@@ -277,7 +277,7 @@ func (a amqpFlags) open() (broker, error) {
 	if err != nil {
 		return broker{}, err
 	}
-	return broker{writer: d, close: d.Close}, nil // no dead-letter store yet
+	return broker{writer: d, deadLetters: d.DeadLetters(), close: d.Close}, nil
 }
 
 // checkURL checks a server URL: one of schemes and a host, or a bare

@@ -101,14 +101,14 @@ func TestRelayCommandNATS(t *testing.T) {
 	readBack(t, sub, 9)
 }
 
-// amqpTest returns a RabbitMQ driver whose exchanges and queues have a
-// prefix of their own, the flags that reach them, and a cleanup that
-// deletes them.
-func amqpTest(t *testing.T, topics ...string) (*amqpdriver.Driver, []string) {
+// amqpTest returns a RabbitMQ driver with opts whose exchanges, queues
+// and streams have a prefix of their own, the flags that reach them, and
+// a cleanup that deletes those of topics.
+func amqpTest(t *testing.T, topics []string, opts ...amqpdriver.Option) (*amqpdriver.Driver, []string) {
 	t.Helper()
 	url := testenv.AMQPURL(t)
 	prefix := "heraldcmd." + rand8() + "."
-	d, err := amqpdriver.New(url, amqpdriver.WithNamePrefix(prefix))
+	d, err := amqpdriver.New(url, append(opts, amqpdriver.WithNamePrefix(prefix))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,9 @@ func amqpTest(t *testing.T, topics ...string) (*amqpdriver.Driver, []string) {
 			return
 		}
 		for _, topic := range topics {
-			_, _ = ch.QueueDelete(d.QueueName(topic, "check"), false, false, false)
+			for _, q := range []string{d.QueueName(topic, "check"), d.StreamName(topic), d.StreamName(topic) + amqpdriver.RedrivenSuffix} {
+				_, _ = ch.QueueDelete(q, false, false, false)
+			}
 			_ = ch.ExchangeDelete(d.ExchangeName(topic), false, false)
 		}
 	})
@@ -137,7 +139,7 @@ func amqpTest(t *testing.T, topics ...string) (*amqpdriver.Driver, []string) {
 // queue declared beforehand (a queue holds what is published after it
 // exists) and reads the messages back with the RabbitMQ driver.
 func TestRelayCommandRabbitMQ(t *testing.T) {
-	d, flags := amqpTest(t, "cmd.test")
+	d, flags := amqpTest(t, []string{"cmd.test"})
 	ctx, cancel := context.WithTimeout(context.Background(), liveness)
 	defer cancel()
 	sub, err := d.Subscribe(ctx, "cmd.test", "check")
@@ -147,6 +149,15 @@ func TestRelayCommandRabbitMQ(t *testing.T) {
 	defer sub.Close(context.Background())
 	relayAndDrain(t, 9, flags...)
 	readBack(t, sub, 9)
+}
+
+// TestDLQCommandsRabbitMQ runs the dead-letter commands on RabbitMQ. The
+// services' driver keeps every topic in a stream, so that the test can
+// read the original topic back with the store; the command keeps the
+// dead-letter topics only, as by default.
+func TestDLQCommandsRabbitMQ(t *testing.T) {
+	d, flags := amqpTest(t, []string{"orders", "orders.dlq"}, amqpdriver.WithRetainedTopics(func(string) bool { return true }))
+	testDLQCommands(t, flags, d, d.DeadLetters(), "orders")
 }
 
 // relayAndDrain runs "herald relay" with the broker flags on an SQLite

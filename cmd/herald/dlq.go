@@ -28,17 +28,18 @@ const dlqUsage = `Usage:
 
 A dead-letter topic is where herald.WithDeadLetter parks the messages a
 subscriber gave up on ("<topic>.dlq"). Positions are "partition:offset" on
-Kafka, stream entry IDs on Redis, stream sequences on NATS JetStream and
-"partition:position" in the log table of the SQL driver
-(github.com/heraldbus/herald/sql/sqldriver); an ID is the message ID. The
-memory driver keeps nothing outside its process, and RabbitMQ queues
-cannot be browsed (the RabbitMQ driver has no dead-letter store yet), so
--driver is one of kafka, redis, nats and sql.
+Kafka, stream entry IDs on Redis, stream sequences on NATS JetStream,
+stream offsets on RabbitMQ (the driver keeps each dead-letter topic in a
+stream of its own) and "partition:position" in the log table of the SQL
+driver (github.com/heraldbus/herald/sql/sqldriver); an ID is the message
+ID. The memory driver keeps nothing outside its process, so -driver is one
+of kafka, redis, nats, rabbitmq and sql.
 
 redrive writes each entry to its original topic with the same ID, key,
 payload and headers (the herald-dlq-* headers removed), addressed to the
-group that gave up on it, then marks it redriven: Redis and NATS delete the entry,
-Kafka records its position in the topic "<dead-letter topic>.redriven",
+group that gave up on it, then marks it redriven: Redis and NATS delete
+the entry, Kafka records its position in the topic "<dead-letter
+topic>.redriven", RabbitMQ in the stream "<dead-letter stream>#redriven",
 the SQL driver in the table "<table>_redriven".
 That group handles the message again, also when it deduplicates; the
 topic's other groups skip it. It is safe to re-run: a run cut short writes
@@ -171,8 +172,6 @@ func (c dlqConfig) validate(sub string) error {
 		errs = append(errs, c.SQL.validate(true)...)
 	case targetMemory:
 		errs = append(errs, fmt.Errorf("-driver memory: the memory driver keeps no dead letters outside its own process; use %s or sql", brokerKinds))
-	case targetRabbitMQ:
-		errs = append(errs, errors.New("-driver rabbitmq: the RabbitMQ driver has no dead-letter store yet (queues cannot be browsed); consume the dead-letter topic with a group of its own"))
 	case "":
 		errs = append(errs, fmt.Errorf("-driver is required (%s or sql), or set %s, -sql-dsn", brokerKinds, brokerAddrs))
 	default:
