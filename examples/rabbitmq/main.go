@@ -4,7 +4,9 @@
 //     amqpdriver, and the billing group charges them, 4 at a time. A
 //     charge that fails for a moment is retried in the process; an order
 //     that can never be charged goes to the dead-letter topic, where an
-//     operations group reads why.
+//     operations group reads why; the driver keeps that topic in a
+//     stream too, which its dead-letter store lists (as herald dlq list
+//     does).
 //
 //  2. Ledger: two instances of a ledger service share one group whose
 //     queue is single-active-consumer: the broker delivers to one of them
@@ -14,7 +16,7 @@
 //
 //  3. Shutdown: the buses stop gracefully (handlers in flight finish and
 //     are acknowledged), the queues are shown empty, and the example
-//     deletes the exchanges and queues it declared.
+//     deletes the exchanges, queues and streams it declared.
 //
 //     go run ./examples/rabbitmq -url amqp://guest:guest@127.0.0.1:5672/
 //
@@ -133,6 +135,7 @@ func billingStep(ctx context.Context, w io.Writer, url, prefix string, t *topolo
 	defer d.Close()
 	t.add(d, ordersTopic, "billing")
 	t.add(d, herald.DeadLetterTopic(ordersTopic), "operations")
+	t.addStream(d, herald.DeadLetterTopic(ordersTopic))
 
 	bus, err := newBus(d)
 	if err != nil {
@@ -161,6 +164,22 @@ func billingStep(ctx context.Context, w io.Writer, url, prefix string, t *topolo
 		return err
 	}
 	fmt.Fprintf(w, "billing: %d orders charged, %d dead-lettered\n", len(b.charged), len(b.deadLetters))
+	return listDeadLetters(ctx, w, d)
+}
+
+// listDeadLetters lists the dead-letter topic as herald dlq list does:
+// the driver kept it in a stream beside the operations queue, which
+// consumed it.
+func listDeadLetters(ctx context.Context, w io.Writer, d *amqpdriver.Driver) error {
+	topic := herald.DeadLetterTopic(ordersTopic)
+	entries, _, err := d.DeadLetters().List(ctx, topic, "", 10)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		fmt.Fprintf(w, "dead letters: %s at offset %s of stream %s: message %s, %d attempt, %s\n",
+			topic, e.Position, d.StreamName(topic), e.Message.ID, e.Attempts, e.Reason)
+	}
 	return nil
 }
 

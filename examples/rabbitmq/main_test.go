@@ -54,7 +54,9 @@ func TestRabbitMQExample(t *testing.T) {
 		"took over",
 		"ledger: entries 11-20 of 2 accounts booked by instance",
 		"ledger: every account's 20 entries booked once each, in order",
-		"cleanup: deleted 3 queues and 3 exchanges",
+		"dead letters: orders.dlq at offset 0 of stream hx.",
+		"1 attempt, herald: not retried: permanent: order 7: negative amount -5",
+		"cleanup: deleted 3 queues, 2 streams and 3 exchanges",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())

@@ -18,6 +18,14 @@ type topology struct {
 	conn      *amqp.Connection
 	exchanges []string
 	queues    []string
+	streams   []string
+}
+
+// addStream records the stream that keeps the retained topic (a
+// dead-letter topic: see amqpdriver.WithRetainedTopics) and the stream of
+// its redrive marks.
+func (t *topology) addStream(d *amqpdriver.Driver, topic string) {
+	t.streams = append(t.streams, d.StreamName(topic), d.StreamName(topic)+amqpdriver.RedrivenSuffix)
 }
 
 // add records the exchange of topic and the queue of group on it.
@@ -68,7 +76,7 @@ func (t *topology) remove(w io.Writer) {
 	}
 	defer ch.Close()
 	var errs []error
-	for _, q := range t.queues {
+	for _, q := range append(t.queues, t.streams...) {
 		_, err := ch.QueueDelete(q, false, false, false)
 		errs = append(errs, err)
 	}
@@ -79,5 +87,5 @@ func (t *topology) remove(w io.Writer) {
 		fmt.Fprintln(w, "cleanup:", err)
 		return
 	}
-	fmt.Fprintf(w, "cleanup: deleted %d queues and %d exchanges\n", len(t.queues), len(t.exchanges))
+	fmt.Fprintf(w, "cleanup: deleted %d queues, %d streams and %d exchanges\n", len(t.queues), len(t.streams), len(t.exchanges))
 }
