@@ -134,10 +134,11 @@
 // after the last Fetch, record each such hand-back in a key-value bucket
 // (WithReleaseBucket), keyed by stream, consumer and stream sequence,
 // before the hand-back; Fetch subtracts the record from NumDelivered for a
-// redelivery (one read, only when NumDelivered is above 1); Ack deletes
-// the record. Counted as attempts all the same: deliveries of a member
-// that died holding them, and messages the server sent for a pull request
-// the connection lost (the driver never saw them). A record that cannot be
+// redelivery (one read, only when NumDelivered is above 1); the
+// confirmation of its Ack deletes the record. Counted as attempts all
+// the same: deliveries of a member that died holding them, and messages
+// the server sent for a pull request the connection lost (the driver never
+// saw them). A record that cannot be
 // read leaves Count 0 (unknown) and is reported.
 //
 // # Dead letters

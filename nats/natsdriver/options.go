@@ -179,7 +179,8 @@ func WithReleaseBucket(name string) Option { return func(c *config) { c.releaseB
 
 // WithErrorHandler receives the errors the driver meets in the
 // background, where no caller can receive them: in-progress signals,
-// hand-backs the server did not take, and the consumer of a dead-letter
+// acknowledgments the server did not confirm, hand-backs the server did
+// not take, and the consumer of a dead-letter
 // read that could not be deleted (see DeadLetters). It is called from several
 // goroutines and must not block. Default: log with slog.Default() at
 // error level. A subscription run by a herald scheduler reports to the

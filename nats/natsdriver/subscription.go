@@ -331,10 +331,10 @@ func (s *subscription) Lag(ctx context.Context) (int64, error) {
 // pull request under way to end (at most the fetch wait, bounded by ctx),
 // waits for the server to confirm the acknowledgments sent (bounded by
 // ctx and the AckWait; one left unconfirmed is reported, and its message
-// may be delivered again) and hands every delivery it holds back to the server, in stream order
-// (a negative acknowledgment, so that the group's next member receives
-// them at once rather than after the AckWait), waiting for the server to
-// have the hand-backs, bounded by ctx. A hand-back the server does not get
+// may be delivered again) and hands every delivery it holds back to the
+// server, in stream order (a negative acknowledgment, so that the group's
+// next member receives them at once rather than after the AckWait),
+// waiting for the server to have the hand-backs, bounded by ctx. A hand-back the server does not get
 // is delivered again after the AckWait. The consumer stays. Later calls
 // return nil.
 func (s *subscription) Close(ctx context.Context) error {
