@@ -49,6 +49,13 @@ import (
 // message ID asked for (or it was already redriven).
 var ErrNotFound = errors.New("dlq: entry not found")
 
+// ErrBadPosition is wrapped by a Store's error for a List cursor or an
+// entry position (MarkRedriven) that is not in the store's form (see
+// Entry.Position); the error's detail names the form. Every driver's
+// store returns it, and a List limit below 1 wraps
+// herald.ErrInvalidOption.
+var ErrBadPosition = errors.New("dlq: not a position of this store")
+
 // NewEntry returns the Entry for the dead-lettered message m found at
 // position, with its DeadLetterRecord read from the herald-dlq-* headers
 // (herald.ReadDeadLetter) and its redrive count. A missing or malformed

@@ -26,14 +26,18 @@ func testBadInput(t *testing.T, cfg Config) {
 		t.Errorf("Redrive: %v", err)
 	}
 	topic := drivertest.Name(t, "t") + ".dlq"
-	if _, _, err := s.List(ctx, topic, "", 0); err == nil {
-		t.Error("List accepted limit 0")
+	for _, limit := range []int{0, -1} {
+		if _, _, err := s.List(ctx, topic, "", limit); !errors.Is(err, herald.ErrInvalidOption) {
+			t.Errorf("List with limit %d: %v, want herald.ErrInvalidOption", limit, err)
+		}
 	}
-	if _, _, err := s.List(ctx, topic, "not a cursor", 10); err == nil {
-		t.Error("List accepted a malformed cursor")
-	}
-	if err := s.MarkRedriven(ctx, topic, []dlq.Entry{{Position: "nowhere"}}); err == nil {
-		t.Error("MarkRedriven accepted a malformed position")
+	for _, pos := range append([]string{"not a cursor", "nowhere", "-1", "1.5", " 1"}, cfg.BadPositions...) {
+		if _, _, err := s.List(ctx, topic, pos, 10); !errors.Is(err, dlq.ErrBadPosition) {
+			t.Errorf("List with cursor %q: %v, want dlq.ErrBadPosition", pos, err)
+		}
+		if err := s.MarkRedriven(ctx, topic, []dlq.Entry{{Position: pos}}); !errors.Is(err, dlq.ErrBadPosition) {
+			t.Errorf("MarkRedriven of position %q: %v, want dlq.ErrBadPosition", pos, err)
+		}
 	}
 	if _, err := dlq.Redrive(ctx, s, d, topic, dlq.RedriveOptions{BatchSize: -1}); err == nil {
 		t.Error("Redrive accepted a negative batch size")

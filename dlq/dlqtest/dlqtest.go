@@ -44,6 +44,11 @@ type Config struct {
 	// suite cannot make one up, since only the driver knows its form;
 	// when empty, that one check is skipped and says so.
 	MissingPosition string
+	// BadPositions are malformed positions in the store's own terms
+	// (a partition out of range, a leading zero), beside the suite's
+	// own ("nowhere", "-1", ...): List with one as its cursor and
+	// MarkRedriven of one must fail with dlq.ErrBadPosition.
+	BadPositions []string
 }
 
 func (c Config) dedup(t *testing.T) dedup.Storage {
@@ -199,35 +204,8 @@ func listAll(t *testing.T, s dlq.Store, topic string, limit int) []dlq.Entry {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var all []dlq.Entry
-	cursor := ""
-	for {
-		page, next, err := s.List(ctx, topic, cursor, limit)
-		if err != nil {
-			t.Fatalf("List %s: %v", topic, err)
-		}
-		all = append(all, page...)
-		if next == "" {
-			return all
-		}
-		cursor = next
-	}
-}
-
-func positions(es []dlq.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = e.Position
-	}
-	return out
-}
-
-func ids(es []dlq.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = e.Message.ID
-	}
-	return out
+	all, _ := Pages(t, ctx, s, topic, limit)
+	return all
 }
 
 func sorted(s []string) []string {

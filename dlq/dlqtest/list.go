@@ -116,8 +116,8 @@ func testPaging(t *testing.T, l listing) {
 		}
 		cursor = next
 	}
-	if !slices.Equal(positions(paged), positions(l.entries)) {
-		t.Errorf("pages of 2 gave %v, one listing %v", positions(paged), positions(l.entries))
+	if !slices.Equal(Positions(paged), Positions(l.entries)) {
+		t.Errorf("pages of 2 gave %v, one listing %v", Positions(paged), Positions(l.entries))
 	}
 }
 

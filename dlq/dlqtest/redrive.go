@@ -52,7 +52,7 @@ func (sc *redriveAll) redriveInBatches(t *testing.T) {
 	}
 	checkBatches(t, progress, 3, sc.n)
 	if left := listAll(t, sc.s, sc.dl.dlqTopic, 100); len(left) != 0 {
-		t.Errorf("%d entries left after the redrive: %v", len(left), positions(left))
+		t.Errorf("%d entries left after the redrive: %v", len(left), Positions(left))
 	}
 }
 
@@ -214,7 +214,7 @@ func (sc *leftBehind) writeEntries(t *testing.T) {
 func (sc *leftBehind) dryRun(t *testing.T) {
 	var batches [][]string
 	res, err := dlq.Redrive(sc.ctx, sc.s, sc.d, sc.dlqTopic, dlq.RedriveOptions{DryRun: true, Progress: func(p dlq.Progress) {
-		batches = append(batches, ids(p.Batch))
+		batches = append(batches, IDs(p.Batch))
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +247,7 @@ func (sc *leftBehind) redrive(t *testing.T) {
 
 // checkLeft checks the skipped and deferred entries are still listed.
 func (sc *leftBehind) checkLeft(t *testing.T) {
-	if left := ids(listAll(t, sc.s, sc.dlqTopic, 100)); !slices.Equal(sorted(left), []string{"bad-origin", "later", "loop", "no-origin"}) {
+	if left := IDs(listAll(t, sc.s, sc.dlqTopic, 100)); !slices.Equal(sorted(left), []string{"bad-origin", "later", "loop", "no-origin"}) {
 		t.Errorf("left in the dead-letter topic: %v", left)
 	}
 }

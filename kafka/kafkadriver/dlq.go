@@ -99,13 +99,13 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 		return nil, "", fail("list dead letters", topic, "", "", err)
 	}
 	if limit <= 0 {
-		return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("limit %d", limit), errors.New("want at least 1"))
+		return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("limit %d", limit), fmt.Errorf("want at least 1: %w", herald.ErrInvalidOption))
 	}
 	start := position{}
 	if cursor != "" {
 		var ok bool
 		if start, ok = parsePosition(cursor); !ok {
-			return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("cursor %q", cursor), errors.New("malformed"))
+			return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("cursor %q (want partition:offset)", cursor), dlq.ErrBadPosition)
 		}
 	}
 	marks, err := s.redriven(ctx, topic)
@@ -227,7 +227,7 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []
 	for i, e := range entries {
 		pos, ok := parsePosition(e.Position)
 		if !ok {
-			return fail("mark dead letters redriven", topic, "", fmt.Sprintf("position %q", e.Position), errors.New("malformed"))
+			return fail("mark dead letters redriven", topic, "", fmt.Sprintf("position %q (want partition:offset)", e.Position), dlq.ErrBadPosition)
 		}
 		positions[i] = pos
 		// The ID is there for whoever reads the sidecar; the key is

@@ -28,6 +28,7 @@ func TestDeadLetters(t *testing.T) {
 		// Partition 0, which every topic has on any cluster, at an offset
 		// the suite never writes.
 		MissingPosition: "0:999999",
+		BadPositions:    []string{"0", "0:", ":1", "0:-1", "x:1", "0:1:2"},
 	})
 }
 

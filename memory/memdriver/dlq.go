@@ -2,7 +2,6 @@ package memdriver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -101,7 +100,7 @@ func (s *deadLetters) List(ctx context.Context, topicName, cursor string, limit 
 		return nil, "", err
 	}
 	if limit <= 0 {
-		return nil, "", fail("list dead letters", topicName, "", fmt.Sprintf("limit %d", limit), errors.New("want at least 1"))
+		return nil, "", fail("list dead letters", topicName, "", fmt.Sprintf("limit %d", limit), fmt.Errorf("want at least 1: %w", herald.ErrInvalidOption))
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, "", err
@@ -110,7 +109,7 @@ func (s *deadLetters) List(ctx context.Context, topicName, cursor string, limit 
 	if cursor != "" {
 		c, ok := parsePosition(cursor, s.b.cfg.partitions)
 		if !ok {
-			return nil, "", fail("list dead letters", topicName, "", fmt.Sprintf("cursor %q", cursor), errors.New("not a position (partition:offset)"))
+			return nil, "", fail("list dead letters", topicName, "", fmt.Sprintf("cursor %q (want partition:offset)", cursor), dlq.ErrBadPosition)
 		}
 		from = position{c.part, c.off + 1}
 	}
@@ -188,7 +187,7 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topicName string, entrie
 	for i, e := range entries {
 		pos, ok := parsePosition(e.Position, s.b.cfg.partitions)
 		if !ok || t == nil {
-			return fail("mark dead letters redriven", topicName, "", fmt.Sprintf("position %q", e.Position), errors.New("not one of the topic's"))
+			return fail("mark dead letters redriven", topicName, "", fmt.Sprintf("position %q (want partition:offset of one of the topic's entries)", e.Position), dlq.ErrBadPosition)
 		}
 		positions[i] = pos
 	}

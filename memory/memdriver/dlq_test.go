@@ -24,6 +24,7 @@ func TestDeadLetters(t *testing.T) {
 		// Partition 0, which every topic has, at an offset the suite
 		// never writes.
 		MissingPosition: "0:999999",
+		BadPositions:    []string{"0", "0:", "0:-1", "999:0"},
 	})
 }
 

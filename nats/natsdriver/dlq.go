@@ -14,10 +14,8 @@ import (
 	"github.com/heraldbus/herald/dlq"
 )
 
-// ErrBadPosition is wrapped by the dead-letter store's errors for a
-// cursor or an entry position that is not a stream sequence (see
-// Driver.DeadLetters).
-var ErrBadPosition = errors.New("natsdriver: not a dead-letter position (want a stream sequence: a decimal number from 1, without leading zeros)")
+// positionForm is the form of the store's positions, for its errors.
+const positionForm = "want a stream sequence: a decimal number from 1, without leading zeros"
 
 // ErrForeignEntry is wrapped by MarkRedriven's error for an entry that is
 // not the message stored at its position in the topic it is marked in:
@@ -160,7 +158,7 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 	if cursor != "" {
 		after, ok := parseSeq(cursor)
 		if !ok {
-			return nil, "", fail(op, topic, "", fmt.Sprintf("cursor %q", cursor), ErrBadPosition)
+			return nil, "", fail(op, topic, "", fmt.Sprintf("cursor %q (%s)", cursor, positionForm), dlq.ErrBadPosition)
 		}
 		from = after + 1
 	}
@@ -289,7 +287,7 @@ func marksOf(topic string, entries []dlq.Entry) ([]mark, error) {
 	for _, e := range entries {
 		seq, ok := parseSeq(e.Position)
 		if !ok {
-			return nil, fmt.Errorf("position %q: %w", e.Position, ErrBadPosition)
+			return nil, fmt.Errorf("position %q (%s): %w", e.Position, positionForm, dlq.ErrBadPosition)
 		}
 		if e.Message != nil && e.Message.Topic != topic {
 			return nil, fmt.Errorf("entry %s was read from topic %q: %w", e.Position, e.Message.Topic, ErrForeignEntry)

@@ -29,6 +29,7 @@ func TestDeadLetters(t *testing.T) {
 			return newEnv(t).driver(t, natsdriver.WithMaxMessageBytes(1))
 		},
 		MissingPosition: missingPosition,
+		BadPositions:    []string{"0", "007", "+3", "1:2", "99999999999999999999"},
 	})
 }
 
@@ -45,6 +46,7 @@ func TestDeadLettersSharedStream(t *testing.T) {
 			return newEnv(t).driver(t, natsdriver.WithMaxMessageBytes(1))
 		},
 		MissingPosition: missingPosition,
+		BadPositions:    []string{"0", "007", "+3", "1:2", "99999999999999999999"},
 	})
 }
 
@@ -62,53 +64,6 @@ func (e testEnv) sharedStreamDriver(t *testing.T, retention jetstream.RetentionP
 	return e.driver(t, natsdriver.WithSubjects(func(topic string) string {
 		return e.subjectPrefix + "." + natsdriver.Token(topic)
 	}))
-}
-
-// deadLetters writes one entry per ID straight to the dead-letter topic
-// of topic and returns that topic.
-func deadLetters(t *testing.T, ctx context.Context, d *natsdriver.Driver, topic string, ids ...string) string {
-	t.Helper()
-	dlqTopic := herald.DeadLetterTopic(topic)
-	msgs := make([]*herald.Message, len(ids))
-	for i, id := range ids {
-		msgs[i] = &herald.Message{ID: id, Topic: dlqTopic, Key: "k", Data: []byte(id),
-			Headers: herald.Headers{herald.HeaderDeadLetterTopic: topic, herald.HeaderDeadLetterReason: "boom " + id}}
-	}
-	if err := d.Write(ctx, msgs); err != nil {
-		t.Fatal(err)
-	}
-	return dlqTopic
-}
-
-// pages lists topic in pages of size and returns every entry and the
-// cursors the pages gave.
-func pages(t *testing.T, ctx context.Context, s dlq.Store, topic string, size int) ([]dlq.Entry, []string) {
-	t.Helper()
-	var all []dlq.Entry
-	var cursors []string
-	cursor := ""
-	for range 100 {
-		page, next, err := s.List(ctx, topic, cursor, size)
-		if err != nil {
-			t.Fatalf("List(%q, %d): %v", cursor, size, err)
-		}
-		all = append(all, page...)
-		if next == "" {
-			return all, cursors
-		}
-		cursors = append(cursors, next)
-		cursor = next
-	}
-	t.Fatal("List never reached the end")
-	return nil, nil
-}
-
-func entryIDs(es []dlq.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = e.Message.ID
-	}
-	return out
 }
 
 // consumers returns how many consumers the stream name has.
@@ -129,7 +84,7 @@ func TestDeadLettersReadAcrossGaps(t *testing.T) {
 	e := newEnv(t)
 	d := e.driver(t)
 	ctx := drivertest.Context(t, time.Minute)
-	dlqTopic := deadLetters(t, ctx, d, drivertest.Name(t, "t"), "a", "b", "c", "d", "e", "f", "g")
+	dlqTopic := dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "t"), "a", "b", "c", "d", "e", "f", "g")
 	stream, err := e.js.Stream(ctx, d.StreamName(dlqTopic))
 	if err != nil {
 		t.Fatal(err)
@@ -141,11 +96,11 @@ func TestDeadLettersReadAcrossGaps(t *testing.T) {
 	}
 	s := d.DeadLetters()
 	for _, size := range []int{1, 2, 3, 100} {
-		all, cursors := pages(t, ctx, s, dlqTopic, size)
-		if got := entryIDs(all); !slices.Equal(got, []string{"b", "e", "f"}) {
+		all, cursors := dlqtest.Pages(t, ctx, s, dlqTopic, size)
+		if got := dlqtest.IDs(all); !slices.Equal(got, []string{"b", "e", "f"}) {
 			t.Errorf("pages of %d: %v, want [b e f]", size, got)
 		}
-		if got := positions(all); !slices.Equal(got, []string{"2", "5", "6"}) {
+		if got := dlqtest.Positions(all); !slices.Equal(got, []string{"2", "5", "6"}) {
 			t.Errorf("pages of %d: positions %v, want the stream sequences [2 5 6]", size, got)
 		}
 		if size == 1 && !slices.Equal(cursors, []string{"2", "5"}) {
@@ -171,14 +126,6 @@ func TestDeadLettersReadAcrossGaps(t *testing.T) {
 	}
 }
 
-func positions(es []dlq.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = e.Position
-	}
-	return out
-}
-
 // TestDeadLettersMarksAreDeletes checks the NATS form of a mark: the
 // message is deleted from the stream, so a driver on another connection
 // does not list it, marking it again is harmless, and an entry that is
@@ -188,10 +135,10 @@ func TestDeadLettersMarksAreDeletes(t *testing.T) {
 	d := e.driver(t)
 	ctx := drivertest.Context(t, time.Minute)
 	topic := drivertest.Name(t, "t")
-	dlqTopic := deadLetters(t, ctx, d, topic, "a", "b", "c", "d")
-	otherTopic := deadLetters(t, ctx, d, drivertest.Name(t, "other"), "x")
+	dlqTopic := dlqtest.WriteEntries(t, ctx, d, topic, "a", "b", "c", "d")
+	otherTopic := dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "other"), "x")
 	s := d.DeadLetters()
-	entries, _ := pages(t, ctx, s, dlqTopic, 10)
+	entries, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10)
 	if len(entries) != 4 {
 		t.Fatalf("listed %d entries, want 4", len(entries))
 	}
@@ -203,8 +150,8 @@ func TestDeadLettersMarksAreDeletes(t *testing.T) {
 	other := envOn(t, e.url, connect(t, e.url))
 	other.streamPrefix, other.subjectPrefix = e.streamPrefix, e.subjectPrefix
 	fresh := other.driver(t).DeadLetters()
-	if left, _ := pages(t, ctx, fresh, dlqTopic, 10); !slices.Equal(entryIDs(left), []string{"a", "c"}) {
-		t.Errorf("a driver on another connection lists %v, want [a c]", entryIDs(left))
+	if left, _ := dlqtest.Pages(t, ctx, fresh, dlqTopic, 10); !slices.Equal(dlqtest.IDs(left), []string{"a", "c"}) {
+		t.Errorf("a driver on another connection lists %v, want [a c]", dlqtest.IDs(left))
 	}
 	stream, err := e.js.Stream(ctx, d.StreamName(dlqTopic))
 	if err != nil {
@@ -219,7 +166,7 @@ func TestDeadLettersMarksAreDeletes(t *testing.T) {
 
 	// An entry listed from another topic, and one whose message is not
 	// the one at its position: refused, and nothing of the call deleted.
-	xs, _ := pages(t, ctx, s, otherTopic, 10)
+	xs, _ := dlqtest.Pages(t, ctx, s, otherTopic, 10)
 	forged := entries[0]
 	forged.Message = forged.Message.Clone()
 	forged.Message.ID = "not-a"
@@ -231,15 +178,15 @@ func TestDeadLettersMarksAreDeletes(t *testing.T) {
 			t.Errorf("%s: %v, want ErrForeignEntry", name, err)
 		}
 	}
-	if left, _ := pages(t, ctx, s, dlqTopic, 10); !slices.Equal(entryIDs(left), []string{"a", "c"}) {
-		t.Errorf("after the refused marks: %v, want [a c]", entryIDs(left))
+	if left, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10); !slices.Equal(dlqtest.IDs(left), []string{"a", "c"}) {
+		t.Errorf("after the refused marks: %v, want [a c]", dlqtest.IDs(left))
 	}
 	// A position alone (an entry without its message) is marked.
 	if err := s.MarkRedriven(ctx, dlqTopic, []dlq.Entry{{Position: entries[0].Position}}); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := pages(t, ctx, s, dlqTopic, 10); !slices.Equal(entryIDs(left), []string{"c"}) {
-		t.Errorf("after marking a's position: %v, want [c]", entryIDs(left))
+	if left, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10); !slices.Equal(dlqtest.IDs(left), []string{"c"}) {
+		t.Errorf("after marking a's position: %v, want [c]", dlqtest.IDs(left))
 	}
 }
 
@@ -251,22 +198,7 @@ func TestDeadLettersBadInputIsTyped(t *testing.T) {
 	d := e.driver(t)
 	ctx := drivertest.Context(t, time.Minute)
 	s := d.DeadLetters()
-	dlqTopic := deadLetters(t, ctx, d, drivertest.Name(t, "t"), "a")
-	for _, cursor := range []string{"x", "0", "-1", "007", "1.5", "+3", "1:2", "99999999999999999999"} {
-		_, _, err := s.List(ctx, dlqTopic, cursor, 10)
-		if !errors.Is(err, natsdriver.ErrBadPosition) {
-			t.Errorf("List with cursor %q: %v, want ErrBadPosition", cursor, err)
-		}
-		if err := s.MarkRedriven(ctx, dlqTopic, []dlq.Entry{{Position: cursor}}); !errors.Is(err, natsdriver.ErrBadPosition) {
-			t.Errorf("MarkRedriven of position %q: %v, want ErrBadPosition", cursor, err)
-		}
-	}
-	if _, _, err := s.List(ctx, dlqTopic, "", 0); !errors.Is(err, herald.ErrInvalidOption) {
-		t.Errorf("List with limit 0: %v, want ErrInvalidOption", err)
-	}
-	if _, _, err := s.List(ctx, "no spaces", "", 1); !errors.Is(err, herald.ErrInvalidName) {
-		t.Errorf("List of an invalid topic: %v, want ErrInvalidName", err)
-	}
+	dlqTopic := dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "t"), "a")
 	drivertest.CheckDriverError(t, func() error { _, _, err := s.List(ctx, dlqTopic, "x", 1); return err }(),
 		"natsdriver", "list dead letters", dlqTopic, "")
 
@@ -303,12 +235,12 @@ func TestDeadLettersOnAWorkQueueStream(t *testing.T) {
 	e := newEnv(t)
 	d := e.sharedStreamDriver(t, jetstream.WorkQueuePolicy)
 	ctx := drivertest.Context(t, time.Minute)
-	dlqTopic := deadLetters(t, ctx, d, drivertest.Name(t, "t"), "a", "b", "c")
-	deadLetters(t, ctx, d, drivertest.Name(t, "other"), "x", "y") // later sequences, another subject
+	dlqTopic := dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "t"), "a", "b", "c")
+	dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "other"), "x", "y") // later sequences, another subject
 	s := d.DeadLetters()
 	for range 2 {
-		all, _ := pages(t, ctx, s, dlqTopic, 2)
-		if got := entryIDs(all); !slices.Equal(got, []string{"a", "b", "c"}) {
+		all, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 2)
+		if got := dlqtest.IDs(all); !slices.Equal(got, []string{"a", "b", "c"}) {
 			t.Errorf("listed %v, want [a b c]", got)
 		}
 	}
@@ -325,8 +257,8 @@ func TestDeadLettersOnAWorkQueueStream(t *testing.T) {
 	if err := s.MarkRedriven(ctx, dlqTopic, []dlq.Entry{got}); err != nil {
 		t.Fatal(err)
 	}
-	if all, _ := pages(t, ctx, s, dlqTopic, 10); !slices.Equal(entryIDs(all), []string{"a", "b"}) {
-		t.Errorf("after marking c: %v, want [a b]", entryIDs(all))
+	if all, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10); !slices.Equal(dlqtest.IDs(all), []string{"a", "b"}) {
+		t.Errorf("after marking c: %v, want [a b]", dlqtest.IDs(all))
 	}
 	if err := s.MarkRedriven(ctx, dlqTopic, []dlq.Entry{{Position: "4"}}); !errors.Is(err, natsdriver.ErrForeignEntry) {
 		t.Errorf("marking a position of another topic: %v, want ErrForeignEntry", err)
@@ -361,7 +293,7 @@ func TestDeadLetterWritesAreNotDroppedAsDuplicates(t *testing.T) {
 			}
 		}
 		s := d.DeadLetters()
-		entries, _ := pages(t, ctx, s, dlqTopic, 10)
+		entries, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10)
 		if len(entries) != 2 || entries[0].Group != "g1" || entries[1].Group != "g2" || entries[1].Message.ID != "m" {
 			t.Fatalf("shared %v: dead-letter entries %+v, want one per group, of message m", shared, entries)
 		}
@@ -369,8 +301,8 @@ func TestDeadLetterWritesAreNotDroppedAsDuplicates(t *testing.T) {
 		if err != nil || res.Redriven != 2 {
 			t.Fatalf("shared %v: redrive: %+v, %v", shared, res, err)
 		}
-		back, _ := pages(t, ctx, s, topic, 10)
-		if got := entryIDs(back); !slices.Equal(got, []string{"m", "m", "m"}) {
+		back, _ := dlqtest.Pages(t, ctx, s, topic, 10)
+		if got := dlqtest.IDs(back); !slices.Equal(got, []string{"m", "m", "m"}) {
 			t.Errorf("shared %v: the topic holds %v, want m once and its two redrives", shared, got)
 		}
 		if len(back) == 3 && (back[0].Message.Headers[herald.HeaderRedriveGroup] != "" || back[2].Message.Headers[herald.HeaderRedriveGroup] != "g2") {

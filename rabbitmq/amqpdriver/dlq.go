@@ -13,10 +13,8 @@ import (
 	"github.com/heraldbus/herald/dlq"
 )
 
-// ErrBadPosition is wrapped by the dead-letter store's errors for a
-// cursor or an entry position that is not a stream offset (see
-// Driver.DeadLetters).
-var ErrBadPosition = errors.New("amqpdriver: not a dead-letter position (want a stream offset: a decimal number from 0, without leading zeros)")
+// positionForm is the form of the store's positions, for its errors.
+const positionForm = "want a stream offset: a decimal number from 0, without leading zeros"
 
 // ErrForeignEntry is wrapped by MarkRedriven's error for an entry read
 // from another topic than the one it is marked in. Nothing of the call is
@@ -168,7 +166,7 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 	if cursor != "" {
 		after, ok := parseOffset(cursor)
 		if !ok {
-			return nil, "", fail(op, topic, "", fmt.Sprintf("cursor %q", cursor), ErrBadPosition)
+			return nil, "", fail(op, topic, "", fmt.Sprintf("cursor %q (%s)", cursor, positionForm), dlq.ErrBadPosition)
 		}
 		from = after + 1
 	}
@@ -248,7 +246,7 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []
 	for _, e := range entries {
 		offset, ok := parseOffset(e.Position)
 		if !ok {
-			return fail(op, topic, "", fmt.Sprintf("position %q", e.Position), ErrBadPosition)
+			return fail(op, topic, "", fmt.Sprintf("position %q (%s)", e.Position, positionForm), dlq.ErrBadPosition)
 		}
 		if e.Message != nil && e.Message.Topic != topic {
 			return fail(op, topic, "", fmt.Sprintf("entry %s was read from topic %q", e.Position, e.Message.Topic), ErrForeignEntry)

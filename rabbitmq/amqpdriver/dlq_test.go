@@ -1,7 +1,6 @@
 package amqpdriver_test
 
 import (
-	"context"
 	"errors"
 	"slices"
 	"testing"
@@ -31,6 +30,7 @@ func TestDeadLetters(t *testing.T) {
 		},
 		// An offset no stream of the suite reaches.
 		MissingPosition: "999999999",
+		BadPositions:    []string{"007", "+3", "1:2", "99999999999999999999"},
 	})
 }
 
@@ -44,54 +44,8 @@ func TestDeadLettersSharedExchange(t *testing.T) {
 			return newDriver(t, amqpdriver.WithMaxMessageBytes(1))
 		},
 		MissingPosition: "999999999",
+		BadPositions:    []string{"007", "+3", "1:2", "99999999999999999999"},
 	})
-}
-
-// writeDeadLetters writes one entry per ID straight to the dead-letter
-// topic of topic and returns that topic.
-func writeDeadLetters(t *testing.T, ctx context.Context, d herald.Writer, topic string, ids ...string) string {
-	t.Helper()
-	dlqTopic := herald.DeadLetterTopic(topic)
-	msgs := make([]*herald.Message, len(ids))
-	for i, id := range ids {
-		msgs[i] = &herald.Message{ID: id, Topic: dlqTopic, Key: "k", Data: []byte(id),
-			Headers: herald.Headers{herald.HeaderDeadLetterTopic: topic, herald.HeaderDeadLetterReason: "boom " + id}}
-	}
-	if err := d.Write(ctx, msgs); err != nil {
-		t.Fatal(err)
-	}
-	return dlqTopic
-}
-
-// listAll lists topic in pages of size and returns every entry and the
-// cursors the pages gave.
-func listAll(t *testing.T, ctx context.Context, s dlq.Store, topic string, size int) ([]dlq.Entry, []string) {
-	t.Helper()
-	var all []dlq.Entry
-	var cursors []string
-	cursor := ""
-	for range 100 {
-		page, next, err := s.List(ctx, topic, cursor, size)
-		if err != nil {
-			t.Fatalf("List(%q, %d): %v", cursor, size, err)
-		}
-		all = append(all, page...)
-		if next == "" {
-			return all, cursors
-		}
-		cursors = append(cursors, next)
-		cursor = next
-	}
-	t.Fatal("List never reached the end")
-	return nil, nil
-}
-
-func entryIDs(es []dlq.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = e.Message.ID
-	}
-	return out
 }
 
 // TestDeadLettersKeptWithoutAGroup checks what the stream adds: dead
@@ -108,11 +62,11 @@ func TestDeadLettersKeptWithoutAGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeDeadLetters(t, ctx, d, topic, "a", "b", "c")
+	dlqtest.WriteEntries(t, ctx, d, topic, "a", "b", "c")
 	s := d.DeadLetters()
 	for _, size := range []int{1, 2, 10} {
-		all, cursors := listAll(t, ctx, s, dlqTopic, size)
-		if got := entryIDs(all); !slices.Equal(got, []string{"a", "b", "c"}) {
+		all, cursors := dlqtest.Pages(t, ctx, s, dlqTopic, size)
+		if got := dlqtest.IDs(all); !slices.Equal(got, []string{"a", "b", "c"}) {
 			t.Errorf("pages of %d: %v, want [a b c]", size, got)
 		}
 		if size == 1 && len(cursors) != 2 {
@@ -152,10 +106,10 @@ func TestDeadLettersKeptWithoutAGroup(t *testing.T) {
 func TestDeadLettersMarks(t *testing.T) {
 	d := newDriver(t)
 	ctx := drivertest.Context(t, time.Minute)
-	dlqTopic := writeDeadLetters(t, ctx, d, drivertest.Name(t, "t"), "a", "b", "c", "d")
-	otherTopic := writeDeadLetters(t, ctx, d, drivertest.Name(t, "other"), "x")
+	dlqTopic := dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "t"), "a", "b", "c", "d")
+	otherTopic := dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "other"), "x")
 	s := d.DeadLetters()
-	entries, _ := listAll(t, ctx, s, dlqTopic, 10)
+	entries, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10)
 	if len(entries) != 4 {
 		t.Fatalf("listed %d entries, want 4", len(entries))
 	}
@@ -164,8 +118,8 @@ func TestDeadLettersMarks(t *testing.T) {
 		t.Fatalf("redrive: %+v, %v", res, err)
 	}
 	fresh := sameNames(t, d).DeadLetters()
-	if left, _ := listAll(t, ctx, fresh, dlqTopic, 10); !slices.Equal(entryIDs(left), []string{"a", "c"}) {
-		t.Errorf("a driver on other connections lists %v, want [a c]", entryIDs(left))
+	if left, _ := dlqtest.Pages(t, ctx, fresh, dlqTopic, 10); !slices.Equal(dlqtest.IDs(left), []string{"a", "c"}) {
+		t.Errorf("a driver on other connections lists %v, want [a c]", dlqtest.IDs(left))
 	}
 	for _, key := range []string{entries[1].Position, "b"} {
 		if _, err := fresh.Get(ctx, dlqTopic, key); !errors.Is(err, dlq.ErrNotFound) {
@@ -175,22 +129,22 @@ func TestDeadLettersMarks(t *testing.T) {
 	if err := fresh.MarkRedriven(ctx, dlqTopic, entries[1:2]); err != nil {
 		t.Errorf("marking a redriven entry again: %v", err)
 	}
-	xs, _ := listAll(t, ctx, s, otherTopic, 10)
+	xs, _ := dlqtest.Pages(t, ctx, s, otherTopic, 10)
 	if err := s.MarkRedriven(ctx, dlqTopic, []dlq.Entry{entries[2], xs[0]}); !errors.Is(err, amqpdriver.ErrForeignEntry) {
 		t.Errorf("an entry of another topic: %v, want ErrForeignEntry", err)
 	}
-	if left, _ := listAll(t, ctx, s, dlqTopic, 10); !slices.Equal(entryIDs(left), []string{"a", "c"}) {
-		t.Errorf("after the refused mark: %v, want [a c]", entryIDs(left))
+	if left, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10); !slices.Equal(dlqtest.IDs(left), []string{"a", "c"}) {
+		t.Errorf("after the refused mark: %v, want [a c]", dlqtest.IDs(left))
 	}
 	// A position alone (an entry without its message) is marked.
 	if err := s.MarkRedriven(ctx, dlqTopic, []dlq.Entry{{Position: entries[0].Position}}); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := listAll(t, ctx, s, dlqTopic, 10); !slices.Equal(entryIDs(left), []string{"c"}) {
-		t.Errorf("after marking a's position: %v, want [c]", entryIDs(left))
+	if left, _ := dlqtest.Pages(t, ctx, s, dlqTopic, 10); !slices.Equal(dlqtest.IDs(left), []string{"c"}) {
+		t.Errorf("after marking a's position: %v, want [c]", dlqtest.IDs(left))
 	}
-	if left, _ := listAll(t, ctx, fresh, dlqTopic, 10); !slices.Equal(entryIDs(left), []string{"c"}) {
-		t.Errorf("the other driver, after marking a's position: %v, want [c]", entryIDs(left))
+	if left, _ := dlqtest.Pages(t, ctx, fresh, dlqTopic, 10); !slices.Equal(dlqtest.IDs(left), []string{"c"}) {
+		t.Errorf("the other driver, after marking a's position: %v, want [c]", dlqtest.IDs(left))
 	}
 }
 
@@ -213,21 +167,7 @@ func TestDeadLettersBadInputIsTyped(t *testing.T) {
 	d := newDriver(t)
 	ctx := drivertest.Context(t, time.Minute)
 	s := d.DeadLetters()
-	dlqTopic := writeDeadLetters(t, ctx, d, drivertest.Name(t, "t"), "a")
-	for _, cursor := range []string{"x", "-1", "007", "1.5", "+3", "1:2", "99999999999999999999"} {
-		if _, _, err := s.List(ctx, dlqTopic, cursor, 10); !errors.Is(err, amqpdriver.ErrBadPosition) {
-			t.Errorf("List with cursor %q: %v, want ErrBadPosition", cursor, err)
-		}
-		if err := s.MarkRedriven(ctx, dlqTopic, []dlq.Entry{{Position: cursor}}); !errors.Is(err, amqpdriver.ErrBadPosition) {
-			t.Errorf("MarkRedriven of position %q: %v, want ErrBadPosition", cursor, err)
-		}
-	}
-	if _, _, err := s.List(ctx, dlqTopic, "", 0); !errors.Is(err, herald.ErrInvalidOption) {
-		t.Errorf("List with limit 0: %v, want ErrInvalidOption", err)
-	}
-	if _, _, err := s.List(ctx, "no spaces", "", 1); !errors.Is(err, herald.ErrInvalidName) {
-		t.Errorf("List of an invalid topic: %v, want ErrInvalidName", err)
-	}
+	dlqTopic := dlqtest.WriteEntries(t, ctx, d, drivertest.Name(t, "t"), "a")
 	drivertest.CheckDriverError(t, func() error { _, _, err := s.List(ctx, dlqTopic, "x", 1); return err }(),
 		"amqpdriver", "list dead letters", dlqTopic, "")
 	if page, next, err := s.List(ctx, dlqTopic, "999999999", 10); err != nil || len(page) != 0 || next != "" {
@@ -283,13 +223,13 @@ func TestRetainedStreamKeepsItsFirstRetention(t *testing.T) {
 	first := newDriver(t, amqpdriver.WithRetention(time.Hour, 1<<20))
 	ctx := drivertest.Context(t, time.Minute)
 	topic := drivertest.Name(t, "t")
-	dlqTopic := writeDeadLetters(t, ctx, first, topic, "a")
+	dlqTopic := dlqtest.WriteEntries(t, ctx, first, topic, "a")
 	for i, opts := range [][]amqpdriver.Option{nil, {amqpdriver.WithRetention(0, 0)}} {
 		other, err := amqpdriver.New(brokerURL(t), append(opts, amqpdriver.WithNamePrefix(first.StreamName("")))...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		writeDeadLetters(t, ctx, other, topic, string(rune('b'+i)))
+		dlqtest.WriteEntries(t, ctx, other, topic, string(rune('b'+i)))
 		if err := other.DeadLetters().MarkRedriven(ctx, dlqTopic, []dlq.Entry{{Position: "0"}}); err != nil {
 			t.Errorf("driver %d: MarkRedriven: %v", i, err)
 		}
@@ -297,7 +237,7 @@ func TestRetainedStreamKeepsItsFirstRetention(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if all, _ := listAll(t, ctx, first.DeadLetters(), dlqTopic, 10); !slices.Equal(entryIDs(all), []string{"b", "c"}) {
-		t.Errorf("listed %v, want [b c] (a marked redriven)", entryIDs(all))
+	if all, _ := dlqtest.Pages(t, ctx, first.DeadLetters(), dlqTopic, 10); !slices.Equal(dlqtest.IDs(all), []string{"b", "c"}) {
+		t.Errorf("listed %v, want [b c] (a marked redriven)", dlqtest.IDs(all))
 	}
 }

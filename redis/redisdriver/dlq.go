@@ -2,7 +2,6 @@ package redisdriver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -35,12 +34,12 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 		return nil, "", fail("list dead letters", topic, "", "", err)
 	}
 	if limit <= 0 {
-		return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("limit %d", limit), errors.New("want at least 1"))
+		return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("limit %d", limit), fmt.Errorf("want at least 1: %w", herald.ErrInvalidOption))
 	}
 	start := "-"
 	if cursor != "" {
 		if !isEntryID(cursor) {
-			return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("cursor %q", cursor), errors.New("not a stream entry ID"))
+			return nil, "", fail("list dead letters", topic, "", fmt.Sprintf("cursor %q (want a stream entry ID)", cursor), dlq.ErrBadPosition)
 		}
 		start = "(" + cursor
 	}
@@ -107,7 +106,7 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []
 	ids := make([]string, len(entries))
 	for i, e := range entries {
 		if !isEntryID(e.Position) {
-			return fail("mark dead letters redriven", topic, "", fmt.Sprintf("position %q", e.Position), errors.New("not a stream entry ID"))
+			return fail("mark dead letters redriven", topic, "", fmt.Sprintf("position %q (want a stream entry ID)", e.Position), dlq.ErrBadPosition)
 		}
 		ids[i] = e.Position
 	}

@@ -28,6 +28,7 @@ func TestDeadLetters(t *testing.T) {
 		},
 		// An entry ID of 1970: every entry the suite writes has a later one.
 		MissingPosition: "999999-0",
+		BadPositions:    []string{"1-x", "abc-0", "1-2-3"},
 	})
 }
 

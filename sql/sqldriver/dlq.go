@@ -15,11 +15,6 @@ import (
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
 )
 
-// ErrBadPosition is wrapped by the dead-letter store's errors for a
-// cursor or an entry position that is not of the form
-// "partition:position" (see Driver.DeadLetters).
-var ErrBadPosition = errors.New("sqldriver: not a dead-letter position (want partition:position)")
-
 // RedrivenSuffix names the table where the dead-letter store records
 // redriven positions: "<table>_redriven", created by Migrate.
 const RedrivenSuffix = "_redriven"
@@ -118,7 +113,7 @@ func (s *deadLetters) List(ctx context.Context, topic, cursor string, limit int)
 	if cursor != "" {
 		var ok bool
 		if after, ok = parsePosition(cursor); !ok {
-			return nil, "", fail(op, topic, "", fmt.Sprintf("cursor %q", cursor), ErrBadPosition)
+			return nil, "", fail(op, topic, "", fmt.Sprintf("cursor %q (want partition:position)", cursor), dlq.ErrBadPosition)
 		}
 	}
 	s.catchUp(ctx)
@@ -181,7 +176,7 @@ func (s *deadLetters) MarkRedriven(ctx context.Context, topic string, entries []
 	for _, e := range entries {
 		p, ok := parsePosition(e.Position)
 		if !ok {
-			return fail(op, topic, "", fmt.Sprintf("position %q", e.Position), ErrBadPosition)
+			return fail(op, topic, "", fmt.Sprintf("position %q (want partition:position)", e.Position), dlq.ErrBadPosition)
 		}
 		if !seen[p] {
 			seen[p] = true

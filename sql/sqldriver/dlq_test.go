@@ -35,6 +35,7 @@ func TestDeadLetters(t *testing.T) {
 				// Partition 0, which every log has, at a position far past
 				// what a test's own log reaches.
 				MissingPosition: "0:999999999",
+				BadPositions:    []string{"0", "0:", "0:x", "a:1", "0:-1"},
 			})
 		})
 	}
@@ -176,10 +177,10 @@ func TestDeadLetterErrors(t *testing.T) {
 		checkError(t, "List with limit 0", err, herald.ErrInvalidOption, "list dead letters")
 		for _, cursor := range []string{"7", "x:1", "1:-2", "-1:2", "1:2:3", " 1:2"} {
 			_, _, err := s.List(ctx, "orders.dlq", cursor, 10)
-			checkError(t, fmt.Sprintf("List after cursor %q", cursor), err, sqldriver.ErrBadPosition, "list dead letters")
+			checkError(t, fmt.Sprintf("List after cursor %q", cursor), err, dlq.ErrBadPosition, "list dead letters")
 		}
 		err = s.MarkRedriven(ctx, "orders.dlq", []dlq.Entry{{Position: "a"}})
-		checkError(t, "MarkRedriven of a malformed position", err, sqldriver.ErrBadPosition, "mark dead letters redriven")
+		checkError(t, "MarkRedriven of a malformed position", err, dlq.ErrBadPosition, "mark dead letters redriven")
 		for _, missing := range []string{"0:0", "4095:1", "no-such-id"} {
 			_, err := s.Get(ctx, "orders.dlq", missing)
 			checkError(t, "Get "+missing, err, dlq.ErrNotFound, "get dead letter")
