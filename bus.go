@@ -45,6 +45,8 @@ type route struct {
 	schedSet     bool // cfg came from WithScheduler
 	sched        *scheduler
 	obs          *observer
+	breakers     []*circuit     // WithBreaker, one per handler
+	throttles    []*tokenBucket // WithThrottle, one per handler
 }
 
 // NewBus returns a Bus that publishes to and subscribes through d. It
@@ -154,6 +156,9 @@ type subscribeOptions struct {
 	concurrencySet bool
 	sched          SchedulerConfig
 	schedSet       bool
+	breaker        *BreakerConfig
+	throttle       *throttleConfig
+	guards         guards // made by Bus.chain from breaker and throttle
 }
 
 // validate reports every bad setting of one Subscribe call.
@@ -167,6 +172,12 @@ func (o *subscribeOptions) validate() error {
 	}
 	if o.deadLetter != nil {
 		errs = append(errs, o.deadLetter.validate())
+	}
+	if o.breaker != nil {
+		errs = append(errs, o.breaker.validate())
+	}
+	if o.throttle != nil {
+		errs = append(errs, o.throttle.validate())
 	}
 	if o.concurrencySet {
 		errs = append(errs, badIf(o.concurrency < 1, "WithConcurrency", o.concurrency, "want 1 or more"))
@@ -287,13 +298,14 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 	if err != nil {
 		return err
 	}
-	chain, err := b.chain(r, h, o)
+	chain, err := b.chain(r, event, h, o)
 	if err != nil {
 		return err
 	}
 	if err := r.add(event, chain, o); err != nil {
 		return err
 	}
+	r.guard(o.guards)
 	if b.routes[routeKey{topic, group}] == nil {
 		b.routes[routeKey{topic, group}] = r
 		b.order = append(b.order, r)
@@ -371,19 +383,21 @@ func (r *route) add(event string, chain HandlerFunc, o *subscribeOptions) error 
 // chain wraps h in the middleware that run inside the route's dispatch,
 // in the canonical order (see "Middleware order" in the package doc); the
 // route's observer is outermost, around the dispatch (routeHandler).
-func (b *Bus) chain(r *route, h HandlerFunc, o *subscribeOptions) (HandlerFunc, error) {
+func (b *Bus) chain(r *route, event string, h HandlerFunc, o *subscribeOptions) (HandlerFunc, error) {
 	dl, err := b.deadLetterSettings(r, o)
 	if err != nil {
 		return nil, err
 	}
-	var mws []Middleware
+	o.guards = newGuards(r, event, o)
+	mws := []Middleware{o.guards.gate()}
 	if o.dedup != nil {
 		mws = append(mws, deduplicate(b.dedupConfig(*o.dedup), r.group, r.obs.report))
 	}
 	mws = append(mws, deadLetter(dl))
-	if o.retry != nil {
-		mws = append(mws, retry(*o.retry, r.obs.report))
+	if rc := o.guards.retry; rc != nil {
+		mws = append(mws, retry(*rc, r.obs.report))
 	}
+	mws = append(mws, o.guards.perAttempt()...)
 	mws = append(mws, recoverPanics())
 	mws = append(mws, o.middleware...)
 	return Chain(h, mws...), nil
@@ -461,6 +475,7 @@ func (b *Bus) startRoute(r *route) error {
 		return err
 	}
 	r.sched = s
+	r.bindStop(s)
 	return s.Start(b.runCtx)
 }
 

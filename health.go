@@ -98,6 +98,10 @@ type SubscriptionHealth struct {
 	// Lag is the driver's lag (see LagReporter), when checked and known.
 	Lag      int64 `json:"lag"`
 	LagKnown bool  `json:"lag_known"`
+	// Breakers are the subscription's circuit breakers (WithBreaker),
+	// one per Subscribe call that has one. One that is not closed makes
+	// the subscription not ready.
+	Breakers []BreakerHealth `json:"breakers,omitempty"`
 }
 
 // healthState is what a scheduler's intake records for its health
@@ -191,6 +195,11 @@ func (h SubscriptionHealth) problems(cfg HealthConfig, now time.Time) []string {
 	if cfg.MaxLag > 0 && h.LagKnown && h.Lag > cfg.MaxLag {
 		ps = append(ps, fmt.Sprintf("%s: lag %d above %d", name, h.Lag, cfg.MaxLag))
 	}
+	for _, br := range h.Breakers {
+		if p := br.problem(name); p != "" {
+			ps = append(ps, p)
+		}
+	}
 	return ps
 }
 
@@ -220,6 +229,7 @@ func (b *Bus) CheckHealth(ctx context.Context) HealthStatus {
 	now := time.Now()
 	for _, s := range b.schedulers() {
 		h := s.Health()
+		h.Breakers = b.breakerHealth(h.Topic, h.Group, now)
 		if cfg.MaxLag > 0 {
 			n, ok, err := s.Lag(ctx)
 			switch {

@@ -53,7 +53,8 @@ func DeadLetterTopic(topic string) string { return topic + ".dlq" }
 // is acknowledged. If the dead-letter write fails, the handler error and the
 // write error are returned and the original stays unacknowledged.
 //
-// Errors that are not a give-up pass through: ErrInProgress (dedup) and any
+// Errors that are not a give-up pass through: ErrInProgress (dedup), a
+// breaker or throttle wait cut short (ErrBreakerOpen, ErrStopping) and any
 // error after the delivery's context ended (shutdown), so a message is
 // never dead-lettered because the service was stopping. Each dead letter
 // written is reported to cfg.report.
@@ -73,7 +74,7 @@ func deadLetter(cfg deadLetterSettings) Middleware {
 			} else if err = next(ctx, m); err == nil {
 				return nil
 			}
-			if ctx.Err() != nil || errors.Is(err, ErrInProgress) ||
+			if ctx.Err() != nil || errors.Is(err, ErrInProgress) || heldBack(err) ||
 				(cfg.onlyUndecodable && !errors.Is(err, ErrUndecodable)) {
 				return err
 			}

@@ -27,7 +27,8 @@ type RetryConfig struct {
 	AttemptTimeout time.Duration
 	// Retryable decides whether an error is worth another attempt. Default:
 	// everything except permanent errors (see Permanent) and the end of the
-	// delivery's own context.
+	// delivery's own context. A breaker or throttle wait cut short by
+	// shutdown (ErrStopping) is never retried.
 	Retryable func(error) bool
 	// OnRetry, if set, is called before each attempt after the first, with
 	// the number of that attempt (2 and up) and the error of the one
@@ -83,7 +84,7 @@ func (c retryClassifier) Classify(err error) retrier.Action {
 	switch {
 	case err == nil:
 		return retrier.Succeed
-	case c.ctx.Err() != nil || !c.retryable(err):
+	case c.ctx.Err() != nil || heldBack(err) || !c.retryable(err):
 		return retrier.Fail
 	}
 	return retrier.Retry

@@ -36,17 +36,19 @@ const (
 	eventRetry      eventKind = iota // an attempt is about to run again
 	eventDuplicate                   // the delivery was skipped: already handled
 	eventDeadLetter                  // the message was written to a dead-letter topic
+	eventBreaker                     // the subscription's circuit breaker changed state
 )
 
 // event is one report of a built-in middleware. Attempt and Err describe
 // a retry (the attempt about to run, the error of the one before) and a
 // dead letter (Err is the reason); Topic is the dead-letter topic.
 type event struct {
-	kind    eventKind
-	msg     *Message
-	attempt int
-	err     error
-	topic   string
+	kind     eventKind
+	msg      *Message
+	attempt  int
+	err      error
+	topic    string
+	from, to BreakerState // eventBreaker; err is the failure that opened it
 }
 
 // reporter receives the events of the middleware of one subscription,
@@ -113,7 +115,7 @@ func (o *observer) middleware() Middleware {
 // another delivery of the message holds its dedup claim.
 func (o *observer) log(ctx context.Context, m *Message, took time.Duration, err error, skipped bool) {
 	level := slog.LevelDebug
-	if err != nil && !skipped && ctx.Err() == nil && !errors.Is(err, ErrInProgress) {
+	if err != nil && !skipped && ctx.Err() == nil && !errors.Is(err, ErrInProgress) && !heldBack(err) {
 		level = slog.LevelWarn
 	}
 	if !o.logger.Enabled(ctx, level) {
@@ -171,6 +173,8 @@ func (o *observer) report(ctx context.Context, e event) {
 		o.tel.count(ctx, deadLettered)
 		o.logger.LogAttrs(ctx, slog.LevelWarn, "herald: dead-lettered", append(attrs,
 			slog.String("dead_letter_topic", e.topic), slog.Any("reason", e.err))...)
+	case eventBreaker:
+		o.breakerChanged(ctx, span, e, attrs)
 	}
 }
 
