@@ -163,14 +163,13 @@ type circuit struct {
 	state   atomic.Uint32 // BreakerState, for the lock-free closed path
 	failing atomic.Bool   // failed > 0, for the lock-free closed path
 
-	mu       sync.Mutex
-	failed   int       // counted failures in a row while closed
-	since    time.Time // when the state began
-	until    time.Time // open: end of the cool-down
-	probing  bool      // half-open: a probe attempt runs
-	lastErr  error
-	changed  chan struct{} // closed and replaced on every change waiters care about
-	stopOnce sync.Once
+	mu      sync.Mutex
+	failed  int       // counted failures in a row while closed
+	since   time.Time // when the state began
+	until   time.Time // open: end of the cool-down
+	probing bool      // half-open: a probe attempt runs
+	lastErr error
+	changed chan struct{} // closed and replaced on every change waiters care about
 }
 
 func newCircuit(event string, cfg BreakerConfig, notify func(ctx context.Context, m *Message, from, to BreakerState, cause error)) *circuit {
