@@ -141,3 +141,25 @@ func TestThrottleShutdownWhileWaiting(t *testing.T) {
 	defer func() { must(t, second.Shutdown(ctx)) }()
 	eventually(t, "the waiting event delivered again", func() bool { return handled() == 2 })
 }
+
+// TestThrottleWaitIsNotBoundedByAttemptTimeout: RetryConfig.AttemptTimeout
+// bounds the handler, not the wait for a token, so a run that waits
+// longer than the timeout is not a failed attempt.
+func TestThrottleWaitIsNotBoundedByAttemptTimeout(t *testing.T) {
+	bus, _ := newTestBus(t)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var runs, retried atomic.Int32
+	must(t, herald.Subscribe(bus, "billing", func(ctx context.Context, _ OrderPlaced, _ *herald.Message) error {
+		runs.Add(1)
+		return ctx.Err()
+	}, herald.WithThrottle(5, 1), // a token every 200 ms
+		herald.WithRetry(herald.RetryConfig{MaxAttempts: 3, AttemptTimeout: 50 * time.Millisecond, InitialBackoff: time.Millisecond,
+			OnRetry: func(context.Context, *herald.Message, int, error) { retried.Add(1) }})))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, OrderPlaced{ID: "o-1"}, OrderPlaced{ID: "o-2"}, OrderPlaced{ID: "o-3"}))
+	eventually(t, "three runs", func() bool { return runs.Load() == 3 })
+	if n := retried.Load(); n != 0 {
+		t.Errorf("%d retried attempts: the wait for a token counted against the attempt timeout", n)
+	}
+}
