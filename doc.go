@@ -39,6 +39,13 @@
 // always fails blocks its key, and only its key, and every failure goes to
 // the error handler.
 //
+// Circuit breaker (WithBreaker): after a number of failed attempts in a
+// row a subscription stops running its handler for a cool-down, holding
+// its messages (nothing is acknowledged, retried or dead-lettered), then
+// probes with one attempt and resumes by itself. Throttle (WithThrottle):
+// a token bucket shared by a subscription's workers bounds how often its
+// handler runs.
+//
 // Shutdown stops fetching, lets running handlers finish (bounded by its
 // context), releases fetched messages that have not started to the driver
 // without counting them as deliveries (Releaser), flushes
@@ -67,7 +74,9 @@
 //     addressed to another group by HeaderRedriveGroup) is acknowledged
 //     here without running anything, with outcome "skipped". The observer
 //     wraps this dispatch once per topic and group; the layers below wrap
-//     each handler.
+//     each handler. With WithBreaker, a message that arrives while the
+//     breaker is open waits here, before deduplication, until the breaker
+//     would let it run.
 //
 //  2. Dedup (WithDedup): claims (group, message ID) before anything runs,
 //     commits when the chain inside succeeded (a dead-lettered message
@@ -83,14 +92,23 @@
 //     Permanent error stops it. It sits inside dead letter, so dead
 //     lettering never swallows a retry.
 //
-//  5. Attempt timeout (RetryConfig.AttemptTimeout): a deadline per attempt,
-//     inside retry, so a timed-out attempt is retried.
+//  5. Breaker and throttle (WithBreaker, WithThrottle), around each
+//     attempt: the breaker admits the attempt (one probe when half-open)
+//     and records its outcome; a message whose failure opened it, or that
+//     failed while it was open, is held and runs again when it next
+//     admits it, without going back to retry or dead letter. The throttle
+//     takes a token. Both waits are bounded by the delivery's context and
+//     end at shutdown (ErrStopping), leaving the message unacknowledged.
 //
-//  6. Recover: a panic becomes a *PanicError that retry and dead letter see.
+//  6. Attempt timeout (RetryConfig.AttemptTimeout): a deadline per attempt,
+//     inside retry and inside the waits of 5, so a timed-out attempt is
+//     retried and a wait is not cut short by it.
 //
-//  7. Your middleware (WithMiddleware), once per attempt, in the order given.
+//  7. Recover: a panic becomes a *PanicError that retry and dead letter see.
 //
-//  8. Decode and your handler.
+//  8. Your middleware (WithMiddleware), once per attempt, in the order given.
+//
+//  9. Decode and your handler.
 //
 // # Options
 //
@@ -107,7 +125,8 @@
 // ErrNilEvent, *UnregisteredError (ErrUnregisteredEvent), *NameError
 // (ErrInvalidName), ErrMessageTooLarge, *DecodeError (ErrUndecodable),
 // *RetryError, *PanicError, *SubscriptionError, *OptionError
-// (ErrInvalidOption), ErrClosed. Every driver's errors are a *DriverError
+// (ErrInvalidOption), ErrClosed, ErrBreakerOpen and ErrStopping (a breaker
+// or throttle wait cut short by shutdown). Every driver's errors are a *DriverError
 // (driver, operation, topic, group, cause) or, for a batch Write that was
 // partly written, a *WriteError listing each *MessageError. There is no
 // package-level mutable state.
