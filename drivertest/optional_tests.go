@@ -23,6 +23,11 @@ func RunOptional(t *testing.T, cfg Config) {
 		{"ReleasedHandBackIsNotADelivery", testReleasedNotCounted},
 		{"LagCountsUnacknowledged", testLag},
 		{"RevokedDeliveriesBelongToTheNewOwner", testRevocation},
+		{"DelayedNotDeliveredBeforeDue", testDelayNotBeforeDue},
+		{"DelayedKeyOrderIsDueOrder", testDelayKeyOrder},
+		{"DelayedSurvivesConsumerRestart", testDelaySurvivesRestart},
+		{"DelayedBadValues", testDelayBadValues},
+		{"DelayRefusedWithoutSupport", testDelayRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -52,6 +57,7 @@ func testDeclared(t *testing.T, cfg Config) {
 		{"herald.LagReporter", "Lag", cfg.Lag, implements[herald.LagReporter](sub)},
 		{"herald.Revoker", "Revocation", cfg.Revocation, implements[herald.Revoker](sub)},
 		{"herald.ErrorReporter", "ErrorReporting", cfg.ErrorReporting, implements[herald.ErrorReporter](sub)},
+		{"herald.DelayedWriter (the driver)", "Delay", cfg.Delay, implements[herald.DelayedWriter](d)},
 	} {
 		switch {
 		case c.declared && !c.has:
