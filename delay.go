@@ -86,7 +86,9 @@ type DelayedWriter interface {
 	// become visible to subscribers while the driver's mover runs normally
 	// (its poll interval): the bound drivertest checks, within its
 	// timeout. Clock skew between the publisher's host and the mover's
-	// adds to it.
+	// adds to it. Zero or less says that this Writer, as configured,
+	// cannot delay (a driver option that excludes it): the Publisher then
+	// treats it as a Writer without the interface.
 	DelayPrecision() time.Duration
 }
 
@@ -208,8 +210,8 @@ func delayCapable(ctx context.Context, w Writer) bool {
 		}
 		w = o.driver
 	}
-	_, ok := w.(DelayedWriter)
-	return ok
+	dw, ok := w.(DelayedWriter)
+	return ok && dw.DelayPrecision() > 0
 }
 
 // writerName names w in a DelayError.

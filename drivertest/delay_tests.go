@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -248,3 +250,54 @@ func testDelayRefused(t *testing.T, cfg Config) {
 	}
 	Ack(t, sub, got...)
 }
+
+// DelayLateness publishes n messages to d, each due at a random time
+// between 1 s and 1 s + spread from now, in batches of 10, receives them
+// with one subscription and returns, sorted, how late each arrived after
+// it was due. It fails t when one arrives before it is due, twice, or not
+// within the timeout; it asserts nothing about lateness, which it logs
+// (p50, p90, p99, max): a measurement for the drivers' docs, not a check.
+func DelayLateness(t *testing.T, d herald.Driver, n int, spread time.Duration) []time.Duration {
+	t.Helper()
+	ctx := Context(t, spread+2*time.Minute)
+	topic, group := Name(t, "t"), Name(t, "g")
+	sub := subscribe(t, ctx, d, topic, group)
+	defer CloseSub(t, sub)
+	msgs := newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 16) })
+	start := time.Now().Add(time.Second)
+	for i := 0; i < n; i += 10 {
+		batch := msgs[i:min(i+10, n)]
+		for _, m := range batch {
+			m.SetDeliverAt(start.Add(time.Duration(randInt63n(int64(spread) + 1))))
+		}
+		write(t, ctx, d, batch...)
+	}
+	late := make([]time.Duration, 0, n)
+	seen := make(map[string]bool, n)
+	buf := make([]herald.Delivery, 64)
+	for len(late) < n {
+		k, err := sub.Fetch(ctx, buf)
+		received := time.Now()
+		if err != nil {
+			t.Fatalf("Fetch after %d of %d: %v", len(late), n, err)
+		}
+		for _, dl := range buf[:k] {
+			if seen[dl.Message.ID] {
+				t.Fatalf("message %s delivered twice", dl.Message.ID)
+			}
+			seen[dl.Message.ID] = true
+			l := received.Sub(dueOf(t, dl.Message))
+			if l < 0 {
+				t.Errorf("message %s received %v before it was due", dl.Message.ID, -l)
+			}
+			late = append(late, l)
+		}
+		Ack(t, sub, buf[:k]...)
+	}
+	slices.Sort(late)
+	q := func(p float64) time.Duration { return late[min(len(late)-1, int(p*float64(len(late))))] }
+	t.Logf("delay lateness of %d messages: p50 %v, p90 %v, p99 %v, max %v", n, q(0.50), q(0.90), q(0.99), late[len(late)-1])
+	return late
+}
+
+func randInt63n(n int64) int64 { return mathrand.Int64N(n) }

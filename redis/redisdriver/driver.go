@@ -30,6 +30,8 @@ type Driver struct {
 	closed atomic.Bool
 	mu     sync.Mutex // subs; Subscribe checks closed under it
 	subs   map[*subscription]struct{}
+
+	movers movers // of the delayed sets of topics with open subscriptions
 }
 
 var _ herald.Driver = (*Driver)(nil)
@@ -82,8 +84,12 @@ func (d *Driver) isClosed() bool { return d.closed.Load() }
 
 func (d *Driver) forget(s *subscription) {
 	d.mu.Lock()
+	_, ok := d.subs[s]
 	delete(d.subs, s)
 	d.mu.Unlock()
+	if ok {
+		d.stopMover(s.topic)
+	}
 }
 
 // StreamKey returns the Redis key of topic's stream.
@@ -125,6 +131,8 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	}
 	var topic, key string
 	var entries entryBuilder
+	var delayed []delayedEntry // per message; nil while none is delayed
+	now := time.Now()
 	for i, m := range msgs {
 		if m == nil {
 			return fail("write", "", "", fmt.Sprintf("message %d of %d", i+1, len(msgs)), herald.ErrNilEvent)
@@ -140,7 +148,23 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 			return fail("write", m.Topic, "", fmt.Sprintf("message %s: entry of %d bytes, limit %d",
 				m.ID, size, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
 		}
+		if _, ok := m.Headers[herald.HeaderDeliverAt]; ok {
+			e, err := d.delayed(m, vals, now)
+			if err != nil {
+				return err
+			}
+			if e.key != "" {
+				if delayed == nil {
+					delayed = make([]delayedEntry, len(msgs))
+				}
+				delayed[i] = e
+				continue
+			}
+		}
 		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
+	}
+	if delayed != nil {
+		return d.writeMixed(ctx, msgs, args, delayed)
 	}
 	if d.cfg.waitReplicas > 0 {
 		return d.writeReplicated(ctx, msgs, args)
@@ -216,6 +240,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		return nil, fail("subscribe", topic, group, "", herald.ErrClosed)
 	}
 	d.subs[s] = struct{}{}
+	d.startMover(topic)
 	d.mu.Unlock()
 	go s.background()
 	return s, nil
