@@ -309,3 +309,24 @@ func TestDelayPrecision(t *testing.T) {
 	}
 	drivertest.DelayLateness(t, newEnv(t).driver(t), 300, 3*time.Second)
 }
+
+// Under WithWait the Driver does not delay: it says so (DelayPrecision 0)
+// and refuses delayed messages with a typed error, writing nothing.
+func TestDelayRefusedWithWait(t *testing.T) {
+	env := newEnv(t)
+	d := env.driver(t, redisdriver.WithWait(1, 100*time.Millisecond))
+	if p := d.DelayPrecision(); p != 0 {
+		t.Errorf("DelayPrecision under WithWait = %v, want 0", p)
+	}
+	topic := drivertest.Name(t, "t")
+	m := message(topic, "a", "k")
+	m.SetDeliverAt(time.Now().Add(time.Minute))
+	err := d.Write(context.Background(), []*herald.Message{message(topic, "b", "k"), m})
+	var de *herald.DelayError
+	if !errors.Is(err, herald.ErrDelayNotSupported) || !errors.As(err, &de) {
+		t.Errorf("delayed Write under WithWait: %v, want a *herald.DelayError wrapping herald.ErrDelayNotSupported", err)
+	}
+	if n, _ := env.client.Exists(context.Background(), d.StreamKey(topic)).Result(); n != 0 {
+		t.Error("the refused batch wrote its undelayed message")
+	}
+}
