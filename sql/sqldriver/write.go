@@ -26,7 +26,11 @@ const (
 // nothing is inserted. Keyed messages go to the partition of their key
 // (internal/keyhash, as the memory and Kafka drivers place them), keyless
 // ones round robin. An empty ID is stored as a new KSUID; a zero Time as
-// the time of the Write.
+// the time of the Write. A message whose herald.HeaderDeliverAt lies in
+// the future goes to the delayed table instead, in the same transaction,
+// until the mover moves it to the log (see "Delayed delivery" in the
+// package documentation); a malformed one or one beyond herald.MaxDelay
+// fails the whole Write with herald.ErrInvalidDelay.
 func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -42,12 +46,19 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		}
 		sizes[i] = n
 	}
+	due, err := dues(msgs, time.Now())
+	if err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	x := sqlcore.TxFrom(ctx)
 	if x != nil && x.Pgx() && d.n.d != sqlcore.Postgres {
 		return fail("write", msgs[0].Topic, "", "a pgx.Tx with dialect "+d.n.d.String(), herald.ErrInvalidOption)
+	}
+	if due != nil {
+		return d.writeDelayed(ctx, x, msgs, sizes, due)
 	}
 	if x != nil {
 		parts, err := d.partitionsIn(ctx, x)
