@@ -134,8 +134,11 @@ func (b *Broker) stopDelayed() {
 	d.mu.Unlock()
 }
 
-// Waiting returns how many delayed messages of topic the broker holds, not
-// yet due or due and not yet appended.
+// Waiting returns how many delayed messages of topic the broker holds
+// back. A due message that waits for room in a full partition is no
+// longer counted; while it waits, it holds back the release of every
+// other due message, of every topic, as a blocked Write would hold its
+// batch.
 func (b *Broker) Waiting(topic string) int {
 	d := &b.delayed
 	d.mu.Lock()
