@@ -179,22 +179,47 @@ func deliverAtOf(ctx context.Context, now time.Time) time.Time {
 	return v.at
 }
 
+// RefuseDelayed is what a Writer that cannot delay calls on a batch at
+// now before it writes any of it (the Kafka, NATS and RabbitMQ drivers
+// do), so that a delayed message reaching it some other way than through
+// a Publisher (an outbox relay, a redrive, a raw Write) fails instead of
+// being delivered early: a *DelayError wrapping ErrDelayNotSupported for
+// a message due after now, or ErrInvalidDelay for a malformed due time.
+// Messages without HeaderDeliverAt, or due by now, pass; nil messages are
+// left to the Writer's own checks. writer names the caller.
+func RefuseDelayed(writer string, msgs []*Message, now time.Time) error {
+	for _, m := range msgs {
+		if m == nil {
+			continue
+		}
+		if _, ok := m.Headers[HeaderDeliverAt]; !ok {
+			continue
+		}
+		due, delayed, err := DueAt(writer, m, now)
+		if err != nil {
+			return err
+		}
+		if delayed {
+			return &DelayError{Writer: writer, MessageID: m.ID, Topic: m.Topic, DeliverAt: due,
+				Reason: "the writer cannot hold a message until it is due", Err: ErrDelayNotSupported}
+		}
+	}
+	return nil
+}
+
 // checkDelays is the Publisher's check of msgs before they go to w at
 // now: a malformed or too distant due time fails (ErrInvalidDelay), and
 // so does a delayed message when w cannot delay (ErrDelayNotSupported).
 func checkDelays(ctx context.Context, w Writer, msgs []*Message, now time.Time) error {
-	canDelay := delayCapable(ctx, w)
+	if !delayCapable(ctx, w) {
+		return RefuseDelayed(writerName(w), msgs, now)
+	}
 	for _, m := range msgs {
 		if _, ok := m.Headers[HeaderDeliverAt]; !ok {
 			continue
 		}
-		due, delayed, err := DueAt(writerName(w), m, now)
-		if err != nil {
+		if _, _, err := DueAt(writerName(w), m, now); err != nil {
 			return err
-		}
-		if delayed && !canDelay {
-			return &DelayError{Writer: writerName(w), MessageID: m.ID, Topic: m.Topic, DeliverAt: due,
-				Reason: "the writer cannot hold a message until it is due", Err: ErrDelayNotSupported}
 		}
 	}
 	return nil

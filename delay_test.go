@@ -166,3 +166,23 @@ func TestDelayThroughBus(t *testing.T) {
 		t.Fatal("delayed event not handled")
 	}
 }
+
+func TestRefuseDelayed(t *testing.T) {
+	now := time.Now()
+	due := &herald.Message{ID: "due", Topic: "t"}
+	due.SetDeliverAt(now.Add(-time.Second))
+	later := &herald.Message{ID: "later", Topic: "t"}
+	later.SetDeliverAt(now.Add(time.Second))
+	bad := &herald.Message{ID: "bad", Topic: "t", Headers: herald.Headers{herald.HeaderDeliverAt: "1.5"}}
+	if err := herald.RefuseDelayed("w", []*herald.Message{nil, {ID: "plain"}, due}, now); err != nil {
+		t.Errorf("undelayed batch refused: %v", err)
+	}
+	var de *herald.DelayError
+	err := herald.RefuseDelayed("w", []*herald.Message{due, later}, now)
+	if !errors.As(err, &de) || !errors.Is(err, herald.ErrDelayNotSupported) || de.MessageID != "later" || de.Writer != "w" {
+		t.Errorf("delayed batch: %v, want a DelayError for message later", err)
+	}
+	if err := herald.RefuseDelayed("w", []*herald.Message{bad}, now); !errors.Is(err, herald.ErrInvalidDelay) {
+		t.Errorf("malformed: %v, want ErrInvalidDelay", err)
+	}
+}

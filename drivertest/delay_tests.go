@@ -225,9 +225,9 @@ func testDelayBadValues(t *testing.T, cfg Config) {
 }
 
 // testDelayRefused is for drivers that do not declare Config.Delay: a
-// delayed publish fails with a *herald.DelayError wrapping
-// herald.ErrDelayNotSupported and writes nothing, while a due time in the
-// past is an ordinary message.
+// delayed publish, and a raw Write with a delayed message, fail with a
+// *herald.DelayError wrapping herald.ErrDelayNotSupported and write
+// nothing, while a due time in the past is an ordinary message.
 func testDelayRefused(t *testing.T, cfg Config) {
 	if cfg.Delay {
 		t.Skip("Config.Delay declared: delays are checked by the Delay cases")
@@ -242,6 +242,14 @@ func testDelayRefused(t *testing.T, cfg Config) {
 	var de *herald.DelayError
 	if !errors.Is(err, herald.ErrDelayNotSupported) || !errors.As(err, &de) {
 		t.Errorf("delayed PublishMessages: %v, want a *herald.DelayError wrapping herald.ErrDelayNotSupported", err)
+	}
+	// A raw Write too (an outbox relay, a redrive): the driver refuses it
+	// itself (herald.RefuseDelayed), writing nothing of the batch.
+	raw := newMessages(topic, 2, noKey)
+	raw[0].ID, raw[1].ID = raw[0].ID+"-raw", raw[1].ID+"-raw"
+	raw[1].SetDeliverAt(time.Now().Add(time.Minute))
+	if err := d.Write(ctx, raw); !errors.Is(err, herald.ErrDelayNotSupported) || !errors.As(err, &de) {
+		t.Errorf("delayed Write: %v, want a *herald.DelayError wrapping herald.ErrDelayNotSupported", err)
 	}
 	must(t, pub.PublishMessages(herald.DeliverAt(ctx, time.Now().Add(-time.Second)), msgs[1]))
 	got := FetchExactly(t, sub, 1)

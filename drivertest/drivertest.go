@@ -130,6 +130,9 @@ func RunDriver(t *testing.T, cfg Config) {
 		{"CompetingConsumersShareWithoutLoss", testCompetingConsumers},
 		{"PerKeyOrder", testPerKeyOrder},
 		{"ConcurrentPublishers", testConcurrentPublishers},
+		// A driver that cannot delay must refuse delayed messages; one
+		// that can (Config.Delay) is checked by RunOptional.
+		{"DelayRefusedWithoutSupport", testDelayRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

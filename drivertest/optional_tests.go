@@ -27,7 +27,6 @@ func RunOptional(t *testing.T, cfg Config) {
 		{"DelayedKeyOrderIsDueOrder", testDelayKeyOrder},
 		{"DelayedSurvivesConsumerRestart", testDelaySurvivesRestart},
 		{"DelayedBadValues", testDelayBadValues},
-		{"DelayRefusedWithoutSupport", testDelayRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
