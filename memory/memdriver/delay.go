@@ -58,6 +58,28 @@ func (h *dueHeap) Pop() any {
 	return e
 }
 
+// dueTimes returns, per message, when it is due if it is delayed (zero
+// if not), or nil when none is; a bad due time fails the batch.
+func dueTimes(msgs []*herald.Message, now time.Time) ([]time.Time, error) {
+	var dues []time.Time
+	for i, m := range msgs {
+		if _, ok := m.Headers[herald.HeaderDeliverAt]; !ok {
+			continue
+		}
+		due, later, err := herald.DueAt("memdriver", m, now)
+		if err != nil {
+			return nil, fail("write", m.Topic, "", "message "+m.ID, err)
+		}
+		if later {
+			if dues == nil {
+				dues = make([]time.Time, len(msgs))
+			}
+			dues[i] = due
+		}
+	}
+	return dues, nil
+}
+
 // hold queues m until due.
 func (b *Broker) hold(m *herald.Message, due time.Time) {
 	d := &b.delayed

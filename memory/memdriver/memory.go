@@ -234,24 +234,10 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	valid := ""          // the last topic checked: batches usually share one
-	var dues []time.Time // per message: when it is due, zero if not delayed; nil if none is
-	now := time.Now()
+	valid := "" // the last topic checked: batches usually share one
 	for i, m := range msgs {
 		if m == nil {
 			return fail("write", "", "", fmt.Sprintf("message %d", i), herald.ErrNilEvent)
-		}
-		if _, ok := m.Headers[herald.HeaderDeliverAt]; ok {
-			due, later, err := herald.DueAt("memdriver", m, now)
-			if err != nil {
-				return fail("write", m.Topic, "", "message "+m.ID, err)
-			}
-			if later {
-				if dues == nil {
-					dues = make([]time.Time, len(msgs))
-				}
-				dues[i] = due
-			}
 		}
 		if m.Topic != valid || valid == "" {
 			if err := herald.ValidateName("topic", m.Topic); err != nil {
@@ -265,6 +251,10 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 					m.ID, n, b.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
 			}
 		}
+	}
+	dues, err := dueTimes(msgs, time.Now())
+	if err != nil {
+		return err
 	}
 	var t *topic
 	for i, m := range msgs {

@@ -124,44 +124,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if d.isClosed() {
 		return fail("write", "", "", "", herald.ErrClosed)
 	}
-	args := make([]goredis.XAddArgs, len(msgs))
-	minID := ""
-	if d.cfg.trimMaxAge > 0 {
-		minID = strconv.FormatInt(time.Now().Add(-d.cfg.trimMaxAge).UnixMilli(), 10)
-	}
-	var topic, key string
-	var entries entryBuilder
-	var delayed []delayedEntry // per message; nil while none is delayed
-	now := time.Now()
-	for i, m := range msgs {
-		if m == nil {
-			return fail("write", "", "", fmt.Sprintf("message %d of %d", i+1, len(msgs)), herald.ErrNilEvent)
-		}
-		if m.Topic != topic || key == "" {
-			if err := herald.ValidateName("topic", m.Topic); err != nil {
-				return fail("write", m.Topic, "", "message "+m.ID, err)
-			}
-			topic, key = m.Topic, d.StreamKey(m.Topic)
-		}
-		vals, size := entries.values(m)
-		if d.cfg.maxMessageBytes > 0 && size > d.cfg.maxMessageBytes {
-			return fail("write", m.Topic, "", fmt.Sprintf("message %s: entry of %d bytes, limit %d",
-				m.ID, size, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
-		}
-		if _, ok := m.Headers[herald.HeaderDeliverAt]; ok {
-			e, err := d.delayed(m, vals, now)
-			if err != nil {
-				return err
-			}
-			if e.key != "" {
-				if delayed == nil {
-					delayed = make([]delayedEntry, len(msgs))
-				}
-				delayed[i] = e
-				continue
-			}
-		}
-		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
+	args, delayed, err := d.entries(msgs)
+	if err != nil {
+		return err
 	}
 	if delayed != nil {
 		return d.writeMixed(ctx, msgs, args, delayed)
@@ -184,6 +149,52 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		return batchError(msgs, cmds, err)
 	}
 	return nil
+}
+
+// entries checks msgs and makes the XADD of each, or its delayed-set
+// entry when it is delayed (delayed is nil when none is); a bad message
+// fails the batch.
+func (d *Driver) entries(msgs []*herald.Message) ([]goredis.XAddArgs, []delayedEntry, error) {
+	args := make([]goredis.XAddArgs, len(msgs))
+	minID := ""
+	if d.cfg.trimMaxAge > 0 {
+		minID = strconv.FormatInt(time.Now().Add(-d.cfg.trimMaxAge).UnixMilli(), 10)
+	}
+	var topic, key string
+	var entries entryBuilder
+	var delayed []delayedEntry // per message; nil while none is delayed
+	now := time.Now()
+	for i, m := range msgs {
+		if m == nil {
+			return nil, nil, fail("write", "", "", fmt.Sprintf("message %d of %d", i+1, len(msgs)), herald.ErrNilEvent)
+		}
+		if m.Topic != topic || key == "" {
+			if err := herald.ValidateName("topic", m.Topic); err != nil {
+				return nil, nil, fail("write", m.Topic, "", "message "+m.ID, err)
+			}
+			topic, key = m.Topic, d.StreamKey(m.Topic)
+		}
+		vals, size := entries.values(m)
+		if d.cfg.maxMessageBytes > 0 && size > d.cfg.maxMessageBytes {
+			return nil, nil, fail("write", m.Topic, "", fmt.Sprintf("message %s: entry of %d bytes, limit %d",
+				m.ID, size, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
+		}
+		if _, ok := m.Headers[herald.HeaderDeliverAt]; ok {
+			e, err := d.delayed(m, vals, now)
+			if err != nil {
+				return nil, nil, err
+			}
+			if e.key != "" {
+				if delayed == nil {
+					delayed = make([]delayedEntry, len(msgs))
+				}
+				delayed[i] = e
+				continue
+			}
+		}
+		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
+	}
+	return args, delayed, nil
 }
 
 // batchError is what a pipelined Write whose Exec returned err did not

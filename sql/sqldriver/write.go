@@ -38,15 +38,7 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if d.closed.Load() {
 		return fail("write", topicOf(msgs[0]), "", "", herald.ErrClosed)
 	}
-	sizes := make([]int, len(msgs))
-	for i, m := range msgs {
-		n, err := sqlcore.CheckMessage(m, d.n.name, d.cfg.maxMessageBytes)
-		if err != nil {
-			return fail("write", topicOf(m), "", fmt.Sprintf("message %d of %d", i, len(msgs)), err)
-		}
-		sizes[i] = n
-	}
-	due, err := dues(msgs, time.Now())
+	sizes, due, err := d.check(msgs)
 	if err != nil {
 		return err
 	}
@@ -96,6 +88,21 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	}
 	d.wakeLocal()
 	return nil
+}
+
+// check checks every message of a Write and returns their sizes and,
+// when some are delayed, their due times (see dues).
+func (d *Driver) check(msgs []*herald.Message) ([]int, []int64, error) {
+	sizes := make([]int, len(msgs))
+	for i, m := range msgs {
+		n, err := sqlcore.CheckMessage(m, d.n.name, d.cfg.maxMessageBytes)
+		if err != nil {
+			return nil, nil, fail("write", topicOf(m), "", fmt.Sprintf("message %d of %d", i, len(msgs)), err)
+		}
+		sizes[i] = n
+	}
+	due, err := dues(msgs, time.Now())
+	return sizes, due, err
 }
 
 func topicOf(m *herald.Message) string {
