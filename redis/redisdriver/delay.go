@@ -246,7 +246,7 @@ func (d *Driver) runMover(ctx context.Context, topic string, done chan<- struct{
 		moved, next, err := d.MoveDue(ctx, topic, time.Now())
 		switch {
 		case err != nil && ctx.Err() == nil:
-			d.cfg.onError(err)
+			d.reportFor(topic, err)
 		case moved == moveBatch:
 			wait = 0
 		case !next.IsZero():
@@ -254,6 +254,26 @@ func (d *Driver) runMover(ctx context.Context, topic string, done chan<- struct{
 		}
 		timer.Reset(wait)
 	}
+}
+
+// reportFor reports a background error of topic to one of the topic's
+// subscriptions (so a Bus's error handler gets it), else to the Driver's
+// error handler.
+func (d *Driver) reportFor(topic string, err error) {
+	d.mu.Lock()
+	var sub *subscription
+	for s := range d.subs {
+		if s.topic == topic {
+			sub = s
+			break
+		}
+	}
+	d.mu.Unlock()
+	if sub != nil {
+		sub.onError(err)
+		return
+	}
+	d.cfg.onError(err)
 }
 
 // MoveDue moves the entries of topic's delayed set that are due at now

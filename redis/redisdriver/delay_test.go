@@ -330,3 +330,44 @@ func TestDelayRefusedWithWait(t *testing.T) {
 		t.Error("the refused batch wrote its undelayed message")
 	}
 }
+
+// The mover's errors reach the subscription's error reporter (a Bus's
+// error handler): here an unreadable member of the delayed set.
+func TestMoverReportsToTheSubscription(t *testing.T) {
+	env := newEnv(t)
+	ctx := context.Background()
+	topic := drivertest.Name(t, "t")
+	d := env.driver(t, redisdriver.WithDelayPollInterval(5*time.Millisecond))
+	key, err := d.DelayKey(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.client.ZAdd(ctx, key, goredis.Z{Score: 1, Member: "garbage"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := d.Subscribe(ctx, topic, drivertest.Name(t, "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drivertest.CloseSub(t, sub)
+	errs := make(chan error, 10)
+	sub.(herald.ErrorReporter).ReportErrorsTo(func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	})
+	// The mover may have run before ReportErrorsTo: put another one in.
+	if err := env.client.ZAdd(ctx, key, goredis.Z{Score: 2, Member: "more garbage"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		var de *herald.DriverError
+		if !errors.As(err, &de) || de.Op != "move delayed" {
+			t.Errorf("reported %v, want a DriverError of op move delayed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the mover's error was not reported to the subscription")
+	}
+}

@@ -188,7 +188,8 @@
 // process subscribes to keeps its due messages in the set until one
 // does. Driver.Waiting counts a topic's set; MoveDue moves by hand.
 // Members the script cannot read (not written by this driver) are moved
-// to DelayKey+":unreadable" and reported. Not supported yet: delays with
+// to DelayKey+":unreadable" and reported (the mover's errors go to a
+// subscription of the topic, so a Bus's error handler sees them). Not supported yet: delays with
 // WithWait (the ZADD and the mover's XADD would need their own WAIT), so
 // such a Driver reports DelayPrecision 0 and refuses delayed messages
 // with herald.ErrDelayNotSupported; a prefix with braces but no hash tag
