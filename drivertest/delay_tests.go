@@ -260,26 +260,61 @@ func testDelayRefused(t *testing.T, cfg Config) {
 }
 
 // DelayLateness publishes n messages to d, each due at a random time
-// between 1 s and 1 s + spread from now, in batches of 10, receives them
-// with one subscription and returns, sorted, how late each arrived after
-// it was due. It fails t when one arrives before it is due, twice, or not
-// within the timeout; it asserts nothing about lateness, which it logs
-// (p50, p90, p99, max): a measurement for the drivers' docs, not a check.
+// between 1 s and 1 s + spread from now, in batches of 10 written at once,
+// receives them with one subscription and returns, sorted, how late each
+// arrived after it was due. A driver whose mover knows the next due time
+// (all of them here) shows its timer latency. It fails t when one arrives
+// before it is due, twice, or not within the timeout; it asserts nothing
+// about lateness, which it logs (p50, p90, p99, max): a measurement for
+// the drivers' docs, not a check.
 func DelayLateness(t *testing.T, d herald.Driver, n int, spread time.Duration) []time.Duration {
 	t.Helper()
-	ctx := Context(t, spread+2*time.Minute)
+	return measureLateness(t, d, n, spread+2*time.Minute, func(ctx context.Context, msgs []*herald.Message) {
+		start := time.Now().Add(time.Second)
+		for i := 0; i < len(msgs); i += 10 {
+			batch := msgs[i:min(i+10, len(msgs))]
+			for _, m := range batch {
+				m.SetDeliverAt(start.Add(time.Duration(randInt63n(int64(spread) + 1))))
+			}
+			write(t, ctx, d, batch...)
+		}
+	})
+}
+
+// DelayLatenessTrickle is DelayLateness with messages written one at a
+// time, every 10 ms, each due a random time between 0 and maxDelay after
+// its write: a message due sooner than the mover's next look waits for
+// it, so this shows the poll interval's share.
+func DelayLatenessTrickle(t *testing.T, d herald.Driver, n int, maxDelay time.Duration) []time.Duration {
+	t.Helper()
+	return measureLateness(t, d, n, time.Duration(n)*10*time.Millisecond+2*time.Minute, func(ctx context.Context, msgs []*herald.Message) {
+		done := make(chan struct{})
+		t.Cleanup(func() { <-done })
+		go func() {
+			defer close(done)
+			for _, m := range msgs {
+				m.SetDeliverAt(time.Now().Add(time.Duration(randInt63n(int64(maxDelay) + 1))))
+				if err := d.Write(ctx, []*herald.Message{m}); err != nil {
+					t.Errorf("Write: %v", err)
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	})
+}
+
+// measureLateness subscribes, calls publish with n messages (it may
+// write them in the background), receives all n and returns how late
+// each was, sorted, logging the quantiles.
+func measureLateness(t *testing.T, d herald.Driver, n int, within time.Duration, publish func(context.Context, []*herald.Message)) []time.Duration {
+	t.Helper()
+	ctx := Context(t, within)
 	topic, group := Name(t, "t"), Name(t, "g")
 	sub := subscribe(t, ctx, d, topic, group)
 	defer CloseSub(t, sub)
 	msgs := newMessages(topic, n, func(i int) string { return strconv.Itoa(i % 16) })
-	start := time.Now().Add(time.Second)
-	for i := 0; i < n; i += 10 {
-		batch := msgs[i:min(i+10, n)]
-		for _, m := range batch {
-			m.SetDeliverAt(start.Add(time.Duration(randInt63n(int64(spread) + 1))))
-		}
-		write(t, ctx, d, batch...)
-	}
+	publish(ctx, msgs)
 	late := make([]time.Duration, 0, n)
 	seen := make(map[string]bool, n)
 	buf := make([]herald.Delivery, 64)

@@ -16,7 +16,8 @@ func TestDelayPrecision(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a measurement of a few seconds")
 	}
-	drivertest.DelayLateness(t, newDriver(t), 300, 3*time.Second)
+	t.Run("Batches", func(t *testing.T) { drivertest.DelayLateness(t, newDriver(t), 300, 3*time.Second) })
+	t.Run("Trickle", func(t *testing.T) { drivertest.DelayLatenessTrickle(t, newDriver(t), 300, 200*time.Millisecond) })
 }
 
 // Close drops the messages still waiting and stops the timer: nothing

@@ -307,7 +307,8 @@ func TestDelayPrecision(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a measurement of a few seconds")
 	}
-	drivertest.DelayLateness(t, newEnv(t).driver(t), 300, 3*time.Second)
+	t.Run("Batches", func(t *testing.T) { drivertest.DelayLateness(t, newEnv(t).driver(t), 300, 3*time.Second) })
+	t.Run("Trickle", func(t *testing.T) { drivertest.DelayLatenessTrickle(t, newEnv(t).driver(t), 300, 200*time.Millisecond) })
 }
 
 // Under WithWait the Driver does not delay: it says so (DelayPrecision 0)

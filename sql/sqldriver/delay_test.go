@@ -283,6 +283,7 @@ func TestDelayPrecision(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
 		e := &env{tdb: tdb, db: tdb.Open(t)}
 		e.table = newLog(t, tdb, e.db)
-		drivertest.DelayLateness(t, e.driver(t), 300, 3*time.Second)
+		t.Run("Batches", func(t *testing.T) { drivertest.DelayLateness(t, e.driver(t), 300, 3*time.Second) })
+		t.Run("Trickle", func(t *testing.T) { drivertest.DelayLatenessTrickle(t, e.driver(t), 300, 500*time.Millisecond) })
 	})
 }
