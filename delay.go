@@ -22,15 +22,6 @@ import (
 // that already carries headers (stream entries, log rows, dead letters)
 // and a producer in another language can set it.
 
-// HeaderDeliverAt is when a message is due: subscribers must not receive
-// it before that time. The value is the time in Unix nanoseconds, decimal
-// (for example "1796035200000000000"). Set it with DeliverAt or
-// DeliverAfter on the publishing context, or with Message.SetDeliverAt on
-// a raw message. A time that is not after the write delivers at once. It
-// stays on the message when it is delivered, so a handler can see when it
-// was due.
-const HeaderDeliverAt = "herald-deliver-at"
-
 // MaxDelay is the longest delay a Publisher or a DelayedWriter accepts:
 // a due time later than this after the write fails with ErrInvalidDelay. A
 // delay of more than a year is almost always a unit mistake (seconds read
