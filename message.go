@@ -65,6 +65,16 @@ const (
 	// group that deduplicates, while a second copy of the same redrive is
 	// skipped.
 	HeaderRedriveCount = "herald-redrive-count"
+
+	// HeaderDeliverAt is when a message is due: subscribers must not receive
+	// it before that time. The value is the time in Unix nanoseconds, decimal
+	// (for example "1796035200000000000"). Set it with DeliverAt or
+	// DeliverAfter on the publishing context, or with Message.SetDeliverAt on
+	// a raw message. A time that is not after the write delivers at once. It
+	// stays on the message when it is delivered, so a handler can see when it
+	// was due.
+	// Its encoding has one owner, delay.go (SetDeliverAt, DeliverAt, DueAt).
+	HeaderDeliverAt = "herald-deliver-at"
 )
 
 // Headers are a message's string key/value metadata.

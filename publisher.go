@@ -143,7 +143,9 @@ func (p *Publisher) Codecs() *codec.Registry { return p.codecs }
 // to its registered topic; events with one key keep their order. It fails
 // without writing anything if any event is nil (ErrNilEvent), unregistered
 // (ErrUnregisteredEvent), fails to encode, or is too large
-// (ErrMessageTooLarge).
+// (ErrMessageTooLarge). With DeliverAt or DeliverAfter on ctx the events
+// are due then; it fails with a *DelayError when the Writer cannot delay
+// (ErrDelayNotSupported) or the time is beyond MaxDelay (ErrInvalidDelay).
 func (p *Publisher) Publish(ctx context.Context, events ...any) error {
 	msgs, err := p.Encode(ctx, events...)
 	if err != nil || len(msgs) == 0 {
@@ -161,6 +163,8 @@ func (p *Publisher) write(ctx context.Context, msgs []*Message) error {
 }
 
 // Encode turns events into messages as Publish would, without writing them.
+// A delivery time on ctx (DeliverAt, DeliverAfter) is stamped on every
+// message as HeaderDeliverAt, and checked against the publisher's Writer.
 func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -169,11 +173,17 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 	msgs := make([]*Message, len(events))
 	now := time.Now().UTC()
 	lin := lineageOf(ctx)
+	at := deliverAtOf(ctx, now)
 	for i, e := range events {
-		if err := p.encode(&slab[i], e, now, lin); err != nil {
+		if err := p.encode(&slab[i], e, now, lin, at); err != nil {
 			return nil, err
 		}
 		msgs[i] = &slab[i]
+	}
+	if !at.IsZero() {
+		if err := checkDelays(ctx, p.w, msgs, now); err != nil {
+			return nil, err
+		}
 	}
 	return msgs, nil
 }
@@ -187,7 +197,7 @@ func (p *Publisher) codecFor(et *EventType) codec.Codec {
 	return p.opts.codec
 }
 
-func (p *Publisher) encode(m *Message, e any, now time.Time, lin lineage) error {
+func (p *Publisher) encode(m *Message, e any, now time.Time, lin lineage, at time.Time) error {
 	if e == nil {
 		return ErrNilEvent
 	}
@@ -211,6 +221,9 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, lin lineage) error 
 	m.Data = data
 	m.Time = now
 	m.Headers = lin.stamp(Headers{HeaderEvent: et.Name})
+	if !at.IsZero() {
+		m.SetDeliverAt(at)
+	}
 	if p.opts.maxMessageBytes > 0 {
 		if n := m.Size(); n > p.opts.maxMessageBytes {
 			return fmt.Errorf("herald: %s for topic %q is %d bytes with key and headers, limit %d: %w",
@@ -222,7 +235,9 @@ func (p *Publisher) encode(m *Message, e any, now time.Time, lin lineage) error 
 
 // PublishMessages writes ready-made messages in one Write call, filling in
 // a missing ID and Time, and the correlation and causation headers from
-// ctx where the message has none. It checks topic names and the payload limit first.
+// ctx where the message has none, and HeaderDeliverAt from a DeliverAt or
+// DeliverAfter on ctx where the message has none. It checks topic names,
+// the payload limit and due times first (see Publish).
 // The caller must not change the messages afterwards.
 func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error {
 	if len(msgs) == 0 {
@@ -230,10 +245,17 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 	}
 	now := time.Now().UTC()
 	lin := lineageOf(ctx)
+	at := deliverAtOf(ctx, now)
+	delays := !at.IsZero()
 	valid := "" // the last topic checked: batches usually share one
 	for _, m := range msgs {
 		if m == nil {
 			return ErrNilEvent
+		}
+		if _, ok := m.Headers[HeaderDeliverAt]; ok {
+			delays = true
+		} else if !at.IsZero() {
+			m.SetDeliverAt(at)
 		}
 		if m.Topic != valid || valid == "" {
 			if err := ValidateName("topic", m.Topic); err != nil {
@@ -259,6 +281,11 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 				correlation: cmp.Or(m.Headers.Get(HeaderCorrelationID), lin.correlation),
 				causation:   cmp.Or(m.Headers.Get(HeaderCausationID), lin.causation),
 			}.stamp(m.Headers)
+		}
+	}
+	if delays {
+		if err := checkDelays(ctx, p.w, msgs, now); err != nil {
+			return err
 		}
 	}
 	return p.write(ctx, msgs)

@@ -37,6 +37,11 @@ type Config struct {
 	// Timeout bounds each wait for messages (default 30 s). It is a
 	// liveness bound, not a performance target.
 	Timeout time.Duration
+	// DelayTolerance is how much later than the driver's DelayPrecision a
+	// delayed message may arrive in the Delay cases (default 5 s): the
+	// noise of a busy machine, not a performance target. Messages arriving
+	// before they are due always fail.
+	DelayTolerance time.Duration
 	// TimePrecision is how precisely the driver keeps Message.Time
 	// (default 1 ms, what Kafka keeps).
 	TimePrecision time.Duration
@@ -62,6 +67,16 @@ type Config struct {
 	// a background error is the driver's own test; the suite checks the
 	// declaration.)
 	ErrorReporting bool
+	// Delay: the driver is a herald.DelayedWriter: a message whose
+	// herald.HeaderDeliverAt is in the future reaches no group before it
+	// is due, and reaches it within DelayPrecision (plus DelayTolerance)
+	// after; messages of one key arrive in the order they become due
+	// (equal due times in write order); a subscription that closes and
+	// reopens while they wait loses none and duplicates none; bad due
+	// times fail with herald.ErrInvalidDelay. A driver without it must
+	// be refused delayed publishes (herald.ErrDelayNotSupported), which
+	// the suite checks too.
+	Delay bool
 }
 
 func (c Config) withDefaults() Config {
@@ -73,6 +88,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 30 * time.Second
+	}
+	if c.DelayTolerance <= 0 {
+		c.DelayTolerance = 5 * time.Second
 	}
 	if c.TimePrecision <= 0 {
 		c.TimePrecision = time.Millisecond
@@ -112,6 +130,9 @@ func RunDriver(t *testing.T, cfg Config) {
 		{"CompetingConsumersShareWithoutLoss", testCompetingConsumers},
 		{"PerKeyOrder", testPerKeyOrder},
 		{"ConcurrentPublishers", testConcurrentPublishers},
+		// A driver that cannot delay must refuse delayed messages; one
+		// that can (Config.Delay) is checked by RunOptional.
+		{"DelayRefusedWithoutSupport", testDelayRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -23,6 +23,10 @@ func RunOptional(t *testing.T, cfg Config) {
 		{"ReleasedHandBackIsNotADelivery", testReleasedNotCounted},
 		{"LagCountsUnacknowledged", testLag},
 		{"RevokedDeliveriesBelongToTheNewOwner", testRevocation},
+		{"DelayedNotDeliveredBeforeDue", testDelayNotBeforeDue},
+		{"DelayedKeyOrderIsDueOrder", testDelayKeyOrder},
+		{"DelayedSurvivesConsumerRestart", testDelaySurvivesRestart},
+		{"DelayedBadValues", testDelayBadValues},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -30,6 +34,13 @@ func RunOptional(t *testing.T, cfg Config) {
 			tc.fn(t, cfg)
 		})
 	}
+}
+
+// canDelay reports whether d is a herald.DelayedWriter that delays as
+// configured (a positive DelayPrecision).
+func canDelay(d herald.Driver) bool {
+	dw, ok := d.(herald.DelayedWriter)
+	return ok && dw.DelayPrecision() > 0
 }
 
 func implements[I any](v any) bool {
@@ -52,6 +63,7 @@ func testDeclared(t *testing.T, cfg Config) {
 		{"herald.LagReporter", "Lag", cfg.Lag, implements[herald.LagReporter](sub)},
 		{"herald.Revoker", "Revocation", cfg.Revocation, implements[herald.Revoker](sub)},
 		{"herald.ErrorReporter", "ErrorReporting", cfg.ErrorReporting, implements[herald.ErrorReporter](sub)},
+		{"herald.DelayedWriter with a positive DelayPrecision (the driver)", "Delay", cfg.Delay, canDelay(d)},
 	} {
 		switch {
 		case c.declared && !c.has:

@@ -145,4 +145,10 @@
 //
 // Testing: the package's tests run against an in-process kfake broker
 // (github.com/twmb/franz-go/pkg/kfake), or against HERALD_KAFKA_BROKERS.
+//
+// Delayed delivery is not supported yet: Write refuses a message whose
+// herald.HeaderDeliverAt lies in the future with a *herald.DelayError
+// wrapping herald.ErrDelayNotSupported (herald.RefuseDelayed), writing
+// nothing of the batch, and a herald.Publisher refuses it before that. A
+// due time in the past is an ordinary message.
 package kafkadriver

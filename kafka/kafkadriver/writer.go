@@ -61,6 +61,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := herald.RefuseDelayed("kafkadriver", msgs, time.Now()); err != nil {
+		return fail("write", "", "", "", err) // no delayed delivery yet
+	}
 	if err := d.checkMessages(msgs); err != nil {
 		return err
 	}

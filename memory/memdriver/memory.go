@@ -36,6 +36,17 @@
 // at once (an Ack shows in the next Lag). Broker.Backlog counts a whole
 // group.
 //
+// Delayed delivery. The Broker is a herald.DelayedWriter: a message whose
+// herald.HeaderDeliverAt lies in the future is held in a heap, off the
+// partitions, and a timer appends it to its partition when it is due
+// (within DelayPrecision; Broker.Waiting counts the held ones). So no
+// group sees it before then, and a subscription that closes and comes
+// back meanwhile loses nothing. Order: delayed messages join their
+// partition in due order (equal due times in write order), so messages
+// of one key reach a group in the order they become due, and an
+// undelayed message overtakes a delayed one of its key. Held messages
+// live in the Broker's memory only and go with it at Close.
+//
 // Dead letters. Broker.DeadLetters is a dlq.Store over the broker's
 // dead-letter topics, so a service's tests can list and redrive them as
 // they would on Kafka or Redis.
@@ -55,6 +66,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/keyhash"
@@ -125,6 +137,8 @@ type Broker struct {
 	topics map[string]*topic
 	done   chan struct{}
 	closed atomic.Bool
+
+	delayed delayed // messages waiting for their HeaderDeliverAt
 }
 
 // New returns an empty Broker. Bad options are an error
@@ -146,6 +160,7 @@ func New(opts ...Option) (*Broker, error) {
 func (b *Broker) Close() error {
 	if b.closed.CompareAndSwap(false, true) {
 		close(b.done)
+		b.stopDelayed()
 	}
 	return nil
 }
@@ -207,6 +222,11 @@ func (b *Broker) topic(name string) *topic {
 // a partition is full. If ctx ends or the Broker closes while it waits,
 // the messages before the blocked one are already written (a prefix of
 // msgs) and the rest are not.
+//
+// A message whose herald.HeaderDeliverAt lies in the future is held by the
+// broker and appended to its partition when it is due (see "Delayed
+// delivery" in the package documentation); a malformed one, or one beyond
+// herald.MaxDelay, fails the whole batch with herald.ErrInvalidDelay.
 func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -232,10 +252,18 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 			}
 		}
 	}
+	dues, err := dueTimes(msgs, time.Now())
+	if err != nil {
+		return err
+	}
 	var t *topic
-	for _, m := range msgs {
+	for i, m := range msgs {
 		if b.closed.Load() {
 			return fail("write", m.Topic, "", "message "+m.ID, herald.ErrClosed)
+		}
+		if dues != nil && !dues[i].IsZero() {
+			b.hold(m, dues[i])
+			continue
 		}
 		if t == nil || t.name != m.Topic {
 			t = b.topic(m.Topic)

@@ -25,6 +25,7 @@ func TestConformance(t *testing.T) {
 		MaxMessageBytes: memdriver.DefaultMaxMessageBytes,
 		DeliveryCounts:  true,
 		Lag:             true,
+		Delay:           true,
 		TimePrecision:   1, // the memory driver keeps the Time it was given
 	})
 }

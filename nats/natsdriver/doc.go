@@ -162,4 +162,10 @@
 // and Write waits for the server's acknowledgments until
 // its context ends. With file storage a server restart keeps the streams
 // and the consumers: nothing whose Write returned nil is lost.
+//
+// Delayed delivery is not supported yet: Write refuses a message whose
+// herald.HeaderDeliverAt lies in the future with a *herald.DelayError
+// wrapping herald.ErrDelayNotSupported (herald.RefuseDelayed), writing
+// nothing of the batch, and a herald.Publisher refuses it before that. A
+// due time in the past is an ordinary message.
 package natsdriver

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,6 +42,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	}
 	if d.closed.Load() {
 		return fail("write", "", "", "", herald.ErrClosed)
+	}
+	if err := herald.RefuseDelayed("natsdriver", msgs, time.Now()); err != nil {
+		return fail("write", "", "", "", err) // no delayed delivery yet
 	}
 	out, err := d.prepare(msgs)
 	if err != nil {

@@ -124,4 +124,10 @@
 //
 // HeaderKey and HeaderTimeNanos (both under herald.HeaderPrefix) carry the
 // key and the time; the reader removes them, and x-delivery-count.
+//
+// Delayed delivery is not supported yet: Write refuses a message whose
+// herald.HeaderDeliverAt lies in the future with a *herald.DelayError
+// wrapping herald.ErrDelayNotSupported (herald.RefuseDelayed), writing
+// nothing of the batch, and a herald.Publisher refuses it before that. A
+// due time in the past is an ordinary message.
 package amqpdriver

@@ -237,6 +237,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if d.closed.Load() {
 		return fail("write", "", "", "", herald.ErrClosed)
 	}
+	if err := herald.RefuseDelayed("amqpdriver", msgs, time.Now()); err != nil {
+		return fail("write", "", "", "", err) // no delayed delivery yet
+	}
 	if err := d.validate(msgs); err != nil {
 		return err
 	}

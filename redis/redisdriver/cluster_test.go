@@ -36,6 +36,7 @@ func TestCluster(t *testing.T) {
 			Lag:             true,
 			ErrorReporting:  true,
 			TimePrecision:   time.Nanosecond,
+			Delay:           true,
 		})
 	})
 	t.Run("ConformanceWithWait", func(t *testing.T) {

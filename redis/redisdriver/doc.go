@@ -158,6 +158,45 @@
 // cause: herald.ErrClosed, ErrNoGroup, ErrLagUnknown, herald's sentinels,
 // dlq.ErrNotFound, or go-redis's error.
 //
+// # Delayed delivery
+//
+// The Driver is a herald.DelayedWriter. Write puts a message whose
+// herald.HeaderDeliverAt lies in the future (herald.DeliverAt,
+// herald.DeliverAfter) not in the stream but in the topic's delayed set,
+// a sorted set scored by the due time in Unix milliseconds, rounded up,
+// whose member is the stream entry's fields (DelayKey: it starts with the
+// key prefix and shares the stream's hash slot, so it works on Redis
+// Cluster). A ZADD replaces the XADD in Write's pipeline; the rest of the
+// batch is written as usual, and a delayed message counts as written
+// once it is in the set.
+//
+// Every Driver with an open subscription on a topic runs one mover for
+// it: it calls a Lua script that takes the due members (ZRANGEBYSCORE, up
+// to 500, in due order, equal due times in write order), XADDs each to
+// the stream with the Driver's trim settings and removes them (ZREM), in
+// one atomic step. Movers in any number of processes may run at once:
+// an entry is either in the set or in the stream, so none is lost or
+// moved twice, and a process killed mid-way leaves the rest to the
+// others. The mover calls again at once after a full batch, at the next
+// due time when it comes within the poll interval, else after
+// WithDelayPollInterval (DefaultDelayPollInterval, 100 ms): the
+// precision, which the tests measure (p99 close to the interval). The due
+// time is compared with the mover's clock, so skew between the
+// publisher's and the mover's hosts shifts delivery by as much. Order:
+// messages of one key reach a group in the order they become due, so an
+// undelayed message overtakes a delayed one of its key. A topic no
+// process subscribes to keeps its due messages in the set until one
+// does. Driver.Waiting counts a topic's set; MoveDue moves by hand.
+// Members the script cannot read (not written by this driver) are moved
+// to DelayKey+":unreadable" and reported (the mover's errors go to a
+// subscription of the topic, so a Bus's error handler sees them). Not supported yet: delays with
+// WithWait (the ZADD and the mover's XADD would need their own WAIT), so
+// such a Driver reports DelayPrecision 0 and refuses delayed messages
+// with herald.ErrDelayNotSupported; a prefix with braces but no hash tag
+// (ErrNoDelaySlot). Cost: one script call per topic, process and poll
+// interval while idle; a delayed message is written twice (ZADD, then
+// XADD) and held in memory once more while it waits.
+//
 // # Operations
 //
 // A subscription reports its group's lag (herald.LagReporter) with one

@@ -30,6 +30,8 @@ type Driver struct {
 	closed atomic.Bool
 	mu     sync.Mutex // subs; Subscribe checks closed under it
 	subs   map[*subscription]struct{}
+
+	movers movers // of the delayed sets of topics with open subscriptions
 }
 
 var _ herald.Driver = (*Driver)(nil)
@@ -82,8 +84,12 @@ func (d *Driver) isClosed() bool { return d.closed.Load() }
 
 func (d *Driver) forget(s *subscription) {
 	d.mu.Lock()
+	_, ok := d.subs[s]
 	delete(d.subs, s)
 	d.mu.Unlock()
+	if ok {
+		d.stopMover(s.topic)
+	}
 }
 
 // StreamKey returns the Redis key of topic's stream.
@@ -118,29 +124,12 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if d.isClosed() {
 		return fail("write", "", "", "", herald.ErrClosed)
 	}
-	args := make([]goredis.XAddArgs, len(msgs))
-	minID := ""
-	if d.cfg.trimMaxAge > 0 {
-		minID = strconv.FormatInt(time.Now().Add(-d.cfg.trimMaxAge).UnixMilli(), 10)
+	args, delayed, err := d.entries(msgs)
+	if err != nil {
+		return err
 	}
-	var topic, key string
-	var entries entryBuilder
-	for i, m := range msgs {
-		if m == nil {
-			return fail("write", "", "", fmt.Sprintf("message %d of %d", i+1, len(msgs)), herald.ErrNilEvent)
-		}
-		if m.Topic != topic || key == "" {
-			if err := herald.ValidateName("topic", m.Topic); err != nil {
-				return fail("write", m.Topic, "", "message "+m.ID, err)
-			}
-			topic, key = m.Topic, d.StreamKey(m.Topic)
-		}
-		vals, size := entries.values(m)
-		if d.cfg.maxMessageBytes > 0 && size > d.cfg.maxMessageBytes {
-			return fail("write", m.Topic, "", fmt.Sprintf("message %s: entry of %d bytes, limit %d",
-				m.ID, size, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
-		}
-		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
+	if delayed != nil {
+		return d.writeMixed(ctx, msgs, args, delayed)
 	}
 	if d.cfg.waitReplicas > 0 {
 		return d.writeReplicated(ctx, msgs, args)
@@ -160,6 +149,52 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		return batchError(msgs, cmds, err)
 	}
 	return nil
+}
+
+// entries checks msgs and makes the XADD of each, or its delayed-set
+// entry when it is delayed (delayed is nil when none is); a bad message
+// fails the batch.
+func (d *Driver) entries(msgs []*herald.Message) ([]goredis.XAddArgs, []delayedEntry, error) {
+	args := make([]goredis.XAddArgs, len(msgs))
+	minID := ""
+	if d.cfg.trimMaxAge > 0 {
+		minID = strconv.FormatInt(time.Now().Add(-d.cfg.trimMaxAge).UnixMilli(), 10)
+	}
+	var topic, key string
+	var entries entryBuilder
+	var delayed []delayedEntry // per message; nil while none is delayed
+	now := time.Now()
+	for i, m := range msgs {
+		if m == nil {
+			return nil, nil, fail("write", "", "", fmt.Sprintf("message %d of %d", i+1, len(msgs)), herald.ErrNilEvent)
+		}
+		if m.Topic != topic || key == "" {
+			if err := herald.ValidateName("topic", m.Topic); err != nil {
+				return nil, nil, fail("write", m.Topic, "", "message "+m.ID, err)
+			}
+			topic, key = m.Topic, d.StreamKey(m.Topic)
+		}
+		vals, size := entries.values(m)
+		if d.cfg.maxMessageBytes > 0 && size > d.cfg.maxMessageBytes {
+			return nil, nil, fail("write", m.Topic, "", fmt.Sprintf("message %s: entry of %d bytes, limit %d",
+				m.ID, size, d.cfg.maxMessageBytes), herald.ErrMessageTooLarge)
+		}
+		if _, ok := m.Headers[herald.HeaderDeliverAt]; ok {
+			e, err := d.delayed(m, vals, now)
+			if err != nil {
+				return nil, nil, err
+			}
+			if e.key != "" {
+				if delayed == nil {
+					delayed = make([]delayedEntry, len(msgs))
+				}
+				delayed[i] = e
+				continue
+			}
+		}
+		args[i] = goredis.XAddArgs{Stream: key, Values: vals, MaxLen: d.cfg.trimMaxLen, MinID: minID, Approx: minID != "" || d.cfg.trimMaxLen > 0}
+	}
+	return args, delayed, nil
 }
 
 // batchError is what a pipelined Write whose Exec returned err did not
@@ -216,6 +251,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		return nil, fail("subscribe", topic, group, "", herald.ErrClosed)
 	}
 	d.subs[s] = struct{}{}
+	d.startMover(topic)
 	d.mu.Unlock()
 	go s.background()
 	return s, nil

@@ -62,6 +62,7 @@ func TestOptionalInterfacesOnBothProtocols(t *testing.T) {
 				DeliveryCounts: true,
 				Lag:            true,
 				ErrorReporting: true,
+				Delay:          true,
 			})
 		})
 	}

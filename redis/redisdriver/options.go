@@ -57,6 +57,7 @@ type config struct {
 	waitReplicas    int
 	waitTimeout     time.Duration
 	onError         func(error)
+	delayPoll       time.Duration
 }
 
 func newConfig(opts []Option) config {
@@ -67,6 +68,7 @@ func newConfig(opts []Option) config {
 		claimMinIdle:    DefaultClaimMinIdle,
 		reclaimInterval: DefaultReclaimInterval,
 		consumerIdle:    DefaultConsumerIdle,
+		delayPoll:       DefaultDelayPollInterval,
 	}
 	for _, o := range opts {
 		o(&c)
@@ -95,6 +97,9 @@ func (c config) validate() error {
 	p.If(c.consumerIdle > 0 && c.consumerIdle <= c.block, "consumer idle %v must exceed the block time %v, or live consumers would look departed", c.consumerIdle, c.block)
 	p.If(c.waitReplicas < 0, "wait for %d replicas: want 0 (do not wait) or more", c.waitReplicas)
 	p.If(c.waitReplicas > 0 && c.waitTimeout < time.Millisecond, "wait timeout %v is below 1 ms (Redis would read 0 as: wait forever)", c.waitTimeout)
+	if c.delayPoll < time.Millisecond || c.delayPoll > time.Minute {
+		p.Add(&herald.OptionError{Option: "redisdriver.WithDelayPollInterval", Value: c.delayPoll, Reason: "want 1 ms to 1 min"})
+	}
 	return p.Err()
 }
 
@@ -184,3 +189,11 @@ func WithWait(replicas int, timeout time.Duration) Option {
 // the scheduler's error handler instead (herald.ErrorReporter), so these
 // errors reach herald.WithErrorHandler with the Bus's other errors.
 func WithErrorHandler(f func(error)) Option { return func(c *config) { c.onError = f } }
+
+// WithDelayPollInterval sets how often each topic's mover looks for due
+// delayed messages when none is known to be due sooner (default
+// DefaultDelayPollInterval, 1 ms to 1 min): the precision of delayed
+// delivery, and its idle cost, one script call per topic with open
+// subscriptions per process per interval. Out of range is a
+// *herald.OptionError.
+func WithDelayPollInterval(d time.Duration) Option { return func(c *config) { c.delayPoll = d } }

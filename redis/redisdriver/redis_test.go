@@ -23,6 +23,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(crashChildEnv) != "" {
 		os.Exit(runCrashChild())
 	}
+	if os.Getenv(moverChildEnv) != "" {
+		os.Exit(runMoverChild())
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -89,6 +92,7 @@ func TestConformance(t *testing.T) {
 		DeliveryCounts:  true,
 		Lag:             true,
 		ErrorReporting:  true,
+		Delay:           true,
 		// Message.Time travels as Unix nanoseconds.
 		TimePrecision: time.Nanosecond,
 	})

@@ -20,6 +20,7 @@ func TestConformance(t *testing.T) {
 				Lag:             true,
 				Revocation:      true,
 				ErrorReporting:  true,
+				Delay:           true,
 				TimePrecision:   time.Microsecond,
 			})
 		})

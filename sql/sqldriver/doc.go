@@ -114,6 +114,38 @@
 // off it grows with every message, so run VACUUM on the log yourself
 // then.
 //
+// # Delayed delivery
+//
+// The Driver is a herald.DelayedWriter. Write puts a message whose
+// herald.HeaderDeliverAt lies in the future (herald.DeliverAt,
+// herald.DeliverAfter) in the delayed table (the log's name plus
+// DelayedSuffix, created by Migrate) instead of the log, with its due
+// time in Unix milliseconds rounded up; in the caller's transaction when
+// ctx carries one, so a delayed publish commits or rolls back with it.
+// Every process with subscriptions runs a mover beside its pump: every
+// WithDelayPollInterval (DefaultDelayPollInterval, 250 ms), or at the
+// next due time when that comes sooner, one query asks for the earliest
+// due time; when rows are due, one transaction takes the sequencer's lock
+// (the meta row; not on SQLite, whose writes are serial anyway), copies
+// up to 500 due rows into the log in due order (INSERT ... SELECT ...
+// ORDER BY due_at, id) and deletes them from the delayed table. A row is
+// in one table or the other, never both and never neither, so movers in
+// several processes, or one killed mid-way, neither lose nor duplicate a
+// row; they take turns, so the rows of one key enter the log in due order
+// (equal due times in write order), and then follow the log's order: an
+// undelayed message overtakes a delayed one of its key. Due times are
+// compared with the database's clock (as leases are), so the publisher's
+// clock skew against the database shifts delivery by as much. The moved
+// row gets a new id and is sequenced like any other, which adds the
+// pump's hop to the precision (the tests log the lateness: on PostgreSQL
+// and MySQL well within the poll interval at p50). Driver.Waiting counts
+// a topic's delayed rows, MoveDue moves by hand. Retention does not touch
+// the delayed table. A log migrated before this version has no delayed
+// table until Migrate runs again: the mover reports the error, with a
+// growing pause. Cost: a delayed message is written twice (the delayed
+// row, then the log row) and deleted once; an idle process makes one
+// query per poll interval.
+//
 // # What it does not do
 //
 // Delivery counts are not tracked (herald.Delivery.Count is 0; dead

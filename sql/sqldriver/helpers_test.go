@@ -49,7 +49,7 @@ func newLog(t testing.TB, tdb *testDB, db *sql.DB, opts ...sqldriver.Option) str
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		for _, suffix := range []string{"", "_offsets", "_members", "_meta", "_redriven"} {
+		for _, suffix := range []string{"", "_offsets", "_members", "_meta", "_redriven", "_delayed"} {
 			if _, err := db.Exec("DROP TABLE IF EXISTS " + tdb.Quote(name+suffix)); err != nil {
 				t.Errorf("drop %s%s: %v", name, suffix, err)
 			}

@@ -58,6 +58,7 @@ type config struct {
 	commitInterval  time.Duration
 	notify          bool
 	onError         func(error)
+	delayPoll       time.Duration
 }
 
 func newConfig(opts []Option) config {
@@ -72,6 +73,7 @@ func newConfig(opts []Option) config {
 		fetchSize:       DefaultFetchSize,
 		commitInterval:  DefaultCommitInterval,
 		notify:          true,
+		delayPoll:       DefaultDelayPollInterval,
 	}
 	for _, o := range opts {
 		o(&c)
@@ -100,6 +102,9 @@ func (c config) validate() error {
 	p.If(c.fetchSize < 1 || c.fetchSize > 10000, "fetch size %d: want 1 to 10000", c.fetchSize)
 	optcheck.Positive(p, "commit interval", c.commitInterval)
 	optcheck.Shorter(p, "commit interval", c.commitInterval, "lease", c.lease)
+	if c.delayPoll < time.Millisecond || c.delayPoll > time.Minute {
+		p.Add(&herald.OptionError{Option: "sqldriver.WithDelayPollInterval", Value: c.delayPoll, Reason: "want 1 ms to 1 min"})
+	}
 	return p.Err()
 }
 
@@ -158,3 +163,10 @@ func WithoutNotify() Option { return func(c *config) { c.notify = false } }
 // Bus takes them over (herald.ErrorReporter): lease renewals, commits,
 // the sequencer, retention. The default logs them with slog.
 func WithErrorHandler(f func(error)) Option { return func(c *config) { c.onError = f } }
+
+// WithDelayPollInterval sets how often the mover of a process with
+// subscriptions looks for due delayed rows when none is known to be due
+// sooner (default DefaultDelayPollInterval, 1 ms to 1 min): the precision
+// of delayed delivery, and its idle cost, one query per process per
+// interval. Out of range is a *herald.OptionError.
+func WithDelayPollInterval(d time.Duration) Option { return func(c *config) { c.delayPoll = d } }

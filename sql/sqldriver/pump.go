@@ -33,12 +33,16 @@ type pump struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+	// moverDone is closed when the mover of delayed rows, which runs
+	// beside the pump, has stopped.
+	moverDone chan struct{}
 }
 
 func startPump(d *Driver) *pump {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &pump{d: d, pokeC: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	p := &pump{d: d, pokeC: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}), moverDone: make(chan struct{})}
 	go p.run(ctx)
+	go d.runMover(ctx, p.moverDone)
 	return p
 }
 
@@ -60,6 +64,7 @@ func (p *pump) stop() {
 	}
 	p.once.Do(p.cancel)
 	<-p.done
+	<-p.moverDone
 }
 
 func (p *pump) run(ctx context.Context) {

@@ -86,7 +86,12 @@ func (n names) insertIgnore() (head, tail string) {
 // are run by a tool: idempotent, in order, without a trailing semicolon.
 // The last one records the partition count (WithPartitions) if the log
 // has none yet.
-func (d *Driver) Schema() []string { return schema(d.n, d.cfg.partitions) }
+func (d *Driver) Schema() []string {
+	s := schema(d.n, d.cfg.partitions)
+	// The delayed table goes before the last statement, which records
+	// the partition count.
+	return append(append(s[:len(s)-1:len(s)-1], delayedSchema(d.n)...), s[len(s)-1])
+}
 
 func schema(n names, partitions int) []string {
 	p := strconv.Itoa(partitions)
@@ -238,7 +243,8 @@ func schema(n names, partitions int) []string {
 }
 
 // Migrate creates the log and its companion tables (offsets, members,
-// meta, and the dead-letter marks, _redriven) if they do not exist, and records the partition count for a new log. It is
+// meta, the dead-letter marks, _redriven, and the delayed messages,
+// _delayed) if they do not exist, and records the partition count for a new log. It is
 // idempotent and safe to run from several processes at once (the same
 // locks as outbox.Migrate); run it at deploy or start-up, never inside a
 // business transaction.

@@ -26,7 +26,11 @@ const (
 // nothing is inserted. Keyed messages go to the partition of their key
 // (internal/keyhash, as the memory and Kafka drivers place them), keyless
 // ones round robin. An empty ID is stored as a new KSUID; a zero Time as
-// the time of the Write.
+// the time of the Write. A message whose herald.HeaderDeliverAt lies in
+// the future goes to the delayed table instead, in the same transaction,
+// until the mover moves it to the log (see "Delayed delivery" in the
+// package documentation); a malformed one or one beyond herald.MaxDelay
+// fails the whole Write with herald.ErrInvalidDelay.
 func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -34,13 +38,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if d.closed.Load() {
 		return fail("write", topicOf(msgs[0]), "", "", herald.ErrClosed)
 	}
-	sizes := make([]int, len(msgs))
-	for i, m := range msgs {
-		n, err := sqlcore.CheckMessage(m, d.n.name, d.cfg.maxMessageBytes)
-		if err != nil {
-			return fail("write", topicOf(m), "", fmt.Sprintf("message %d of %d", i, len(msgs)), err)
-		}
-		sizes[i] = n
+	sizes, due, err := d.check(msgs)
+	if err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -48,6 +48,9 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	x := sqlcore.TxFrom(ctx)
 	if x != nil && x.Pgx() && d.n.d != sqlcore.Postgres {
 		return fail("write", msgs[0].Topic, "", "a pgx.Tx with dialect "+d.n.d.String(), herald.ErrInvalidOption)
+	}
+	if due != nil {
+		return d.writeDelayed(ctx, x, msgs, sizes, due)
 	}
 	if x != nil {
 		parts, err := d.partitionsIn(ctx, x)
@@ -85,6 +88,21 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	}
 	d.wakeLocal()
 	return nil
+}
+
+// check checks every message of a Write and returns their sizes and,
+// when some are delayed, their due times (see dues).
+func (d *Driver) check(msgs []*herald.Message) ([]int, []int64, error) {
+	sizes := make([]int, len(msgs))
+	for i, m := range msgs {
+		n, err := sqlcore.CheckMessage(m, d.n.name, d.cfg.maxMessageBytes)
+		if err != nil {
+			return nil, nil, fail("write", topicOf(m), "", fmt.Sprintf("message %d of %d", i, len(msgs)), err)
+		}
+		sizes[i] = n
+	}
+	due, err := dues(msgs, time.Now())
+	return sizes, due, err
 }
 
 func topicOf(m *herald.Message) string {
