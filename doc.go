@@ -55,6 +55,15 @@
 // CausationID read it, so events it publishes continue the chain;
 // DeliveryCount and Attempt say which delivery and attempt is running.
 //
+// Delayed delivery. herald.DeliverAt(ctx, t) and herald.DeliverAfter(ctx,
+// d) make a Publish due later: the messages carry HeaderDeliverAt, and a
+// driver that is a DelayedWriter (memdriver, redisdriver, sqldriver)
+// holds them until they are due; no subscriber receives one earlier.
+// Any other Writer is refused them (ErrDelayNotSupported), so a delay is
+// never dropped silently. A time in the past delivers at once; one more
+// than MaxDelay ahead is an error (ErrInvalidDelay). Messages of one key
+// arrive in the order they become due.
+//
 // # Middleware order
 //
 // The Subscribe options install the built-in middleware in one fixed
@@ -126,7 +135,8 @@
 // (ErrInvalidName), ErrMessageTooLarge, *DecodeError (ErrUndecodable),
 // *RetryError, *PanicError, *SubscriptionError, *OptionError
 // (ErrInvalidOption), ErrClosed, ErrBreakerOpen and ErrStopping (a breaker
-// or throttle wait cut short by shutdown). Every driver's errors are a *DriverError
+// or throttle wait cut short by shutdown), *DelayError (ErrDelayNotSupported,
+// ErrInvalidDelay). Every driver's errors are a *DriverError
 // (driver, operation, topic, group, cause) or, for a batch Write that was
 // partly written, a *WriteError listing each *MessageError. There is no
 // package-level mutable state.
