@@ -45,11 +45,16 @@ import (
 //     the span of every message's sender; the metrics, the log lines and
 //     the handle hook are per message, as for single handlers.
 //
+// The handler's context carries the batch's span; Attempt(ctx) is the
+// round's attempt (the highest among its items) and DeliveryCount(ctx) the
+// highest delivery count among its items.
+//
 // What they do not: WithMiddleware wraps one message and is refused; the
 // handler's context carries no single delivered message, so
 // CorrelationID and CausationID do not derive from it (read them from
 // each Item's Message). A batch is not a transaction: the driver
-// acknowledges its messages one by one after the handler returned.
+// acknowledges its messages one by one after the handler returned, so a
+// crash between two acknowledgments redelivers the rest of the batch.
 
 // Item is one message of a typed batch: the decoded event and the message
 // it came in.
@@ -119,6 +124,13 @@ func (e *BatchError) Unwrap() []error {
 	}
 	return errs
 }
+
+// ErrHeldBehind is the outcome (HandleResult.Err) of a message of a batch
+// that was left unsettled without counting as an attempt: an earlier
+// message of its key in the batch was not settled, so it waits for that
+// one's redelivery in place and runs after it. It is logged at debug
+// level and not passed to the error handler.
+var ErrHeldBehind = errors.New("herald: held behind an earlier message of its key that is not settled")
 
 // errFailedInBatch stands for the nil error of a BatchError item.
 var errFailedInBatch = errors.New("herald: failed in its batch")

@@ -82,10 +82,6 @@ func (it *batchItem) again() {
 	it.count++
 }
 
-// errHeldBehind is why an item waits: an earlier message of its key in the
-// batch is unsettled.
-var errHeldBehind = errors.New("herald: held behind an earlier message of its key that is not settled")
-
 // startBatches starts the collector and the runners in place of the
 // workers.
 func (s *scheduler) startBatches() {
@@ -280,7 +276,7 @@ func (s *scheduler) settle(items []*batchItem) []*batchItem {
 			}
 			continue
 		}
-		if !errors.Is(it.err, ErrInProgress) && !errors.Is(it.err, errHeldBehind) {
+		if !errors.Is(it.err, ErrInProgress) && !errors.Is(it.err, ErrHeldBehind) {
 			s.report("handle", it.d.Message.ID, it.err)
 		}
 		left = append(left, it)
@@ -477,7 +473,7 @@ func (p *batchPipeline) plan(items []*batchItem) (run, dead []*batchItem, retrie
 	for _, it := range items {
 		k := it.d.Message.Key
 		if k != "" && blocked[k] && it.state == itemPending {
-			it.state, it.err = itemUnsettled, errHeldBehind
+			it.state, it.err = itemUnsettled, ErrHeldBehind
 		}
 		if it.state == itemUnsettled {
 			if k != "" {
