@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dedup"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -269,4 +270,68 @@ func TestBatchHealth(t *testing.T) {
 	})
 	close(release)
 	eventually(t, "ready again", func() bool { return bus.CheckHealth(ctx).Ready })
+}
+
+// recordingStore is a dedup.Storage that records the calls it passes on.
+type recordingStore struct {
+	dedup.Storage
+	mu    sync.Mutex
+	calls []string
+}
+
+func (s *recordingStore) record(op, key string) {
+	s.mu.Lock()
+	s.calls = append(s.calls, op+" "+key)
+	s.mu.Unlock()
+}
+
+func (s *recordingStore) Commit(ctx context.Context, key, token string, window time.Duration) error {
+	s.record("commit", key)
+	return s.Storage.Commit(ctx, key, token, window)
+}
+
+func (s *recordingStore) Release(ctx context.Context, key, token string) error {
+	s.record("release", key)
+	return s.Storage.Release(ctx, key, token)
+}
+
+// TestBatchDedupMarksAfterSuccess: a batch that fails releases its items'
+// claims, so that their redelivery runs them; the marks are written once
+// the handler succeeded, and only for the items it handled.
+func TestBatchDedupMarksAfterSuccess(t *testing.T) {
+	store := &recordingStore{Storage: newDedupStore(t)}
+	var settled atomic.Int32
+	bus, _ := newTestBus(t, herald.WithHandleHook(func(r herald.HandleResult) {
+		if r.Err == nil {
+			settled.Add(1)
+		}
+	}))
+	var calls atomic.Int32
+	must(t, bus.HandleBatch("jobs", "workers", func(ctx context.Context, msgs []*herald.Message) error {
+		switch calls.Add(1) {
+		case 1:
+			return errors.New("database down") // the whole batch
+		case 2:
+			var be herald.BatchError
+			for i, m := range msgs {
+				if m.ID == "b" {
+					be.Fail(i, errors.New("not b yet"))
+				}
+			}
+			return be.Err()
+		}
+		return nil
+	}, herald.WithDedup(store), herald.WithBatch(2, time.Hour),
+		herald.WithScheduler(herald.SchedulerConfig{RedeliveryBackoff: time.Millisecond})))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.PublishMessages(ctx, &herald.Message{ID: "a", Topic: "jobs", Key: "a"}, &herald.Message{ID: "b", Topic: "jobs", Key: "b"}))
+	eventually(t, "both settled", func() bool { return settled.Load() == 2 })
+	store.mu.Lock()
+	got := strings.Join(store.calls, ", ")
+	store.mu.Unlock()
+	// Pass 1 fails both; pass 2 handles a and fails b; pass 3 handles b.
+	if want := "release workers:a, release workers:b, commit workers:a, release workers:b, commit workers:b"; got != want {
+		t.Errorf("dedup calls %q, want %q", got, want)
+	}
 }
