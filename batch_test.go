@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/dedup"
+	"github.com/heraldbus/herald/memory/memtest"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -339,5 +341,105 @@ func TestBatchDedupMarksAfterSuccess(t *testing.T) {
 	// Pass 1 fails both; pass 2 handles a and fails b; pass 3 handles b.
 	if want := "release workers:a, release workers:b, commit workers:a, release workers:b, commit workers:b"; got != want {
 		t.Errorf("dedup calls %q, want %q", got, want)
+	}
+}
+
+// TestBatchShutdownReleasesUnstarted: a shutdown lets the running batch
+// finish and hands the batch still filling back uncounted (Releaser):
+// the next member sees those messages as first deliveries.
+func TestBatchShutdownReleasesUnstarted(t *testing.T) {
+	b := memtest.Broker(t)
+	ctx := testContext(t)
+	newBus := func() *herald.Bus {
+		bus, err := herald.NewBus(b, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+		must(t, err)
+		herald.MustRegister[OrderPlaced](bus, "orders")
+		return bus
+	}
+	first := newBus()
+	running := make(chan int, 1)
+	release := make(chan struct{})
+	must(t, herald.SubscribeBatch(first, "billing", func(ctx context.Context, batch []herald.Item[OrderPlaced]) error {
+		running <- len(batch)
+		<-release
+		return nil
+	}, herald.WithBatch(10, time.Hour)))
+	must(t, first.Start(ctx))
+	var events []any
+	for i := range 15 {
+		events = append(events, OrderPlaced{ID: strconv.Itoa(i)})
+	}
+	must(t, first.Publish(ctx, events...))
+	if n := <-running; n != 10 {
+		t.Fatalf("first batch of %d, want 10", n)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- first.Shutdown(ctx) }()
+	close(release)
+	must(t, <-stopped)
+
+	second := newBus()
+	defer func() { must(t, second.Shutdown(ctx)) }()
+	got := make(chan []int, 1)
+	must(t, herald.SubscribeBatch(second, "billing", func(ctx context.Context, batch []herald.Item[OrderPlaced]) error {
+		got <- []int{len(batch), herald.DeliveryCount(ctx)}
+		return nil
+	}, herald.WithBatch(5, time.Hour)))
+	must(t, second.Start(ctx))
+	select {
+	case r := <-got:
+		if r[0] != 5 || r[1] != 1 {
+			t.Errorf("after the restart: a batch of %d with delivery count %d, want the 5 unstarted ones, first deliveries", r[0], r[1])
+		}
+	case <-ctx.Done():
+		t.Fatal("the unstarted messages did not come back")
+	}
+}
+
+// TestBatchMaxDeliveries: a message that comes back beyond
+// DeadLetterConfig.MaxDeliveries (its handler was cut off by an abrupt
+// shutdown, as a crash would) is dead-lettered without running again.
+func TestBatchMaxDeliveries(t *testing.T) {
+	b := memtest.Broker(t)
+	ctx := testContext(t)
+	var runs atomic.Int32
+	started := make(chan struct{}, 1)
+	newBus := func() *herald.Bus {
+		bus, err := herald.NewBus(b, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+		must(t, err)
+		must(t, bus.HandleBatch("jobs", "workers", func(ctx context.Context, msgs []*herald.Message) error {
+			runs.Add(1)
+			started <- struct{}{}
+			<-ctx.Done() // hangs until the shutdown cuts it off
+			return ctx.Err()
+		}, herald.WithBatch(1, 0), herald.WithDeadLetterConfig(herald.DeadLetterConfig{MaxDeliveries: 1})))
+		return bus
+	}
+	first := newBus()
+	must(t, first.Start(ctx))
+	must(t, first.PublishMessages(ctx, &herald.Message{ID: "m", Topic: "jobs", Key: "k"}))
+	<-started
+	expired, cancel := context.WithCancel(ctx)
+	cancel()
+	_ = first.Shutdown(expired)
+
+	second := newBus()
+	dead := make(chan *herald.Message, 1)
+	must(t, second.Handle("jobs.dlq", "ops", func(_ context.Context, m *herald.Message) error {
+		dead <- m
+		return nil
+	}))
+	must(t, second.Start(ctx))
+	defer func() { must(t, second.Shutdown(ctx)) }()
+	select {
+	case m := <-dead:
+		if r := herald.ReadDeadLetter(m); !strings.Contains(r.Reason, "delivered 2 times, more than the limit of 1") || r.Group != "workers" {
+			t.Errorf("dead letter %+v", r)
+		}
+	case <-ctx.Done():
+		t.Fatal("no dead letter")
+	}
+	if n := runs.Load(); n != 1 {
+		t.Errorf("%d runs, want 1: the second delivery ran", n)
 	}
 }
