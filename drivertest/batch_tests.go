@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/dedup"
 	"github.com/heraldbus/herald/memory/memdedup"
 )
 
@@ -274,8 +275,12 @@ func testBatchWholeFailure(t *testing.T, cfg Config) {
 	}
 }
 
-// testBatchDedup: a message delivered again after it was handled is
-// removed from the batch before the handler sees it, and acknowledged.
+// testBatchDedup: messages the group has already handled (marked in the
+// store beforehand, as a handling before a lost acknowledgment would) are
+// removed from the batch before the handler sees it and acknowledged; the
+// others are handled and marked after the handler succeeded. (Marks made
+// beforehand rather than a second publish of one ID: some brokers drop a
+// republished ID themselves, JetStream in its duplicate window.)
 func testBatchDedup(t *testing.T, cfg Config) {
 	d, ctx, topic, group := setUp(t, cfg)
 	store, err := memdedup.New(context.Background())
@@ -283,7 +288,7 @@ func testBatchDedup(t *testing.T, cfg Config) {
 	t.Cleanup(func() { _ = store.Close() })
 	var settled atomic.Int32
 	bus := batchBus(t, d, topic, herald.WithHandleHook(func(r herald.HandleResult) {
-		if r.Err == nil {
+		if r.Err == nil && r.Topic == topic {
 			settled.Add(1)
 		}
 	}))
@@ -298,25 +303,27 @@ func testBatchDedup(t *testing.T, cfg Config) {
 		return nil
 	}, herald.WithDedup(store), herald.WithBatch(10, 10*time.Millisecond))
 	must(t, err)
+	msgs := make([]*herald.Message, 6)
+	for i := range msgs {
+		msgs[i] = &herald.Message{ID: Name(t, "m"+strconv.Itoa(i)), Topic: topic, Key: "k" + strconv.Itoa(i%2), Data: []byte(`{}`)}
+		if i%2 == 0 { // handled before
+			c, err := store.Claim(ctx, group+":"+msgs[i].ID, time.Minute)
+			must(t, err)
+			must(t, store.Commit(ctx, group+":"+msgs[i].ID, c.Token, time.Hour))
+		}
+	}
 	must(t, bus.Start(ctx))
 	defer Shutdown(t, bus)
-	msgs := make([]*herald.Message, 5)
-	for i := range msgs {
-		msgs[i] = &herald.Message{ID: fmt.Sprintf("dup-%d", i), Topic: topic, Key: "k" + strconv.Itoa(i%2), Data: []byte(`{}`)}
-	}
 	must(t, bus.PublishMessages(ctx, msgs...))
-	waitFor(t, cfg, "the first copies settled", func() bool { return settled.Load() == 5 })
-	again := make([]*herald.Message, len(msgs))
-	for i, m := range msgs {
-		again[i] = &herald.Message{ID: m.ID, Topic: topic, Key: m.Key, Data: []byte(`{}`)}
-	}
-	must(t, bus.PublishMessages(ctx, again...))
-	waitFor(t, cfg, "the second copies settled", func() bool { return settled.Load() == 10 })
+	waitFor(t, cfg, "every message settled", func() bool { return settled.Load() == int32(len(msgs)) })
 	mu.Lock()
 	defer mu.Unlock()
-	for _, m := range msgs {
-		if ran[m.ID] != 1 {
-			t.Errorf("message %s ran %d times, want 1", m.ID, ran[m.ID])
+	for i, m := range msgs {
+		if want := i % 2; ran[m.ID] != want {
+			t.Errorf("message %d ran %d times, want %d", i, ran[m.ID], want)
+		}
+		if c, err := store.Claim(ctx, group+":"+m.ID, time.Minute); err != nil || c.State != dedup.Done {
+			t.Errorf("message %d: claim after handling = %v, %v; want done", i, c.State, err)
 		}
 	}
 }
