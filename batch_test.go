@@ -443,3 +443,39 @@ func TestBatchMaxDeliveries(t *testing.T) {
 		t.Errorf("%d runs, want 1: the second delivery ran", n)
 	}
 }
+
+// TestBatchErrorOutsideTheBatchFailsAll: a BatchError naming an index the
+// batch does not have (a handler bug) acknowledges nothing.
+func TestBatchErrorOutsideTheBatchFailsAll(t *testing.T) {
+	var mu sync.Mutex
+	results := map[string][]error{}
+	bus, _ := newTestBus(t, herald.WithHandleHook(func(r herald.HandleResult) {
+		mu.Lock()
+		results[r.Message.ID] = append(results[r.Message.ID], r.Err)
+		mu.Unlock()
+	}))
+	var calls atomic.Int32
+	must(t, bus.HandleBatch("jobs", "workers", func(ctx context.Context, msgs []*herald.Message) error {
+		if calls.Add(1) == 1 {
+			var be herald.BatchError
+			return be.Fail(len(msgs), errors.New("off by one")).Err()
+		}
+		return nil
+	}, herald.WithBatch(2, time.Hour), herald.WithScheduler(herald.SchedulerConfig{RedeliveryBackoff: time.Millisecond})))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.PublishMessages(ctx, &herald.Message{ID: "a", Topic: "jobs"}, &herald.Message{ID: "b", Topic: "jobs"}))
+	eventually(t, "both settled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(results["a"]) == 2 && len(results["b"]) == 2
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	var be *herald.BatchError
+	for id, rs := range results {
+		if !errors.As(rs[0], &be) || rs[1] != nil {
+			t.Errorf("%s: %v, want the BatchError, then acknowledged", id, rs)
+		}
+	}
+}
