@@ -365,8 +365,10 @@ func (b *Bus) routeFor(topic, group string) (*route, error) {
 // subscription's scheduler settings. It changes nothing when it fails.
 func (r *route) add(event string, chain HandlerFunc, o *subscribeOptions) error {
 	switch {
+	case r.batch != nil:
+		return fmt.Errorf("%w: topic %q group %q has a batch handler, which takes the topic and group alone", ErrDuplicateHandler, r.topic, r.group)
 	case event == "" && (r.raw != nil || len(r.handlers) > 0),
-		event != "" && r.raw != nil, r.batch != nil:
+		event != "" && r.raw != nil:
 		return fmt.Errorf("%w: topic %q group %q mixes raw and typed handlers or has two raw ones", ErrDuplicateHandler, r.topic, r.group)
 	case event != "" && r.handlers[event] != nil:
 		return fmt.Errorf("%w: event %q group %q", ErrDuplicateHandler, event, r.group)
