@@ -47,6 +47,7 @@ type route struct {
 	obs          *observer
 	breakers     []*circuit     // WithBreaker, one per handler
 	throttles    []*tokenBucket // WithThrottle, one per handler
+	batch        *batchPipeline // a batch handler's, which takes the route alone (batch.go)
 }
 
 // NewBus returns a Bus that publishes to and subscribes through d. It
@@ -158,7 +159,8 @@ type subscribeOptions struct {
 	schedSet       bool
 	breaker        *BreakerConfig
 	throttle       *throttleConfig
-	guards         guards // made by Bus.chain from breaker and throttle
+	guards         guards        // made by Bus.chain from breaker and throttle
+	batch          *batchOptions // WithBatch
 }
 
 // validate reports every bad setting of one Subscribe call.
@@ -267,27 +269,46 @@ func (b *Bus) Handle(topic, group string, h HandlerFunc, opts ...SubscribeOption
 // type: the one p encodes et with (codecFor) when it matches, else the
 // one p knows for it.
 func decodeHandler[E any](p *Publisher, et *EventType, h func(context.Context, E, *Message) error) HandlerFunc {
-	preferred := p.codecFor(et)
+	decode := decoder[E](p, et)
 	return func(ctx context.Context, m *Message) error {
-		c := preferred
-		if m.ContentType != c.ContentType() {
-			var err error
-			if c, err = p.codecs.Lookup(m.ContentType); err != nil {
-				return &DecodeError{Topic: m.Topic, MessageID: m.ID, Event: m.Event(), ContentType: m.ContentType, Err: err}
-			}
-		}
-		var e E
-		if err := c.Unmarshal(m.Data, &e); err != nil {
-			return &DecodeError{Topic: m.Topic, MessageID: m.ID, Event: m.Event(), ContentType: m.ContentType, Err: err}
+		e, err := decode(m)
+		if err != nil {
+			return err
 		}
 		return h(ctx, e, m)
 	}
 }
 
+// decoder decodes a message as E (see decodeHandler); its error is a
+// *DecodeError.
+func decoder[E any](p *Publisher, et *EventType) func(m *Message) (E, error) {
+	preferred := p.codecFor(et)
+	return func(m *Message) (E, error) {
+		var e E
+		c := preferred
+		if m.ContentType != c.ContentType() {
+			var err error
+			if c, err = p.codecs.Lookup(m.ContentType); err != nil {
+				return e, &DecodeError{Topic: m.Topic, MessageID: m.ID, Event: m.Event(), ContentType: m.ContentType, Err: err}
+			}
+		}
+		if err := c.Unmarshal(m.Data, &e); err != nil {
+			return e, &DecodeError{Topic: m.Topic, MessageID: m.ID, Event: m.Event(), ContentType: m.ContentType, Err: err}
+		}
+		return e, nil
+	}
+}
+
 func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOption) error {
-	o, err := subscribeOptionsOf(topic, group, h, opts)
+	if h == nil {
+		return fmt.Errorf("herald: handle topic %q group %q: %w", topic, group, ErrNilHandler)
+	}
+	o, err := subscribeOptionsOf(topic, group, opts)
 	if err != nil {
 		return err
+	}
+	if o.batch != nil {
+		return &OptionError{Option: "WithBatch", Value: o.batch.size, Reason: "only for SubscribeBatch and HandleBatch"}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -316,12 +337,9 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 	return nil
 }
 
-// subscribeOptionsOf checks a Subscribe or Handle call and applies its
-// options.
-func subscribeOptionsOf(topic, group string, h HandlerFunc, opts []SubscribeOption) (*subscribeOptions, error) {
-	if h == nil {
-		return nil, fmt.Errorf("herald: handle topic %q group %q: %w", topic, group, ErrNilHandler)
-	}
+// subscribeOptionsOf checks the names of a Subscribe, Handle or batch
+// call and applies its options.
+func subscribeOptionsOf(topic, group string, opts []SubscribeOption) (*subscribeOptions, error) {
 	if err := errors.Join(ValidateName("topic", topic), ValidateName("group", group)); err != nil {
 		return nil, err
 	}
@@ -359,6 +377,8 @@ func (b *Bus) routeFor(topic, group string) (*route, error) {
 // subscription's scheduler settings. It changes nothing when it fails.
 func (r *route) add(event string, chain HandlerFunc, o *subscribeOptions) error {
 	switch {
+	case r.batch != nil:
+		return fmt.Errorf("%w: topic %q group %q has a batch handler, which takes the topic and group alone", ErrDuplicateHandler, r.topic, r.group)
 	case event == "" && (r.raw != nil || len(r.handlers) > 0),
 		event != "" && r.raw != nil:
 		return fmt.Errorf("%w: topic %q group %q mixes raw and typed handlers or has two raw ones", ErrDuplicateHandler, r.topic, r.group)
@@ -470,10 +490,14 @@ func (b *Bus) startRoute(r *route) error {
 	if cfg.OnError == nil {
 		cfg.OnError = b.opts.onError
 	}
+	if r.batch != nil {
+		cfg = batchSchedulerConfig(cfg, r.batch)
+	}
 	s, err := newScheduler(b.driver, r.topic, r.group, b.routeHandler(r), cfg)
 	if err != nil {
 		return err
 	}
+	s.batch = r.batch
 	r.sched = s
 	r.bindStop(s)
 	return s.Start(b.runCtx)

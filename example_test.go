@@ -171,3 +171,40 @@ func ExampleNewAsyncPublisher() {
 	fmt.Println(n.Load(), "handled")
 	// Output: 250 handled
 }
+
+// SubscribeBatch hands the handler up to WithBatch's size events at once,
+// for one bulk write; a BatchError names the items that failed, which are
+// retried or dead-lettered on their own while the rest are acknowledged.
+func ExampleSubscribeBatch() {
+	bus, done := newExampleBus()
+	defer done()
+	herald.MustRegister[UserSignedUp](bus, "users.signed-up")
+	ctx := context.Background()
+	for _, email := range []string{"ada@example.com", "bob@example.com", "cy@example.com"} {
+		if err := bus.Publish(ctx, UserSignedUp{Email: email}); err != nil {
+			panic(err)
+		}
+	}
+	stored := make(chan []string)
+	err := herald.SubscribeBatch(bus, "crm", func(ctx context.Context, batch []herald.Item[UserSignedUp]) error {
+		var rows []string
+		var failures herald.BatchError
+		for i, it := range batch {
+			if it.Event.Email == "" {
+				failures.Fail(i, herald.Permanent(errors.New("no email")))
+				continue
+			}
+			rows = append(rows, it.Event.Email) // one multi-row INSERT in a real handler
+		}
+		stored <- rows
+		return failures.Err()
+	}, herald.WithBatch(3, time.Second), herald.WithDeadLetter())
+	if err != nil {
+		panic(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		panic(err)
+	}
+	fmt.Println("one write of", len(<-stored), "rows")
+	// Output: one write of 3 rows
+}

@@ -40,6 +40,33 @@ func (c DedupConfig) validate() error {
 		badIf(c.Window < 0, "DedupConfig.Window", c.Window, "want 0 (default) or more"))
 }
 
+// withDefaults fills the zero fields of c with their defaults (shared by
+// the dedup middleware and batch handlers).
+func (c DedupConfig) withDefaults() DedupConfig {
+	if c.Lease <= 0 {
+		c.Lease = 5 * time.Minute
+	}
+	if c.Window <= 0 {
+		c.Window = 24 * time.Hour
+	}
+	if c.OnError == nil {
+		c.OnError = func(error) {}
+	}
+	return c
+}
+
+// dedupKey is the processed-set key of m for group (prefix is group + ":").
+// A message a dead-letter redrive addressed to group is keyed by its
+// redrive count too: its dead-lettering marked the ID done, and this copy
+// must run once more.
+func dedupKey(prefix, group string, m *Message) string {
+	key := prefix + m.ID
+	if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
+		key += "#redrive-" + n
+	}
+	return key
+}
+
 // deduplicate runs the handler at most once per (group, message ID) within
 // the window, even for concurrent deliveries of one message: it claims the
 // ID with a lease before running, commits on success and releases on
@@ -54,27 +81,14 @@ func (c DedupConfig) validate() error {
 // is skipped. A skipped duplicate is reported to report (nil: nobody).
 func deduplicate(cfg DedupConfig, group string, report reporter) Middleware {
 	report = report.orNop()
-	if cfg.Lease <= 0 {
-		cfg.Lease = 5 * time.Minute
-	}
-	if cfg.Window <= 0 {
-		cfg.Window = 24 * time.Hour
-	}
-	if cfg.OnError == nil {
-		cfg.OnError = func(error) {}
-	}
+	cfg = cfg.withDefaults()
 	prefix := group + ":"
 	return func(next HandlerFunc) HandlerFunc {
 		return func(ctx context.Context, m *Message) error {
 			if m.ID == "" {
 				return next(ctx, m)
 			}
-			key := prefix + m.ID
-			if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
-				// A redrive to this group: its dead-lettering marked the ID
-				// done, and this copy must run once more.
-				key += "#redrive-" + n
-			}
+			key := dedupKey(prefix, group, m)
 			claim, err := cfg.Storage.Claim(ctx, key, cfg.Lease)
 			if err != nil {
 				return fmt.Errorf("herald: dedup claim %q: %w", key, err)

@@ -46,6 +46,29 @@ func (c RetryConfig) validate() error {
 		badIf(c.AttemptTimeout < 0, "RetryConfig.AttemptTimeout", c.AttemptTimeout, "want 0 (no bound) or more"))
 }
 
+// withDefaults fills the zero fields of c with their defaults (shared by
+// the retry middleware and batch handlers).
+func (c RetryConfig) withDefaults() RetryConfig {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.InitialBackoff <= 0 {
+		c.InitialBackoff = 100 * time.Millisecond
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = max(10*time.Second, c.InitialBackoff)
+	}
+	if c.Jitter == 0 {
+		c.Jitter = 0.2
+	}
+	if c.Retryable == nil {
+		c.Retryable = func(err error) bool {
+			return !IsPermanent(err) && !errors.Is(err, context.Canceled)
+		}
+	}
+	return c
+}
+
 // RetryError is what the retry middleware returns when it gives up: the last error and how
 // many attempts ran. errors.Is and errors.As see through it to that error.
 type RetryError struct {
@@ -98,23 +121,7 @@ func (c retryClassifier) Classify(err error) retrier.Action {
 // is reported to report (nil: nobody) before it runs.
 func retry(cfg RetryConfig, report reporter) Middleware {
 	report = report.orNop()
-	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = 3
-	}
-	if cfg.InitialBackoff <= 0 {
-		cfg.InitialBackoff = 100 * time.Millisecond
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = max(10*time.Second, cfg.InitialBackoff)
-	}
-	if cfg.Jitter == 0 {
-		cfg.Jitter = 0.2
-	}
-	if cfg.Retryable == nil {
-		cfg.Retryable = func(err error) bool {
-			return !IsPermanent(err) && !errors.Is(err, context.Canceled)
-		}
-	}
+	cfg = cfg.withDefaults()
 	backoffs := retrier.LimitedExponentialBackoff(cfg.MaxAttempts-1, cfg.InitialBackoff, cfg.MaxBackoff)
 	return func(next HandlerFunc) HandlerFunc {
 		attempt := next

@@ -111,11 +111,12 @@ func (o *observer) middleware() Middleware {
 }
 
 // log writes the line of one settled delivery. A failure is a warning
-// unless it is no news: the delivery's context ended (shutdown) or
-// another delivery of the message holds its dedup claim.
+// unless it is no news: the delivery's context ended (shutdown), another
+// delivery of the message holds its dedup claim, or (a batch) an earlier
+// message of its key holds it back.
 func (o *observer) log(ctx context.Context, m *Message, took time.Duration, err error, skipped bool) {
 	level := slog.LevelDebug
-	if err != nil && !skipped && ctx.Err() == nil && !errors.Is(err, ErrInProgress) && !heldBack(err) {
+	if err != nil && !skipped && ctx.Err() == nil && !errors.Is(err, ErrInProgress) && !heldBack(err) && !errors.Is(err, ErrHeldBehind) {
 		level = slog.LevelWarn
 	}
 	if !o.logger.Enabled(ctx, level) {

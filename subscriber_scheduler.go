@@ -136,6 +136,8 @@ type scheduler struct {
 	shutdownErr    error
 
 	health healthState // what intake records for Health
+
+	batch *batchPipeline // nil: one message per handler run (see batch_run.go)
 }
 
 // keyQueue holds the deliveries of one key that wait for the running one.
@@ -200,9 +202,13 @@ func (s *scheduler) Start(ctx context.Context) error {
 		s.adopt(sub)
 	}
 	go s.intake(intakeCtx)
-	s.workers.Add(s.cfg.Concurrency)
-	for range s.cfg.Concurrency {
-		go s.work()
+	if s.batch != nil {
+		s.startBatches()
+	} else {
+		s.workers.Add(s.cfg.Concurrency)
+		for range s.cfg.Concurrency {
+			go s.work()
+		}
 	}
 	go func() {
 		select {
