@@ -119,6 +119,32 @@
 //
 //  9. Decode and your handler.
 //
+// # Batch handlers
+//
+// SubscribeBatch and Bus.HandleBatch run a handler on up to WithBatch's
+// size messages at once (a batch is handed over when full, or linger after
+// its first message arrived). The subscription's scheduler is the same:
+// a collector takes ready deliveries, each with the deliveries of its key
+// waiting behind it, into a batch, and WithConcurrency runners each run
+// one batch at a time; a key stays busy until its batch settled. So
+// per-key order holds within a batch (delivery order) and across batches
+// (a key's later message never enters a batch while an earlier one is
+// unsettled).
+//
+// The built-in middleware act per message with the subscription's
+// settings: dedup claims each message and leaves the handled ones out;
+// undecodable messages and those past MaxDeliveries are dead-lettered one
+// by one; the handler's nil acknowledges the batch; a *BatchError fails
+// only the items it names, which retry reruns as a smaller batch and dead
+// letter takes one by one when their attempts are spent; any other error
+// (or a panic) fails every item. After an item of a key fails, the later
+// items of that key in the batch wait and run again once it is settled
+// (ErrHeldBehind when it stays unsettled). Items left unsettled are
+// redelivered in place, as a smaller batch. WithMiddleware, WithBreaker and
+// WithThrottle are refused.
+// One "process <topic>" span per run of a batch, linked to every
+// sender's span; the metrics and the handle hook are per message.
+//
 // # Options
 //
 // An option is accepted only where it acts: Option configures a Bus,
