@@ -40,6 +40,26 @@ func (c DedupConfig) validate() error {
 		badIf(c.Window < 0, "DedupConfig.Window", c.Window, "want 0 (default) or more"))
 }
 
+// DedupKey is the key under which group records m as processed, within
+// the group's own records: m.ID, and for a message a dead-letter redrive
+// addressed to group (HeaderRedriveGroup, HeaderRedriveCount) m.ID +
+// "#redrive-" + the count, so that the redrive runs once more although
+// its dead-lettering marked the ID done, and a second copy of the same
+// redrive is a duplicate. It is "" for a message without an ID, which
+// cannot be deduplicated. The dedup middleware stores it under group +
+// ":"; sql/inbox keys its rows by (group, DedupKey).
+func DedupKey(group string, m *Message) string {
+	if m.ID == "" {
+		return ""
+	}
+	if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
+		// A redrive to this group: its dead-lettering marked the ID
+		// done, and this copy must run once more.
+		return m.ID + "#redrive-" + n
+	}
+	return m.ID
+}
+
 // deduplicate runs the handler at most once per (group, message ID) within
 // the window, even for concurrent deliveries of one message: it claims the
 // ID with a lease before running, commits on success and releases on
@@ -69,12 +89,7 @@ func deduplicate(cfg DedupConfig, group string, report reporter) Middleware {
 			if m.ID == "" {
 				return next(ctx, m)
 			}
-			key := prefix + m.ID
-			if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
-				// A redrive to this group: its dead-lettering marked the ID
-				// done, and this copy must run once more.
-				key += "#redrive-" + n
-			}
+			key := prefix + DedupKey(group, m)
 			claim, err := cfg.Storage.Claim(ctx, key, cfg.Lease)
 			if err != nil {
 				return fmt.Errorf("herald: dedup claim %q: %w", key, err)
