@@ -140,3 +140,18 @@ func (d Dialect) TimeArg(t time.Time) any {
 	}
 	return t
 }
+
+// InsertIgnore returns what goes before and after an INSERT's table and
+// rows so that rows whose key exists are left as they are: the statement
+// then reports no row affected for them. On MySQL it is INSERT IGNORE,
+// which also turns data errors into warnings: check values against their
+// columns before.
+func (d Dialect) InsertIgnore() (head, tail string) {
+	switch d {
+	case MySQL:
+		return "INSERT IGNORE INTO ", ""
+	case SQLite:
+		return "INSERT OR IGNORE INTO ", ""
+	}
+	return "INSERT INTO ", " ON CONFLICT DO NOTHING"
+}
