@@ -461,7 +461,9 @@ func (b *Bus) startRoute(r *route) error {
 		return err
 	}
 	r.sched = s
-	return s.Start(b.runCtx)
+	// The handler contexts derive from this one: they carry the route's
+	// reporter for ReportDuplicate.
+	return s.Start(context.WithValue(b.runCtx, reporterKey{}, reporter(r.obs.report)))
 }
 
 // errSkipped is what dispatch returns for a message the group does not
