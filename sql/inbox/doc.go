@@ -26,8 +26,11 @@
 //     IGNORE, INSERT OR IGNORE), before anything else. If the mark is
 //     already there, an earlier delivery committed: the transaction is
 //     rolled back with nothing in it, the handler does not run, and the
-//     delivery returns nil, so it is acknowledged (WithOnDuplicate hears
-//     of it). If another delivery of the same message holds the mark
+//     delivery returns nil, so it is acknowledged. The subscription
+//     counts it as a duplicate, as herald's dedup middleware does
+//     (herald.ReportDuplicate: the span event herald.duplicate, the
+//     counter herald.messages.deduplicated), and WithOnDuplicate hears
+//     of it. If another delivery of the same message holds the mark
 //     uncommitted, the insert waits for it on the database's row lock:
 //     two concurrent deliveries never both run.
 //  3. It runs the handler with the transaction, and with a context that

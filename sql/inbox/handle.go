@@ -114,6 +114,7 @@ func (ib *Inbox) run(ctx context.Context, group string, m *herald.Message, h fun
 			return fmt.Errorf("inbox: claim %s/%s in %s: %w", group, key, ib.cfg.table, err)
 		}
 		if n == 0 {
+			herald.ReportDuplicate(ctx, m)
 			if ib.cfg.onDuplicate != nil {
 				ib.cfg.onDuplicate(group, m)
 			}
