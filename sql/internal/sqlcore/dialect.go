@@ -1,8 +1,9 @@
-// Package sqlcore is what herald's SQL packages (sql/outbox, sql/sqldriver)
-// share: the dialects and their SQL spellings, table-name checks, the
-// transaction a context carries, the message checks and header encoding of
-// a row, time scanning, transactions on one connection, and the
-// PostgreSQL LISTEN session. Each of those has its owner here.
+// Package sqlcore is what herald's SQL packages (sql/outbox, sql/sqldriver,
+// sql/inbox) share: the dialects and their SQL spellings, table-name
+// checks, migrations under the database's lock, the transaction a context
+// carries, the message checks and header encoding of a row, time
+// scanning, transactions on one connection, and the PostgreSQL LISTEN
+// session. Each of those has its owner here.
 package sqlcore
 
 import (
