@@ -83,6 +83,11 @@
 //
 // # Transactions and the pool
 //
+// An error the database reports in the transaction (a deadlock, a
+// serialization failure under WithTxOptions' REPEATABLE READ or
+// SERIALIZABLE, a lost connection) fails the delivery like a handler
+// error: everything rolls back and the message runs again.
+//
 // Each running handler holds one connection of the *sql.DB for its
 // transaction: give the pool more connections than the subscriptions'
 // concurrency, and do not use the pool (instead of tx) inside a handler
