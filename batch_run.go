@@ -367,7 +367,7 @@ func (p *batchPipeline) admit(ctx context.Context, items []*batchItem) {
 // (unsettled).
 func (p *batchPipeline) claim(ctx context.Context, it *batchItem) bool {
 	m := it.d.Message
-	key := dedupKey(p.group+":", p.group, m)
+	key := p.group + ":" + DedupKey(p.group, m)
 	c, err := p.dedup.Storage.Claim(ctx, key, p.dedup.Lease)
 	if err != nil {
 		it.state, it.err = itemUnsettled, fmt.Errorf("herald: dedup claim %q: %w", key, err)

@@ -500,7 +500,9 @@ func (b *Bus) startRoute(r *route) error {
 	s.batch = r.batch
 	r.sched = s
 	r.bindStop(s)
-	return s.Start(b.runCtx)
+	// The handler contexts derive from this one: they carry the route's
+	// reporter for ReportDuplicate.
+	return s.Start(context.WithValue(b.runCtx, reporterKey{}, reporter(r.obs.report)))
 }
 
 // errSkipped is what dispatch returns for a message the group does not

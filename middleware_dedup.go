@@ -55,16 +55,24 @@ func (c DedupConfig) withDefaults() DedupConfig {
 	return c
 }
 
-// dedupKey is the processed-set key of m for group (prefix is group + ":").
-// A message a dead-letter redrive addressed to group is keyed by its
-// redrive count too: its dead-lettering marked the ID done, and this copy
-// must run once more.
-func dedupKey(prefix, group string, m *Message) string {
-	key := prefix + m.ID
-	if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
-		key += "#redrive-" + n
+// DedupKey is the key under which group records m as processed, within
+// the group's own records: m.ID, and for a message a dead-letter redrive
+// addressed to group (HeaderRedriveGroup, HeaderRedriveCount) m.ID +
+// "#redrive-" + the count, so that the redrive runs once more although
+// its dead-lettering marked the ID done, and a second copy of the same
+// redrive is a duplicate. It is "" for a message without an ID, which
+// cannot be deduplicated. The dedup middleware stores it under group +
+// ":"; sql/inbox keys its rows by (group, DedupKey).
+func DedupKey(group string, m *Message) string {
+	if m.ID == "" {
+		return ""
 	}
-	return key
+	if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
+		// A redrive to this group: its dead-lettering marked the ID
+		// done, and this copy must run once more.
+		return m.ID + "#redrive-" + n
+	}
+	return m.ID
 }
 
 // deduplicate runs the handler at most once per (group, message ID) within
@@ -88,7 +96,7 @@ func deduplicate(cfg DedupConfig, group string, report reporter) Middleware {
 			if m.ID == "" {
 				return next(ctx, m)
 			}
-			key := dedupKey(prefix, group, m)
+			key := prefix + DedupKey(group, m)
 			claim, err := cfg.Storage.Claim(ctx, key, cfg.Lease)
 			if err != nil {
 				return fmt.Errorf("herald: dedup claim %q: %w", key, err)

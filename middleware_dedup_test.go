@@ -126,3 +126,23 @@ func TestDeduplicate(t *testing.T) {
 		}
 	})
 }
+
+func TestDedupKey(t *testing.T) {
+	redrive := func(group, n string) *herald.Message {
+		return &herald.Message{ID: "m-1", Headers: herald.Headers{herald.HeaderRedriveGroup: group, herald.HeaderRedriveCount: n}}
+	}
+	for _, c := range []struct {
+		m    *herald.Message
+		want string
+	}{
+		{&herald.Message{ID: "m-1"}, "m-1"},
+		{&herald.Message{}, ""},
+		{redrive("g", "2"), "m-1#redrive-2"},
+		{redrive("other", "2"), "m-1"}, // addressed to another group
+		{&herald.Message{ID: "m-1", Headers: herald.Headers{herald.HeaderRedriveGroup: "g"}}, "m-1"}, // no count
+	} {
+		if got := herald.DedupKey("g", c.m); got != c.want {
+			t.Errorf("DedupKey(g, %s %v) = %q, want %q", c.m.ID, c.m.Headers, got, c.want)
+		}
+	}
+}

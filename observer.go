@@ -64,6 +64,25 @@ func (r reporter) orNop() reporter {
 	return r
 }
 
+// reporterKey holds the reporter of the subscription whose scheduler a
+// context was started with (Bus.startRoute): every handler context of the
+// subscription carries it, at no cost per delivery.
+type reporterKey struct{}
+
+// ReportDuplicate tells the subscription that ctx belongs to (a handler's
+// context, or one derived from it) that m was skipped because it was
+// already handled: the same span event ("herald.duplicate"), counter
+// (herald.messages.deduplicated) and debug log line as a duplicate the
+// dedup middleware (WithDedup) skips. It is for handlers and middleware
+// that deduplicate on their own, such as sql/inbox, which then return
+// nil to acknowledge m. Outside a Bus subscription's handler it does
+// nothing.
+func ReportDuplicate(ctx context.Context, m *Message) {
+	if r, ok := ctx.Value(reporterKey{}).(reporter); ok && m != nil {
+		r(ctx, event{kind: eventDuplicate, msg: m})
+	}
+}
+
 // observer owns what one subscription (topic, group) tells the outside
 // world about its deliveries: the consumer span, the metrics, the log
 // lines and the handle hook. middleware is the outermost layer of the

@@ -480,3 +480,49 @@ func TestSkippedEventTypesAreCounted(t *testing.T) {
 		t.Errorf("%d hook results, %d skipped, %d handled; want 3, 2 and 1", len(results), skipped, shipped.Load())
 	}
 }
+
+// TestTelemetryReportDuplicate checks that a handler that deduplicates on
+// its own (sql/inbox) reports its duplicates like the dedup middleware:
+// a span event and the deduplicated counter; outside a handler
+// ReportDuplicate does nothing.
+func TestTelemetryReportDuplicate(t *testing.T) {
+	h := newOTelHarness(t)
+	bus, _ := newTestBus(t, h.options()...)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	seen := map[string]bool{}
+	var mu sync.Mutex
+	must(t, herald.Subscribe(bus, "billing", func(ctx context.Context, _ OrderPlaced, m *herald.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[m.ID] {
+			herald.ReportDuplicate(ctx, m)
+			return nil
+		}
+		seen[m.ID] = true
+		return nil
+	}))
+	ctx := testContext(t)
+	herald.ReportDuplicate(ctx, &herald.Message{ID: "x"}) // not a handler's context: nothing
+	must(t, bus.Start(ctx))
+	good, err := bus.Publisher().Encode(ctx, OrderPlaced{ID: "good"})
+	must(t, err)
+	must(t, bus.PublishMessages(ctx, good[0], good[0].Clone()))
+	eventually(t, "two deliveries settled", func() bool {
+		return h.sum(t, "herald.messages.processed") == 2
+	})
+	must(t, bus.Shutdown(ctx))
+	if got := h.sum(t, "herald.messages.deduplicated"); got != 1 {
+		t.Errorf("deduplicated = %d, want 1", got)
+	}
+	dups := 0
+	for _, s := range h.spans.GetSpans() {
+		for _, e := range s.Events {
+			if e.Name == "herald.duplicate" {
+				dups++
+			}
+		}
+	}
+	if dups != 1 {
+		t.Errorf("%d herald.duplicate span events, want 1", dups)
+	}
+}

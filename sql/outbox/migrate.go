@@ -4,11 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"time"
 
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
-
-	"github.com/heraldbus/herald/internal/backoff"
 )
 
 // Migrate creates the outbox table named table, its quarantine table
@@ -26,7 +23,7 @@ import (
 // On SQLite the first connections to a new file race to switch it to WAL
 // (the journal_mode pragma of the recommended DSN), and the losers get
 // SQLITE_BUSY at once, whatever the busy timeout: Migrate retries that for
-// up to sqliteBusyWait, so that instances starting together on a new file
+// up to 30 seconds, so that instances starting together on a new file
 // all migrate. Once one has, the file is in WAL mode for good and later
 // connections, the first writes included, no longer switch it.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
@@ -37,36 +34,10 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 	if db == nil {
 		return fmt.Errorf("outbox: migrate %s: nil *sql.DB", table)
 	}
-	deadline := time.Now().Add(sqliteBusyWait)
-	retry := backoff.New(time.Millisecond, 100*time.Millisecond)
-	for {
-		err = migrateOnce(ctx, db, t)
-		if err == nil || d != SQLite || !sqlcore.IsSQLiteBusy(err) || time.Now().After(deadline) {
-			return err
-		}
-		if !backoff.Sleep(ctx, retry.Next()) {
-			return err
-		}
-	}
-}
-
-// sqliteBusyWait bounds how long Migrate retries SQLITE_BUSY on SQLite.
-const sqliteBusyWait = 30 * time.Second
-
-func migrateOnce(ctx context.Context, db *sql.DB, t table) error {
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("outbox: migrate %s: %w", t.name, err)
-	}
-	defer conn.Close()
-	if err := migrate(ctx, conn, t); err != nil {
+	if err := sqlcore.Migrate(ctx, db, d, t.name, schema(t)); err != nil {
 		return fmt.Errorf("outbox: migrate %s (%v): %w", t.name, t.dialect, err)
 	}
 	return nil
-}
-
-func migrate(ctx context.Context, conn *sql.Conn, t table) error {
-	return sqlcore.MigrateLocked(ctx, conn, t.dialect, t.name, schema(t))
 }
 
 // SchemaVersion is the version of the tables Schema and Migrate create.

@@ -11,7 +11,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -24,6 +23,7 @@ import (
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/internal/backoff"
+	"github.com/heraldbus/herald/sql/internal/sqltest"
 	"github.com/heraldbus/herald/sql/sqldriver"
 )
 
@@ -126,7 +126,7 @@ type crashRun struct {
 	dir  string // the results file and the children's logs
 	rng  *rand.Rand
 
-	live      []*crashChild
+	live      []*sqltest.Child
 	children  int
 	killNotes []string
 	takeovers []time.Duration
@@ -170,9 +170,9 @@ func (r *crashRun) waitEveryMemberOwns() {
 }
 
 // killAtRandom kills the child with SIGKILL at a random moment of its work.
-func (r *crashRun) killAtRandom(c *crashChild) {
+func (r *crashRun) killAtRandom(c *sqltest.Child) {
 	time.Sleep(time.Duration(r.rng.IntN(500)) * time.Millisecond)
-	c.kill()
+	c.Kill()
 	r.dead(c, "by the parent")
 }
 
@@ -180,37 +180,37 @@ func (r *crashRun) killAtRandom(c *crashChild) {
 // message and before its handler returns, so before the acknowledgment.
 // A child that gets nothing to handle (the log was drained) is killed
 // from outside after a while instead.
-func (r *crashRun) killInHandler(c *crashChild) {
-	if _, err := c.stdin.WriteString("die\n"); err != nil {
+func (r *crashRun) killInHandler(c *sqltest.Child) {
+	if _, err := c.Stdin.WriteString("die\n"); err != nil {
 		r.t.Fatal(err)
 	}
 	select {
-	case <-c.exited:
+	case <-c.Exited:
 		r.dead(c, "in its handler")
 	case <-time.After(10 * time.Second):
-		c.kill()
+		c.Kill()
 		r.dead(c, "by the parent (nothing to handle)")
 	}
 }
 
-func (r *crashRun) dead(c *crashChild, how string) {
+func (r *crashRun) dead(c *sqltest.Child, how string) {
 	r.t.Helper()
-	if code := c.cmd.ProcessState.ExitCode(); code != -1 {
-		r.t.Fatalf("%s exited with %d, want killed by a signal", c.name, code)
+	if code := c.Cmd.ProcessState.ExitCode(); code != -1 {
+		r.t.Fatalf("%s exited with %d, want killed by a signal", c.Name, code)
 	}
-	r.live = slices.DeleteFunc(r.live, func(x *crashChild) bool { return x == c })
-	r.killNotes = append(r.killNotes, c.name+" "+how)
+	r.live = slices.DeleteFunc(r.live, func(x *sqltest.Child) bool { return x == c })
+	r.killNotes = append(r.killNotes, c.Name+" "+how)
 }
 
 // waitTakenOver waits until the survivors own every partition, those of
 // the dead member included, and have consumed each up to where the log
 // was after the kill (heads).
-func (r *crashRun) waitTakenOver(victim *crashChild, before map[int]string, heads map[int]int64) {
+func (r *crashRun) waitTakenOver(victim *sqltest.Child, before map[int]string, heads map[int]int64) {
 	r.t.Helper()
 	start := time.Now()
 	known := distinctOwners(before)
 	var now map[int]string
-	drivertest.Eventually(r.t, time.Minute, "the survivors to take over the partitions of "+victim.name, func() bool {
+	drivertest.Eventually(r.t, time.Minute, "the survivors to take over the partitions of "+victim.Name, func() bool {
 		now = r.owners()
 		owners := distinctOwners(now)
 		if len(now) != sqldriver.DefaultPartitions || len(owners) != len(r.live) {
@@ -239,9 +239,9 @@ func (r *crashRun) waitTakenOver(victim *crashChild, before map[int]string, head
 	}
 	slices.Sort(moved)
 	if len(moved) == 0 {
-		r.t.Errorf("%s owned no partition when it was killed: owners before %v, after %v", victim.name, before, now)
+		r.t.Errorf("%s owned no partition when it was killed: owners before %v, after %v", victim.Name, before, now)
 	}
-	r.t.Logf("%s killed; its partitions %v taken over in %v", victim.name, moved, r.takeovers[len(r.takeovers)-1])
+	r.t.Logf("%s killed; its partitions %v taken over in %v", victim.Name, moved, r.takeovers[len(r.takeovers)-1])
 }
 
 // handled returns what the children recorded, in the order they did.
@@ -274,18 +274,7 @@ func distinctOwners(owners map[int]string) []string {
 	return slices.Compact(out)
 }
 
-// crashChild is one member's process. Its standard input, output and
-// error are files, so the parent runs no goroutine copying them; one
-// goroutine waits for its exit.
-type crashChild struct {
-	name   string
-	cmd    *exec.Cmd
-	stdin  *os.File // the parent's end of the child's standard input
-	log    string   // the child's standard output and error
-	exited chan struct{}
-}
-
-// startChild starts a member and registers its end with the test.
+// startChild starts a member (sqltest.StartChild) and registers it.
 func (r *crashRun) startChild() {
 	r.t.Helper()
 	r.children++
@@ -295,52 +284,7 @@ func (r *crashRun) startChild() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	c := &crashChild{name: cfg.Name, log: filepath.Join(r.dir, cfg.Name+".log"), exited: make(chan struct{})}
-	logFile, err := os.Create(c.log)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer logFile.Close()
-	in, out, err := os.Pipe()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer in.Close()
-	c.stdin = out
-	c.cmd = exec.Command(os.Args[0], "-test.run=^TestCrashMembersKilledMidBatch$", "-test.timeout=5m")
-	c.cmd.Env = append(os.Environ(), crashChildEnv+"="+string(env))
-	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = in, logFile, logFile
-	if err := c.cmd.Start(); err != nil {
-		_ = out.Close()
-		r.t.Fatal(err)
-	}
-	go func() {
-		_ = c.cmd.Wait()
-		close(c.exited)
-	}()
-	r.t.Cleanup(func() {
-		c.kill()
-		_ = c.stdin.Close()
-		if r.t.Failed() {
-			b, _ := os.ReadFile(c.log)
-			if len(b) > 4<<10 {
-				b = b[len(b)-4<<10:]
-			}
-			r.t.Logf("%s's log ends:\n%s", c.name, b)
-		}
-	})
-	r.live = append(r.live, c)
-}
-
-// kill ends the child with SIGKILL and waits until it is gone.
-func (c *crashChild) kill() {
-	select {
-	case <-c.exited:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Kill()
-	<-c.exited
+	r.live = append(r.live, sqltest.StartChild(r.t, r.dir, cfg.Name, "^TestCrashMembersKilledMidBatch$", crashChildEnv+"="+string(env)))
 }
 
 // stopChildren closes the live children's input, which shuts them down
@@ -348,17 +292,10 @@ func (c *crashChild) kill() {
 func (r *crashRun) stopChildren() {
 	r.t.Helper()
 	for _, c := range r.live {
-		_ = c.stdin.Close()
+		_ = c.Stdin.Close()
 	}
 	for _, c := range r.live {
-		select {
-		case <-c.exited:
-		case <-time.After(time.Minute):
-			r.t.Fatalf("%s did not shut down within a minute", c.name)
-		}
-		if code := c.cmd.ProcessState.ExitCode(); code != 0 {
-			r.t.Errorf("%s exited with %d after its input closed, want 0", c.name, code)
-		}
+		c.Stop(r.t, time.Minute)
 	}
 }
 
@@ -422,7 +359,7 @@ func runCrashChild() int {
 			return err
 		}
 		if dying {
-			killSelf()
+			sqltest.KillSelf()
 		}
 		return nil
 	}, herald.WithConcurrency(4))
@@ -447,14 +384,6 @@ func runCrashChild() int {
 		return fail(fmt.Errorf("close: %w", err))
 	}
 	return 0
-}
-
-// killSelf sends this process SIGKILL and waits for it to arrive.
-func killSelf() {
-	if p, err := os.FindProcess(os.Getpid()); err == nil {
-		_ = p.Kill()
-	}
-	time.Sleep(time.Minute)
 }
 
 // sent is a message as its producer wrote it: its key and its number in

@@ -3,9 +3,7 @@ package sqldriver
 import (
 	"context"
 	"strconv"
-	"time"
 
-	"github.com/heraldbus/herald/internal/backoff"
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
 )
 
@@ -70,17 +68,9 @@ func (n names) ph(i int) string {
 	return "?"
 }
 
-// insertIgnore returns what goes before and after an INSERT's table and
-// rows so that rows whose key exists are left as they are.
-func (n names) insertIgnore() (head, tail string) {
-	switch n.d {
-	case sqlcore.MySQL:
-		return "INSERT IGNORE INTO ", ""
-	case sqlcore.SQLite:
-		return "INSERT OR IGNORE INTO ", ""
-	}
-	return "INSERT INTO ", " ON CONFLICT DO NOTHING"
-}
+// insertIgnore is the dialect's INSERT that leaves existing rows alone
+// (sqlcore.Dialect.InsertIgnore).
+func (n names) insertIgnore() (head, tail string) { return n.d.InsertIgnore() }
 
 // Schema returns the statements Migrate runs, for teams whose migrations
 // are run by a tool: idempotent, in order, without a trailing semicolon.
@@ -249,27 +239,8 @@ func schema(n names, partitions int) []string {
 // locks as outbox.Migrate); run it at deploy or start-up, never inside a
 // business transaction.
 func (d *Driver) Migrate(ctx context.Context) error {
-	deadline := time.Now().Add(30 * time.Second)
-	retry := backoff.New(time.Millisecond, 100*time.Millisecond)
-	for {
-		err := d.migrateOnce(ctx)
-		if err == nil || d.n.d != sqlcore.SQLite || !sqlcore.IsSQLiteBusy(err) || time.Now().After(deadline) {
-			if err != nil {
-				return fail("migrate", "", "", d.n.name, err)
-			}
-			return nil
-		}
-		if !backoff.Sleep(ctx, retry.Next()) {
-			return fail("migrate", "", "", d.n.name, err)
-		}
+	if err := sqlcore.Migrate(ctx, d.db, d.n.d, "log:"+d.n.name, d.Schema()); err != nil {
+		return fail("migrate", "", "", d.n.name, err)
 	}
-}
-
-func (d *Driver) migrateOnce(ctx context.Context) error {
-	conn, err := d.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return sqlcore.MigrateLocked(ctx, conn, d.n.d, "log:"+d.n.name, d.Schema())
+	return nil
 }

@@ -9,6 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"time"
+
+	"github.com/heraldbus/herald/internal/backoff"
 )
 
 // Execer is what InTx hands its function: a *sql.Tx, or the *sql.Conn
@@ -119,6 +122,38 @@ func MigrateLocked(ctx context.Context, conn *sql.Conn, d Dialect, name string, 
 	default:
 		return InTx(ctx, conn, d, func(tx Execer) error { return execAll(ctx, tx, stmts) })
 	}
+}
+
+// SQLiteBusyWait bounds how long Migrate retries SQLITE_BUSY on SQLite.
+const SQLiteBusyWait = 30 * time.Second
+
+// Migrate runs stmts with MigrateLocked on a connection of db. On SQLite
+// the first connections to a new file race to switch it to WAL (the
+// journal_mode pragma of the recommended DSN), and the losers get
+// SQLITE_BUSY at once, whatever the busy timeout: Migrate retries that
+// for up to SQLiteBusyWait, so that instances starting together on a new
+// file all migrate.
+func Migrate(ctx context.Context, db *sql.DB, d Dialect, name string, stmts []string) error {
+	deadline := time.Now().Add(SQLiteBusyWait)
+	retry := backoff.New(time.Millisecond, 100*time.Millisecond)
+	for {
+		err := migrateOnce(ctx, db, d, name, stmts)
+		if err == nil || d != SQLite || !IsSQLiteBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		if !backoff.Sleep(ctx, retry.Next()) {
+			return err
+		}
+	}
+}
+
+func migrateOnce(ctx context.Context, db *sql.DB, d Dialect, name string, stmts []string) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return MigrateLocked(ctx, conn, d, name, stmts)
 }
 
 func execAll(ctx context.Context, x Execer, stmts []string) error {

@@ -1,8 +1,9 @@
-// Package sqlcore is what herald's SQL packages (sql/outbox, sql/sqldriver)
-// share: the dialects and their SQL spellings, table-name checks, the
-// transaction a context carries, the message checks and header encoding of
-// a row, time scanning, transactions on one connection, and the
-// PostgreSQL LISTEN session. Each of those has its owner here.
+// Package sqlcore is what herald's SQL packages (sql/outbox, sql/sqldriver,
+// sql/inbox) share: the dialects and their SQL spellings, table-name
+// checks, migrations under the database's lock, the transaction a context
+// carries, the message checks and header encoding of a row, time
+// scanning, transactions on one connection, and the PostgreSQL LISTEN
+// session. Each of those has its owner here.
 package sqlcore
 
 import (
@@ -139,4 +140,19 @@ func (d Dialect) TimeArg(t time.Time) any {
 		return t.UnixMicro()
 	}
 	return t
+}
+
+// InsertIgnore returns what goes before and after an INSERT's table and
+// rows so that rows whose key exists are left as they are: the statement
+// then reports no row affected for them. On MySQL it is INSERT IGNORE,
+// which also turns data errors into warnings: check values against their
+// columns before.
+func (d Dialect) InsertIgnore() (head, tail string) {
+	switch d {
+	case MySQL:
+		return "INSERT IGNORE INTO ", ""
+	case SQLite:
+		return "INSERT OR IGNORE INTO ", ""
+	}
+	return "INSERT INTO ", " ON CONFLICT DO NOTHING"
 }

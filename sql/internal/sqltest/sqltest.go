@@ -1,6 +1,7 @@
 // Package sqltest is the test support the SQL packages share: a database
 // under test (the real PostgreSQL or MariaDB server the environment
-// names, or an SQLite file), opened and quoted one way.
+// names, or an SQLite file), opened and quoted one way, and the child
+// processes of the crash tests (Child).
 package sqltest
 
 import (
