@@ -58,11 +58,15 @@ func (c DedupConfig) withDefaults() DedupConfig {
 // dedupKey is the processed-set key of m for group (prefix is group + ":").
 // A message a dead-letter redrive addressed to group is keyed by its
 // redrive count too: its dead-lettering marked the ID done, and this copy
-// must run once more.
+// must run once more. A retry copy addressed to group (WithRetryLater) is
+// keyed by its round, for the same reason.
 func dedupKey(prefix, group string, m *Message) string {
 	key := prefix + m.ID
 	if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
 		key += "#redrive-" + n
+	}
+	if n := m.Headers.Get(HeaderRetryRound); n != "" && m.Headers.Get(HeaderRetryGroup) == group {
+		key += "#retry-" + n
 	}
 	return key
 }

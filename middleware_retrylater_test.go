@@ -1,0 +1,202 @@
+package herald_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/drivertest"
+	"github.com/heraldbus/herald/memory/memtest"
+)
+
+type laterEvent struct{ N int }
+
+// Key puts every laterEvent on one key: per-key order is what
+// WithRetryLater gives up.
+func (laterEvent) Key() string { return "k" }
+
+// encodeLater encodes e with bus, with a trace context to check it is kept.
+func encodeLater(t *testing.T, bus *herald.Bus, e laterEvent) *herald.Message {
+	t.Helper()
+	msgs, err := bus.Publisher().Encode(context.Background(), e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs[0].Headers["traceparent"] = laterTrace
+	return msgs[0]
+}
+
+const laterTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+// laterRun is one run of a handler: the event, when, and the round and
+// attempt the context said.
+type laterRun struct {
+	n, round, attempt int
+	at                time.Time
+	headers           herald.Headers
+}
+
+type laterRuns struct {
+	mu   sync.Mutex
+	runs []laterRun
+}
+
+func (r *laterRuns) add(ctx context.Context, e laterEvent, m *herald.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.runs = append(r.runs, laterRun{n: e.N, round: herald.RetryRound(ctx), attempt: herald.Attempt(ctx), at: time.Now(), headers: m.Headers})
+}
+
+func (r *laterRuns) all() []laterRun {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]laterRun(nil), r.runs...)
+}
+
+func (r *laterRuns) of(n int) []laterRun {
+	var out []laterRun
+	for _, run := range r.all() {
+		if run.n == n {
+			out = append(out, run)
+		}
+	}
+	return out
+}
+
+// deadLetters collects what reaches topic's dead-letter topic.
+func deadLetters(t *testing.T, bus *herald.Bus, topic string) func() []*herald.Message {
+	t.Helper()
+	var mu sync.Mutex
+	var got []*herald.Message
+	if err := bus.Handle(herald.DeadLetterTopic(topic), "dlq-reader", func(_ context.Context, m *herald.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, m.Clone())
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return func() []*herald.Message {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]*herald.Message(nil), got...)
+	}
+}
+
+func startBus(t *testing.T, bus *herald.Bus, ctx context.Context) {
+	t.Helper()
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := bus.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+func TestRetryLaterLetsTheKeyGoOnThenDeadLetters(t *testing.T) {
+	var mu sync.Mutex
+	var skipped, handledOther int
+	bus, err := herald.NewBus(memtest.Broker(t), herald.WithHandleHook(func(r herald.HandleResult) {
+		if r.Group == "other" {
+			mu.Lock()
+			defer mu.Unlock()
+			if r.Skipped {
+				skipped++
+			} else {
+				handledOther++
+			}
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	herald.MustRegister[laterEvent](bus, "later.events")
+	ctx := testContext(t)
+	const backoff = 300 * time.Millisecond
+	var runs laterRuns
+	failing := errors.New("downstream says no")
+	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		runs.add(ctx, e, m)
+		if e.N == 1 {
+			return failing
+		}
+		return nil
+	}, herald.WithRetry(herald.RetryConfig{MaxAttempts: 2, InitialBackoff: time.Millisecond}),
+		herald.WithRetryLater(herald.RetryLaterConfig{Rounds: 2, Backoff: backoff, Jitter: -1}),
+		herald.WithDeadLetter()))
+	var other laterRuns
+	must(t, herald.Subscribe(bus, "other", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		other.add(ctx, e, m)
+		return nil
+	}))
+	dlq := deadLetters(t, bus, "later.events")
+	startBus(t, bus, ctx)
+
+	tp := laterTrace
+	first := encodeLater(t, bus, laterEvent{N: 1})
+	if err := bus.PublishMessages(ctx, first, encodeLater(t, bus, laterEvent{N: 2})); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 30*time.Second, "dead letter after the last round", func() bool { return len(dlq()) == 1 })
+
+	ones := runs.of(1)
+	if len(ones) != 6 {
+		t.Fatalf("event 1 ran %d times, want 3 rounds × 2 attempts: %+v", len(ones), ones)
+	}
+	for i, r := range ones {
+		if wantRound, wantAttempt := i/2, i%2+1; r.round != wantRound || r.attempt != wantAttempt {
+			t.Errorf("run %d: round %d attempt %d, want round %d attempt %d", i, r.round, r.attempt, wantRound, wantAttempt)
+		}
+		if r.headers["traceparent"] != tp {
+			t.Errorf("run %d: traceparent %q, want it kept", i, r.headers["traceparent"])
+		}
+	}
+	// Not before the backoff: round 1 a backoff after round 0's failure,
+	// round 2 twice that after round 1's.
+	if d := ones[2].at.Sub(ones[1].at); d < backoff {
+		t.Errorf("round 1 ran %v after round 0 failed, before its backoff %v", d, backoff)
+	}
+	if d := ones[4].at.Sub(ones[3].at); d < 2*backoff {
+		t.Errorf("round 2 ran %v after round 1 failed, before its backoff %v", d, 2*backoff)
+	}
+	// The key's later message did not wait for the retry rounds.
+	twos := runs.of(2)
+	if len(twos) != 1 {
+		t.Fatalf("event 2 ran %d times, want 1", len(twos))
+	}
+	if !twos[0].at.Before(ones[2].at) {
+		t.Error("event 2 was handled only after event 1's first retry round: its key was held")
+	}
+
+	dl := dlq()[0]
+	rec := herald.ReadDeadLetter(dl)
+	if rec.Attempts != 6 || rec.Group != "g" || rec.Topic != "later.events" {
+		t.Errorf("dead-letter record %+v, want 6 attempts of group g from later.events", rec)
+	}
+	if !strings.Contains(rec.Reason, "2 later round(s)") || !strings.Contains(rec.Reason, failing.Error()) {
+		t.Errorf("reason %q, want the rounds and the handler's error", rec.Reason)
+	}
+	if dl.ID != first.ID || dl.Key != "k" || string(dl.Data) != `{"N":1}` || dl.Headers["traceparent"] != tp {
+		t.Errorf("dead letter %+v lost the message's ID, key, payload or traceparent", dl)
+	}
+	for _, h := range []string{herald.HeaderRetryGroup, herald.HeaderRetryRound, herald.HeaderRetryAttempts} {
+		if v, ok := dl.Headers[h]; ok {
+			t.Errorf("dead letter keeps %s = %q; a redrive must start its rounds anew", h, v)
+		}
+	}
+	// The other group handled the original once and skipped both copies.
+	if n := len(other.of(1)); n != 1 {
+		t.Errorf("group other ran event 1 %d times, want 1 (the copies are not for it)", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if skipped != 2 {
+		t.Errorf("group other skipped %d deliveries, want the 2 copies", skipped)
+	}
+}
