@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,5 +199,178 @@ func TestRetryLaterLetsTheKeyGoOnThenDeadLetters(t *testing.T) {
 	defer mu.Unlock()
 	if skipped != 2 {
 		t.Errorf("group other skipped %d deliveries, want the 2 copies", skipped)
+	}
+}
+
+// newLaterBus is a Bus on a memory broker with laterEvent registered.
+func newLaterBus(t *testing.T, d herald.Driver, opts ...herald.Option) *herald.Bus {
+	t.Helper()
+	bus, err := herald.NewBus(d, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	herald.MustRegister[laterEvent](bus, "later.events")
+	return bus
+}
+
+func TestRetryLaterWithDedup(t *testing.T) {
+	bus := newLaterBus(t, memtest.Broker(t))
+	ctx := testContext(t)
+	var runs laterRuns
+	var dups atomic.Int32
+	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		runs.add(ctx, e, m)
+		if herald.RetryRound(ctx) == 0 {
+			return errors.New("first time fails")
+		}
+		return nil
+	}, herald.WithDedupConfig(herald.DedupConfig{Storage: newDedupStore(t), OnDuplicate: func(*herald.Message) { dups.Add(1) }}),
+		herald.WithRetryLater(herald.RetryLaterConfig{Rounds: 3, Backoff: 200 * time.Millisecond}),
+		herald.WithDeadLetter()))
+	dlq := deadLetters(t, bus, "later.events")
+	startBus(t, bus, ctx)
+	m := encodeLater(t, bus, laterEvent{N: 1})
+	if err := bus.PublishMessages(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	// The failed delivery was marked done: the copy of round 1 still runs.
+	drivertest.Eventually(t, 30*time.Second, "round 1 handled", func() bool { return len(runs.all()) == 2 })
+	if r := runs.all()[1]; r.round != 1 {
+		t.Fatalf("second run in round %d, want 1", r.round)
+	}
+	// A duplicate of the original and a second copy of round 1 are skipped.
+	dupCopy := m.Clone()
+	dupCopy.Headers[herald.HeaderRetryGroup] = "g"
+	dupCopy.Headers[herald.HeaderRetryRound] = "1"
+	dupCopy.Headers[herald.HeaderRetryAttempts] = "1"
+	if err := bus.PublishMessages(ctx, m.Clone(), dupCopy); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 30*time.Second, "both duplicates skipped", func() bool { return dups.Load() == 2 })
+	if n := len(runs.all()); n != 2 {
+		t.Errorf("handler ran %d times, want 2 (the duplicates skipped)", n)
+	}
+	if n := len(dlq()); n != 0 {
+		t.Errorf("%d dead letters, want none", n)
+	}
+}
+
+func TestRetryLaterPermanentGoesStraightToDeadLetter(t *testing.T) {
+	bus := newLaterBus(t, memtest.Broker(t))
+	ctx := testContext(t)
+	var runs laterRuns
+	var copies atomic.Int32
+	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		runs.add(ctx, e, m)
+		return herald.Permanent(errors.New("bad order"))
+	}, herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond,
+		OnRetryLater: func(*herald.Message, int, time.Time, error) { copies.Add(1) }}),
+		herald.WithDeadLetter()))
+	// Undecodable: on the same topic, a payload laterEvent cannot take.
+	dlq := deadLetters(t, bus, "later.events")
+	startBus(t, bus, ctx)
+	bad := encodeLater(t, bus, laterEvent{N: 2})
+	bad.Data = []byte("{not json")
+	if err := bus.PublishMessages(ctx, encodeLater(t, bus, laterEvent{N: 1}), bad); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 30*time.Second, "both dead-lettered", func() bool { return len(dlq()) == 2 })
+	if n := len(runs.all()); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+	if n := copies.Load(); n != 0 {
+		t.Errorf("%d retry copies written for permanent failures", n)
+	}
+	for _, dl := range dlq() {
+		if rec := herald.ReadDeadLetter(dl); rec.Attempts != 1 {
+			t.Errorf("dead letter %s: %d attempts, want 1", dl.ID, rec.Attempts)
+		}
+	}
+}
+
+// noDelay is a driver that cannot delay: its Writer is not a DelayedWriter.
+type noDelay struct{ herald.Driver }
+
+// failingCopies is a memory driver whose Write of a retry copy fails the
+// first fail times.
+type failingCopies struct {
+	herald.Driver
+	fail atomic.Int32
+}
+
+func (d *failingCopies) DelayPrecision() time.Duration { return time.Millisecond }
+
+func (d *failingCopies) Write(ctx context.Context, msgs []*herald.Message) error {
+	for _, m := range msgs {
+		if m.Headers[herald.HeaderRetryRound] != "" && d.fail.Add(-1) >= 0 {
+			return errors.New("broker unavailable")
+		}
+	}
+	return d.Driver.Write(ctx, msgs)
+}
+
+func TestRetryLaterRefused(t *testing.T) {
+	ok := []herald.SubscribeOption{herald.WithRetryLater(herald.RetryLaterConfig{}), herald.WithDeadLetter()}
+	h := func(context.Context, laterEvent, *herald.Message) error { return nil }
+
+	err := herald.Subscribe(newLaterBus(t, noDelay{memtest.Broker(t)}), "g", h, ok...)
+	var de *herald.DelayError
+	if !errors.As(err, &de) || !errors.Is(err, herald.ErrDelayNotSupported) || de.Topic != "later.events" {
+		t.Errorf("driver that cannot delay: %v, want a *herald.DelayError wrapping ErrDelayNotSupported", err)
+	}
+	bus := newLaterBus(t, memtest.Broker(t))
+	var oe *herald.OptionError
+	if err := herald.Subscribe(bus, "g", h, herald.WithRetryLater(herald.RetryLaterConfig{})); !errors.As(err, &oe) || oe.Option != "WithRetryLater" {
+		t.Errorf("without WithDeadLetter: %v, want an *OptionError for WithRetryLater", err)
+	}
+	for _, c := range []herald.RetryLaterConfig{
+		{Rounds: -1}, {Backoff: -time.Second}, {MaxBackoff: -1}, {Backoff: time.Minute, MaxBackoff: time.Second},
+		{Jitter: 1.5}, {MaxBackoff: herald.MaxDelay + time.Hour},
+	} {
+		err := herald.Subscribe(bus, "g", h, herald.WithRetryLater(c), herald.WithDeadLetter())
+		if !errors.As(err, &oe) || !errors.Is(err, herald.ErrInvalidOption) || !strings.HasPrefix(oe.Option, "RetryLaterConfig.") {
+			t.Errorf("%+v: %v, want an *OptionError", c, err)
+		}
+	}
+	err = herald.SubscribeBatch(bus, "b", func(context.Context, []herald.Item[laterEvent]) error { return nil }, ok...)
+	if !errors.As(err, &oe) || oe.Option != "WithRetryLater" {
+		t.Errorf("batch handler: %v, want an *OptionError for WithRetryLater", err)
+	}
+	// Nothing was half-registered: a good Subscribe of g still works.
+	if err := herald.Subscribe(bus, "g", h, ok...); err != nil {
+		t.Errorf("good Subscribe after refusals: %v", err)
+	}
+}
+
+func TestRetryLaterCopyNotWrittenRedeliversInPlace(t *testing.T) {
+	d := &failingCopies{Driver: memtest.Broker(t)}
+	d.fail.Store(1)
+	var errs atomic.Int32
+	bus := newLaterBus(t, d, herald.WithErrorHandler(func(error) { errs.Add(1) }))
+	ctx := testContext(t)
+	var runs laterRuns
+	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		runs.add(ctx, e, m)
+		if herald.RetryRound(ctx) == 0 {
+			return errors.New("fails in round 0")
+		}
+		return nil
+	}, herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond}), herald.WithDeadLetter(),
+		herald.WithScheduler(herald.SchedulerConfig{RedeliveryBackoff: 10 * time.Millisecond})))
+	dlq := deadLetters(t, bus, "later.events")
+	startBus(t, bus, ctx)
+	if err := bus.PublishMessages(ctx, encodeLater(t, bus, laterEvent{N: 1})); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 30*time.Second, "round 1 handled", func() bool {
+		all := runs.all()
+		return len(all) > 0 && all[len(all)-1].round == 1
+	})
+	all := runs.all()
+	if len(all) != 3 || all[0].round != 0 || all[1].round != 0 {
+		t.Errorf("runs %+v, want round 0 twice (the first copy's write failed: redelivered in place), then round 1", all)
+	}
+	if n := len(dlq()); n != 0 {
+		t.Errorf("%d dead letters: a failed copy write must not dead-letter", n)
 	}
 }
