@@ -374,3 +374,67 @@ func TestRetryLaterCopyNotWrittenRedeliversInPlace(t *testing.T) {
 		t.Errorf("%d dead letters: a failed copy write must not dead-letter", n)
 	}
 }
+
+// With a breaker, the failure that opens it holds the message: it runs
+// again when the breaker probes, and spends no round.
+func TestRetryLaterWithBreakerHolds(t *testing.T) {
+	bus := newLaterBus(t, memtest.Broker(t))
+	ctx := testContext(t)
+	var runs laterRuns
+	var copies atomic.Int32
+	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		runs.add(ctx, e, m)
+		if len(runs.all()) == 1 {
+			return errors.New("downstream down")
+		}
+		return nil
+	}, herald.WithBreaker(herald.BreakerConfig{Failures: 1, CoolDown: 200 * time.Millisecond}),
+		herald.WithRetryLater(herald.RetryLaterConfig{Backoff: time.Hour,
+			OnRetryLater: func(*herald.Message, int, time.Time, error) { copies.Add(1) }}),
+		herald.WithDeadLetter()))
+	startBus(t, bus, ctx)
+	if err := bus.PublishMessages(ctx, encodeLater(t, bus, laterEvent{N: 1})); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 30*time.Second, "the probe ran the held message", func() bool { return len(runs.all()) == 2 })
+	if all := runs.all(); all[1].round != 0 {
+		t.Errorf("probe ran round %d, want 0 (held, not re-published)", all[1].round)
+	}
+	if n := copies.Load(); n != 0 {
+		t.Errorf("%d retry copies written while the breaker held the message", n)
+	}
+}
+
+// A batch group on the topic skips the copies addressed to another group.
+func TestRetryLaterCopySkippedByBatchGroup(t *testing.T) {
+	var skipped atomic.Int32
+	bus := newLaterBus(t, memtest.Broker(t), herald.WithHandleHook(func(r herald.HandleResult) {
+		if r.Group == "batch" && r.Skipped {
+			skipped.Add(1)
+		}
+	}))
+	ctx := testContext(t)
+	var batched atomic.Int32
+	var runs laterRuns
+	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		runs.add(ctx, e, m)
+		if herald.RetryRound(ctx) == 0 {
+			return errors.New("fails once")
+		}
+		return nil
+	}, herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond}), herald.WithDeadLetter()))
+	must(t, herald.SubscribeBatch(bus, "batch", func(_ context.Context, items []herald.Item[laterEvent]) error {
+		batched.Add(int32(len(items)))
+		return nil
+	}, herald.WithBatch(10, 10*time.Millisecond)))
+	startBus(t, bus, ctx)
+	if err := bus.PublishMessages(ctx, encodeLater(t, bus, laterEvent{N: 1})); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 30*time.Second, "round 1 handled, the copy skipped by the batch group", func() bool {
+		return len(runs.all()) == 2 && skipped.Load() == 1
+	})
+	if n := batched.Load(); n != 1 {
+		t.Errorf("batch group handled %d messages, want 1 (the original only)", n)
+	}
+}
