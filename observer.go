@@ -182,6 +182,7 @@ func (o *observer) report(ctx context.Context, e event) {
 				semconv.ErrorTypeKey.String(telemetry.ErrorType(e.err)),
 				attribute.String("herald.previous_error", e.err.Error())))
 		}
+		o.tel.count(ctx, retriedLater)
 		o.logger.LogAttrs(ctx, slog.LevelInfo, "herald: retrying later", append(attrs,
 			slog.Int("round", e.attempt), slog.Time("due", e.due), slog.Any("error", e.err))...)
 	}
@@ -276,3 +277,4 @@ func (t *subscriptionTelemetry) count(ctx context.Context, which func(*consumerI
 func retried(in *consumerInstruments) metric.Int64Counter      { return in.retried }
 func deduplicated(in *consumerInstruments) metric.Int64Counter { return in.deduplicated }
 func deadLettered(in *consumerInstruments) metric.Int64Counter { return in.deadLettered }
+func retriedLater(in *consumerInstruments) metric.Int64Counter { return in.retriedLater }
