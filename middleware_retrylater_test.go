@@ -438,3 +438,32 @@ func TestRetryLaterCopySkippedByBatchGroup(t *testing.T) {
 		t.Errorf("batch group handled %d messages, want 1 (the original only)", n)
 	}
 }
+
+// A permanent error in a later round is dead-lettered at once, with the
+// attempts of the earlier rounds counted.
+func TestRetryLaterPermanentInLaterRound(t *testing.T) {
+	bus := newLaterBus(t, memtest.Broker(t))
+	ctx := testContext(t)
+	var runs laterRuns
+	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		runs.add(ctx, e, m)
+		if herald.RetryRound(ctx) == 0 {
+			return errors.New("try later")
+		}
+		return herald.Permanent(errors.New("now it is hopeless"))
+	}, herald.WithRetry(herald.RetryConfig{MaxAttempts: 3, InitialBackoff: time.Millisecond}),
+		herald.WithRetryLater(herald.RetryLaterConfig{Rounds: 5, Backoff: 200 * time.Millisecond}),
+		herald.WithDeadLetter()))
+	dlq := deadLetters(t, bus, "later.events")
+	startBus(t, bus, ctx)
+	if err := bus.PublishMessages(ctx, encodeLater(t, bus, laterEvent{N: 1})); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 30*time.Second, "dead-lettered", func() bool { return len(dlq()) == 1 })
+	if n := len(runs.all()); n != 4 {
+		t.Errorf("handler ran %d times, want 3 attempts in round 0 and 1 in round 1", n)
+	}
+	if rec := herald.ReadDeadLetter(dlq()[0]); rec.Attempts != 4 || !strings.Contains(rec.Reason, "hopeless") {
+		t.Errorf("dead-letter record %+v, want 4 attempts and the permanent error", rec)
+	}
+}
