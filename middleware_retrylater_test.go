@@ -52,6 +52,18 @@ func (r *laterRuns) add(ctx context.Context, e laterEvent, m *herald.Message) {
 	r.runs = append(r.runs, laterRun{n: e.N, round: herald.RetryRound(ctx), attempt: herald.Attempt(ctx), at: time.Now(), headers: m.Headers})
 }
 
+// failRoundZero is a handler that records its runs in r and fails a
+// message's own delivery (round 0), succeeding in its retry rounds.
+func (r *laterRuns) failRoundZero() func(context.Context, laterEvent, *herald.Message) error {
+	return func(ctx context.Context, e laterEvent, m *herald.Message) error {
+		r.add(ctx, e, m)
+		if herald.RetryRound(ctx) == 0 {
+			return errors.New("fails in round 0")
+		}
+		return nil
+	}
+}
+
 func (r *laterRuns) all() []laterRun {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -218,13 +230,7 @@ func TestRetryLaterWithDedup(t *testing.T) {
 	ctx := testContext(t)
 	var runs laterRuns
 	var dups atomic.Int32
-	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
-		runs.add(ctx, e, m)
-		if herald.RetryRound(ctx) == 0 {
-			return errors.New("first time fails")
-		}
-		return nil
-	}, herald.WithDedupConfig(herald.DedupConfig{Storage: newDedupStore(t), OnDuplicate: func(*herald.Message) { dups.Add(1) }}),
+	must(t, herald.Subscribe(bus, "g", runs.failRoundZero(), herald.WithDedupConfig(herald.DedupConfig{Storage: newDedupStore(t), OnDuplicate: func(*herald.Message) { dups.Add(1) }}),
 		herald.WithRetryLater(herald.RetryLaterConfig{Rounds: 3, Backoff: 200 * time.Millisecond}),
 		herald.WithDeadLetter()))
 	dlq := deadLetters(t, bus, "later.events")
@@ -349,13 +355,7 @@ func TestRetryLaterCopyNotWrittenRedeliversInPlace(t *testing.T) {
 	bus := newLaterBus(t, d, herald.WithErrorHandler(func(error) { errs.Add(1) }))
 	ctx := testContext(t)
 	var runs laterRuns
-	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
-		runs.add(ctx, e, m)
-		if herald.RetryRound(ctx) == 0 {
-			return errors.New("fails in round 0")
-		}
-		return nil
-	}, herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond}), herald.WithDeadLetter(),
+	must(t, herald.Subscribe(bus, "g", runs.failRoundZero(), herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond}), herald.WithDeadLetter(),
 		herald.WithScheduler(herald.SchedulerConfig{RedeliveryBackoff: 10 * time.Millisecond})))
 	dlq := deadLetters(t, bus, "later.events")
 	startBus(t, bus, ctx)
@@ -416,13 +416,7 @@ func TestRetryLaterCopySkippedByBatchGroup(t *testing.T) {
 	ctx := testContext(t)
 	var batched atomic.Int32
 	var runs laterRuns
-	must(t, herald.Subscribe(bus, "g", func(ctx context.Context, e laterEvent, m *herald.Message) error {
-		runs.add(ctx, e, m)
-		if herald.RetryRound(ctx) == 0 {
-			return errors.New("fails once")
-		}
-		return nil
-	}, herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond}), herald.WithDeadLetter()))
+	must(t, herald.Subscribe(bus, "g", runs.failRoundZero(), herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond}), herald.WithDeadLetter()))
 	must(t, herald.SubscribeBatch(bus, "batch", func(_ context.Context, items []herald.Item[laterEvent]) error {
 		batched.Add(int32(len(items)))
 		return nil
