@@ -28,9 +28,9 @@ type RetryLaterConfig struct {
 	// Jitter lengthens each wait by up to Jitter of itself (default 0.2; a
 	// negative value disables it). A copy is never due before its backoff.
 	Jitter float64
-	// Retryable decides whether a failure is worth a later round. Default:
-	// every error except permanent ones (Permanent, undecodable payloads),
-	// which go to the dead-letter topic at once.
+	// Retryable decides whether a failure is worth a later round; one it
+	// refuses goes to the dead-letter topic at once. Default: every error
+	// except permanent ones (Permanent, undecodable payloads).
 	Retryable func(error) bool
 	// OnRetryLater, if set, is called after a copy was written, with the
 	// failed message, the copy's round, when it is due and the error. It
