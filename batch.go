@@ -228,6 +228,10 @@ func (o *subscribeOptions) validateBatch() error {
 		errs = append(errs, &OptionError{Option: "WithMiddleware", Value: len(o.middleware),
 			Reason: "not for batch handlers: a Middleware wraps one message"})
 	}
+	if o.retryLater != nil {
+		errs = append(errs, &OptionError{Option: "WithRetryLater", Value: o.retryLater.Rounds,
+			Reason: "not for batch handlers: a batch settles its items in place"})
+	}
 	if o.breaker != nil {
 		errs = append(errs, &OptionError{Option: "WithBreaker", Value: o.breaker.Failures,
 			Reason: "not for batch handlers yet: the breaker guards one message's attempts"})

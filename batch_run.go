@@ -324,11 +324,11 @@ func maxCount(items []*batchItem) int {
 	return n
 }
 
-// forGroup reports whether the subscription handles m: not a redrive
-// addressed to another group, and of its event type (or of none, from a
-// foreign producer).
+// forGroup reports whether the subscription handles m: not a redrive or
+// retry copy addressed to another group, and of its event type (or of
+// none, from a foreign producer).
 func (p *batchPipeline) forGroup(m *Message) bool {
-	if to := m.Headers.Get(HeaderRedriveGroup); to != "" && to != p.group {
+	if forOtherGroup(m, p.group) {
 		return false
 	}
 	return p.event == "" || m.Event() == p.event || m.Event() == ""

@@ -150,6 +150,7 @@ type SubscribeOption func(*subscribeOptions)
 
 type subscribeOptions struct {
 	retry          *RetryConfig
+	retryLater     *RetryLaterConfig
 	dedup          *DedupConfig
 	deadLetter     *DeadLetterConfig
 	middleware     []Middleware
@@ -168,6 +169,9 @@ func (o *subscribeOptions) validate() error {
 	var errs []error
 	if o.retry != nil {
 		errs = append(errs, o.retry.validate())
+	}
+	if o.retryLater != nil {
+		errs = append(errs, o.retryLater.validate())
 	}
 	if o.dedup != nil {
 		errs = append(errs, o.dedup.validate())
@@ -408,12 +412,20 @@ func (b *Bus) chain(r *route, event string, h HandlerFunc, o *subscribeOptions) 
 	if err != nil {
 		return nil, err
 	}
+	var later Middleware
+	if o.retryLater != nil {
+		s, err := b.retryLaterSettings(r, o)
+		if err != nil {
+			return nil, err
+		}
+		later = retryLater(s)
+	}
 	o.guards = newGuards(r, event, o)
 	mws := []Middleware{o.guards.gate()}
 	if o.dedup != nil {
 		mws = append(mws, deduplicate(b.dedupConfig(*o.dedup), r.group, r.obs.report))
 	}
-	mws = append(mws, deadLetter(dl))
+	mws = append(mws, deadLetter(dl), later)
 	if rc := o.guards.retry; rc != nil {
 		mws = append(mws, retry(*rc, r.obs.report))
 	}
@@ -511,10 +523,11 @@ var errSkipped = errors.New("herald: skipped")
 
 // dispatch runs the handler of m's event type. A message of an event type
 // the group has no handler for (another type on a shared topic) is
-// skipped, as is a redriven message addressed to another group
-// (HeaderRedriveGroup): both are acknowledged without running anything.
+// skipped, as is a redriven message or a retry copy addressed to another
+// group (HeaderRedriveGroup, HeaderRetryGroup: forOtherGroup): both are
+// acknowledged without running anything.
 func (r *route) dispatch(ctx context.Context, m *Message) error {
-	if to := m.Headers.Get(HeaderRedriveGroup); to != "" && to != r.group {
+	if forOtherGroup(m, r.group) {
 		return errSkipped
 	}
 	if r.raw != nil {

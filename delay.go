@@ -56,6 +56,9 @@ type DelayError struct {
 
 func (e *DelayError) Error() string {
 	s := fmt.Sprintf("herald: %s: message %s for topic %q", e.Writer, e.MessageID, e.Topic)
+	if e.MessageID == "" {
+		s = fmt.Sprintf("herald: %s: topic %q", e.Writer, e.Topic)
+	}
 	if !e.DeliverAt.IsZero() {
 		s += " due " + e.DeliverAt.UTC().Format(time.RFC3339Nano)
 	}

@@ -66,6 +66,25 @@ const (
 	// skipped.
 	HeaderRedriveCount = "herald-redrive-count"
 
+	// HeaderRetryGroup addresses a retry copy (see WithRetryLater) to the
+	// group whose handler failed on the message: the Bus runs it in that
+	// group only, and every other group of the topic acknowledges it
+	// without running its handler (outcome skipped), as for
+	// HeaderRedriveGroup.
+	HeaderRetryGroup = "herald-retry-group"
+
+	// HeaderRetryRound is the round of a retry copy (decimal, 1 for the
+	// first re-publish of a failed message) in HeaderRetryGroup. It is part
+	// of that group's deduplication key, so the copy runs although the
+	// failed delivery was marked done, while a second copy of the same
+	// round is skipped. RetryRound reads it in a handler.
+	HeaderRetryRound = "herald-retry-round"
+
+	// HeaderRetryAttempts is how many times the handler ran on the message
+	// in the rounds before this copy (decimal), so that a dead letter after
+	// the last round records every attempt.
+	HeaderRetryAttempts = "herald-retry-attempts"
+
 	// HeaderDeliverAt is when a message is due: subscribers must not receive
 	// it before that time. The value is the time in Unix nanoseconds, decimal
 	// (for example "1796035200000000000"). Set it with DeliverAt or

@@ -74,7 +74,8 @@ func deadLetter(cfg deadLetterSettings) Middleware {
 			} else if err = next(ctx, m); err == nil {
 				return nil
 			}
-			if ctx.Err() != nil || errors.Is(err, ErrInProgress) || heldBack(err) ||
+			var notWritten *notRepublishedError
+			if ctx.Err() != nil || errors.Is(err, ErrInProgress) || heldBack(err) || errors.As(err, &notWritten) ||
 				(cfg.onlyUndecodable && !errors.Is(err, ErrUndecodable)) {
 				return err
 			}
@@ -91,13 +92,17 @@ func deadLetter(cfg deadLetterSettings) Middleware {
 	}
 }
 
+// deadLetterMessage is m on the dead-letter topic topic, as group gave up
+// on it at now. A retry copy's headers (WithRetryLater) are left out: its
+// attempts are in the record, and a redrive starts its rounds anew.
 func deadLetterMessage(m *Message, topic, group string, reason error, now time.Time) *Message {
-	attempts := 1
-	var re *RetryError
-	if errors.As(reason, &re) {
-		attempts = re.Attempts
+	attempts := attemptsOf(reason)
+	if _, earlier := retryState(m, group); earlier > 0 && !errors.As(reason, new(*RetryLaterError)) {
+		attempts += earlier // a permanent error in a later round
 	}
-	return DeadLetterRecord{Reason: reason.Error(), Attempts: attempts, Topic: m.Topic, Group: group, Time: now}.Message(m, topic)
+	dl := DeadLetterRecord{Reason: reason.Error(), Attempts: attempts, Topic: m.Topic, Group: group, Time: now}.Message(m, topic)
+	maps.DeleteFunc(dl.Headers, func(k, _ string) bool { return isRetryHeader(k) })
+	return dl
 }
 
 // DeadLetterRecord is what an entry of a dead-letter topic says about the

@@ -60,19 +60,25 @@ func (c DedupConfig) withDefaults() DedupConfig {
 // addressed to group (HeaderRedriveGroup, HeaderRedriveCount) m.ID +
 // "#redrive-" + the count, so that the redrive runs once more although
 // its dead-lettering marked the ID done, and a second copy of the same
-// redrive is a duplicate. It is "" for a message without an ID, which
+// redrive is a duplicate; likewise a retry copy addressed to group
+// (WithRetryLater: HeaderRetryGroup, HeaderRetryRound) is keyed by its
+// round, + "#retry-" + the round. It is "" for a message without an ID, which
 // cannot be deduplicated. The dedup middleware stores it under group +
 // ":"; sql/inbox keys its rows by (group, DedupKey).
 func DedupKey(group string, m *Message) string {
 	if m.ID == "" {
 		return ""
 	}
+	key := m.ID
 	if n := m.Headers.Get(HeaderRedriveCount); n != "" && m.Headers.Get(HeaderRedriveGroup) == group {
 		// A redrive to this group: its dead-lettering marked the ID
 		// done, and this copy must run once more.
-		return m.ID + "#redrive-" + n
+		key += "#redrive-" + n
 	}
-	return m.ID
+	if n := m.Headers.Get(HeaderRetryRound); n != "" && m.Headers.Get(HeaderRetryGroup) == group {
+		key += "#retry-" + n
+	}
+	return key
 }
 
 // deduplicate runs the handler at most once per (group, message ID) within

@@ -37,6 +37,7 @@ const (
 	eventDuplicate                   // the delivery was skipped: already handled
 	eventDeadLetter                  // the message was written to a dead-letter topic
 	eventBreaker                     // the subscription's circuit breaker changed state
+	eventRetryLater                  // a retry copy was written (WithRetryLater)
 )
 
 // event is one report of a built-in middleware. Attempt and Err describe
@@ -49,6 +50,7 @@ type event struct {
 	err      error
 	topic    string
 	from, to BreakerState // eventBreaker; err is the failure that opened it
+	due      time.Time    // eventRetryLater: when the copy is due; attempt is its round
 }
 
 // reporter receives the events of the middleware of one subscription,
@@ -147,11 +149,7 @@ func (o *observer) log(ctx context.Context, m *Message, took time.Duration, err 
 	case skipped:
 		o.logger.LogAttrs(ctx, level, "herald: skipped, not for this group", attrs...)
 	case err != nil:
-		attempts := 1
-		var re *RetryError
-		if errors.As(err, &re) {
-			attempts = re.Attempts
-		}
+		attempts := attemptsOf(err)
 		o.logger.LogAttrs(ctx, level, "herald: handler failed", append(attrs,
 			slog.Int("delivery", DeliveryCount(ctx)), slog.Int("attempts", attempts),
 			slog.Duration("took", took), slog.Any("error", err))...)
@@ -195,6 +193,17 @@ func (o *observer) report(ctx context.Context, e event) {
 			slog.String("dead_letter_topic", e.topic), slog.Any("reason", e.err))...)
 	case eventBreaker:
 		o.breakerChanged(ctx, span, e, attrs)
+	case eventRetryLater:
+		if recording {
+			span.AddEvent("herald.retry_later", trace.WithAttributes(
+				attribute.Int("herald.retry.round", e.attempt),
+				attribute.String("herald.retry.due", e.due.UTC().Format(time.RFC3339Nano)),
+				semconv.ErrorTypeKey.String(telemetry.ErrorType(e.err)),
+				attribute.String("herald.previous_error", e.err.Error())))
+		}
+		o.tel.count(ctx, retriedLater)
+		o.logger.LogAttrs(ctx, slog.LevelInfo, "herald: retrying later", append(attrs,
+			slog.Int("round", e.attempt), slog.Time("due", e.due), slog.Any("error", e.err))...)
 	}
 }
 
@@ -287,3 +296,4 @@ func (t *subscriptionTelemetry) count(ctx context.Context, which func(*consumerI
 func retried(in *consumerInstruments) metric.Int64Counter      { return in.retried }
 func deduplicated(in *consumerInstruments) metric.Int64Counter { return in.deduplicated }
 func deadLettered(in *consumerInstruments) metric.Int64Counter { return in.deadLettered }
+func retriedLater(in *consumerInstruments) metric.Int64Counter { return in.retriedLater }

@@ -29,7 +29,8 @@ import (
 //   - "process <topic>" (consumer): one per delivery a subscriber handles,
 //     a child of, and linked to, the span that sent the message. Retry
 //     attempts ("herald.retry"), skipped duplicates ("herald.duplicate"),
-//     dead-letter writes ("herald.dead_letter") and changes of the
+//     dead-letter writes ("herald.dead_letter"), retry copies written for a
+//     later round ("herald.retry_later") and changes of the
 //     circuit breaker's state ("herald.breaker") are events on it.
 //
 // Metrics (attributes: messaging.system, messaging.operation.name,
@@ -46,7 +47,9 @@ import (
 //     (acknowledged without a handler: an event type the group does not
 //     handle, or a redrive addressed to another group).
 //   - herald.messages.retried {attempt}, herald.messages.deduplicated
-//     {message}, herald.messages.dead_lettered {message}.
+//     {message}, herald.messages.dead_lettered {message},
+//     herald.messages.retried_later {message} (copies written by
+//     WithRetryLater).
 //   - herald.breaker.transitions {transition}: changes of state of a
 //     subscription's circuit breaker (WithBreaker), by herald.breaker.state,
 //     the state entered: "open", "half-open" or "closed".
@@ -191,6 +194,7 @@ type consumerInstruments struct {
 	retried      metric.Int64Counter
 	deduplicated metric.Int64Counter
 	deadLettered metric.Int64Counter
+	retriedLater metric.Int64Counter
 	breaker      metric.Int64Counter
 }
 
@@ -204,7 +208,7 @@ func newConsumerTelemetry(cfg telemetry.Config, r Reader, scheds func() []*sched
 	t := &consumerTelemetry{Providers: p, system: telemetry.System(r)}
 	t.metrics = telemetry.NewInstruments(p, func(m metric.Meter) (*consumerInstruments, []metric.Registration) {
 		in := &consumerInstruments{}
-		var errs [7]error
+		var errs [8]error
 		in.duration, errs[0] = m.Float64Histogram("messaging.process.duration", metric.WithUnit("s"),
 			metric.WithDescription("Duration of one run of a subscription's handler chain for a delivery, retries included."),
 			metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -216,6 +220,8 @@ func newConsumerTelemetry(cfg telemetry.Config, r Reader, scheds func() []*sched
 			metric.WithDescription("Deliveries skipped because the group had already handled the message."))
 		in.deadLettered, errs[4] = m.Int64Counter("herald.messages.dead_lettered", metric.WithUnit("{message}"),
 			metric.WithDescription("Messages written to a dead-letter topic."))
+		in.retriedLater, errs[7] = m.Int64Counter("herald.messages.retried_later", metric.WithUnit("{message}"),
+			metric.WithDescription("Failed deliveries re-published as a delayed copy for a later round (WithRetryLater)."))
 		in.breaker, errs[6] = m.Int64Counter("herald.breaker.transitions", metric.WithUnit("{transition}"),
 			metric.WithDescription("Changes of state of subscriptions' circuit breakers, by the state entered (herald.breaker.state)."))
 		var lag metric.Int64ObservableGauge

@@ -526,3 +526,46 @@ func TestTelemetryReportDuplicate(t *testing.T) {
 		t.Errorf("%d herald.duplicate span events, want 1", dups)
 	}
 }
+
+func TestTelemetryRetryLater(t *testing.T) {
+	h := newOTelHarness(t)
+	bus, _ := newTestBus(t, h.options()...)
+	herald.MustRegister[OrderPlaced](bus, "orders")
+	var rounds []int
+	var mu sync.Mutex
+	must(t, herald.Subscribe(bus, "billing", func(ctx context.Context, _ OrderPlaced, _ *herald.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		rounds = append(rounds, herald.RetryRound(ctx))
+		if herald.RetryRound(ctx) == 0 {
+			return errors.New("later, please")
+		}
+		return nil
+	}, herald.WithRetryLater(herald.RetryLaterConfig{Backoff: 200 * time.Millisecond}), herald.WithDeadLetter()))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, OrderPlaced{ID: "o-1"}))
+	eventually(t, "round 1 handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(rounds) == 2
+	})
+	must(t, bus.Shutdown(ctx))
+	if got := h.sum(t, "herald.messages.retried_later", attribute.String("messaging.destination.name", "orders")); got != 1 {
+		t.Errorf("retried_later = %d, want 1", got)
+	}
+	var later int
+	for _, s := range h.spans.GetSpans() {
+		for _, e := range s.Events {
+			if e.Name == "herald.retry_later" {
+				later++
+			}
+		}
+	}
+	if later != 1 {
+		t.Errorf("%d herald.retry_later span events, want 1", later)
+	}
+	if got := h.sum(t, "herald.messages.processed", attribute.String("herald.outcome", "ok")); got != 2 {
+		t.Errorf("processed ok = %d, want 2 (the failed delivery is acknowledged)", got)
+	}
+}
