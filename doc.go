@@ -39,6 +39,14 @@
 // always fails blocks its key, and only its key, and every failure goes to
 // the error handler.
 //
+// Retry later (WithRetryLater): instead of being redelivered in place, a
+// message the chain gave up on is re-published to its topic as a delayed
+// copy addressed to the group (HeaderRetryGroup, HeaderRetryRound), due
+// after a backoff, and acknowledged, so its key's later messages go on;
+// after the configured rounds it is dead-lettered. It gives up per-key
+// order for that key, which is why it is opt-in. The driver must be a
+// DelayedWriter.
+//
 // Circuit breaker (WithBreaker): after a number of failed attempts in a
 // row a subscription stops running its handler for a cool-down, holding
 // its messages (nothing is acknowledged, retried or dead-lettered), then
@@ -97,6 +105,15 @@
 //     takes what retry gave up on, writes it to "<topic>.dlq" with a
 //     DeadLetterRecord, and only then lets the message be acknowledged.
 //
+//     Retry later (WithRetryLater) sits just inside dead letter: it takes
+//     what retry gave up on, unless permanent, and writes it back to its
+//     topic as a delayed copy for the next round, then lets the delivery
+//     be acknowledged; a failed write leaves it unacknowledged. After the
+//     last round it passes the failure (*RetryLaterError) on to dead
+//     letter. It is outside retry, so retry's attempts run within a round,
+//     and outside the breaker, so a message the breaker holds spends no
+//     round.
+//
 //  4. Retry (WithRetry): reruns the attempt with backoff and jitter; a
 //     Permanent error stops it. It sits inside dead letter, so dead
 //     lettering never swallows a retry.
@@ -140,8 +157,8 @@
 // (or a panic) fails every item. After an item of a key fails, the later
 // items of that key in the batch wait and run again once it is settled
 // (ErrHeldBehind when it stays unsettled). Items left unsettled are
-// redelivered in place, as a smaller batch. WithMiddleware, WithBreaker and
-// WithThrottle are refused.
+// redelivered in place, as a smaller batch. WithMiddleware, WithBreaker,
+// WithThrottle and WithRetryLater are refused.
 // One "process <topic>" span per run of a batch, linked to every
 // sender's span; the metrics and the handle hook are per message.
 //
@@ -162,7 +179,7 @@
 // *RetryError, *PanicError, *SubscriptionError, *OptionError
 // (ErrInvalidOption), ErrClosed, ErrBreakerOpen and ErrStopping (a breaker
 // or throttle wait cut short by shutdown), *DelayError (ErrDelayNotSupported,
-// ErrInvalidDelay). Every driver's errors are a *DriverError
+// ErrInvalidDelay), *RetryLaterError. Every driver's errors are a *DriverError
 // (driver, operation, topic, group, cause) or, for a batch Write that was
 // partly written, a *WriteError listing each *MessageError. There is no
 // package-level mutable state.
