@@ -87,8 +87,9 @@
 //     and a log line (a dead letter at warn level) in that context.
 //
 //     Then the subscription dispatches by event type: a message the group
-//     does not handle (another event type on a shared topic, a redrive
-//     addressed to another group by HeaderRedriveGroup) is acknowledged
+//     does not handle (another event type on a shared topic, a redrive or
+//     a retry copy addressed to another group by HeaderRedriveGroup or
+//     HeaderRetryGroup) is acknowledged
 //     here without running anything, with outcome "skipped". The observer
 //     wraps this dispatch once per topic and group; the layers below wrap
 //     each handler. With WithBreaker, a message that arrives while the
