@@ -52,24 +52,26 @@ func (r *Relay) promoteDue(ctx context.Context, conn *sql.Conn) (int, time.Time,
 	case first.Int64 >= now: // deliver_at < now: the clock rounds to the millisecond
 		return 0, time.UnixMilli(first.Int64), nil
 	}
-	n, err := r.promote(ctx, conn)
+	n, err := r.promote(ctx, conn, now)
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("promote due rows: %w", err)
 	}
 	return n, time.Time{}, nil
 }
 
-// promote moves the due rows, in due order, atomically.
-func (r *Relay) promote(ctx context.Context, conn *sql.Conn) (int, error) {
+// promote moves the rows due before now (the database's clock, read by
+// promoteDue: a bound value, unlike the clock function, lets the due
+// index bound the scan), in due order, atomically.
+func (r *Relay) promote(ctx context.Context, conn *sql.Conn, now int64) (int, error) {
 	if r.t.dialect == Postgres {
-		res, err := conn.ExecContext(ctx, r.q.promote)
+		res, err := conn.ExecContext(ctx, r.q.promote, now)
 		if err != nil {
 			return 0, err
 		}
 		n, err := res.RowsAffected()
 		return int(n), err
 	}
-	rs, err := conn.QueryContext(ctx, r.q.dueIDs)
+	rs, err := conn.QueryContext(ctx, r.q.dueIDs, now)
 	if err != nil {
 		return 0, err
 	}
@@ -106,9 +108,12 @@ func (r *Relay) promote(ctx context.Context, conn *sql.Conn) (int, error) {
 
 // delayQueries sets the statements of delayed rows.
 func (q *queries) delayQueries(t table) {
-	now := nowMillis(t.dialect)
-	q.nextDue = "SELECT MIN(deliver_at), " + now + " FROM " + t.main + " WHERE deliver_at IS NOT NULL"
-	due := "SELECT id FROM " + t.main + " WHERE deliver_at < " + now + " ORDER BY deliver_at, id LIMIT " + strconv.Itoa(promoteBatch)
+	q.nextDue = "SELECT MIN(deliver_at), " + nowMillis(t.dialect) + " FROM " + t.main + " WHERE deliver_at IS NOT NULL"
+	ph := "?"
+	if t.dialect == Postgres {
+		ph = "$1"
+	}
+	due := "SELECT id FROM " + t.main + " WHERE deliver_at < " + ph + " ORDER BY deliver_at, id LIMIT " + strconv.Itoa(promoteBatch)
 	q.dueIDs = due
 	cols := insertColumns + ", attempts, last_error"
 	q.promote = "WITH moved AS (DELETE FROM " + t.main + " WHERE id IN (" + due + ") RETURNING id, deliver_at, " + cols + ") " +
