@@ -108,7 +108,12 @@ func (r *Relay) promote(ctx context.Context, conn *sql.Conn, now int64) (int, er
 
 // delayQueries sets the statements of delayed rows.
 func (q *queries) delayQueries(t table) {
-	q.nextDue = "SELECT MIN(deliver_at), " + nowMillis(t.dialect) + " FROM " + t.main + " WHERE deliver_at IS NOT NULL"
+	// MIN skips NULLs anyway; the WHERE lets PostgreSQL and SQLite use
+	// their partial due index, and would make MariaDB scan its index.
+	q.nextDue = "SELECT MIN(deliver_at), " + nowMillis(t.dialect) + " FROM " + t.main
+	if t.dialect != MySQL {
+		q.nextDue += " WHERE deliver_at IS NOT NULL"
+	}
 	ph := "?"
 	if t.dialect == Postgres {
 		ph = "$1"
