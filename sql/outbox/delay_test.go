@@ -161,6 +161,13 @@ func TestDueRowsNotHeldBack(t *testing.T) {
 		if n := countRows(t, tdb, db, table); n != 1 {
 			t.Errorf("%d rows left, want the delayed one", n)
 		}
+		r, err := outbox.NewRelay(db, tdb.D, table, tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := r.Stats(context.Background()); err != nil || st.Backlog != 0 || st.Delayed != 1 || st.OldestAge != 0 {
+			t.Errorf("Stats: backlog %d, delayed %d, oldest %v, err %v; want 0, 1, 0, nil", st.Backlog, st.Delayed, st.OldestAge, err)
+		}
 		if n := tr.distinct(); n != 3 {
 			t.Errorf("%d messages forwarded, want 3", n)
 		}
@@ -391,6 +398,13 @@ func TestMigrateUpgradesV1(t *testing.T) {
 		if err := writeInTx(db, w, seqMsg("orders", "k", 1)); err == nil {
 			t.Fatal("write to a version 1 table: no error, want the missing deliver_at column")
 		}
+		r, err := outbox.NewRelay(db, tdb.D, table, &recorder{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Check(context.Background()); !errors.Is(err, outbox.ErrNoTable) {
+			t.Errorf("Check of a version 1 table: %v, want outbox.ErrNoTable", err)
+		}
 		var wg sync.WaitGroup
 		errs := make([]error, 3)
 		for i := range errs {
@@ -408,6 +422,9 @@ func TestMigrateUpgradesV1(t *testing.T) {
 		}
 		if n := countRows(t, tdb, db, table); n != 1 {
 			t.Fatalf("%d rows after the upgrade, want the old one", n)
+		}
+		if err := r.Check(context.Background()); err != nil {
+			t.Errorf("Check after the upgrade: %v", err)
 		}
 		writeTx(t, db, w, delayedMsg("orders", "k", 1, time.Now().Add(200*time.Millisecond)))
 		rec := &recorder{}

@@ -58,7 +58,7 @@ func newQueries(t table) queries {
 		q.read = "SELECT " + q.cols + " FROM " + t.main + " WHERE deliver_at IS NULL ORDER BY id LIMIT ?"
 		q.charge = "UPDATE " + t.main + " SET attempts = attempts + 1, last_error = ? WHERE id = ?"
 	}
-	q.stats = "SELECT COUNT(*), MIN(created_at) FROM " + t.main + " WHERE deliver_at IS NULL"
+	q.stats = "SELECT COUNT(*) - COUNT(deliver_at), COUNT(deliver_at), MIN(CASE WHEN deliver_at IS NULL THEN created_at END) FROM " + t.main
 	q.qcount = "SELECT COUNT(*) FROM " + t.quarantine
 	q.delayQueries(t)
 	return q
