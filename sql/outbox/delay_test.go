@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -158,9 +160,8 @@ func TestDueRowsNotHeldBack(t *testing.T) {
 		if g, _ := tr.first(past.ID); g.m != nil && g.m.Headers[herald.HeaderDeliverAt] != "" {
 			t.Errorf("a past %s was forwarded", herald.HeaderDeliverAt)
 		}
-		if n := countRows(t, tdb, db, table); n != 1 {
-			t.Errorf("%d rows left, want the delayed one", n)
-		}
+		// The target has them; their rows go once the round is settled.
+		eventually(t, "only the delayed row left", func() bool { return countRows(t, tdb, db, table) == 1 })
 		r, err := outbox.NewRelay(db, tdb.D, table, tr)
 		if err != nil {
 			t.Fatal(err)
@@ -463,5 +464,56 @@ func TestSchemaUpgrade1To2ByHand(t *testing.T) {
 		if _, err := outbox.SchemaUpgrade1To2(tdb.D, "Bad"); !errors.Is(err, herald.ErrInvalidName) {
 			t.Errorf("SchemaUpgrade1To2 of a bad name: %v", err)
 		}
+	})
+}
+
+// TestDelayedLateness measures how late delayed rows reach the target
+// with the relay's default poll intervals: 60 rows, written one per
+// transaction, due 0.5 to 2 s after their write. It asserts only that
+// none is early (lateness follows the machine's load); the figures are
+// logged (-v).
+func TestDelayedLateness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes seconds")
+	}
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		db := tdb.Open(t)
+		table := migrateTable(t, tdb, db)
+		w := newWriter(t, tdb.D, table)
+		tr := &timedRecorder{}
+		r, err := outbox.NewRelay(db, tdb.D, table, tr, outbox.WithLogger(testLogger(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}()
+		const n = 60
+		dues := map[string]time.Time{}
+		for i := range n {
+			due := time.Now().Add(500*time.Millisecond + time.Duration(i*37%60)*25*time.Millisecond)
+			m := delayedMsg("orders", "k"+strconv.Itoa(i%7), i, due)
+			dues[m.ID] = due
+			writeTx(t, db, w, m)
+			time.Sleep(5 * time.Millisecond)
+		}
+		eventually(t, "every delayed row", func() bool { return tr.distinct() == n })
+		var late []time.Duration
+		for _, g := range tr.all() {
+			d := g.at.Sub(dues[g.m.ID])
+			if d < 0 {
+				t.Errorf("%s forwarded %v early", g.m.ID, -d)
+			}
+			late = append(late, d)
+		}
+		slices.Sort(late)
+		t.Logf("lateness over %d rows: p50 %v, p99 %v, max %v (precision %v)",
+			len(late), late[len(late)/2], late[len(late)*99/100], late[len(late)-1], w.DelayPrecision())
 	})
 }
