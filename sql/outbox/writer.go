@@ -282,10 +282,10 @@ func (w *Writer) shouldNotify(now time.Time) bool {
 	return w.pacer.Due(now)
 }
 
-// dues returns each message's deliver_at value: nil (NULL) when it is
-// not delayed, else its due time in Unix milliseconds rounded up, so that
-// it is never forwarded early. It returns nil when no message carries
-// HeaderDeliverAt.
+// dues returns, per message, nil when it has no HeaderDeliverAt, noDelay
+// when its due time is not after now, else its due time in Unix
+// milliseconds (an int64) rounded up, so that it is never forwarded
+// early. It returns nil when no message carries HeaderDeliverAt.
 func (w *Writer) dues(msgs []*herald.Message, now time.Time) ([]any, error) {
 	var out []any
 	for i, m := range msgs {
