@@ -220,14 +220,17 @@ func checkDelays(ctx context.Context, w Writer, msgs []*Message, now time.Time) 
 }
 
 // delayCapable reports whether w holds delayed messages written with ctx.
-// A Bus with WithOutbox writes in a transaction to the outbox, whose relay
-// forwards rows to a target that may not delay: refused for now.
+// A Bus with WithOutbox writes in a transaction to the outbox, which
+// delays when it is a DelayedWriter (the SQL outbox holds the row until
+// it is due and its relay forwards it then, whatever the target), and
+// otherwise to the driver.
 func delayCapable(ctx context.Context, w Writer) bool {
 	if o, ok := w.(outboxOrDriver); ok {
 		if o.outbox.InTransaction(ctx) {
-			return false
+			w = o.outbox
+		} else {
+			w = o.driver
 		}
-		w = o.driver
 	}
 	dw, ok := w.(DelayedWriter)
 	return ok && dw.DelayPrecision() > 0

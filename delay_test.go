@@ -149,7 +149,7 @@ func TestDelayThroughBus(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	// The outbox's relay forwards to a target that may not delay: refused.
+	// An outbox that cannot delay (not a DelayedWriter): refused.
 	if err := bus.Publish(herald.DeliverAfter(context.WithValue(ctx, inTxKey{}, true), time.Second), delayEvent{1}); !errors.Is(err, herald.ErrDelayNotSupported) {
 		t.Errorf("delayed publish into the outbox: %v, want herald.ErrDelayNotSupported", err)
 	}
@@ -164,6 +164,46 @@ func TestDelayThroughBus(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("delayed event not handled")
+	}
+}
+
+// txDelayOutbox is a txOutbox that can delay, as the SQL outbox does.
+type txDelayOutbox struct {
+	txOutbox
+	precision time.Duration
+}
+
+func (o *txDelayOutbox) DelayPrecision() time.Duration { return o.precision }
+
+func TestDelayThroughDelayingOutbox(t *testing.T) {
+	ob := &txDelayOutbox{precision: time.Second}
+	bus, err := herald.NewBus(memtest.Broker(t), herald.WithOutbox(ob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t)
+	inTx := context.WithValue(ctx, inTxKey{}, true)
+	if err := bus.Publish(herald.DeliverAfter(inTx, time.Second), delayEvent{1}); err != nil {
+		t.Fatalf("delayed publish into a delaying outbox: %v", err)
+	}
+	got := ob.all()
+	if len(got) != 1 {
+		t.Fatalf("%d messages in the outbox, want 1", len(got))
+	}
+	if _, ok, err := got[0].DeliverAt(); !ok || err != nil {
+		t.Errorf("outbox message without a valid HeaderDeliverAt: ok %v, err %v", ok, err)
+	}
+	// A bad due time is refused whatever the writer.
+	if err := bus.Publish(herald.DeliverAfter(inTx, 2*herald.MaxDelay), delayEvent{2}); !errors.Is(err, herald.ErrInvalidDelay) {
+		t.Errorf("publish beyond MaxDelay: %v, want herald.ErrInvalidDelay", err)
+	}
+	// Precision zero: the outbox says it cannot delay, as configured.
+	ob.precision = 0
+	if err := bus.Publish(herald.DeliverAfter(inTx, time.Second), delayEvent{3}); !errors.Is(err, herald.ErrDelayNotSupported) {
+		t.Errorf("delayed publish into an outbox with precision 0: %v, want herald.ErrDelayNotSupported", err)
+	}
+	if n := len(ob.all()); n != 1 {
+		t.Errorf("%d messages in the outbox, want 1", n)
 	}
 }
 

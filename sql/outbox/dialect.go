@@ -50,6 +50,8 @@ type table struct {
 	quarantine string // quoted quarantine table
 	sent       string // quoted table of sent rows kept for retention
 	sentIndex  string // quoted index on sent.sent_at
+	readyIndex string // quoted index of the rows the relay may forward (deliver_at IS NULL)
+	dueIndex   string // quoted index of the delayed rows, by due time
 	channel    string // PostgreSQL NOTIFY channel, unquoted
 }
 
@@ -67,6 +69,8 @@ func newTable(d Dialect, name string) (table, error) {
 		quarantine: d.Quote(name + "_quarantine"),
 		sent:       d.Quote(name + "_sent"),
 		sentIndex:  d.Quote(name + "_sent_sent_at_idx"),
+		readyIndex: d.Quote(name + "_ready_idx"),
+		dueIndex:   d.Quote(name + "_due_idx"),
 		channel:    "herald_outbox_" + name,
 	}, nil
 }

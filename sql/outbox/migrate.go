@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
 )
@@ -16,9 +17,10 @@ import (
 // PostgreSQL, GET_LOCK on MySQL, the write lock on SQLite).
 //
 // Run it once at deploy or start-up, on its own, never inside a business
-// transaction (MySQL commits DDL implicitly). It does not alter tables that
-// already exist. The schema of each dialect is documented in the package
-// doc.
+// transaction (MySQL commits DDL implicitly). It upgrades an outbox table
+// of an earlier SchemaVersion in place, keeping its rows (version 1 to 2:
+// it adds the deliver_at column and its indexes); it alters nothing else.
+// The schema of each dialect is documented in the package doc.
 //
 // On SQLite the first connections to a new file race to switch it to WAL
 // (the journal_mode pragma of the recommended DSN), and the losers get
@@ -34,10 +36,96 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 	if db == nil {
 		return fmt.Errorf("outbox: migrate %s: nil *sql.DB", table)
 	}
-	if err := sqlcore.Migrate(ctx, db, d, t.name, schema(t)); err != nil {
+	err = sqlcore.MigrateWith(ctx, db, d, func(conn *sql.Conn) error { return migrate(ctx, conn, t) })
+	if err != nil {
 		return fmt.Errorf("outbox: migrate %s (%v): %w", t.name, t.dialect, err)
 	}
 	return nil
+}
+
+func migrate(ctx context.Context, conn *sql.Conn, t table) error {
+	err := migrateV2(ctx, conn, t)
+	if err != nil && t.dialect != Postgres && isDuplicateColumn(err) {
+		// Another process added deliver_at between our look and our
+		// ALTER (the look is outside the lock): look again.
+		err = migrateV2(ctx, conn, t)
+	}
+	return err
+}
+
+// migrateV2 runs the schema, preceded on MySQL and SQLite, whose ALTER
+// TABLE has no IF NOT EXISTS for columns, by the upgrade from version 1
+// when the outbox table exists without deliver_at. PostgreSQL's schema
+// upgrades by itself (ADD COLUMN IF NOT EXISTS).
+func migrateV2(ctx context.Context, conn *sql.Conn, t table) error {
+	stmts := schema(t)
+	if t.dialect != Postgres {
+		old, err := isV1(ctx, conn, t)
+		if err != nil {
+			return fmt.Errorf("look for deliver_at: %w", err)
+		}
+		if old {
+			stmts = append(upgrade1To2(t), stmts...)
+		}
+	}
+	return sqlcore.MigrateLocked(ctx, conn, t.dialect, t.name, stmts)
+}
+
+// isV1 reports whether the outbox table exists without deliver_at
+// (MySQL, SQLite).
+func isV1(ctx context.Context, conn *sql.Conn, t table) (bool, error) {
+	var tables, cols int
+	var err error
+	if t.dialect == MySQL {
+		err = conn.QueryRowContext(ctx, "SELECT COUNT(*), COALESCE(SUM(column_name = 'deliver_at'), 0) FROM information_schema.columns "+
+			"WHERE table_schema = DATABASE() AND table_name = ?", t.name).Scan(&tables, &cols)
+	} else {
+		err = conn.QueryRowContext(ctx, "SELECT COUNT(*), COALESCE(SUM(name = 'deliver_at'), 0) FROM pragma_table_info(?)", t.name).Scan(&tables, &cols)
+	}
+	return tables > 0 && cols == 0, err
+}
+
+func isDuplicateColumn(err error) bool {
+	return strings.Contains(strings.ToLower(err.Error()), "duplicate column")
+}
+
+// SchemaUpgrade1To2 returns the statements that take an outbox table of
+// SchemaVersion 1 to version 2 for dialect d: they add deliver_at (the
+// due time of a delayed message, see the package doc) and the indexes the
+// relay reads by. Migrate applies them by itself; they are for teams whose
+// migrations are run by a tool. On PostgreSQL they are idempotent (and
+// the same as the last statements of Schema); on MySQL and SQLite they
+// are not (ADD COLUMN fails on a table that has the column): run them
+// once, on a version 1 table, then Schema's statements.
+func SchemaUpgrade1To2(d Dialect, table string) ([]string, error) {
+	t, err := newTable(d, table)
+	if err != nil {
+		return nil, err
+	}
+	return upgrade1To2(t), nil
+}
+
+func upgrade1To2(t table) []string {
+	switch t.dialect {
+	case Postgres:
+		return append([]string{`ALTER TABLE ` + t.main + ` ADD COLUMN IF NOT EXISTS deliver_at BIGINT`}, delayIndexes(t)...)
+	case MySQL:
+		return []string{`ALTER TABLE ` + t.main + ` ADD COLUMN deliver_at BIGINT NULL, ADD INDEX ` + t.dueIndex + ` (deliver_at, id)`}
+	default:
+		return []string{`ALTER TABLE ` + t.main + ` ADD COLUMN deliver_at INTEGER`}
+	}
+}
+
+// delayIndexes are the partial indexes of PostgreSQL and SQLite: the rows
+// the relay forwards, in id order (without it, every read would step over
+// the delayed rows ahead of them), and the delayed rows in due order,
+// which only delayed rows enter. MySQL has no partial indexes: one index
+// on (deliver_at, id) serves both reads there.
+func delayIndexes(t table) []string {
+	return []string{
+		`CREATE INDEX IF NOT EXISTS ` + t.readyIndex + ` ON ` + t.main + ` (id) WHERE deliver_at IS NULL`,
+		`CREATE INDEX IF NOT EXISTS ` + t.dueIndex + ` ON ` + t.main + ` (deliver_at, id) WHERE deliver_at IS NOT NULL`,
+	}
 }
 
 // SchemaVersion is the version of the tables Schema and Migrate create.
@@ -47,7 +135,10 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, table string) error {
 // functions named for the versions, which Migrate also applies, under the
 // same lock), so that teams with their own migration tool copy them as
 // they copied Schema.
-const SchemaVersion = 1
+//
+// Version 2 adds the outbox table's deliver_at column and its indexes
+// (SchemaUpgrade1To2), for delayed delivery.
+const SchemaVersion = 2
 
 // Schema returns the statements that create the outbox table named table,
 // its quarantine table and its table of sent rows, with their index, for
@@ -78,6 +169,12 @@ func Schema(d Dialect, table string) ([]string, error) {
 //	created_at    Message.Time (microseconds; Unix microseconds on SQLite)
 //	attempts      failed deliveries charged to the row so far
 //	last_error    the error of the last failed delivery
+//
+// and, in the outbox table only, since version 2:
+//
+//	deliver_at    NULL, or the due time of a delayed message not yet due, in
+//	              Unix milliseconds rounded up; the relay sets it to NULL
+//	              (re-inserting the row) when it is due
 func schema(t table) []string {
 	switch t.dialect {
 	case Postgres:
@@ -106,6 +203,8 @@ func schema(t table) []string {
 	sent_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + t.sentIndex + ` ON ` + t.sent + ` (sent_at)`,
+			`ALTER TABLE ` + t.main + ` ADD COLUMN IF NOT EXISTS deliver_at BIGINT`,
+			delayIndexes(t)[0], delayIndexes(t)[1],
 		}
 	case MySQL:
 		// utf8mb4_bin: keys compare byte for byte, as they do in Go.
@@ -122,7 +221,9 @@ func schema(t table) []string {
 		opts := ` ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`
 		stmts := []string{
 			`CREATE TABLE IF NOT EXISTS ` + t.main + ` (
-	id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,` + cols + `
+	id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,` + cols + `,
+	deliver_at   BIGINT NULL,
+	INDEX ` + t.dueIndex + ` (deliver_at, id)
 )` + opts,
 			`CREATE TABLE IF NOT EXISTS ` + t.quarantine + ` (
 	id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -152,7 +253,8 @@ func schema(t table) []string {
 		// rows were deleted, so an id names one message for good.
 		return []string{
 			`CREATE TABLE IF NOT EXISTS ` + t.main + ` (
-	id INTEGER PRIMARY KEY AUTOINCREMENT,` + cols + `
+	id INTEGER PRIMARY KEY AUTOINCREMENT,` + cols + `,
+	deliver_at   INTEGER
 )`,
 			`CREATE TABLE IF NOT EXISTS ` + t.quarantine + ` (
 	id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -165,6 +267,7 @@ func schema(t table) []string {
 	sent_at INTEGER NOT NULL
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + t.sentIndex + ` ON ` + t.sent + ` (sent_at)`,
+			delayIndexes(t)[0], delayIndexes(t)[1],
 		}
 	}
 }

@@ -300,6 +300,9 @@ func (r *Relay) lead(ctx context.Context, conn *sql.Conn) error {
 		if err := r.purgeWhenDue(ctx, l); err != nil {
 			return err
 		}
+		if err := r.promoteWhenDue(ctx, l); err != nil {
+			return err
+		}
 		rows, err := r.deliverable(ctx, l)
 		if err != nil {
 			return err
@@ -330,6 +333,7 @@ type lease struct {
 	poll        backoff.Backoff // idle polls, from MinPollInterval to MaxPollInterval
 	outage      backoff.Backoff // outage rounds, from MinBackoff to MaxBackoff
 	lastPurge   time.Time
+	nextDue     time.Time // when the next delayed row is due, as last seen; zero for none
 }
 
 func (r *Relay) newLease(conn *sql.Conn) *lease {
@@ -381,6 +385,20 @@ func (r *Relay) purgeWhenDue(ctx context.Context, l *lease) error {
 	return nil
 }
 
+// promoteWhenDue makes the due delayed rows forwardable (promoteDue),
+// before every read, and notes when the next one is due, for idle.
+func (r *Relay) promoteWhenDue(ctx context.Context, l *lease) error {
+	n, next, err := r.promoteDue(ctx, l.conn)
+	if err != nil {
+		return err
+	}
+	l.nextDue = next
+	if n > 0 {
+		l.poll.Reset()
+	}
+	return nil
+}
+
 // deliverable reads the next rows and leaves out those of keys held
 // back.
 func (r *Relay) deliverable(ctx context.Context, l *lease) ([]*row, error) {
@@ -402,6 +420,9 @@ func (r *Relay) idle(ctx context.Context, l *lease) bool {
 	wait := l.poll.Next()
 	if next, ok := l.keys.nextExpiry(); ok {
 		wait = max(min(wait, time.Until(next)), time.Millisecond)
+	}
+	if !l.nextDue.IsZero() {
+		wait = max(min(wait, time.Until(l.nextDue)+time.Millisecond), time.Millisecond)
 	}
 	woke, ok := r.wait(ctx, wait, l.listener.Wake(r.t.channel))
 	if woke {

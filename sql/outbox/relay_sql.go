@@ -37,6 +37,9 @@ type queries struct {
 	charge   string
 	stats    string
 	qcount   string
+	nextDue  string // the first due time of the delayed rows, and the database's clock
+	dueIDs   string // the due rows, in due order (MySQL, SQLite)
+	promote  string // promotes the due rows (PostgreSQL)
 }
 
 func newQueries(t table) queries {
@@ -47,16 +50,17 @@ func newQueries(t table) queries {
 		q.cols = sqliteReadColumns
 	}
 	if d == Postgres {
-		q.read = "SELECT " + rowColumns + " FROM " + t.main + " ORDER BY id LIMIT $1"
+		q.read = "SELECT " + rowColumns + " FROM " + t.main + " WHERE deliver_at IS NULL ORDER BY id LIMIT $1"
 		q.readExcl = "SELECT " + rowColumns + " FROM " + t.main +
-			" WHERE msg_key <> ALL($2::text[]) AND id <> ALL($3::bigint[]) ORDER BY id LIMIT $1"
+			" WHERE deliver_at IS NULL AND msg_key <> ALL($2::text[]) AND id <> ALL($3::bigint[]) ORDER BY id LIMIT $1"
 		q.charge = "UPDATE " + t.main + " SET attempts = attempts + 1, last_error = $1 WHERE id = $2"
 	} else {
-		q.read = "SELECT " + q.cols + " FROM " + t.main + " ORDER BY id LIMIT ?"
+		q.read = "SELECT " + q.cols + " FROM " + t.main + " WHERE deliver_at IS NULL ORDER BY id LIMIT ?"
 		q.charge = "UPDATE " + t.main + " SET attempts = attempts + 1, last_error = ? WHERE id = ?"
 	}
-	q.stats = "SELECT COUNT(*), MIN(created_at) FROM " + t.main
+	q.stats = "SELECT COUNT(*) - COUNT(deliver_at), COUNT(deliver_at), MIN(CASE WHEN deliver_at IS NULL THEN created_at END) FROM " + t.main
 	q.qcount = "SELECT COUNT(*) FROM " + t.quarantine
+	q.delayQueries(t)
 	return q
 }
 
@@ -66,7 +70,7 @@ func inList(n int) string {
 }
 
 // read returns the first rows of the table in id order, leaving out the
-// keys the relay holds back. It keeps no position between calls: every
+// keys the relay holds back and the delayed rows (deliver_at set). It keeps no position between calls: every
 // read starts at the smallest id left, so a row whose transaction commits
 // after rows with larger ids were read is found by the next read.
 func (r *Relay) read(ctx context.Context, conn *sql.Conn, s *keyState) ([]*row, error) {
@@ -99,7 +103,7 @@ func (r *Relay) readQuery(keys []string, ids []int64) (string, []any) {
 	}
 	var b strings.Builder
 	var args []any
-	b.WriteString("SELECT " + r.q.cols + " FROM " + r.t.main + " WHERE ")
+	b.WriteString("SELECT " + r.q.cols + " FROM " + r.t.main + " WHERE deliver_at IS NULL AND ")
 	if len(keys) > 0 {
 		b.WriteString("msg_key NOT IN " + inList(len(keys)))
 		for _, k := range keys {

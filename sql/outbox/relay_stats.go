@@ -17,11 +17,16 @@ import (
 type Stats struct {
 	// Active is true while this relay holds the table's lock and delivers.
 	Active bool
-	// Backlog is the number of rows waiting in the outbox table.
+	// Backlog is the number of rows waiting in the outbox table to be
+	// forwarded: delayed rows count once they are due (and the relay has
+	// seen that they are).
 	Backlog int64
-	// OldestAge is how long ago the oldest waiting row was written (by its
-	// created_at, the message's Time, on this host's clock); 0 when the
-	// table is empty.
+	// Delayed is the number of delayed rows waiting for their due time.
+	Delayed int64
+	// OldestAge is how long ago the oldest row of the Backlog was written
+	// (by its created_at, the message's Time, on this host's clock); 0 when
+	// the Backlog is empty. A delayed row that has just come due counts
+	// from its write, so a long delay shows here until it is forwarded.
 	OldestAge time.Duration
 	// Quarantine is the number of rows in the quarantine table.
 	Quarantine int64
@@ -49,7 +54,7 @@ func (r *Relay) Stats(ctx context.Context) (Stats, error) {
 		Reads:       r.reads.Load(),
 	}
 	var oldest time.Time
-	if err := r.db.QueryRowContext(ctx, r.q.stats).Scan(&st.Backlog, sqlcore.TimeDest{T: &oldest}); err != nil {
+	if err := r.db.QueryRowContext(ctx, r.q.stats).Scan(&st.Backlog, &st.Delayed, sqlcore.TimeDest{T: &oldest}); err != nil {
 		return st, fmt.Errorf("outbox: stats of %s: %w", r.t.name, err)
 	}
 	if !oldest.IsZero() {
@@ -76,8 +81,12 @@ func (r *Relay) Check(ctx context.Context) error {
 	if r.cfg.Retention > 0 {
 		tables = append(tables, r.t.sent)
 	}
-	for _, t := range tables {
-		rows, err := r.db.QueryContext(ctx, "SELECT 1 FROM "+t+" WHERE 1 = 0")
+	for i, t := range tables {
+		cols := "1"
+		if i == 0 {
+			cols = "deliver_at" // SchemaVersion 2
+		}
+		rows, err := r.db.QueryContext(ctx, "SELECT "+cols+" FROM "+t+" WHERE 1 = 0")
 		if err == nil {
 			err = rows.Close()
 		}
@@ -85,7 +94,7 @@ func (r *Relay) Check(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return fmt.Errorf("outbox: relay %s: read table %s: %w", r.t.name, t, ctx.Err())
 			}
-			return fmt.Errorf("outbox: relay %s: table %s (run outbox.Migrate, or herald relay -migrate): %w: %w", r.t.name, t, ErrNoTable, err)
+			return fmt.Errorf("outbox: relay %s: table %s, or a table of an earlier SchemaVersion (run outbox.Migrate, or herald relay -migrate): %w: %w", r.t.name, t, ErrNoTable, err)
 		}
 	}
 	if p, ok := r.target.(herald.Pinger); ok {

@@ -14,11 +14,15 @@ import (
 	"github.com/heraldbus/herald/internal/optcheck"
 )
 
-// insertColumns are the columns the Writer fills; the database fills id,
-// attempts and last_error.
+// insertColumns are the columns of a message, which the relay reads and
+// copies; the database fills id, attempts and last_error.
 const insertColumns = "message_id, topic, msg_key, headers, content_type, payload, created_at"
 
-const insertParams = 7
+// writeColumns are the columns the Writer fills: a message's and its due
+// time (NULL when not delayed).
+const writeColumns = insertColumns + ", deliver_at"
+
+const insertParams = 8
 
 // DefaultNotifyPause is how long a PostgreSQL Writer must have been idle
 // for its next write to call pg_notify (see WithNotifyPause).
@@ -29,12 +33,28 @@ const DefaultNotifyPause = 5 * time.Millisecond
 //   - largest message: herald.DefaultMaxMessageBytes (1 MiB), see WithMaxMessageBytes
 //   - PostgreSQL NOTIFY: in a write that follows a pause of DefaultNotifyPause
 //     (5 ms) or more, see WithNotifyPause and WithoutNotify
+//   - delayed delivery: on, with a precision of DefaultMaxPollInterval (1 s),
+//     see WithDelayPrecision
 type WriterOption func(*writerConfig)
 
 type writerConfig struct {
 	maxMessageBytes int
 	notify          bool
 	notifyPause     time.Duration
+	delayPrecision  time.Duration
+}
+
+// WithDelayPrecision sets what the Writer reports as its DelayPrecision
+// (herald.DelayedWriter): how late after its due time a delayed message
+// may reach the relay's target. The relay looks for due rows after every
+// round and at least every maximum poll interval (WithPollInterval), and
+// sleeps until the next due time it knows of, so set d to the relays'
+// maximum poll interval (the default, DefaultMaxPollInterval, matches the
+// relay's default). Zero or less turns delayed delivery off: Write then
+// refuses a message due in the future (herald.ErrDelayNotSupported), and
+// a Publisher refuses it before it reaches the Writer.
+func WithDelayPrecision(d time.Duration) WriterOption {
+	return func(c *writerConfig) { c.delayPrecision = d }
 }
 
 // WithMaxMessageBytes sets the largest message the Writer accepts, by
@@ -100,6 +120,15 @@ func WithoutNotify() WriterOption {
 // consumers can deduplicate it; a zero Time is stored as the time of the
 // Write. Message.Time is kept to the microsecond.
 //
+// A message whose herald.HeaderDeliverAt is after the time of the Write
+// is delayed: its row carries the due time (deliver_at) and the relay
+// forwards it once it is due by the database's clock, within
+// DelayPrecision (see "Delayed delivery" in the package doc). The header
+// itself is not stored: the delay is served by the outbox, and the
+// forwarded message must not be held again, or refused, by the target. A
+// malformed header, or a due time beyond herald.MaxDelay, fails the whole
+// Write with a *herald.DelayError wrapping herald.ErrInvalidDelay.
+//
 // An error from the database leaves the transaction in whatever state the
 // database puts it in (PostgreSQL aborts it); the caller decides whether to
 // roll back. A Writer holds no connection and is safe for concurrent use.
@@ -120,7 +149,8 @@ func NewWriter(d Dialect, table string, opts ...WriterOption) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := writerConfig{maxMessageBytes: herald.DefaultMaxMessageBytes, notify: true, notifyPause: DefaultNotifyPause}
+	cfg := writerConfig{maxMessageBytes: herald.DefaultMaxMessageBytes, notify: true, notifyPause: DefaultNotifyPause,
+		delayPrecision: DefaultMaxPollInterval}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -134,6 +164,12 @@ func NewWriter(d Dialect, table string, opts ...WriterOption) (*Writer, error) {
 	w.singleNotify = w.insertSQL(1, true)
 	return w, nil
 }
+
+var _ herald.DelayedWriter = (*Writer)(nil)
+
+// DelayPrecision is the bound set by WithDelayPrecision
+// (herald.DelayedWriter); zero or less when delays are off.
+func (w *Writer) DelayPrecision() time.Duration { return max(w.cfg.delayPrecision, 0) }
 
 // MessagingSystem names the outbox for telemetry (herald.MessagingSystem).
 func (w *Writer) MessagingSystem() string { return "herald.outbox" }
@@ -219,9 +255,17 @@ func (w *Writer) write(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.M
 		sizes[i] = n
 	}
 	now := time.Now()
+	due, err := w.dues(msgs, now)
+	if err != nil {
+		return err
+	}
 	notify := w.shouldNotify(now)
 	return sqlcore.Batches(sizes, w.t.dialect.MaxParams()/insertParams, func(start, end int) error {
-		if err := w.insert(ctx, x, msgs[start:end], now, notify); err != nil {
+		var d []any
+		if due != nil {
+			d = due[start:end]
+		}
+		if err := w.insert(ctx, x, msgs[start:end], d, now, notify); err != nil {
 			return fmt.Errorf("outbox: insert %d messages into %s: %w", end-start, w.t.name, err)
 		}
 		notify = false // once per Write is enough
@@ -238,7 +282,46 @@ func (w *Writer) shouldNotify(now time.Time) bool {
 	return w.pacer.Due(now)
 }
 
-func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, now time.Time, notify bool) error {
+// dues returns, per message, nil when it has no HeaderDeliverAt, noDelay
+// when its due time is not after now, else its due time in Unix
+// milliseconds (an int64) rounded up, so that it is never forwarded
+// early. It returns nil when no message carries HeaderDeliverAt.
+func (w *Writer) dues(msgs []*herald.Message, now time.Time) ([]any, error) {
+	var out []any
+	for i, m := range msgs {
+		if _, ok := m.Headers[herald.HeaderDeliverAt]; !ok {
+			continue
+		}
+		due, delayed, err := herald.DueAt("outbox", m, now)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil {
+			out = make([]any, len(msgs))
+		}
+		if delayed && w.cfg.delayPrecision <= 0 {
+			return nil, &herald.DelayError{Writer: "outbox", MessageID: m.ID, Topic: m.Topic, DeliverAt: due,
+				Reason: "delayed delivery is off (WithDelayPrecision)", Err: herald.ErrDelayNotSupported}
+		}
+		if delayed {
+			ns := due.UnixNano()
+			ms := ns / 1e6
+			if ns%1e6 != 0 {
+				ms++
+			}
+			out[i] = ms
+		} else {
+			out[i] = noDelay
+		}
+	}
+	return out, nil
+}
+
+// noDelay marks a message with HeaderDeliverAt that is not delayed: its
+// header is stripped and its deliver_at is NULL.
+var noDelay = struct{}{}
+
+func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, due []any, now time.Time, notify bool) error {
 	var query string
 	switch {
 	case len(msgs) > 1:
@@ -250,10 +333,17 @@ func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.
 	}
 	args := make([]any, 0, len(msgs)*insertParams)
 	var buf []byte
-	for _, m := range msgs {
+	for i, m := range msgs {
+		var at any // NULL
+		if due != nil && due[i] != nil {
+			m = withoutDeliverAt(m)
+			if ms, ok := due[i].(int64); ok {
+				at = ms
+			}
+		}
 		var v sqlcore.Values
 		v, buf = w.t.dialect.MessageValues(m, now, buf)
-		args = append(args, v.ID, m.Topic, m.Key, v.Headers, m.ContentType, v.Payload, v.Time)
+		args = append(args, v.ID, m.Topic, m.Key, v.Headers, m.ContentType, v.Payload, v.Time, at)
 	}
 	return x.Exec(ctx, query, args)
 }
@@ -264,5 +354,18 @@ func (w *Writer) insertSQL(n int, notify bool) string {
 	if notify {
 		channel = w.t.channel
 	}
-	return sqlcore.InsertSQL(w.t.dialect, w.t.main, insertColumns, insertParams, n, channel)
+	return sqlcore.InsertSQL(w.t.dialect, w.t.main, writeColumns, insertParams, n, channel)
+}
+
+// withoutDeliverAt returns a shallow copy of m without HeaderDeliverAt;
+// the caller's message is not changed.
+func withoutDeliverAt(m *herald.Message) *herald.Message {
+	c := *m
+	c.Headers = make(herald.Headers, len(m.Headers))
+	for k, v := range m.Headers {
+		if k != herald.HeaderDeliverAt {
+			c.Headers[k] = v
+		}
+	}
+	return &c
 }

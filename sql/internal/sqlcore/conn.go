@@ -134,10 +134,18 @@ const SQLiteBusyWait = 30 * time.Second
 // for up to SQLiteBusyWait, so that instances starting together on a new
 // file all migrate.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect, name string, stmts []string) error {
+	return MigrateWith(ctx, db, d, func(conn *sql.Conn) error { return MigrateLocked(ctx, conn, d, name, stmts) })
+}
+
+// MigrateWith is Migrate for a migration that looks at the table before
+// it picks its statements (an upgrade from an earlier schema): it calls
+// migrate with a connection of db, which should end in MigrateLocked, and
+// retries SQLITE_BUSY as Migrate does.
+func MigrateWith(ctx context.Context, db *sql.DB, d Dialect, migrate func(*sql.Conn) error) error {
 	deadline := time.Now().Add(SQLiteBusyWait)
 	retry := backoff.New(time.Millisecond, 100*time.Millisecond)
 	for {
-		err := migrateOnce(ctx, db, d, name, stmts)
+		err := migrateOnce(ctx, db, migrate)
 		if err == nil || d != SQLite || !IsSQLiteBusy(err) || time.Now().After(deadline) {
 			return err
 		}
@@ -147,13 +155,13 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, name string, stmts []st
 	}
 }
 
-func migrateOnce(ctx context.Context, db *sql.DB, d Dialect, name string, stmts []string) error {
+func migrateOnce(ctx context.Context, db *sql.DB, migrate func(*sql.Conn) error) error {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	return MigrateLocked(ctx, conn, d, name, stmts)
+	return migrate(conn)
 }
 
 func execAll(ctx context.Context, x Execer, stmts []string) error {
