@@ -51,8 +51,12 @@
 // reused), message_id, topic, msg_key (empty for none), headers (a JSON
 // object or NULL), content_type, payload (BYTEA / LONGBLOB / BLOB),
 // created_at (Message.Time to the microsecond; Unix microseconds on
-// SQLite), attempts and last_error. Its only index is the primary key: the
-// relay reads it in id order, and deletes what it sent. The
+// SQLite), attempts, last_error and deliver_at (schema version 2: NULL,
+// or the due time of a delayed message in Unix milliseconds, rounded up).
+// Besides the primary key it has, on PostgreSQL and SQLite, a partial
+// index on id of the rows that are not delayed (the relay's read, in id
+// order) and one on (deliver_at, id) of the delayed rows; on MySQL one
+// index on (deliver_at, id) serves both. The relay deletes what it sent. The
 // table+"_quarantine" table holds rows that failed too often (the same
 // columns plus outbox_id and quarantined_at); table+"_sent" holds sent rows
 // under WithRetention (plus outbox_id and sent_at, indexed). Table names
@@ -136,6 +140,35 @@
 // (5 ms), doubling to its maximum (1 s) while nothing comes; a
 // notification resets it. An idle relay thus issues about one query per
 // second.
+//
+// # Delayed delivery
+//
+// The Writer is a herald.DelayedWriter. A message whose
+// herald.HeaderDeliverAt is after the Write is stored with its due time
+// in deliver_at and without the header; the relay does not read it (its
+// read is WHERE deliver_at IS NULL), so it holds back no row behind it.
+// Before every read the active relay looks for rows due by the
+// database's clock, and re-inserts up to 500 of them, in due order, as
+// ordinary rows (deliver_at NULL, a new id; message_id is kept),
+// deleting the delayed ones in the same transaction: a row is delayed or
+// forwardable, never both and never neither, whatever crashes. From
+// then on it is forwarded, retried and quarantined like any row. When
+// nothing is due the relay sleeps until the next due time it saw, and at
+// most its poll interval, so a row comes through at most about
+// WithPollInterval's maximum after it is due (DelayPrecision; set
+// WithDelayPrecision to the relays' maximum poll interval if you change
+// it). Per-key order: delayed rows of one key in due order (equal due
+// times in write order), also when they came due while no relay ran; a
+// row that comes due goes after the rows of its key already waiting, so
+// an undelayed row may overtake a delayed one. The forwarded message has
+// no HeaderDeliverAt: the target neither delays it again nor refuses it
+// (a target that cannot delay calls herald.RefuseDelayed), and consumers
+// do not see the due time. Clocks: the due time is the publisher's, the
+// comparison the database's; skew between them shifts delivery by it.
+// A malformed due time, or one beyond herald.MaxDelay, fails the Write
+// with a *herald.DelayError wrapping herald.ErrInvalidDelay; with
+// WithDelayPrecision(0) a message due in the future fails with
+// herald.ErrDelayNotSupported, and a Publisher refuses it first.
 //
 // # Failures and quarantine
 //
