@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/heraldbus/herald/sql/internal/sqlcore"
@@ -75,22 +74,11 @@ func (r *Relay) promote(ctx context.Context, conn *sql.Conn, now int64) (int, er
 	if err != nil {
 		return 0, err
 	}
-	var ids []string
-	for rs.Next() {
-		var id int64
-		if err := rs.Scan(&id); err != nil {
-			_ = rs.Close()
-			return 0, err
-		}
-		ids = append(ids, strconv.FormatInt(id, 10))
-	}
-	if err := rs.Err(); err != nil {
+	ids, count, err := sqlcore.IDList(rs)
+	if err != nil || count == 0 {
 		return 0, err
 	}
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	in := " WHERE id IN (" + strings.Join(ids, ",") + ") AND deliver_at IS NOT NULL"
+	in := " WHERE id IN (" + ids + ") AND deliver_at IS NOT NULL"
 	cols := insertColumns + ", attempts, last_error"
 	err = sqlcore.InTx(ctx, conn, r.t.dialect, func(tx sqlcore.Execer) error {
 		// The new ids are allocated in the SELECT's order: the due order.

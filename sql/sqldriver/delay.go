@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/heraldbus/herald"
@@ -271,22 +270,11 @@ func (d *Driver) moveTx(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var ids []string
-	for rs.Next() {
-		var id int64
-		if err := rs.Scan(&id); err != nil {
-			_ = rs.Close()
-			return 0, err
-		}
-		ids = append(ids, strconv.FormatInt(id, 10))
-	}
-	if err := rs.Err(); err != nil {
+	ids, count, err := sqlcore.IDList(rs)
+	if err != nil || count == 0 {
 		return 0, err
 	}
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	in := " WHERE id IN (" + strings.Join(ids, ",") + ")"
+	in := " WHERE id IN (" + ids + ")"
 	// The log's ids are allocated in the SELECT's order, which is the due
 	// order: the sequencer stamps them in it.
 	if _, err := tx.ExecContext(ctx, "INSERT INTO "+n.log+" ("+writeColumns+") SELECT "+writeColumns+" FROM "+n.delayed()+in+" ORDER BY due_at, id"); err != nil {
