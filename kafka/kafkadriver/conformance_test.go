@@ -19,5 +19,6 @@ func TestConformance(t *testing.T) {
 		Lag:             true,
 		Revocation:      true,
 		ErrorReporting:  true,
+		Delay:           true,
 	})
 }
