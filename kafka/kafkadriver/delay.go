@@ -172,7 +172,9 @@ func (d *Driver) ensureDelayTopics(ctx context.Context) error {
 		if err == nil {
 			err = res.Errors[topic]
 		}
-		if err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) {
+		if err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) && !d.topicExists(ctx, topic) {
+			// (a principal without the right to create topics may still
+			// use tier topics an operator created)
 			return fail("create", topic, "", "delay tier topic", err)
 		}
 		d.forgetTopic(topic)
@@ -277,7 +279,7 @@ func (m *mover) run(ctx context.Context) {
 			return
 		}
 	}
-	sub, err := d.subscribe(ctx, m.topic, d.DelayGroup(), d.cfg.delayBuffer)
+	sub, err := d.subscribe(ctx, m.topic, d.DelayGroup(), d.cfg.delayBuffer, true)
 	if err != nil {
 		if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
 			log.Error("kafkadriver: the delay mover could not join its group", "error", err)

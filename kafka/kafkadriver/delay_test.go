@@ -344,3 +344,65 @@ func TestDelayPrecision(t *testing.T) {
 		drivertest.DelayLatenessTrickle(t, newDriver(t, brokers, real), 300, 2*time.Second)
 	})
 }
+
+// Two movers share the tier partitions; one leaves (Close) while messages
+// wait and move, the group rebalances and the other moves the rest:
+// every message arrives, none before it is due, and the rebalance does
+// not wait for the held records (WithRevokeTimeout would otherwise hold
+// it up).
+func TestDelayMoversRebalance(t *testing.T) {
+	brokers, real := cluster(t)
+	prefix := kafkadriver.WithDelayTopicPrefix(drivertest.Name(t, "p") + ".")
+	w := newDriver(t, brokers, real, prefix, kafkadriver.WithRevokeTimeout(400*time.Millisecond))
+	leaving, err := kafkadriver.New(brokers, append(groupOptions(real), prefix, kafkadriver.WithRevokeTimeout(400*time.Millisecond))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = leaving.Close() })
+	c := newDriver(t, brokers, real, kafkadriver.WithoutDelays())
+	ctx := testContext(t)
+	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
+	sub, err := c.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drivertest.CloseSub(t, sub)
+	got := collect(t, ctx, sub)
+	w.StartDelayMover()
+	leaving.StartDelayMover()
+
+	const n = 300
+	start := time.Now().Add(1200 * time.Millisecond)
+	var msgs []*herald.Message
+	for i := range n {
+		m := &herald.Message{ID: fmt.Sprintf("m%04d", i), Topic: topic, Key: fmt.Sprint(i % 7), Data: []byte("x")}
+		m.SetDeliverAt(start.Add(time.Duration(i) * 10 * time.Millisecond))
+		msgs = append(msgs, m)
+	}
+	if err := w.Write(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	drivertest.Eventually(t, 60*time.Second, "a third arriving", func() bool { return got.count() >= n/3 })
+	closed := time.Now()
+	if err := leaving.Close(); err != nil {
+		t.Errorf("Close of the leaving mover: %v", err)
+	}
+	t.Logf("closed one mover in %v with %d of %d arrived", time.Since(closed), got.count(), n)
+	drivertest.Eventually(t, 60*time.Second, "every message arriving", func() bool {
+		got.mu.Lock()
+		defer got.mu.Unlock()
+		seen := map[string]bool{}
+		for _, id := range got.ids {
+			seen[id] = true
+		}
+		return len(seen) == n
+	})
+	last := start.Add((n - 1) * 10 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	if len(got.early) > 0 {
+		t.Errorf("%d messages delivered before they were due, e.g. %s", len(got.early), got.early[0])
+	}
+	t.Logf("%d messages, %d deliveries (%d duplicates); the last was due %v ago", n, len(got.ids), len(got.ids)-n, time.Since(last))
+}

@@ -38,7 +38,7 @@ const (
 // Unless WithoutDelays, the first Subscribe also starts this Driver's
 // delay mover (StartDelayMover).
 func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
-	s, err := d.subscribe(ctx, topic, group, d.cfg.maxUncommitted)
+	s, err := d.subscribe(ctx, topic, group, d.cfg.maxUncommitted, false)
 	if err != nil {
 		return nil, err
 	}
@@ -47,8 +47,9 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 }
 
 // subscribe joins group on topic; limit bounds the uncommitted messages
-// per partition (WithMaxUncommitted, or the mover's WithDelayBuffer).
-func (d *Driver) subscribe(ctx context.Context, topic, group string, limit int) (*subscription, error) {
+// per partition (WithMaxUncommitted, or the mover's WithDelayBuffer);
+// holder marks a delay mover's subscription (subscription.holder).
+func (d *Driver) subscribe(ctx context.Context, topic, group string, limit int, holder bool) (*subscription, error) {
 	if err := errors.Join(validateTopic(topic), herald.ValidateName("group", group)); err != nil {
 		return nil, fail("subscribe", topic, group, "", err)
 	}
@@ -81,6 +82,7 @@ func (d *Driver) subscribe(ctx context.Context, topic, group string, limit int) 
 		runDone: make(chan struct{}),
 		epoch:   time.Now(),
 		limit:   limit,
+		holder:  holder,
 	}
 	s.dialer = &kafkago.Dialer{
 		ClientID:      cfg.clientID,
@@ -160,7 +162,11 @@ type subscription struct {
 
 	background errsink.Sink // ReportErrorsTo's function; before it, the log
 
-	limit   int                        // uncommitted messages per partition
+	limit int // uncommitted messages per partition
+	// holder marks the delay mover's subscriptions, which hold deliveries
+	// until their time: a revocation does not wait for them (what is not
+	// acknowledged goes to the next owner, as after a revoke timeout).
+	holder  bool
 	current atomic.Pointer[generation] // the generation running; nil while joining
 	epoch   time.Time                  // origin of clock
 }
@@ -292,7 +298,7 @@ func (s *subscription) endGeneration(g *generation) {
 	g.mu.Lock()
 	g.ending.Store(true)
 	g.mu.Unlock()
-	if !closed(s.closing) && g.handedOut.Load() > 0 {
+	if !closed(s.closing) && g.handedOut.Load() > 0 && !s.holder {
 		timeout := time.NewTimer(s.d.cfg.revokeTimeout)
 	drain:
 		for g.handedOut.Load() > 0 {
