@@ -78,6 +78,7 @@ func TestConformanceThreeBrokers(t *testing.T) {
 		Lag:             true,
 		Revocation:      true,
 		ErrorReporting:  true,
+		Delay:           true,
 	})
 }
 

@@ -61,8 +61,11 @@ func (d *Driver) DelayTopic(hold time.Duration) string {
 	return d.cfg.delayPrefix + "herald.delay." + holdName(hold)
 }
 
-// DelayGroup is the consumer group of the movers.
-func (d *Driver) DelayGroup() string { return d.cfg.delayPrefix + "herald.delay" }
+// DelayGroup is the consumer group of the movers of the tier of hold:
+// the tier topic's name. One group per tier, so that a mover joining or
+// leaving rebalances each tier on its own (in one group shared by every
+// tier, each tier's member would wait in the others' rebalances).
+func (d *Driver) DelayGroup(hold time.Duration) string { return d.DelayTopic(hold) }
 
 func holdName(h time.Duration) string {
 	for _, u := range []struct {
@@ -267,7 +270,7 @@ const (
 
 func (m *mover) run(ctx context.Context) {
 	d := m.d
-	log := d.cfg.logger.With("topic", m.topic, "group", d.DelayGroup())
+	log := d.cfg.logger.With("topic", m.topic, "group", d.DelayGroup(m.hold))
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for {
 		err := d.ensureDelayTopics(ctx)
@@ -279,7 +282,7 @@ func (m *mover) run(ctx context.Context) {
 			return
 		}
 	}
-	sub, err := d.subscribe(ctx, m.topic, d.DelayGroup(), d.cfg.delayBuffer, true)
+	sub, err := d.subscribe(ctx, m.topic, d.DelayGroup(m.hold), d.cfg.delayBuffer, true)
 	if err != nil {
 		if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
 			log.Error("kafkadriver: the delay mover could not join its group", "error", err)

@@ -66,8 +66,8 @@ func TestDelayOptionsAreValidated(t *testing.T) {
 		names = append(names, d.DelayTopic(h))
 	}
 	want := []string{"app.herald.delay.250ms", "app.herald.delay.1500ms", "app.herald.delay.2m", "app.herald.delay.6h"}
-	if !slices.Equal(names, want) || d.DelayGroup() != "app.herald.delay" {
-		t.Errorf("tier topics %v group %q, want %v and app.herald.delay", names, d.DelayGroup(), want)
+	if !slices.Equal(names, want) || d.DelayGroup(time.Hour) != "app.herald.delay.1h" {
+		t.Errorf("tier topics %v group %q, want %v and app.herald.delay.1h", names, d.DelayGroup(time.Hour), want)
 	}
 	if p := d.DelayPrecision(); p != kafkadriver.DefaultFetchMaxWait {
 		t.Errorf("DelayPrecision = %v, want the fetch max wait %v", p, kafkadriver.DefaultFetchMaxWait)

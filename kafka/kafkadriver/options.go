@@ -454,7 +454,7 @@ func WithDelayTiers(holds ...time.Duration) Option {
 
 // WithDelayTopicPrefix puts the delay tier topics and the mover's group
 // under prefix ("" by default): topics "<prefix>herald.delay.<hold>",
-// group "<prefix>herald.delay". Drivers that share a prefix share the
+// each read by the mover group of the same name. Drivers that share a prefix share the
 // delayed messages and the movers.
 func WithDelayTopicPrefix(prefix string) Option { return func(c *config) { c.delayPrefix = prefix } }
 
