@@ -170,12 +170,12 @@ const moverChildEnv = "HERALD_KAFKA_TEST_MOVER_CHILD"
 
 func runMoverChild() int {
 	parts := strings.Split(os.Getenv(moverChildEnv), "|")
-	if len(parts) != 2 {
-		fmt.Fprintln(os.Stderr, "mover child: want brokers|prefix")
+	if len(parts) != 3 {
+		fmt.Fprintln(os.Stderr, "mover child: want brokers|prefix|real")
 		return 2
 	}
 	d, err := kafkadriver.New(strings.Split(parts[0], ","),
-		append(groupOptions(false), kafkadriver.WithDelayTopicPrefix(parts[1]))...)
+		append(groupOptions(parts[2] == "true"), kafkadriver.WithDelayTopicPrefix(parts[1]))...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mover child:", err)
 		return 2
@@ -187,10 +187,10 @@ func runMoverChild() int {
 	return 0
 }
 
-func startMoverChild(t *testing.T, brokers []string, prefix string) *exec.Cmd {
+func startMoverChild(t *testing.T, brokers []string, real bool, prefix string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), moverChildEnv+"="+strings.Join(brokers, ",")+"|"+prefix)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%v", moverChildEnv, strings.Join(brokers, ","), prefix, real))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -295,7 +295,7 @@ func TestDelayedSurvivesMoverCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	for round := range 2 {
-		child := startMoverChild(t, brokers, prefix)
+		child := startMoverChild(t, brokers, real, prefix)
 		drivertest.Eventually(t, 60*time.Second, "the child moving messages", func() bool {
 			return got.count() >= (round+1)*n/4
 		})
