@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strconv"
 	"sync"
@@ -300,10 +301,7 @@ func (m *mover) run(ctx context.Context) {
 	m.loop(ctx, log)
 }
 
-func (m *mover) loop(ctx context.Context, log interface {
-	Warn(string, ...any)
-	Error(string, ...any)
-}) {
+func (m *mover) loop(ctx context.Context, log *slog.Logger) {
 	buf := make([]herald.Delivery, chunkSize)
 	purged := time.Now()
 	failures := 0
@@ -337,7 +335,7 @@ func (m *mover) loop(ctx context.Context, log interface {
 		}
 		failures = 0
 		for _, dl := range buf[:n] {
-			m.hold1(dl)
+			m.keep(dl)
 		}
 		clear(buf[:n])
 		if time.Since(purged) > moverPurge {
@@ -348,9 +346,9 @@ func (m *mover) loop(ctx context.Context, log interface {
 	}
 }
 
-// hold1 queues a delivery until its ready time; a record without a
+// keep queues a delivery until its ready time; a record without a
 // readable ready time is ready now.
-func (m *mover) hold1(dl herald.Delivery) {
+func (m *mover) keep(dl herald.Delivery) {
 	ready := time.Now()
 	if v, ok := dl.Message.Headers[HeaderDelayReady]; ok {
 		if ns, err := strconv.ParseInt(v, 10, 64); err == nil {
@@ -377,10 +375,7 @@ func (m *mover) purge() {
 // moveReady writes every ready record on (in ready order, equal ready
 // times in arrival order) with one Write, and acknowledges those written.
 // A record that failed goes back, to be tried again shortly.
-func (m *mover) moveReady(ctx context.Context, log interface {
-	Warn(string, ...any)
-	Error(string, ...any)
-}) {
+func (m *mover) moveReady(ctx context.Context, log *slog.Logger) {
 	now := time.Now()
 	var batch []held
 	var msgs []*herald.Message
@@ -430,7 +425,7 @@ func (m *mover) moveReady(ctx context.Context, log interface {
 	}
 }
 
-func (m *mover) ack(ctx context.Context, dl herald.Delivery, log interface{ Warn(string, ...any) }) {
+func (m *mover) ack(ctx context.Context, dl herald.Delivery, log *slog.Logger) {
 	if err := m.sub.Ack(ctx, dl); err != nil && !errors.Is(err, ErrRevoked) {
 		log.Warn("kafkadriver: acknowledging a moved record failed", "error", err)
 	}
