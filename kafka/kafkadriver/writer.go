@@ -82,8 +82,6 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		if err := d.checkMessages(msgs); err != nil {
 			return err
 		}
-	}
-	if delayed {
 		if err := d.ensureDelayTopics(ctx); err != nil {
 			return err
 		}
