@@ -208,7 +208,7 @@ func testDelayBadValues(t *testing.T, cfg Config) {
 	}
 	// In the past (and a zero or negative delay): delivered at once. No
 	// message of the failed writes above was stored.
-	past := newMessages(topic, 3, noKey)
+	past := newMessages(topic, 3, sameKey) // one key: in order on partitioned drivers too
 	past[0].ID += "-past"
 	past[1].ID += "-zero"
 	past[2].ID += "-negative"

@@ -71,13 +71,14 @@ func TestConformanceThreeBrokers(t *testing.T) {
 	t.Parallel()
 	drivertest.Run(t, drivertest.Config{
 		NewDriver: func(t *testing.T) herald.Driver {
-			return newDriver(t, threeBrokers(t).ListenAddrs(), false)
+			return newDriver(t, threeBrokers(t).ListenAddrs(), false, conformanceDelays(t))
 		},
 		MaxMessageBytes: kafkadriver.DefaultMaxMessageBytes,
 		DeliveryCounts:  true,
 		Lag:             true,
 		Revocation:      true,
 		ErrorReporting:  true,
+		Delay:           true,
 	})
 }
 

@@ -71,6 +71,8 @@ type Driver struct {
 
 	metaMu sync.Mutex
 	meta   map[string]*topicMeta
+
+	delayState
 }
 
 // topicMeta is what the writer knows of a topic: the leader of each
@@ -126,11 +128,13 @@ func (d *Driver) Close() error {
 	subs := slices.Collect(maps.Keys(d.subs))
 	d.mu.Unlock()
 
+	d.stopMover()
 	err := parallel.Each(subs, func(s *subscription) error {
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.requestTimeout)
 		defer cancel()
 		return s.Close(ctx)
 	})
+	d.moving.Wait()
 	d.sending.Wait()
 	d.transport.CloseIdleConnections()
 	return err

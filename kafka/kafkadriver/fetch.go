@@ -174,7 +174,7 @@ func (s *subscription) fetchFrom(ctx context.Context, conn *kafkago.Conn, p *par
 	cfg := &s.d.cfg
 	names := make(interner)
 	for {
-		if !p.waitForRoom(ctx, cfg.maxUncommitted) {
+		if !p.waitForRoom(ctx, s.limit) {
 			return offset, progressed, ctx.Err()
 		}
 		_ = conn.SetReadDeadline(time.Now().Add(cfg.fetchMaxWait + cfg.requestTimeout))

@@ -16,7 +16,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(moverChildEnv) != "" {
+		os.Exit(runMoverChild())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // cluster returns the brokers to test against: HERALD_KAFKA_BROKERS when
 // set (the cluster must allow topic auto-creation), or an in-process kfake

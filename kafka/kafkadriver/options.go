@@ -67,7 +67,26 @@ const (
 	// holds the commit back; past this many messages its partition stops
 	// fetching until it moves.
 	DefaultMaxUncommitted = 100_000
+
+	// DefaultDelayPartitions is the partition count of a delay tier topic
+	// the driver creates.
+	DefaultDelayPartitions = 4
+	// DefaultDelayBuffer bounds, per tier partition, the delayed records
+	// the mover holds in memory waiting for their time; past it, that
+	// partition's fetching pauses until its head moves on.
+	DefaultDelayBuffer = 10_000
 )
+
+// DefaultDelayTiers is the ladder of holds of the delay tier topics (see
+// WithDelayTiers).
+var DefaultDelayTiers = []time.Duration{
+	time.Second, 5 * time.Second, 30 * time.Second, 2 * time.Minute,
+	10 * time.Minute, time.Hour, 6 * time.Hour,
+}
+
+// maxDelayTiers bounds the ladder's length (each tier is a topic and a
+// mover consumer).
+const maxDelayTiers = 16
 
 // Acks is how many replicas must store a message before the broker
 // acknowledges a produce request.
@@ -168,6 +187,12 @@ type config struct {
 	fetchMaxBytes          int
 	maxUncommitted         int
 
+	delaysOff       bool
+	delayTiers      []time.Duration
+	delayPrefix     string
+	delayPartitions int
+	delayBuffer     int
+
 	logger *slog.Logger
 }
 
@@ -191,6 +216,9 @@ func newConfig(brokers []string, opts []Option) config {
 		fetchMaxWait:           DefaultFetchMaxWait,
 		fetchMaxBytes:          DefaultFetchMaxBytes,
 		maxUncommitted:         DefaultMaxUncommitted,
+		delayTiers:             DefaultDelayTiers,
+		delayPartitions:        DefaultDelayPartitions,
+		delayBuffer:            DefaultDelayBuffer,
 	}
 	for _, o := range opts {
 		o(&c)
@@ -211,6 +239,7 @@ func (c *config) validate() error {
 	p.If(c.compression < CompressionNone || c.compression > CompressionZstd, "unknown compression codec %d", int(c.compression))
 	p.If(!c.start.Valid(), "unknown start position %d", int(c.start))
 	p.Add(c.saslErr)
+	c.checkDelays(p)
 	if err := p.Err(); err != nil {
 		return fmt.Errorf("kafkadriver: invalid configuration: %w", err)
 	}
@@ -231,6 +260,30 @@ func (c *config) checkSizes(p *optcheck.Problems) {
 	optcheck.Positive(p, "max attempts", c.maxAttempts)
 	optcheck.Positive(p, "fetch max bytes", c.fetchMaxBytes)
 	optcheck.Positive(p, "max uncommitted", c.maxUncommitted)
+}
+
+// checkDelays validates the delay options (even when delays are off, so
+// that turning them on later does not surface a mistake).
+func (c *config) checkDelays(p *optcheck.Problems) {
+	optcheck.Positive(p, "delay partitions", c.delayPartitions)
+	optcheck.Positive(p, "delay buffer", c.delayBuffer)
+	p.If(len(c.delayTiers) == 0, "delay tiers: the ladder is empty")
+	p.If(len(c.delayTiers) > maxDelayTiers, "delay tiers: %d holds, at most %d", len(c.delayTiers), maxDelayTiers)
+	for i, h := range c.delayTiers {
+		switch {
+		case h < time.Millisecond || h%time.Millisecond != 0:
+			p.Addf("delay tier %d: hold %v is not a positive whole number of milliseconds", i, h)
+		case h > herald.MaxDelay:
+			p.Addf("delay tier %d: hold %v is longer than herald.MaxDelay (%v)", i, h, herald.MaxDelay)
+		case i > 0 && h <= c.delayTiers[i-1]:
+			p.Addf("delay tiers must grow: hold %v after %v", h, c.delayTiers[i-1])
+		}
+	}
+	if c.delayPrefix != "" {
+		if err := validateTopic(c.delayPrefix + "herald.delay.1s"); err != nil {
+			p.Addf("delay topic prefix %q: %v", c.delayPrefix, err)
+		}
+	}
 }
 
 func (c *config) checkTimes(p *optcheck.Problems) {
@@ -384,3 +437,37 @@ func WithMaxUncommitted(n int) Option { return func(c *config) { c.maxUncommitte
 // resets, abandoned deliveries at a rebalance, retried failures at warn
 // level, and kafka-go's own messages at debug level.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithDelayTiers sets the ladder of holds of the delay tier topics
+// (default DefaultDelayTiers: 1s 5s 30s 2m 10m 1h 6h): one topic per hold,
+// named DelayTopic(hold). A delayed message goes to the tier of the
+// largest hold not above its remaining delay (the smallest tier when the
+// delay is shorter than that), and hops down the ladder until it is due,
+// so a delay of D takes about as many writes as there are tiers up to D.
+// Holds must be whole milliseconds, strictly increasing, at most
+// herald.MaxDelay, and at most 16 of them. Changing the ladder of a
+// running system leaves records in tiers no longer listed unmoved:
+// add tiers, do not remove one that may hold records.
+func WithDelayTiers(holds ...time.Duration) Option {
+	return func(c *config) { c.delayTiers = append([]time.Duration(nil), holds...) }
+}
+
+// WithDelayTopicPrefix puts the delay tier topics and the mover's group
+// under prefix ("" by default): topics "<prefix>herald.delay.<hold>",
+// each read by the mover group of the same name. Drivers that share a prefix share the
+// delayed messages and the movers.
+func WithDelayTopicPrefix(prefix string) Option { return func(c *config) { c.delayPrefix = prefix } }
+
+// WithDelayPartitions sets the partition count of the tier topics the
+// driver creates (default DefaultDelayPartitions); existing topics are
+// used as they are.
+func WithDelayPartitions(n int) Option { return func(c *config) { c.delayPartitions = n } }
+
+// WithDelayBuffer bounds the records the mover holds per tier partition
+// while they wait for their time (default DefaultDelayBuffer).
+func WithDelayBuffer(n int) Option { return func(c *config) { c.delayBuffer = n } }
+
+// WithoutDelays turns delayed delivery off: Write refuses a message due in
+// the future (herald.ErrDelayNotSupported, nothing written),
+// DelayPrecision reports 0, and no mover runs.
+func WithoutDelays() Option { return func(c *config) { c.delaysOff = true } }

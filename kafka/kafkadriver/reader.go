@@ -34,7 +34,22 @@ const (
 // member waits for the topic to appear (WithPartitionWatchInterval). The
 // package documentation says how offsets are committed, what a rebalance
 // does with deliveries in flight, and what Close guarantees.
+//
+// Unless WithoutDelays, the first Subscribe also starts this Driver's
+// delay mover (StartDelayMover).
 func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
+	s, err := d.subscribe(ctx, topic, group, d.cfg.maxUncommitted, false)
+	if err != nil {
+		return nil, err
+	}
+	d.StartDelayMover()
+	return s, nil
+}
+
+// subscribe joins group on topic; limit bounds the uncommitted messages
+// per partition (WithMaxUncommitted, or the mover's WithDelayBuffer);
+// holder marks a delay mover's subscription (subscription.holder).
+func (d *Driver) subscribe(ctx context.Context, topic, group string, limit int, holder bool) (*subscription, error) {
 	if err := errors.Join(validateTopic(topic), herald.ValidateName("group", group)); err != nil {
 		return nil, fail("subscribe", topic, group, "", err)
 	}
@@ -66,6 +81,8 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		closing: make(chan struct{}),
 		runDone: make(chan struct{}),
 		epoch:   time.Now(),
+		limit:   limit,
+		holder:  holder,
 	}
 	s.dialer = &kafkago.Dialer{
 		ClientID:      cfg.clientID,
@@ -145,6 +162,11 @@ type subscription struct {
 
 	background errsink.Sink // ReportErrorsTo's function; before it, the log
 
+	limit int // uncommitted messages per partition
+	// holder marks the delay mover's subscriptions, which hold deliveries
+	// until their time: a revocation does not wait for them (what is not
+	// acknowledged goes to the next owner, as after a revoke timeout).
+	holder  bool
 	current atomic.Pointer[generation] // the generation running; nil while joining
 	epoch   time.Time                  // origin of clock
 }
@@ -276,7 +298,7 @@ func (s *subscription) endGeneration(g *generation) {
 	g.mu.Lock()
 	g.ending.Store(true)
 	g.mu.Unlock()
-	if !closed(s.closing) && g.handedOut.Load() > 0 {
+	if !closed(s.closing) && g.handedOut.Load() > 0 && !s.holder {
 		timeout := time.NewTimer(s.d.cfg.revokeTimeout)
 	drain:
 		for g.handedOut.Load() > 0 {
@@ -454,7 +476,7 @@ func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	if !ok || p.g.s != s {
 		return fail("ack", s.topic, s.group, "", errors.New("the delivery is not from this subscription"))
 	}
-	first, revoked := p.ack(d.Seq, s.d.cfg.maxUncommitted)
+	first, revoked := p.ack(d.Seq, s.limit)
 	if !first {
 		return nil
 	}

@@ -51,6 +51,14 @@ const recordOverhead = 24
 // after its retry leaves its copies behind later messages of their
 // partition: a consumer that does not deduplicate can see a key go back.
 //
+// Delayed messages (herald.HeaderDeliverAt in the future) go to a delay
+// tier topic instead, in the same request as the rest of the Write; the
+// mover brings them to their topic when they are due (see DelayTopic and
+// the package documentation). Undelayed messages of the Write go to their
+// topic at once, so for one key an undelayed message overtakes a delayed
+// one written before it. With WithoutDelays a delayed message fails the
+// Write (herald.ErrDelayNotSupported) and nothing is sent.
+//
 // When ctx ends first, Write returns a *herald.DriverError wrapping
 // ctx.Err(): messages not yet sent are withdrawn, those already in a
 // request may be written. Its other errors are *herald.DriverError too.
@@ -61,11 +69,22 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := herald.RefuseDelayed("kafkadriver", msgs, time.Now()); err != nil {
-		return fail("write", "", "", "", err) // no delayed delivery yet
-	}
 	if err := d.checkMessages(msgs); err != nil {
 		return err
+	}
+	orig := msgs
+	msgs, delayed, err := d.routeDelayed(msgs, time.Now())
+	if err != nil {
+		return err
+	}
+	if delayed {
+		// the tier headers count toward the size too
+		if err := d.checkMessages(msgs); err != nil {
+			return err
+		}
+		if err := d.ensureDelayTopics(ctx); err != nil {
+			return err
+		}
 	}
 	recs, err := d.records(ctx, msgs)
 	if err != nil {
@@ -86,7 +105,7 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 		return fail("write", msgs[0].Topic, "",
 			fmt.Sprintf("interrupted (%d messages; those already sent may be written)", len(msgs)), ctx.Err())
 	}
-	return call.result(recs)
+	return restoreTopics(call.result(recs), orig)
 }
 
 func (d *Driver) checkMessages(msgs []*herald.Message) error {
