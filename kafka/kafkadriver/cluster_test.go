@@ -71,7 +71,7 @@ func TestConformanceThreeBrokers(t *testing.T) {
 	t.Parallel()
 	drivertest.Run(t, drivertest.Config{
 		NewDriver: func(t *testing.T) herald.Driver {
-			return newDriver(t, threeBrokers(t).ListenAddrs(), false, conformanceDelays(t))
+			return newDriver(t, threeBrokers(t).ListenAddrs(), false, conformanceDelays(t)...)
 		},
 		MaxMessageBytes: kafkadriver.DefaultMaxMessageBytes,
 		DeliveryCounts:  true,

@@ -18,8 +18,8 @@ import (
 
 // Delayed delivery on delay topics.
 //
-// Kafka cannot hold a record back, so a delayed message is written to a
-// tier topic instead of its own: one topic per hold of a fixed ladder
+// Off by default (WithDelays). Kafka cannot hold a record back, so a
+// delayed message is written to a tier topic instead of its own: one topic per hold of a fixed ladder
 // (WithDelayTiers). The Write that places it in a tier stamps when it is
 // ready to leave that tier (HeaderDelayReady): its hold after the write,
 // or its due time when that comes first (only in the smallest tier, for
@@ -47,9 +47,9 @@ const delayRetention = 7 * 24 * time.Hour
 // DelayPrecision reports how late after its due time a delayed message
 // may reach its topic while the mover runs (herald.DelayedWriter): the
 // fetch wait, which bounds how long a record written to a tier takes to
-// reach the mover. It is 0 with WithoutDelays.
+// reach the mover. It is 0 without WithDelays.
 func (d *Driver) DelayPrecision() time.Duration {
-	if d.cfg.delaysOff {
+	if !d.cfg.delaysOn {
 		return 0
 	}
 	return d.cfg.fetchMaxWait
@@ -97,12 +97,12 @@ func (d *Driver) tierFor(remaining time.Duration) time.Duration {
 // routeDelayed returns msgs with every delayed message replaced by a copy
 // bound for its tier topic; undelayed ones stay as they are (and slice
 // positions too, so a WriteError's indexes are the caller's). With
-// WithoutDelays it refuses delayed messages instead. delayed tells
+// delays off (without WithDelays) it refuses delayed messages instead. delayed tells
 // whether any was routed.
 func (d *Driver) routeDelayed(msgs []*herald.Message, now time.Time) (out []*herald.Message, delayed bool, err error) {
-	if d.cfg.delaysOff {
+	if !d.cfg.delaysOn {
 		if err := herald.RefuseDelayed("kafkadriver", msgs, now); err != nil {
-			return nil, false, fail("write", "", "", "delays are off (WithoutDelays)", err)
+			return nil, false, fail("write", "", "", "delays are off (see WithDelays)", err)
 		}
 		return msgs, false, nil
 	}
@@ -190,10 +190,10 @@ func (d *Driver) ensureDelayTopics(ctx context.Context) error {
 // StartDelayMover starts this Driver's member of the mover group, if it
 // has not started yet; Subscribe starts it too. A process that only
 // publishes delayed messages (a relay) needs no mover as long as some
-// process with subscriptions runs one. It does nothing with WithoutDelays
+// process with subscriptions runs one. It does nothing without WithDelays
 // or after Close. The mover stops at Close.
 func (d *Driver) StartDelayMover() {
-	if d.cfg.delaysOff {
+	if !d.cfg.delaysOn {
 		return
 	}
 	d.mu.Lock()

@@ -54,7 +54,7 @@ func TestDelayOptionsAreValidated(t *testing.T) {
 			}
 		}
 	}
-	d, err := kafkadriver.New([]string{"127.0.0.1:1"},
+	d, err := kafkadriver.New([]string{"127.0.0.1:1"}, kafkadriver.WithDelays(),
 		kafkadriver.WithDelayTiers(250*time.Millisecond, 1500*time.Millisecond, 2*time.Minute, 6*time.Hour),
 		kafkadriver.WithDelayTopicPrefix("app."))
 	if err != nil {
@@ -78,7 +78,10 @@ func TestDelayOptionsAreValidated(t *testing.T) {
 // is written; DelayPrecision says the driver cannot delay.
 func TestWithoutDelaysRefuses(t *testing.T) {
 	brokers, real := cluster(t)
-	d := newDriver(t, brokers, real, kafkadriver.WithoutDelays())
+	if p := newDriver(t, brokers, real).DelayPrecision(); p != 0 {
+		t.Errorf("DelayPrecision by default = %v, want 0 (delays are opt-in)", p)
+	}
+	d := newDriver(t, brokers, real, kafkadriver.WithDelays(), kafkadriver.WithoutDelays())
 	ctx := testContext(t)
 	if p := d.DelayPrecision(); p != 0 {
 		t.Errorf("DelayPrecision = %v, want 0", p)
@@ -119,7 +122,7 @@ func TestWithoutDelaysRefuses(t *testing.T) {
 // same Write, to another topic, arrives at once.
 func TestDelayHopsDownTheLadder(t *testing.T) {
 	brokers, real := cluster(t)
-	d := newDriver(t, brokers, real, kafkadriver.WithDelayTiers(200*time.Millisecond, 500*time.Millisecond),
+	d := newDriver(t, brokers, real, kafkadriver.WithDelays(), kafkadriver.WithDelayTiers(200*time.Millisecond, 500*time.Millisecond),
 		kafkadriver.WithDelayTopicPrefix(drivertest.Name(t, "p")+"."))
 	ctx := testContext(t)
 	topic, other, group := drivertest.Name(t, "t"), drivertest.Name(t, "o"), drivertest.Name(t, "g")
@@ -175,7 +178,7 @@ func runMoverChild() int {
 		return 2
 	}
 	d, err := kafkadriver.New(strings.Split(parts[0], ","),
-		append(groupOptions(parts[2] == "true"), kafkadriver.WithDelayTopicPrefix(parts[1]))...)
+		append(groupOptions(parts[2] == "true"), kafkadriver.WithDelays(), kafkadriver.WithDelayTopicPrefix(parts[1]))...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mover child:", err)
 		return 2
@@ -272,8 +275,8 @@ func TestDelayedSurvivesMoverCrash(t *testing.T) {
 	brokers, real := cluster(t)
 	prefix := drivertest.Name(t, "p") + "."
 	delays := kafkadriver.WithDelayTopicPrefix(prefix)
-	w := newDriver(t, brokers, real, delays)                      // writes; no subscription, so no mover
-	c := newDriver(t, brokers, real, kafkadriver.WithoutDelays()) // consumes; no mover
+	w := newDriver(t, brokers, real, kafkadriver.WithDelays(), delays) // writes; no subscription, so no mover
+	c := newDriver(t, brokers, real, kafkadriver.WithoutDelays())      // consumes; no mover
 	ctx := testContext(t)
 	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
 	sub, err := c.Subscribe(ctx, topic, group)
@@ -337,11 +340,11 @@ func TestDelayPrecision(t *testing.T) {
 	}
 	t.Run("Batches", func(t *testing.T) {
 		brokers, real := cluster(t)
-		drivertest.DelayLateness(t, newDriver(t, brokers, real), 300, 3*time.Second)
+		drivertest.DelayLateness(t, newDriver(t, brokers, real, kafkadriver.WithDelays()), 300, 3*time.Second)
 	})
 	t.Run("Trickle", func(t *testing.T) {
 		brokers, real := cluster(t)
-		drivertest.DelayLatenessTrickle(t, newDriver(t, brokers, real), 300, 2*time.Second)
+		drivertest.DelayLatenessTrickle(t, newDriver(t, brokers, real, kafkadriver.WithDelays()), 300, 2*time.Second)
 	})
 }
 
@@ -353,8 +356,8 @@ func TestDelayPrecision(t *testing.T) {
 func TestDelayMoversRebalance(t *testing.T) {
 	brokers, real := cluster(t)
 	prefix := kafkadriver.WithDelayTopicPrefix(drivertest.Name(t, "p") + ".")
-	w := newDriver(t, brokers, real, prefix, kafkadriver.WithRevokeTimeout(400*time.Millisecond))
-	leaving, err := kafkadriver.New(brokers, append(groupOptions(real), prefix, kafkadriver.WithRevokeTimeout(400*time.Millisecond))...)
+	w := newDriver(t, brokers, real, kafkadriver.WithDelays(), prefix, kafkadriver.WithRevokeTimeout(400*time.Millisecond))
+	leaving, err := kafkadriver.New(brokers, append(groupOptions(real), kafkadriver.WithDelays(), prefix, kafkadriver.WithRevokeTimeout(400*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -187,7 +187,7 @@ type config struct {
 	fetchMaxBytes          int
 	maxUncommitted         int
 
-	delaysOff       bool
+	delaysOn        bool
 	delayTiers      []time.Duration
 	delayPrefix     string
 	delayPartitions int
@@ -438,8 +438,8 @@ func WithMaxUncommitted(n int) Option { return func(c *config) { c.maxUncommitte
 // level, and kafka-go's own messages at debug level.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
-// WithDelayTiers sets the ladder of holds of the delay tier topics
-// (default DefaultDelayTiers: 1s 5s 30s 2m 10m 1h 6h): one topic per hold,
+// WithDelayTiers sets the ladder of holds of the delay tier topics, with
+// WithDelays (default DefaultDelayTiers: 1s 5s 30s 2m 10m 1h 6h): one topic per hold,
 // named DelayTopic(hold). A delayed message goes to the tier of the
 // largest hold not above its remaining delay (the smallest tier when the
 // delay is shorter than that), and hops down the ladder until it is due,
@@ -467,7 +467,17 @@ func WithDelayPartitions(n int) Option { return func(c *config) { c.delayPartiti
 // while they wait for their time (default DefaultDelayBuffer).
 func WithDelayBuffer(n int) Option { return func(c *config) { c.delayBuffer = n } }
 
-// WithoutDelays turns delayed delivery off: Write refuses a message due in
-// the future (herald.ErrDelayNotSupported, nothing written),
-// DelayPrecision reports 0, and no mover runs.
-func WithoutDelays() Option { return func(c *config) { c.delaysOff = true } }
+// WithDelays turns delayed delivery on (it is off by default): a message
+// due in the future goes to a delay tier topic (WithDelayTiers), and every
+// Driver with subscriptions runs a member of each tier's mover group,
+// which forwards it when it is due. It costs a consumer group per tier in
+// every such Driver, which is why it is opt-in. Every Driver that
+// publishes or consumes delayed messages of a system should take the same
+// WithDelays, WithDelayTiers and WithDelayTopicPrefix.
+func WithDelays() Option { return func(c *config) { c.delaysOn = true } }
+
+// WithoutDelays turns delayed delivery off, as by default (after a
+// WithDelays, say): Write refuses a message due in the future
+// (herald.ErrDelayNotSupported, nothing written), DelayPrecision reports
+// 0, and no mover runs.
+func WithoutDelays() Option { return func(c *config) { c.delaysOn = false } }
