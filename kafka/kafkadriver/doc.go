@@ -146,9 +146,17 @@
 // Testing: the package's tests run against an in-process kfake broker
 // (github.com/twmb/franz-go/pkg/kfake), or against HERALD_KAFKA_BROKERS.
 //
-// Delayed delivery is not supported yet: Write refuses a message whose
-// herald.HeaderDeliverAt lies in the future with a *herald.DelayError
-// wrapping herald.ErrDelayNotSupported (herald.RefuseDelayed), writing
-// nothing of the batch, and a herald.Publisher refuses it before that. A
-// due time in the past is an ordinary message.
+// # Delayed delivery
+//
+// A message carrying herald.HeaderDeliverAt in the future is written to
+// a delay tier topic (DelayTopic: "herald.delay.<hold>" for each hold of
+// WithDelayTiers) instead of its topic, with HeaderDelayTopic naming its
+// topic and HeaderDelayReady when it may leave the tier. The mover, one
+// member per Driver in a consumer group per tier (started by Subscribe
+// or StartDelayMover, stopped by Close), holds each record until it is
+// ready and writes it again: to the next tier, or to its topic once due.
+// A tier offset is committed only after that Write was acknowledged, so
+// a crashed mover causes duplicates, never losses. Messages of one key
+// arrive in due order. Delays are off unless WithDelays: a Driver without
+// it creates no tier topics, runs no mover and refuses delayed messages.
 package kafkadriver
