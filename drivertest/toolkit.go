@@ -1,10 +1,13 @@
 package drivertest
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -186,4 +189,35 @@ func must(t testing.TB, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// StartReadyChild runs this test binary again as a child process, for
+// crash tests that SIGKILL it: with -test.run=run and env ("NAME=value",
+// which the child's TestMain or test looks for) added to the environment,
+// its standard error passed through, and its standard input a pipe that
+// the cleanup closes. It returns once the child printed the line "ready"
+// on its standard output, and fails t if it printed anything else. When t
+// ends the child is killed and waited for.
+func StartReadyChild(t testing.TB, run, env string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run="+run)
+	cmd.Env = append(os.Environ(), env)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		t.Fatalf("child %s said %q, want ready", run, line)
+	}
+	return cmd
 }

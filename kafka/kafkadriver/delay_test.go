@@ -1,7 +1,6 @@
 package kafkadriver_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -192,26 +191,7 @@ func runMoverChild() int {
 
 func startMoverChild(t *testing.T, brokers []string, real bool, prefix string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%v", moverChildEnv, strings.Join(brokers, ","), prefix, real))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
-		t.Fatalf("mover child said %q", line)
-	}
-	return cmd
+	return drivertest.StartReadyChild(t, "^$", fmt.Sprintf("%s=%s|%s|%v", moverChildEnv, strings.Join(brokers, ","), prefix, real))
 }
 
 // received collects a subscription's deliveries in the background.

@@ -1,7 +1,6 @@
 package redisdriver_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -279,26 +278,7 @@ func TestDelayedSurvivesMoverCrash(t *testing.T) {
 
 func startMoverChild(t *testing.T, env testEnv, topic, group string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), moverChildEnv+"="+strings.Join([]string{env.addr, env.prefix, topic, group}, "|"))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
-		t.Fatalf("mover child said %q", line)
-	}
-	return cmd
+	return drivertest.StartReadyChild(t, "^$", moverChildEnv+"="+strings.Join([]string{env.addr, env.prefix, topic, group}, "|"))
 }
 
 // TestDelayPrecision measures how late delayed messages arrive at the

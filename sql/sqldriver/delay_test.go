@@ -1,7 +1,6 @@
 package sqldriver_test
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -251,26 +249,7 @@ func startMoverChild(t *testing.T, cfg crashChildConfig) *exec.Cmd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDelayedSurvivesMoverCrash$")
-	cmd.Env = append(os.Environ(), moverChildEnv+"="+string(b))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
-		t.Fatalf("mover child said %q", line)
-	}
-	return cmd
+	return drivertest.StartReadyChild(t, "^TestDelayedSurvivesMoverCrash$", moverChildEnv+"="+string(b))
 }
 
 // TestDelayPrecision measures how late delayed messages arrive at the
