@@ -305,6 +305,49 @@ func TestReleaseRecordsOutliveTheDriver(t *testing.T) {
 	}
 }
 
+// TestLateHandBackOfARedeliveryDoesNotCount hands a message back
+// unstarted twice: once through Release, then as Close hands back what
+// its last pull request brought late, on a delivery the server counts as
+// the second. Neither hand-back counts. (Close cancels the subscription's
+// context before it records the late ones; the record of a redelivery
+// was read under that context, so the read failed, the record stayed at
+// one hand-back and the third delivery counted 2.)
+func TestLateHandBackOfARedeliveryDoesNotCount(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(t, natsdriver.WithErrorHandler(func(err error) { t.Errorf("background error: %v", err) }))
+	ctx := drivertest.Context(t, time.Minute)
+	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
+	if err := d.Write(ctx, []*herald.Message{message(topic, "m", "k")}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := d.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := drivertest.FetchExactly(t, sub, 1)
+	sub.(herald.Releaser).Release(got)
+	drivertest.CloseSub(t, sub)
+
+	if sub, err = d.Subscribe(ctx, topic, group); err != nil {
+		t.Fatal(err)
+	}
+	n, err := natsdriver.HandBackLate(ctx, sub)
+	if err != nil || n != 2 {
+		t.Fatalf("late hand-back: NumDelivered %d, %v; want 2", n, err)
+	}
+	drivertest.CloseSub(t, sub)
+
+	if sub, err = d.Subscribe(ctx, topic, group); err != nil {
+		t.Fatal(err)
+	}
+	defer drivertest.CloseSub(t, sub)
+	again := drivertest.FetchExactly(t, sub, 1)
+	if c, n := again[0].Count, natsdriver.NumDelivered(again[0]); c != 1 || n != 3 {
+		t.Errorf("after two hand-backs, the second late: Count %d, NumDelivered %d; want 1 and 3", c, n)
+	}
+	drivertest.Ack(t, sub, again...)
+}
+
 // TestBackgroundErrorsReachTheScheduler makes a release record
 // unwritable (its bucket deleted under the subscription): Release has no
 // caller to return to, so the error goes to the function ReportErrorsTo

@@ -60,12 +60,13 @@ func releaseKey(stream, consumer string, seq uint64) string {
 }
 
 // released returns how many times the message of key was handed back
-// unstarted, for a delivery the server counts numDelivered.
-func (s *subscription) released(key string, numDelivered uint64) (uint64, error) {
+// unstarted, for a delivery the server counts numDelivered. ctx bounds
+// the read with 10 s.
+func (s *subscription) released(ctx context.Context, key string, numDelivered uint64) (uint64, error) {
 	if numDelivered <= 1 {
 		return 0, nil // a first delivery: nothing was handed back
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -81,7 +82,7 @@ func (s *subscription) released(key string, numDelivered uint64) (uint64, error)
 // hand-backs that were not attempts, or 0 (unknown) when the record
 // cannot be read.
 func (s *subscription) count(h *held) int {
-	r, err := s.released(h.key, h.numDelivered)
+	r, err := s.released(s.ctx, h.key, h.numDelivered)
 	if err != nil {
 		s.onError(s.fail("fetch", "reading the release record of stream sequence "+strconv.FormatUint(h.seq, 10)+" (Count left unknown)", err))
 		return 0

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -392,6 +393,9 @@ func (s *subscription) drainBatch(ctx context.Context) []jetstream.Msg {
 
 // releaseLate records that the messages a pull request brought after the
 // last Fetch are handed back unstarted: the scheduler never saw them.
+// Close calls it after cancelling the subscription's context, so the
+// records are read and written under ctx, Close's; a record that cannot
+// be read is reported, and that hand-back counts.
 func (s *subscription) releaseLate(ctx context.Context, late []jetstream.Msg) {
 	for _, msg := range late {
 		meta, err := msg.Metadata()
@@ -399,10 +403,13 @@ func (s *subscription) releaseLate(ctx context.Context, late []jetstream.Msg) {
 			continue
 		}
 		h := s.newHeld(msg, meta)
-		if r, err := s.released(h.key, h.numDelivered); err == nil {
-			h.released = r
-			s.release(ctx, h)
+		r, err := s.released(ctx, h.key, h.numDelivered)
+		if err != nil {
+			s.onError(s.fail("release", "reading the release record of stream sequence "+strconv.FormatUint(h.seq, 10)+" (its hand-back counts)", err))
+			continue
 		}
+		h.released = r
+		s.release(ctx, h)
 	}
 }
 
