@@ -138,8 +138,9 @@
 // Operations: a subscription reports its lag (herald.LagReporter): for the
 // partitions assigned to the member, the high watermark minus the group's
 // committed offset, with no request while its fetches are fresh and one
-// ListOffsets round trip otherwise; ErrRebalancing while it joins. Acks
-// show in it after the next commit (WithCommitInterval).
+// ListOffsets round trip otherwise (as after this Driver wrote to the
+// partition, so that a Lag after a Write counts it); ErrRebalancing while
+// it joins. Acks show in it after the next commit (WithCommitInterval).
 // Driver.DeadLetters reads dead-letter topics for package dlq and records
 // redriven positions in a compacted "<topic>.redriven" sidecar topic.
 //

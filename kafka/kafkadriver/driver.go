@@ -72,6 +72,8 @@ type Driver struct {
 	metaMu sync.Mutex
 	meta   map[string]*topicMeta
 
+	epoch time.Time // origin of clock
+
 	delayState
 }
 
@@ -110,6 +112,7 @@ func New(brokers []string, opts ...Option) (*Driver, error) {
 		queues:    make(map[topicPartition]*partitionQueue),
 		meta:      make(map[string]*topicMeta),
 		senders:   make(map[int32]*brokerSender),
+		epoch:     time.Now(),
 	}, nil
 }
 

@@ -178,9 +178,9 @@ func (s *subscription) fetchFrom(ctx context.Context, conn *kafkago.Conn, p *par
 			return offset, progressed, ctx.Err()
 		}
 		_ = conn.SetReadDeadline(time.Now().Add(cfg.fetchMaxWait + cfg.requestTimeout))
-		p.lag.fetching(offset)
+		p.lag.fetching(s.d.clock(), offset)
 		batch := conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: cfg.fetchMaxBytes, MaxWait: cfg.fetchMaxWait})
-		p.lag.fetched(s.clock(), batch)
+		p.lag.fetched(s.d.clock(), batch)
 		chunks := s.decode(batch, p, names)
 		fetchErr := batch.Close()
 		after, _ := conn.Offset()
@@ -208,6 +208,7 @@ func (s *subscription) fetchFrom(ctx context.Context, conn *kafkago.Conn, p *par
 // or a topic's re-creation) and positions conn there.
 func (s *subscription) seek(conn *kafkago.Conn, p *partition, offset int64) (int64, error) {
 	_ = conn.SetDeadline(time.Now().Add(s.d.cfg.requestTimeout))
+	asked := s.d.clock()
 	first, last, err := conn.ReadOffsets()
 	_ = conn.SetDeadline(time.Time{})
 	if err != nil {
@@ -228,7 +229,7 @@ func (s *subscription) seek(conn *kafkago.Conn, p *partition, offset int64) (int
 		s.log.Warn("kafkadriver: offset out of range; resetting", "partition", p.id, "offset", offset,
 			"first", first, "last", last, "reset_to", want)
 	}
-	p.lag.observe(s.clock(), last)
+	p.lag.observe(asked, s.d.clock(), last)
 	if offset == kafkago.FirstOffset || offset == kafkago.LastOffset {
 		p.lag.origin.Store(want)
 	}

@@ -20,10 +20,14 @@ func (d *Driver) MessagingSystem() string { return "kafka" }
 
 // lagState is what the fetcher of a partition knows of the partition's
 // end, for Lag to read without a request. Every fetch response carries the
-// high watermark; seek reads it too.
+// high watermark; seek reads it too. Times are on the Driver's clock.
 type lagState struct {
 	hwm    atomic.Int64 // high watermark last seen; -1 until seen
-	seenAt atomic.Int64 // when, on the subscription's clock
+	seenAt atomic.Int64 // when
+	// asOf is when the request that reported hwm was sent: the broker
+	// had then applied every write this Driver had been answered for.
+	asOf atomic.Int64
+	sent atomic.Int64 // when the fetch in flight was sent
 	// waiting is set while a fetch from the high watermark is in flight:
 	// the broker holds it until the partition grows, then answers at once,
 	// so the high watermark it started from is still the partition's end.
@@ -38,20 +42,23 @@ func (l *lagState) init() {
 	l.origin.Store(-1)
 }
 
-// observe records the high watermark hwm seen at now. hwm is stored before
-// seenAt, and end loads them the other way round, so a high watermark is
-// never older than the time end judges it by.
-func (l *lagState) observe(now, hwm int64) {
+// observe records the high watermark hwm seen at now, from a request sent
+// at asOf. hwm is stored before asOf and seenAt, and end loads them the
+// other way round, so a high watermark is never older than the times end
+// judges it by.
+func (l *lagState) observe(asOf, now, hwm int64) {
 	if hwm < 0 {
 		return
 	}
 	l.hwm.Store(hwm)
+	l.asOf.Store(asOf)
 	l.seenAt.Store(now)
 }
 
-// fetching is called before a fetch from offset is sent.
-func (l *lagState) fetching(offset int64) {
+// fetching is called at now, before a fetch from offset is sent.
+func (l *lagState) fetching(now, offset int64) {
 	hwm := l.hwm.Load()
+	l.sent.Store(now)
 	l.waiting.Store(hwm >= 0 && offset >= hwm)
 }
 
@@ -59,29 +66,47 @@ func (l *lagState) fetching(offset int64) {
 // yet): kafka-go has parsed its high watermark by then.
 func (l *lagState) fetched(now int64, b *kafkago.Batch) {
 	if b.Err() == nil {
-		l.observe(now, b.HighWaterMark())
+		l.observe(l.sent.Load(), now, b.HighWaterMark())
 	}
 	l.waiting.Store(false)
 }
 
 // end returns the partition's high watermark when it is fresh: seen within
 // window (the fetch max wait), or within two while a fetch from it is held
-// by the broker (which answers that fetch after one window at the latest).
-// A fetcher held back (the scheduler is behind, or WithMaxUncommitted
-// holds the partition) sends no fetches, so its high watermark goes stale
-// and Lag asks the broker.
-func (l *lagState) end(now, window int64) (int64, bool) {
+// by the broker (which answers that fetch after one window at the latest),
+// and reported by a request sent after the Driver's last produce request
+// to the partition was answered (written; 0: none). A fetcher held back
+// (the scheduler is behind, or WithMaxUncommitted holds the partition)
+// sends no fetches, so its high watermark goes stale and Lag asks the
+// broker. So does a fetch held at the end of the partition when this
+// Driver writes to it: the broker answers that fetch once the write is
+// applied, but the response may not have arrived when Write returns, and
+// a Lag called after Write must count what it wrote.
+func (l *lagState) end(now, window, written int64) (int64, bool) {
 	age := now - l.seenAt.Load()
+	asOf := l.asOf.Load()
 	waiting := l.waiting.Load()
 	hwm := l.hwm.Load()
-	if hwm < 0 || age > 2*window || age > window && !waiting {
+	if hwm < 0 || age > 2*window || age > window && !waiting || written > 0 && asOf <= written {
 		return 0, false
 	}
 	return hwm, true
 }
 
-// clock is the subscription's monotonic clock, in nanoseconds.
-func (s *subscription) clock() int64 { return int64(time.Since(s.epoch)) }
+// clock is the Driver's monotonic clock, in nanoseconds.
+func (d *Driver) clock() int64 { return int64(time.Since(d.epoch)) }
+
+// answered returns when the last produce request of this Driver with
+// messages for partition of topic was answered, on its clock (0: none).
+func (d *Driver) answered(topic string, partition int) int64 {
+	d.queuesMu.Lock()
+	q := d.queues[topicPartition{topic, partition}]
+	d.queuesMu.Unlock()
+	if q == nil {
+		return 0
+	}
+	return q.answered.Load()
+}
 
 // lagFrom returns where the group stands in p: the committed offset, else
 // the resolved start position, else kafka-go's FirstOffset or LastOffset.
@@ -106,10 +131,12 @@ func (p *partition) lagFrom() int64 {
 // in Lag after the next commit: Lag counts what a new owner of the
 // partition would receive. The high watermark comes from the fetch
 // responses, at no cost, while they are fresh (no older than
-// WithFetchMaxWait, or a fetch is waiting at the end of the partition);
-// for the partitions whose fetcher has not fetched lately, Lag sends one
-// ListOffsets round trip (kafka-go sends one request per partition, in
-// parallel). While the member joins or the group rebalances it returns an
+// WithFetchMaxWait, or a fetch is waiting at the end of the partition)
+// and were requested after this Driver's last write to the partition was
+// acknowledged, so a Lag called after a Write counts what it wrote; for
+// the other partitions Lag sends one ListOffsets round trip (kafka-go
+// sends one request per partition, in parallel). Writes of other
+// processes show when a fetch reports them. While the member joins or the group rebalances it returns an
 // error wrapping ErrRebalancing. It is safe for concurrent use.
 func (s *subscription) Lag(ctx context.Context) (int64, error) {
 	if err := ctx.Err(); err != nil {
@@ -122,7 +149,7 @@ func (s *subscription) Lag(ctx context.Context) (int64, error) {
 	if g == nil {
 		return 0, fail("lag", s.topic, s.group, "", ErrRebalancing)
 	}
-	now, window := s.clock(), int64(s.d.cfg.fetchMaxWait)
+	now, window := s.d.clock(), int64(s.d.cfg.fetchMaxWait)
 	var total int64
 	var ask []partitionFrom
 	for _, p := range g.parts {
@@ -130,7 +157,7 @@ func (s *subscription) Lag(ctx context.Context) (int64, error) {
 		if from == kafkago.LastOffset {
 			continue // nothing committed and the group starts at the end
 		}
-		if end, fresh := p.lag.end(now, window); fresh && from >= 0 {
+		if end, fresh := p.lag.end(now, window, s.d.answered(s.topic, p.id)); fresh && from >= 0 {
 			total += max(end-from, 0)
 			continue
 		}

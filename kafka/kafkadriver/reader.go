@@ -80,7 +80,6 @@ func (d *Driver) subscribe(ctx context.Context, topic, group string, limit int, 
 		errs:    make(chan error, 1),
 		closing: make(chan struct{}),
 		runDone: make(chan struct{}),
-		epoch:   time.Now(),
 		limit:   limit,
 		holder:  holder,
 	}
@@ -168,7 +167,6 @@ type subscription struct {
 	// acknowledged goes to the next owner, as after a revoke timeout).
 	holder  bool
 	current atomic.Pointer[generation] // the generation running; nil while joining
-	epoch   time.Time                  // origin of clock
 }
 
 // generation is one kafka-go generation: the partitions this member owns

@@ -307,6 +307,11 @@ type partitionQueue struct {
 	attempts  int       // failed attempts of the batch at the front
 	retryAt   time.Time // no batch before then
 	maxBatch  int       // messages per batch; halved when the broker finds one too large
+
+	// answered is when the last produce request with a batch of the queue
+	// was answered or failed, on the Driver's clock (0: never): Lag trusts
+	// a high watermark of the partition only from a request sent after it.
+	answered atomic.Int64
 }
 
 // push appends recs; d.mu is read-held, so Close waits for the sender.
@@ -493,7 +498,9 @@ func (s *brokerSender) produce(batches []partitionBatch) {
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.requestTimeout)
 	res, err := d.transport.RoundTrip(ctx, d.addr, req)
 	cancel()
+	answered := d.clock()
 	for _, b := range batches {
+		b.q.answered.Store(answered) // before settle lets the Write return
 		perr := err
 		if perr == nil {
 			perr = partitionResult(res, b.q.tp)
