@@ -233,58 +233,6 @@ func TestDelayedRollback(t *testing.T) {
 	})
 }
 
-// TestDelayedSurvivesRelayRestarts kills relays (a hard stop, as a crash)
-// while delayed rows wait, before and while they come due: the next
-// relay forwards every one of them, none early.
-func TestDelayedSurvivesRelayRestarts(t *testing.T) {
-	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		db := tdb.Open(t)
-		table := migrateTable(t, tdb, db)
-		w := newWriter(t, tdb.D, table)
-		tr := &timedRecorder{}
-		first := startRelay(t, tdb.Open(t), tdb.D, table, tr)
-		eventually(t, "the first relay active", first.Active)
-
-		start := time.Now()
-		const n = 40
-		var msgs []*herald.Message
-		dues := map[string]time.Time{}
-		for i := range n {
-			due := start.Add(time.Second + time.Duration(i)*25*time.Millisecond)
-			m := delayedMsg("orders", []string{"a", "b", "c", "d"}[i%4], i/4, due)
-			msgs = append(msgs, m)
-			dues[m.ID] = due
-		}
-		writeTx(t, db, w, msgs...)
-		time.Sleep(time.Until(start.Add(500 * time.Millisecond)))
-		first.kill(t)
-		if got := tr.distinct(); got != 0 {
-			t.Fatalf("%d rows forwarded before any was due", got)
-		}
-		second := startRelay(t, tdb.Open(t), tdb.D, table, tr)
-		// Kill it while the rows come due.
-		time.Sleep(time.Until(start.Add(1400 * time.Millisecond)))
-		second.kill(t)
-		startRelay(t, tdb.Open(t), tdb.D, table, tr)
-		eventually(t, "every delayed row", func() bool { return tr.distinct() == n })
-		eventually(t, "the outbox to empty", func() bool { return countRows(t, tdb, db, table) == 0 })
-		for _, g := range tr.all() {
-			if g.at.Before(dues[g.m.ID]) {
-				t.Errorf("%s forwarded %v early", g.m.ID, dues[g.m.ID].Sub(g.at))
-			}
-		}
-		got := make([]*herald.Message, 0, n)
-		for _, g := range tr.all() {
-			got = append(got, g.m)
-		}
-		for k, c := range checkKeyOrder(t, got, 0) {
-			if c != n/4 {
-				t.Errorf("key %s: %d messages, want %d", k, c, n/4)
-			}
-		}
-	})
-}
-
 // TestDelayedBadValues: a malformed or too distant due time fails the
 // whole Write with a typed error, and a Writer with delays off refuses a
 // delayed message; nothing is inserted.
