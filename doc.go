@@ -65,8 +65,9 @@
 //
 // Delayed delivery. herald.DeliverAt(ctx, t) and herald.DeliverAfter(ctx,
 // d) make a Publish due later: the messages carry HeaderDeliverAt, and a
-// driver that is a DelayedWriter (memdriver, redisdriver, sqldriver, and
-// the SQL outbox's Writer in a transaction) holds them until they are
+// driver that is a DelayedWriter (memdriver, redisdriver, sqldriver,
+// kafkadriver and natsdriver with WithDelays, and the SQL outbox's Writer
+// in a transaction) holds them until they are
 // due; no subscriber receives one earlier.
 // Any other Writer is refused them (ErrDelayNotSupported), so a delay is
 // never dropped silently. A time in the past delivers at once; one more

@@ -94,6 +94,12 @@ const (
 	// was due.
 	// Its encoding has one owner, delay.go (SetDeliverAt, DeliverAt, DueAt).
 	HeaderDeliverAt = "herald-deliver-at"
+
+	// HeaderDelayTopic is the topic a delayed message is due on while a
+	// driver keeps it somewhere else until then (a Kafka delay tier topic,
+	// the NATS delay stream). The driver's mover removes it when it
+	// forwards the message to that topic.
+	HeaderDelayTopic = "herald-delay-topic"
 )
 
 // Headers are a message's string key/value metadata.

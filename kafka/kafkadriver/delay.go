@@ -32,8 +32,9 @@ import (
 
 const (
 	// HeaderDelayTopic is the topic a delayed message is due on, while it
-	// waits in a delay tier topic. The mover removes it.
-	HeaderDelayTopic = "herald-delay-topic"
+	// waits in a delay tier topic (herald.HeaderDelayTopic). The mover
+	// removes it.
+	HeaderDelayTopic = herald.HeaderDelayTopic
 	// HeaderDelayReady is when a record in a delay tier topic is ready to
 	// leave it (Unix nanoseconds, by the writing host's clock). The mover
 	// removes it.

@@ -33,6 +33,8 @@ type Driver struct {
 
 	kvMu sync.Mutex
 	kv   jetstream.KeyValue // release records, once opened
+
+	delayState
 }
 
 var (
@@ -78,6 +80,7 @@ func (d *Driver) Close() error {
 	if !d.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	d.stopMover()
 	d.mu.Lock()
 	subs := slices.Collect(maps.Keys(d.subs))
 	d.mu.Unlock()
@@ -250,6 +253,7 @@ func (d *Driver) Subscribe(ctx context.Context, topic, group string) (herald.Sub
 		d.forget(s)
 		return nil, err
 	}
+	d.StartDelayMover()
 	return s, nil
 }
 

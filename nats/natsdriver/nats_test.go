@@ -149,12 +149,13 @@ func TestConformance(t *testing.T) {
 		NewDriver: func(t *testing.T) herald.Driver {
 			// A short AckWait keeps the in-progress signals busy while
 			// the suite holds deliveries.
-			return newEnv(t).driver(t, natsdriver.WithAckWait(2*time.Second))
+			return newEnv(t).driver(t, natsdriver.WithAckWait(2*time.Second), natsdriver.WithDelays())
 		},
 		MaxMessageBytes: natsdriver.DefaultMaxMessageBytes,
 		DeliveryCounts:  true,
 		Lag:             true,
 		ErrorReporting:  true,
+		Delay:           true,
 		// Message.Time travels as RFC 3339 with nanoseconds.
 		TimePrecision: time.Nanosecond,
 	})

@@ -53,6 +53,7 @@ type config struct {
 	fetchWait       time.Duration
 	start           herald.StartPosition
 	releaseBucket   string
+	delaysOn        bool
 	onError         func(error)
 }
 
@@ -186,3 +187,15 @@ func WithReleaseBucket(name string) Option { return func(c *config) { c.releaseB
 // error level. A subscription run by a herald scheduler reports to the
 // scheduler's error handler instead (herald.ErrorReporter).
 func WithErrorHandler(f func(error)) Option { return func(c *config) { c.onError = f } }
+
+// WithDelays turns delayed delivery on: a Write puts a message whose
+// herald.HeaderDeliverAt lies in the future in the delay stream
+// (DelayStreamName), and a mover in each Driver with subscriptions (or
+// StartDelayMover) forwards it to its topic when it is due. Without it a
+// delayed message fails the Write with herald.ErrDelayNotSupported, and
+// the driver creates no delay stream and runs no mover. See "Delayed
+// delivery" in the package documentation.
+func WithDelays() Option { return func(c *config) { c.delaysOn = true } }
+
+// WithoutDelays turns delayed delivery off again (the default).
+func WithoutDelays() Option { return func(c *config) { c.delaysOn = false } }

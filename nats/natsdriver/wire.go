@@ -53,8 +53,13 @@ var (
 //     server would drop it while its writer counts it stored. A second
 //     copy of one is delivered, and herald's deduplication (keyed by ID
 //     and redrive count) skips it;
+//   - a message with a due time (herald.HeaderDeliverAt) has the ID, " at "
+//     and the due time: a retry round of a message (WithRetryLater) has its
+//     ID and another due time, and the mover's forward of a delayed message
+//     to its topic must not be dropped as a copy of the message published
+//     there at first;
 //   - with WithSubjects (shared is true) the key is the topic, a space and
-//     the ID, since one stream may hold several topics and the window
+//     the rest, since one stream may hold several topics and the window
 //     spans the stream.
 func dedupKey(m *herald.Message, shared bool) string {
 	if m.ID == "" {
@@ -65,10 +70,14 @@ func dedupKey(m *herald.Message, shared bool) string {
 			return ""
 		}
 	}
-	if shared {
-		return m.Topic + " " + m.ID
+	key := m.ID
+	if at, ok := m.Headers[herald.HeaderDeliverAt]; ok {
+		key += " at " + at
 	}
-	return m.ID
+	if shared {
+		return m.Topic + " " + key
+	}
+	return key
 }
 
 // messageID returns the herald message ID of a stored message: Herald-Id

@@ -53,3 +53,34 @@ func containsLineBreak(s string) bool {
 	}
 	return false
 }
+
+// The duplicate window's key: the ID, with the due time for a message
+// that has one, the topic in front on shared streams, none for dead
+// letters and redrives; the decoded ID is the message's ID either way.
+func TestDedupKey(t *testing.T) {
+	due := &herald.Message{ID: "m", Topic: "t"}
+	due.SetDeliverAt(time.Unix(0, 42))
+	for _, c := range []struct {
+		m      *herald.Message
+		shared bool
+		want   string
+	}{
+		{&herald.Message{ID: "m", Topic: "t"}, false, "m"},
+		{&herald.Message{ID: "m", Topic: "t"}, true, "t m"},
+		{due, false, "m at 42"},
+		{due, true, "t m at 42"},
+		{&herald.Message{ID: "m", Topic: "t", Headers: herald.Headers{herald.HeaderRedriveCount: "1"}}, false, ""},
+		{&herald.Message{Topic: "t"}, false, ""},
+	} {
+		if got := dedupKey(c.m, c.shared); got != c.want {
+			t.Errorf("dedupKey(%v, shared %v) = %q, want %q", c.m.Headers, c.shared, got, c.want)
+		}
+	}
+	msg, _, err := encode(due, "subj", dedupKey(due, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := decode("t", msg.Header, msg.Data).ID; got != "m" {
+		t.Errorf("decoded ID %q, want m", got)
+	}
+}

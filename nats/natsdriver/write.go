@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -24,6 +25,12 @@ import (
 // are created first (see Subscribe); with WithSubjects a message whose
 // subject no stream takes fails (no responders).
 //
+// Delayed messages (herald.HeaderDeliverAt in the future) go to the delay
+// stream with WithDelays, in the same batch of publishes, and a mover
+// forwards them when due (see "Delayed delivery" in the package
+// documentation); without it, one fails the whole Write
+// (herald.ErrDelayNotSupported) and nothing is sent.
+//
 // Partial writes: the publishes of a batch are not a transaction. When
 // some of them fail (or ctx ends before the server acknowledged them),
 // Write returns a *herald.WriteError listing each failed message (index,
@@ -43,19 +50,16 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	if d.closed.Load() {
 		return fail("write", "", "", "", herald.ErrClosed)
 	}
-	if err := herald.RefuseDelayed("natsdriver", msgs, time.Now()); err != nil {
-		return fail("write", "", "", "", err) // no delayed delivery yet
-	}
-	out, err := d.prepare(msgs)
+	delayed, err := d.delayedOf(msgs, time.Now())
 	if err != nil {
 		return err
 	}
-	for i, m := range msgs {
-		if d.cfg.subjectFor == nil && (i == 0 || m.Topic != msgs[i-1].Topic) {
-			if _, err := d.stream(ctx, m.Topic); err != nil {
-				return err
-			}
-		}
+	out, err := d.prepare(msgs, delayed)
+	if err != nil {
+		return err
+	}
+	if err := d.streamsOf(ctx, msgs, delayed); err != nil {
+		return err
 	}
 	failed := d.publish(ctx, msgs, out)
 	if len(failed) == 0 {
@@ -68,8 +72,32 @@ func (d *Driver) Write(ctx context.Context, msgs []*herald.Message) error {
 	return &herald.WriteError{Driver: "natsdriver", Messages: len(msgs), Failed: failed}
 }
 
-// prepare checks every message and encodes it, or fails the batch.
-func (d *Driver) prepare(msgs []*herald.Message) ([]*nats.Msg, error) {
+// streamsOf makes sure the streams msgs go to exist: their topics' (unless
+// WithSubjects maps them onto streams of the application's) and, for the
+// delayed ones (delayed[i]; nil for none), the delay stream.
+func (d *Driver) streamsOf(ctx context.Context, msgs []*herald.Message, delayed []bool) error {
+	last := ""
+	for i, m := range msgs {
+		if delayed != nil && delayed[i] {
+			if err := d.delayStream(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		if d.cfg.subjectFor == nil && m.Topic != last {
+			if _, err := d.stream(ctx, m.Topic); err != nil {
+				return err
+			}
+			last = m.Topic
+		}
+	}
+	return nil
+}
+
+// prepare checks every message and encodes it, or fails the batch. A
+// delayed message (delayed[i]) goes to the delay stream, with
+// herald.HeaderDelayTopic naming its topic.
+func (d *Driver) prepare(msgs []*herald.Message, delayed []bool) ([]*nats.Msg, error) {
 	limit := d.cfg.maxMessageBytes
 	if mp := int(d.js.Conn().MaxPayload()); mp > 0 && (limit == 0 || mp < limit) {
 		limit = mp
@@ -82,7 +110,14 @@ func (d *Driver) prepare(msgs []*herald.Message) ([]*nats.Msg, error) {
 		if err := herald.ValidateName("topic", m.Topic); err != nil {
 			return nil, fail("write", m.Topic, "", "message "+m.ID, err)
 		}
-		nm, size, err := encode(m, d.Subject(m.Topic), dedupKey(m, d.cfg.subjectFor != nil))
+		subject := d.Subject(m.Topic)
+		if delayed != nil && delayed[i] {
+			c := *m
+			c.Headers = maps.Clone(m.Headers)
+			c.Headers[herald.HeaderDelayTopic] = m.Topic
+			m, subject = &c, d.delaySubject(m.Topic)
+		}
+		nm, size, err := encode(m, subject, dedupKey(m, d.cfg.subjectFor != nil))
 		if err != nil {
 			return nil, fail("write", m.Topic, "", "message "+m.ID, err)
 		}
