@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -142,4 +143,27 @@ func (e *WriteError) Written(i int) bool {
 		}
 	}
 	return true
+}
+
+// NotWritten reports, for the n messages of a Write that returned err,
+// which were not written: none for a nil err, those a *WriteError lists,
+// every one for any other error. It is what a caller that retries only
+// the failed messages of a batch (a delay mover) asks.
+func NotWritten(err error, n int) []bool {
+	failed := make([]bool, n)
+	var we *WriteError
+	switch {
+	case err == nil:
+	case errors.As(err, &we):
+		for _, f := range we.Failed {
+			if f.Index >= 0 && f.Index < n {
+				failed[f.Index] = true
+			}
+		}
+	default:
+		for i := range failed {
+			failed[i] = true
+		}
+	}
+	return failed
 }

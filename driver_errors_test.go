@@ -2,6 +2,8 @@ package herald_test
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/heraldbus/herald"
@@ -47,6 +49,19 @@ func TestWriteErrorListsWhatWasNotWritten(t *testing.T) {
 	for i, written := range []bool{true, false, true, false, false} {
 		if we.Written(i) != written {
 			t.Errorf("Written(%d) = %v, want %v", i, we.Written(i), written)
+		}
+	}
+	wrapped := fmt.Errorf("moving: %w", we)
+	for _, c := range []struct {
+		err  error
+		want []bool
+	}{
+		{nil, []bool{false, false, false, false, false}},
+		{wrapped, []bool{false, true, false, true, true}},
+		{full, []bool{true, true, true, true, true}},
+	} {
+		if got := herald.NotWritten(c.err, 5); !slices.Equal(got, c.want) {
+			t.Errorf("NotWritten(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 	kafka := &herald.MessageError{Index: 0, ID: "a", Topic: "orders", Partition: 2, Err: full}

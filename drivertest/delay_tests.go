@@ -224,15 +224,23 @@ func testDelayBadValues(t *testing.T, cfg Config) {
 	Ack(t, sub, got...)
 }
 
-// testDelayRefused is for drivers that do not declare Config.Delay: a
-// delayed publish, and a raw Write with a delayed message, fail with a
-// *herald.DelayError wrapping herald.ErrDelayNotSupported and write
-// nothing, while a due time in the past is an ordinary message.
+// testDelayRefused is DelayRefused for drivers that do not declare
+// Config.Delay.
 func testDelayRefused(t *testing.T, cfg Config) {
 	if cfg.Delay {
 		t.Skip("Config.Delay declared: delays are checked by the Delay cases")
 	}
-	d, ctx, topic, group := setUp(t, cfg)
+	DelayRefused(t, cfg.NewDriver(t))
+}
+
+// DelayRefused checks a driver that cannot delay as configured (a driver
+// option turns delays off): a delayed publish, and a raw Write with a
+// delayed message, fail with a *herald.DelayError wrapping
+// herald.ErrDelayNotSupported and write nothing, while a due time in the
+// past is an ordinary message.
+func DelayRefused(t *testing.T, d herald.Driver) {
+	t.Helper()
+	ctx, topic, group := Context(t, 2*time.Minute), Name(t, "t"), Name(t, "g")
 	sub := subscribe(t, ctx, d, topic, group)
 	defer CloseSub(t, sub)
 	pub, err := herald.NewPublisher(d)
@@ -248,8 +256,8 @@ func testDelayRefused(t *testing.T, cfg Config) {
 	raw := newMessages(topic, 2, noKey)
 	raw[0].ID, raw[1].ID = raw[0].ID+"-raw", raw[1].ID+"-raw"
 	raw[1].SetDeliverAt(time.Now().Add(time.Minute))
-	if err := d.Write(ctx, raw); !errors.Is(err, herald.ErrDelayNotSupported) || !errors.As(err, &de) {
-		t.Errorf("delayed Write: %v, want a *herald.DelayError wrapping herald.ErrDelayNotSupported", err)
+	if err := d.Write(ctx, raw); !errors.Is(err, herald.ErrDelayNotSupported) || !errors.As(err, &de) || de.MessageID != raw[1].ID {
+		t.Errorf("delayed Write: %v, want a *herald.DelayError for %s wrapping herald.ErrDelayNotSupported", err, raw[1].ID)
 	}
 	must(t, pub.PublishMessages(herald.DeliverAt(ctx, time.Now().Add(-time.Second)), msgs[1]))
 	got := FetchExactly(t, sub, 1)

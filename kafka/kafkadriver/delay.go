@@ -399,21 +399,9 @@ func (m *mover) moveReady(ctx context.Context, log *slog.Logger) {
 		return
 	}
 	err := m.d.Write(ctx, msgs)
-	failed := make(map[int]bool)
-	var we *herald.WriteError
-	switch {
-	case err == nil:
-	case errors.As(err, &we):
-		for _, f := range we.Failed {
-			failed[f.Index] = true
-		}
-	default:
-		for i := range batch {
-			failed[i] = true
-		}
-	}
+	failed := herald.NotWritten(err, len(msgs))
 	if err != nil && ctx.Err() == nil {
-		log.Warn("kafkadriver: moving delayed records failed; retrying", "records", len(failed), "error", err)
+		log.Warn("kafkadriver: moving delayed records failed; retrying the failed ones", "batch", len(msgs), "error", err)
 	}
 	retryAt := time.Now().Add(100 * time.Millisecond)
 	for i, h := range batch {

@@ -85,28 +85,7 @@ func TestWithoutDelaysRefuses(t *testing.T) {
 	if p := d.DelayPrecision(); p != 0 {
 		t.Errorf("DelayPrecision = %v, want 0", p)
 	}
-	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
-	later := &herald.Message{ID: "later", Topic: topic, Key: "k", Data: []byte("x")}
-	later.SetDeliverAt(time.Now().Add(time.Minute))
-	now := &herald.Message{ID: "now", Topic: topic, Key: "k", Data: []byte("y")}
-	err := d.Write(ctx, []*herald.Message{now, later})
-	var de *herald.DelayError
-	if !errors.Is(err, herald.ErrDelayNotSupported) || !errors.As(err, &de) || de.MessageID != "later" {
-		t.Fatalf("Write = %v, want a *herald.DelayError for later wrapping ErrDelayNotSupported", err)
-	}
-	if err := d.Write(ctx, []*herald.Message{now}); err != nil {
-		t.Fatal(err)
-	}
-	sub, err := d.Subscribe(ctx, topic, group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drivertest.CloseSub(t, sub)
-	got := drivertest.FetchExactly(t, sub, 1)
-	if got[0].Message.ID != "now" {
-		t.Errorf("got %s, want now alone (the refused Write must write nothing)", got[0].Message.ID)
-	}
-	drivertest.Ack(t, sub, got...)
+	drivertest.DelayRefused(t, d)
 	res, err := adminClient(t, brokers).Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{d.DelayTopic(time.Second)}})
 	if err != nil {
 		t.Fatal(err)

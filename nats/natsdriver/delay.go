@@ -290,22 +290,10 @@ func (d *Driver) moveDue(ctx context.Context, msgs []jetstream.Msg) {
 	// what is not acknowledged comes back after the AckWait.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ackWait)
 	defer cancel()
-	failed := map[int]bool{}
 	err := d.Write(wctx, out)
-	var we *herald.WriteError
-	switch {
-	case err == nil:
-	case errors.As(err, &we):
-		for _, f := range we.Failed {
-			failed[f.Index] = true
-		}
-	default:
-		for i := range due {
-			failed[i] = true
-		}
-	}
+	failed := herald.NotWritten(err, len(out))
 	if err != nil {
-		d.cfg.onError(fail("delay mover", "", "", fmt.Sprintf("forwarding %d due messages failed; they come back", len(failed)), err))
+		d.cfg.onError(fail("delay mover", "", "", "forwarding due messages failed; they come back", err))
 	}
 	for i, w := range due {
 		if failed[i] {

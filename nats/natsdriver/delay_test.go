@@ -172,29 +172,8 @@ func TestWithoutDelaysRefuses(t *testing.T) {
 		t.Errorf("DelayPrecision with delays = %v, want the fetch wait %v", p, natsdriver.DefaultFetchWait)
 	}
 	d := e.driver(t, natsdriver.WithDelays(), natsdriver.WithoutDelays())
+	drivertest.DelayRefused(t, d)
 	ctx := drivertest.Context(t, time.Minute)
-	topic, group := drivertest.Name(t, "t"), drivertest.Name(t, "g")
-	later := message(topic, "later", "k")
-	later.SetDeliverAt(time.Now().Add(time.Minute))
-	now := message(topic, "now", "k")
-	err := d.Write(ctx, []*herald.Message{now, later})
-	var de *herald.DelayError
-	if !errors.Is(err, herald.ErrDelayNotSupported) || !errors.As(err, &de) || de.MessageID != "later" {
-		t.Fatalf("Write = %v, want a *herald.DelayError for later wrapping ErrDelayNotSupported", err)
-	}
-	if err := d.Write(ctx, []*herald.Message{now}); err != nil {
-		t.Fatal(err)
-	}
-	sub, err := d.Subscribe(ctx, topic, group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drivertest.CloseSub(t, sub)
-	got := drivertest.FetchExactly(t, sub, 1)
-	if got[0].Message.ID != "now" {
-		t.Errorf("got %s, want now alone (the refused Write must write nothing)", got[0].Message.ID)
-	}
-	drivertest.Ack(t, sub, got...)
 	if _, err := e.js.Stream(ctx, d.DelayStreamName()); !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Errorf("a driver without delays has the delay stream %s: %v", d.DelayStreamName(), err)
 	}
