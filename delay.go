@@ -134,6 +134,32 @@ func DueAt(writer string, m *Message, now time.Time) (due time.Time, delayed boo
 	return t, true, nil
 }
 
+// DueTimes is DueAt for every message of a batch a DelayedWriter writes at
+// now: when each is due if it is delayed (the zero time if not), or nil
+// when none is. Nil messages are skipped. A bad due time fails the
+// batch: DueTimes returns the index of its message and DueAt's error.
+func DueTimes(writer string, msgs []*Message, now time.Time) (dues []time.Time, bad int, err error) {
+	for i, m := range msgs {
+		if m == nil {
+			continue
+		}
+		if _, ok := m.Headers[HeaderDeliverAt]; !ok {
+			continue
+		}
+		due, later, err := DueAt(writer, m, now)
+		if err != nil {
+			return nil, i, err
+		}
+		if later {
+			if dues == nil {
+				dues = make([]time.Time, len(msgs))
+			}
+			dues[i] = due
+		}
+	}
+	return dues, 0, nil
+}
+
 // deliverAtKey holds a delivery time or delay of a publishing context.
 type deliverAtKey struct{}
 

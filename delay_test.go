@@ -226,3 +226,35 @@ func TestRefuseDelayed(t *testing.T) {
 		t.Errorf("malformed: %v, want ErrInvalidDelay", err)
 	}
 }
+
+// DueTimes: nil for a batch without delayed messages (a past due time and
+// a nil message included), the due times of the delayed ones, and the
+// index of the first bad one.
+func TestDueTimes(t *testing.T) {
+	now := time.Now()
+	past, later := &herald.Message{ID: "p", Topic: "t"}, &herald.Message{ID: "l", Topic: "t"}
+	past.SetDeliverAt(now.Add(-time.Second))
+	due := now.Add(time.Minute)
+	later.SetDeliverAt(due)
+	plain := &herald.Message{ID: "n", Topic: "t"}
+	if dues, _, err := herald.DueTimes("w", []*herald.Message{plain, nil, past}, now); err != nil || dues != nil {
+		t.Errorf("no delayed message: %v, %v; want nil, nil", dues, err)
+	}
+	dues, _, err := herald.DueTimes("w", []*herald.Message{plain, later, past}, now)
+	if err != nil || len(dues) != 3 || !dues[0].IsZero() || !dues[1].Equal(due) || !dues[2].IsZero() {
+		t.Errorf("one delayed of three: %v, %v", dues, err)
+	}
+	bad := &herald.Message{ID: "b", Topic: "t", Headers: herald.Headers{herald.HeaderDeliverAt: "soon"}}
+	far := &herald.Message{ID: "f", Topic: "t"}
+	far.SetDeliverAt(now.Add(herald.MaxDelay + time.Hour))
+	for _, c := range []struct {
+		msgs []*herald.Message
+		at   int
+	}{{[]*herald.Message{plain, later, bad}, 2}, {[]*herald.Message{far, bad}, 0}} {
+		_, i, err := herald.DueTimes("w", c.msgs, now)
+		var de *herald.DelayError
+		if !errors.Is(err, herald.ErrInvalidDelay) || !errors.As(err, &de) || i != c.at || de.MessageID != c.msgs[c.at].ID {
+			t.Errorf("bad due time: index %d, %v; want %d and a *DelayError wrapping ErrInvalidDelay", i, err, c.at)
+		}
+	}
+}

@@ -107,21 +107,16 @@ func (d *Driver) routeDelayed(msgs []*herald.Message, now time.Time) (out []*her
 		}
 		return msgs, false, nil
 	}
+	dues, bad, err := herald.DueTimes("kafkadriver", msgs, now)
+	if err != nil {
+		return nil, false, fail("write", msgs[bad].Topic, "", "", err)
+	}
 	out = msgs
-	for i, m := range msgs {
-		if m == nil {
+	for i, due := range dues {
+		if due.IsZero() {
 			continue
 		}
-		if _, ok := m.Headers[herald.HeaderDeliverAt]; !ok {
-			continue
-		}
-		due, late, err := herald.DueAt("kafkadriver", m, now)
-		if err != nil {
-			return nil, false, fail("write", m.Topic, "", "", err)
-		}
-		if !late {
-			continue
-		}
+		m := msgs[i]
 		if err := validateTopic(m.Topic); err != nil {
 			return nil, false, fail("write", m.Topic, "", "message "+m.ID, err)
 		}

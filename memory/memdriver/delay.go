@@ -61,21 +61,9 @@ func (h *dueHeap) Pop() any {
 // dueTimes returns, per message, when it is due if it is delayed (zero
 // if not), or nil when none is; a bad due time fails the batch.
 func dueTimes(msgs []*herald.Message, now time.Time) ([]time.Time, error) {
-	var dues []time.Time
-	for i, m := range msgs {
-		if _, ok := m.Headers[herald.HeaderDeliverAt]; !ok {
-			continue
-		}
-		due, later, err := herald.DueAt("memdriver", m, now)
-		if err != nil {
-			return nil, fail("write", m.Topic, "", "message "+m.ID, err)
-		}
-		if later {
-			if dues == nil {
-				dues = make([]time.Time, len(msgs))
-			}
-			dues[i] = due
-		}
+	dues, i, err := herald.DueTimes("memdriver", msgs, now)
+	if err != nil {
+		return nil, fail("write", msgs[i].Topic, "", "message "+msgs[i].ID, err)
 	}
 	return dues, nil
 }

@@ -73,24 +73,16 @@ func (d *Driver) delayedOf(msgs []*herald.Message, now time.Time) ([]bool, error
 		}
 		return nil, nil
 	}
-	var delayed []bool
-	for i, m := range msgs {
-		if m == nil {
-			continue
-		}
-		if _, ok := m.Headers[herald.HeaderDeliverAt]; !ok {
-			continue
-		}
-		_, later, err := herald.DueAt("natsdriver", m, now)
-		if err != nil {
-			return nil, fail("write", m.Topic, "", "", err)
-		}
-		if later {
-			if delayed == nil {
-				delayed = make([]bool, len(msgs))
-			}
-			delayed[i] = true
-		}
+	dues, i, err := herald.DueTimes("natsdriver", msgs, now)
+	if err != nil {
+		return nil, fail("write", msgs[i].Topic, "", "", err)
+	}
+	if dues == nil {
+		return nil, nil
+	}
+	delayed := make([]bool, len(msgs))
+	for i, due := range dues {
+		delayed[i] = !due.IsZero()
 	}
 	return delayed, nil
 }

@@ -88,19 +88,16 @@ func delayedSchema(n names) []string {
 // dues returns, per message, its due time in Unix ms (rounded up, so it
 // is never moved early) when it is delayed, else 0; nil when none is.
 func dues(msgs []*herald.Message, now time.Time) ([]int64, error) {
-	var out []int64
-	for i, m := range msgs {
-		if _, ok := m.Headers[herald.HeaderDeliverAt]; !ok {
-			continue
-		}
-		due, later, err := herald.DueAt("sqldriver", m, now)
-		if err != nil {
-			return nil, fail("write", m.Topic, "", fmt.Sprintf("message %d of %d", i, len(msgs)), err)
-		}
-		if later {
-			if out == nil {
-				out = make([]int64, len(msgs))
-			}
+	times, i, err := herald.DueTimes("sqldriver", msgs, now)
+	if err != nil {
+		return nil, fail("write", msgs[i].Topic, "", fmt.Sprintf("message %d of %d", i, len(msgs)), err)
+	}
+	if times == nil {
+		return nil, nil
+	}
+	out := make([]int64, len(msgs))
+	for i, due := range times {
+		if !due.IsZero() {
 			out[i] = int64(math.Ceil(float64(due.UnixNano()) / 1e6))
 		}
 	}
