@@ -150,8 +150,8 @@ func (d *Driver) partitionsIn(ctx context.Context, x sqlcore.TxExecer) (int, err
 		}
 	}
 	switch {
-	case err != nil && ctx.Err() != nil:
-		return 0, ctx.Err()
+	case err != nil && sqlcore.CtxErr(ctx) != nil:
+		return 0, sqlcore.CtxErr(ctx)
 	case err != nil && x == nil && d.db.PingContext(ctx) != nil:
 		return 0, err // the database is down, not the log missing
 	case err != nil || n < 0:

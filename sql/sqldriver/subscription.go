@@ -177,8 +177,8 @@ func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, e
 		s.mu.Unlock()
 		if read {
 			if err := s.read(ctx, len(dst), head); err != nil {
-				if ctx.Err() != nil {
-					return 0, ctx.Err()
+				if err := sqlcore.CtxErr(ctx); err != nil {
+					return 0, err
 				}
 				s.mu.Lock()
 				s.dirty = true

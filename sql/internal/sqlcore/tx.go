@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -109,4 +110,18 @@ func WithPgxTx(ctx context.Context, tx pgx.Tx) context.Context {
 func TxFrom(ctx context.Context) TxExecer {
 	x, _ := ctx.Value(txKey{}).(TxExecer)
 	return x
+}
+
+// CtxErr is ctx.Err(), or context.DeadlineExceeded once ctx's deadline
+// has passed although its timer has not fired yet: a database driver's
+// dial bounded by the deadline fails with "i/o timeout" a moment before
+// ctx says it is done, and the caller must still see the deadline.
+func CtxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
