@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"encoding/binary"
 	"sync"
 	"testing"
 	"time"
@@ -43,5 +44,42 @@ func TestKSUIDSourceUniqueAndCurrent(t *testing.T) {
 	id, _ = ksuid.Parse(src.next(later))
 	if !id.Time().Equal(later.Truncate(time.Second)) {
 		t.Fatalf("a new second did not reseed: %v vs %v", id.Time(), later)
+	}
+}
+
+func BenchmarkKSUIDSource(b *testing.B) {
+	var src ksuidSource
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_ = src.next(now)
+		}
+	})
+}
+
+// The source's string of seed+n is ksuid's own String of the same bytes,
+// for sequence numbers where base62 carries (61, 62, 3843, 3844, ...) and
+// at both ends, on seeds whose low digits are near a carry too.
+func TestKSUIDSourceEncodesAsKSUID(t *testing.T) {
+	counts := []uint32{0, 1, 61, 62, 63, 3843, 3844, 65535}
+	for i := range 200 {
+		counts = append(counts, uint32(i*331)%65536)
+	}
+	seeds := []ksuid.KSUID{ksuid.Max, ksuid.Nil}
+	for range 50 {
+		seeds = append(seeds, ksuid.New())
+	}
+	for _, seed := range seeds {
+		var q ksuidSeq
+		seed[len(seed)-2], seed[len(seed)-1] = 0, 0
+		q.setSeed(seed)
+		for _, n := range counts {
+			want := seed
+			binary.BigEndian.PutUint16(want[len(want)-2:], uint16(n))
+			if got := q.id(n); got != want.String() {
+				t.Fatalf("seed %s, n %d: %s, want %s", seed, n, got, want)
+			}
+		}
 	}
 }
