@@ -2,6 +2,7 @@ package herald_test
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -200,4 +201,44 @@ func benchEndToEnd(b *testing.B, concurrency int, pubOpts ...herald.PublisherOpt
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkIdleSubscribedTopics subscribes b.N topics on one Bus over the
+// memory driver (one handler each, the default options), starts it and
+// reports what each topic costs while nothing is published: heap bytes
+// and goroutines (the scheduler's and the driver's).
+func BenchmarkIdleSubscribedTopics(b *testing.B) {
+	broker, err := memdriver.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer broker.Close()
+	bus, err := herald.NewBus(broker, herald.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	goroutines := runtime.NumGoroutine()
+	b.ResetTimer()
+	for i := range b.N {
+		err := bus.Handle("topic-"+strconv.Itoa(i), "g", func(context.Context, *herald.Message) error { return nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	if err := bus.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	time.Sleep(100 * time.Millisecond) // the schedulers reach their first Fetch
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(b.N), "heap-B/topic")
+	b.ReportMetric(float64(runtime.NumGoroutine()-goroutines)/float64(b.N), "goroutines/topic")
+	if err := bus.Shutdown(ctx); err != nil {
+		b.Fatal(err)
+	}
 }

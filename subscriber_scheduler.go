@@ -313,6 +313,9 @@ func (s *scheduler) report(op, msgID string, err error) {
 	s.cfg.OnError(&SubscriptionError{Topic: s.topic, Group: s.group, Op: op, MsgID: msgID, Err: err})
 }
 
+// firstFetch is the size of the intake's first fetch buffer.
+const firstFetch = 8
+
 // intake subscribes, then fetches as long as there are free slots: it
 // takes the free slots (waiting for one if need be), fetches that many
 // deliveries at most, hands back the slots it did not use and dispatches
@@ -324,7 +327,10 @@ func (s *scheduler) intake(ctx context.Context) {
 	if !ok {
 		return
 	}
-	buf := make([]Delivery, s.cfg.FetchBatch)
+	// The buffer starts small and doubles, up to FetchBatch, each time a
+	// fetch fills it: an idle subscription (of thousands) holds a few
+	// slots, a busy one reaches full batches within a few fetches.
+	buf := make([]Delivery, min(firstFetch, s.cfg.FetchBatch))
 	for {
 		n, ok := s.takeSlots(ctx, len(buf))
 		if !ok {
@@ -332,6 +338,9 @@ func (s *scheduler) intake(ctx context.Context) {
 		}
 		got, err := sub.Fetch(ctx, buf[:n])
 		s.accept(buf[:n], got)
+		if got == len(buf) && len(buf) < s.cfg.FetchBatch {
+			buf = make([]Delivery, min(2*len(buf), s.cfg.FetchBatch))
+		}
 		if err == nil {
 			s.health.driverOK()
 			retry.Reset()

@@ -2,7 +2,12 @@
 // base of the test harness. It needs no server and keeps nothing on disk.
 //
 // Model. A topic is a fixed number of partitions (WithPartitions, default 8).
-// Each partition is a bounded ring log (WithCapacity messages, default 4096).
+// Each partition is a bounded ring log (WithCapacity messages, default 4096),
+// allocated as messages arrive: it starts empty and doubles from 16 slots
+// up to the capacity, and a group's bookkeeping grows the same way with
+// what it has in flight, so a topic nothing was written to costs about
+// 3 KiB with a group (BenchmarkIdleTopics). Once grown a ring keeps its
+// size: it holds the newest messages for groups that join later.
 // A message with a Key always goes to the partition its key hashes to
 // (Kafka's murmur2, as every partitioned herald driver places keys), so
 // messages with one key keep publish order; a message without a key goes
@@ -210,7 +215,7 @@ func (b *Broker) topic(name string) *topic {
 	}
 	t := &topic{name: name, groups: make(map[string]*group), parts: make([]*partition, b.cfg.partitions)}
 	for i := range t.parts {
-		t.parts[i] = &partition{index: i, log: make([]*herald.Message, b.cfg.capacity)}
+		t.parts[i] = &partition{index: i, capacity: uint64(b.cfg.capacity)}
 	}
 	b.topics[name] = t
 	return t
@@ -293,7 +298,7 @@ func (b *Broker) Subscribe(ctx context.Context, topicName, groupName string) (he
 	if g == nil {
 		g = &group{name: groupName, topic: t, cursors: make([]*cursor, len(t.parts))}
 		for i, p := range t.parts {
-			g.cursors[i] = p.addCursor(b.cfg.capacity, b.cfg.start == herald.StartLatest)
+			g.cursors[i] = p.addCursor(b.cfg.start == herald.StartLatest)
 		}
 		t.groups[groupName] = g
 	}
@@ -320,13 +325,17 @@ func (t *topic) partitionFor(key string) *partition {
 }
 
 type partition struct {
-	index   int
-	mu      sync.Mutex
-	log     []*herald.Message // ring: offset off lives at log[off%len(log)]
-	start   uint64            // oldest offset still held
-	end     uint64            // next offset to write
-	cursors []*cursor         // one per group
-	space   chan struct{}     // closed when space frees; nil while no writer waits
+	index    int
+	capacity uint64 // the most messages it holds (WithCapacity)
+	mu       sync.Mutex
+	// log is the ring: offset off lives at log[off%len(log)]. It grows
+	// as messages arrive, doubling from minSlots up to capacity, so a
+	// partition nothing was written to costs no slots.
+	log     []*herald.Message
+	start   uint64        // oldest offset still held
+	end     uint64        // next offset to write
+	cursors []*cursor     // one per group
+	space   chan struct{} // closed when space frees; nil while no writer waits
 	// redriven marks the offsets a dead-letter Store has redriven
 	// (DeadLetters); nil until the first mark.
 	redriven map[uint64]bool
@@ -334,38 +343,67 @@ type partition struct {
 
 // cursor is one group's position in one partition. Guarded by partition.mu.
 type cursor struct {
-	p        *partition
-	low      uint64   // every offset below low is acknowledged
-	next     uint64   // next offset to hand out
-	acked    []bool   // acked[off%cap] for off in [low, next)
-	counts   []uint32 // deliveries so far, for off in [low, next)
-	owner    *member  // who fetches from this partition; nil if nobody
-	pending  *member  // next owner, waiting for owner's in-flight to reach 0
-	inflight int      // fetched by owner and not yet acknowledged
+	p    *partition
+	low  uint64 // every offset below low is acknowledged
+	next uint64 // next offset to hand out
+	// reached is the highest next so far: a new owner rewinds next to
+	// low, and what was acknowledged above it stays marked.
+	reached uint64
+	// acked and counts are the slots of [low, reached): acked[off%len]
+	// and the deliveries so far. They grow from minSlots as offsets are
+	// handed out, to the most the group had in flight at once (at most
+	// the capacity); a group that never fetched has none.
+	acked    []bool
+	counts   []uint32
+	owner    *member // who fetches from this partition; nil if nobody
+	pending  *member // next owner, waiting for owner's in-flight to reach 0
+	inflight int     // fetched by owner and not yet acknowledged
 }
+
+// minSlots is the size a partition's ring and a cursor's slots start at
+// when they are first needed.
+const minSlots = 16
 
 // unacked counts the messages of the partition the group has not
 // acknowledged: those not handed out yet and those in flight. The walk is
-// as long as the group's backlog in the partition, at most the capacity.
-// p.mu held.
+// as long as the group's messages in flight in the partition. p.mu held.
 func (c *cursor) unacked() int {
-	n := 0
-	capacity := uint64(len(c.acked))
-	for off := c.low; off < c.p.end; off++ {
-		if !c.acked[off%capacity] {
+	n := int(c.p.end - c.reached)
+	for off := c.low; off < c.reached; off++ {
+		if !c.acked[off%uint64(len(c.acked))] {
 			n++
 		}
 	}
 	return n
 }
 
-func (p *partition) addCursor(capacity int, latest bool) *cursor {
+// cover makes room in the cursor's slots for offset off (at least low,
+// below low + the partition's capacity): they grow by doubling, keeping
+// what they hold for [low, low+len). p.mu held.
+func (c *cursor) cover(off uint64) {
+	n := uint64(len(c.acked))
+	if off-c.low < n {
+		return
+	}
+	size := max(n, minSlots)
+	for off-c.low >= size {
+		size *= 2
+	}
+	size = min(size, max(c.p.capacity, off-c.low+1))
+	acked, counts := make([]bool, size), make([]uint32, size)
+	for o := c.low; o < c.low+n; o++ {
+		acked[o%size], counts[o%size] = c.acked[o%n], c.counts[o%n]
+	}
+	c.acked, c.counts = acked, counts
+}
+
+func (p *partition) addCursor(latest bool) *cursor {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	c := &cursor{p: p, acked: make([]bool, capacity), counts: make([]uint32, capacity)}
-	c.low, c.next = p.start, p.start
+	c := &cursor{p: p}
+	c.low, c.next, c.reached = p.start, p.start, p.start
 	if latest {
-		c.low, c.next = p.end, p.end
+		c.low, c.next, c.reached = p.end, p.end, p.end
 	}
 	p.cursors = append(p.cursors, c)
 	return c
@@ -375,11 +413,23 @@ func (p *partition) addCursor(capacity int, latest bool) *cursor {
 // not acknowledged; p.mu held.
 func (p *partition) full() bool {
 	for _, c := range p.cursors {
-		if p.end-c.low >= uint64(len(p.log)) {
+		if p.end-c.low >= p.capacity {
 			return true
 		}
 	}
 	return false
+}
+
+// grow doubles the ring, up to the capacity, keeping the messages of
+// [start, end) at their offsets; p.mu held.
+func (p *partition) grow() {
+	n := uint64(len(p.log))
+	size := min(max(2*n, minSlots), p.capacity)
+	log := make([]*herald.Message, size)
+	for off := p.start; off < p.end; off++ {
+		log[off%size] = p.log[off%n]
+	}
+	p.log = log
 }
 
 func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *herald.Message) error {
@@ -400,7 +450,11 @@ func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *heral
 		p.mu.Lock()
 	}
 	if p.end-p.start == uint64(len(p.log)) {
-		p.start++ // the ring is full of acknowledged messages: drop the oldest
+		if uint64(len(p.log)) < p.capacity {
+			p.grow()
+		} else {
+			p.start++ // the ring is full of acknowledged messages: drop the oldest
+		}
 	}
 	p.log[p.end%uint64(len(p.log))] = m
 	p.end++
@@ -506,11 +560,12 @@ func (m *member) collect(dst []herald.Delivery) int {
 		p := c.p
 		p.mu.Lock()
 		if c.owner == m && c.pending == nil {
-			capacity := uint64(len(c.acked))
 			for c.next < p.end && n < len(dst) {
 				off := c.next
 				c.next++
-				slot := off % capacity
+				c.reached = max(c.reached, c.next)
+				c.cover(off)
+				slot := off % uint64(len(c.acked))
 				if c.acked[slot] {
 					continue // acknowledged before a redelivery rewound past it
 				}
@@ -556,16 +611,16 @@ func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 	if c.owner != m || off < c.low || off >= c.next {
 		return fail("ack", m.group.topic.name, m.group.name, fmt.Sprintf("delivery %d is no longer owned", d.Seq), herald.ErrClosed)
 	}
-	capacity := uint64(len(c.acked))
-	if c.acked[off%capacity] {
+	slots := uint64(len(c.acked))
+	if c.acked[off%slots] {
 		return nil
 	}
-	c.acked[off%capacity] = true
+	c.acked[off%slots] = true
 	c.inflight--
 	if off == c.low {
-		for c.low < c.next && c.acked[c.low%capacity] {
-			c.acked[c.low%capacity] = false
-			c.counts[c.low%capacity] = 0
+		for c.low < c.next && c.acked[c.low%slots] {
+			c.acked[c.low%slots] = false
+			c.counts[c.low%slots] = 0
 			c.low++
 		}
 		p.freed()
@@ -589,8 +644,10 @@ func (m *member) Release(ds []herald.Delivery) {
 		}
 		c := cursors[idx]
 		c.p.mu.Lock()
-		if slot := off % uint64(len(c.counts)); c.owner == m && off >= c.low && off < c.next && !c.acked[slot] && c.counts[slot] > 0 {
-			c.counts[slot]--
+		if c.owner == m && off >= c.low && off < c.next {
+			if slot := off % uint64(len(c.counts)); !c.acked[slot] && c.counts[slot] > 0 {
+				c.counts[slot]--
+			}
 		}
 		c.p.mu.Unlock()
 	}
