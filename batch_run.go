@@ -706,9 +706,10 @@ func (t *subscriptionTelemetry) startBatchSpan(ctx context.Context, items []*bat
 			links = append(links, trace.Link{SpanContext: sc})
 		}
 	}
-	opts := append(t.dst.Start[:len(t.dst.Start):len(t.dst.Start)],
+	dst := t.sets().dst
+	opts := append(dst.Start[:len(dst.Start):len(dst.Start)],
 		trace.WithLinks(links...), trace.WithAttributes(semconv.MessagingBatchMessageCount(len(items))))
-	return tracer.Start(ctx, t.dst.SpanName, opts...)
+	return tracer.Start(ctx, dst.SpanName, opts...)
 }
 
 // countOutcome adds one message's outcome to the processed counter; in
@@ -717,12 +718,13 @@ func (t *subscriptionTelemetry) countOutcome(ctx context.Context, in *consumerIn
 	if t == nil || in == nil {
 		return
 	}
-	outcome := t.ok
+	sets := t.sets()
+	outcome := sets.ok
 	switch {
 	case skipped:
-		outcome = t.skipped
+		outcome = sets.skipped
 	case err != nil:
-		outcome = t.failed
+		outcome = sets.failed
 	}
 	in.processed.Add(ctx, 1, outcome.Add...)
 }
@@ -734,9 +736,9 @@ func (t *subscriptionTelemetry) settleBatch(ctx context.Context, span trace.Span
 		return
 	}
 	if in != nil {
-		dst := t.dst.OK
+		dst := t.sets().dst.OK
 		if err != nil {
-			dst = t.dst.Failed
+			dst = t.sets().dst.Failed // made by the call above
 		}
 		in.duration.Record(ctx, took.Seconds(), dst.Record...)
 	}

@@ -558,6 +558,6 @@ func (t *subscriptionTelemetry) countBreaker(ctx context.Context, to BreakerStat
 		return
 	}
 	if in, ok := t.metrics.Get(); ok {
-		in.breaker.Add(ctx, 1, t.dst.With(breakerStateKey.String(to.String())).Add...)
+		in.breaker.Add(ctx, 1, t.sets().dst.With(breakerStateKey.String(to.String())).Add...)
 	}
 }

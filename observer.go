@@ -219,11 +219,12 @@ func (t *subscriptionTelemetry) startSpan(ctx context.Context, m *Message) (cont
 	if tracer == nil {
 		return ctx, nil
 	}
-	opts := t.dst.Start
+	dst := t.sets().dst
+	opts := dst.Start
 	if remote.IsValid() {
 		opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: remote}))
 	}
-	ctx, span := tracer.Start(ctx, t.dst.SpanName, opts...)
+	ctx, span := tracer.Start(ctx, dst.SpanName, opts...)
 	if span.IsRecording() {
 		t.describe(span, ctx, m)
 	}
@@ -250,7 +251,7 @@ func (t *subscriptionTelemetry) settle(ctx context.Context, span trace.Span, in 
 	measuring := in != nil
 	if skipped {
 		if measuring {
-			in.processed.Add(ctx, 1, t.skipped.Add...)
+			in.processed.Add(ctx, 1, t.sets().skipped.Add...)
 		}
 		if span != nil {
 			span.SetAttributes(telemetry.OutcomeKey.String("skipped"))
@@ -259,9 +260,10 @@ func (t *subscriptionTelemetry) settle(ctx context.Context, span trace.Span, in 
 		return
 	}
 	if measuring {
-		dst, outcome := t.dst.OK, t.ok
+		sets := t.sets()
+		dst, outcome := sets.dst.OK, sets.ok
 		if err != nil {
-			dst, outcome = t.dst.Failed, t.failed
+			dst, outcome = sets.dst.Failed, sets.failed
 		}
 		in.duration.Record(ctx, took.Seconds(), dst.Record...)
 		in.processed.Add(ctx, 1, outcome.Add...)
@@ -289,7 +291,7 @@ func (t *subscriptionTelemetry) count(ctx context.Context, which func(*consumerI
 		return
 	}
 	if in, ok := t.metrics.Get(); ok {
-		which(in).Add(ctx, 1, t.plain.Add...)
+		which(in).Add(ctx, 1, t.sets().plain.Add...)
 	}
 }
 

@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/heraldbus/herald/internal/telemetry"
 	"go.opentelemetry.io/otel/attribute"
@@ -236,26 +237,40 @@ func newConsumerTelemetry(cfg telemetry.Config, r Reader, scheds func() []*sched
 	return t
 }
 
-// subscription is the telemetry of one (topic, group).
+// subscription is the telemetry of one (topic, group). Its attribute
+// sets are made at its first delivery: thousands of idle subscriptions
+// carry none.
 type subscriptionTelemetry struct {
 	*consumerTelemetry
+	topic, group string
+	once         sync.Once
+	attrs        *subscriptionAttrs
+}
+
+// subscriptionAttrs are the span and metric attributes of a subscription.
+type subscriptionAttrs struct {
 	dst                 *telemetry.Destination
 	ok, failed, skipped telemetry.Attrs // herald.outcome
 	plain               telemetry.Attrs // no outcome
-	group               string
 }
 
 func (t *consumerTelemetry) subscription(topic, group string) *subscriptionTelemetry {
-	dst := telemetry.NewDestination(telemetry.Process, t.system, topic, group)
-	return &subscriptionTelemetry{
-		consumerTelemetry: t,
-		dst:               dst,
-		ok:                dst.With(telemetry.OutcomeKey.String("ok")),
-		failed:            dst.With(telemetry.OutcomeKey.String("error")),
-		skipped:           dst.With(telemetry.OutcomeKey.String("skipped")),
-		plain:             dst.With(),
-		group:             group,
-	}
+	return &subscriptionTelemetry{consumerTelemetry: t, topic: topic, group: group}
+}
+
+// sets returns the subscription's attributes, making them on first use.
+func (t *subscriptionTelemetry) sets() *subscriptionAttrs {
+	t.once.Do(func() {
+		dst := telemetry.NewDestination(telemetry.Process, t.system, t.topic, t.group)
+		t.attrs = &subscriptionAttrs{
+			dst:     dst,
+			ok:      dst.With(telemetry.OutcomeKey.String("ok")),
+			failed:  dst.With(telemetry.OutcomeKey.String("error")),
+			skipped: dst.With(telemetry.OutcomeKey.String("skipped")),
+			plain:   dst.With(),
+		}
+	})
+	return t.attrs
 }
 
 // observeLag registers the callback of the lag gauge: at each collection
