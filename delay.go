@@ -136,8 +136,10 @@ func DueAt(writer string, m *Message, now time.Time) (due time.Time, delayed boo
 
 // DueTimes is DueAt for every message of a batch a DelayedWriter writes at
 // now: when each is due if it is delayed (the zero time if not), or nil
-// when none is. Nil messages are skipped. A bad due time fails the
-// batch: DueTimes returns the index of its message and DueAt's error.
+// when none is. A zero now reads the clock at the first message that has
+// HeaderDeliverAt, so a batch without one costs no clock read. Nil
+// messages are skipped. A bad due time fails the batch: DueTimes returns
+// the index of its message and DueAt's error.
 func DueTimes(writer string, msgs []*Message, now time.Time) (dues []time.Time, bad int, err error) {
 	for i, m := range msgs {
 		if m == nil {
@@ -145,6 +147,9 @@ func DueTimes(writer string, msgs []*Message, now time.Time) (dues []time.Time, 
 		}
 		if _, ok := m.Headers[HeaderDeliverAt]; !ok {
 			continue
+		}
+		if now.IsZero() {
+			now = time.Now()
 		}
 		due, later, err := DueAt(writer, m, now)
 		if err != nil {

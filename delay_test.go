@@ -244,6 +244,9 @@ func TestDueTimes(t *testing.T) {
 	if err != nil || len(dues) != 3 || !dues[0].IsZero() || !dues[1].Equal(due) || !dues[2].IsZero() {
 		t.Errorf("one delayed of three: %v, %v", dues, err)
 	}
+	if dues, _, err := herald.DueTimes("w", []*herald.Message{plain, later}, time.Time{}); err != nil || !dues[1].Equal(due) {
+		t.Errorf("a zero now (the clock read when needed): %v, %v", dues, err)
+	}
 	bad := &herald.Message{ID: "b", Topic: "t", Headers: herald.Headers{herald.HeaderDeliverAt: "soon"}}
 	far := &herald.Message{ID: "f", Topic: "t"}
 	far.SetDeliverAt(now.Add(herald.MaxDelay + time.Hour))

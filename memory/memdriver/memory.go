@@ -257,7 +257,7 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 			}
 		}
 	}
-	dues, err := dueTimes(msgs, time.Now())
+	dues, err := dueTimes(msgs, time.Time{}) // the clock is read only for a delayed message
 	if err != nil {
 		return err
 	}
