@@ -55,7 +55,14 @@
 // a lost network). A message whose handler ran but whose acknowledgment
 // was lost with the connection is delivered again: deduplicate by
 // Message.ID (herald.WithDedup) where that matters. What is acknowledged
-// is never delivered again.
+// and sent is never delivered again.
+//
+// Acknowledgments are coalesced: those that extend the run of acknowledged
+// deliveries from the oldest go as one basic.ack with multiple set, when 64
+// wait, 10 ms after the first, when Fetch has nothing to hand out, and at
+// Close; one out of order goes on its own at once, so it never waits
+// behind a slow handler. A process killed within those 10 ms leaves those
+// acknowledgments unsent: their messages come again, as after any crash.
 //
 // Order, per mode:
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -83,7 +84,29 @@ type generation struct {
 	buffered []amqp.Delivery
 	unacked  int64 // received and not acknowledged, buffered included
 	err      error // why the channel closed, once it has
+	acks     ackState
 }
+
+// ackState coalesces acknowledgments (see Ack). The channel's delivery
+// tags run 1, 2, 3, ... and every delivery goes to Fetch in tag order, so
+// the acknowledged tags from 1 form a prefix: its acknowledgments are
+// deferred and sent as one basic.ack with multiple set, up to the prefix's
+// highest deferred tag; a tag acknowledged out of order is sent on its own
+// at once, so it never waits behind a slow one and holds no prefetch.
+type ackState struct {
+	low      uint64              // the lowest tag not acknowledged yet
+	deferred uint64              // the highest tag whose ack is deferred; sent covers up to it
+	sent     uint64              // the highest tag a multiple ack has covered
+	above    map[uint64]struct{} // tags above low acknowledged one by one
+	timer    *time.Timer         // sends the deferred ones ackDelay after the first; nil when none wait
+}
+
+// ackBatch is how many deferred acknowledgments make Ack send them: one
+// frame for up to 64 messages in a steady flow.
+const ackBatch = 64
+
+// ackDelay bounds how long an acknowledgment stays deferred.
+const ackDelay = 10 * time.Millisecond
 
 // consume opens a channel on the consuming connection, declares the
 // exchange, queue and binding, and starts consuming.
@@ -97,7 +120,7 @@ func (s *subscription) consume(ctx context.Context) (*generation, error) {
 		_ = ch.Close()
 		return nil, err
 	}
-	g := &generation{ch: ch, done: make(chan struct{}), ready: make(chan struct{}, 1)}
+	g := &generation{ch: ch, done: make(chan struct{}), ready: make(chan struct{}, 1), acks: ackState{low: 1}}
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	go g.pump(deliveries, closed)
 	return g, nil
@@ -188,11 +211,70 @@ func (g *generation) alive() bool {
 	return g.err == nil
 }
 
-// close closes the channel (the broker requeues what it had not
-// acknowledged) and waits for the pump to stop.
+// close sends the deferred acknowledgments, closes the channel (the
+// broker requeues what it had not acknowledged) and waits for the pump to
+// stop.
 func (g *generation) close() {
+	g.mu.Lock()
+	_ = g.flushAcks()
+	if g.acks.timer != nil {
+		g.acks.timer.Stop()
+		g.acks.timer = nil
+	}
+	g.mu.Unlock()
 	_ = g.ch.Close()
 	<-g.done
+}
+
+// ack settles tag: deferred when it extends the acknowledged prefix (sent
+// once ackBatch of them wait), sent on its own otherwise. g.mu held.
+func (g *generation) ack(tag uint64) error {
+	a := &g.acks
+	if tag != a.low {
+		if err := g.ch.Ack(tag, false); err != nil {
+			return err
+		}
+		if a.above == nil {
+			a.above = make(map[uint64]struct{})
+		}
+		a.above[tag] = struct{}{}
+		return nil
+	}
+	a.deferred = tag
+	a.low++
+	for {
+		if _, ok := a.above[a.low]; !ok {
+			break
+		}
+		delete(a.above, a.low)
+		a.low++
+	}
+	if a.deferred-a.sent >= ackBatch {
+		return g.flushAcks()
+	}
+	if a.timer == nil {
+		a.timer = time.AfterFunc(ackDelay, func() {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			_ = g.flushAcks() // a failure fails with the channel: the messages come again
+		})
+	}
+	return nil
+}
+
+// flushAcks sends the deferred acknowledgments as one multiple ack; g.mu
+// held. Its tag is one acknowledged by nothing else, as the broker asks.
+func (g *generation) flushAcks() error {
+	a := &g.acks
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	if a.deferred <= a.sent || g.err != nil {
+		return nil
+	}
+	a.sent = a.deferred
+	return g.ch.Ack(a.deferred, true)
 }
 
 // Fetch returns buffered deliveries, waiting for the first when there is
@@ -221,6 +303,13 @@ func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, e
 		if !ok {
 			continue // current() replaces it
 		}
+		// Nothing to hand out: the deferred acknowledgments go now, so
+		// that they hold no prefetch while the member waits. One that
+		// fails fails with the channel, which the pump notices: its
+		// messages come again.
+		g.mu.Lock()
+		_ = g.flushAcks()
+		g.mu.Unlock()
 		select {
 		case <-g.ready:
 		case <-ctx.Done():
@@ -278,10 +367,15 @@ func (s *subscription) current(ctx context.Context) (*generation, error) {
 // errLost is the cause of an Ack whose channel closed after the Fetch.
 var errLost = errors.New("the delivery's channel closed: the broker put it back in the queue, and it will be delivered again")
 
-// Ack acknowledges d on the channel it came from (basic.ack, not
-// multiple). It sends one frame and does not wait for an answer: AMQP
+// Ack acknowledges d on the channel it came from. Acknowledgments that
+// extend the prefix of acknowledged deliveries are coalesced: one
+// basic.ack with multiple set covers up to 64 of them, sent when 64 wait,
+// when Fetch finds nothing to hand out, and at Close. One that comes out
+// of order is sent on its own at once. Neither waits for an answer: AMQP
 // 0-9-1 has none. When that channel has closed since the Fetch, Ack fails
-// and the message is delivered again (at-least-once).
+// and the message is delivered again (at-least-once); so is a message
+// whose deferred acknowledgment the channel lost (a connection cut, a
+// process killed), as if it had not been acknowledged.
 func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	g, ok := d.Ref.(*generation)
 	if !ok {
@@ -293,14 +387,17 @@ func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	if !g.alive() {
 		return fail("ack", s.topic, s.group, "message "+messageID(d), errLost)
 	}
-	if err := g.ch.Ack(d.Seq, false); err != nil {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err != nil {
+		return fail("ack", s.topic, s.group, "message "+messageID(d), errLost)
+	}
+	if err := g.ack(d.Seq); err != nil {
 		return fail("ack", s.topic, s.group, "message "+messageID(d), errors.Join(errLost, err))
 	}
-	g.mu.Lock()
-	if g.err == nil && g.unacked > 0 {
+	if g.unacked > 0 {
 		g.unacked--
 	}
-	g.mu.Unlock()
 	return nil
 }
 
@@ -313,8 +410,8 @@ func messageID(d herald.Delivery) string {
 
 // Close closes the subscription's channel: the broker puts every
 // delivery not acknowledged back in the queue, for the group's next
-// member. Acknowledgments are sent as they come, so there is none to
-// flush. Close waits for the channel's close-ok, bounded by ctx.
+// member. It sends the deferred acknowledgments first. Close waits for
+// the channel's close-ok, bounded by ctx.
 func (s *subscription) Close(ctx context.Context) error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
