@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +65,8 @@ func outboxCases(cfg config) []benchCase {
 		heraldOutboxCase("herald-outbox", "outbox.Writer via Bus.PublishMessages, 1 per transaction",
 			heraldVariant{mode: publishOnly}).in(outboxTablePublish).scaled(0.05),
 		bareInsertCase("bare-insert", "single-row INSERT transaction by hand").in(outboxTablePublish).scaled(0.05),
+		bareInsertBatchCase("bare-insert-batch", fmt.Sprintf("multi-row INSERT transaction by hand, the rows and columns the Writer inserts, %d per transaction", b)).
+			in(outboxTablePublish),
 		watermillCase("watermill-sql-batch", fmt.Sprintf("SQL Publisher on the transaction, %d per transaction", b),
 			watermillSQL(cfg), watermillVariant{mode: publishOnly, batched: true}, false).in(outboxTablePublish),
 		watermillCase("watermill-sql", "SQL Publisher on the transaction, 1 per transaction",
@@ -331,6 +334,62 @@ func bareInsertCase(id, label string) benchCase {
 		return assemble(ctx, p, stages{
 			mode:     publishOnly,
 			batch:    1,
+			counter:  newCounter(p.n, 0),
+			publish:  func(ctx context.Context, _, count int) error { return write(ctx, count, data) },
+			warmUp:   func(ctx context.Context) error { return write(ctx, 1, nil) },
+			stored:   t.stored,
+			teardown: t.release,
+		})
+	})
+}
+
+// bareInsertBatchCase is the batched publish reference: a transaction
+// with one multi-row INSERT of the rows the Writer inserts for a batch
+// (its eight columns, headers and deliver_at NULL as for these
+// messages), into a table outbox.Migrate made.
+func bareInsertBatchCase(id, label string) benchCase {
+	return referenceCase(id, "PostgreSQL", label, publishOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
+		cfg := p.cfg
+		t, err := migrateOutboxTable(ctx, cfg, p.topic)
+		if err != nil {
+			return nil, err
+		}
+		var (
+			mu         sync.Mutex
+			statements = map[int]string{}
+		)
+		statement := func(rows int) string {
+			mu.Lock()
+			defer mu.Unlock()
+			if q, ok := statements[rows]; ok {
+				return q
+			}
+			var b strings.Builder
+			b.WriteString("INSERT INTO " + t.quoted() + " (message_id, topic, msg_key, headers, content_type, payload, created_at, deliver_at) VALUES ")
+			for r := range rows {
+				if r > 0 {
+					b.WriteByte(',')
+				}
+				fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", r*8+1, r*8+2, r*8+3, r*8+4, r*8+5, r*8+6, r*8+7, r*8+8)
+			}
+			statements[rows] = b.String()
+			return statements[rows]
+		}
+		data := payload(cfg.payloadBytes)
+		write := func(ctx context.Context, count int, data []byte) error {
+			args := make([]any, 0, 8*count)
+			now := time.Now().UTC()
+			for range count {
+				args = append(args, herald.NewKSUID(), p.topic, "", nil, "", data, now, nil)
+			}
+			return inTx(ctx, t.db, func(tx *sql.Tx) error {
+				_, err := tx.ExecContext(ctx, statement(count), args...)
+				return err
+			})
+		}
+		return assemble(ctx, p, stages{
+			mode:     publishOnly,
+			batch:    cfg.batch,
 			counter:  newCounter(p.n, 0),
 			publish:  func(ctx context.Context, _, count int) error { return write(ctx, count, data) },
 			warmUp:   func(ctx context.Context) error { return write(ctx, 1, nil) },
