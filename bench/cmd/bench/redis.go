@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -13,6 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/segmentio/ksuid"
 
+	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/redis/redisdriver"
 )
 
@@ -77,6 +79,9 @@ func redisCases(cfg config) []benchCase {
 			hd, heraldVariant{mode: consumeOnly}).in(redisTableConsume),
 		heraldCase("herald-consume-c16", fmt.Sprintf("Bus.Handle, concurrency %d, %d keys", c16, k),
 			hd, heraldVariant{mode: consumeOnly, concurrency: c16, keyed: true}).in(redisTableConsume),
+		goRedisConsumeCase("go-redis-consume",
+			fmt.Sprintf("XREADGROUP loop by hand, COUNT %d (herald's fetch batch), one XACK per batch", redisRawConsumeCount), cfg).
+			in(redisTableConsume),
 		watermillCase("watermill-consume", "redisstream Subscriber (consumer group) + Router",
 			wm, watermillVariant{mode: consumeOnly}, true).in(redisTableConsume).scaled(0.1),
 	}
@@ -213,6 +218,89 @@ func watermillRedis(cfg config) watermillPubSubFunc {
 // fields herald's Writer writes for a message without key or headers (a
 // KSUID, the time in Unix nanoseconds, the payload), so the two send the
 // same bytes.
+// redisRawConsumeCount is the COUNT of the raw consumer's reads: the
+// most herald's scheduler fetches at once (its fetch batch, 256).
+const redisRawConsumeCount = 256
+
+// goRedisConsumeCase is the consume ceiling: one goroutine reading the
+// group with XREADGROUP (COUNT redisRawConsumeCount), checking and
+// counting each entry, then acknowledging the read's entries with one
+// XACK, by hand on go-redis. The backlog is written as go-redis-pipeline
+// writes it.
+func goRedisConsumeCase(id, label string, cfg config) benchCase {
+	return referenceCase(id, "go-redis", label, consumeOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
+		client := newRedisClient(cfg)
+		key := cfg.redisPrefix + p.topic
+		if err := prepareStream(ctx, client, key); err != nil {
+			return nil, errors.Join(err, client.Close())
+		}
+		if err := client.XGroupCreate(ctx, key, benchGroup, "0").Err(); err != nil {
+			return nil, errors.Join(err, deleteStream(ctx, client, key), client.Close())
+		}
+		cnt := newCounter(p.n, 0)
+		data := payload(cfg.payloadBytes)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		return assemble(ctx, p, stages{
+			mode:    consumeOnly,
+			counter: cnt,
+			publish: func(ctx context.Context, _, count int) error {
+				pipe := client.Pipeline()
+				for range count {
+					pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{"id", herald.NewKSUID(), "data", data}})
+				}
+				_, err := pipe.Exec(ctx)
+				return err
+			},
+			subscribe: func() error { return nil },
+			start: func(context.Context) error {
+				wg.Go(func() { readGroup(client, key, cnt, cfg.payloadBytes, stop) })
+				return nil
+			},
+			teardown: func(ctx context.Context) error {
+				close(stop)
+				wg.Wait()
+				return errors.Join(deleteStream(ctx, client, key), client.Close())
+			},
+		})
+	})
+}
+
+// readGroup is the raw consumer's loop, until stop is closed.
+func readGroup(client *goredis.Client, key string, cnt *counter, size int, stop <-chan struct{}) {
+	ctx := context.Background()
+	args := &goredis.XReadGroupArgs{Group: benchGroup, Consumer: "raw", Streams: []string{key, ">"},
+		Count: redisRawConsumeCount, Block: 100 * time.Millisecond}
+	ids := make([]string, 0, redisRawConsumeCount)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		streams, err := client.XReadGroup(ctx, args).Result()
+		if errors.Is(err, goredis.Nil) {
+			continue
+		}
+		if err != nil {
+			cnt.fail(fmt.Errorf("xreadgroup: %w", err))
+			return
+		}
+		ids = ids[:0]
+		for _, m := range streams[0].Messages {
+			if d, _ := m.Values["data"].(string); len(d) != size {
+				cnt.fail(fmt.Errorf("entry %s has %d bytes of data, want %d", m.ID, len(d), size))
+			}
+			cnt.handleThen(nil)
+			ids = append(ids, m.ID)
+		}
+		if err := client.XAck(ctx, key, benchGroup, ids...).Err(); err != nil {
+			cnt.fail(fmt.Errorf("xack: %w", err))
+			return
+		}
+	}
+}
+
 func goRedisPipelineCase(id, label string, cfg config) benchCase {
 	return referenceCase(id, "go-redis", label, publishOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
 		client := newRedisClient(cfg)
