@@ -287,32 +287,32 @@ func (w *Writer) shouldNotify(now time.Time) bool {
 // milliseconds (an int64) rounded up, so that it is never forwarded
 // early. It returns nil when no message carries HeaderDeliverAt.
 func (w *Writer) dues(msgs []*herald.Message, now time.Time) ([]any, error) {
+	times, _, err := herald.DueTimes("outbox", msgs, now)
+	if err != nil {
+		return nil, err
+	}
 	var out []any
 	for i, m := range msgs {
 		if _, ok := m.Headers[herald.HeaderDeliverAt]; !ok {
 			continue
 		}
-		due, delayed, err := herald.DueAt("outbox", m, now)
-		if err != nil {
-			return nil, err
-		}
 		if out == nil {
 			out = make([]any, len(msgs))
 		}
-		if delayed && w.cfg.delayPrecision <= 0 {
-			return nil, &herald.DelayError{Writer: "outbox", MessageID: m.ID, Topic: m.Topic, DeliverAt: due,
+		if times == nil || times[i].IsZero() {
+			out[i] = noDelay
+			continue
+		}
+		if w.cfg.delayPrecision <= 0 {
+			return nil, &herald.DelayError{Writer: "outbox", MessageID: m.ID, Topic: m.Topic, DeliverAt: times[i],
 				Reason: "delayed delivery is off (WithDelayPrecision)", Err: herald.ErrDelayNotSupported}
 		}
-		if delayed {
-			ns := due.UnixNano()
-			ms := ns / 1e6
-			if ns%1e6 != 0 {
-				ms++
-			}
-			out[i] = ms
-		} else {
-			out[i] = noDelay
+		ns := times[i].UnixNano()
+		ms := ns / 1e6
+		if ns%1e6 != 0 {
+			ms++
 		}
+		out[i] = ms
 	}
 	return out, nil
 }
