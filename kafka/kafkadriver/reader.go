@@ -348,8 +348,17 @@ func (s *subscription) endGeneration(g *generation) {
 // groupMovedOn reports whether a commit failed only because the group has
 // a generation this member is not part of: the member was dropped or the
 // group rebalanced (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION,
-// REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID).
+// REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID), or kafka-go closed the
+// generation's coordinator connection (it does after any request on it
+// fails, a heartbeat timing out on a loaded machine say), which ends the
+// generation.
 func groupMovedOn(err error) bool {
+	if errors.Is(err, net.ErrClosed) {
+		// kafka-go closed the generation's coordinator connection (a
+		// request on it failed or timed out): the generation is over, and
+		// the member with it, as when the group rebalanced without it.
+		return true
+	}
 	for _, code := range []kafkago.Error{kafkago.UnknownMemberId, kafkago.IllegalGeneration, kafkago.RebalanceInProgress, kafkago.FencedInstanceID} {
 		if errors.Is(err, code) {
 			return true
