@@ -196,9 +196,21 @@ func must(t testing.TB, err error) {
 // which the child's TestMain or test looks for) added to the environment,
 // its standard error passed through, and its standard input a pipe that
 // the cleanup closes. It returns once the child printed the line "ready"
-// on its standard output, and fails t if it printed anything else. When t
-// ends the child is killed and waited for.
+// on its standard output, and fails t if it printed anything else or
+// nothing within a minute. When t ends the child is killed and waited for.
 func StartReadyChild(t testing.TB, run, env string) *exec.Cmd {
+	t.Helper()
+	cmd, said := StartReportingChild(t, run, env)
+	if said != "" {
+		t.Fatalf("child %s said ready %q, want ready alone", run, said)
+	}
+	return cmd
+}
+
+// StartReportingChild is StartReadyChild for a child whose ready line
+// carries a report ("ready m1,m4": what it acknowledged before it is
+// killed, say): it returns the text after "ready ".
+func StartReportingChild(t testing.TB, run, env string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run="+run)
 	cmd.Env = append(os.Environ(), env)
@@ -215,9 +227,24 @@ func StartReadyChild(t testing.TB, run, env string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
+	lines := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		lines <- line // the cleanup's kill ends a read that never finished
+	}()
+	var line string
+	select {
+	case line = <-lines:
+	case <-time.After(time.Minute):
+		t.Fatalf("child %s never said ready", run)
+	}
+	line = strings.TrimSpace(line)
+	if line == "ready" {
+		return cmd, ""
+	}
+	said, ok := strings.CutPrefix(line, "ready ")
+	if !ok {
 		t.Fatalf("child %s said %q, want ready", run, line)
 	}
-	return cmd
+	return cmd, said
 }

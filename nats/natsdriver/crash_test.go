@@ -1,12 +1,10 @@
 package natsdriver_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -168,37 +166,8 @@ func TestCrashedConsumerMessagesComeBack(t *testing.T) {
 // ready, and returns the IDs it acknowledged.
 func runCrashedChild(t *testing.T, env testEnv, topic, group string, fetched, acked int) map[string]bool {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+strings.Join([]string{env.url, env.streamPrefix, env.subjectPrefix,
+	cmd, ids := drivertest.StartReportingChild(t, "^$", crashChildEnv+"="+strings.Join([]string{env.url, env.streamPrefix, env.subjectPrefix,
 		topic, group, strconv.Itoa(fetched), strconv.Itoa(acked)}, "|"))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		lines <- line
-	}()
-	var line string
-	select {
-	case line = <-lines:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the child consumer never became ready")
-	}
-	ids, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
-	if !ok {
-		t.Fatalf("child said %q", line)
-	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}

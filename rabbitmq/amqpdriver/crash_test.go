@@ -1,12 +1,10 @@
 package amqpdriver_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -93,36 +91,7 @@ func TestCrashedConsumerLosesNothingAcknowledged(t *testing.T) {
 	write(t, ctx, d, topic, total, "m")
 
 	prefix := strings.TrimSuffix(d.ExchangeName(topic), topic)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+strings.Join([]string{u, prefix, topic, group, strconv.Itoa(fetched), strconv.Itoa(acked)}, "|"))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		lines <- line
-	}()
-	var line string
-	select {
-	case line = <-lines:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the child consumer never became ready")
-	}
-	ackedIDs, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
-	if !ok {
-		t.Fatalf("child said %q", line)
-	}
+	cmd, ackedIDs := drivertest.StartReportingChild(t, "^$", crashChildEnv+"="+strings.Join([]string{u, prefix, topic, group, strconv.Itoa(fetched), strconv.Itoa(acked)}, "|"))
 	wasAcked := map[string]bool{}
 	for _, id := range strings.Split(ackedIDs, ",") {
 		wasAcked[id] = true
