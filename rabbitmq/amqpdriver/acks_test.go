@@ -2,6 +2,7 @@ package amqpdriver_test
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
+	"github.com/heraldbus/herald/internal/testenv"
 )
 
 // Acknowledgments in and out of order, coalesced or sent one by one,
@@ -63,7 +65,7 @@ func unacknowledged(t *testing.T, queue string) int {
 	t.Helper()
 	out, err := exec.Command("rabbitmqctl", "list_queues", "-q", "name", "messages_unacknowledged").CombinedOutput()
 	if err != nil {
-		t.Skipf("rabbitmqctl list_queues: %v: %s", err, out)
+		testenv.Unavailable(t, fmt.Sprintf("rabbitmqctl list_queues: %v: %s", err, out))
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		name, count, ok := strings.Cut(strings.TrimSpace(line), "\t")

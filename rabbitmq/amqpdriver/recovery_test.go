@@ -15,6 +15,7 @@ import (
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/drivertest"
+	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/rabbitmq/amqpdriver"
 )
 
@@ -193,7 +194,7 @@ func closeConnections(t *testing.T, name string) int {
 	t.Helper()
 	out, err := exec.Command("rabbitmqctl", "list_connections", "-q", "pid", "client_properties").CombinedOutput()
 	if err != nil {
-		t.Skipf("rabbitmqctl list_connections: %v: %s", err, out)
+		testenv.Unavailable(t, fmt.Sprintf("rabbitmqctl list_connections: %v: %s", err, out))
 	}
 	closed := 0
 	for _, line := range strings.Split(string(out), "\n") {
