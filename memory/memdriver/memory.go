@@ -389,12 +389,19 @@ func (c *cursor) cover(off uint64) {
 	for off-c.low >= size {
 		size *= 2
 	}
-	size = min(size, max(c.p.capacity, off-c.low+1))
-	acked, counts := make([]bool, size), make([]uint32, size)
-	for o := c.low; o < c.low+n; o++ {
-		acked[o%size], counts[o%size] = c.acked[o%n], c.counts[o%n]
+	size = min(size, c.p.capacity) // off-low is below the capacity (full)
+	c.acked = relaid(c.acked, c.low, c.low+n, size)
+	c.counts = relaid(c.counts, c.low, c.low+n, size)
+}
+
+// relaid returns a ring of size slots holding what ring (offset o at
+// o%len(ring)) holds for the offsets [from, to), at the same offsets.
+func relaid[T any](ring []T, from, to, size uint64) []T {
+	out := make([]T, size)
+	for o := from; o < to; o++ {
+		out[o%size] = ring[o%uint64(len(ring))]
 	}
-	c.acked, c.counts = acked, counts
+	return out
 }
 
 func (p *partition) addCursor(latest bool) *cursor {
@@ -423,13 +430,8 @@ func (p *partition) full() bool {
 // grow doubles the ring, up to the capacity, keeping the messages of
 // [start, end) at their offsets; p.mu held.
 func (p *partition) grow() {
-	n := uint64(len(p.log))
-	size := min(max(2*n, minSlots), p.capacity)
-	log := make([]*herald.Message, size)
-	for off := p.start; off < p.end; off++ {
-		log[off%size] = p.log[off%n]
-	}
-	p.log = log
+	size := min(max(2*uint64(len(p.log)), minSlots), p.capacity)
+	p.log = relaid(p.log, p.start, p.end, size)
 }
 
 func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *herald.Message) error {
