@@ -286,12 +286,14 @@ func TestReleaseRecordsOutliveTheDriver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer drivertest.CloseSub(t, sub)
 	again := drivertest.FetchExactly(t, sub, 1)
 	if c, n := again[0].Count, natsdriver.NumDelivered(again[0]); c != 1 || n != 2 {
 		t.Errorf("after a released hand-back: Count %d, NumDelivered %d; want 1 and 2", c, n)
 	}
 	drivertest.Ack(t, sub, again...)
+	// The record is deleted when the server confirms the acknowledgment,
+	// which Close waits for; Ack only sends it.
+	drivertest.CloseSub(t, sub)
 	kv, err := e.js.KeyValue(ctx, e.streamPrefix+"RELEASES")
 	if err != nil {
 		t.Fatal(err)

@@ -196,8 +196,10 @@
 // herald.ErrMessageTooLarge, herald.ErrInvalidName, herald.ErrNilEvent),
 // and the relay backs off as a whole (WithBackoff, doubling) and tries
 // again: a broker outage, however long, does not quarantine rows or break
-// their order. The rows that failed in an outage round are tried after the
-// others next time, so a few poison rows at the head of the table cannot
+// their order. The round after an outage round charges nothing but
+// permanent errors either: the target may come back in the middle of it,
+// after refusing a row or two. The rows that failed in an outage round are
+// tried after the others next time, so a few poison rows at the head of the table cannot
 // pass for an outage while other rows wait behind them. The price: a
 // broker that rejects one or two keys at a time with errors that are not
 // network errors (no leader for a partition, for example) while no other

@@ -53,6 +53,11 @@ const maxTracked = 10000
 type keyState struct {
 	blocked  map[blockKey]time.Time // held back until then
 	suspects map[blockKey]struct{}  // failed in a round where nothing succeeded
+	// afterOutage says the last round was an outage round. The round
+	// after one is where the target comes back, possibly in the middle of
+	// it: a row refused just before the first success says nothing about
+	// the row, so that round charges nothing transient either.
+	afterOutage bool
 }
 
 func newKeyState() *keyState {
@@ -340,13 +345,16 @@ func (r *Relay) settle(ctx context.Context, conn *sql.Conn, rd *round, s *keySta
 	if len(rd.failed) > 0 {
 		r.event(RelayEvent{Kind: RoundFailed, Err: rd.firstError(), Rows: len(rd.failed), Outage: outage})
 	}
+	spare := outage || s.afterOutage
+	s.afterOutage = outage
 	for _, f := range rd.failed {
 		k := f.row.blockKey()
-		if outage && !permanent(f.err) {
+		if spare && !permanent(f.err) {
 			// Charging rows for an outage would quarantine healthy rows.
 			// The row becomes a suspect instead: the next round tries
 			// other rows first, so a few poison rows at the head of the
-			// table cannot pass for an outage for ever.
+			// table cannot pass for an outage for ever (they are charged
+			// from the second round after it).
 			s.suspect(k)
 			continue
 		}

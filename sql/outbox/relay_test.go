@@ -389,42 +389,50 @@ func TestOutageChargesNothing(t *testing.T) {
 	}
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
 		for name, outage := range outages {
-			t.Run(name, func(t *testing.T) {
-				db := tdb.Open(t)
-				table := migrateTable(t, tdb, db)
-				w := newWriter(t, tdb.D, table)
-				var msgs []*herald.Message
-				for seq := range 3 {
-					for k := range 6 {
-						msgs = append(msgs, seqMsg("orders", fmt.Sprintf("k%d", k), seq))
-					}
-				}
-				writeTx(t, db, w, msgs...)
-				var down atomic.Bool
-				down.Store(true)
-				var refused atomic.Int32
-				rec := &recorder{fail: func([]*herald.Message) error {
-					if down.Load() {
-						refused.Add(1)
-						return outage
-					}
-					return nil
-				}}
-				startRelay(t, db, tdb.D, table, rec, outbox.WithMaxAttempts(1))
-				eventually(t, "several refused writes", func() bool { return refused.Load() >= 12 })
-				down.Store(false)
-				eventually(t, "every row", func() bool { return rec.distinct() == len(msgs) })
-				checkKeyOrder(t, rec.messages(), 0)
-				q, err := outbox.NewQuarantine(db, tdb.D, table)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if n, err := q.Count(context.Background()); err != nil || n != 0 {
-					t.Errorf("%d rows quarantined during an outage (%v)", n, err)
-				}
-			})
+			// The target comes back after a number of refused writes, so
+			// at a different point of a round each time: before the
+			// round, or after one or two of its keys were refused.
+			for _, refusals := range []int32{12, 13, 14, 15} {
+				t.Run(fmt.Sprintf("%s/back-after-%d", name, refusals), func(t *testing.T) {
+					testOutage(t, tdb, outage, refusals)
+				})
+			}
 		}
 	})
+}
+
+// testOutage writes three rows for each of six keys, lets the target
+// refuse the first refusals writes with outage and accept the rest, and
+// checks that every row arrives in key order and none was quarantined
+// (the relay allows one attempt per row).
+func testOutage(t *testing.T, tdb *testDB, outage error, refusals int32) {
+	db := tdb.Open(t)
+	table := migrateTable(t, tdb, db)
+	w := newWriter(t, tdb.D, table)
+	var msgs []*herald.Message
+	for seq := range 3 {
+		for k := range 6 {
+			msgs = append(msgs, seqMsg("orders", fmt.Sprintf("k%d", k), seq))
+		}
+	}
+	writeTx(t, db, w, msgs...)
+	var writes atomic.Int32
+	rec := &recorder{fail: func([]*herald.Message) error {
+		if writes.Add(1) <= refusals {
+			return outage
+		}
+		return nil
+	}}
+	startRelay(t, db, tdb.D, table, rec, outbox.WithMaxAttempts(1))
+	eventually(t, "every row", func() bool { return rec.distinct() == len(msgs) })
+	checkKeyOrder(t, rec.messages(), 0)
+	q, err := outbox.NewQuarantine(db, tdb.D, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := q.Count(context.Background()); err != nil || n != 0 {
+		t.Errorf("%d rows quarantined during an outage (%v)", n, err)
+	}
 }
 
 // TestPicksUpRowsWrittenWhileDown stops the relay, writes, and starts a
