@@ -467,7 +467,10 @@ func (b *Bus) deadLetterSettings(r *route, o *subscribeOptions) (deadLetterSetti
 func (b *Bus) routeHandler(r *route) HandlerFunc {
 	h := r.obs.middleware()(r.dispatch)
 	return func(ctx context.Context, m *Message) error {
-		if err := h(withDelivered(ctx, m), m); err != errSkipped {
+		if delivered(ctx) != m { // the scheduler's contexts carry it already
+			ctx = withDelivered(ctx, m)
+		}
+		if err := h(ctx, m); err != errSkipped {
 			return err
 		}
 		return nil

@@ -493,12 +493,18 @@ func (s *scheduler) abandon(d Delivery) {
 
 func (s *scheduler) work() {
 	defer s.workers.Done()
+	var slab ctxSlab
 	for {
 		var d Delivery
 		select {
 		case d = <-s.ready:
-		case <-s.stop:
-			return
+		default:
+			slab.drop() // idle: keep no handled message alive
+			select {
+			case d = <-s.ready:
+			case <-s.stop:
+				return
+			}
 		}
 		if s.stopping.Load() {
 			s.abandon(d)
@@ -507,7 +513,7 @@ func (s *scheduler) work() {
 		}
 		for {
 			if r, ok := s.sub.(Revoker); !ok || !r.Revoked(d) {
-				s.run(d)
+				s.run(d, &slab)
 			}
 			s.slots <- struct{}{}
 			if d.Message.Key == "" {
@@ -526,16 +532,13 @@ func (s *scheduler) work() {
 }
 
 // run handles d until it succeeds (then acknowledges it) or the scheduler
-// stops (then abandons it to the driver).
-func (s *scheduler) run(d Delivery) {
+// stops (then abandons it to the driver). Each run's context comes from
+// the worker's slab (a deliveryCtx).
+func (s *scheduler) run(d Delivery, slab *ctxSlab) {
 	count := max(d.Count, 1)
 	wait := backoff.New(s.cfg.RedeliveryBackoff, s.cfg.MaxRedeliveryBackoff)
 	for {
-		ctx := s.handlerCtx
-		if count > 1 {
-			ctx = context.WithValue(ctx, deliveryCountKey{}, count)
-		}
-		err := s.handler(ctx, d.Message)
+		err := s.handler(slab.context(s.handlerCtx, d.Message, count), d.Message)
 		if err == nil {
 			if err := s.sub.Ack(s.ackCtx, d); err != nil {
 				s.report("ack", d.Message.ID, err)
