@@ -329,3 +329,44 @@ func TestHandlerContextCarriesCorrelationAndCausation(t *testing.T) {
 		}
 	}
 }
+
+// TestHandlerContextsOutliveTheirHandlers keeps every handler's context
+// past its return, as a handler that starts work it does not wait for
+// would: each still names its own message (the scheduler carves contexts
+// from shared slabs, never reusing one), across more deliveries than a
+// slab holds.
+func TestHandlerContextsOutliveTheirHandlers(t *testing.T) {
+	bus, _ := newTestBus(t)
+	type kept struct {
+		ctx context.Context
+		id  string
+	}
+	const n = 200
+	got := make(chan kept, n)
+	must(t, bus.Handle("raw.kept", "g", func(ctx context.Context, m *herald.Message) error {
+		got <- kept{ctx, m.ID}
+		return nil
+	}, herald.WithConcurrency(3)))
+	ctx := testContext(t)
+	must(t, bus.Start(ctx))
+	for i := range n {
+		must(t, bus.PublishMessages(ctx, &herald.Message{Topic: "raw.kept", Key: strconv.Itoa(i % 7)}))
+	}
+	var all []kept
+	for range n {
+		select {
+		case k := <-got:
+			all = append(all, k)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%d of %d handled", len(all), n)
+		}
+	}
+	for _, k := range all {
+		if c := herald.CorrelationID(k.ctx); c != k.id {
+			t.Errorf("a kept context names %q, its message was %q", c, k.id)
+		}
+		if d := herald.DeliveryCount(k.ctx); d != 1 {
+			t.Errorf("a kept context of a first delivery counts %d", d)
+		}
+	}
+}
