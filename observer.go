@@ -115,10 +115,17 @@ func (o *observer) middleware() Middleware {
 			in := o.tel.instruments()
 			start := time.Now()
 			err := next(ctx, m)
-			took := time.Since(start)
 			skipped := err == errSkipped
+			level := o.level(ctx, err, skipped)
+			logging := o.logger.Enabled(ctx, level)
+			var took time.Duration // read the clock again only for someone who uses it
+			if in != nil || o.hook != nil || logging {
+				took = time.Since(start)
+			}
 			o.tel.settle(ctx, span, in, took, err, skipped)
-			o.log(ctx, m, took, err, skipped)
+			if logging {
+				o.logAt(ctx, level, m, took, err, skipped)
+			}
 			if o.hook != nil {
 				r := HandleResult{Topic: o.topic, Group: o.group, Message: m, Duration: took, Err: err, Skipped: skipped}
 				if skipped {
@@ -131,18 +138,27 @@ func (o *observer) middleware() Middleware {
 	}
 }
 
-// log writes the line of one settled delivery. A failure is a warning
-// unless it is no news: the delivery's context ended (shutdown), another
-// delivery of the message holds its dedup claim, or (a batch) an earlier
-// message of its key holds it back.
-func (o *observer) log(ctx context.Context, m *Message, took time.Duration, err error, skipped bool) {
-	level := slog.LevelDebug
+// level is the level of one settled delivery's line. A failure is a
+// warning unless it is no news: the delivery's context ended (shutdown),
+// another delivery of the message holds its dedup claim, or (a batch) an
+// earlier message of its key holds it back.
+func (o *observer) level(ctx context.Context, err error, skipped bool) slog.Level {
 	if err != nil && !skipped && ctx.Err() == nil && !errors.Is(err, ErrInProgress) && !heldBack(err) && !errors.Is(err, ErrHeldBehind) {
-		level = slog.LevelWarn
+		return slog.LevelWarn
 	}
-	if !o.logger.Enabled(ctx, level) {
-		return
+	return slog.LevelDebug
+}
+
+// log writes the line of one settled delivery, if its level is enabled.
+func (o *observer) log(ctx context.Context, m *Message, took time.Duration, err error, skipped bool) {
+	if level := o.level(ctx, err, skipped); o.logger.Enabled(ctx, level) {
+		o.logAt(ctx, level, m, took, err, skipped)
 	}
+}
+
+// logAt writes the line of one settled delivery at level, which the
+// logger has enabled.
+func (o *observer) logAt(ctx context.Context, level slog.Level, m *Message, took time.Duration, err error, skipped bool) {
 	attrs := []slog.Attr{slog.String("topic", o.topic), slog.String("group", o.group),
 		slog.String("message_id", m.ID), slog.String("event", m.Event())}
 	switch {

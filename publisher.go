@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldbus/herald/codec"
@@ -75,7 +77,24 @@ func CausationID(ctx context.Context) string {
 type lineage struct{ correlation, causation string }
 
 func lineageOf(ctx context.Context) lineage {
-	return lineage{correlation: CorrelationID(ctx), causation: CausationID(ctx)}
+	// CorrelationID and CausationID in three context lookups, not four:
+	// publishing is the hot path.
+	var l lineage
+	corr, setCorr := ctx.Value(correlationKey{}).(string)
+	caus, setCaus := ctx.Value(causationKey{}).(string)
+	l.correlation, l.causation = corr, caus
+	if setCorr && setCaus {
+		return l
+	}
+	if m := delivered(ctx); m != nil {
+		if !setCorr {
+			l.correlation = cmp.Or(m.Headers.Get(HeaderCorrelationID), m.ID)
+		}
+		if !setCaus {
+			l.causation = m.ID
+		}
+	}
+	return l
 }
 
 // stamp adds the lineage headers to h, which it creates when nil.
@@ -105,6 +124,34 @@ type Publisher struct {
 	opts   pubOptions
 	ids    ksuidSource
 	tel    *producerTelemetry // nil: telemetry off
+	topics validNames         // topic names of PublishMessages already checked
+}
+
+// maxValidNames bounds validNames: past it, names are checked on every
+// call (a service with that many topics publishes to them rarely each).
+const maxValidNames = 1024
+
+// validNames remembers names ValidateName accepted, so that a publisher
+// checks a topic name once, not on every call. Safe for concurrent use.
+type validNames struct {
+	m sync.Map // name -> struct{}
+	n atomic.Int32
+}
+
+// check validates name as a topic, once.
+func (v *validNames) check(name string) error {
+	if _, ok := v.m.Load(name); ok {
+		return nil
+	}
+	if err := ValidateName("topic", name); err != nil {
+		return err
+	}
+	if v.n.Load() < maxValidNames {
+		if _, loaded := v.m.LoadOrStore(name, struct{}{}); !loaded {
+			v.n.Add(1)
+		}
+	}
+	return nil
 }
 
 // NewPublisher returns a Publisher that writes to w with its own registry.
@@ -258,7 +305,7 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 			m.SetDeliverAt(at)
 		}
 		if m.Topic != valid || valid == "" {
-			if err := ValidateName("topic", m.Topic); err != nil {
+			if err := p.topics.check(m.Topic); err != nil {
 				return err
 			}
 			valid = m.Topic

@@ -58,14 +58,6 @@ func (s *deadLetters) check(op, topic string) error {
 	return nil
 }
 
-// existing returns the topic named name, or nil if nothing was written
-// to it.
-func (b *Broker) existing(name string) *topic {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.topics[name]
-}
-
 // scan calls f for every entry of t from position from on (from
 // included), in List order, skipping redriven ones, until f returns
 // false. Each entry's message is a copy.

@@ -138,8 +138,8 @@ func (c config) validate() error {
 // It is safe for concurrent use.
 type Broker struct {
 	cfg    config
-	mu     sync.Mutex
-	topics map[string]*topic
+	mu     sync.Mutex // serialises the creation of topics
+	topics sync.Map   // name -> *topic; read without a lock on every Write
 	done   chan struct{}
 	closed atomic.Bool
 
@@ -156,7 +156,7 @@ func New(opts ...Option) (*Broker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Broker{cfg: cfg, topics: make(map[string]*topic), done: make(chan struct{})}, nil
+	return &Broker{cfg: cfg, done: make(chan struct{})}, nil
 }
 
 // Close wakes every blocked Write and Fetch, which then return
@@ -173,9 +173,7 @@ func (b *Broker) Close() error {
 // Backlog returns how many messages of topic the group has not
 // acknowledged yet (0 for an unknown topic or group).
 func (b *Broker) Backlog(topicName, groupName string) int {
-	b.mu.Lock()
-	t := b.topics[topicName]
-	b.mu.Unlock()
+	t := b.existing(topicName)
 	if t == nil {
 		return 0
 	}
@@ -208,17 +206,38 @@ func (b *Broker) MessagingSystem() string { return "herald.memory" }
 // topic returns the topic named name, creating it; the name has been
 // checked.
 func (b *Broker) topic(name string) *topic {
+	if t := b.existing(name); t != nil {
+		return t
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if t := b.topics[name]; t != nil {
+	if t := b.existing(name); t != nil {
 		return t
 	}
 	t := &topic{name: name, groups: make(map[string]*group), parts: make([]*partition, b.cfg.partitions)}
 	for i := range t.parts {
 		t.parts[i] = &partition{index: i, capacity: uint64(b.cfg.capacity)}
 	}
-	b.topics[name] = t
+	b.topics.Store(name, t)
 	return t
+}
+
+// checkTopic validates a topic name, unless a topic of that name exists:
+// its name was checked when it was made.
+func (b *Broker) checkTopic(name string) error {
+	if b.existing(name) != nil {
+		return nil
+	}
+	return herald.ValidateName("topic", name)
+}
+
+// existing returns the topic named name, or nil if nothing was written
+// to it and no group subscribed to it.
+func (b *Broker) existing(name string) *topic {
+	if t, ok := b.topics.Load(name); ok {
+		return t.(*topic)
+	}
+	return nil
 }
 
 // Write appends msgs to their topics' partitions, in slice order per key.
@@ -245,7 +264,7 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 			return fail("write", "", "", fmt.Sprintf("message %d", i), herald.ErrNilEvent)
 		}
 		if m.Topic != valid || valid == "" {
-			if err := herald.ValidateName("topic", m.Topic); err != nil {
+			if err := b.checkTopic(m.Topic); err != nil {
 				return fail("write", m.Topic, "", "message "+m.ID, err)
 			}
 			valid = m.Topic
