@@ -135,7 +135,7 @@ func (s *scheduler) collect(out chan<- []Delivery) {
 		case <-s.stop:
 			for _, d := range batch {
 				s.abandon(d)
-				s.slots <- struct{}{}
+				s.slots.give(1)
 			}
 			return
 		}
@@ -212,7 +212,7 @@ func (s *scheduler) runBatches(in <-chan []Delivery) {
 		if s.stopping.Load() {
 			for _, d := range ds {
 				s.abandon(d)
-				s.slots <- struct{}{}
+				s.slots.give(1)
 			}
 			return
 		}
@@ -247,9 +247,7 @@ func (s *scheduler) runBatch(ds []Delivery) {
 			it.again()
 		}
 	}
-	for range ds {
-		s.slots <- struct{}{}
-	}
+	s.slots.give(len(ds))
 	s.passOn(ds)
 }
 

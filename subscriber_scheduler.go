@@ -112,7 +112,11 @@ type scheduler struct {
 	handler HandlerFunc
 	cfg     SchedulerConfig
 
-	slots chan struct{} // one token per delivery that may be in flight
+	slots *window       // the in-flight slots, one per delivery fetched and not settled
+	// serial: one worker runs every delivery, one at a time in the
+	// order fetched, which keeps each key's order by itself: dispatch
+	// keeps no per-key state (set by Start).
+	serial bool
 	ready chan Delivery // deliveries whose key is free; cap = MaxInFlight
 
 	mu        sync.Mutex
@@ -162,7 +166,7 @@ func newScheduler(r Reader, topic, group string, handler HandlerFunc, cfg Schedu
 		group:      group,
 		handler:    handler,
 		cfg:        cfg,
-		slots:      make(chan struct{}, cfg.MaxInFlight),
+		slots:      newWindow(cfg.MaxInFlight),
 		ready:      make(chan Delivery, cfg.MaxInFlight),
 		active:     make(map[string]*keyQueue),
 		stop:       make(chan struct{}),
@@ -193,9 +197,7 @@ func (s *scheduler) Start(ctx context.Context) error {
 	s.cancelIntake = cancelIntake
 	s.handlerCtx, s.cancelHandlers = context.WithCancel(base)
 	s.ackCtx = base
-	for range s.cfg.MaxInFlight {
-		s.slots <- struct{}{}
-	}
+	s.serial = s.batch == nil && s.cfg.Concurrency == 1
 	if sub, err := s.reader.Subscribe(ctx, s.topic, s.group); err != nil {
 		s.report("subscribe", "", err)
 	} else {
@@ -385,32 +387,14 @@ func (s *scheduler) subscribe(ctx context.Context, retry *backoff.Backoff) (sub 
 // delivery not yet settled (the window is full), then up to most-1 more
 // that are free. ok is false when ctx ended while waiting.
 func (s *scheduler) takeSlots(ctx context.Context, most int) (n int, ok bool) {
-	select {
-	case <-s.slots:
-	default:
-		s.health.windowFull(true)
-		select {
-		case <-s.slots:
-			s.health.windowFull(false)
-		case <-ctx.Done():
-			return 0, false
-		}
-	}
-	for n = 1; n < most; n++ {
-		select {
-		case <-s.slots:
-		default:
-			return n, true
-		}
-	}
-	return n, true
+	return s.slots.take(ctx, most, s.health.windowFull)
 }
 
 // accept hands back the slots of buf a fetch did not fill and dispatches
 // the got deliveries it did.
 func (s *scheduler) accept(buf []Delivery, got int) {
-	for range len(buf) - got {
-		s.slots <- struct{}{}
+	if got < len(buf) {
+		s.slots.give(len(buf) - got)
 	}
 	if got > 0 {
 		s.health.fetched()
@@ -421,6 +405,12 @@ func (s *scheduler) accept(buf []Delivery, got int) {
 
 // dispatch queues each delivery behind its key, or makes it ready.
 func (s *scheduler) dispatch(ds []Delivery) {
+	if s.serial {
+		for _, d := range ds {
+			s.ready <- d // never blocks: at most MaxInFlight deliveries exist
+		}
+		return
+	}
 	s.mu.Lock()
 	for _, d := range ds {
 		key := d.Message.Key
@@ -508,15 +498,15 @@ func (s *scheduler) work() {
 		}
 		if s.stopping.Load() {
 			s.abandon(d)
-			s.slots <- struct{}{} // not started: abandoned to the driver
+			s.slots.give(1) // not started: abandoned to the driver
 			return
 		}
 		for {
 			if r, ok := s.sub.(Revoker); !ok || !r.Revoked(d) {
 				s.run(d, &slab)
 			}
-			s.slots <- struct{}{}
-			if d.Message.Key == "" {
+			s.slots.give(1)
+			if d.Message.Key == "" || s.serial {
 				break
 			}
 			next, ok := s.following(d.Message.Key)
