@@ -104,18 +104,12 @@ func (s *scheduler) collect(out chan<- []Delivery) {
 	var batch []Delivery
 	waiting, due := false, false
 	for {
-		var in <-chan Delivery
+		var wake <-chan struct{}
 		if len(batch) < size {
-			in = s.ready
-		}
-		var send chan<- []Delivery
-		if len(batch) > 0 && (due || len(batch) >= size) {
-			send = out
-		}
-		select {
-		case d := <-in:
-			batch = s.gather(append(batch, d), size)
-			if !waiting && !due {
+			wake = s.wake
+			before := len(batch)
+			batch = s.gather(batch, size)
+			if len(batch) > before && !waiting && !due { // a batch's linger starts with its first delivery
 				if linger == 0 {
 					due = true
 				} else {
@@ -123,6 +117,13 @@ func (s *scheduler) collect(out chan<- []Delivery) {
 					waiting = true
 				}
 			}
+		}
+		var send chan<- []Delivery
+		if len(batch) > 0 && (due || len(batch) >= size) {
+			send = out
+		}
+		select {
+		case <-wake: // look at the ready queue again
 		case <-timer.C:
 			waiting, due = false, true
 			batch = s.topUp(batch, size)
@@ -142,18 +143,17 @@ func (s *scheduler) collect(out chan<- []Delivery) {
 	}
 }
 
-// gather adds to batch the deliveries waiting behind its last one's key,
-// then whatever else is ready now, each with its key's waiting ones, up
-// to size.
+// gather adds to batch what is ready now, each delivery with the ones
+// waiting behind its key, up to size.
 func (s *scheduler) gather(batch []Delivery, size int) []Delivery {
-	batch = s.takeWaiting(batch, batch[len(batch)-1].Message.Key, size)
 	for len(batch) < size {
-		select {
-		case d := <-s.ready:
-			batch = s.takeWaiting(append(batch, d), d.Message.Key, size)
-		default:
+		s.mu.Lock()
+		d, ok := s.ready.pop()
+		s.mu.Unlock()
+		if !ok {
 			return batch
 		}
+		batch = s.takeWaiting(append(batch, d), d.Message.Key, size)
 	}
 	return batch
 }
@@ -293,7 +293,7 @@ func (s *scheduler) passOn(ds []Delivery) {
 		}
 		seen[k] = true
 		if next, ok := s.following(k); ok {
-			s.ready <- next // never blocks: next holds a slot, as every delivery in ready does
+			s.makeReady(next)
 		}
 	}
 }

@@ -205,8 +205,9 @@ func benchEndToEnd(b *testing.B, concurrency int, pubOpts ...herald.PublisherOpt
 
 // BenchmarkIdleSubscribedTopics subscribes b.N topics on one Bus over the
 // memory driver (one handler each, the default options), starts it and
-// reports what each topic costs while nothing is published: heap bytes
-// and goroutines (the scheduler's and the driver's).
+// reports what each topic costs while nothing is published: heap bytes,
+// goroutine stack bytes and goroutines (the scheduler's and the
+// driver's).
 func BenchmarkIdleSubscribedTopics(b *testing.B) {
 	broker, err := memdriver.New()
 	if err != nil {
@@ -237,6 +238,7 @@ func BenchmarkIdleSubscribedTopics(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(b.N), "heap-B/topic")
+	b.ReportMetric(float64(int64(after.StackInuse)-int64(before.StackInuse))/float64(b.N), "stack-B/topic")
 	b.ReportMetric(float64(runtime.NumGoroutine()-goroutines)/float64(b.N), "goroutines/topic")
 	if err := bus.Shutdown(ctx); err != nil {
 		b.Fatal(err)

@@ -112,14 +112,15 @@ type scheduler struct {
 	handler HandlerFunc
 	cfg     SchedulerConfig
 
-	slots *window       // the in-flight slots, one per delivery fetched and not settled
+	slots *window // the in-flight slots, one per delivery fetched and not settled
 	// serial: one worker runs every delivery, one at a time in the
 	// order fetched, which keeps each key's order by itself: dispatch
 	// keeps no per-key state (set by Start).
 	serial bool
-	ready chan Delivery // deliveries whose key is free; cap = MaxInFlight
+	wake   chan struct{} // a delivery became ready; cap = Concurrency
 
 	mu        sync.Mutex
+	ready     readyQueue           // deliveries whose key is free
 	active    map[string]*keyQueue // keys with a delivery running; nil value = nothing waiting
 	spare     []*keyQueue
 	abandoned []Delivery // fetched, never started, dropped by workers while stopping
@@ -136,6 +137,7 @@ type scheduler struct {
 	workers        sync.WaitGroup
 	intakeDone     chan struct{}
 	done           chan struct{}
+	unwatch        func() bool // stops waiting for Start's ctx
 	shutdownOnce   sync.Once
 	shutdownErr    error
 
@@ -167,7 +169,7 @@ func newScheduler(r Reader, topic, group string, handler HandlerFunc, cfg Schedu
 		handler:    handler,
 		cfg:        cfg,
 		slots:      newWindow(cfg.MaxInFlight),
-		ready:      make(chan Delivery, cfg.MaxInFlight),
+		wake:       make(chan struct{}, cfg.Concurrency),
 		active:     make(map[string]*keyQueue),
 		stop:       make(chan struct{}),
 		intakeDone: make(chan struct{}),
@@ -212,15 +214,13 @@ func (s *scheduler) Start(ctx context.Context) error {
 			go s.work()
 		}
 	}
-	go func() {
-		select {
-		case <-ctx.Done():
-			expired, cancel := context.WithCancel(context.Background())
-			cancel()
-			_ = s.Shutdown(expired)
-		case <-s.stop:
-		}
-	}()
+	// No goroutine waits for ctx: an idle subscription of thousands
+	// costs its intake and its workers only.
+	s.unwatch = context.AfterFunc(ctx, func() {
+		expired, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = s.Shutdown(expired)
+	})
 	return nil
 }
 
@@ -239,6 +239,7 @@ func (s *scheduler) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.shutdownOnce.Do(func() {
+		s.unwatch()
 		s.stopping.Store(true)
 		close(s.stop)
 		s.cancelIntake()
@@ -284,11 +285,8 @@ func (s *scheduler) Shutdown(ctx context.Context) error {
 func (s *scheduler) unstarted() []Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ds := s.abandoned
+	ds := s.ready.drain(s.abandoned)
 	s.abandoned = nil
-	for len(s.ready) > 0 { // no worker reads it any more
-		ds = append(ds, <-s.ready)
-	}
 	for _, q := range s.active {
 		if q != nil {
 			ds = append(ds, q.items[q.head:]...)
@@ -403,25 +401,23 @@ func (s *scheduler) accept(buf []Delivery, got int) {
 	}
 }
 
-// dispatch queues each delivery behind its key, or makes it ready.
+// dispatch queues each delivery behind its key, or makes it ready, and
+// wakes as many sleeping workers as deliveries became ready.
 func (s *scheduler) dispatch(ds []Delivery) {
-	if s.serial {
-		for _, d := range ds {
-			s.ready <- d // never blocks: at most MaxInFlight deliveries exist
-		}
-		return
-	}
 	s.mu.Lock()
+	ready := 0
 	for _, d := range ds {
 		key := d.Message.Key
-		if key == "" {
-			s.ready <- d // never blocks: at most MaxInFlight deliveries exist
+		if s.serial || key == "" {
+			s.ready.push(d)
+			ready++
 			continue
 		}
 		q, busy := s.active[key]
 		if !busy {
 			s.active[key] = nil
-			s.ready <- d
+			s.ready.push(d)
+			ready++
 			continue
 		}
 		if q == nil {
@@ -431,6 +427,29 @@ func (s *scheduler) dispatch(ds []Delivery) {
 		q.items = append(q.items, d)
 	}
 	s.mu.Unlock()
+	s.notify(ready)
+}
+
+// makeReady makes d, whose key is now free or still held for it, ready.
+func (s *scheduler) makeReady(d Delivery) {
+	s.mu.Lock()
+	s.ready.push(d)
+	s.mu.Unlock()
+	s.notify(1)
+}
+
+// notify wakes up to n sleepers on wake (workers, or the batch
+// collector). A worker checks the queue under the mutex before it sleeps,
+// so a delivery made ready after that check finds its token here; a
+// token nobody needed costs one spurious look.
+func (s *scheduler) notify(n int) {
+	for range min(n, cap(s.wake)) {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+			return // every sleeper has a token already
+		}
+	}
 }
 
 func (s *scheduler) newQueue() *keyQueue {
@@ -446,6 +465,12 @@ func (s *scheduler) newQueue() *keyQueue {
 func (s *scheduler) following(key string) (Delivery, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.followingLocked(key)
+}
+
+// followingLocked is following with s.mu held. While stopping it frees
+// the key and keeps what waited behind it for Release.
+func (s *scheduler) followingLocked(key string) (Delivery, bool) {
 	q := s.active[key]
 	if q == nil || q.head == len(q.items) || s.stopping.Load() {
 		if q != nil {
@@ -485,40 +510,60 @@ func (s *scheduler) work() {
 	defer s.workers.Done()
 	var slab ctxSlab
 	for {
-		var d Delivery
-		select {
-		case d = <-s.ready:
-		default:
-			slab.drop() // idle: keep no handled message alive
-			select {
-			case d = <-s.ready:
-			case <-s.stop:
-				return
-			}
-		}
-		if s.stopping.Load() {
-			s.abandon(d)
-			s.slots.give(1) // not started: abandoned to the driver
-			return
-		}
-		for {
-			if r, ok := s.sub.(Revoker); !ok || !r.Revoked(d) {
+		d, ok := s.take(&slab)
+		for ok {
+			if r, isR := s.sub.(Revoker); !isR || !r.Revoked(d) {
 				s.run(d, &slab)
 			}
 			s.slots.give(1)
-			if d.Message.Key == "" || s.serial {
-				break
-			}
-			next, ok := s.following(d.Message.Key)
-			if !ok {
-				break
-			}
-			d = next
+			d, ok = s.next(d.Message.Key)
 		}
 		if s.stopping.Load() {
 			return
 		}
 	}
+}
+
+// take returns the first ready delivery, sleeping while there is none;
+// ok is false once the scheduler stops (what is still ready stays for
+// Release).
+func (s *scheduler) take(slab *ctxSlab) (Delivery, bool) {
+	for {
+		s.mu.Lock()
+		if s.stopping.Load() {
+			s.mu.Unlock()
+			return Delivery{}, false
+		}
+		d, ok := s.ready.pop()
+		s.mu.Unlock()
+		if ok {
+			return d, true
+		}
+		slab.drop() // idle: keep no handled message alive
+		select {
+		case <-s.wake:
+		case <-s.stop:
+			return Delivery{}, false
+		}
+	}
+}
+
+// next is what a worker that finished a delivery of key runs next
+// without sleeping, in one critical section: the key's next waiting
+// delivery, else (the key is freed) the first ready one. ok is false when
+// there is none, or the scheduler stops.
+func (s *scheduler) next(key string) (Delivery, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if key != "" && !s.serial {
+		if d, ok := s.followingLocked(key); ok {
+			return d, true
+		}
+	}
+	if s.stopping.Load() {
+		return Delivery{}, false
+	}
+	return s.ready.pop()
 }
 
 // run handles d until it succeeds (then acknowledges it) or the scheduler
