@@ -43,6 +43,9 @@ type heraldVariant struct {
 	keyed bool
 	// work is how long the handler sleeps per message.
 	work time.Duration
+	// topics spreads raw messages over this many topics (message i to
+	// topic i mod topics), each with its own subscription; 0 means one.
+	topics int
 	// rate is the messages per second of a paced row.
 	rate float64
 	// telemetry returns Bus options that set up tracing and metrics and a
@@ -139,25 +142,35 @@ func setupHerald(ctx context.Context, p runParams, newDriver heraldDriverFunc, v
 	}
 
 	data := payload(size)
-	topic := p.topic
+	topics := []string{p.topic}
+	for i := 1; i < v.topics; i++ {
+		topics = append(topics, fmt.Sprintf("%s.%d", p.topic, i))
+	}
+	topic := func(i int) string { return topics[i%len(topics)] }
 	s.subscribe = func() error {
-		return bus.Handle(topic, benchGroup, func(_ context.Context, m *herald.Message) error {
-			cnt.receive(len(m.Data), size)
-			return nil
-		}, opts...)
+		for _, t := range topics {
+			err := bus.Handle(t, benchGroup, func(_ context.Context, m *herald.Message) error {
+				cnt.receive(len(m.Data), size)
+				return nil
+			}, opts...)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	s.publish = func(ctx context.Context, first, count int) error {
 		if count == 1 {
-			return bus.PublishMessages(ctx, &herald.Message{Topic: topic, Key: keys.of(first), Data: data})
+			return bus.PublishMessages(ctx, &herald.Message{Topic: topic(first), Key: keys.of(first), Data: data})
 		}
 		msgs := make([]*herald.Message, count)
 		for i := range msgs {
-			msgs[i] = &herald.Message{Topic: topic, Key: keys.of(first + i), Data: data}
+			msgs[i] = &herald.Message{Topic: topic(first + i), Key: keys.of(first + i), Data: data}
 		}
 		return bus.PublishMessages(ctx, msgs...)
 	}
 	s.warmUp = func(ctx context.Context) error {
-		return bus.PublishMessages(ctx, &herald.Message{Topic: topic})
+		return bus.PublishMessages(ctx, &herald.Message{Topic: topics[0]})
 	}
 	return assemble(ctx, p, s)
 }

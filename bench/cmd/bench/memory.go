@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/memory/memdriver"
 )
 
@@ -36,6 +38,8 @@ func memoryCases(cfg config) []benchCase {
 			memoryDriver, heraldVariant{concurrency: c, keyed: true}),
 		heraldCase("herald-raw-unkeyed", fmt.Sprintf("raw messages, 1 per call, concurrency %d, no key", c),
 			memoryDriver, heraldVariant{concurrency: c}),
+		heraldCase("herald-raw-topics", "raw messages, 1 per call, concurrency 1, over 1000 topics (a subscription each)",
+			memoryDriver, heraldVariant{topics: 1000}),
 		heraldCase("herald-batch", fmt.Sprintf("raw messages, %d per call, concurrency 1", b),
 			memoryDriver, heraldVariant{batched: true}),
 		heraldCase("herald-batch-keyed", fmt.Sprintf("raw messages, %d per call, concurrency %d, %d keys", b, c, k),
@@ -51,7 +55,61 @@ func memoryCases(cfg config) []benchCase {
 		watermillCase("watermill-json", "GoChannel BlockPublishUntilSubscriberAck, JSON struct (encoding/json), 1 per call",
 			blocking, watermillVariant{json: true}, false),
 		unbounded,
+		goChannelCase(cfg),
 	}
+}
+
+// goChannelCase is the table's ceiling, measured in the same process: the
+// same messages (a *herald.Message with the payload, allocated per send)
+// handed from the publishers to one receiving goroutine through a
+// buffered Go channel and nothing else: no ID, no acknowledgment, no
+// per-key order beyond the channel's FIFO.
+func goChannelCase(cfg config) benchCase {
+	return referenceCase("go-channel", "Go", "buffered channel (4096) of *Message, 1 per send, 1 receiving goroutine", endToEnd,
+		func(ctx context.Context, p runParams) (*pipeline, error) {
+			size := cfg.payloadBytes
+			cnt := newCounter(p.n, 0)
+			data := payload(size)
+			ch := make(chan *herald.Message, 4096)
+			var wg sync.WaitGroup
+			return assemble(ctx, p, stages{
+				mode:    endToEnd,
+				batch:   cfg.perCall(false),
+				counter: cnt,
+				publish: func(ctx context.Context, _, count int) error {
+					for range count {
+						select {
+						case ch <- &herald.Message{Topic: p.topic, Data: data}:
+						case <-ctx.Done():
+							return ctx.Err()
+						}
+					}
+					return nil
+				},
+				subscribe: func() error { return nil },
+				start: func(context.Context) error {
+					wg.Go(func() {
+						for m := range ch {
+							cnt.receive(len(m.Data), size)
+						}
+					})
+					return nil
+				},
+				warmUp: func(ctx context.Context) error {
+					select {
+					case ch <- &herald.Message{Topic: p.topic}:
+						return nil
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				},
+				teardown: func(context.Context) error {
+					close(ch)
+					wg.Wait()
+					return nil
+				},
+			})
+		})
 }
 
 // memoryDriver gives each herald run a fresh memory driver, with its
