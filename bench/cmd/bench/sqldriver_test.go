@@ -32,7 +32,7 @@ func sqlSmallConfig() config {
 func sqldriverRun(t *testing.T, extra ...string) (table, progress string) {
 	t.Helper()
 	before := sqliteDirs(t)
-	table, progress = postgresRun(t, slices.Concat([]string{"-scenario", "sqldriver"}, small, sqlSmall, extra))
+	table, progress = postgresRun(t, sqldriverCases(sqlSmallConfig()), slices.Concat([]string{"-scenario", "sqldriver"}, small, sqlSmall, extra))
 	for _, d := range sqliteDirs(t) {
 		if !slices.Contains(before, d) {
 			t.Errorf("the runs left the SQLite directory %s behind", d)
