@@ -121,6 +121,7 @@ type scheduler struct {
 
 	mu        sync.Mutex
 	ready     readyQueue           // deliveries whose key is free
+	idle      int                  // workers asleep on wake and not yet woken
 	active    map[string]*keyQueue // keys with a delivery running; nil value = nothing waiting
 	spare     []*keyQueue
 	abandoned []Delivery // fetched, never started, dropped by workers while stopping
@@ -426,24 +427,39 @@ func (s *scheduler) dispatch(ds []Delivery) {
 		}
 		q.items = append(q.items, d)
 	}
+	wake := s.wakeLocked(ready)
 	s.mu.Unlock()
-	s.notify(ready)
+	s.notify(wake)
 }
 
 // makeReady makes d, whose key is now free or still held for it, ready.
 func (s *scheduler) makeReady(d Delivery) {
 	s.mu.Lock()
 	s.ready.push(d)
+	wake := s.wakeLocked(1)
 	s.mu.Unlock()
-	s.notify(1)
+	s.notify(wake)
 }
 
-// notify wakes up to n sleepers on wake (workers, or the batch
-// collector). A worker checks the queue under the mutex before it sleeps,
-// so a delivery made ready after that check finds its token here; a
-// token nobody needed costs one spurious look.
+// wakeLocked returns how many sleepers to wake now that n more
+// deliveries are ready, and counts those workers awake (s.mu held): no
+// more than are asleep, so that a burst of small fetches does not send
+// tokens nobody waits for (each one a spurious wake-up later). The batch
+// collector, the only reader in a batch subscription, gets one.
+func (s *scheduler) wakeLocked(n int) int {
+	if s.batch != nil {
+		return min(n, 1)
+	}
+	n = min(n, s.idle)
+	s.idle -= n
+	return n
+}
+
+// notify sends n wake tokens. A sleeper registers (s.idle) under the
+// mutex after it found the queue empty, so a delivery made ready after
+// that finds it counted; the channel holds a token for every worker.
 func (s *scheduler) notify(n int) {
-	for range min(n, cap(s.wake)) {
+	for range n {
 		select {
 		case s.wake <- struct{}{}:
 		default:
@@ -535,6 +551,9 @@ func (s *scheduler) take(slab *ctxSlab) (Delivery, bool) {
 			return Delivery{}, false
 		}
 		d, ok := s.ready.pop()
+		if !ok {
+			s.idle++ // the next delivery made ready wakes this worker
+		}
 		s.mu.Unlock()
 		if ok {
 			return d, true
