@@ -42,6 +42,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"time"
@@ -106,6 +107,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopProfile()
+	stopTrace, err := startTrace(opts.trace)
+	if err != nil {
+		return err
+	}
+	defer stopTrace()
 	results, err := runPlan(ctx, cfg, plan, measurer(cfg, args), stderr)
 	if err != nil {
 		return err
@@ -127,10 +133,11 @@ type options struct {
 	list       bool   // -list
 	cpuProfile string // -cpuprofile
 	memProfile string // -memprofile
+	trace      string // -trace
 	child      string // -child
 }
 
-func (o options) profiling() bool { return o.cpuProfile != "" || o.memProfile != "" }
+func (o options) profiling() bool { return o.cpuProfile != "" || o.memProfile != "" || o.trace != "" }
 
 // parseFlags reads the command line and the environment, and checks the
 // result.
@@ -164,6 +171,7 @@ func parseFlags(args []string, stderr io.Writer) (config, options, error) {
 	fs.BoolVar(&opts.list, "list", false, "list scenarios and their case ids, and exit")
 	fs.StringVar(&opts.cpuProfile, "cpuprofile", "", "write a CPU profile of the runs to this file (implies -isolate=false)")
 	fs.StringVar(&opts.memProfile, "memprofile", "", "write an allocation profile to this file at the end (implies -isolate=false)")
+	fs.StringVar(&opts.trace, "trace", "", "write an execution trace of the runs to this file, for go tool trace (implies -isolate=false)")
 	fs.BoolVar(&cfg.isolate, "isolate", true, "run every measured run in a fresh child process")
 	fs.StringVar(&cfg.runToken, "run-token", "",
 		"names this invocation's topics, streams and queues, bench.<case>.<token>.<round> (default: the time and random bytes)")
@@ -269,6 +277,26 @@ func startCPUProfile(path string) (stop func(), err error) {
 	}
 	return func() {
 		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+// startTrace writes an execution trace to path until stop; no path, no
+// trace.
+func startTrace(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		trace.Stop()
 		f.Close()
 	}, nil
 }
