@@ -122,6 +122,7 @@ type scheduler struct {
 	mu        sync.Mutex
 	ready     readyQueue           // deliveries whose key is free
 	idle      int                  // workers asleep on wake and not yet woken
+	keys      []string             // dispatch's buffer of a fetch's keys (the intake's only)
 	active    map[string]*keyQueue // keys with a delivery running; nil value = nothing waiting
 	spare     []*keyQueue
 	abandoned []Delivery // fetched, never started, dropped by workers while stopping
@@ -405,15 +406,25 @@ func (s *scheduler) accept(buf []Delivery, got int) {
 // dispatch queues each delivery behind its key, or makes it ready, and
 // wakes as many sleeping workers as deliveries became ready.
 func (s *scheduler) dispatch(ds []Delivery) {
+	// Read every key first, outside the lock, in a loop of independent
+	// loads: each message was just written on a publisher's core, so each
+	// read misses the cache, and the processor overlaps misses it can see
+	// coming (the map work between them hid the next one).
+	keys := s.keys[:0]
+	if !s.serial {
+		for i := range ds {
+			keys = append(keys, ds[i].Message.Key)
+		}
+	}
 	s.mu.Lock()
 	ready := 0
-	for _, d := range ds {
-		key := d.Message.Key
-		if s.serial || key == "" {
+	for i, d := range ds {
+		if s.serial || keys[i] == "" {
 			s.ready.push(d)
 			ready++
 			continue
 		}
+		key := keys[i]
 		q, busy := s.active[key]
 		if !busy {
 			s.active[key] = nil
@@ -429,6 +440,8 @@ func (s *scheduler) dispatch(ds []Delivery) {
 	}
 	wake := s.wakeLocked(ready)
 	s.mu.Unlock()
+	clear(keys)
+	s.keys = keys
 	s.notify(wake)
 }
 
