@@ -222,15 +222,6 @@ func (b *Broker) topic(name string) *topic {
 	return t
 }
 
-// checkTopic validates a topic name, unless a topic of that name exists:
-// its name was checked when it was made.
-func (b *Broker) checkTopic(name string) error {
-	if b.existing(name) != nil {
-		return nil
-	}
-	return herald.ValidateName("topic", name)
-}
-
 // existing returns the topic named name, or nil if nothing was written
 // to it and no group subscribed to it.
 func (b *Broker) existing(name string) *topic {
@@ -258,14 +249,21 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	valid := "" // the last topic checked: batches usually share one
+	var first *topic // the first message's topic, if it exists: batches usually share one
+	valid := ""      // the last topic checked
 	for i, m := range msgs {
 		if m == nil {
 			return fail("write", "", "", fmt.Sprintf("message %d", i), herald.ErrNilEvent)
 		}
 		if m.Topic != valid || valid == "" {
-			if err := b.checkTopic(m.Topic); err != nil {
-				return fail("write", m.Topic, "", "message "+m.ID, err)
+			t := b.existing(m.Topic) // an existing topic's name was checked when it was made
+			if t == nil {
+				if err := herald.ValidateName("topic", m.Topic); err != nil {
+					return fail("write", m.Topic, "", "message "+m.ID, err)
+				}
+			}
+			if i == 0 {
+				first = t
 			}
 			valid = m.Topic
 		}
@@ -280,7 +278,7 @@ func (b *Broker) Write(ctx context.Context, msgs []*herald.Message) error {
 	if err != nil {
 		return err
 	}
-	var t *topic
+	t := first
 	for i, m := range msgs {
 		if b.closed.Load() {
 			return fail("write", m.Topic, "", "message "+m.ID, herald.ErrClosed)
