@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/heraldbus/herald"
 	"github.com/heraldbus/herald/internal/backoff"
@@ -271,18 +272,18 @@ func (s *subscription) message(m *kafkago.Message, names interner) herald.Messag
 		hm.Time = m.Time.UTC()
 	}
 	if len(m.Key) > 0 {
-		hm.Key = string(m.Key)
+		hm.Key = owned(m.Key)
 	}
 	for _, h := range m.Headers {
 		switch h.Key {
 		case herald.HeaderID:
-			hm.ID = string(h.Value)
+			hm.ID = owned(h.Value)
 		case herald.HeaderContentType:
 			hm.ContentType = names.get(h.Value)
 		case herald.HeaderEvent:
 			hm.Headers = addHeader(hm.Headers, len(m.Headers), h.Key, names.get(h.Value))
 		default:
-			hm.Headers = addHeader(hm.Headers, len(m.Headers), h.Key, string(h.Value))
+			hm.Headers = addHeader(hm.Headers, len(m.Headers), h.Key, owned(h.Value))
 		}
 	}
 	if hm.ID == "" {
@@ -298,6 +299,19 @@ func (s *subscription) message(m *kafkago.Message, names interner) herald.Messag
 // other ID.
 func RecordID(topic string, partition int, offset int64) string {
 	return topic + "/" + strconv.Itoa(partition) + "/" + strconv.FormatInt(offset, 10)
+}
+
+// owned returns b as a string without copying it. It is only for the
+// key and header values of a record kafka-go decoded: kafka-go allocates
+// each of them for that record alone (its readNewBytes) and hands them
+// over in a kafkago.Message that message drops, so nothing writes to
+// those bytes afterwards (Data is the value, a slice of its own). It
+// saves the copy of the ID and of the key of every record.
+func owned(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
 }
 
 func addHeader(h herald.Headers, size int, k, v string) herald.Headers {

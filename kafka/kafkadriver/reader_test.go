@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -754,5 +755,46 @@ func TestCloseAfterTheGroupMovedOn(t *testing.T) {
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// TestFetchedStringsStayPut keeps every message of several fetches and
+// checks their IDs, keys and headers at the end: they share the bytes
+// kafka-go decoded for each record (no copy), so a decoder that reused
+// its buffers would show here as strings changing under earlier
+// messages.
+func TestFetchedStringsStayPut(t *testing.T) {
+	brokers, real := cluster(t)
+	d := newDriver(t, brokers, real)
+	topic, group := newTopic(t, d), drivertest.Name(t, "g")
+	ctx := testContext(t)
+	const n = 600
+	var msgs []*herald.Message
+	for i := range n {
+		s := strconv.Itoa(i)
+		msgs = append(msgs, &herald.Message{ID: "id-" + s, Topic: topic, Key: "key-" + s,
+			Headers: herald.Headers{"x-seq": "seq-" + s}, Data: []byte(s)})
+	}
+	for i := 0; i < n; i += 100 {
+		if err := d.Write(ctx, msgs[i:i+100]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub, err := d.Subscribe(ctx, topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drivertest.CloseSub(t, sub)
+	var got []herald.Delivery
+	for len(got) < n {
+		got = append(got, drivertest.FetchExactly(t, sub, min(50, n-len(got)))...)
+	}
+	runtime.GC() // anything the decoder freed or reused is gone now
+	for _, dl := range got {
+		m := dl.Message
+		s := string(m.Data)
+		if m.ID != "id-"+s || m.Key != "key-"+s || m.Headers.Get("x-seq") != "seq-"+s {
+			t.Errorf("message %s: ID %q, key %q, x-seq %q", s, m.ID, m.Key, m.Headers.Get("x-seq"))
+		}
 	}
 }
