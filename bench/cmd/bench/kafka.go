@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/segmentio/ksuid"
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -86,6 +87,8 @@ func kafkaCases(cfg config) []benchCase {
 			hd, heraldVariant{mode: consumeOnly}).in(kafkaTableConsume).scaled(2),
 		kafkaGoReaderCase("kafka-go-reader",
 			fmt.Sprintf("group Reader by hand, FetchMessage, CommitMessages every %d", kafkaReaderCommitEvery), cfg).
+			in(kafkaTableConsume).scaled(2),
+		franzGoConsumeCase("franz-go-consume", "kgo consumer group by hand, PollFetches, autocommit (the ceiling)", cfg).
 			in(kafkaTableConsume).scaled(2),
 		watermillCase("watermill-consume", "kafka Subscriber (Sarama consumer group) + Router",
 			wm, watermillVariant{mode: consumeOnly}, true).in(kafkaTableConsume).scaled(0.5),
@@ -396,6 +399,74 @@ func kafkaGoReaderCase(id, label string, cfg config) benchCase {
 			},
 		})
 	})
+}
+
+// franzGoConsumeCase is the consume ceiling: franz-go's kgo client in a
+// consumer group, PollFetches in a loop with its default autocommit,
+// over a topic kafka-go's Writer filled. herald stays on kafka-go; this
+// row shows what the fastest Go client does on the same broker.
+func franzGoConsumeCase(id, label string, cfg config) benchCase {
+	c := benchCase{id: id, system: "franz-go", label: label, mode: consumeOnly, concurrency: 1}
+	c.setup = func(ctx context.Context, p runParams) (*pipeline, error) {
+		prod, err := newKafkaGoProducer(ctx, cfg, p.topic)
+		if err != nil {
+			return nil, err
+		}
+		cnt := newCounter(p.n, 0)
+		var (
+			client   *kgo.Client
+			stopPoll context.CancelFunc
+			wg       sync.WaitGroup
+		)
+		return assemble(ctx, p, stages{
+			mode:      consumeOnly,
+			counter:   cnt,
+			publish:   prod.publish,
+			subscribe: func() error { return nil },
+			start: func(ctx context.Context) error {
+				client, err = kgo.NewClient(kgo.SeedBrokers(cfg.kafkaBrokers...), kgo.ConsumerGroup(benchGroup),
+					kgo.ConsumeTopics(p.topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+					kgo.FetchMaxBytes(int32(kafkadriver.DefaultFetchMaxBytes)), kgo.FetchMaxWait(kafkadriver.DefaultFetchMaxWait))
+				if err != nil {
+					return err
+				}
+				pollCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+				stopPoll = cancel
+				wg.Go(func() { pollAll(pollCtx, client, cnt, cfg.payloadBytes) })
+				return nil
+			},
+			teardown: func(ctx context.Context) error {
+				if client != nil {
+					stopPoll()
+					wg.Wait()
+					client.Close()
+				}
+				return prod.close(ctx)
+			},
+		})
+	}
+	return c
+}
+
+// pollAll polls until the counter reached its target or ctx ends.
+func pollAll(ctx context.Context, client *kgo.Client, cnt *counter, size int) {
+	for n := int64(0); n < cnt.target; {
+		fs := client.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if errs := fs.Errors(); len(errs) > 0 {
+			cnt.fail(fmt.Errorf("poll: %w", errs[0].Err))
+			return
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if len(r.Value) != size {
+				cnt.fail(fmt.Errorf("client got a %d-byte value, want %d", len(r.Value), size))
+			}
+			n++
+			cnt.handle()
+		})
+	}
 }
 
 // readAll fetches until the counter reached its target or ctx ends,
