@@ -361,44 +361,22 @@ func kafkaGoWriterCase(id, label string, cfg config) benchCase {
 // kafkaReaderCommitEvery messages, with herald's fetch settings. The topic
 // is filled by kafka-go's Writer.
 func kafkaGoReaderCase(id, label string, cfg config) benchCase {
-	return referenceCase(id, "kafka-go", label, consumeOnly, func(ctx context.Context, p runParams) (*pipeline, error) {
-		prod, err := newKafkaGoProducer(ctx, cfg, p.topic)
-		if err != nil {
-			return nil, err
-		}
-		cnt := newCounter(p.n, 0)
-		var (
-			reader   *kafkago.Reader
-			stopRead context.CancelFunc
-			wg       sync.WaitGroup
-		)
-		return assemble(ctx, p, stages{
-			mode:      consumeOnly,
-			counter:   cnt,
-			publish:   prod.publish,
-			subscribe: func() error { return nil },
-			start: func(ctx context.Context) error {
-				reader = kafkago.NewReader(kafkago.ReaderConfig{
-					Brokers: cfg.kafkaBrokers, GroupID: benchGroup, Topic: p.topic,
-					StartOffset: kafkago.FirstOffset,
-					MaxWait:     kafkadriver.DefaultFetchMaxWait, MaxBytes: kafkadriver.DefaultFetchMaxBytes,
-				})
-				readCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-				stopRead = cancel
-				wg.Go(func() { readAll(readCtx, reader, cnt, cfg.payloadBytes) })
-				return nil
-			},
-			teardown: func(ctx context.Context) error {
-				var errs []error
-				if reader != nil {
-					stopRead()
-					wg.Wait()
-					errs = append(errs, reader.Close())
-				}
-				return errors.Join(append(errs, prod.close(ctx))...)
-			},
-		})
-	})
+	return referenceCase(id, "kafka-go", label, consumeOnly, byHand(cfg,
+		func(ctx context.Context, topic string, cnt *counter) (func() error, error) {
+			reader := kafkago.NewReader(kafkago.ReaderConfig{
+				Brokers: cfg.kafkaBrokers, GroupID: benchGroup, Topic: topic,
+				StartOffset: kafkago.FirstOffset,
+				MaxWait:     kafkadriver.DefaultFetchMaxWait, MaxBytes: kafkadriver.DefaultFetchMaxBytes,
+			})
+			readCtx, cancel := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			wg.Go(func() { readAll(readCtx, reader, cnt, cfg.payloadBytes) })
+			return func() error {
+				cancel()
+				wg.Wait()
+				return reader.Close()
+			}, nil
+		}))
 }
 
 // franzGoConsumeCase is the consume ceiling: franz-go's kgo client in a
@@ -407,45 +385,53 @@ func kafkaGoReaderCase(id, label string, cfg config) benchCase {
 // row shows what the fastest Go client does on the same broker.
 func franzGoConsumeCase(id, label string, cfg config) benchCase {
 	c := benchCase{id: id, system: "franz-go", label: label, mode: consumeOnly, concurrency: 1}
-	c.setup = func(ctx context.Context, p runParams) (*pipeline, error) {
+	c.setup = byHand(cfg, func(ctx context.Context, topic string, cnt *counter) (func() error, error) {
+		client, err := kgo.NewClient(kgo.SeedBrokers(cfg.kafkaBrokers...), kgo.ConsumerGroup(benchGroup),
+			kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+			kgo.FetchMaxBytes(int32(kafkadriver.DefaultFetchMaxBytes)), kgo.FetchMaxWait(kafkadriver.DefaultFetchMaxWait))
+		if err != nil {
+			return nil, err
+		}
+		pollCtx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { pollAll(pollCtx, client, cnt, cfg.payloadBytes) })
+		return func() error {
+			cancel()
+			wg.Wait()
+			client.Close()
+			return nil
+		}, nil
+	})
+	return c
+}
+
+// byHand is the set-up of a consume row of a client used by hand, over a
+// topic kafka-go's Writer fills: consume starts reading into the counter
+// when the clock starts and returns what stops it.
+func byHand(cfg config, consume func(ctx context.Context, topic string, cnt *counter) (stop func() error, err error)) func(context.Context, runParams) (*pipeline, error) {
+	return func(ctx context.Context, p runParams) (*pipeline, error) {
 		prod, err := newKafkaGoProducer(ctx, cfg, p.topic)
 		if err != nil {
 			return nil, err
 		}
 		cnt := newCounter(p.n, 0)
-		var (
-			client   *kgo.Client
-			stopPoll context.CancelFunc
-			wg       sync.WaitGroup
-		)
+		stop := func() error { return nil }
 		return assemble(ctx, p, stages{
 			mode:      consumeOnly,
 			counter:   cnt,
 			publish:   prod.publish,
 			subscribe: func() error { return nil },
 			start: func(ctx context.Context) error {
-				client, err = kgo.NewClient(kgo.SeedBrokers(cfg.kafkaBrokers...), kgo.ConsumerGroup(benchGroup),
-					kgo.ConsumeTopics(p.topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-					kgo.FetchMaxBytes(int32(kafkadriver.DefaultFetchMaxBytes)), kgo.FetchMaxWait(kafkadriver.DefaultFetchMaxWait))
+				s, err := consume(context.WithoutCancel(ctx), p.topic, cnt)
 				if err != nil {
 					return err
 				}
-				pollCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-				stopPoll = cancel
-				wg.Go(func() { pollAll(pollCtx, client, cnt, cfg.payloadBytes) })
+				stop = s
 				return nil
 			},
-			teardown: func(ctx context.Context) error {
-				if client != nil {
-					stopPoll()
-					wg.Wait()
-					client.Close()
-				}
-				return prod.close(ctx)
-			},
+			teardown: func(ctx context.Context) error { return errors.Join(stop(), prod.close(ctx)) },
 		})
 	}
-	return c
 }
 
 // pollAll polls until the counter reached its target or ctx ends.

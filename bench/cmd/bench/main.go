@@ -264,26 +264,19 @@ func describeServers(ctx context.Context, cfg config, plan []scenarioPlan) ([]st
 // startCPUProfile starts a CPU profile into path (none when path is
 // empty); stop ends it and closes the file.
 func startCPUProfile(path string) (stop func(), err error) {
-	if path == "" {
-		return func() {}, nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
+	return startWriting(path, pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
 // startTrace writes an execution trace to path until stop; no path, no
 // trace.
 func startTrace(path string) (stop func(), err error) {
+	return startWriting(path, trace.Start, trace.Stop)
+}
+
+// startWriting creates path and starts writing a profile or trace to it
+// with start, until the returned stop calls end and closes the file; no
+// path, nothing.
+func startWriting(path string, start func(io.Writer) error, end func()) (stop func(), err error) {
 	if path == "" {
 		return func() {}, nil
 	}
@@ -291,12 +284,12 @@ func startTrace(path string) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := trace.Start(f); err != nil {
+	if err := start(f); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return func() {
-		trace.Stop()
+		end()
 		f.Close()
 	}, nil
 }
