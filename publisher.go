@@ -216,16 +216,14 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 	if len(events) == 0 {
 		return nil, nil
 	}
-	slab := make([]Message, len(events))
-	msgs := make([]*Message, len(events))
+	msgs := newMessages(len(events))
 	now := time.Now().UTC()
 	lin := lineageOf(ctx)
 	at := deliverAtOf(ctx, now)
 	for i, e := range events {
-		if err := p.encode(&slab[i], e, now, lin, at); err != nil {
+		if err := p.encode(msgs[i], e, now, lin, at); err != nil {
 			return nil, err
 		}
-		msgs[i] = &slab[i]
 	}
 	if !at.IsZero() {
 		if err := checkDelays(ctx, p.w, msgs, now); err != nil {
@@ -233,6 +231,26 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 		}
 	}
 	return msgs, nil
+}
+
+// newMessages returns n zero messages, as the slice of pointers Write
+// takes, in two allocations, and in one for a single message (the usual
+// Publish of one event).
+func newMessages(n int) []*Message {
+	if n == 1 {
+		one := new(struct {
+			m Message
+			p [1]*Message
+		})
+		one.p[0] = &one.m
+		return one.p[:]
+	}
+	slab := make([]Message, n)
+	msgs := make([]*Message, n)
+	for i := range slab {
+		msgs[i] = &slab[i]
+	}
+	return msgs
 }
 
 // codecFor is the codec that encodes et: the type's own (WithCodec), else
