@@ -467,9 +467,7 @@ func (b *Bus) deadLetterSettings(r *route, o *subscribeOptions) (deadLetterSetti
 func (b *Bus) routeHandler(r *route) HandlerFunc {
 	h := r.obs.middleware()(r.dispatch)
 	return func(ctx context.Context, m *Message) error {
-		if delivered(ctx) != m { // the scheduler's contexts carry it already
-			ctx = withDelivered(ctx, m)
-		}
+		// ctx is the scheduler's deliveryCtx: it carries m.
 		if err := h(ctx, m); err != errSkipped {
 			return err
 		}

@@ -27,28 +27,13 @@ func WithCorrelationID(ctx context.Context, id string) context.Context {
 // CorrelationID returns the correlation id of ctx: the one WithCorrelationID
 // set, else in a handler the delivered message's (its
 // HeaderCorrelationID, or its ID when it has none); "" elsewhere.
-func CorrelationID(ctx context.Context) string {
-	if id, ok := ctx.Value(correlationKey{}).(string); ok {
-		return id
-	}
-	if m := delivered(ctx); m != nil {
-		if id := m.Headers.Get(HeaderCorrelationID); id != "" {
-			return id
-		}
-		return m.ID
-	}
-	return ""
-}
+func CorrelationID(ctx context.Context) string { return lineageOf(ctx).correlation }
 
 // deliveredKey holds the *Message a handler's context was made for.
 type deliveredKey struct{}
 
-// withDelivered returns the handler context for m: one context value, from
-// which CorrelationID and CausationID derive.
-func withDelivered(ctx context.Context, m *Message) context.Context {
-	return context.WithValue(ctx, deliveredKey{}, m)
-}
-
+// delivered returns the message a handler's context was made for
+// (deliveryCtx), or nil.
 func delivered(ctx context.Context) *Message {
 	m, _ := ctx.Value(deliveredKey{}).(*Message)
 	return m
@@ -63,22 +48,15 @@ func WithCausationID(ctx context.Context, id string) context.Context {
 
 // CausationID returns the causation id of ctx: in a handler, the ID of the
 // message being handled; "" elsewhere unless WithCausationID set one.
-func CausationID(ctx context.Context) string {
-	if id, ok := ctx.Value(causationKey{}).(string); ok {
-		return id
-	}
-	if m := delivered(ctx); m != nil {
-		return m.ID
-	}
-	return ""
-}
+func CausationID(ctx context.Context) string { return lineageOf(ctx).causation }
 
 // lineage is the correlation and causation ids a publish stamps.
 type lineage struct{ correlation, causation string }
 
+// lineageOf is CorrelationID and CausationID of ctx, in three context
+// lookups (publishing is the hot path): a value WithCorrelationID or
+// WithCausationID set wins, else the delivered message's.
 func lineageOf(ctx context.Context) lineage {
-	// CorrelationID and CausationID in three context lookups, not four:
-	// publishing is the hot path.
 	var l lineage
 	corr, setCorr := ctx.Value(correlationKey{}).(string)
 	caus, setCaus := ctx.Value(causationKey{}).(string)

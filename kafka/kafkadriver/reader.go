@@ -354,9 +354,6 @@ func (s *subscription) endGeneration(g *generation) {
 // generation.
 func groupMovedOn(err error) bool {
 	if errors.Is(err, net.ErrClosed) {
-		// kafka-go closed the generation's coordinator connection (a
-		// request on it failed or timed out): the generation is over, and
-		// the member with it, as when the group rebalanced without it.
 		return true
 	}
 	for _, code := range []kafkago.Error{kafkago.UnknownMemberId, kafkago.IllegalGeneration, kafkago.RebalanceInProgress, kafkago.FencedInstanceID} {

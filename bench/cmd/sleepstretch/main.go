@@ -19,10 +19,12 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/heraldbus/herald/internal/testenv"
 )
 
 func main() {
-	addr := flag.String("redis", envOr("HERALD_REDIS_ADDR", "127.0.0.1:6379"), "Redis address")
+	addr := flag.String("redis", testenv.Getenv("HERALD_REDIS_ADDR", testenv.DefaultRedisAddr), "Redis address")
 	pingers := flag.String("pingers", "0,1,2,4,8", "goroutines pinging Redis in a loop beside the sleepers, one run per value")
 	sleepers := flag.Int("sleepers", 64, "goroutines sleeping 1 ms in a loop")
 	rounds := flag.Int("n", 300, "sleeps per sleeper")
@@ -80,11 +82,4 @@ func measure(client *goredis.Client, pingers, sleepers, rounds int) (time.Durati
 	close(stop)
 	bg.Wait()
 	return time.Duration(total.Load() / int64(sleepers*rounds)), pings.Load()
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
