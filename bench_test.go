@@ -38,17 +38,34 @@ func BenchmarkPublishTyped(b *testing.B) {
 	}
 }
 
+// BenchmarkPublishRaw publishes with a bare context and with one six
+// layers deep, as a service's request contexts are (cancel, values,
+// deadline): every context lookup of a publish walks them.
 func BenchmarkPublishRaw(b *testing.B) {
 	p, err := herald.NewPublisher(discardWriter{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := p.PublishMessages(ctx, &herald.Message{Topic: "orders", Data: payload256}); err != nil {
-			b.Fatal(err)
-		}
+	type layer struct{ n int }
+	deep, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range 4 {
+		deep = context.WithValue(deep, layer{i}, i)
+	}
+	deep, cancelDeadline := context.WithTimeout(deep, time.Hour)
+	defer cancelDeadline()
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+	}{{"background", context.Background()}, {"deep", deep}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := p.PublishMessages(c.ctx, &herald.Message{Topic: "orders", Data: payload256}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

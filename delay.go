@@ -165,9 +165,6 @@ func DueTimes(writer string, msgs []*Message, now time.Time) (dues []time.Time, 
 	return dues, 0, nil
 }
 
-// deliverAtKey holds a delivery time or delay of a publishing context.
-type deliverAtKey struct{}
-
 type deliverAtValue struct {
 	at    time.Time     // DeliverAt
 	after time.Duration // DeliverAfter, counted from the publish
@@ -181,27 +178,23 @@ type deliverAtValue struct {
 // DelayedWriter (ErrDelayNotSupported otherwise). A handler's context does
 // not pass a delivered message's delay on: only this sets one.
 func DeliverAt(ctx context.Context, t time.Time) context.Context {
-	return context.WithValue(ctx, deliverAtKey{}, deliverAtValue{at: t})
+	return withScope(ctx, func(s *scope) { s.deliverAt = deliverAtValue{at: t} })
 }
 
 // DeliverAfter returns a context whose publishes are due d after each
 // publish (see DeliverAt). A d of zero or less means no delay, and cancels
 // one set on ctx.
 func DeliverAfter(ctx context.Context, d time.Duration) context.Context {
-	return context.WithValue(ctx, deliverAtKey{}, deliverAtValue{after: max(d, 0)})
+	return withScope(ctx, func(s *scope) { s.deliverAt = deliverAtValue{after: max(d, 0)} })
 }
 
-// deliverAtOf is the due time the publishing context asks for at now;
-// zero when none.
-func deliverAtOf(ctx context.Context, now time.Time) time.Time {
-	v, ok := ctx.Value(deliverAtKey{}).(deliverAtValue)
-	switch {
-	case !ok:
-		return time.Time{}
-	case v.after > 0:
+// deliverAtAt is the due time the publishing context's scope asks for
+// at now; zero when none.
+func (s scope) deliverAtAt(now time.Time) time.Time {
+	if v := s.deliverAt; v.after > 0 {
 		return now.Add(v.after)
 	}
-	return v.at
+	return s.deliverAt.at
 }
 
 // RefuseDelayed is what a Writer that cannot delay calls on a batch at

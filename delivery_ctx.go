@@ -10,14 +10,15 @@ import "context"
 // any other.
 type deliveryCtx struct {
 	context.Context
+	base  *scope // the parent's scope (scopeOf adds m to it)
 	m     *Message
 	count int // at least 1
 }
 
 func (c *deliveryCtx) Value(key any) any {
 	switch key.(type) {
-	case deliveredKey:
-		return c.m
+	case scopeKey:
+		return c
 	case deliveryCountKey:
 		return c.count
 	}
@@ -30,16 +31,24 @@ const ctxSlabSize = 32
 // ctxSlab carves a worker's delivery contexts from slabs of ctxSlabSize:
 // one allocation per 32 deliveries instead of one (or two, with a delivery
 // count) for each. A slab keeps the messages of its used contexts alive
-// while it is in use, so an idle worker drops it (drop).
-type ctxSlab struct{ free []deliveryCtx }
+// while it is in use, so an idle worker drops it (drop). A slab serves
+// one parent context (a worker's never changes) and reads its scope once.
+type ctxSlab struct {
+	free []deliveryCtx
+	base *scope
+}
 
 func (s *ctxSlab) context(parent context.Context, m *Message, count int) context.Context {
 	if len(s.free) == 0 {
 		s.free = make([]deliveryCtx, ctxSlabSize)
 	}
+	if s.base == nil {
+		base := scopeOf(parent)
+		s.base = &base
+	}
 	c := &s.free[0]
 	s.free = s.free[1:]
-	c.Context, c.m, c.count = parent, m, max(count, 1)
+	c.Context, c.base, c.m, c.count = parent, s.base, m, max(count, 1)
 	return c
 }
 

@@ -12,68 +12,37 @@ import (
 	"github.com/heraldbus/herald/codec"
 )
 
-type correlationKey struct{}
-
-type causationKey struct{}
-
 // WithCorrelationID returns a context whose publishes carry id in
 // HeaderCorrelationID. A handler's context already carries the delivered
 // message's correlation id (or, when it has none, its ID, which starts the
 // chain), so events published from a handler continue it without this.
 func WithCorrelationID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, correlationKey{}, id)
+	return withScope(ctx, func(s *scope) { s.correlation, s.setCorr = id, true })
 }
 
 // CorrelationID returns the correlation id of ctx: the one WithCorrelationID
 // set, else in a handler the delivered message's (its
 // HeaderCorrelationID, or its ID when it has none); "" elsewhere.
-func CorrelationID(ctx context.Context) string { return lineageOf(ctx).correlation }
-
-// deliveredKey holds the *Message a handler's context was made for.
-type deliveredKey struct{}
+func CorrelationID(ctx context.Context) string { return scopeOf(ctx).lineage().correlation }
 
 // delivered returns the message a handler's context was made for
 // (deliveryCtx), or nil.
-func delivered(ctx context.Context) *Message {
-	m, _ := ctx.Value(deliveredKey{}).(*Message)
-	return m
-}
+func delivered(ctx context.Context) *Message { return scopeOf(ctx).delivered }
 
 // WithCausationID returns a context whose publishes carry id, the ID of
 // the message that caused them, in HeaderCausationID. A handler's context
 // carries the delivered message's ID as its causation id.
 func WithCausationID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, causationKey{}, id)
+	return withScope(ctx, func(s *scope) { s.causation, s.setCaus = id, true })
 }
 
 // CausationID returns the causation id of ctx: in a handler, the ID of the
 // message being handled; "" elsewhere unless WithCausationID set one.
-func CausationID(ctx context.Context) string { return lineageOf(ctx).causation }
+func CausationID(ctx context.Context) string { return scopeOf(ctx).lineage().causation }
 
-// lineage is the correlation and causation ids a publish stamps.
+// lineage is the correlation and causation ids a publish stamps (see
+// scope.lineage).
 type lineage struct{ correlation, causation string }
-
-// lineageOf is CorrelationID and CausationID of ctx, in three context
-// lookups (publishing is the hot path): a value WithCorrelationID or
-// WithCausationID set wins, else the delivered message's.
-func lineageOf(ctx context.Context) lineage {
-	var l lineage
-	corr, setCorr := ctx.Value(correlationKey{}).(string)
-	caus, setCaus := ctx.Value(causationKey{}).(string)
-	l.correlation, l.causation = corr, caus
-	if setCorr && setCaus {
-		return l
-	}
-	if m := delivered(ctx); m != nil {
-		if !setCorr {
-			l.correlation = cmp.Or(m.Headers.Get(HeaderCorrelationID), m.ID)
-		}
-		if !setCaus {
-			l.causation = m.ID
-		}
-	}
-	return l
-}
 
 // stamp adds the lineage headers to h, which it creates when nil.
 func (l lineage) stamp(h Headers) Headers {
@@ -196,8 +165,8 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 	}
 	msgs := newMessages(len(events))
 	now := time.Now().UTC()
-	lin := lineageOf(ctx)
-	at := deliverAtOf(ctx, now)
+	sc := scopeOf(ctx)
+	lin, at := sc.lineage(), sc.deliverAtAt(now)
 	for i, e := range events {
 		if err := p.encode(msgs[i], e, now, lin, at); err != nil {
 			return nil, err
@@ -287,8 +256,8 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 		return nil
 	}
 	now := time.Now().UTC()
-	lin := lineageOf(ctx)
-	at := deliverAtOf(ctx, now)
+	sc := scopeOf(ctx)
+	lin, at := sc.lineage(), sc.deliverAtAt(now)
 	delays := !at.IsZero()
 	valid := "" // the last topic checked: batches usually share one
 	for _, m := range msgs {
