@@ -54,6 +54,7 @@ type Config struct {
 // Trace context in messages still travels (see Inject and Extract).
 type Providers struct {
 	Propagator propagation.TextMapPropagator
+	fields     []string // the headers Propagator reads (Fields)
 
 	tracer      trace.Tracer // an explicit provider's tracer; nil when no-op
 	globalTrace bool         // follow otel.GetTracerProvider
@@ -93,6 +94,7 @@ func (c Config) Resolve() *Providers {
 	if p.Propagator == nil {
 		p.Propagator = propagation.TraceContext{}
 	}
+	p.fields = p.Propagator.Fields()
 	switch tp := c.TracerProvider.(type) {
 	case nil:
 		p.globalTrace = true
@@ -252,13 +254,25 @@ func (p *Providers) Inject(ctx context.Context, headers map[string]string) map[s
 }
 
 // Extract returns ctx with the remote span context carried in headers, if
-// any, and that span context.
+// any, and that span context. Headers with none of the propagator's
+// fields (an untraced message) return ctx as it is, without the
+// propagator's work and a lookup of ctx.
 func (p *Providers) Extract(ctx context.Context, headers map[string]string) (context.Context, trace.SpanContext) {
-	if len(headers) == 0 {
+	if !p.carried(headers) {
 		return ctx, trace.SpanContext{}
 	}
 	ctx = p.Propagator.Extract(ctx, Carrier(headers))
 	return ctx, trace.SpanContextFromContext(ctx)
+}
+
+// carried reports whether headers hold any of the propagator's fields.
+func (p *Providers) carried(headers map[string]string) bool {
+	for _, f := range p.fields {
+		if _, ok := headers[f]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // System returns the messaging.system attribute of a writer or reader that
