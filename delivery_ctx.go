@@ -28,19 +28,24 @@ func (c *deliveryCtx) Value(key any) any {
 // ctxSlabSize is how many delivery contexts one allocation holds.
 const ctxSlabSize = 32
 
-// ctxSlab carves a worker's delivery contexts from slabs of ctxSlabSize:
-// one allocation per 32 deliveries instead of one (or two, with a delivery
-// count) for each. A slab keeps the messages of its used contexts alive
-// while it is in use, so an idle worker drops it (drop). A slab serves
-// one parent context (a worker's never changes) and reads its scope once.
+// ctxSlab carves a worker's delivery contexts from slabs of up to
+// ctxSlabSize: one allocation per 32 deliveries instead of one (or two,
+// with a delivery count) for each. A slab keeps the messages of its used
+// contexts alive while it is in use, so an idle worker drops it (drop);
+// after that slabs start at one context and double, so a worker woken for
+// a message or two allocates for those only. A slab serves one parent
+// context (a worker's never changes) and reads its scope once.
 type ctxSlab struct {
 	free []deliveryCtx
+	next int // size of the next slab; 0 means 1
 	base *scope
 }
 
 func (s *ctxSlab) context(parent context.Context, m *Message, count int) context.Context {
 	if len(s.free) == 0 {
-		s.free = make([]deliveryCtx, ctxSlabSize)
+		n := max(s.next, 1)
+		s.free = make([]deliveryCtx, n)
+		s.next = min(2*n, ctxSlabSize)
 	}
 	if s.base == nil {
 		base := scopeOf(parent)
@@ -52,5 +57,6 @@ func (s *ctxSlab) context(parent context.Context, m *Message, count int) context
 	return c
 }
 
-// drop lets go of the current slab: the next context starts a new one.
-func (s *ctxSlab) drop() { s.free = nil }
+// drop lets go of the current slab: the next context starts a new one,
+// of one context.
+func (s *ctxSlab) drop() { s.free, s.next = nil, 0 }

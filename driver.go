@@ -105,6 +105,17 @@ type Releaser interface {
 	Release(ds []Delivery)
 }
 
+// LocalFetcher is an optional interface of a Subscription whose Fetch
+// hands out what is already in the process (the memory driver's log)
+// rather than waiting on a server while messages are there, and whose Ack
+// does no I/O. A scheduler with one worker (Concurrency 1, no batches)
+// then runs each delivery on the goroutine that fetched it: no hand-off
+// between goroutines per message, and one goroutine per subscription.
+// FetchesLocally must give the same answer every time.
+type LocalFetcher interface {
+	FetchesLocally() bool
+}
+
 // ErrorReporter is an optional interface of a Subscription that meets
 // errors outside Fetch and Ack (a background acknowledgment flush, an entry
 // lost to trimming). Right after Subscribe the scheduler calls

@@ -42,7 +42,10 @@ type HealthConfig struct {
 	// StallAfter is how long a subscription's in-flight window may stay
 	// full before it counts as stalled: every slot held by a delivery
 	// whose handler has not finished (or keeps failing), so nothing new is
-	// fetched (default 5 min).
+	// fetched (default 5 min). A subscription that runs its deliveries on
+	// the goroutine that fetches them (see LocalFetcher) has no window to
+	// fill: it counts as stalled when one handler has run (or kept
+	// failing) for StallAfter, since nothing else of it moves meanwhile.
 	StallAfter time.Duration
 	// MaxLag, when above 0, makes a subscription whose driver reports a
 	// lag above it not ready (see LagReporter). Checking costs what the
@@ -88,6 +91,13 @@ type SubscriptionHealth struct {
 	// fetched; zero while a slot is free.
 	WindowFullSince time.Time `json:"window_full_since,omitzero"`
 	MaxInFlight     int       `json:"max_in_flight"`
+	// HandlerRunningSince, for a subscription that runs its deliveries on
+	// the goroutine that fetches them (see LocalFetcher), is since when
+	// its handler has been running one delivery, as health checks saw it:
+	// the first check that found this delivery running (so up to one
+	// check interval late); zero while none runs, and when every check
+	// found another.
+	HandlerRunningSince time.Time `json:"handler_running_since,omitzero"`
 	// DriverErrors counts Subscribe and Fetch failures in a row;
 	// LastError is the last one and LastErrorAt when it happened.
 	DriverErrors int       `json:"driver_errors"`
@@ -114,6 +124,32 @@ type healthState struct {
 	lastErrorAt  atomic.Int64 // unix ns
 	lastFetch    atomic.Int64 // unix ns; 0: never
 	fullSince    atomic.Int64 // unix ns since every slot is taken; 0: not full
+
+	// runs counts an inline delivery's start and its end: odd while one
+	// runs. The checks' last sight of it (under mu) dates a run that
+	// lasts.
+	runs   atomic.Uint64
+	mu     sync.Mutex
+	seen   uint64
+	seenAt time.Time
+}
+
+// edge records that an inline delivery starts, or that it ended.
+func (h *healthState) edge() { h.runs.Add(1) }
+
+// runningSince is since when the inline delivery running now has been
+// running, as far as the checks saw it (zero when none runs).
+func (h *healthState) runningSince(now time.Time) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.runs.Load()
+	if r%2 == 0 {
+		return time.Time{}
+	}
+	if r != h.seen {
+		h.seen, h.seenAt = r, now
+	}
+	return h.seenAt
 }
 
 // driverFailed records a failed Subscribe or Fetch.
@@ -148,6 +184,7 @@ func (h *healthState) windowFull(full bool) {
 // fill copies the recorded state into r.
 func (h *healthState) fill(r *SubscriptionHealth) {
 	r.DriverErrors = int(h.driverErrors.Load())
+	r.HandlerRunningSince = h.runningSince(time.Now())
 	if ns := h.fullSince.Load(); ns != 0 {
 		r.WindowFullSince = time.Unix(0, ns)
 	}
@@ -191,6 +228,9 @@ func (h SubscriptionHealth) problems(cfg HealthConfig, now time.Time) []string {
 	}
 	if h.Running && !h.WindowFullSince.IsZero() && now.Sub(h.WindowFullSince) > cfg.StallAfter {
 		ps = append(ps, fmt.Sprintf("%s: stalled: all %d in-flight slots held by unfinished handlers for over %v", name, h.MaxInFlight, cfg.StallAfter))
+	}
+	if h.Running && !h.HandlerRunningSince.IsZero() && now.Sub(h.HandlerRunningSince) > cfg.StallAfter {
+		ps = append(ps, fmt.Sprintf("%s: stalled: one delivery's handler running (or failing) for over %v", name, cfg.StallAfter))
 	}
 	if cfg.MaxLag > 0 && h.LagKnown && h.Lag > cfg.MaxLag {
 		ps = append(ps, fmt.Sprintf("%s: lag %d above %d", name, h.Lag, cfg.MaxLag))

@@ -80,28 +80,45 @@ func TestBusHealthDriverDown(t *testing.T) {
 	}
 }
 
+// A subscription whose handlers hang is stalled: by its full window
+// (concurrency 2), or by one handler running on the fetching goroutine
+// (concurrency 1 on the memory driver, a LocalFetcher).
 func TestBusHealthStalled(t *testing.T) {
-	bus, _ := newTestBus(t, herald.WithHealth(herald.HealthConfig{StallAfter: time.Nanosecond, MaxLag: 1}))
-	herald.MustRegister[OrderPlaced](bus, "orders")
-	release := make(chan struct{})
-	must(t, herald.Subscribe(bus, "billing", func(ctx context.Context, _ OrderPlaced, _ *herald.Message) error {
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-		return nil
-	}, herald.WithScheduler(herald.SchedulerConfig{MaxInFlight: 1})))
-	ctx := testContext(t)
-	must(t, bus.Start(ctx))
-	must(t, bus.Publish(ctx, OrderPlaced{ID: "1"}, OrderPlaced{ID: "2"}, OrderPlaced{ID: "3"}))
-	var st herald.HealthStatus
-	eventually(t, "stalled", func() bool {
-		st = bus.CheckHealth(ctx)
-		return strings.Contains(strings.Join(st.Problems, ";"), "stalled")
-	})
-	if !strings.Contains(strings.Join(st.Problems, ";"), "lag") {
-		t.Errorf("problems %q, want the lag above 1 named too", st.Problems)
+	for _, c := range []struct {
+		name        string
+		concurrency int
+		field       func(herald.SubscriptionHealth) time.Time
+	}{
+		{"window", 2, func(h herald.SubscriptionHealth) time.Time { return h.WindowFullSince }},
+		{"inline", 1, func(h herald.SubscriptionHealth) time.Time { return h.HandlerRunningSince }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bus, _ := newTestBus(t, herald.WithHealth(herald.HealthConfig{StallAfter: time.Nanosecond, MaxLag: 1}))
+			herald.MustRegister[OrderPlaced](bus, "orders")
+			release := make(chan struct{})
+			must(t, herald.Subscribe(bus, "billing", func(ctx context.Context, _ OrderPlaced, _ *herald.Message) error {
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+				return nil
+			}, herald.WithScheduler(herald.SchedulerConfig{Concurrency: c.concurrency, MaxInFlight: c.concurrency})))
+			ctx := testContext(t)
+			must(t, bus.Start(ctx))
+			must(t, bus.Publish(ctx, OrderPlaced{ID: "1"}, OrderPlaced{ID: "2"}, OrderPlaced{ID: "3"}))
+			var st herald.HealthStatus
+			eventually(t, "stalled", func() bool {
+				st = bus.CheckHealth(ctx)
+				return strings.Contains(strings.Join(st.Problems, ";"), "stalled")
+			})
+			if !strings.Contains(strings.Join(st.Problems, ";"), "lag") {
+				t.Errorf("problems %q, want the lag above 1 named too", st.Problems)
+			}
+			if subs := st.Details.(herald.BusHealth).Subscriptions; len(subs) != 1 || c.field(subs[0]).IsZero() {
+				t.Errorf("subscriptions %+v: the stall's own field is not set", subs)
+			}
+			close(release)
+			eventually(t, "ready again", func() bool { return bus.CheckHealth(ctx).Ready })
+		})
 	}
-	close(release)
-	eventually(t, "ready again", func() bool { return bus.CheckHealth(ctx).Ready })
 }

@@ -117,6 +117,9 @@ type scheduler struct {
 	// order fetched, which keeps each key's order by itself: dispatch
 	// keeps no per-key state (set by Start).
 	serial bool
+	// inline: serial, and the subscription fetches locally (LocalFetcher):
+	// the intake runs each delivery itself, and there is no worker.
+	inline bool
 	wake   chan struct{} // a delivery became ready; cap = Concurrency
 
 	mu        sync.Mutex
@@ -206,11 +209,14 @@ func (s *scheduler) Start(ctx context.Context) error {
 		s.report("subscribe", "", err)
 	} else {
 		s.adopt(sub)
+		lf, ok := sub.(LocalFetcher)
+		s.inline = s.serial && ok && lf.FetchesLocally()
 	}
 	go s.intake(intakeCtx)
-	if s.batch != nil {
+	switch {
+	case s.batch != nil:
 		s.startBatches()
-	} else {
+	case !s.inline:
 		s.workers.Add(s.cfg.Concurrency)
 		for range s.cfg.Concurrency {
 			go s.work()
@@ -333,13 +339,18 @@ func (s *scheduler) intake(ctx context.Context) {
 	// fetch fills it: an idle subscription (of thousands) holds a few
 	// slots, a busy one reaches full batches within a few fetches.
 	buf := make([]Delivery, min(firstFetch, s.cfg.FetchBatch))
+	var slab ctxSlab // the inline runs' contexts
 	for {
 		n, ok := s.takeSlots(ctx, len(buf))
 		if !ok {
 			return
 		}
 		got, err := sub.Fetch(ctx, buf[:n])
-		s.accept(buf[:n], got)
+		if s.inline {
+			s.runInline(buf[:n], got, &slab)
+		} else {
+			s.accept(buf[:n], got)
+		}
 		if got == len(buf) && len(buf) < s.cfg.FetchBatch {
 			buf = make([]Delivery, min(2*len(buf), s.cfg.FetchBatch))
 		}
@@ -400,6 +411,40 @@ func (s *scheduler) accept(buf []Delivery, got int) {
 		s.health.fetched()
 		s.dispatch(buf[:got])
 		clear(buf[:got])
+	}
+}
+
+// runInline runs the got deliveries of buf one after another on the
+// intake's goroutine (inline), giving each one's slot back when it is
+// settled and the slots of buf a fetch did not fill at once. Once the
+// scheduler stops, what has not started is kept for Release.
+func (s *scheduler) runInline(buf []Delivery, got int, slab *ctxSlab) {
+	if got < len(buf) {
+		s.slots.give(len(buf) - got)
+		defer slab.drop() // caught up: keep no handled message alive while Fetch waits
+	}
+	if got == 0 {
+		return
+	}
+	s.health.fetched()
+	for i, d := range buf[:got] {
+		if s.stopping.Load() {
+			s.abandon(buf[i:got]...)
+			s.slots.give(got - i)
+			break
+		}
+		s.health.edge()
+		s.runFetched(d, slab)
+		s.health.edge()
+		s.slots.give(1)
+	}
+	clear(buf[:got])
+}
+
+// runFetched runs d unless the subscription revoked it (Revoker).
+func (s *scheduler) runFetched(d Delivery, slab *ctxSlab) {
+	if r, isR := s.sub.(Revoker); !isR || !r.Revoked(d) {
+		s.run(d, slab)
 	}
 }
 
@@ -528,10 +573,10 @@ func (s *scheduler) followingLocked(key string) (Delivery, bool) {
 	return d, true
 }
 
-// abandon records d, fetched and never started, for Release.
-func (s *scheduler) abandon(d Delivery) {
+// abandon records ds, fetched and never started, for Release.
+func (s *scheduler) abandon(ds ...Delivery) {
 	s.mu.Lock()
-	s.abandoned = append(s.abandoned, d)
+	s.abandoned = append(s.abandoned, ds...)
 	s.mu.Unlock()
 }
 
@@ -541,9 +586,7 @@ func (s *scheduler) work() {
 	for {
 		d, ok := s.take(&slab)
 		for ok {
-			if r, isR := s.sub.(Revoker); !isR || !r.Revoked(d) {
-				s.run(d, &slab)
-			}
+			s.runFetched(d, &slab)
 			s.slots.give(1)
 			d, ok = s.next(d.Message.Key)
 		}

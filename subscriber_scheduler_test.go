@@ -191,9 +191,21 @@ func TestSchedulerShutdownWaitsForHandlers(t *testing.T) {
 	if !finished.Load() {
 		t.Fatal("the in-flight handler did not finish")
 	}
-	// The running message was acknowledged; the two behind it were handed back.
+	// The running message was acknowledged; the two behind it were handed
+	// back, released as never started: the next member's first delivery of
+	// each counts 1.
 	if n := b.Backlog("jobs", "workers"); n != 2 {
 		t.Fatalf("backlog %d, want 2", n)
+	}
+	counts := make(chan int, 2)
+	startScheduler(t, b, func(ctx context.Context, m *herald.Message) error {
+		counts <- herald.DeliveryCount(ctx)
+		return nil
+	}, herald.SchedulerConfig{})
+	for range 2 {
+		if n := <-counts; n != 1 {
+			t.Errorf("a message fetched and never started counts %d deliveries on the next member, want 1", n)
+		}
 	}
 }
 

@@ -543,6 +543,11 @@ func (m *member) signal() {
 	}
 }
 
+// FetchesLocally reports that Fetch and Ack work on the process's memory
+// (herald.LocalFetcher): a subscription with one worker runs its handler
+// on the goroutine that fetches.
+func (m *member) FetchesLocally() bool { return true }
+
 // Seq packs the partition index above the offset.
 const offsetBits = 48
 
