@@ -96,10 +96,11 @@ type observer struct {
 	logger       *slog.Logger
 	hook         func(HandleResult)     // nil: none
 	tel          *subscriptionTelemetry // nil: telemetry off
+	epoch        time.Time              // durations are read as time.Since(epoch)
 }
 
 func newObserver(topic, group string, logger *slog.Logger, hook func(HandleResult), tel *subscriptionTelemetry) *observer {
-	return &observer{topic: topic, group: group, logger: logger, hook: hook, tel: tel}
+	return &observer{topic: topic, group: group, logger: logger, hook: hook, tel: tel, epoch: time.Now()}
 }
 
 // middleware starts the consumer span of each delivery (a child of the
@@ -113,14 +114,14 @@ func (o *observer) middleware() Middleware {
 			// The instruments are taken before the chain runs: a Shutdown
 			// that closes them while it runs must not lose its outcome.
 			in := o.tel.instruments()
-			start := time.Now()
+			start := time.Since(o.epoch) // the monotonic clock only: half a time.Now
 			err := next(ctx, m)
 			skipped := err == errSkipped
 			level := o.level(ctx, err, skipped)
 			logging := o.logger.Enabled(ctx, level)
 			var took time.Duration // read the clock again only for someone who uses it
 			if in != nil || o.hook != nil || logging {
-				took = time.Since(start)
+				took = time.Since(o.epoch) - start
 			}
 			o.tel.settle(ctx, span, in, took, err, skipped)
 			if logging {

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/heraldbus/herald/codec"
@@ -71,34 +69,6 @@ type Publisher struct {
 	opts   pubOptions
 	ids    ksuidSource
 	tel    *producerTelemetry // nil: telemetry off
-	topics validNames         // topic names of PublishMessages already checked
-}
-
-// maxValidNames bounds validNames: past it, names are checked on every
-// call (a service with that many topics publishes to them rarely each).
-const maxValidNames = 1024
-
-// validNames remembers names ValidateName accepted, so that a publisher
-// checks a topic name once, not on every call. Safe for concurrent use.
-type validNames struct {
-	m sync.Map // name -> struct{}
-	n atomic.Int32
-}
-
-// check validates name as a topic, once.
-func (v *validNames) check(name string) error {
-	if _, ok := v.m.Load(name); ok {
-		return nil
-	}
-	if err := ValidateName("topic", name); err != nil {
-		return err
-	}
-	if v.n.Load() < maxValidNames {
-		if _, loaded := v.m.LoadOrStore(name, struct{}{}); !loaded {
-			v.n.Add(1)
-		}
-	}
-	return nil
 }
 
 // NewPublisher returns a Publisher that writes to w with its own registry.
@@ -270,7 +240,9 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 			m.SetDeliverAt(at)
 		}
 		if m.Topic != valid || valid == "" {
-			if err := p.topics.check(m.Topic); err != nil {
+			// Checking a name costs less than looking it up in a set of
+			// names checked before, once a process has many topics.
+			if err := ValidateName("topic", m.Topic); err != nil {
 				return err
 			}
 			valid = m.Topic
