@@ -106,9 +106,10 @@ type Releaser interface {
 }
 
 // LocalFetcher is an optional interface of a Subscription whose Fetch
-// hands out what is already in the process (the memory driver's log)
+// hands out what is already in the process (the memory driver's log, or
+// what the Kafka driver's partition readers fetched in the background)
 // rather than waiting on a server while messages are there, and whose Ack
-// does no I/O. A scheduler with one worker (Concurrency 1, no batches)
+// does not wait on a server. A scheduler with one worker (Concurrency 1, no batches)
 // then runs each delivery on the goroutine that fetched it: no hand-off
 // between goroutines per message, and one goroutine per subscription.
 // FetchesLocally must give the same answer every time.

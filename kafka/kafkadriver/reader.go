@@ -450,6 +450,12 @@ func (s *subscription) Fetch(ctx context.Context, dst []herald.Delivery) (int, e
 	}
 }
 
+// FetchesLocally reports that Fetch hands out what the partitions'
+// readers fetched in the background, and Ack only marks an offset
+// (herald.LocalFetcher): a subscription with one worker runs its handler
+// on the goroutine that fetches.
+func (s *subscription) FetchesLocally() bool { return true }
+
 // take fills dst from the waiting chunks without blocking.
 func (s *subscription) take(dst []herald.Delivery) int {
 	n := 0
