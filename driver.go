@@ -215,22 +215,30 @@ func ValidateName(kind, name string) error {
 		return &NameError{Kind: kind, Name: name, Reason: "empty"}
 	case len(name) > MaxNameLength:
 		return &NameError{Kind: kind, Name: name, Reason: "longer than 200 bytes"}
-	case !utf8.ValidString(name):
-		return &NameError{Kind: kind, Name: name, Reason: "not valid UTF-8"}
 	}
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
-			continue
+		if !nameByte[name[i]] {
+			// Every byte of a multi-byte character is outside the set, so
+			// a name that is not UTF-8 ends up here too.
+			if !utf8.ValidString(name) {
+				return &NameError{Kind: kind, Name: name, Reason: "not valid UTF-8"}
+			}
+			return &NameError{Kind: kind, Name: name, Reason: "only letters, digits and . - _ : / are allowed"}
 		}
-		switch c {
-		case '.', '-', '_', ':', '/':
-			continue
-		}
-		return &NameError{Kind: kind, Name: name, Reason: "only letters, digits and . - _ : / are allowed"}
 	}
 	if name == "." || name == ".." {
 		return &NameError{Kind: kind, Name: name, Reason: "reserved"}
 	}
 	return nil
 }
+
+// nameByte marks the bytes a name may hold: ASCII letters and digits and
+// . - _ : / (one table lookup per byte: names are checked on every
+// publish).
+var nameByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '-' || c == '_' || c == ':' || c == '/'
+	}
+	return t
+}()

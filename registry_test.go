@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 
@@ -184,4 +185,25 @@ func newRegistry(t testing.TB, naming herald.NamingStrategy) registryOf {
 		t.Fatal(err)
 	}
 	return registryOf{p}
+}
+
+// ValidateName gives each bad name its reason; every allowed byte passes.
+func TestValidateNameReasons(t *testing.T) {
+	for name, reason := range map[string]string{
+		"":                       "empty",
+		strings.Repeat("a", 201): "longer than 200 bytes",
+		"caf\xe9":                "not valid UTF-8",
+		"café":                   "only letters",
+		"a b":                    "only letters",
+		"..":                     "reserved",
+	} {
+		err := herald.ValidateName("topic", name)
+		var ne *herald.NameError
+		if !errors.As(err, &ne) || !strings.Contains(ne.Reason, reason) {
+			t.Errorf("%q: %v, want the reason %q", name, err, reason)
+		}
+	}
+	if err := herald.ValidateName("topic", "AZaz09.-_:/"+strings.Repeat("x", 189)); err != nil {
+		t.Errorf("every allowed byte, 200 bytes: %v", err)
+	}
 }
