@@ -479,7 +479,7 @@ func (p *partition) append(ctx context.Context, closed <-chan struct{}, m *heral
 	p.end++
 	for _, c := range p.cursors {
 		if c.owner != nil && c.pending == nil {
-			c.owner.signal()
+			c.owner.signalPartition(p.index)
 		}
 	}
 	p.mu.Unlock()
@@ -531,12 +531,36 @@ type member struct {
 	broker *Broker
 	group  *group
 	wake   chan struct{} // capacity 1: "a partition you own has news"
+	// news marks the partitions that may have something for this member
+	// (readyBit), so that a Fetch locks only those: over many topics a
+	// fetch brings a message or two, from one partition of eight.
+	news   atomic.Uint64
 	done   chan struct{} // closed by Close
 	closed atomic.Bool
 	rr     int // partition to start the next Fetch at; Fetch is single-caller
 }
 
+// readyBit is partition i's bit in member.news; the partitions from 63 on
+// share the last one.
+func readyBit(i int) uint64 { return 1 << min(i, 63) }
+
+// signal wakes the member to look at every partition (it may own new
+// ones, or own them again).
 func (m *member) signal() {
+	m.news.Store(^uint64(0))
+	m.poke()
+}
+
+// signalPartition wakes the member to look at partition i, which has a
+// new message.
+func (m *member) signalPartition(i int) {
+	if bit := readyBit(i); m.news.Load()&bit == 0 {
+		m.news.Or(bit)
+	}
+	m.poke()
+}
+
+func (m *member) poke() {
 	select {
 	case m.wake <- struct{}{}:
 	default:
@@ -576,11 +600,24 @@ func (m *member) Fetch(ctx context.Context, dst []herald.Delivery) (int, error) 
 	}
 }
 
+// collect fills dst from the partitions with news (member.news), and
+// marks again those it left something in or did not reach.
 func (m *member) collect(dst []herald.Delivery) int {
 	cursors := m.group.cursors
+	news := m.news.Swap(0)
+	var again uint64
 	n := 0
 	for i := range cursors {
-		c := cursors[(m.rr+i)%len(cursors)]
+		idx := (m.rr + i) % len(cursors)
+		bit := readyBit(idx)
+		if news&bit == 0 {
+			continue
+		}
+		if n == len(dst) {
+			again |= bit
+			continue
+		}
+		c := cursors[idx]
 		p := c.p
 		p.mu.Lock()
 		if c.owner == m && c.pending == nil {
@@ -603,11 +640,14 @@ func (m *member) collect(dst []herald.Delivery) int {
 				}
 				n++
 			}
+			if c.next < p.end {
+				again |= bit
+			}
 		}
 		p.mu.Unlock()
-		if n == len(dst) {
-			break
-		}
+	}
+	if again != 0 {
+		m.news.Or(again)
 	}
 	m.rr++
 	return n
