@@ -212,3 +212,69 @@ func TestNewReportsEveryInvalidOption(t *testing.T) {
 		}
 	}
 }
+
+// A fetch looks only at the partitions marked as having news (the 64th
+// mark shared by partitions 63 and up): with 100 partitions, small
+// fetches, writes between them and a second member joining midway,
+// every message arrives exactly once.
+func TestFetchFindsEveryPartitionsNews(t *testing.T) {
+	b := memtest.Broker(t, memdriver.WithPartitions(100))
+	ctx := context.Background()
+	a, err := b.Subscribe(ctx, "t", "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	keys := func(from, n int) []string {
+		ks := make([]string, n)
+		for i := range ks {
+			ks[i] = fmt.Sprint("k", from+i)
+		}
+		return ks
+	}
+	const total = 2000
+	seen := map[string]int{}
+	take := func(sub herald.Subscription, most int) int {
+		short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		buf := make([]herald.Delivery, most)
+		n, _ := sub.Fetch(short, buf)
+		for _, d := range buf[:n] {
+			seen[d.Message.Key]++
+			if err := sub.Ack(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return n
+	}
+	var second herald.Subscription
+	for w := 0; w < total; w += 100 {
+		if err := b.Write(ctx, msgs("t", keys(w, 100)...)); err != nil {
+			t.Fatal(err)
+		}
+		if w == total/2 {
+			if second, err = b.Subscribe(ctx, "t", "g"); err != nil {
+				t.Fatal(err)
+			}
+			defer second.Close(ctx)
+		}
+		take(a, 7)
+	}
+	for idle := 0; idle < 3; {
+		n := take(a, 7)
+		if second != nil {
+			n += take(second, 7)
+		}
+		if n == 0 {
+			idle++
+		}
+	}
+	if len(seen) != total {
+		t.Fatalf("%d of %d keys delivered", len(seen), total)
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("%s delivered %d times", k, n)
+		}
+	}
+}
