@@ -78,6 +78,9 @@ func kafkaCases(cfg config) []benchCase {
 		kafkaGoWriterCase("kafka-go-writer",
 			fmt.Sprintf("Writer by hand, %d per call, BatchSize %d, BatchTimeout %s", b, kafkaBatchSize, kafkaGoLinger), cfg).
 			in(kafkaTablePublish).scaled(2),
+		franzGoProduceCase("franz-go-produce",
+			fmt.Sprintf("kgo client by hand, ProduceSync of %d records per call, no compression (the ceiling)", b), cfg).
+			in(kafkaTablePublish).scaled(2),
 		watermillCase("watermill-publish", "kafka Publisher (Sarama SyncProducer), 1 per call",
 			wm, watermillVariant{mode: publishOnly}, true).in(kafkaTablePublish).scaled(0.25),
 		watermillCase("watermill-publish-batch", fmt.Sprintf("kafka Publisher (Sarama SyncProducer), %d per call", b),
@@ -354,6 +357,56 @@ func kafkaGoWriterCase(id, label string, cfg config) benchCase {
 			teardown: prod.close,
 		})
 	})
+}
+
+// franzGoProduceCase is the publish ceiling: franz-go's kgo client by
+// hand, one ProduceSync call of the batch's records per publish call, the
+// records kafka-go's Writer row writes (the payload, the time, a herald-id
+// header), acks from all in-sync replicas and no compression, as
+// herald's Writer and kafka-go's by default. herald stays on kafka-go;
+// this row shows what the fastest Go client does on the same broker.
+func franzGoProduceCase(id, label string, cfg config) benchCase {
+	c := benchCase{id: id, system: "franz-go", label: label, mode: publishOnly, concurrency: 1}
+	c.setup = func(ctx context.Context, p runParams) (*pipeline, error) {
+		admin, err := newKafkaTopic(ctx, cfg, p.topic)
+		if err != nil {
+			return nil, err
+		}
+		client, err := kgo.NewClient(kgo.SeedBrokers(cfg.kafkaBrokers...), kgo.DefaultProduceTopic(p.topic),
+			kgo.RequiredAcks(kgo.AllISRAcks()), kgo.ProducerBatchCompression(kgo.NoCompression()),
+			kgo.ProducerLinger(0), kgo.ProducerBatchMaxBytes(int32(kafkadriver.DefaultBatchBytes)))
+		if err != nil {
+			return nil, errors.Join(err, admin.release(ctx))
+		}
+		data := payload(cfg.payloadBytes)
+		publish := func(ctx context.Context, _, count int) error {
+			msgs, err := kafkaGoMessages(count, data)
+			if err != nil {
+				return err
+			}
+			recs := make([]*kgo.Record, count)
+			for i, m := range msgs {
+				recs[i] = &kgo.Record{Value: m.Value, Timestamp: m.Time,
+					Headers: []kgo.RecordHeader{{Key: m.Headers[0].Key, Value: m.Headers[0].Value}}}
+			}
+			return client.ProduceSync(ctx, recs...).FirstErr()
+		}
+		return assemble(ctx, p, stages{
+			mode:    publishOnly,
+			batch:   cfg.batch,
+			counter: newCounter(p.n, 0),
+			publish: publish,
+			warmUp: func(ctx context.Context) error {
+				return client.ProduceSync(ctx, &kgo.Record{}).FirstErr()
+			},
+			stored: admin.stored,
+			teardown: func(ctx context.Context) error {
+				client.Close()
+				return admin.release(ctx)
+			},
+		})
+	}
+	return c
 }
 
 // kafkaGoReaderCase is the consume reference: kafka-go's group Reader used
