@@ -29,7 +29,11 @@
 // at once; messages with one Key never run concurrently and run in the
 // order the driver delivered them (drivers with partitions keep that order
 // across the members of a group). A message whose key has one running
-// waits behind it, so one slow or failing key holds up only itself.
+// waits behind it, so one slow or failing key holds up only itself. A
+// subscription's fetching goroutine reads ahead of its workers, within
+// SchedulerConfig.MaxInFlight; with one worker on a driver whose Fetch
+// hands out what is already in the process (LocalFetcher: the memory and
+// Kafka drivers) the fetching goroutine runs the handler itself.
 //
 // Redelivery in place: when the chain returns an error, the message is not
 // acknowledged; the subscription runs it again after a backoff (doubling
