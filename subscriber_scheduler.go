@@ -120,7 +120,7 @@ type scheduler struct {
 	// inline: serial, and the subscription fetches locally (LocalFetcher):
 	// the intake runs each delivery itself, and there is no worker.
 	inline bool
-	wake   chan struct{} // a delivery became ready; cap = Concurrency
+	wake   chan struct{} // a delivery became ready; cap = Concurrency; nil when inline
 
 	mu        sync.Mutex
 	ready     readyQueue           // deliveries whose key is free
@@ -139,8 +139,7 @@ type scheduler struct {
 	ackCtx         context.Context
 	sub            Subscription // set by intake before the first delivery
 	subMu          sync.Mutex
-	workers        sync.WaitGroup
-	intakeDone     chan struct{}
+	workers        sync.WaitGroup // the intake and the workers
 	done           chan struct{}
 	unwatch        func() bool // stops waiting for Start's ctx
 	shutdownOnce   sync.Once
@@ -168,17 +167,15 @@ func newScheduler(r Reader, topic, group string, handler HandlerFunc, cfg Schedu
 	}
 	cfg = cfg.withDefaults()
 	return &scheduler{
-		reader:     r,
-		topic:      topic,
-		group:      group,
-		handler:    handler,
-		cfg:        cfg,
-		slots:      newWindow(cfg.MaxInFlight),
-		wake:       make(chan struct{}, cfg.Concurrency),
-		active:     make(map[string]*keyQueue),
-		stop:       make(chan struct{}),
-		intakeDone: make(chan struct{}),
-		done:       make(chan struct{}),
+		reader:  r,
+		topic:   topic,
+		group:   group,
+		handler: handler,
+		cfg:     cfg,
+		slots:   newWindow(cfg.MaxInFlight),
+		active:  make(map[string]*keyQueue),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}, nil
 }
 
@@ -212,6 +209,10 @@ func (s *scheduler) Start(ctx context.Context) error {
 		lf, ok := sub.(LocalFetcher)
 		s.inline = s.serial && ok && lf.FetchesLocally()
 	}
+	if !s.inline {
+		s.wake = make(chan struct{}, s.cfg.Concurrency)
+	}
+	s.workers.Add(1)
 	go s.intake(intakeCtx)
 	switch {
 	case s.batch != nil:
@@ -254,7 +255,6 @@ func (s *scheduler) Shutdown(ctx context.Context) error {
 		finished := make(chan struct{})
 		go func() {
 			s.workers.Wait()
-			<-s.intakeDone
 			close(finished)
 		}()
 		select {
@@ -329,7 +329,7 @@ const firstFetch = 8
 // deliveries at most, hands back the slots it did not use and dispatches
 // what came, and backs off after a driver error.
 func (s *scheduler) intake(ctx context.Context) {
-	defer close(s.intakeDone)
+	defer s.workers.Done()
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	sub, ok := s.subscribe(ctx, &retry)
 	if !ok {

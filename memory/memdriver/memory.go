@@ -166,6 +166,17 @@ func (b *Broker) Close() error {
 	if b.closed.CompareAndSwap(false, true) {
 		close(b.done)
 		b.stopDelayed()
+		b.topics.Range(func(_, v any) bool { // wake the members waiting in Fetch
+			t := v.(*topic)
+			t.mu.Lock()
+			for _, g := range t.groups {
+				for _, m := range g.members {
+					m.poke()
+				}
+			}
+			t.mu.Unlock()
+			return true
+		})
 	}
 	return nil
 }
@@ -309,7 +320,7 @@ func (b *Broker) Subscribe(ctx context.Context, topicName, groupName string) (he
 		return nil, err
 	}
 	t := b.topic(topicName)
-	m := &member{broker: b, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	m := &member{broker: b, wake: make(chan struct{}, 1)}
 	t.mu.Lock()
 	g := t.groups[groupName]
 	if g == nil {
@@ -530,12 +541,15 @@ func (g *group) rebalance() {
 type member struct {
 	broker *Broker
 	group  *group
-	wake   chan struct{} // capacity 1: "a partition you own has news"
+	// wake (capacity 1) tells a Fetch waiting for news to look again:
+	// a partition it owns has news, or the member or the broker closed.
+	// One channel keeps a waiting Fetch's select to two cases: thousands
+	// of idle members wait at once.
+	wake chan struct{}
 	// news marks the partitions that may have something for this member
 	// (readyBit), so that a Fetch locks only those: over many topics a
 	// fetch brings a message or two, from one partition of eight.
 	news   atomic.Uint64
-	done   chan struct{} // closed by Close
 	closed atomic.Bool
 	rr     int // partition to start the next Fetch at; Fetch is single-caller
 }
@@ -594,8 +608,6 @@ func (m *member) Fetch(ctx context.Context, dst []herald.Delivery) (int, error) 
 		case <-m.wake:
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-m.done:
-		case <-m.broker.done:
 		}
 	}
 }
@@ -747,7 +759,7 @@ func (m *member) Close(ctx context.Context) error {
 	if !m.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	close(m.done)
+	m.poke()
 	g := m.group
 	t := g.topic
 	t.mu.Lock()
