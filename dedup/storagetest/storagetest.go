@@ -355,9 +355,11 @@ func testCommitAfterReclaim(t *testing.T, s dedup.Storage, _ Options) {
 func testCommitAfterExpiry(t *testing.T, s dedup.Storage, _ Options) {
 	key := keyFor(t, "k")
 
-	before := time.Now()
 	late := claim(t, s, key, shortLease, dedup.Claimed)
-	time.Sleep(time.Until(before.Add(shortLease + 100*time.Millisecond)))
+	// The lease began before Claim returned: counted from the return, it
+	// has run out however long the call took on a loaded machine.
+	claimed := time.Now()
+	time.Sleep(time.Until(claimed.Add(shortLease + 100*time.Millisecond)))
 
 	refused(t, s, key, late.Token, "after the lease ran out")
 	// The late Commit must not have marked the key done.
