@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -464,4 +465,93 @@ func TestDelayedLateness(t *testing.T) {
 		t.Logf("lateness over %d rows: p50 %v, p99 %v, max %v (precision %v)",
 			len(late), late[len(late)/2], late[len(late)*99/100], late[len(late)-1], w.DelayPrecision())
 	})
+}
+
+// TestMigrateUpgradesV2 (PostgreSQL): Migrate takes a version 2 table,
+// its delayed rows at positive ids and its index of the rows not
+// delayed, to version 3: the delayed rows get ids below zero in their
+// order, the index is gone, and every row is forwarded, none early. A
+// delayed row a version 2 writer adds after the upgrade (a positive id)
+// is still forwarded when due. A Writer's delayed rows get ids below
+// zero, in write order, and its other rows of the same batch do not.
+func TestMigrateUpgradesV2(t *testing.T) {
+	tdb := newTestDB(t, outbox.Postgres)
+	db := tdb.Open(t)
+	table := migrateTable(t, tdb, db)
+	q := tdb.Quote(table)
+	ctx := context.Background()
+	// Back to version 2: no sequence, the ready index, delayed rows at
+	// positive ids (as a version 2 writer inserts them).
+	due := time.Now().Add(700 * time.Millisecond).UnixMilli()
+	for _, st := range []string{
+		`DROP SEQUENCE ` + tdb.Quote(table+"_delayed_id_seq"),
+		`CREATE INDEX ` + tdb.Quote(table+"_ready_idx") + ` ON ` + q + ` (id) WHERE deliver_at IS NULL`,
+		`INSERT INTO ` + q + ` (message_id, topic, msg_key, content_type, payload, created_at, deliver_at) VALUES
+		 ('v2-0', 'orders', 'k', '', 'a', now(), ` + strconv.FormatInt(due, 10) + `),
+		 ('v2-1', 'orders', 'k', '', 'b', now(), ` + strconv.FormatInt(due, 10) + `),
+		 ('v2-ready', 'orders', 'r', '', 'c', now(), NULL)`,
+	} {
+		if _, err := db.ExecContext(ctx, st); err != nil {
+			t.Fatalf("%s: %v", st, err)
+		}
+	}
+	r, err := outbox.NewRelay(db, tdb.D, table, &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(ctx); !errors.Is(err, outbox.ErrNoTable) {
+		t.Errorf("Check of a version 2 table: %v, want outbox.ErrNoTable", err)
+	}
+	if err := outbox.Migrate(ctx, db, tdb.D, table); err != nil {
+		t.Fatal(err)
+	}
+	if err := outbox.Migrate(ctx, db, tdb.D, table); err != nil {
+		t.Fatalf("Migrate again: %v", err)
+	}
+	if err := r.Check(ctx); err != nil {
+		t.Errorf("Check after the upgrade: %v", err)
+	}
+	ids := func(where string) []string {
+		rows, err := db.QueryContext(ctx, `SELECT message_id FROM `+q+` WHERE `+where+` ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, id)
+		}
+		return out
+	}
+	if got := fmt.Sprint(ids("id < 0")); got != "[v2-0 v2-1]" {
+		t.Errorf("rows below zero after the upgrade: %s, want the delayed ones in order", got)
+	}
+	var indexes int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pg_indexes WHERE indexname = $1`, table+"_ready_idx").Scan(&indexes); err != nil || indexes != 0 {
+		t.Errorf("the ready index after the upgrade: %d (%v), want none", indexes, err)
+	}
+	// A version 2 writer, still running: a delayed row at a positive id.
+	if _, err := db.ExecContext(ctx, `INSERT INTO `+q+` (message_id, topic, msg_key, content_type, payload, created_at, deliver_at)
+		VALUES ('v2-late', 'orders', 'l', '', 'd', now(), `+strconv.FormatInt(due, 10)+`)`); err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(t, tdb.D, table)
+	mixed := []*herald.Message{delayedMsg("orders", "w", 0, time.UnixMilli(due)), seqMsg("orders", "n", 0),
+		delayedMsg("orders", "w", 1, time.UnixMilli(due))}
+	writeTx(t, db, w, mixed...)
+	if got := fmt.Sprint(ids("id < 0")); got != "[v2-0 v2-1 w-0 w-1]" {
+		t.Errorf("rows below zero after a mixed write: %s, want the Writer's delayed rows after the old ones", got)
+	}
+	rec := &timedRecorder{}
+	startRelay(t, db, tdb.D, table, rec)
+	eventually(t, "every row", func() bool { return rec.distinct() == 7 })
+	for _, g := range rec.all() {
+		if k := g.m.Key; (k == "k" || k == "l" || k == "w") && g.at.Before(time.UnixMilli(due)) {
+			t.Errorf("%s forwarded %v before its due time", g.m.ID, time.UnixMilli(due).Sub(g.at))
+		}
+	}
 }

@@ -52,7 +52,18 @@ type table struct {
 	sentIndex  string // quoted index on sent.sent_at
 	readyIndex string // quoted index of the rows the relay may forward (deliver_at IS NULL)
 	dueIndex   string // quoted index of the delayed rows, by due time
+	delayedSeq string // quoted sequence of the delayed rows' ids (PostgreSQL)
 	channel    string // PostgreSQL NOTIFY channel, unquoted
+}
+
+// delayedIDBase offsets the ids of delayed rows on PostgreSQL below zero
+// (SchemaVersion 3): they still increase, in write order, and the
+// relay's reads (id > 0, by the primary key) never step over them.
+const delayedIDBase = "4611686018427387904" // 2^62
+
+// delayedID is the id a PostgreSQL Writer gives a delayed row.
+func (t table) delayedID() string {
+	return "nextval(" + sqlcore.QuoteLiteral(t.delayedSeq) + ") - " + delayedIDBase
 }
 
 func newTable(d Dialect, name string) (table, error) {
@@ -71,6 +82,7 @@ func newTable(d Dialect, name string) (table, error) {
 		sentIndex:  d.Quote(name + "_sent_sent_at_idx"),
 		readyIndex: d.Quote(name + "_ready_idx"),
 		dueIndex:   d.Quote(name + "_due_idx"),
+		delayedSeq: d.Quote(name + "_delayed_id_seq"),
 		channel:    "herald_outbox_" + name,
 	}, nil
 }

@@ -53,10 +53,13 @@
 // created_at (Message.Time to the microsecond; Unix microseconds on
 // SQLite), attempts, last_error and deliver_at (schema version 2: NULL,
 // or the due time of a delayed message in Unix milliseconds, rounded up).
-// Besides the primary key it has, on PostgreSQL and SQLite, a partial
-// index on id of the rows that are not delayed (the relay's read, in id
-// order) and one on (deliver_at, id) of the delayed rows; on MySQL one
-// index on (deliver_at, id) serves both. The relay deletes what it sent. The
+// Besides the primary key it has a partial index on (deliver_at, id) of
+// the delayed rows (MySQL: an index on (deliver_at, id)). On PostgreSQL
+// (schema version 3) delayed rows take ids below zero, from the sequence
+// table+"_delayed_id_seq", so the relay reads the rows not delayed by the
+// primary key from id 0 on and an ordinary row updates one index only;
+// on SQLite a partial index on id of the rows not delayed serves the
+// relay's read, and on MySQL the (deliver_at, id) index does. The relay deletes what it sent. The
 // table+"_quarantine" table holds rows that failed too often (the same
 // columns plus outbox_id and quarantined_at); table+"_sent" holds sent rows
 // under WithRetention (plus outbox_id and sent_at, indexed). Table names
@@ -145,8 +148,9 @@
 //
 // The Writer is a herald.DelayedWriter. A message whose
 // herald.HeaderDeliverAt is after the Write is stored with its due time
-// in deliver_at and without the header; the relay does not read it (its
-// read is WHERE deliver_at IS NULL), so it holds back no row behind it.
+// in deliver_at and without the header (and, on PostgreSQL, an id below
+// zero); the relay does not read it (its read is WHERE deliver_at IS
+// NULL), so it holds back no row behind it.
 // Before every read the active relay looks for rows due by the
 // database's clock, and re-inserts up to 500 of them, in due order, as
 // ordinary rows (deliver_at NULL, a new id; message_id is kept),

@@ -20,3 +20,12 @@ func RelayQueries(d Dialect, table string) (read, nextDue, dueIDs string) {
 	q := newQueries(t)
 	return q.read, q.nextDue, q.dueIDs
 }
+
+// DelayedID exposes the id expression of a delayed row on PostgreSQL.
+func DelayedID(table string) string {
+	t, err := newTable(Postgres, table)
+	if err != nil {
+		panic(err)
+	}
+	return t.delayedID()
+}

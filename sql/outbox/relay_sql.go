@@ -50,9 +50,11 @@ func newQueries(t table) queries {
 		q.cols = sqliteReadColumns
 	}
 	if d == Postgres {
-		q.read = "SELECT " + rowColumns + " FROM " + t.main + " WHERE deliver_at IS NULL ORDER BY id LIMIT $1"
+		// id > 0: the delayed rows lie below zero (SchemaVersion 3), so a
+		// read by the primary key starts past them.
+		q.read = "SELECT " + rowColumns + " FROM " + t.main + " WHERE id > 0 AND deliver_at IS NULL ORDER BY id LIMIT $1"
 		q.readExcl = "SELECT " + rowColumns + " FROM " + t.main +
-			" WHERE deliver_at IS NULL AND msg_key <> ALL($2::text[]) AND id <> ALL($3::bigint[]) ORDER BY id LIMIT $1"
+			" WHERE id > 0 AND deliver_at IS NULL AND msg_key <> ALL($2::text[]) AND id <> ALL($3::bigint[]) ORDER BY id LIMIT $1"
 		q.charge = "UPDATE " + t.main + " SET attempts = attempts + 1, last_error = $1 WHERE id = $2"
 	} else {
 		q.read = "SELECT " + q.cols + " FROM " + t.main + " WHERE deliver_at IS NULL ORDER BY id LIMIT ?"

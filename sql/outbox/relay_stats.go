@@ -81,6 +81,9 @@ func (r *Relay) Check(ctx context.Context) error {
 	if r.cfg.Retention > 0 {
 		tables = append(tables, r.t.sent)
 	}
+	if r.t.dialect == Postgres {
+		tables = append(tables, r.t.delayedSeq) // SchemaVersion 3
+	}
 	for i, t := range tables {
 		cols := "1"
 		if i == 0 {

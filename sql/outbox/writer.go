@@ -108,7 +108,8 @@ func WithoutNotify() WriterOption {
 // WriteTx and WritePgxTx take it as an argument. Without a transaction,
 // Write fails with ErrNoTransaction: it never inserts in autocommit mode.
 // A batch is one multi-row INSERT (split only past the dialect's
-// bind-parameter limit or 4 MiB of data). On PostgreSQL the same statement
+// bind-parameter limit or 4 MiB of data, and on PostgreSQL into its rows
+// not delayed and its delayed ones, which take ids below zero). On PostgreSQL the same statement
 // calls pg_notify, so a listening relay wakes when the transaction commits
 // (only after a pause in the Writer's writes, see WithNotifyPause).
 //
@@ -322,8 +323,44 @@ func (w *Writer) dues(msgs []*herald.Message, now time.Time) ([]any, error) {
 var noDelay = struct{}{}
 
 func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, due []any, now time.Time, notify bool) error {
+	if w.t.dialect == Postgres && due != nil {
+		return w.insertSplit(ctx, x, msgs, due, now, notify)
+	}
+	return w.insertRows(ctx, x, msgs, due, now, notify, "")
+}
+
+// insertSplit inserts a PostgreSQL batch with delayed rows in two
+// statements: the rows not delayed, then the delayed ones with ids below
+// zero (SchemaVersion 3). The first statement notifies.
+func (w *Writer) insertSplit(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, due []any, now time.Time, notify bool) error {
+	var ready, delayed []*herald.Message
+	var readyDue, delayedDue []any
+	for i, m := range msgs {
+		if _, ok := due[i].(int64); ok {
+			delayed, delayedDue = append(delayed, m), append(delayedDue, due[i])
+		} else {
+			ready, readyDue = append(ready, m), append(readyDue, due[i])
+		}
+	}
+	if len(ready) > 0 {
+		if err := w.insertRows(ctx, x, ready, readyDue, now, notify, ""); err != nil {
+			return err
+		}
+		notify = false
+	}
+	if len(delayed) == 0 { // due by now, every one: none is delayed
+		return nil
+	}
+	return w.insertRows(ctx, x, delayed, delayedDue, now, notify, w.t.delayedID())
+}
+
+// insertRows inserts msgs in one statement; a non-empty lead is the id
+// expression of every row (a delayed row on PostgreSQL).
+func (w *Writer) insertRows(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.Message, due []any, now time.Time, notify bool, lead string) error {
 	var query string
 	switch {
+	case lead != "":
+		query = sqlcore.InsertSQLLead(w.t.dialect, w.t.main, "id, "+writeColumns, lead, insertParams, len(msgs), w.channel(notify))
 	case len(msgs) > 1:
 		query = w.insertSQL(len(msgs), notify)
 	case notify:
@@ -350,11 +387,15 @@ func (w *Writer) insert(ctx context.Context, x sqlcore.TxExecer, msgs []*herald.
 
 // insertSQL builds the INSERT of n rows, with pg_notify if notify.
 func (w *Writer) insertSQL(n int, notify bool) string {
-	channel := ""
+	return sqlcore.InsertSQL(w.t.dialect, w.t.main, writeColumns, insertParams, n, w.channel(notify))
+}
+
+// channel is the NOTIFY channel of a statement that notifies, else "".
+func (w *Writer) channel(notify bool) string {
 	if notify {
-		channel = w.t.channel
+		return w.t.channel
 	}
-	return sqlcore.InsertSQL(w.t.dialect, w.t.main, writeColumns, insertParams, n, channel)
+	return ""
 }
 
 // withoutDeliverAt returns a shallow copy of m without HeaderDeliverAt;

@@ -205,8 +205,15 @@ func (d TimeDest) parse(s string) error {
 // NOTIFY travel in one round trip, and the notification is delivered when
 // the transaction commits.
 func InsertSQL(d Dialect, table, columns string, params, n int, notify string) string {
+	return InsertSQLLead(d, table, columns, "", params, n, notify)
+}
+
+// InsertSQLLead is InsertSQL with lead, an SQL expression, as the first
+// value of every row (its column first in columns), before the
+// placeholders; an empty lead adds nothing.
+func InsertSQLLead(d Dialect, table, columns, lead string, params, n int, notify string) string {
 	notify = map[bool]string{true: notify}[d == Postgres]
-	b := make([]byte, 0, 128+len(table)+len(columns)+n*(params*7+3))
+	b := make([]byte, 0, 128+len(table)+len(columns)+n*(params*7+3+len(lead)))
 	if notify != "" {
 		b = append(b, "WITH ins AS ("...)
 	}
@@ -221,6 +228,10 @@ func InsertSQL(d Dialect, table, columns string, params, n int, notify string) s
 			b = append(b, ',')
 		}
 		b = append(b, '(')
+		if lead != "" {
+			b = append(b, lead...)
+			b = append(b, ',')
+		}
 		for j := range params {
 			if j > 0 {
 				b = append(b, ',')
