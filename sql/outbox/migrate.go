@@ -94,16 +94,22 @@ func isDuplicateColumn(err error) bool {
 // SchemaVersion 1 to version 2 for dialect d: they add deliver_at (the
 // due time of a delayed message, see the package doc) and the indexes the
 // relay reads by. Migrate applies them by itself; they are for teams whose
-// migrations are run by a tool. On PostgreSQL they are idempotent (and
-// the same as the last statements of Schema); on MySQL and SQLite they
-// are not (ADD COLUMN fails on a table that has the column): run them
-// once, on a version 1 table, then Schema's statements.
+// migrations are run by a tool. On PostgreSQL they are idempotent; on
+// MySQL and SQLite they are not (ADD COLUMN fails on a table that has the
+// column): run them once, on a version 1 table, then Schema's statements
+// (which on PostgreSQL take the table on to version 3).
 func SchemaUpgrade1To2(d Dialect, table string) ([]string, error) {
+	return statementsOf(d, table, upgrade1To2)
+}
+
+// statementsOf returns the statements f makes for the outbox table named
+// table of dialect d, once the name is checked.
+func statementsOf(d Dialect, table string, f func(table) []string) ([]string, error) {
 	t, err := newTable(d, table)
 	if err != nil {
 		return nil, err
 	}
-	return upgrade1To2(t), nil
+	return f(t), nil
 }
 
 func upgrade1To2(t table) []string {
@@ -140,11 +146,7 @@ func delayIndexes(t table) []string {
 // positive id: the relay's mover still promotes it when it is due, and
 // the relay's reads step over it until then).
 func SchemaUpgrade2To3(d Dialect, table string) ([]string, error) {
-	t, err := newTable(d, table)
-	if err != nil {
-		return nil, err
-	}
-	return upgrade2To3(t), nil
+	return statementsOf(d, table, upgrade2To3)
 }
 
 func upgrade2To3(t table) []string {
@@ -185,11 +187,7 @@ const SchemaVersion = 3
 // outside business transactions. The table name is checked like
 // Migrate's.
 func Schema(d Dialect, table string) ([]string, error) {
-	t, err := newTable(d, table)
-	if err != nil {
-		return nil, err
-	}
-	return schema(t), nil
+	return statementsOf(d, table, schema)
 }
 
 // schema returns the DDL of the three tables. The column set is shared by
