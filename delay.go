@@ -188,11 +188,11 @@ func DeliverAfter(ctx context.Context, d time.Duration) context.Context {
 	return withScope(ctx, func(s *scope) { s.deliverAt = deliverAtValue{after: max(d, 0)} })
 }
 
-// deliverAtAt is the due time the publishing context's scope asks for
-// at now; zero when none.
-func (s scope) deliverAtAt(now time.Time) time.Time {
-	if v := s.deliverAt; v.after > 0 {
-		return now.Add(v.after)
+// dueAt is the due time the scope asks a publish at now for; zero when
+// none.
+func (s scope) dueAt(now time.Time) time.Time {
+	if s.deliverAt.after > 0 {
+		return now.Add(s.deliverAt.after)
 	}
 	return s.deliverAt.at
 }

@@ -136,7 +136,7 @@ func (p *Publisher) Encode(ctx context.Context, events ...any) ([]*Message, erro
 	msgs := newMessages(len(events))
 	now := time.Now().UTC()
 	sc := scopeOf(ctx)
-	lin, at := sc.lineage(), sc.deliverAtAt(now)
+	lin, at := sc.lineage(), sc.dueAt(now)
 	for i, e := range events {
 		if err := p.encode(msgs[i], e, now, lin, at); err != nil {
 			return nil, err
@@ -227,7 +227,7 @@ func (p *Publisher) PublishMessages(ctx context.Context, msgs ...*Message) error
 	}
 	now := time.Now().UTC()
 	sc := scopeOf(ctx)
-	lin, at := sc.lineage(), sc.deliverAtAt(now)
+	lin, at := sc.lineage(), sc.dueAt(now)
 	delays := !at.IsZero()
 	valid := "" // the last topic checked: batches usually share one
 	for _, m := range msgs {

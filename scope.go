@@ -1,6 +1,9 @@
 package herald
 
-import "context"
+import (
+	"cmp"
+	"context"
+)
 
 // scopeKey holds a context's publish scope.
 type scopeKey struct{}
@@ -49,10 +52,7 @@ func (s scope) lineage() lineage {
 	l := lineage{correlation: s.correlation, causation: s.causation}
 	if m := s.delivered; m != nil {
 		if !s.setCorr {
-			l.correlation = m.Headers.Get(HeaderCorrelationID)
-			if l.correlation == "" {
-				l.correlation = m.ID
-			}
+			l.correlation = cmp.Or(m.Headers.Get(HeaderCorrelationID), m.ID)
 		}
 		if !s.setCaus {
 			l.causation = m.ID

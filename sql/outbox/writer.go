@@ -109,9 +109,10 @@ func WithoutNotify() WriterOption {
 // Write fails with ErrNoTransaction: it never inserts in autocommit mode.
 // A batch is one multi-row INSERT (split only past the dialect's
 // bind-parameter limit or 4 MiB of data, and on PostgreSQL into its rows
-// not delayed and its delayed ones, which take ids below zero). On PostgreSQL the same statement
-// calls pg_notify, so a listening relay wakes when the transaction commits
-// (only after a pause in the Writer's writes, see WithNotifyPause).
+// not delayed and its delayed ones, which take ids below zero). On
+// PostgreSQL the first statement calls pg_notify, so a listening relay
+// wakes when the transaction commits (only after a pause in the Writer's
+// writes, see WithNotifyPause).
 //
 // Every message is checked before anything is inserted: a nil message,
 // an invalid topic (herald.ValidateName), a payload above the limit
