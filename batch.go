@@ -240,6 +240,10 @@ func (o *subscribeOptions) validateBatch() error {
 		errs = append(errs, &OptionError{Option: "WithThrottle", Value: o.throttle.rate,
 			Reason: "not for batch handlers yet: the throttle counts one message's runs"})
 	}
+	if o.table != nil {
+		errs = append(errs, &OptionError{Option: "WithTable", Value: "table",
+			Reason: "not for batch handlers: a table's state is read and written per message"})
+	}
 	if o.schedSet && o.sched.MaxInFlight > 0 && o.batch.size > o.sched.MaxInFlight {
 		errs = append(errs, &OptionError{Option: "WithBatch size", Value: o.batch.size,
 			Reason: fmt.Sprintf("above SchedulerConfig.MaxInFlight %d: a batch could never fill", o.sched.MaxInFlight)})

@@ -162,6 +162,8 @@ type subscribeOptions struct {
 	throttle       *throttleConfig
 	guards         guards        // made by Bus.chain from breaker and throttle
 	batch          *batchOptions // WithBatch
+	table          groupTable    // WithTable
+	tableErr       error         // a bad WithTable
 }
 
 // validate reports every bad setting of one Subscribe call.
@@ -185,6 +187,7 @@ func (o *subscribeOptions) validate() error {
 	if o.throttle != nil {
 		errs = append(errs, o.throttle.validate())
 	}
+	errs = append(errs, o.tableErr)
 	if o.concurrencySet {
 		errs = append(errs, badIf(o.concurrency < 1, "WithConcurrency", o.concurrency, "want 1 or more"))
 	}
@@ -322,6 +325,12 @@ func (b *Bus) add(topic, group, event string, h HandlerFunc, opts []SubscribeOpt
 	r, err := b.routeFor(topic, group)
 	if err != nil {
 		return err
+	}
+	if o.table != nil {
+		if err := o.table.bind(r, b.driver); err != nil {
+			return err
+		}
+		h = o.table.wrap(h)
 	}
 	chain, err := b.chain(r, event, h, o)
 	if err != nil {

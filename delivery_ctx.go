@@ -3,26 +3,39 @@ package herald
 import "context"
 
 // deliveryCtx is the context a scheduler's worker runs a handler with:
-// the scheduler's handler context, the delivered message (CorrelationID,
-// CausationID, retry later) and its delivery count (DeliveryCount). It is
+// the scheduler's handler context, the delivery (its message for
+// CorrelationID, CausationID and retry later; its position for a group
+// table, with the scheduler whose subscription knows it) and its delivery
+// count (DeliveryCount). It is
 // written once, before its handler runs, and never changed, so a handler
 // may keep its context (for work it starts and does not wait for) like
 // any other.
 type deliveryCtx struct {
 	context.Context
-	base  *scope // the parent's scope (scopeOf adds m to it)
-	m     *Message
+	base  *scope // the parent's scope (scopeOf adds d.Message to it)
+	d     Delivery
+	from  *scheduler
 	count int // at least 1
 }
 
 func (c *deliveryCtx) Value(key any) any {
 	switch key.(type) {
-	case scopeKey:
+	case scopeKey, deliveryKey:
 		return c
 	case deliveryCountKey:
 		return c.count
 	}
 	return c.Context.Value(key)
+}
+
+// deliveryKey finds a handler's deliveryCtx under the layers middleware
+// added (a publish scope among them): deliveryOf.
+type deliveryKey struct{}
+
+// deliveryOf returns the delivery ctx is a handler's context for.
+func deliveryOf(ctx context.Context) (*deliveryCtx, bool) {
+	c, ok := ctx.Value(deliveryKey{}).(*deliveryCtx)
+	return c, ok
 }
 
 // ctxSlabSize is how many delivery contexts one allocation holds.
@@ -41,7 +54,7 @@ type ctxSlab struct {
 	base *scope
 }
 
-func (s *ctxSlab) context(parent context.Context, m *Message, count int) context.Context {
+func (s *ctxSlab) context(parent context.Context, from *scheduler, d Delivery, count int) context.Context {
 	if len(s.free) == 0 {
 		n := max(s.next, 1)
 		s.free = make([]deliveryCtx, n)
@@ -53,7 +66,7 @@ func (s *ctxSlab) context(parent context.Context, m *Message, count int) context
 	}
 	c := &s.free[0]
 	s.free = s.free[1:]
-	c.Context, c.base, c.m, c.count = parent, s.base, m, max(count, 1)
+	c.Context, c.base, c.d, c.from, c.count = parent, s.base, d, from, max(count, 1)
 	return c
 }
 

@@ -117,6 +117,71 @@ type LocalFetcher interface {
 	FetchesLocally() bool
 }
 
+// Partitioned is an optional interface of a Subscription whose deliveries
+// come from numbered partitions of the topic: a key always lands in the
+// same partition, and a partition's offsets increase in write order and
+// are never reused (memdriver and Kafka). Group tables (Table) need it:
+// a table's changelog is partitioned like its input, a member catches a
+// partition's state up before it handles that partition, and a delivery
+// at or below the offset a key's state was last written for is one whose
+// effect is already in the table.
+type Partitioned interface {
+	// Position returns the partition and the offset of d.
+	Position(d Delivery) (partition int, offset uint64)
+	// Assignments returns a number that changes each time this member
+	// gains a partition, or gains one back; it may change more often. It
+	// is safe for concurrent use.
+	Assignments() uint64
+}
+
+// TableLog is an optional interface of a Driver that keeps the changelogs
+// of group tables (Table) and serves them to views (View).
+type TableLog interface {
+	// Changelog opens the changelog named name, creating it when it does
+	// not exist yet. A changelog is partitioned like input, the topic its
+	// table's group consumes, so that a key's state and its messages share
+	// a partition number; input is "" for a reader (a View), which takes
+	// the changelog as it is.
+	Changelog(ctx context.Context, name, input string) (Changelog, error)
+}
+
+// Changelog is one group table's log of changes: for every key, the
+// latest record is kept (older ones may be compacted away), in
+// partitions numbered as the table's input topic's. Implementations are
+// safe for concurrent use.
+type Changelog interface {
+	// Partitions is the number of partitions.
+	Partitions() int
+	// Append stores recs durably at the end of partition, in order, and
+	// returns the offset the first one got (the others follow it).
+	Append(ctx context.Context, partition int, recs []ChangelogRecord) (first uint64, err error)
+	// Read fills dst with the records of partition kept at offset from
+	// and after, in offset order, and returns how many; 0 when there is
+	// none yet (it does not wait).
+	Read(ctx context.Context, partition int, from uint64, dst []ChangelogRecord) (n int, err error)
+	// End is the offset the next record appended to partition will get.
+	End(ctx context.Context, partition int) (uint64, error)
+	// Wait blocks until partition's End is beyond offset, or ctx ends.
+	Wait(ctx context.Context, partition int, offset uint64) error
+}
+
+// ChangelogRecord is one change of a group table: the state of Key after
+// the handler of an input message returned nil.
+type ChangelogRecord struct {
+	// Offset is the record's place in its partition, set by Append.
+	Offset uint64
+	// Key is the table key (the input message's Key).
+	Key string
+	// Value is the encoded state; nil when Deleted.
+	Value []byte
+	// Deleted marks the key's state as removed (a tombstone).
+	Deleted bool
+	// Input is the offset, in the input partition, of the message whose
+	// handler wrote the record (Partitioned.Position): a redelivery of
+	// that message or an earlier one finds its effect already applied.
+	Input uint64
+}
+
 // ErrorReporter is an optional interface of a Subscription that meets
 // errors outside Fetch and Ack (a background acknowledgment flush, an entry
 // lost to trimming). Right after Subscribe the scheduler calls

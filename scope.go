@@ -31,7 +31,7 @@ func scopeOf(ctx context.Context) scope {
 		return *v
 	case *deliveryCtx:
 		s := *v.base
-		s.delivered = v.m
+		s.delivered = v.d.Message
 		return s
 	}
 	return scope{}

@@ -648,7 +648,7 @@ func (s *scheduler) run(d Delivery, slab *ctxSlab) {
 	count := max(d.Count, 1)
 	wait := backoff.New(s.cfg.RedeliveryBackoff, s.cfg.MaxRedeliveryBackoff)
 	for {
-		err := s.handler(slab.context(s.handlerCtx, d.Message, count), d.Message)
+		err := s.handler(slab.context(s.handlerCtx, s, d, count), d.Message)
 		if err == nil {
 			if err := s.sub.Ack(s.ackCtx, d); err != nil {
 				s.report("ack", d.Message.ID, err)

@@ -144,6 +144,8 @@ type Broker struct {
 	closed atomic.Bool
 
 	delayed delayed // messages waiting for their HeaderDeliverAt
+
+	changelogs sync.Map // name -> *changelog (group tables)
 }
 
 // New returns an empty Broker. Bad options are an error
@@ -551,7 +553,10 @@ type member struct {
 	// fetch brings a message or two, from one partition of eight.
 	news   atomic.Uint64
 	closed atomic.Bool
-	rr     int // partition to start the next Fetch at; Fetch is single-caller
+	// assigned counts the times this member was given partitions
+	// (signal), for herald.Partitioned.
+	assigned atomic.Uint64
+	rr       int // partition to start the next Fetch at; Fetch is single-caller
 }
 
 // readyBit is partition i's bit in member.news; the partitions from 63 on
@@ -561,6 +566,7 @@ func readyBit(i int) uint64 { return 1 << min(i, 63) }
 // signal wakes the member to look at every partition (it may own new
 // ones, or own them again).
 func (m *member) signal() {
+	m.assigned.Add(1)
 	m.news.Store(^uint64(0))
 	m.poke()
 }
@@ -588,6 +594,15 @@ func (m *member) FetchesLocally() bool { return true }
 
 // Seq packs the partition index above the offset.
 const offsetBits = 48
+
+// Position returns the partition and offset of d (herald.Partitioned).
+func (m *member) Position(d herald.Delivery) (partition int, offset uint64) {
+	return int(d.Seq >> offsetBits), d.Seq & (1<<offsetBits - 1)
+}
+
+// Assignments changes each time the member is given partitions, or
+// given them back (herald.Partitioned).
+func (m *member) Assignments() uint64 { return m.assigned.Load() }
 
 // Fetch hands out the next messages of the partitions this member owns.
 func (m *member) Fetch(ctx context.Context, dst []herald.Delivery) (int, error) {
@@ -675,11 +690,10 @@ func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 		return fail("ack", m.group.topic.name, m.group.name, fmt.Sprintf("delivery %d", d.Seq), herald.ErrClosed)
 	}
 	cursors := m.group.cursors
-	idx := int(d.Seq >> offsetBits)
+	idx, off := m.Position(d)
 	if idx >= len(cursors) {
 		return fail("ack", m.group.topic.name, m.group.name, fmt.Sprintf("delivery %d", d.Seq), errors.New("no such partition"))
 	}
-	off := d.Seq & (1<<offsetBits - 1)
 	c := cursors[idx]
 	p := c.p
 	p.mu.Lock()
@@ -714,7 +728,7 @@ func (m *member) Ack(ctx context.Context, d herald.Delivery) error {
 func (m *member) Release(ds []herald.Delivery) {
 	cursors := m.group.cursors
 	for _, d := range ds {
-		idx, off := int(d.Seq>>offsetBits), d.Seq&(1<<offsetBits-1)
+		idx, off := m.Position(d)
 		if d.Ref != m || idx >= len(cursors) {
 			continue
 		}

@@ -1,0 +1,407 @@
+package herald_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/memory/memdriver"
+	"github.com/heraldbus/herald/memory/memtest"
+)
+
+type Deposit struct {
+	Account string `json:"account"`
+	Amount  int    `json:"amount"`
+}
+
+func (d Deposit) Key() string { return d.Account }
+
+type Balance struct {
+	Total int `json:"total"`
+	Count int `json:"count"`
+}
+
+// deposits returns n deposits over keys accounts in a random order, and
+// each account's sum.
+func deposits(n, keys int) ([]any, map[string]int) {
+	events := make([]any, n)
+	sums := make(map[string]int)
+	for i := range events {
+		d := Deposit{Account: fmt.Sprintf("acct-%d", rand.IntN(keys)), Amount: 1 + rand.IntN(100)}
+		events[i] = d
+		sums[d.Account] += d.Amount
+	}
+	return events, sums
+}
+
+// balanceMember is one member of group "ledger" on d: a bus with its own
+// table, counting the handler's runs.
+type balanceMember struct {
+	bus   *herald.Bus
+	table *herald.Table[Balance]
+	runs  atomic.Int64
+}
+
+func newBalanceMember(t *testing.T, d herald.Driver, concurrency int) *balanceMember {
+	t.Helper()
+	bus, err := herald.NewBus(d, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
+	must(t, err)
+	herald.MustRegister[Deposit](bus, "deposits")
+	table, err := herald.NewTable[Balance]("ledger.balances")
+	must(t, err)
+	m := &balanceMember{bus: bus, table: table}
+	must(t, herald.Subscribe(bus, "ledger", func(ctx context.Context, e Deposit, _ *herald.Message) error {
+		m.runs.Add(1)
+		b, _, err := table.Get(ctx)
+		if err != nil {
+			return err
+		}
+		b.Total += e.Amount
+		b.Count++
+		return table.Set(ctx, b)
+	}, herald.WithTable(table), herald.WithConcurrency(concurrency)))
+	t.Cleanup(func() { _ = bus.Shutdown(context.Background()) })
+	return m
+}
+
+// checkBalances reads the whole table through a view and compares it
+// with sums.
+func checkBalances(t *testing.T, b *memdriver.Broker, sums map[string]int) {
+	t.Helper()
+	ctx := testContext(t)
+	v, err := herald.NewView[Balance](b, "ledger.balances")
+	must(t, err)
+	must(t, v.Start(ctx))
+	defer func() { must(t, v.Close()) }()
+	must(t, v.WaitCaughtUp(ctx))
+	got := make(map[string]int)
+	must(t, v.Range(func(key string, bal Balance) bool {
+		got[key] = bal.Total
+		return true
+	}))
+	for key, want := range sums {
+		if got[key] != want {
+			t.Errorf("balance of %s = %d, want %d", key, got[key], want)
+		}
+	}
+	if len(got) != len(sums) {
+		t.Errorf("the table has %d keys, want %d", len(got), len(sums))
+	}
+}
+
+func TestTableSumsPerKey(t *testing.T) {
+	ctx := testContext(t)
+	b := memtest.Broker(t)
+	m := newBalanceMember(t, b, 4)
+	must(t, m.bus.Start(ctx))
+	events, sums := deposits(3000, 40)
+	must(t, m.bus.Publish(ctx, events...))
+	eventually(t, "every deposit handled", func() bool { return b.Backlog("deposits", "ledger") == 0 })
+	for key, want := range sums {
+		bal, ok, err := m.table.Value(key)
+		if err != nil || !ok || bal.Total != want {
+			t.Errorf("Value(%s) = %+v, %v, %v; want total %d", key, bal, ok, err, want)
+		}
+	}
+	checkBalances(t, b, sums)
+	if got := m.runs.Load(); got != 3000 {
+		t.Errorf("the handler ran %d times, want 3000", got)
+	}
+}
+
+// TestTableStateFollowsItsPartitions lets members join and leave while
+// deposits flow: each partition's state moves with the partition, so
+// every balance ends at the sum of its deposits.
+func TestTableStateFollowsItsPartitions(t *testing.T) {
+	ctx := testContext(t)
+	b := memtest.Broker(t)
+	events, sums := deposits(6000, 100)
+	pub, err := herald.NewBus(b)
+	must(t, err)
+	herald.MustRegister[Deposit](pub, "deposits")
+
+	var members []*balanceMember
+	join := func() {
+		m := newBalanceMember(t, b, 1+len(members)%3)
+		must(t, m.bus.Start(ctx))
+		members = append(members, m)
+	}
+	join()
+	for i, chunk := 0, len(events)/6; i < 6; i++ {
+		must(t, pub.Publish(ctx, events[i*chunk:(i+1)*chunk]...))
+		switch i {
+		case 1, 3:
+			join()
+		case 2, 4:
+			must(t, members[0].bus.Shutdown(ctx)) // the oldest leaves; its partitions move
+			members = members[1:]
+		}
+	}
+	eventually(t, "every deposit handled", func() bool { return b.Backlog("deposits", "ledger") == 0 })
+	checkBalances(t, b, sums)
+}
+
+// ackLosing is a memdriver whose subscriptions lose the acknowledgments
+// of the messages lose picks, as a member killed between its changelog
+// write and its acknowledgment would.
+type ackLosing struct {
+	*memdriver.Broker
+	lose func(*herald.Message) bool
+}
+
+type partitionedSubscription interface {
+	herald.Subscription
+	herald.Partitioned
+}
+
+type ackLosingSubscription struct {
+	partitionedSubscription
+	lose func(*herald.Message) bool
+}
+
+func (d ackLosing) Subscribe(ctx context.Context, topic, group string) (herald.Subscription, error) {
+	s, err := d.Broker.Subscribe(ctx, topic, group)
+	if err != nil {
+		return nil, err
+	}
+	return &ackLosingSubscription{s.(partitionedSubscription), d.lose}, nil
+}
+
+func (s *ackLosingSubscription) Ack(ctx context.Context, d herald.Delivery) error {
+	if s.lose(d.Message) {
+		return errors.New("acknowledgment lost")
+	}
+	return s.partitionedSubscription.Ack(ctx, d)
+}
+
+// TestTableSkipsDeliveriesAlreadyApplied: deliveries whose update reached
+// the changelog but whose acknowledgment did not come back to the next
+// member, which must find them applied and not add them again.
+func TestTableSkipsDeliveriesAlreadyApplied(t *testing.T) {
+	ctx := testContext(t)
+	b := memtest.Broker(t)
+	events, sums := deposits(2000, 20)
+	lost := func(m *herald.Message) bool { return m.Key == "acct-3" || m.Key == "acct-7" }
+	first := newBalanceMember(t, ackLosing{b, lost}, 4)
+	must(t, first.bus.Start(ctx))
+	must(t, first.bus.Publish(ctx, events...))
+	eventually(t, "every deposit handled once", func() bool { return first.runs.Load() == int64(len(events)) })
+	lostCount := b.Backlog("deposits", "ledger")
+	if lostCount == 0 {
+		t.Fatal("no acknowledgment was lost: the test tests nothing")
+	}
+	must(t, first.bus.Shutdown(ctx)) // hands the unacknowledged back
+
+	next := newBalanceMember(t, b, 4)
+	must(t, next.bus.Start(ctx))
+	eventually(t, "the redeliveries acknowledged", func() bool { return b.Backlog("deposits", "ledger") == 0 })
+	if got := next.runs.Load(); got != 0 {
+		t.Errorf("the next member ran the handler %d times for %d redeliveries already applied, want 0", got, lostCount)
+	}
+	checkBalances(t, b, sums)
+}
+
+func TestTableDeleteAndStagedReads(t *testing.T) {
+	ctx := testContext(t)
+	bus, b := newTestBus(t)
+	herald.MustRegister[Deposit](bus, "deposits")
+	table, err := herald.NewTable[Balance]("ledger.balances")
+	must(t, err)
+	var mu sync.Mutex
+	var seen []string
+	must(t, herald.Subscribe(bus, "ledger", func(ctx context.Context, e Deposit, _ *herald.Message) error {
+		before, had, err := table.Get(ctx)
+		if err != nil {
+			return err
+		}
+		if e.Amount < 0 { // a negative deposit closes the account
+			if err := table.Delete(ctx); err != nil {
+				return err
+			}
+		} else if err := table.Set(ctx, Balance{Total: before.Total + e.Amount}); err != nil {
+			return err
+		}
+		after, has, err := table.Get(ctx)
+		mu.Lock()
+		seen = append(seen, fmt.Sprintf("%v:%d->%v:%d", had, before.Total, has, after.Total))
+		mu.Unlock()
+		return err
+	}, herald.WithTable(table)))
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, Deposit{"a", 5}, Deposit{"a", 7}, Deposit{"a", -1}, Deposit{"a", 2}))
+	eventually(t, "handled", func() bool { return b.Backlog("deposits", "ledger") == 0 })
+	want := []string{"false:0->true:5", "true:5->true:12", "true:12->false:0", "false:0->true:2"}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("the handler saw %v, want %v", seen, want)
+	}
+	if bal, ok, err := table.Value("a"); err != nil || !ok || bal.Total != 2 {
+		t.Errorf("Value(a) = %+v, %v, %v; want total 2", bal, ok, err)
+	}
+}
+
+func TestTableFailedHandlerChangesNothing(t *testing.T) {
+	ctx := testContext(t)
+	bus, b := newTestBus(t)
+	herald.MustRegister[Deposit](bus, "deposits")
+	table, err := herald.NewTable[Balance]("ledger.balances")
+	must(t, err)
+	var attempts atomic.Int32
+	must(t, herald.Subscribe(bus, "ledger", func(ctx context.Context, e Deposit, _ *herald.Message) error {
+		b, _, _ := table.Get(ctx)
+		if err := table.Set(ctx, Balance{Total: b.Total + e.Amount}); err != nil {
+			return err
+		}
+		if attempts.Add(1) <= 2 {
+			return errors.New("not yet") // staged, then discarded
+		}
+		return nil
+	}, herald.WithTable(table), herald.WithRetry(herald.RetryConfig{MaxAttempts: 5, InitialBackoff: 1, MaxBackoff: 1})))
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, Deposit{"a", 5}))
+	eventually(t, "handled", func() bool { return b.Backlog("deposits", "ledger") == 0 })
+	if bal, _, err := table.Value("a"); err != nil || bal.Total != 5 {
+		t.Errorf("Value(a) = %+v, %v; want total 5 after two failed attempts", bal, err)
+	}
+}
+
+func TestTableBadValues(t *testing.T) {
+	ctx := testContext(t)
+	var optErr *herald.OptionError
+	if _, err := herald.NewTable[Balance](""); !errors.Is(err, herald.ErrInvalidName) {
+		t.Errorf("NewTable(\"\") = %v, want ErrInvalidName", err)
+	}
+	if _, err := herald.NewTable[Balance]("t", nil, herald.WithTableCodec(nil), herald.WithTableStore(nil)); !errors.As(err, &optErr) {
+		t.Errorf("NewTable with nil options = %v, want an OptionError", err)
+	}
+	if _, err := herald.NewView[Balance](nil, "t"); !errors.Is(err, herald.ErrNilDriver) {
+		t.Errorf("NewView(nil) = %v, want ErrNilDriver", err)
+	}
+
+	table, err := herald.NewTable[Balance]("ledger.balances")
+	must(t, err)
+	if _, _, err := table.Get(ctx); !errors.Is(err, herald.ErrNotInHandler) {
+		t.Errorf("Get outside a handler = %v, want ErrNotInHandler", err)
+	}
+	if err := table.Set(ctx, Balance{}); !errors.Is(err, herald.ErrNotInHandler) {
+		t.Errorf("Set outside a handler = %v, want ErrNotInHandler", err)
+	}
+	if _, ok, err := table.Value("a"); ok || err != nil {
+		t.Errorf("Value before any delivery = %v, %v; want not found", ok, err)
+	}
+
+	noop := func(context.Context, Deposit, *herald.Message) error { return nil }
+	plain := struct {
+		herald.Writer
+		herald.Reader
+	}{memtest.Broker(t), memtest.Broker(t)}
+	bus, err := herald.NewBus(plain)
+	must(t, err)
+	herald.MustRegister[Deposit](bus, "deposits")
+	if err := herald.Subscribe(bus, "ledger", noop, herald.WithTable(table)); !errors.Is(err, herald.ErrTablesNotSupported) {
+		t.Errorf("a table on a driver without changelogs = %v, want ErrTablesNotSupported", err)
+	}
+
+	bus, _ = newTestBus(t)
+	herald.MustRegister[Deposit](bus, "deposits")
+	if err := herald.Subscribe[Deposit](bus, "ledger", noop, herald.WithTable[Balance](nil)); !errors.As(err, &optErr) {
+		t.Errorf("WithTable(nil) = %v, want an OptionError", err)
+	}
+	must(t, herald.Subscribe(bus, "ledger", noop, herald.WithTable(table)))
+	if err := herald.Subscribe(bus, "audit", noop, herald.WithTable(table)); !errors.As(err, &optErr) {
+		t.Errorf("one table on two subscriptions = %v, want an OptionError", err)
+	}
+	batch := func(context.Context, []herald.Item[Deposit]) error { return nil }
+	if err := herald.SubscribeBatch(bus, "batches", batch, herald.WithTable(table)); !errors.As(err, &optErr) {
+		t.Errorf("a table on a batch subscription = %v, want an OptionError", err)
+	}
+}
+
+// TestTableKeylessMessages: a message without a key runs its handler,
+// whose table calls fail with ErrNoKey.
+func TestTableKeylessMessages(t *testing.T) {
+	ctx := testContext(t)
+	bus, b := newTestBus(t)
+	table, err := herald.NewTable[Balance]("ledger.balances")
+	must(t, err)
+	got := make(chan error, 1)
+	must(t, bus.Handle("raw", "ledger", func(ctx context.Context, _ *herald.Message) error {
+		_, _, err := table.Get(ctx)
+		got <- err
+		return nil
+	}, herald.WithTable(table)))
+	must(t, bus.Start(ctx))
+	must(t, bus.PublishMessages(ctx, &herald.Message{Topic: "raw", Data: []byte("{}")}))
+	if err := <-got; !errors.Is(err, herald.ErrNoKey) {
+		t.Errorf("Get for a keyless message = %v, want ErrNoKey", err)
+	}
+	eventually(t, "handled", func() bool { return b.Backlog("raw", "ledger") == 0 })
+}
+
+// TestTableUnencodableValue: a value the codec refuses fails the delivery
+// for good (dead-lettered), and the table keeps what it had.
+func TestTableUnencodableValue(t *testing.T) {
+	ctx := testContext(t)
+	bus, b := newTestBus(t)
+	herald.MustRegister[Deposit](bus, "deposits")
+	table, err := herald.NewTable[map[string]any]("ledger.odd")
+	must(t, err)
+	must(t, herald.Subscribe(bus, "ledger", func(ctx context.Context, e Deposit, _ *herald.Message) error {
+		v := map[string]any{"amount": e.Amount}
+		if e.Amount == 13 {
+			v["bad"] = make(chan int) // JSON cannot encode it
+		}
+		return table.Set(ctx, v)
+	}, herald.WithTable(table), herald.WithDeadLetter()))
+	must(t, bus.Start(ctx))
+	must(t, bus.Publish(ctx, Deposit{"a", 5}, Deposit{"a", 13}))
+	eventually(t, "handled", func() bool { return b.Backlog("deposits", "ledger") == 0 })
+	if v, _, err := table.Value("a"); err != nil || v["amount"] != float64(5) {
+		t.Errorf("Value(a) = %v, %v; want amount 5", v, err)
+	}
+	dl, _, err := b.DeadLetters().List(ctx, herald.DeadLetterTopic("deposits"), "", 10)
+	must(t, err)
+	if len(dl) != 1 || !strings.Contains(dl[0].Reason, "encode") || dl[0].Attempts != 1 {
+		t.Errorf("dead letters = %+v, want the unencodable one, after one attempt", dl)
+	}
+}
+
+func TestViewFollowsTheTable(t *testing.T) {
+	ctx := testContext(t)
+	b := memtest.Broker(t)
+	v, err := herald.NewView[Balance](b, "ledger.balances")
+	must(t, err)
+	must(t, v.Start(ctx)) // before the table has a record
+	if err := v.Start(ctx); err == nil {
+		t.Error("a second Start worked")
+	}
+	m := newBalanceMember(t, b, 2)
+	must(t, m.bus.Start(ctx))
+	events, sums := deposits(500, 10)
+	must(t, m.bus.Publish(ctx, events...))
+	eventually(t, "every deposit handled", func() bool { return b.Backlog("deposits", "ledger") == 0 })
+	eventually(t, "the view caught up", func() bool {
+		lag, err := v.Lag(ctx)
+		return err == nil && lag == 0
+	})
+	for key, want := range sums {
+		if bal, ok, err := v.Get(key); err != nil || !ok || bal.Total != want {
+			t.Errorf("view Get(%s) = %+v, %v, %v; want %d", key, bal, ok, err, want)
+		}
+	}
+	if _, ok, err := v.Get("nobody"); ok || err != nil {
+		t.Errorf("view Get(nobody) = %v, %v; want not found", ok, err)
+	}
+	must(t, v.Close())
+	must(t, v.Close())
+	if err := v.Start(ctx); !errors.Is(err, herald.ErrClosed) {
+		t.Errorf("Start after Close = %v, want ErrClosed", err)
+	}
+}
