@@ -2,6 +2,7 @@ package memdriver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -74,7 +75,7 @@ func (c *changelog) part(op string, i int) (*changelogPartition, error) {
 		return nil, fail(op, c.name, "", "", herald.ErrClosed)
 	}
 	if i < 0 || i >= len(c.parts) {
-		return nil, fail(op, c.name, "", fmt.Sprintf("partition %d of %d", i, len(c.parts)), herald.ErrInvalidName)
+		return nil, fail(op, c.name, "", fmt.Sprintf("partition %d of %d", i, len(c.parts)), errors.New("no such partition"))
 	}
 	return c.parts[i], nil
 }

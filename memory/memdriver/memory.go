@@ -205,6 +205,28 @@ func (b *Broker) Backlog(topicName, groupName string) int {
 	return n
 }
 
+// Unsettled returns how many messages some group of some topic has not
+// acknowledged yet, over every topic and group: 0 once every
+// subscription has handled everything written to its topic (what a test
+// waits for). Delayed messages held for later are not counted (Waiting).
+func (b *Broker) Unsettled() int {
+	n := 0
+	b.topics.Range(func(name, _ any) bool {
+		t := b.existing(name.(string))
+		t.mu.Lock()
+		groups := make([]string, 0, len(t.groups))
+		for g := range t.groups {
+			groups = append(groups, g)
+		}
+		t.mu.Unlock()
+		for _, g := range groups {
+			n += b.Backlog(t.name, g)
+		}
+		return true
+	})
+	return n
+}
+
 // Ping reports whether the Broker is open (herald.Pinger).
 func (b *Broker) Ping(ctx context.Context) error {
 	if b.closed.Load() {
