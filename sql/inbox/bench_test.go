@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/sql/inbox"
 	"github.com/heraldbus/herald/sql/internal/sqltest"
@@ -103,7 +103,7 @@ func benchHandle(b *testing.B, mode string, conc int) {
 			b.Fatal(err)
 		}
 	}
-	cpu0 := processCPU(b)
+	cpu0 := testenv.ProcessCPU()
 	b.ResetTimer()
 	start := time.Now()
 	if err := bus.Start(ctx); err != nil {
@@ -114,7 +114,7 @@ func benchHandle(b *testing.B, mode string, conc int) {
 	}
 	took := time.Since(start)
 	b.StopTimer()
-	cpu := processCPU(b) - cpu0
+	cpu := testenv.ProcessCPU() - cpu0
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := bus.Shutdown(sctx); err != nil {
@@ -122,13 +122,4 @@ func benchHandle(b *testing.B, mode string, conc int) {
 	}
 	b.ReportMetric(float64(b.N)/took.Seconds(), "msgs/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
-}
-
-// processCPU is the process's user and system time so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

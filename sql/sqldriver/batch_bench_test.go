@@ -8,11 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/heraldbus/herald"
+	"github.com/heraldbus/herald/internal/testenv"
 	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/memory/memtest"
 	"github.com/heraldbus/herald/sql/sqldriver"
@@ -70,10 +70,10 @@ func benchBatchInsert(b *testing.B, batch bool, conc int) {
 	var inserts atomic.Int64
 	b.ResetTimer()
 	for range b.N {
-		start, cpu0 := time.Now(), processCPU()
+		start, cpu0 := time.Now(), testenv.ProcessCPU()
 		benchBatchDrain(b, db, table, payload, batch, conc, &inserts)
 		msgs += time.Since(start)
-		cpu += processCPU() - cpu0
+		cpu += testenv.ProcessCPU() - cpu0
 		events += benchBatchEvents
 	}
 	b.StopTimer()
@@ -150,15 +150,6 @@ func benchBatchDrain(b *testing.B, db *sql.DB, table, payload string, batch bool
 		b.Fatalf("%d of %d rows written", written.Load(), benchBatchEvents)
 	}
 	must(b, bus.Shutdown(ctx))
-}
-
-// processCPU is the user and system CPU time this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func must(t testing.TB, err error) {
