@@ -327,6 +327,12 @@ func (t *Table[V]) wrap(h HandlerFunc) HandlerFunc {
 		if err := h(context.WithValue(ctx, t, tx), m); err != nil || !tx.staged {
 			return err
 		}
+		if r, ok := dc.from.sub.(Revoker); ok && r.Revoked(dc.d) {
+			// The partition moved while h ran: its new owner handles the
+			// message again, from the state it caught up to; writing
+			// this update too would apply the message twice.
+			return nil
+		}
 		return t.write(ctx, tp, part, off, tx)
 	}
 }

@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +28,7 @@ type View[V any] struct {
 	tableCopy[V]
 	logs TableLog
 
-	mu      sync.Mutex // guards log, next, cancel
+	mu      sync.Mutex // guards log, next, cancel, closed
 	log     Changelog
 	next    []uint64 // per partition, the offset the copy reaches
 	cancel  context.CancelFunc
@@ -50,33 +51,67 @@ func NewView[V any](d TableLog, name string, opts ...TableOption) (*View[V], err
 	return &View[V]{tableCopy: tableCopy[V]{name: name, codec: o.codec, store: o.store}, logs: d}, nil
 }
 
-// Start opens the changelog and follows it in the background until Close
-// (or until ctx ends). It returns at once; WaitCaughtUp waits for the copy
-// to reach what the changelog holds.
+// Start follows the changelog in the background until Close (or until
+// ctx ends), and returns at once. A changelog that does not exist yet (no
+// member of the table's group has started) is opened once it does:
+// until then the view is empty, Err says why, and WaitCaughtUp waits.
 func (v *View[V]) Start(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	switch {
 	case v.closed:
 		return ErrClosed
-	case v.log != nil:
+	case v.cancel != nil:
 		return errors.New("herald: view already started")
 	}
+	ctx, v.cancel = context.WithCancel(ctx)
+	v.wg.Go(func() { v.run(ctx) })
+	return nil
+}
+
+// run opens the changelog, retrying with a backoff, then follows each of
+// its partitions on a goroutine of its own.
+func (v *View[V]) run(ctx context.Context) {
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
+	for {
+		err := v.open(ctx)
+		if err == nil {
+			break
+		}
+		v.setErr(err)
+		if !backoff.Sleep(ctx, retry.Next()) {
+			return
+		}
+	}
+	v.setErr(nil)
+	for i := range v.partitions() {
+		v.wg.Go(func() { v.follow(ctx, i) })
+	}
+}
+
+// open opens the changelog and reads where the store's copy reaches.
+func (v *View[V]) open(ctx context.Context) error {
 	log, err := v.logs.Changelog(ctx, v.name, "")
 	if err != nil {
 		return &TableError{Table: v.name, Op: "open", Partition: -1, Err: err}
 	}
-	v.log, v.next = log, make([]uint64, log.Partitions())
-	for i := range v.next {
-		if v.next[i], err = v.store.Next(i); err != nil {
+	next := make([]uint64, log.Partitions())
+	for i := range next {
+		if next[i], err = v.store.Next(i); err != nil {
 			return &TableError{Table: v.name, Op: "open", Partition: i, Err: err}
 		}
 	}
-	ctx, v.cancel = context.WithCancel(ctx)
-	for i := range v.next {
-		v.wg.Go(func() { v.follow(ctx, i) })
-	}
+	v.mu.Lock()
+	v.log, v.next = log, next
+	v.mu.Unlock()
 	return nil
+}
+
+// partitions is the changelog's partition count, 0 until it is open.
+func (v *View[V]) partitions() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.next)
 }
 
 // follow reads partition part into the copy until ctx ends, backing off
@@ -146,9 +181,7 @@ func (v *View[V]) Err() error {
 // Get returns the state of key as the view holds it; ok is false when the
 // key has none (or the view has not read it yet).
 func (v *View[V]) Get(key string) (val V, ok bool, err error) {
-	v.mu.Lock()
-	n := len(v.next)
-	v.mu.Unlock()
+	n := v.partitions()
 	if n == 0 || key == "" {
 		return val, false, nil
 	}
@@ -158,9 +191,7 @@ func (v *View[V]) Get(key string) (val V, ok bool, err error) {
 // Range calls fn for each key the view holds a state for, partition by
 // partition, until fn returns false.
 func (v *View[V]) Range(fn func(key string, val V) bool) error {
-	v.mu.Lock()
-	n := len(v.next)
-	v.mu.Unlock()
+	n := v.partitions()
 	var err error
 	for part := range n {
 		stop := false
@@ -191,7 +222,7 @@ func (v *View[V]) Lag(ctx context.Context) (int64, error) {
 	log, next := v.log, append([]uint64(nil), v.next...)
 	v.mu.Unlock()
 	if log == nil {
-		return 0, fmt.Errorf("herald: view %q: not started", v.name)
+		return 0, fmt.Errorf("herald: view %q: the changelog is not open (yet): %w", v.name, cmp.Or(v.Err(), errors.New("not started")))
 	}
 	var lag int64
 	for part, reached := range next {
@@ -206,15 +237,23 @@ func (v *View[V]) Lag(ctx context.Context) (int64, error) {
 	return lag, nil
 }
 
-// WaitCaughtUp waits until the view has read every record the changelog
-// held when it was called, or ctx ends.
+// WaitCaughtUp waits until the changelog is open and the view has read
+// every record it held then, or ctx ends.
 func (v *View[V]) WaitCaughtUp(ctx context.Context) error {
+	v.mu.Lock()
+	started := v.cancel != nil
+	v.mu.Unlock()
+	if !started {
+		return fmt.Errorf("herald: view %q: not started", v.name)
+	}
+	for v.partitions() == 0 { // not open yet
+		if !backoff.Sleep(ctx, viewPoll) {
+			return ctx.Err()
+		}
+	}
 	v.mu.Lock()
 	log, n := v.log, len(v.next)
 	v.mu.Unlock()
-	if log == nil {
-		return fmt.Errorf("herald: view %q: not started", v.name)
-	}
 	ends := make([]uint64, n)
 	for part := range ends {
 		end, err := log.End(ctx, part)

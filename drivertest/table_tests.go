@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/heraldbus/herald"
 )
@@ -119,7 +120,13 @@ func (s *tableSetup) converge(t *testing.T) {
 		}
 		return out
 	}
-	Eventually(t, s.cfg.Timeout, "the view holds every key's sum", func() bool { return len(diff()) == 0 })
+	deadline := time.Now().Add(s.cfg.Timeout)
+	for d := diff(); len(d) > 0; d = diff() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v the view differs in %d of %d keys: %v", s.cfg.Timeout, len(d), len(s.sums), d[:min(len(d), 10)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	must(t, v.WaitCaughtUp(ctx))
 	if d := diff(); len(d) > 0 { // later records must not change a converged state
 		t.Errorf("after catching up, the view differs: %v", d)

@@ -48,6 +48,17 @@ func (p *partition) commitOffset() (int64, bool) {
 	return p.next, p.next >= 0
 }
 
+// offset returns the offset of the delivery numbered seq while it is not
+// yet acknowledged.
+func (p *partition) offset(seq uint64) (int64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if seq < p.head || seq >= p.tail {
+		return 0, false
+	}
+	return p.offs[seq&uint64(len(p.offs)-1)], true
+}
+
 // push adds fetched offsets to the ring and returns the seq of the first;
 // p.mu held.
 func (p *partition) push(offs []int64) uint64 {

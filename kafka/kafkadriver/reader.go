@@ -165,8 +165,9 @@ type subscription struct {
 	// holder marks the delay mover's subscriptions, which hold deliveries
 	// until their time: a revocation does not wait for them (what is not
 	// acknowledged goes to the next owner, as after a revoke timeout).
-	holder  bool
-	current atomic.Pointer[generation] // the generation running; nil while joining
+	holder   bool
+	current  atomic.Pointer[generation] // the generation running; nil while joining
+	assigned atomic.Uint64              // generations begun (herald.Partitioned)
 }
 
 // generation is one kafka-go generation: the partitions this member owns
@@ -206,6 +207,7 @@ func (s *subscription) run() {
 // ends the generation when any of them returns, and waits for all of them
 // before it joins the next one.
 func (s *subscription) begin(gen *kafkago.Generation) {
+	s.assigned.Add(1)
 	g := &generation{s: s, gen: gen, started: time.Now(), drained: make(chan struct{}, 1)}
 	for _, a := range gen.Assignments[s.topic] {
 		p := &partition{
@@ -502,6 +504,24 @@ func (s *subscription) Ack(ctx context.Context, d herald.Delivery) error {
 	}
 	return nil
 }
+
+// Position returns d's partition and offset (herald.Partitioned); -1 for
+// a delivery of another subscription.
+func (s *subscription) Position(d herald.Delivery) (int, uint64) {
+	p, ok := d.Ref.(*partition)
+	if !ok || p.g.s != s {
+		return -1, 0
+	}
+	off, ok := p.offset(d.Seq)
+	if !ok {
+		return -1, 0
+	}
+	return p.id, uint64(off)
+}
+
+// Assignments counts the generations this member has begun: each one
+// assigns its partitions anew (herald.Partitioned).
+func (s *subscription) Assignments() uint64 { return s.assigned.Load() }
 
 // Revoked reports whether d's partition was revoked since d was handed
 // out (herald.Revoker): the scheduler then skips d if it has not started,
