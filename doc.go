@@ -141,7 +141,12 @@
 //
 //  8. Your middleware (WithMiddleware), once per attempt, in the order given.
 //
-//  9. Decode and your handler.
+//  9. Table (WithTable): the delivery's partition is caught up from the
+//     changelog, a delivery already applied is acknowledged without
+//     running the handler, and what the handler staged is written when it
+//     returns nil (see Table).
+//
+//  10. Decode and your handler.
 //
 // # Batch handlers
 //
@@ -168,6 +173,17 @@
 // WithThrottle and WithRetryLater are refused.
 // One "process <topic>" span per run of a batch, linked to every
 // sender's span; the metrics and the handle hook are per message.
+//
+// # Group tables
+//
+// A subscription given WithTable keeps a Table: a value per message key
+// that its handler reads and writes with Get, Set and Delete, kept in a
+// changelog by drivers that are TableLogs (memory and Kafka). Updates
+// are written before the acknowledgment, each partition's state follows
+// the partition from member to member, and each input message changes
+// the table once (see Table for the exact promise). A View follows a
+// whole table for any process. memtest.Tester runs processors in unit
+// tests.
 //
 // # Options
 //

@@ -11,29 +11,6 @@ import (
 	"github.com/heraldbus/herald/internal/keyhash"
 )
 
-// Group tables. A subscription may keep a table: for every message key, a
-// value of type V that its handler reads and writes (Get, Set, Delete)
-// while it handles a message of that key. What a handler staged is
-// applied when it returns nil, written to the table's changelog
-// (TableLog) before the message is acknowledged; an error or a panic
-// discards it. Per-key order makes one key's updates serial without locks.
-//
-// Recovery. Each member keeps the partitions it handles in a TableStore
-// (memory by default). When its driver gives it a partition, or gives it
-// one back (Partitioned.Assignments), the member reads that partition's
-// changelog to its end before it handles the partition's next message, so
-// it starts from every update its group acknowledged.
-//
-// What is exactly once. Every changelog record carries the offset of the
-// input message that wrote it (ChangelogRecord.Input), and a delivery at
-// or below the offset of its key's latest record is acknowledged without
-// running the handler: its effect is in the table already. So a crash
-// between the changelog write and the acknowledgment, or a partition that
-// moves then, applies no message twice to the table. What the handler did
-// outside the table (a publish, a database write) happens at least once:
-// a handler killed before its update reached the changelog runs again.
-// Such effects must be idempotent, as in any herald handler.
-
 var (
 	// ErrNoKey is returned by a table's Get, Set and Delete while a
 	// message without a Key is handled: a table's state is per key.
@@ -185,11 +162,31 @@ func WithTableStore(s TableStore) TableOption {
 	}
 }
 
-// Table is a group table of values of type V: give it to one subscription
-// with WithTable, and its handler reads and writes the state of the key
-// of the message it handles with Get, Set and Delete. Its changelog is
-// the driver's changelog named as the table (TableLog). It is safe for
-// concurrent use.
+// Table is a group table: for every message key, a value of type V that
+// the handler of the one subscription given it (WithTable) reads and
+// writes (Get, Set, Delete) while it handles a message of that key. Its
+// changelog is the driver's changelog named as the table (TableLog). What a handler staged is
+// applied when it returns nil, written to the table's changelog
+// (TableLog) before the message is acknowledged; an error or a panic
+// discards it. Per-key order makes one key's updates serial without locks.
+//
+// Recovery. Each member keeps the partitions it handles in a TableStore
+// (memory by default). When its driver gives it a partition, or gives it
+// one back (Partitioned.Assignments), the member reads that partition's
+// changelog to its end before it handles the partition's next message, so
+// it starts from every update its group acknowledged.
+//
+// What is exactly once. Every changelog record carries the offset of the
+// input message that wrote it (ChangelogRecord.Input), and a delivery at
+// or below the offset of its key's latest record is acknowledged without
+// running the handler: its effect is in the table already. So a crash
+// between the changelog write and the acknowledgment, or a partition that
+// moves then, applies no message twice to the table. What the handler did
+// outside the table (a publish, a database write) happens at least once:
+// a handler killed before its update reached the changelog runs again.
+// Such effects must be idempotent, as in any herald handler.
+//
+// A Table is safe for concurrent use.
 type Table[V any] struct {
 	tableCopy[V]
 

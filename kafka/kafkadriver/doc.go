@@ -160,4 +160,20 @@
 // a crashed mover causes duplicates, never losses. Messages of one key
 // arrive in due order. Delays are off unless WithDelays: a Driver without
 // it creates no tier topics, runs no mover and refuses delayed messages.
+//
+// # Group tables
+//
+// The Driver is a herald.TableLog and its subscriptions are
+// herald.Partitioned, so a subscription may keep a herald.Table. A
+// table's changelog is the topic named as the table, created by the
+// first member that opens it with the input topic's partition count and
+// cleanup.policy=compact (an existing changelog must have as many
+// partitions as the input). Each update is produced to the partition of
+// its key, acknowledged by every in-sync replica, before the input
+// message is acknowledged; the input offset travels in the
+// herald-table-input header and a deleted key is a record with a null
+// value. A member catches a partition up at the first delivery of each
+// generation. Compaction removes tombstones after the topic's
+// delete.retention.ms: a delete redelivered later than that is applied
+// again.
 package kafkadriver

@@ -52,6 +52,12 @@
 // undelayed message overtakes a delayed one of its key. Held messages
 // live in the Broker's memory only and go with it at Close.
 //
+// Group tables. The Broker is a herald.TableLog (Changelog) and its
+// subscriptions are herald.Partitioned, so a subscription may keep a
+// herald.Table: changelogs live beside the topics, partitioned as they
+// are, keep the latest record of each key, and go with the Broker at
+// Close.
+//
 // Dead letters. Broker.DeadLetters is a dlq.Store over the broker's
 // dead-letter topics, so a service's tests can list and redrive them as
 // they would on Kafka or Redis.

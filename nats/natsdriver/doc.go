@@ -207,4 +207,9 @@
 //     waiting messages took the server from 21 to 104 MB resident). A
 //     waiting message that comes to a mover before it is due (after a
 //     server restart, say) is handed back again, never forwarded early.
+//
+// # Group tables
+//
+// The driver keeps no group tables yet (herald.Table): a subscription
+// given herald.WithTable fails with herald.ErrTablesNotSupported (a stream's consumer has no partitions for a table's state to follow).
 package natsdriver

@@ -137,4 +137,9 @@
 // wrapping herald.ErrDelayNotSupported (herald.RefuseDelayed), writing
 // nothing of the batch, and a herald.Publisher refuses it before that. A
 // due time in the past is an ordinary message.
+//
+// # Group tables
+//
+// The driver keeps no group tables yet (herald.Table): a subscription
+// given herald.WithTable fails with herald.ErrTablesNotSupported (a queue has no partitions for a table's state to follow).
 package amqpdriver

@@ -205,4 +205,9 @@
 // (before 7.0, or after an XDEL ahead of the group). Driver.DeadLetters
 // reads dead-letter streams for package dlq; a redriven entry is deleted
 // with XDEL.
+//
+// # Group tables
+//
+// The driver keeps no group tables yet (herald.Table): a subscription
+// given herald.WithTable fails with herald.ErrTablesNotSupported (a stream has no partitions for a table's state to follow).
 package redisdriver

@@ -153,4 +153,9 @@
 // newest sequenced row: rows committed before the group was created but
 // sequenced after it are delivered. A partition count cannot be changed
 // once the log exists.
+//
+// # Group tables
+//
+// The driver keeps no group tables yet (herald.Table): a subscription
+// given herald.WithTable fails with herald.ErrTablesNotSupported (tables kept in the same transaction as the group's position are planned).
 package sqldriver
