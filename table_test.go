@@ -51,6 +51,21 @@ type balanceMember struct {
 	runs  atomic.Int64
 }
 
+// addDeposit is the handler of the tests' ledger: it adds each deposit
+// to its account's balance, counting its runs in runs.
+func addDeposit(table *herald.Table[Balance], runs *atomic.Int64) func(context.Context, Deposit, *herald.Message) error {
+	return func(ctx context.Context, e Deposit, _ *herald.Message) error {
+		runs.Add(1)
+		b, _, err := table.Get(ctx)
+		if err != nil {
+			return err
+		}
+		b.Total += e.Amount
+		b.Count++
+		return table.Set(ctx, b)
+	}
+}
+
 func newBalanceMember(t *testing.T, d herald.Driver, concurrency int) *balanceMember {
 	t.Helper()
 	bus, err := herald.NewBus(d, herald.WithLogger(quiet), herald.WithErrorHandler(func(error) {}))
@@ -59,16 +74,7 @@ func newBalanceMember(t *testing.T, d herald.Driver, concurrency int) *balanceMe
 	table, err := herald.NewTable[Balance]("ledger.balances")
 	must(t, err)
 	m := &balanceMember{bus: bus, table: table}
-	must(t, herald.Subscribe(bus, "ledger", func(ctx context.Context, e Deposit, _ *herald.Message) error {
-		m.runs.Add(1)
-		b, _, err := table.Get(ctx)
-		if err != nil {
-			return err
-		}
-		b.Total += e.Amount
-		b.Count++
-		return table.Set(ctx, b)
-	}, herald.WithTable(table), herald.WithConcurrency(concurrency)))
+	must(t, herald.Subscribe(bus, "ledger", addDeposit(table, &m.runs), herald.WithTable(table), herald.WithConcurrency(concurrency)))
 	t.Cleanup(func() { _ = bus.Shutdown(context.Background()) })
 	return m
 }
@@ -301,15 +307,7 @@ func benchTable(b *testing.B, keys int, withTable bool) {
 		table, err := herald.NewTable[Balance]("ledger.balances")
 		must(b, err)
 		opts = append(opts, herald.WithTable(table))
-		h = func(ctx context.Context, e Deposit, _ *herald.Message) error {
-			bal, _, err := table.Get(ctx)
-			if err != nil {
-				return err
-			}
-			bal.Total += e.Amount
-			handled.Add(1)
-			return table.Set(ctx, bal)
-		}
+		h = addDeposit(table, &handled)
 	}
 	must(b, herald.Subscribe(bus, "ledger", h, append(opts, herald.WithConcurrency(4))...))
 	events := make([]any, b.N)

@@ -69,8 +69,12 @@ type changelogPartition struct {
 
 func (c *changelog) Partitions() int { return len(c.parts) }
 
-// part returns partition i, or an error naming the operation.
-func (c *changelog) part(op string, i int) (*changelogPartition, error) {
+// part returns partition i, or an error naming the operation (the
+// context's own when ctx has ended).
+func (c *changelog) part(ctx context.Context, op string, i int) (*changelogPartition, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if c.broker.closed.Load() {
 		return nil, fail(op, c.name, "", "", herald.ErrClosed)
 	}
@@ -81,11 +85,8 @@ func (c *changelog) part(op string, i int) (*changelogPartition, error) {
 }
 
 func (c *changelog) Append(ctx context.Context, partition int, recs []herald.ChangelogRecord) (uint64, error) {
-	p, err := c.part("changelog append", partition)
+	p, err := c.part(ctx, "changelog append", partition)
 	if err != nil {
-		return 0, err
-	}
-	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
 	p.mu.Lock()
@@ -133,11 +134,8 @@ func (p *changelogPartition) compact() {
 }
 
 func (c *changelog) Read(ctx context.Context, partition int, from uint64, dst []herald.ChangelogRecord) (int, error) {
-	p, err := c.part("changelog read", partition)
+	p, err := c.part(ctx, "changelog read", partition)
 	if err != nil {
-		return 0, err
-	}
-	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
 	p.mu.Lock()
@@ -156,11 +154,8 @@ func (c *changelog) Read(ctx context.Context, partition int, from uint64, dst []
 }
 
 func (c *changelog) End(ctx context.Context, partition int) (uint64, error) {
-	p, err := c.part("changelog end", partition)
+	p, err := c.part(ctx, "changelog end", partition)
 	if err != nil {
-		return 0, err
-	}
-	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
 	p.mu.Lock()
@@ -169,7 +164,7 @@ func (c *changelog) End(ctx context.Context, partition int) (uint64, error) {
 }
 
 func (c *changelog) Wait(ctx context.Context, partition int, offset uint64) error {
-	p, err := c.part("changelog wait", partition)
+	p, err := c.part(ctx, "changelog wait", partition)
 	if err != nil {
 		return err
 	}
