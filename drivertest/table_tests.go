@@ -42,6 +42,26 @@ type Sum struct {
 	Count int `json:"count"`
 }
 
+// SubscribeSums registers Event on topic and subscribes group to it with
+// the suite's table handler: it adds each Event's Seq to its key's Sum in
+// table, counting its runs in runs. Drivers' crash tests run it in the
+// processes they kill.
+func SubscribeSums(bus *herald.Bus, topic, group string, table *herald.Table[Sum], runs *atomic.Int64, opts ...herald.SubscribeOption) error {
+	if err := herald.Register[Event](bus, topic, herald.WithKey(func(e Event) string { return e.Key })); err != nil {
+		return err
+	}
+	return herald.Subscribe(bus, group, func(ctx context.Context, e Event, _ *herald.Message) error {
+		runs.Add(1)
+		sum, _, err := table.Get(ctx)
+		if err != nil {
+			return err
+		}
+		sum.Total += e.Seq
+		sum.Count++
+		return table.Set(ctx, sum)
+	}, append([]herald.SubscribeOption{herald.WithTable(table)}, opts...)...)
+}
+
 // tableSetup is one test's topic, group and table name, its input and
 // each key's expected sum.
 type tableSetup struct {
@@ -76,20 +96,10 @@ func (s *tableSetup) member(t *testing.T, d herald.Driver, concurrency int) *tab
 	bus, err := herald.NewBus(d, herald.WithErrorHandler(func(error) {}), herald.WithLogger(slog.New(slog.DiscardHandler)),
 		herald.WithHandleHook(func(herald.HandleResult) { m.settled.Add(1) }))
 	must(t, err)
-	must(t, herald.Register[Event](bus, s.topic, herald.WithKey(func(e Event) string { return e.Key })))
 	table, err := herald.NewTable[Sum](s.table)
 	must(t, err)
 	m.bus, m.table = bus, table
-	must(t, herald.Subscribe(bus, s.group, func(ctx context.Context, e Event, _ *herald.Message) error {
-		m.runs.Add(1)
-		sum, _, err := table.Get(ctx)
-		if err != nil {
-			return err
-		}
-		sum.Total += e.Seq
-		sum.Count++
-		return table.Set(ctx, sum)
-	}, herald.WithTable(table), herald.WithConcurrency(concurrency)))
+	must(t, SubscribeSums(bus, s.topic, s.group, table, &m.runs, herald.WithConcurrency(concurrency)))
 	must(t, bus.Start(context4(t, s.cfg)))
 	t.Cleanup(func() { Shutdown(t, bus) })
 	return m
@@ -102,28 +112,36 @@ func (s *tableSetup) publish(t *testing.T, from, to int) {
 	must(t, bus.Publish(context4(t, s.cfg), s.events[from:to]...))
 }
 
-// converge waits until a View of the table holds every expected sum, and
-// fails with the differences if it never does.
+// converge waits until a View of the table holds every expected sum.
 func (s *tableSetup) converge(t *testing.T) {
 	t.Helper()
-	ctx := context4(t, s.cfg)
-	v, err := herald.NewView[Sum](s.d.(herald.TableLog), s.table)
+	WaitForSums(t, s.d.(herald.TableLog), s.table, s.sums, s.cfg.Timeout)
+}
+
+// WaitForSums waits until a View of the table named table (of Sum, as
+// SubscribeSums writes it) holds sums exactly, and fails t with the
+// differences if it does not within the time given, or if it changes
+// again once the view has caught up.
+func WaitForSums(t testing.TB, logs herald.TableLog, table string, sums map[string]int, within time.Duration) {
+	t.Helper()
+	ctx := Context(t, within+10*time.Second)
+	v, err := herald.NewView[Sum](logs, table)
 	must(t, err)
 	must(t, v.Start(ctx))
 	defer func() { must(t, v.Close()) }()
 	diff := func() []string {
 		var out []string
-		for key, want := range s.sums {
+		for key, want := range sums {
 			if got, _, err := v.Get(key); err != nil || got.Total != want {
 				out = append(out, fmt.Sprintf("%s: %d (%v), want %d", key, got.Total, err, want))
 			}
 		}
 		return out
 	}
-	deadline := time.Now().Add(s.cfg.Timeout)
+	deadline := time.Now().Add(within)
 	for d := diff(); len(d) > 0; d = diff() {
 		if time.Now().After(deadline) {
-			t.Fatalf("after %v the view differs in %d of %d keys: %v", s.cfg.Timeout, len(d), len(s.sums), d[:min(len(d), 10)])
+			t.Fatalf("after %v the view differs in %d of %d keys: %v", within, len(d), len(sums), d[:min(len(d), 10)])
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -133,8 +151,8 @@ func (s *tableSetup) converge(t *testing.T) {
 	}
 	n := 0
 	must(t, v.Range(func(string, Sum) bool { n++; return true }))
-	if n != len(s.sums) {
-		t.Errorf("the view holds %d keys, want %d", n, len(s.sums))
+	if n != len(sums) {
+		t.Errorf("the view holds %d keys, want %d", n, len(sums))
 	}
 }
 
