@@ -77,6 +77,10 @@ type Config struct {
 	// be refused delayed publishes (herald.ErrDelayNotSupported), which
 	// the suite checks too.
 	Delay bool
+	// Tables: the driver is a herald.TableLog and its subscriptions are
+	// herald.Partitioned, so subscriptions may keep group tables; the
+	// driver runs RunTables too.
+	Tables bool
 }
 
 func (c Config) withDefaults() Config {
@@ -99,12 +103,16 @@ func (c Config) withDefaults() Config {
 }
 
 // Run runs the whole suite: the driver contract, the optional
-// interfaces the driver declares, and the Bus on the driver.
+// interfaces the driver declares, the Bus on the driver, and group
+// tables when the driver declares them.
 func Run(t *testing.T, cfg Config) {
 	cfg = cfg.withDefaults()
 	t.Run("Driver", func(t *testing.T) { RunDriver(t, cfg) })
 	t.Run("Optional", func(t *testing.T) { RunOptional(t, cfg) })
 	t.Run("Bus", func(t *testing.T) { RunBus(t, cfg) })
+	if cfg.Tables {
+		t.Run("Tables", func(t *testing.T) { RunTables(t, cfg) })
+	}
 }
 
 // RunDriver runs the checks of the driver contract itself.

@@ -64,6 +64,8 @@ func testDeclared(t *testing.T, cfg Config) {
 		{"herald.Revoker", "Revocation", cfg.Revocation, implements[herald.Revoker](sub)},
 		{"herald.ErrorReporter", "ErrorReporting", cfg.ErrorReporting, implements[herald.ErrorReporter](sub)},
 		{"herald.DelayedWriter with a positive DelayPrecision (the driver)", "Delay", cfg.Delay, canDelay(d)},
+		{"herald.Partitioned", "Tables", cfg.Tables, implements[herald.Partitioned](sub)},
+		{"herald.TableLog (the driver)", "Tables", cfg.Tables, implements[herald.TableLog](d)},
 	} {
 		switch {
 		case c.declared && !c.has:

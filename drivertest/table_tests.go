@@ -14,10 +14,11 @@ import (
 )
 
 // RunTables checks group tables (herald.Table, herald.View) on a driver
-// that is a herald.TableLog with herald.Partitioned subscriptions: state
-// per key equal to a single in-order pass over the input while members
-// come and go, deliveries whose update reached the changelog found
-// applied by the next member, and views that converge.
+// that is a herald.TableLog with herald.Partitioned subscriptions (Run
+// runs it for a driver that declares Tables): state per key equal to a
+// single in-order pass over the input while members come and go,
+// deliveries whose update reached the changelog found applied by the
+// next member, and views that converge.
 func RunTables(t *testing.T, cfg Config) {
 	cfg = cfg.withDefaults()
 	tests := []struct {

@@ -79,6 +79,7 @@ func TestConformanceThreeBrokers(t *testing.T) {
 		Revocation:      true,
 		ErrorReporting:  true,
 		Delay:           true,
+		Tables:          true,
 	})
 }
 

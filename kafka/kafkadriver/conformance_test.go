@@ -22,6 +22,7 @@ func TestConformance(t *testing.T) {
 		Revocation:      true,
 		ErrorReporting:  true,
 		Delay:           true,
+		Tables:          true,
 	})
 }
 

@@ -26,6 +26,7 @@ func TestConformance(t *testing.T) {
 		DeliveryCounts:  true,
 		Lag:             true,
 		Delay:           true,
+		Tables:          true,
 		TimePrecision:   1, // the memory driver keeps the Time it was given
 	})
 }
