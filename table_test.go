@@ -5,15 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/heraldbus/herald"
-	"github.com/heraldbus/herald/internal/testenv"
+	"github.com/heraldbus/herald/drivertest"
 	"github.com/heraldbus/herald/memory/memdriver"
 	"github.com/heraldbus/herald/memory/memtest"
 )
@@ -278,55 +276,14 @@ func TestViewFollowsTheTable(t *testing.T) {
 	}
 }
 
-// BenchmarkTable is the cost of a group table on the memory driver: b.N
-// deposits over 1,000 or 100,000 keys written first, then handled by one
-// member with concurrency 4, with a table (read, add, write per message)
-// and without one (the same handler, counting only). The ratio of the
-// pairs is the table's overhead.
+// BenchmarkTable is what a group table costs on the memory driver
+// (drivertest.BenchTables), its rings large enough to hold every event
+// written before the timer starts.
 func BenchmarkTable(b *testing.B) {
-	for _, keys := range []int{1000, 100_000} {
-		for _, withTable := range []bool{false, true} {
-			name := fmt.Sprintf("keys=%d/table=%v", keys, withTable)
-			b.Run(name, func(b *testing.B) { benchTable(b, keys, withTable) })
-		}
-	}
-}
-
-func benchTable(b *testing.B, keys int, withTable bool) {
-	ctx := context.Background()
-	broker, err := memdriver.New(memdriver.WithCapacity(1 << 20))
-	must(b, err)
-	defer broker.Close()
-	bus, err := herald.NewBus(broker, herald.WithLogger(quiet))
-	must(b, err)
-	herald.MustRegister[Deposit](bus, "deposits")
-	var handled atomic.Int64
-	var opts []herald.SubscribeOption
-	h := func(context.Context, Deposit, *herald.Message) error { handled.Add(1); return nil }
-	if withTable {
-		table, err := herald.NewTable[Balance]("ledger.balances")
+	drivertest.BenchTables(b, func(b *testing.B) herald.Driver {
+		broker, err := memdriver.New(memdriver.WithCapacity(1 << 20))
 		must(b, err)
-		opts = append(opts, herald.WithTable(table))
-		h = addDeposit(table, &handled)
-	}
-	must(b, herald.Subscribe(bus, "ledger", h, append(opts, herald.WithConcurrency(4))...))
-	events := make([]any, b.N)
-	for i := range events {
-		events[i] = Deposit{Account: "acct-" + strconv.Itoa(i%keys), Amount: 1}
-	}
-	for i := 0; i < len(events); i += 1000 {
-		must(b, bus.Publish(ctx, events[i:min(i+1000, len(events))]...))
-	}
-	b.ReportAllocs()
-	cpu0 := testenv.ProcessCPU()
-	b.ResetTimer()
-	must(b, bus.Start(ctx))
-	for handled.Load() < int64(b.N) {
-		time.Sleep(100 * time.Microsecond)
-	}
-	b.StopTimer()
-	cpu := testenv.ProcessCPU() - cpu0
-	must(b, bus.Shutdown(ctx))
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
+		b.Cleanup(func() { _ = broker.Close() })
+		return broker
+	})
 }

@@ -262,3 +262,13 @@ func consumeThroughBus(b *testing.B, d *kafkadriver.Driver, concurrency int, wor
 		b.Error(err)
 	}
 }
+
+// BenchmarkTable is what a group table costs on Kafka
+// (drivertest.BenchTables): each update is one produce to the changelog
+// partition, acknowledged before the input is.
+func BenchmarkTable(b *testing.B) {
+	drivertest.BenchTables(b, func(b *testing.B) herald.Driver {
+		brokers, real := cluster(b)
+		return newDriver(b, brokers, real)
+	})
+}
