@@ -3,6 +3,7 @@ package herald
 import (
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/segmentio/ksuid"
 )
@@ -17,7 +18,14 @@ import (
 // makes of the same bytes. IDs stay unique (every seed carries 14 random
 // bytes of its own) and time-ordered to the second, as KSUIDs are. Safe
 // for concurrent use.
+//
+// A sequence encodes idBlock IDs at a time into one string and hands out
+// slices of it: one allocation per idBlock IDs. An ID kept alive keeps
+// its block's idBlock*27 bytes alive with it.
 type ksuidSource struct{ pool sync.Pool }
+
+// idBlock is how many IDs a sequence encodes at once.
+const idBlock = 16
 
 // ksuidLen is the length of a KSUID's string form.
 const ksuidLen = 27
@@ -30,6 +38,7 @@ type ksuidSeq struct {
 	text   [ksuidLen]byte // the seed's string form
 	count  uint32         // the next sequence number; above 65535 the sequence is spent
 	second int64
+	block  string // IDs encoded ahead, count-len(block)/ksuidLen to count-1, of second
 }
 
 func (s *ksuidSource) next(now time.Time) string {
@@ -37,13 +46,28 @@ func (s *ksuidSource) next(now time.Time) string {
 	if q == nil {
 		q = &ksuidSeq{}
 		q.reseed(now)
-	} else if q.second != now.Unix() || q.count > 0xffff {
+	} else if q.second != now.Unix() || q.block == "" && q.count > 0xffff {
 		q.reseed(now)
 	}
-	id := q.id(q.count)
-	q.count++
+	if q.block == "" {
+		q.encodeBlock()
+	}
+	id := q.block[:ksuidLen]
+	q.block = q.block[ksuidLen:]
 	s.pool.Put(q)
 	return id
+}
+
+// encodeBlock encodes the next IDs of the sequence, up to idBlock and no
+// further than its last, into q.block.
+func (q *ksuidSeq) encodeBlock() {
+	n := min(idBlock, 0x10000-int(q.count))
+	buf := make([]byte, n*ksuidLen)
+	for i := range n {
+		q.put(buf[i*ksuidLen:(i+1)*ksuidLen], q.count)
+		q.count++
+	}
+	q.block = unsafe.String(&buf[0], len(buf)) // buf is never written again
 }
 
 // reseed starts a sequence at now: a new random KSUID of now's second
@@ -55,7 +79,7 @@ func (q *ksuidSeq) reseed(now time.Time) {
 	}
 	seed[len(seed)-2], seed[len(seed)-1] = 0, 0
 	q.setSeed(seed)
-	q.count, q.second = 0, now.Unix()
+	q.count, q.second, q.block = 0, now.Unix(), ""
 }
 
 // setSeed encodes seed (its last two bytes zero) as the sequence's base.
@@ -71,12 +95,18 @@ func (q *ksuidSeq) setSeed(seed ksuid.KSUID) {
 // four digits; the seed's low 16 bits are zero, so nothing carries past
 // the 27 digits).
 func (q *ksuidSeq) id(n uint32) string {
-	out := q.text
+	var out [ksuidLen]byte
+	q.put(out[:], n)
+	return string(out[:])
+}
+
+// put writes id(n) into dst (ksuidLen bytes).
+func (q *ksuidSeq) put(dst []byte, n uint32) {
+	copy(dst, q.text[:])
 	for i := ksuidLen - 1; n > 0 && i >= 0; i-- {
 		v := uint32(q.digits[i]) + n
-		out[i], n = base62[v%62], v/62
+		dst[i], n = base62[v%62], v/62
 	}
-	return string(out[:])
 }
 
 func digitValue(c byte) byte {

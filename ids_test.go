@@ -83,3 +83,24 @@ func TestKSUIDSourceEncodesAsKSUID(t *testing.T) {
 		}
 	}
 }
+
+// A sequence's blocks hand out every ID of the sequence once, in order,
+// each the string id gives for its number, up to the last (65535).
+func TestKSUIDSeqBlocksCoverTheSequence(t *testing.T) {
+	var q ksuidSeq
+	q.reseed(time.Now())
+	want := uint32(0)
+	for q.count <= 0xffff {
+		q.encodeBlock()
+		for q.block != "" {
+			if got := q.block[:ksuidLen]; got != q.id(want) {
+				t.Fatalf("ID %d = %s, want %s", want, got, q.id(want))
+			}
+			q.block = q.block[ksuidLen:]
+			want++
+		}
+	}
+	if want != 0x10000 {
+		t.Fatalf("the blocks held %d IDs, want 65536", want)
+	}
+}
