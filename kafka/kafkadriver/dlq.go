@@ -268,10 +268,7 @@ func (s *deadLetters) check(topic string) error {
 	if err := validateTopic(topic + RedrivenSuffix); err != nil {
 		return fmt.Errorf("no room for its %s sidecar: %w", RedrivenSuffix, err)
 	}
-	s.d.mu.RLock()
-	closed := s.d.closed
-	s.d.mu.RUnlock()
-	if closed {
+	if s.d.isClosed() {
 		return ErrClosed
 	}
 	return nil

@@ -149,16 +149,20 @@ func (d *Driver) forget(s *subscription) {
 	d.mu.Unlock()
 }
 
+// isClosed reports whether Close has begun.
+func (d *Driver) isClosed() bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.closed
+}
+
 // Ping asks the cluster for its brokers (a metadata request naming no
 // topic) and reports whether one answered (herald.Pinger).
 func (d *Driver) Ping(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	d.mu.RLock()
-	closed := d.closed
-	d.mu.RUnlock()
-	if closed {
+	if d.isClosed() {
 		return fail("ping", "", "", "", ErrClosed)
 	}
 	if _, err := d.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {

@@ -56,10 +56,7 @@ func (d *Driver) subscribe(ctx context.Context, topic, group string, limit int, 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	d.mu.RLock()
-	closed := d.closed
-	d.mu.RUnlock()
-	if closed {
+	if d.isClosed() {
 		return nil, fail("subscribe", topic, group, "", ErrClosed)
 	}
 	if d.cfg.autoCreate {

@@ -80,12 +80,6 @@ func (d *Driver) createChangelog(ctx context.Context, name string, partitions in
 	return nil
 }
 
-func (d *Driver) isClosed() bool {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	return d.closed
-}
-
 type changelog struct {
 	d     *Driver
 	name  string
