@@ -202,6 +202,12 @@ func (b *Broker) Backlog(topicName, groupName string) int {
 	if g == nil {
 		return 0
 	}
+	return g.backlog()
+}
+
+// backlog counts the messages the group has not acknowledged, over every
+// partition.
+func (g *group) backlog() int {
 	n := 0
 	for _, c := range g.cursors {
 		c.p.mu.Lock()
@@ -217,16 +223,16 @@ func (b *Broker) Backlog(topicName, groupName string) int {
 // waits for). Delayed messages held for later are not counted (Waiting).
 func (b *Broker) Unsettled() int {
 	n := 0
-	b.topics.Range(func(name, _ any) bool {
-		t := b.existing(name.(string))
+	b.topics.Range(func(_, v any) bool {
+		t := v.(*topic)
 		t.mu.Lock()
-		groups := make([]string, 0, len(t.groups))
-		for g := range t.groups {
+		groups := make([]*group, 0, len(t.groups))
+		for _, g := range t.groups {
 			groups = append(groups, g)
 		}
 		t.mu.Unlock()
 		for _, g := range groups {
-			n += b.Backlog(t.name, g)
+			n += g.backlog()
 		}
 		return true
 	})
