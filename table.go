@@ -190,15 +190,17 @@ func WithTableStore(s TableStore) TableOption {
 type Table[V any] struct {
 	tableCopy[V]
 
-	mu    sync.Mutex // guards what bind and open set
+	mu    sync.Mutex // guards bind, and open's first call
 	bound *route     // the subscription that keeps it
 	logs  TableLog
-	log   Changelog         // opened at the first delivery
-	parts []*tablePartition // one per changelog partition, once open
+	// parts has one entry per changelog partition once the changelog is
+	// open (at the first delivery); read without the lock by every one.
+	parts atomic.Pointer[[]*tablePartition]
 }
 
 // tablePartition is a member's progress through one changelog partition.
 type tablePartition struct {
+	log Changelog
 	// seen is 1 + the driver's Assignments when the partition was last
 	// caught up; 0: never.
 	seen    atomic.Uint64
@@ -334,23 +336,26 @@ func (t *Table[V]) wrap(h HandlerFunc) HandlerFunc {
 	}
 }
 
-// open opens the changelog, once.
+// open opens the changelog, once, and returns its partitions.
 func (t *Table[V]) open(ctx context.Context) ([]*tablePartition, error) {
+	if parts := t.parts.Load(); parts != nil {
+		return *parts, nil
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.log != nil {
-		return t.parts, nil
+	if parts := t.parts.Load(); parts != nil {
+		return *parts, nil
 	}
 	log, err := t.logs.Changelog(ctx, t.name, t.bound.topic)
 	if err != nil {
 		return nil, &TableError{Table: t.name, Op: "open", Partition: -1, Err: err}
 	}
-	t.parts = make([]*tablePartition, log.Partitions())
-	for i := range t.parts {
-		t.parts[i] = &tablePartition{}
+	parts := make([]*tablePartition, log.Partitions())
+	for i := range parts {
+		parts[i] = &tablePartition{log: log}
 	}
-	t.log = log
-	return t.parts, nil
+	t.parts.Store(&parts)
+	return parts, nil
 }
 
 // caughtUp returns partition part once the store holds every record its
@@ -393,13 +398,13 @@ func (t *Table[V]) catchUp(ctx context.Context, part int, tp *tablePartition) er
 		}
 		tp.next, tp.started = next, true
 	}
-	end, err := t.log.End(ctx, part)
+	end, err := tp.log.End(ctx, part)
 	if err != nil {
 		return err
 	}
 	buf := make([]ChangelogRecord, catchUpBatch)
 	for tp.next < end {
-		n, err := t.log.Read(ctx, part, tp.next, buf)
+		n, err := tp.log.Read(ctx, part, tp.next, buf)
 		if err != nil {
 			return err
 		}
@@ -443,7 +448,7 @@ func (t *Table[V]) write(ctx context.Context, tp *tablePartition, part int, inpu
 	}
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
-	first, err := t.log.Append(ctx, part, []ChangelogRecord{r})
+	first, err := tp.log.Append(ctx, part, []ChangelogRecord{r})
 	if err != nil {
 		return &TableError{Table: t.name, Op: "write", Partition: part, Key: tx.key, Err: err}
 	}
@@ -528,9 +533,10 @@ func (t *tableCopy[V]) decode(r ChangelogRecord) (V, error) {
 // missing or behind. A View reads the whole table. ok is false before the
 // subscription has handled a message.
 func (t *Table[V]) Value(key string) (v V, ok bool, err error) {
-	t.mu.Lock()
-	n := len(t.parts)
-	t.mu.Unlock()
+	n := 0
+	if parts := t.parts.Load(); parts != nil {
+		n = len(*parts)
+	}
 	if n == 0 || key == "" {
 		return v, false, nil
 	}

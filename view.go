@@ -121,11 +121,7 @@ func (v *View[V]) follow(ctx context.Context, part int) {
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		next := v.reached(part)
-		end, err := v.log.End(ctx, part)
-		n := 0
-		if err == nil {
-			n, err = v.log.Read(ctx, part, next, buf)
-		}
+		n, err := v.log.Read(ctx, part, next, buf)
 		for _, r := range buf[:n] {
 			if err = v.apply(part, r); err != nil {
 				break
@@ -133,7 +129,17 @@ func (v *View[V]) follow(ctx context.Context, part int) {
 			next = r.Offset + 1
 		}
 		if err == nil && n == 0 {
-			next = max(next, end) // nothing kept below the end (compacted)
+			// Nothing kept from next on: read the end, then look again,
+			// and only if there is still nothing skip to the end (what
+			// compaction removed below it) and wait beyond it. Records
+			// appended before the end was read are then at next or later
+			// and found by the second look.
+			var end uint64
+			if end, err = v.log.End(ctx, part); err == nil {
+				if n, err = v.log.Read(ctx, part, next, buf[:1]); err == nil && n == 0 {
+					next = max(next, end)
+				}
+			}
 		}
 		v.reach(part, next)
 		switch {
@@ -147,7 +153,7 @@ func (v *View[V]) follow(ctx context.Context, part int) {
 			v.setErr(nil)
 			if n == 0 {
 				_ = v.log.Wait(ctx, part, next)
-			}
+			} // n > 0 after the second look: the next round reads them
 		}
 	}
 }
